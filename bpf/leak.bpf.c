@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* Allocation tracking for one process: uprobes on the allocator's entry points record
+ * address -> {size, time, thread, stack} in `allocs`; what is still there when the process
+ * exits leaked. See bpf/leak.h for the records shared with user space. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "leak.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Knobs, set by user space between skeleton open and load. */
+const volatile __u32 target_tgid = 0;
+const volatile bool wait_for_exec = false; /* count only after the target's next exec() */
+const volatile bool emit_events = false;
+const volatile bool capture_stacks = false;
+const volatile __u64 page_size = 4096;
+
+/* Written by user space through the skeleton's .bss while running. */
+bool armed = false;
+__u64 mark = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct leak_alloc);
+	__uint(max_entries, 1000000); /* resized from options before load */
+} allocs SEC(".maps");
+
+/* What an allocation call passed on entry, kept until its return. `depth` counts nested calls
+ * into probed functions (realloc(NULL, n) reaching malloc, memalign reaching malloc,
+ * reallocarray reaching realloc): only the outermost call is the user's allocation. */
+struct inflight_call {
+	__u64 fn;
+	__u64 size;
+	__u64 old_ptr;	/* realloc's block */
+	__u64 out_ptr;	/* posix_memalign's result pointer */
+	__s64 stack_id;
+	__u64 depth;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* tid */
+	__type(value, struct inflight_call);
+	__uint(max_entries, 65536);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct leak_counters);
+	__uint(max_entries, 1);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 32 * sizeof(__u64)); /* depth, resized from options before load */
+	__uint(max_entries, 65536);
+} stack_traces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096); /* resized from options before load */
+} events SEC(".maps");
+
+/* nmemb * size, or 0 when it overflows (glibc then fails and returns NULL; nothing is recorded). */
+static __always_inline __u64 array_bytes(__u64 nmemb, __u64 size)
+{
+	__u64 limit;
+
+	if (!nmemb)
+		return 0;
+	limit = ~0ULL / nmemb;
+	/* Keeps clang from folding the test into an overflow multiply, which BPF cannot do. */
+	asm volatile("" : "+r"(limit));
+	if (size > limit)
+		return 0;
+	return nmemb * size;
+}
+
+static __always_inline bool is_target(void)
+{
+	return (bpf_get_current_pid_tgid() >> 32) == target_tgid && armed;
+}
+
+static __always_inline struct leak_counters *counters_cpu(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&counters, &zero);
+}
+
+/* Per-CPU, but a uprobe program can be preempted by another on the same CPU: add atomically. */
+#define COUNT(field, n)                                                        \
+	do {                                                                   \
+		struct leak_counters *c__ = counters_cpu();                    \
+		if (c__)                                                       \
+			__sync_fetch_and_add(&c__->field, (n));                \
+	} while (0)
+
+static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size, __u64 ts,
+				 __u64 tid, __s64 stack_id)
+{
+	struct leak_event *e;
+
+	if (!emit_events)
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		COUNT(lost_events, 1);
+		return;
+	}
+	e->kind = kind;
+	e->fn = fn;
+	e->address = address;
+	e->size = size;
+	e->timestamp_ns = ts;
+	e->tid = tid;
+	e->stack_id = stack_id;
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id)
+{
+	struct leak_alloc a = {
+		.size = size,
+		.timestamp_ns = bpf_ktime_get_ns(),
+		.tid = (__u32)bpf_get_current_pid_tgid(),
+		.stack_id = stack_id,
+		.mark = mark,
+	};
+	struct leak_counters *c = counters_cpu();
+
+	if (c) {
+		__sync_fetch_and_add(&c->allocs, 1);
+		__sync_fetch_and_add(&c->bytes_allocated, size);
+	}
+	/* BPF_ANY: an address we still hold was handed out again, so its free was missed (e.g. by
+	 * an allocator path we do not probe); the newer allocation is the live one. */
+	if (bpf_map_update_elem(&allocs, &address, &a, BPF_ANY) && c)
+		__sync_fetch_and_add(&c->dropped_allocs, 1);
+	emit(LEAK_EVENT_ALLOC, fn, address, size, a.timestamp_ns, a.tid, stack_id);
+}
+
+static __always_inline void record_free(__u64 fn, __u64 address)
+{
+	struct leak_alloc *a = bpf_map_lookup_elem(&allocs, &address);
+	struct leak_counters *c = counters_cpu();
+	__u64 size;
+
+	if (!a) {
+		if (c)
+			__sync_fetch_and_add(&c->unknown_frees, 1);
+		return;
+	}
+	size = a->size;
+	/* Two threads freeing one block (a double free) race here: only the delete that wins
+	 * counts. */
+	if (bpf_map_delete_elem(&allocs, &address))
+		return;
+	if (c) {
+		__sync_fetch_and_add(&c->frees, 1);
+		__sync_fetch_and_add(&c->bytes_freed, size);
+	}
+	if (emit_events)
+		emit(LEAK_EVENT_FREE, fn, address, size, bpf_ktime_get_ns(),
+		     (__u32)bpf_get_current_pid_tgid(), -1);
+}
+
+static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
+				       __u64 out_ptr)
+{
+	struct inflight_call call = {
+		.fn = fn,
+		.size = size,
+		.old_ptr = old_ptr,
+		.out_ptr = out_ptr,
+		.stack_id = -1,
+	};
+	struct inflight_call *outer;
+	__u32 tid;
+
+	if (!is_target())
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	outer = bpf_map_lookup_elem(&inflight, &tid);
+	if (outer) {
+		outer->depth++;
+		return 0;
+	}
+	if (capture_stacks) {
+		call.stack_id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
+		if (call.stack_id < 0)
+			COUNT(stack_failures, 1);
+	}
+	if (bpf_map_update_elem(&inflight, &tid, &call, BPF_ANY))
+		COUNT(inflight_failures, 1);
+	return 0;
+}
+
+static __always_inline int alloc_return(struct pt_regs *ctx)
+{
+	struct inflight_call *st, call;
+	__u64 address;
+	__u32 tid;
+
+	if (!is_target())
+		return 0;
+	tid = (__u32)bpf_get_current_pid_tgid();
+	st = bpf_map_lookup_elem(&inflight, &tid);
+	if (!st) /* the entry ran before we attached */
+		return 0;
+	if (st->depth) {
+		st->depth--;
+		return 0;
+	}
+	call = *st;
+	bpf_map_delete_elem(&inflight, &tid);
+
+	address = PT_REGS_RC(ctx);
+	switch (call.fn) {
+	case LEAK_FN_POSIX_MEMALIGN:
+		if (address != 0) /* an error number, nothing allocated */
+			return 0;
+		if (bpf_probe_read_user(&address, sizeof(address), (void *)call.out_ptr))
+			return 0;
+		break;
+	case LEAK_FN_REALLOC:
+	case LEAK_FN_REALLOCARRAY:
+		if (call.old_ptr) {
+			/* glibc: realloc(p, 0) frees p and returns NULL; any other NULL is a failure
+			 * that leaves p alone. A resize of a live block, moved or in place, is one
+			 * free plus one alloc, as valgrind counts it. */
+			if (address || call.size == 0)
+				record_free(call.fn, call.old_ptr);
+		}
+		break;
+	}
+	if (address)
+		record_alloc(call.fn, address, call.size, call.stack_id);
+	return 0;
+}
+
+static __always_inline int free_enter(__u64 ptr)
+{
+	__u32 tid;
+
+	if (!ptr || !is_target())
+		return 0;
+	/* free() called from inside a probed call (realloc(p, 0)) is that call's business. */
+	tid = (__u32)bpf_get_current_pid_tgid();
+	if (bpf_map_lookup_elem(&inflight, &tid))
+		return 0;
+	record_free(LEAK_FN_FREE, ptr);
+	return 0;
+}
+
+/* Every entry point goes through one program and every return through another, told apart by
+ * the attach cookie (enum leak_fn): that lets user space attach all of them with one multi-uprobe
+ * link each, whose detach costs one RCU grace period instead of one per probe. */
+SEC("uprobe")
+int BPF_KPROBE(alloc_entry, __u64 a0, __u64 a1, __u64 a2)
+{
+	__u64 fn = bpf_get_attach_cookie(ctx);
+
+	switch (fn) {
+	case LEAK_FN_FREE:
+		return free_enter(a0);
+	case LEAK_FN_MALLOC:
+	case LEAK_FN_VALLOC:
+		return alloc_enter(ctx, fn, a0, 0, 0);
+	case LEAK_FN_CALLOC:
+		return alloc_enter(ctx, fn, array_bytes(a0, a1), 0, 0);
+	case LEAK_FN_REALLOC:
+		return alloc_enter(ctx, fn, a1, a0, 0);
+	case LEAK_FN_REALLOCARRAY:
+		return alloc_enter(ctx, fn, array_bytes(a1, a2), a0, 0);
+	case LEAK_FN_POSIX_MEMALIGN:
+		return alloc_enter(ctx, fn, a2, 0, a0);
+	case LEAK_FN_ALIGNED_ALLOC:
+	case LEAK_FN_MEMALIGN:
+		return alloc_enter(ctx, fn, a1, 0, 0);
+	case LEAK_FN_PVALLOC:
+		/* pvalloc hands out whole pages: the block is the size rounded up. */
+		return alloc_enter(ctx, fn, a0 ? (a0 + page_size - 1) & ~(page_size - 1) : page_size,
+				   0, 0);
+	}
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(alloc_exit)
+{
+	return alloc_return(ctx);
+}
+
+/* `command` targets: the process is ours from fork to exec; only the exec'd program counts. */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(target_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	if (BPF_CORE_READ(p, tgid) != target_tgid)
+		return 0;
+	COUNT(execs, 1);
+	armed = true;
+	return 0;
+}

@@ -1,0 +1,71 @@
+/* Shared between bpf/leak.bpf.c and native/: plain fixed-width structs only, so both sides agree on
+ * the layout without BTF. lib/native-layout.ts decodes the same layouts; keep the three in step. */
+#ifndef EBPF_LEAK_H
+#define EBPF_LEAK_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Which allocator function an allocation or free came from. The numbering is part of the event
+ * and snapshot ABI with lib/. */
+enum leak_fn {
+	LEAK_FN_MALLOC = 0,
+	LEAK_FN_CALLOC = 1,
+	LEAK_FN_REALLOC = 2,
+	LEAK_FN_REALLOCARRAY = 3,
+	LEAK_FN_FREE = 4,
+	LEAK_FN_POSIX_MEMALIGN = 5,
+	LEAK_FN_ALIGNED_ALLOC = 6,
+	LEAK_FN_MEMALIGN = 7,
+	LEAK_FN_VALLOC = 8,
+	LEAK_FN_PVALLOC = 9,
+	LEAK_FN_COUNT = 10,
+};
+
+/* Value of the `allocs` map; the key is the block's address. */
+struct leak_alloc {
+	__u64 size;
+	__u64 timestamp_ns; /* bpf_ktime_get_ns() when the allocation returned */
+	__u64 tid;
+	__s64 stack_id;	    /* id in `stack_traces`, or -1 (stacks off, or the walk failed) */
+	__u64 mark;	    /* value of the `mark` global when allocated (tracer.mark()) */
+};
+
+/* One record of the snapshot buffer handed to JS: the map key followed by its value. */
+struct leak_snapshot_entry {
+	__u64 address;
+	struct leak_alloc alloc;
+};
+
+/* Counters, one copy per CPU in the `counters` map, summed by user space. */
+struct leak_counters {
+	__u64 allocs;		/* successful allocations */
+	__u64 frees;		/* frees of tracked blocks */
+	__u64 bytes_allocated;	/* requested bytes of all allocations */
+	__u64 bytes_freed;	/* bytes of tracked blocks freed */
+	__u64 unknown_frees;	/* frees of addresses not in `allocs` */
+	__u64 dropped_allocs;	/* allocations not tracked: `allocs` was full */
+	__u64 lost_events;	/* events not delivered: ring buffer full */
+	__u64 stack_failures;	/* allocations whose stack could not be recorded */
+	__u64 inflight_failures; /* entries whose per-thread state could not be saved */
+	__u64 execs;		/* exec()s of the target seen */
+};
+
+/* Per-event record of the optional ring buffer stream. */
+struct leak_event {
+	__u64 kind;	/* LEAK_EVENT_ALLOC or LEAK_EVENT_FREE */
+	__u64 fn;	/* enum leak_fn */
+	__u64 address;
+	__u64 size;
+	__u64 timestamp_ns;
+	__u64 tid;
+	__s64 stack_id;
+};
+
+enum leak_event_kind {
+	LEAK_EVENT_ALLOC = 1,
+	LEAK_EVENT_FREE = 2,
+};
+
+#endif /* EBPF_LEAK_H */

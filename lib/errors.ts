@@ -1,0 +1,108 @@
+// Error classes with a literal `code`, so callers can switch on `err.code` with type narrowing.
+// Every message says what went wrong and what to do about it.
+
+export const errorCodes = [
+  'ELEAK_PERM',
+  'ELEAK_NO_PID',
+  'ELEAK_NO_BTF',
+  'ELEAK_NO_UPROBES',
+  'ELEAK_LIB_NOT_FOUND',
+  'ELEAK_SYMBOL_NOT_FOUND',
+  'ELEAK_TARGET_EXITED',
+  'ELEAK_ALLOCATOR',
+  'ELEAK_OPTION',
+  'ELEAK_BPF',
+  'ELEAK_COMMAND_NOT_FOUND',
+  'ELEAK_CLOSED',
+] as const;
+export type ErrorCode = (typeof errorCodes)[number];
+
+export abstract class EbpfLeakError extends Error {
+  abstract readonly code: ErrorCode;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** Not root, or missing CAP_BPF + CAP_PERFMON (and CAP_SYS_PTRACE for other users' processes). */
+export class PermissionError extends EbpfLeakError {
+  readonly code = 'ELEAK_PERM' as const;
+}
+/** No process with the given pid. */
+export class NoSuchProcessError extends EbpfLeakError {
+  readonly code = 'ELEAK_NO_PID' as const;
+}
+/** The kernel has no BTF (/sys/kernel/btf/vmlinux), needed to load the CO-RE program. */
+export class NoBtfError extends EbpfLeakError {
+  readonly code = 'ELEAK_NO_BTF' as const;
+}
+/** The kernel cannot do uprobes (CONFIG_UPROBE_EVENTS off). */
+export class UprobesUnsupportedError extends EbpfLeakError {
+  readonly code = 'ELEAK_NO_UPROBES' as const;
+}
+/** The allocator library could not be found or read. */
+export class LibraryNotFoundError extends EbpfLeakError {
+  readonly code = 'ELEAK_LIB_NOT_FOUND' as const;
+}
+/** A required allocator function is not in the library. */
+export class SymbolNotFoundError extends EbpfLeakError {
+  readonly code = 'ELEAK_SYMBOL_NOT_FOUND' as const;
+}
+/** The target exited before the probes were attached. */
+export class TargetExitedError extends EbpfLeakError {
+  readonly code = 'ELEAK_TARGET_EXITED' as const;
+}
+/** The target does not allocate through glibc's shared malloc (static binary, jemalloc, ...). */
+export class UnsupportedAllocatorError extends EbpfLeakError {
+  readonly code = 'ELEAK_ALLOCATOR' as const;
+}
+/** An option is missing or has a wrong value. */
+export class InvalidOptionError extends EbpfLeakError {
+  readonly code = 'ELEAK_OPTION' as const;
+}
+/** Loading or attaching the BPF program failed; the message carries libbpf's log. */
+export class BpfError extends EbpfLeakError {
+  readonly code = 'ELEAK_BPF' as const;
+}
+/** The command to run does not exist or is not executable. */
+export class CommandNotFoundError extends EbpfLeakError {
+  readonly code = 'ELEAK_COMMAND_NOT_FOUND' as const;
+}
+/** The tracer was already stopped. */
+export class TracerClosedError extends EbpfLeakError {
+  readonly code = 'ELEAK_CLOSED' as const;
+}
+
+export const permissionAdvice =
+  'Run as root (sudo), or give node the capabilities CAP_BPF and CAP_PERFMON ' +
+  '(plus CAP_SYS_PTRACE to trace another user\'s process), e.g. ' +
+  '`sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep "$(command -v node)"`.';
+
+interface NativeErrorShape {
+  code?: unknown;
+  message?: unknown;
+}
+
+/** Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
+export function fromNativeError(error: unknown, context: string): EbpfLeakError | unknown {
+  if (!(error instanceof Error)) return error;
+  const { code, message } = error as NativeErrorShape;
+  const text = `${context}: ${String(message)}`;
+  switch (code) {
+    case 'ELEAK_PERM':
+      return new PermissionError(`${text}\n${permissionAdvice}`, { cause: error });
+    case 'ELEAK_TARGET_EXITED':
+      return new TargetExitedError(`${text}\nThe process exited before the probes were attached.`, {
+        cause: error,
+      });
+    case 'ELEAK_LIB_NOT_FOUND':
+      return new LibraryNotFoundError(text, { cause: error });
+    case 'ELEAK_BPF':
+      return new BpfError(text, { cause: error });
+    case 'ELEAK_CLOSED':
+      return new TracerClosedError(text, { cause: error });
+    default:
+      return error;
+  }
+}

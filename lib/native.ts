@@ -1,0 +1,112 @@
+// Loads the addon and describes its (deliberately thin) interface. Everything here mirrors
+// native/*.cc; validation and policy live in the other lib/ files.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeProbe {
+  /** enum leak_fn */
+  fn: number;
+  path: string;
+  entryOffset: number;
+  returnOffset: number;
+}
+
+export interface NativeTracerConfig {
+  pid: number;
+  waitForExec: boolean;
+  maxAllocations: number;
+  events: boolean;
+  eventBufferBytes: number;
+  stacks: boolean;
+  stackDepth: number;
+  stackMapEntries: number;
+  pageSize: number;
+  btfPath?: string;
+  probes: NativeProbe[];
+}
+
+export type NativeMessageType = 'events' | 'counters' | 'exit';
+
+export interface NativeSnapshot {
+  /** leak_snapshot_entry records */
+  entries: ArrayBuffer;
+  /** struct leak_counters, summed over CPUs */
+  counters: ArrayBuffer;
+  /** CLOCK_MONOTONIC when the walk finished */
+  nowNs: bigint;
+}
+
+export interface NativeTracer {
+  /** Resolves with how the probes were attached: one multi-uprobe link, or one uprobe each. */
+  attach(): Promise<{ mode: 'uprobe_multi' | 'uprobe' }>;
+  snapshot(): Promise<NativeSnapshot>;
+  readStacks(ids: number[]): Promise<BigUint64Array[]>;
+  counters(): ArrayBuffer | null;
+  setMark(mark: number): void;
+  close(): void;
+}
+
+export interface NativeElfSymbol {
+  /** st_value */
+  address: number;
+  /** file offset, what a uprobe takes */
+  offset: number;
+  size: number;
+}
+
+export interface NativeElfInfo {
+  type: 'exec' | 'dyn' | 'other';
+  interpreter: string | null;
+  soname: string | null;
+  needed: string[];
+  symbols: Record<string, NativeElfSymbol>;
+}
+
+export interface NativeLayout {
+  leakAlloc: number;
+  snapshotEntry: number;
+  counters: number;
+  event: number;
+}
+
+export interface NativeAddon {
+  Tracer: new (
+    config: NativeTracerConfig,
+    onMessage: (type: NativeMessageType, data: ArrayBuffer) => void,
+  ) => NativeTracer;
+  readElf(path: string, symbols: readonly string[]): NativeElfInfo;
+  layout: NativeLayout;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** The package root: lib/ when run from source (tests), dist/ when installed. */
+const packageRoot = join(here, '..');
+const buildDirs = ['build/Release', 'build/Debug'].map((d) => join(packageRoot, d));
+
+let addon: NativeAddon | undefined;
+
+export function nativeBuildDir(): string {
+  const dir = buildDirs.find((d) => existsSync(join(d, 'ebpf_leak.node')));
+  if (!dir) {
+    throw new Error(
+      `ebpf-leak's native addon is not built (looked in ${buildDirs.join(', ')}). ` +
+        `Run 'npm run build' (it needs clang, bpftool, libbpf-dev, libelf-dev, libdw-dev: see scripts/setup.sh).`,
+    );
+  }
+  return dir;
+}
+
+export function loadNative(): NativeAddon {
+  if (!addon) {
+    const require = createRequire(import.meta.url);
+    addon = require(join(nativeBuildDir(), 'ebpf_leak.node')) as NativeAddon;
+  }
+  return addon;
+}
+
+/** The held-before-exec launcher built beside the addon (native/launcher.c). */
+export function launcherPath(): string {
+  return join(nativeBuildDir(), 'ebpf-leak-exec');
+}

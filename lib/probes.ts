@@ -1,0 +1,56 @@
+// Where each allocator function is in the allocator file, and so where the uprobes go.
+import { SymbolNotFoundError } from './errors.js';
+import { leakFunctions } from './native-layout.js';
+import { loadNative, type NativeProbe } from './native.js';
+import type { AllocatorFunction, AllocatorOptions } from './types.js';
+
+/** Without these there is no leak report worth the name. */
+const requiredFunctions: readonly AllocatorFunction[] = ['malloc', 'free'];
+/** glibc always has these; their absence means the file is not what we think it is. */
+const requiredInGlibc: readonly AllocatorFunction[] = ['malloc', 'free', 'calloc', 'realloc'];
+
+export interface ProbePlan {
+  probes: NativeProbe[];
+  /** Function -> symbol probed, for the tracer's info. */
+  attached: Partial<Record<AllocatorFunction, string>>;
+  /** Functions that were looked for and are absent (optional ones). */
+  missing: AllocatorFunction[];
+  /** Functions that share an address with another one and are covered by its probe. */
+  aliases: Partial<Record<AllocatorFunction, AllocatorFunction>>;
+}
+
+export function planProbes(path: string, glibc: boolean, allocator: AllocatorOptions | undefined): ProbePlan {
+  const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
+  const names = leakFunctions.map(symbolOf);
+  const info = loadNative().readElf(path, names);
+  const required = glibc ? requiredInGlibc : requiredFunctions;
+  const plan: ProbePlan = { probes: [], attached: {}, missing: [], aliases: {} };
+  const byOffset = new Map<number, AllocatorFunction>();
+  leakFunctions.forEach((fn, index) => {
+    const symbol = symbolOf(fn);
+    const found = info.symbols[symbol];
+    if (!found) {
+      if (required.includes(fn) || allocator?.symbols?.[fn] !== undefined) {
+        throw new SymbolNotFoundError(
+          `${path} has no function ${symbol} (for ${fn}), which ebpf-leak must probe. ` +
+            (glibc
+              ? 'This libc is not a glibc ebpf-leak knows; name the allocator with allocator: { path, symbols }.'
+              : `Check the name with \`nm -D ${path} | grep ${symbol}\` and pass allocator.symbols.${fn}.`),
+        );
+      }
+      plan.missing.push(fn);
+      return;
+    }
+    // Aliases (glibc's aligned_alloc is memalign, cfree is free) must be probed once, or every
+    // call through them would count twice.
+    const twin = byOffset.get(found.offset);
+    if (twin) {
+      plan.aliases[fn] = twin;
+      return;
+    }
+    byOffset.set(found.offset, fn);
+    plan.attached[fn] = symbol;
+    plan.probes.push({ fn: index, path, entryOffset: found.offset, returnOffset: found.offset });
+  });
+  return plan;
+}

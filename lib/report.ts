@@ -1,0 +1,78 @@
+// From a walk of the kernel's allocation map to the numbers and groups users read.
+import type { Counters, SnapshotColumns } from './native-layout.js';
+import type { HeapSummary, LeakGroup, OutstandingAllocation, StackFrame } from './types.js';
+
+const SAMPLE_ADDRESSES = 4;
+
+export function hex(value: bigint | number): string {
+  return `0x${value.toString(16)}`;
+}
+
+/** valgrind's HEAP SUMMARY from the counters; in-use numbers from the map walk, which is what the
+ *  leak list is made of, so the two always agree. */
+export function summarize(counters: Counters, columns: SnapshotColumns): HeapSummary {
+  let inUseBytes = 0;
+  for (let i = 0; i < columns.count; i++) inUseBytes += columns.size(i);
+  return {
+    allocs: counters.allocs,
+    frees: counters.frees,
+    bytesAllocated: counters.bytesAllocated,
+    inUseBlocks: columns.count,
+    inUseBytes,
+    lostEvents: counters.lostEvents,
+    droppedAllocations: counters.droppedAllocations,
+    unknownFrees: counters.unknownFrees,
+  };
+}
+
+export function outstandingAllocations(columns: SnapshotColumns, nowNs: bigint): OutstandingAllocation[] {
+  const out: OutstandingAllocation[] = new Array(columns.count);
+  for (let i = 0; i < columns.count; i++) {
+    out[i] = {
+      address: columns.address(i),
+      size: columns.size(i),
+      ageMs: Number(nowNs - columns.timestampNs(i)) / 1e6,
+      tid: columns.tid(i),
+      stackId: columns.stackId(i),
+    };
+  }
+  return out;
+}
+
+export interface RawLeakGroup {
+  stackId: number;
+  bytes: number;
+  blocks: number;
+  largestBlock: number;
+  sampleAddresses: bigint[];
+}
+
+/** Blocks grouped by allocation stack, largest total first. `keep` filters blocks (e.g. by mark). */
+export function groupByStack(columns: SnapshotColumns, keep?: (i: number) => boolean): RawLeakGroup[] {
+  const groups = new Map<number, RawLeakGroup>();
+  for (let i = 0; i < columns.count; i++) {
+    if (keep && !keep(i)) continue;
+    const stackId = columns.stackId(i);
+    const size = columns.size(i);
+    let g = groups.get(stackId);
+    if (!g) {
+      g = { stackId, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
+      groups.set(stackId, g);
+    }
+    g.bytes += size;
+    g.blocks += 1;
+    if (size > g.largestBlock) g.largestBlock = size;
+    if (g.sampleAddresses.length < SAMPLE_ADDRESSES) g.sampleAddresses.push(columns.address(i));
+  }
+  return [...groups.values()].sort((a, b) => b.bytes - a.bytes || b.blocks - a.blocks);
+}
+
+export function toLeakGroup(raw: RawLeakGroup, stack: StackFrame[]): LeakGroup {
+  return {
+    bytes: raw.bytes,
+    blocks: raw.blocks,
+    stack,
+    largestBlock: raw.largestBlock,
+    sampleAddresses: raw.sampleAddresses.map(hex),
+  };
+}

@@ -1,0 +1,176 @@
+// Public types of ebpf-leak. Everything a user can touch is declared here, so the API has one
+// place to read and the type tests have one place to pin.
+
+/** Allocator entry points we probe. `free` has no return probe; the others do. */
+export const allocatorFunctions = [
+  'malloc',
+  'calloc',
+  'realloc',
+  'reallocarray',
+  'free',
+  'posix_memalign',
+  'aligned_alloc',
+  'memalign',
+  'valloc',
+  'pvalloc',
+] as const;
+export type AllocatorFunction = (typeof allocatorFunctions)[number];
+
+/** Name a non-glibc allocator (jemalloc, tcmalloc, mimalloc, a static binary) explicitly. */
+export interface AllocatorOptions {
+  /** ELF file that defines the allocator functions (a shared library or the executable itself). */
+  path: string;
+  /** Symbol to probe for each function, when it differs from the function's name (e.g. `je_malloc`).
+   *  Functions not listed are looked up by their own name and skipped when absent, except
+   *  `malloc` and `free`, which are required. */
+  symbols?: Partial<Record<AllocatorFunction, string>>;
+}
+
+export interface CommonTraceOptions {
+  /** Most allocations tracked at once (size of the in-kernel address map). Default 1,000,000. */
+  maxAllocations?: number;
+  /** Stream every alloc/free as an event (costs per call). Default false. */
+  events?: boolean;
+  /** Ring buffer size for the event stream, bytes, a power of two. Default 8 MiB. */
+  eventBufferBytes?: number;
+  /** Probe this allocator instead of the target's glibc. */
+  allocator?: AllocatorOptions;
+}
+
+/** Attach to a running process. */
+export interface PidTraceOptions extends CommonTraceOptions {
+  pid: number;
+}
+
+/** Start a program, held before `exec` until the probes are attached. */
+export interface CommandTraceOptions extends CommonTraceOptions {
+  /** Program to run: a path, or a name looked up in PATH. */
+  command: string;
+  args?: readonly string[];
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+  /** stdio of the program, as for child_process.spawn. Default 'inherit'. */
+  stdio?: 'inherit' | 'pipe' | 'ignore';
+}
+
+export type TraceOptions = PidTraceOptions | CommandTraceOptions;
+
+/** Totals with valgrind's HEAP SUMMARY meaning (the first five), plus what we could not see. */
+export interface HeapSummary {
+  /** Successful allocations (a realloc of a live block counts as one free plus one alloc). */
+  allocs: number;
+  /** Frees of blocks we saw allocated. */
+  frees: number;
+  /** Sum of requested sizes of all allocations. */
+  bytesAllocated: number;
+  /** Blocks still allocated ("in use at exit" at the end). */
+  inUseBlocks: number;
+  inUseBytes: number;
+  /** Events dropped because the event ring buffer was full. */
+  lostEvents: number;
+  /** Allocations not tracked because the address map was full (raise maxAllocations). */
+  droppedAllocations: number;
+  /** Frees of addresses we never saw allocated (allocated before attach, or by another allocator). */
+  unknownFrees: number;
+}
+
+export interface StackFrame {
+  /** Instruction address in the target, hex string (`0x...`). */
+  address: string;
+  module?: string;
+  buildId?: string;
+  /** Offset of the address in `module`'s file, hex string. */
+  offset?: string;
+  symbol?: string;
+  file?: string;
+  line?: number;
+  inlined?: boolean;
+}
+
+/** Blocks still allocated that share one allocation stack. */
+export interface LeakGroup {
+  bytes: number;
+  blocks: number;
+  /** Frames, innermost first. Empty when stacks are not captured. */
+  stack: StackFrame[];
+  /** Largest single block in the group, bytes. */
+  largestBlock: number;
+  /** A few of the group's addresses, hex, for a debugger. */
+  sampleAddresses: string[];
+}
+
+export interface TargetInfo {
+  pid: number;
+  /** Set for `command` targets. */
+  command?: string;
+  args?: string[];
+  /** Exit status, when the target exited while traced. */
+  exitCode: number | null;
+  /** Signal name that ended the target, when it was killed by one. */
+  signal: string | null;
+  /** The allocator file whose functions were probed. */
+  allocator: string;
+}
+
+export interface LeakReport {
+  version: 1;
+  target: TargetInfo;
+  summary: HeapSummary;
+  /** Sorted by bytes, largest first. */
+  leaks: LeakGroup[];
+  /** Milliseconds from attach to the report. */
+  durationMs: number;
+}
+
+export interface OutstandingAllocation {
+  address: bigint;
+  size: number;
+  /** Milliseconds since the allocation. */
+  ageMs: number;
+  tid: number;
+  /** Index into the stack-trace map, -1 when not captured. */
+  stackId: number;
+}
+
+export interface Snapshot {
+  /** Outstanding allocations now, unordered. */
+  allocations: OutstandingAllocation[];
+  summary: HeapSummary;
+}
+
+export interface AllocEvent {
+  function: Exclude<AllocatorFunction, 'free'>;
+  address: bigint;
+  size: number;
+  tid: number;
+  /** CLOCK_MONOTONIC nanoseconds. */
+  timestampNs: bigint;
+}
+
+export interface FreeEvent {
+  /** `free`, or `realloc`/`reallocarray` when the block was released by a move or a resize to 0. */
+  function: 'free' | 'realloc' | 'reallocarray';
+  address: bigint;
+  /** Size of the block when it was allocated. */
+  size: number;
+  tid: number;
+  timestampNs: bigint;
+}
+
+export interface LostInfo {
+  /** Events dropped since the last `lost` event. */
+  events: number;
+  /** Allocations not tracked since the last `lost` event because the address map was full. */
+  allocations: number;
+}
+
+export interface LeakTracerEvents {
+  alloc: [AllocEvent];
+  free: [FreeEvent];
+  /** One per leak group, when the target exits or `stop()` is called, before `exit`. */
+  leak: [LeakGroup];
+  /** Tracing ended (target exited, or `stop()`); carries the final report. */
+  exit: [LeakReport];
+  lost: [LostInfo];
+  error: [Error];
+}

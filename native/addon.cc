@@ -1,0 +1,56 @@
+// Module entry: per-env state, the cleanup hook, and the exports (see lib/native.ts for types).
+#include <napi.h>
+
+#include <vector>
+
+#include "addon_data.h"
+#include "elf_file.h"
+#include "errors.h"
+#include "leak.h"
+#if __has_include("symbolizer.h")
+#include "symbolizer.h"
+#define HAVE_SYMBOLIZER 1
+#endif
+#include "tracer.h"
+
+namespace ebpf_leak {
+namespace {
+
+void CloseAllTracers(AddonData* data) {
+  // Close() does not erase from the set; the destructor does, later.
+  std::vector<Tracer*> live(data->tracers.begin(), data->tracers.end());
+  for (Tracer* t : live) t->Close();
+}
+
+// Struct sizes, so lib/ can check that its decoders match this build's leak.h.
+Napi::Object Layout(Napi::Env env) {
+  Napi::Object layout = Napi::Object::New(env);
+  layout.Set("leakAlloc", static_cast<double>(sizeof(leak_alloc)));
+  layout.Set("snapshotEntry", static_cast<double>(sizeof(leak_snapshot_entry)));
+  layout.Set("counters", static_cast<double>(sizeof(leak_counters)));
+  layout.Set("event", static_cast<double>(sizeof(leak_event)));
+  return layout;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InstallLibbpfPrint();
+  auto* data = new AddonData();
+  env.SetInstanceData(data);
+  env.AddCleanupHook([data]() { CloseAllTracers(data); });
+
+  exports.Set("Tracer", Tracer::Define(env));
+  exports.Set("readElf", Napi::Function::New(env, ReadElf, "readElf"));
+  exports.Set("layout", Layout(env));
+#ifdef HAVE_SYMBOLIZER
+  InitSymbolizer(env, exports);
+#endif
+  return exports;
+}
+
+}  // namespace
+}  // namespace ebpf_leak
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  return ebpf_leak::Init(env, exports);
+}
+NODE_API_MODULE(ebpf_leak, InitModule)

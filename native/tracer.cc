@@ -1,0 +1,600 @@
+#include "tracer.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+
+#include "addon_data.h"
+#include "leak.h"
+#include "leak.skel.h"
+#include "uprobe_multi.h"
+
+namespace ebpf_leak {
+
+namespace {
+
+// A batch is handed to JS when it holds this many bytes, or when its oldest event is this old.
+constexpr size_t kMaxBatchBytes = 1 << 20;
+constexpr auto kMaxBatchAge = std::chrono::milliseconds(20);
+// Batches posted but not yet taken by JS. Past this the poll thread stops draining: the ring
+// buffer fills and the BPF side counts what it drops, rather than this process growing.
+constexpr int kMaxPendingBatches = 64;
+constexpr auto kCounterCheckInterval = std::chrono::milliseconds(100);
+
+struct Message {
+  const char* type;
+  std::vector<uint8_t> bytes;
+};
+
+std::string ErrnoText(int err) { return std::string(strerror(err)); }
+
+// The kernel's ENOTSUPP (not in user-space errno.h), returned for unsupported link types.
+constexpr int ENOTSUPP_ERRNO = 524;
+
+uint32_t GetUint(const Napi::Object& o, const char* key, uint32_t fallback) {
+  Napi::Value v = o.Get(key);
+  return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
+}
+bool GetBool(const Napi::Object& o, const char* key, bool fallback) {
+  Napi::Value v = o.Get(key);
+  return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : fallback;
+}
+uint64_t GetU64(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsBigInt()) {
+    bool lossless = true;
+    return v.As<Napi::BigInt>().Uint64Value(&lossless);
+  }
+  return v.IsNumber() ? static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue()) : 0;
+}
+
+// Base for the promise-returning calls: keeps the JS object alive while the worker runs and
+// turns a NativeError into a JS error with its code.
+class TracerWorker : public Napi::AsyncWorker {
+ public:
+  TracerWorker(Napi::Env env, Tracer* tracer, Napi::Object self)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), tracer_(tracer) {
+    self_ = Napi::Persistent(self);
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  void Fail(const NativeError& e) {
+    error_ = e;
+    SetError(e.message);
+  }
+  void OnError(const Napi::Error&) override { deferred_.Reject(ToJsError(Env(), error_).Value()); }
+
+  Napi::Promise::Deferred deferred_;
+  Tracer* tracer_;
+  Napi::ObjectReference self_;
+  NativeError error_;
+};
+
+class AttachWorker : public TracerWorker {
+ public:
+  using TracerWorker::TracerWorker;
+  void Execute() override {
+    NativeError e;
+    if (!tracer_->DoAttach(&e)) Fail(e);
+  }
+  void OnOK() override {
+    Napi::Object result = Napi::Object::New(Env());
+    result.Set("mode", tracer_->attach_mode());
+    deferred_.Resolve(result);
+  }
+};
+
+class SnapshotWorker : public TracerWorker {
+ public:
+  using TracerWorker::TracerWorker;
+  void Execute() override {
+    NativeError e;
+    if (!tracer_->DoSnapshot(&entries_, &counters_, &e)) Fail(e);
+    now_ns_ = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now().time_since_epoch())
+                                        .count());
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Object result = Napi::Object::New(env);
+    Napi::ArrayBuffer entries = Napi::ArrayBuffer::New(env, entries_.size());
+    if (!entries_.empty()) memcpy(entries.Data(), entries_.data(), entries_.size());
+    Napi::ArrayBuffer counters = Napi::ArrayBuffer::New(env, counters_.size());
+    if (!counters_.empty()) memcpy(counters.Data(), counters_.data(), counters_.size());
+    result.Set("entries", entries);
+    result.Set("counters", counters);
+    // bpf_ktime_get_ns() and steady_clock are both CLOCK_MONOTONIC on Linux.
+    result.Set("nowNs", Napi::BigInt::New(env, now_ns_));
+    deferred_.Resolve(result);
+  }
+
+ private:
+  std::vector<uint8_t> entries_;
+  std::vector<uint8_t> counters_;
+  uint64_t now_ns_ = 0;
+};
+
+class ReadStacksWorker : public TracerWorker {
+ public:
+  ReadStacksWorker(Napi::Env env, Tracer* tracer, Napi::Object self, std::vector<int64_t> ids)
+      : TracerWorker(env, tracer, self), ids_(std::move(ids)) {}
+  void Execute() override {
+    NativeError e;
+    if (!tracer_->DoReadStacks(ids_, &stacks_, &e)) Fail(e);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Array result = Napi::Array::New(env, stacks_.size());
+    for (size_t i = 0; i < stacks_.size(); i++) {
+      Napi::BigUint64Array frames = Napi::BigUint64Array::New(env, stacks_[i].size());
+      for (size_t j = 0; j < stacks_[i].size(); j++) frames[j] = stacks_[i][j];
+      result.Set(i, frames);
+    }
+    deferred_.Resolve(result);
+  }
+
+ private:
+  std::vector<int64_t> ids_;
+  std::vector<std::vector<uint64_t>> stacks_;
+};
+
+}  // namespace
+
+Napi::Function Tracer::Define(Napi::Env env) {
+  return DefineClass(env, "Tracer",
+                     {
+                         InstanceMethod<&Tracer::Attach>("attach"),
+                         InstanceMethod<&Tracer::Snapshot>("snapshot"),
+                         InstanceMethod<&Tracer::ReadStacks>("readStacks"),
+                         InstanceMethod<&Tracer::Counters>("counters"),
+                         InstanceMethod<&Tracer::SetMark>("setMark"),
+                         InstanceMethod<&Tracer::CloseJs>("close"),
+                     });
+}
+
+// new Tracer(config, onMessage): validation happened in lib/; this only copies the fields.
+Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction())
+    throw Napi::TypeError::New(env, "new Tracer(config: object, onMessage: function)");
+  Napi::Object o = info[0].As<Napi::Object>();
+  config_.pid = static_cast<int32_t>(GetUint(o, "pid", 0));
+  config_.wait_for_exec = GetBool(o, "waitForExec", false);
+  config_.max_allocations = GetUint(o, "maxAllocations", config_.max_allocations);
+  config_.events = GetBool(o, "events", false);
+  config_.event_buffer_bytes = GetUint(o, "eventBufferBytes", config_.event_buffer_bytes);
+  config_.stacks = GetBool(o, "stacks", false);
+  config_.stack_depth = GetUint(o, "stackDepth", config_.stack_depth);
+  config_.stack_map_entries = GetUint(o, "stackMapEntries", config_.stack_map_entries);
+  config_.page_size = GetUint(o, "pageSize", 4096);
+  Napi::Value btf = o.Get("btfPath");
+  if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
+  Napi::Value probes = o.Get("probes");
+  if (probes.IsArray()) {
+    Napi::Array list = probes.As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Object p = list.Get(i).As<Napi::Object>();
+      ProbeSpec spec;
+      spec.fn = GetUint(p, "fn", LEAK_FN_COUNT);
+      spec.path = p.Get("path").ToString();
+      spec.entry_offset = GetU64(p, "entryOffset");
+      spec.return_offset = GetU64(p, "returnOffset");
+      config_.probes.push_back(std::move(spec));
+    }
+  }
+  stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  on_message_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "ebpf-leak poll",
+                                              0, 1);
+  addon_data_ = AddonData::From(env);
+  addon_data_->tracers.insert(this);
+}
+
+// ObjectWrap finalizers run before the env's instance data is freed, so addon_data_ is valid.
+Tracer::~Tracer() {
+  Close();
+  addon_data_->tracers.erase(this);
+}
+
+bool Tracer::DoAttach(NativeError* error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) {
+    *error = {"ELEAK_CLOSED", "the tracer was closed before it attached", 0};
+    return false;
+  }
+  if (skel_ != nullptr) {
+    *error = {"ELEAK_STATE", "attach() was already called", 0};
+    return false;
+  }
+  // Multi-uprobe links first; a kernel without them (< 6.6) rejects the link and we reload the
+  // program for one classic uprobe per function.
+  if (LoadAndAttach(true, error)) return FinishAttach(error);
+  if (error->code != "ELEAK_NO_MULTI") return false;
+  if (LoadAndAttach(false, error)) return FinishAttach(error);
+  return false;
+}
+
+void Tracer::DetachAll() {
+  for (int fd : multi_links_) close(fd);
+  multi_links_.clear();
+  for (auto* l : links_) bpf_link__destroy(l);
+  links_.clear();
+  if (ring_) ring_buffer__free(ring_);
+  ring_ = nullptr;
+  if (skel_) leak_bpf__destroy(skel_);
+  skel_ = nullptr;
+}
+
+bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
+  LibbpfLogCapture log;
+  auto fail = [&](const std::string& code, const std::string& what, int err) {
+    std::string message = what;
+    if (err) message += ": " + ErrnoText(err);
+    std::string tail = log.Tail();
+    if (!tail.empty()) message += "\nlibbpf log:\n" + tail;
+    *error = {code, message, err};
+    DetachAll();
+    return false;
+  };
+
+  LIBBPF_OPTS(bpf_object_open_opts, open_opts);
+  if (!config_.btf_path.empty()) open_opts.btf_custom_path = config_.btf_path.c_str();
+  skel_ = leak_bpf__open_opts(&open_opts);
+  if (skel_ == nullptr) return fail("ELEAK_BPF", "cannot open the BPF object", errno);
+
+  skel_->rodata->target_tgid = static_cast<uint32_t>(config_.pid);
+  skel_->rodata->wait_for_exec = config_.wait_for_exec;
+  skel_->rodata->emit_events = config_.events;
+  skel_->rodata->capture_stacks = config_.stacks;
+  skel_->rodata->page_size = config_.page_size;
+  bpf_map__set_max_entries(skel_->maps.allocs, config_.max_allocations);
+  bpf_map__set_max_entries(skel_->maps.events, config_.events ? config_.event_buffer_bytes
+                                                              : static_cast<uint32_t>(getpagesize()));
+  if (config_.stacks) {
+    bpf_map__set_value_size(skel_->maps.stack_traces, config_.stack_depth * sizeof(uint64_t));
+    bpf_map__set_max_entries(skel_->maps.stack_traces, config_.stack_map_entries);
+  } else {
+    bpf_map__set_max_entries(skel_->maps.stack_traces, 1);
+  }
+  bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
+  if (multi) {
+    auto type = static_cast<bpf_attach_type>(kBpfTraceUprobeMulti);
+    bpf_program__set_expected_attach_type(skel_->progs.alloc_entry, type);
+    bpf_program__set_expected_attach_type(skel_->progs.alloc_exit, type);
+  }
+
+  int err = leak_bpf__load(skel_);
+  if (err) {
+    int e = -err;
+    if (multi && e == EINVAL) return fail("ELEAK_NO_MULTI", "no multi-uprobe programs", e);
+    return fail(CodeForErrno(e, "ELEAK_BPF"), "cannot load the BPF program", e);
+  }
+
+  auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
+    return fail(CodeForErrno(e, e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF"),
+                std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path,
+                e);
+  };
+  if (multi) {
+    // One entry link and one return link per file (in practice: one file, the allocator).
+    std::map<std::string, std::vector<const ProbeSpec*>> by_path;
+    for (const auto& p : config_.probes) by_path[p.path].push_back(&p);
+    for (const auto& [path, probes] : by_path) {
+      for (bool ret : {false, true}) {
+        std::vector<uint64_t> offsets, cookies;
+        for (const ProbeSpec* p : probes) {
+          if (ret && p->fn == LEAK_FN_FREE) continue;
+          offsets.push_back(ret ? p->return_offset : p->entry_offset);
+          cookies.push_back(p->fn);
+        }
+        if (offsets.empty()) continue;
+        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
+        int fd = CreateUprobeMultiLink(bpf_program__fd(prog), path, offsets, cookies, ret,
+                                       config_.pid);
+        if (fd < 0) {
+          int e = -fd;
+          if (e == EINVAL || e == EOPNOTSUPP || e == ENOTSUPP_ERRNO)
+            return fail("ELEAK_NO_MULTI", "no multi-uprobe links", e);
+          return attach_error(e, *probes.front(), ret);
+        }
+        multi_links_.push_back(fd);
+      }
+    }
+  } else {
+    for (const auto& probe : config_.probes) {
+      for (bool ret : {false, true}) {
+        if (ret && probe.fn == LEAK_FN_FREE) continue;
+        LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
+        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
+        bpf_link* link = bpf_program__attach_uprobe_opts(
+            prog, config_.pid, probe.path.c_str(), ret ? probe.return_offset : probe.entry_offset,
+            &opts);
+        if (link == nullptr) return attach_error(errno, probe, ret);
+        links_.push_back(link);
+      }
+    }
+  }
+  if (config_.wait_for_exec) {
+    bpf_link* link = bpf_program__attach(skel_->progs.target_exec);
+    if (link == nullptr)
+      return fail(CodeForErrno(errno, "ELEAK_BPF"), "cannot attach to sched_process_exec", errno);
+    links_.push_back(link);
+  } else {
+    skel_->bss->armed = true;
+  }
+  if (config_.events) {
+    ring_ = ring_buffer__new(bpf_map__fd(skel_->maps.events), &Tracer::OnRingRecord, this, nullptr);
+    if (ring_ == nullptr) return fail("ELEAK_BPF", "cannot open the event ring buffer", errno);
+  }
+  attach_mode_ = multi ? "uprobe_multi" : "uprobe";
+  return true;
+}
+
+bool Tracer::FinishAttach(NativeError* error) {
+  pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, config_.pid, 0));
+  if (pidfd_ < 0) {
+    int e = errno;
+    *error = {e == ESRCH ? "ELEAK_TARGET_EXITED" : CodeForErrno(e, "ELEAK_BPF"),
+              "cannot watch process " + std::to_string(config_.pid) + ": " + ErrnoText(e), e};
+    DetachAll();
+    return false;
+  }
+  poller_ = std::thread(&Tracer::PollLoop, this);
+  return true;
+}
+
+bool Tracer::ReadCounters(std::vector<uint8_t>* out) {
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0 || skel_ == nullptr) return false;
+  std::vector<leak_counters> per_cpu(ncpu);
+  uint32_t zero = 0;
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.counters), &zero, per_cpu.data())) return false;
+  leak_counters sum{};
+  auto* total = reinterpret_cast<uint64_t*>(&sum);
+  for (const auto& c : per_cpu) {
+    const auto* v = reinterpret_cast<const uint64_t*>(&c);
+    for (size_t i = 0; i < sizeof(leak_counters) / sizeof(uint64_t); i++) total[i] += v[i];
+  }
+  out->resize(sizeof sum);
+  memcpy(out->data(), &sum, sizeof sum);
+  return true;
+}
+
+bool Tracer::DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* counters,
+                        NativeError* error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr) {
+    *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
+    return false;
+  }
+  // Counters first: a block allocated between the two reads then shows in the map but not yet
+  // in the totals, never the other way round.
+  if (!ReadCounters(counters)) {
+    *error = {"ELEAK_BPF", "cannot read the counters map: " + ErrnoText(errno), errno};
+    return false;
+  }
+  int fd = bpf_map__fd(skel_->maps.allocs);
+  uint32_t chunk = 16384;
+  std::vector<uint64_t> keys;
+  std::vector<leak_alloc> values;
+  uint64_t in_token = 0, out_token = 0;
+  bool first = true;
+  LIBBPF_OPTS(bpf_map_batch_opts, opts);
+  for (;;) {
+    keys.resize(chunk);
+    values.resize(chunk);
+    uint32_t count = chunk;
+    int err = bpf_map_lookup_batch(fd, first ? nullptr : &in_token, &out_token, keys.data(),
+                                   values.data(), &count, &opts);
+    int e = err ? errno : 0;
+    if (e == ENOSPC && count == 0) {  // one hash bucket holds more than `chunk` entries
+      chunk *= 2;
+      continue;
+    }
+    size_t old = entries->size();
+    entries->resize(old + count * sizeof(leak_snapshot_entry));
+    auto* out = reinterpret_cast<leak_snapshot_entry*>(entries->data() + old);
+    for (uint32_t i = 0; i < count; i++) out[i] = leak_snapshot_entry{keys[i], values[i]};
+    if (e == ENOENT) break;
+    if (e) {
+      *error = {"ELEAK_BPF", "cannot read the allocations map: " + ErrnoText(e), e};
+      return false;
+    }
+    in_token = out_token;
+    first = false;
+  }
+  return true;
+}
+
+bool Tracer::DoReadStacks(const std::vector<int64_t>& ids,
+                          std::vector<std::vector<uint64_t>>* stacks, NativeError* error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr) {
+    *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
+    return false;
+  }
+  int fd = bpf_map__fd(skel_->maps.stack_traces);
+  std::vector<uint64_t> buf(config_.stacks ? config_.stack_depth : 1);
+  for (int64_t id : ids) {
+    std::vector<uint64_t> frames;
+    uint32_t key = static_cast<uint32_t>(id);
+    if (id >= 0 && bpf_map_lookup_elem(fd, &key, buf.data()) == 0) {
+      for (uint64_t ip : buf) {
+        if (ip == 0) break;
+        frames.push_back(ip);
+      }
+    }
+    stacks->push_back(std::move(frames));
+  }
+  return true;
+}
+
+int Tracer::OnRingRecord(void* self, void* data, size_t size) {
+  auto* tracer = static_cast<Tracer*>(self);
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  tracer->batch_.insert(tracer->batch_.end(), bytes, bytes + size);
+  return 0;
+}
+
+void Tracer::Post(const char* type, std::vector<uint8_t> bytes) {
+  auto* message = new Message{type, std::move(bytes)};
+  pending_batches_++;
+  napi_status status = on_message_.NonBlockingCall(
+      message, [this](Napi::Env env, Napi::Function callback, Message* m) {
+        pending_batches_--;
+        std::unique_ptr<Message> owned(m);
+        if (env == nullptr || callback.IsEmpty()) return;
+        Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, owned->bytes.size());
+        if (!owned->bytes.empty()) memcpy(buffer.Data(), owned->bytes.data(), owned->bytes.size());
+        try {
+          callback.Call({Napi::String::New(env, owned->type), buffer});
+        } catch (const Napi::Error& e) {
+          e.ThrowAsJavaScriptException();
+        }
+      });
+  if (status != napi_ok) {
+    pending_batches_--;
+    delete message;
+  }
+}
+
+// Drains the ring buffer in batches and watches the target's pidfd. Never touches JS: every
+// result goes through the thread-safe function.
+void Tracer::PollLoop() {
+  int ep = epoll_create1(EPOLL_CLOEXEC);
+  auto watch = [ep](int fd, uint64_t tag) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+  };
+  enum : uint64_t { kStop = 1, kExit = 2, kRing = 3 };
+  watch(stop_fd_, kStop);
+  watch(pidfd_, kExit);
+  if (ring_) watch(ring_buffer__epoll_fd(ring_), kRing);
+
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point batch_started{};
+  Clock::time_point last_counter_check = Clock::now();
+  uint64_t reported_lost = 0, reported_dropped = 0;
+  bool stopping = false;
+  while (!stopping) {
+    epoll_event evs[4];
+    int timeout = batch_.empty() ? 100 : 10;
+    int n = epoll_wait(ep, evs, 4, timeout);
+    bool exited = false;
+    for (int i = 0; i < n; i++) {
+      if (evs[i].data.u64 == kStop) stopping = true;
+      if (evs[i].data.u64 == kExit) exited = true;
+    }
+    if (ring_ && (pending_batches_ < kMaxPendingBatches || stopping || exited)) {
+      size_t before = batch_.size();
+      ring_buffer__consume(ring_);
+      if (before == 0 && !batch_.empty()) batch_started = Clock::now();
+    }
+    Clock::time_point now = Clock::now();
+    if (!batch_.empty() && (batch_.size() >= kMaxBatchBytes || stopping || exited ||
+                            now - batch_started >= kMaxBatchAge)) {
+      Post("events", std::move(batch_));
+      batch_.clear();
+    }
+    if (now - last_counter_check >= kCounterCheckInterval || exited || stopping) {
+      last_counter_check = now;
+      std::vector<uint8_t> counters;
+      if (ReadCounters(&counters)) {
+        const auto* c = reinterpret_cast<const leak_counters*>(counters.data());
+        if (c->lost_events != reported_lost || c->dropped_allocs != reported_dropped) {
+          reported_lost = c->lost_events;
+          reported_dropped = c->dropped_allocs;
+          Post("counters", std::move(counters));
+        }
+      }
+    }
+    if (exited) {
+      epoll_ctl(ep, EPOLL_CTL_DEL, pidfd_, nullptr);
+      Post("exit", {});
+    }
+  }
+  close(ep);
+}
+
+void Tracer::Close() {
+  if (closed_.exchange(true)) return;
+  std::lock_guard<std::mutex> lock(mu_);  // waits for a running attach or snapshot
+  if (stop_fd_ >= 0) {
+    uint64_t one = 1;
+    ssize_t ignored = write(stop_fd_, &one, sizeof one);
+    (void)ignored;
+  }
+  if (poller_.joinable()) poller_.join();
+  DetachAll();
+  if (pidfd_ >= 0) close(pidfd_);
+  pidfd_ = -1;
+  if (stop_fd_ >= 0) close(stop_fd_);
+  stop_fd_ = -1;
+  if (!tsfn_released_) {
+    tsfn_released_ = true;
+    on_message_.Release();
+  }
+}
+
+Napi::Value Tracer::Attach(const Napi::CallbackInfo& info) {
+  auto* worker = new AttachWorker(info.Env(), this, info.This().As<Napi::Object>());
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value Tracer::Snapshot(const Napi::CallbackInfo& info) {
+  auto* worker = new SnapshotWorker(info.Env(), this, info.This().As<Napi::Object>());
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value Tracer::ReadStacks(const Napi::CallbackInfo& info) {
+  std::vector<int64_t> ids;
+  if (info.Length() > 0 && info[0].IsArray()) {
+    Napi::Array list = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++)
+      ids.push_back(list.Get(i).As<Napi::Number>().Int64Value());
+  }
+  auto* worker =
+      new ReadStacksWorker(info.Env(), this, info.This().As<Napi::Object>(), std::move(ids));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// Summed counters, synchronously: one small map read.
+Napi::Value Tracer::Counters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<uint8_t> counters;
+  if (!ReadCounters(&counters)) return env.Null();
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, counters.size());
+  memcpy(buffer.Data(), counters.data(), counters.size());
+  return buffer;
+}
+
+Napi::Value Tracer::SetMark(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ != nullptr && info.Length() > 0 && info[0].IsNumber())
+    skel_->bss->mark = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
+  return info.Env().Undefined();
+}
+
+Napi::Value Tracer::CloseJs(const Napi::CallbackInfo& info) {
+  Close();
+  return info.Env().Undefined();
+}
+
+}  // namespace ebpf_leak

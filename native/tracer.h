@@ -1,0 +1,100 @@
+// One traced process: the BPF object, its uprobe links, and the thread that drains the event
+// ring buffer and watches for the process to exit. JS sees it as `new Tracer(config, onMessage)`
+// with attach() / snapshot() / readStacks() / counters() / setMark() / close().
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "errors.h"
+
+struct leak_bpf;
+struct bpf_link;
+struct ring_buffer;
+
+namespace ebpf_leak {
+
+struct AddonData;
+
+struct ProbeSpec {
+  uint32_t fn = 0;             // enum leak_fn
+  std::string path;            // file the offsets are in
+  uint64_t entry_offset = 0;   // where the entry uprobe goes
+  uint64_t return_offset = 0;  // function entry, for the uretprobe (not used for free)
+};
+
+struct TracerConfig {
+  int32_t pid = 0;
+  bool wait_for_exec = false;
+  uint32_t max_allocations = 1000000;
+  bool events = false;
+  uint32_t event_buffer_bytes = 8u << 20;
+  bool stacks = false;
+  uint32_t stack_depth = 32;
+  uint32_t stack_map_entries = 65536;
+  uint64_t page_size = 4096;
+  std::string btf_path;  // empty: the running kernel's
+  std::vector<ProbeSpec> probes;
+};
+
+class Tracer : public Napi::ObjectWrap<Tracer> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit Tracer(const Napi::CallbackInfo& info);
+  ~Tracer() override;
+
+  // Stops the poll thread, detaches every probe and frees the BPF object. Idempotent; called
+  // from JS, from the destructor, and from the env cleanup hook.
+  void Close();
+
+  // Run on a worker thread by the AsyncWorkers below.
+  bool DoAttach(NativeError* error);
+  // "uprobe_multi" or "uprobe", once attached.
+  const char* attach_mode() const { return attach_mode_; }
+  bool DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* counters,
+                  NativeError* error);
+  bool DoReadStacks(const std::vector<int64_t>& ids, std::vector<std::vector<uint64_t>>* stacks,
+                    NativeError* error);
+
+ private:
+  Napi::Value Attach(const Napi::CallbackInfo& info);
+  Napi::Value Snapshot(const Napi::CallbackInfo& info);
+  Napi::Value ReadStacks(const Napi::CallbackInfo& info);
+  Napi::Value Counters(const Napi::CallbackInfo& info);
+  Napi::Value SetMark(const Napi::CallbackInfo& info);
+  Napi::Value CloseJs(const Napi::CallbackInfo& info);
+
+  bool LoadAndAttach(bool multi, NativeError* error);
+  bool FinishAttach(NativeError* error);
+  void DetachAll();
+  bool ReadCounters(std::vector<uint8_t>* out);
+  void PollLoop();
+  void Post(const char* type, std::vector<uint8_t> bytes);
+  static int OnRingRecord(void* self, void* data, size_t size);
+
+  TracerConfig config_;
+  AddonData* addon_data_ = nullptr;
+  Napi::ThreadSafeFunction on_message_;
+  bool tsfn_released_ = false;
+
+  std::mutex mu_;  // held while the BPF object is used or torn down
+  leak_bpf* skel_ = nullptr;
+  std::vector<bpf_link*> links_;
+  std::vector<int> multi_links_;  // fds of multi-uprobe links
+  const char* attach_mode_ = "";
+  ring_buffer* ring_ = nullptr;
+  int pidfd_ = -1;
+  int stop_fd_ = -1;
+  std::thread poller_;
+  std::atomic<bool> closed_{false};
+  std::atomic<int> pending_batches_{0};
+  std::vector<uint8_t> batch_;  // poll thread only
+};
+
+}  // namespace ebpf_leak
