@@ -93,6 +93,17 @@ export function processExists(pid: number): boolean {
   return existsSync(`/proc/${pid}/stat`);
 }
 
+/** Running, as opposed to gone or a zombie (exited, not yet reaped by its parent). */
+export function processAlive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
 export function resolvePidAllocator(pid: number, allocator: AllocatorOptions | undefined): ResolvedAllocator {
   let maps: string;
   try {

@@ -7,7 +7,7 @@ import { launcherPath, loadNative, type NativeMessageType, type NativeTracer } f
 import { resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbes } from './probes.js';
 import { checkSupport } from './support.js';
-import { processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
+import { processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
 import { LeakTracer, type TracerParts } from './tracer.js';
 import type { TraceOptions } from './types.js';
 
@@ -93,6 +93,10 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       throw new TargetExitedError(`process ${pid} exited before the probes were attached.`, { cause: error });
     }
     throw fromNativeError(error, `cannot trace ${o.kind === 'pid' ? `process ${pid}` : o.command}`);
+  }
+  if (o.kind === 'pid' && !processAlive(pid)) {
+    nativeTracer.close();
+    throw new TargetExitedError(`process ${pid} exited before the probes were attached: nothing left to trace.`);
   }
   const parts: TracerParts = {
     native: nativeTracer,

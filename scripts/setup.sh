@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Everything ebpf-leak needs on a bare Debian 12 machine, then the build. Safe to run again: it
+# installs only what is missing and rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# clang/llvm: compile and strip the BPF program; bpftool: vmlinux.h and the skeleton;
+# libbpf-dev: libbpf.a, linked into the addon; libelf/libdw/zlib: ELF and DWARF reading;
+# cmake/g++/make/pkg-config: the addon; valgrind: the test oracle; binutils: objcopy/strip.
+packages=(clang llvm bpftool libbpf-dev libelf-dev libdw-dev zlib1g-dev pkg-config cmake make g++
+  binutils valgrind python3 ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: these Debian packages are missing: ${missing[*]}; run this script as root" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run --silent build

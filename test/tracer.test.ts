@@ -1,0 +1,144 @@
+// The tracer against real processes: attaching to a running pid, the event stream, snapshots,
+// stop(), and data we could not keep (full map, full ring buffer) being counted and reported.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { afterEach, describe, expect, it } from 'vitest';
+import { trace, type AllocEvent, type FreeEvent, type LostInfo, type LeakGroup, type LeakReport } from '../lib/index.js';
+import { fixturePath } from './helpers/fixtures.js';
+
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+
+async function startForever(): Promise<ChildProcess> {
+  const child = spawn(fixturePath('forever'), [], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  await once(child.stdout!, 'data'); // "ready"
+  return child;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('attach to a running process', () => {
+  it('sees allocations made after attach, and the process keeps running after stop()', async () => {
+    const child = await startForever();
+    const tracer = await trace({ pid: child.pid! });
+    expect(tracer.pid).toBe(child.pid);
+    expect(tracer.info.attachMode).toBe('uprobe_multi');
+    await sleep(600);
+    const snap = await tracer.snapshot();
+    // One 32-byte block leaks every ~10 ms; the 64-byte one is freed at once.
+    const leaked32 = snap.allocations.filter((a) => a.size === 32);
+    expect(leaked32.length).toBeGreaterThan(20);
+    expect(snap.allocations.every((a) => a.ageMs >= 0 && a.ageMs < 5000)).toBe(true);
+    expect(snap.allocations.every((a) => a.tid === child.pid)).toBe(true);
+    expect(snap.summary.allocs).toBeGreaterThanOrEqual(2 * leaked32.length);
+
+    const first = tracer.stop();
+    expect(tracer.stop()).toBe(first); // idempotent: same promise
+    const report = await first;
+    expect(report).toBe(await tracer.done);
+    expect(report.target.pid).toBe(child.pid);
+    expect(report.target.exitCode).toBeNull();
+    expect(report.summary.inUseBlocks).toBeGreaterThanOrEqual(leaked32.length);
+    expect(report.leaks[0]!.largestBlock).toBe(32);
+    expect(child.exitCode).toBeNull(); // still running, untraced
+    await expect(tracer.snapshot()).rejects.toMatchObject({ code: 'ELEAK_CLOSED' });
+  });
+
+  it('reports when the traced process exits', async () => {
+    const child = spawn(fixturePath('forever'), ['60'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(child);
+    await once(child.stdout!, 'data');
+    const tracer = await trace({ pid: child.pid! });
+    const exitEvent = once(tracer, 'exit') as Promise<[LeakReport]>;
+    const report = await tracer.done;
+    const [fromEvent] = await exitEvent;
+    expect(fromEvent).toBe(report);
+    // It ran up to 60 iterations, some before we attached: every one after leaked 32 bytes.
+    expect(report.summary.inUseBlocks).toBeGreaterThan(0);
+    expect(report.summary.inUseBlocks).toBeLessThanOrEqual(60);
+    expect(report.summary.inUseBytes).toBe(32 * report.summary.inUseBlocks);
+  });
+});
+
+describe('event stream', () => {
+  it('emits every alloc and free of the seed program, in order per thread', async () => {
+    const tracer = await trace({ command: fixturePath('seed'), stdio: 'ignore', events: true });
+    const allocs: AllocEvent[] = [];
+    const frees: FreeEvent[] = [];
+    const leaks: LeakGroup[] = [];
+    tracer.on('alloc', (e) => allocs.push(e));
+    tracer.on('free', (e) => frees.push(e));
+    tracer.on('leak', (g) => leaks.push(g));
+    const report = await tracer.done;
+    const eight = allocs.filter((a) => a.size === 8);
+    expect(eight).toHaveLength(10);
+    expect(eight.every((a) => a.function === 'malloc' && a.tid === tracer.pid)).toBe(true);
+    expect(frees).toHaveLength(9);
+    expect(frees.every((f) => f.size === 8 && f.function === 'free')).toBe(true);
+    // The nine freed are the first nine allocated; the tenth is the leak.
+    expect(frees.map((f) => f.address)).toEqual(eight.slice(0, 9).map((a) => a.address));
+    const leakedAddress = `0x${eight[9]!.address.toString(16)}`;
+    expect(leaks.flatMap((g) => g.sampleAddresses)).toContain(leakedAddress);
+    expect(allocs.length).toBe(report.summary.allocs);
+    expect(report.summary.lostEvents).toBe(0);
+    // timestamps increase
+    for (let i = 1; i < eight.length; i++) expect(eight[i]!.timestampNs > eight[i - 1]!.timestampNs).toBe(true);
+  });
+});
+
+describe('data that could not be kept is counted and reported', () => {
+  it('counts allocations dropped because the address map is full', async () => {
+    const tracer = await trace({ command: fixturePath('many_outstanding'), stdio: 'ignore', maxAllocations: 1000 });
+    const lost: LostInfo[] = [];
+    tracer.on('lost', (l) => lost.push(l));
+    const report = await tracer.done;
+    // 200,000 blocks outstanding, room for 1,000: the rest are counted, not silently missing.
+    expect(report.summary.inUseBlocks).toBeLessThanOrEqual(1000);
+    expect(report.summary.droppedAllocations).toBeGreaterThanOrEqual(199_000);
+    expect(report.summary.allocs).toBeGreaterThanOrEqual(200_000);
+    expect(lost.reduce((n, l) => n + l.allocations, 0)).toBe(report.summary.droppedAllocations);
+  });
+
+  it('counts events dropped because the ring buffer is full', async () => {
+    const tracer = await trace({
+      command: fixturePath('threads'),
+      stdio: 'ignore',
+      events: true,
+      eventBufferBytes: 4096,
+    });
+    const lost: LostInfo[] = [];
+    let delivered = 0;
+    tracer.on('lost', (l) => lost.push(l));
+    tracer.on('alloc', () => delivered++);
+    tracer.on('free', () => delivered++);
+    const report = await tracer.done;
+    expect(report.summary.lostEvents).toBeGreaterThan(0);
+    expect(lost.reduce((n, l) => n + l.events, 0)).toBe(report.summary.lostEvents);
+    // Every call is either delivered or counted as lost: nothing vanishes.
+    expect(delivered + report.summary.lostEvents).toBe(report.summary.allocs + report.summary.frees);
+    // Losing events does not change the leak accounting, which comes from the map.
+    expect(report.summary.allocs - report.summary.frees).toBe(report.summary.inUseBlocks);
+  });
+});
+
+describe('command targets', () => {
+  it('propagates the exit status and counts nothing before exec', async () => {
+    const tracer = await trace({ command: 'sh', args: ['-c', 'exit 3'], stdio: 'ignore' });
+    const report = await tracer.done;
+    expect(report.target.exitCode).toBe(3);
+    expect(report.target.command).toBe('sh');
+    expect(report.target.args).toEqual(['-c', 'exit 3']);
+    expect(report.target.allocator).toMatch(/libc\.so\.6$/);
+  });
+
+  it('reports the signal that killed the program', async () => {
+    const tracer = await trace({ command: 'sleep', args: ['30'], stdio: 'ignore' });
+    setTimeout(() => tracer.process!.kill('SIGTERM'), 200);
+    const report = await tracer.done;
+    expect(report.target.signal).toBe('SIGTERM');
+    expect(report.target.exitCode).toBeNull();
+  });
+});
