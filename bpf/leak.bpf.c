@@ -62,12 +62,42 @@ struct {
 	__uint(max_entries, 65536);
 } stack_traces SEC(".maps");
 
+/* Which stack ids already had their mappings recorded: index = stack id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 65536); /* = stack_traces' max_entries, set before load */
+} stacks_seen SEC(".maps");
+
+/* Executable mappings stacks passed through, by start address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct leak_module);
+	__uint(max_entries, 8192);
+} modules SEC(".maps");
+
+/* Scratch space too large for the BPF stack. */
+struct stack_scratch {
+	__u64 frames[LEAK_MAX_STACK_DEPTH + 1]; /* a power of two: indexes are masked, not compared */
+	struct leak_module module;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct stack_scratch);
+	__uint(max_entries, 1);
+} scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4096); /* resized from options before load */
 } events SEC(".maps");
 
-/* nmemb * size, or 0 when it overflows (glibc then fails and returns NULL; nothing is recorded). */
+/* nmemb * size; an overflowing product makes glibc fail the call (NULL, ENOMEM) without
+ * touching anything, which must not be mistaken for a size of 0 (realloc(p, 0) frees p). */
+#define SIZE_OVERFLOW (~0ULL)
 static __always_inline __u64 array_bytes(__u64 nmemb, __u64 size)
 {
 	__u64 limit;
@@ -78,7 +108,7 @@ static __always_inline __u64 array_bytes(__u64 nmemb, __u64 size)
 	/* Keeps clang from folding the test into an overflow multiply, which BPF cannot do. */
 	asm volatile("" : "+r"(limit));
 	if (size > limit)
-		return 0;
+		return SIZE_OVERFLOW;
 	return nmemb * size;
 }
 
@@ -131,6 +161,7 @@ static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __
 		.tid = (__u32)bpf_get_current_pid_tgid(),
 		.stack_id = stack_id,
 		.mark = mark,
+		.fn = fn,
 	};
 	struct leak_counters *c = counters_cpu();
 
@@ -170,6 +201,99 @@ static __always_inline void record_free(__u64 fn, __u64 address)
 		     (__u32)bpf_get_current_pid_tgid(), -1);
 }
 
+static long record_mapping(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	__u32 zero = 0;
+	struct stack_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	struct leak_module *m, *known;
+	struct dentry *dentry;
+	struct file *file;
+	__u64 start = vma->vm_start;
+
+	if (!s)
+		return 0;
+	m = &s->module;
+	known = bpf_map_lookup_elem(&modules, &start);
+	file = vma->vm_file;
+	if (!file) /* anonymous: JIT code, named from perf maps in user space */
+		return 0;
+	m->inode = BPF_CORE_READ(file, f_inode, i_ino);
+	/* The same start with the same file is already known; a different file there (a library
+	 * loaded where a dlclose()d one was) replaces it. */
+	if (known && known->inode == m->inode && known->end == vma->vm_end)
+		return 0;
+	m->start = start;
+	m->end = vma->vm_end;
+	m->file_offset = vma->vm_pgoff << 12;
+	m->dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	dentry = BPF_CORE_READ(file, f_path.dentry);
+	for (int i = 0; i < LEAK_PATH_PARTS; i++) {
+		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
+		if (!dentry || parent == dentry) {
+			m->parts[i][0] = 0;
+			break;
+		}
+		bpf_probe_read_kernel_str(m->parts[i], LEAK_PATH_PART_LEN,
+					  BPF_CORE_READ(dentry, d_name.name));
+		dentry = parent;
+	}
+	bpf_map_update_elem(&modules, &start, m, BPF_ANY);
+	return 0;
+}
+
+static long record_frame_mapping(__u32 i, void *data)
+{
+	__u32 zero = 0;
+	struct stack_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	__u64 ip;
+
+	if (!s)
+		return 1;
+	ip = s->frames[i & LEAK_MAX_STACK_DEPTH];
+	if (!ip)
+		return 1; /* stop */
+	bpf_find_vma(bpf_get_current_task_btf(), ip, record_mapping, NULL, 0);
+	return 0;
+}
+
+/* First time a stack is seen: record the mappings its frames are in. Paid once per call site. */
+static __always_inline void record_stack_mappings(struct pt_regs *ctx, __s64 stack_id)
+{
+	__u32 key = stack_id, zero = 0;
+	__u32 *seen = bpf_map_lookup_elem(&stacks_seen, &key);
+	struct stack_scratch *s;
+	long n;
+
+	if (!seen || *seen)
+		return;
+	*seen = 1;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return;
+	n = bpf_get_stack(ctx, s->frames, sizeof(s->frames), BPF_F_USER_STACK);
+	if (n <= 0)
+		return;
+	bpf_loop(n / sizeof(__u64), record_frame_mapping, NULL, 0);
+}
+
+/* Taken in the return probe: there the caller is the innermost frame. (At the entry, the caller's
+ * return address is only at the top of the stack, and a frame-pointer walk skips it.) */
+static __always_inline __s64 alloc_stack(struct pt_regs *ctx)
+{
+	__s64 id;
+
+	if (!capture_stacks)
+		return -1;
+	id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
+	if (id < 0) {
+		COUNT(stack_failures, 1);
+		return -1;
+	}
+	record_stack_mappings(ctx, id);
+	return id;
+}
+
 static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
 				       __u64 out_ptr)
 {
@@ -190,11 +314,6 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 	if (outer) {
 		outer->depth++;
 		return 0;
-	}
-	if (capture_stacks) {
-		call.stack_id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
-		if (call.stack_id < 0)
-			COUNT(stack_failures, 1);
 	}
 	if (bpf_map_update_elem(&inflight, &tid, &call, BPF_ANY))
 		COUNT(inflight_failures, 1);
@@ -221,6 +340,8 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 	bpf_map_delete_elem(&inflight, &tid);
 
 	address = PT_REGS_RC(ctx);
+	if (call.size == SIZE_OVERFLOW) /* failed, changed nothing */
+		return 0;
 	switch (call.fn) {
 	case LEAK_FN_POSIX_MEMALIGN:
 		if (address != 0) /* an error number, nothing allocated */
@@ -240,7 +361,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 		break;
 	}
 	if (address)
-		record_alloc(call.fn, address, call.size, call.stack_id);
+		record_alloc(call.fn, address, call.size, alloc_stack(ctx));
 	return 0;
 }
 

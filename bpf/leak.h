@@ -30,6 +30,7 @@ struct leak_alloc {
 	__u64 tid;
 	__s64 stack_id;	    /* id in `stack_traces`, or -1 (stacks off, or the walk failed) */
 	__u64 mark;	    /* value of the `mark` global when allocated (tracer.mark()) */
+	__u64 fn;	    /* enum leak_fn that made the block */
 };
 
 /* One record of the snapshot buffer handed to JS: the map key followed by its value. */
@@ -50,6 +51,23 @@ struct leak_counters {
 	__u64 stack_failures;	/* allocations whose stack could not be recorded */
 	__u64 inflight_failures; /* entries whose per-thread state could not be saved */
 	__u64 execs;		/* exec()s of the target seen */
+};
+
+/* An executable file mapping of the target, recorded in the kernel the first time a stack passes
+ * through it, so stacks can be symbolized after the process exited or unmapped the file
+ * (dlclose). The path is rebuilt from dentry names: parts[0] is the file name, parts[1] its
+ * directory, and so on up to the root of its filesystem; user space adds the mount point. */
+#define LEAK_PATH_PARTS 12
+#define LEAK_PATH_PART_LEN 64
+#define LEAK_MAX_STACK_DEPTH 127
+
+struct leak_module {
+	__u64 start;
+	__u64 end;
+	__u64 file_offset; /* offset in the file of `start` */
+	__u64 inode;
+	__u64 dev;	   /* kernel dev_t of the file's filesystem: major << 20 | minor */
+	char parts[LEAK_PATH_PARTS][LEAK_PATH_PART_LEN];
 };
 
 /* Per-event record of the optional ring buffer stream. */

@@ -31,11 +31,19 @@ export const counterFields = [
 ] as const;
 export type Counters = Record<(typeof counterFields)[number], number>;
 
-const SNAPSHOT_ENTRY_BYTES = 48;
+const SNAPSHOT_ENTRY_BYTES = 56;
 const EVENT_BYTES = 56;
+const PATH_PARTS = 12;
+const PATH_PART_BYTES = 64;
+const MODULE_BYTES = 5 * 8 + PATH_PARTS * PATH_PART_BYTES;
 
 export function checkLayout(layout: NativeLayout): void {
-  const expected = { counters: counterFields.length * 8, snapshotEntry: SNAPSHOT_ENTRY_BYTES, event: EVENT_BYTES };
+  const expected = {
+    counters: counterFields.length * 8,
+    snapshotEntry: SNAPSHOT_ENTRY_BYTES,
+    event: EVENT_BYTES,
+    module: MODULE_BYTES,
+  };
   for (const [name, size] of Object.entries(expected)) {
     if (layout[name as keyof NativeLayout] !== size) {
       throw new Error(
@@ -64,6 +72,7 @@ export interface SnapshotColumns {
   tid(i: number): number;
   stackId(i: number): number;
   mark(i: number): number;
+  fn(i: number): AllocatorFunction;
 }
 
 export function snapshotColumns(buffer: ArrayBuffer): SnapshotColumns {
@@ -78,6 +87,7 @@ export function snapshotColumns(buffer: ArrayBuffer): SnapshotColumns {
     tid: (i) => Number(u[i * words + 3]!),
     stackId: (i) => Number(s[i * words + 4]!),
     mark: (i) => Number(u[i * words + 5]!),
+    fn: (i) => leakFunctions[Number(u[i * words + 6]!)] ?? 'malloc',
   };
 }
 
@@ -106,4 +116,44 @@ export function* decodeEvents(buffer: ArrayBuffer): Generator<RawEvent> {
       stackId: Number(s[base + 6]!),
     };
   }
+}
+
+/** struct leak_module: an executable file mapping recorded in the kernel. */
+export interface KernelModule {
+  start: bigint;
+  end: bigint;
+  fileOffset: bigint;
+  inode: bigint;
+  /** Kernel dev_t: major << 20 | minor. */
+  dev: number;
+  /** Path from the root of the file's filesystem (not yet joined to a mount point). */
+  pathInFs: string;
+}
+
+/** Records of readModules(): the map key (start) then struct leak_module. */
+export function decodeModules(buffer: ArrayBuffer): KernelModule[] {
+  const record = 8 + MODULE_BYTES;
+  const view = new DataView(buffer);
+  const bytes = new Uint8Array(buffer);
+  const out: KernelModule[] = [];
+  for (let base = 0; base + record <= buffer.byteLength; base += record) {
+    const at = base + 8;
+    const parts: string[] = [];
+    for (let p = 0; p < PATH_PARTS; p++) {
+      const from = at + 40 + p * PATH_PART_BYTES;
+      const nul = bytes.indexOf(0, from);
+      const end = nul === -1 || nul > from + PATH_PART_BYTES ? from + PATH_PART_BYTES : nul;
+      if (end === from) break;
+      parts.push(Buffer.from(bytes.subarray(from, end)).toString('utf8'));
+    }
+    out.push({
+      start: view.getBigUint64(at, true),
+      end: view.getBigUint64(at + 8, true),
+      fileOffset: view.getBigUint64(at + 16, true),
+      inode: view.getBigUint64(at + 24, true),
+      dev: Number(view.getBigUint64(at + 32, true)),
+      pathInFs: '/' + parts.reverse().join('/'),
+    });
+  }
+  return out;
 }

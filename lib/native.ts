@@ -43,6 +43,8 @@ export interface NativeTracer {
   attach(): Promise<{ mode: 'uprobe_multi' | 'uprobe' }>;
   snapshot(): Promise<NativeSnapshot>;
   readStacks(ids: number[]): Promise<BigUint64Array[]>;
+  /** struct leak_module records, each after its 8-byte key */
+  readModules(): Promise<ArrayBuffer>;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
   close(): void;
@@ -69,6 +71,7 @@ export interface NativeLayout {
   snapshotEntry: number;
   counters: number;
   event: number;
+  module: number;
 }
 
 export interface NativeAddon {

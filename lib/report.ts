@@ -1,6 +1,6 @@
 // From a walk of the kernel's allocation map to the numbers and groups users read.
 import type { Counters, SnapshotColumns } from './native-layout.js';
-import type { HeapSummary, LeakGroup, OutstandingAllocation, StackFrame } from './types.js';
+import type { AllocatorFunction, HeapSummary, LeakGroup, OutstandingAllocation, StackFrame } from './types.js';
 
 const SAMPLE_ADDRESSES = 4;
 
@@ -41,6 +41,8 @@ export function outstandingAllocations(columns: SnapshotColumns, nowNs: bigint):
 
 export interface RawLeakGroup {
   stackId: number;
+  /** Function that allocated the group's first block. */
+  fn: AllocatorFunction;
   bytes: number;
   blocks: number;
   largestBlock: number;
@@ -56,7 +58,7 @@ export function groupByStack(columns: SnapshotColumns, keep?: (i: number) => boo
     const size = columns.size(i);
     let g = groups.get(stackId);
     if (!g) {
-      g = { stackId, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
+      g = { stackId, fn: columns.fn(i), bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
       groups.set(stackId, g);
     }
     g.bytes += size;

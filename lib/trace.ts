@@ -2,14 +2,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { Writable } from 'node:stream';
 import { fromNativeError, TargetExitedError } from './errors.js';
-import { checkLayout } from './native-layout.js';
+import { checkLayout, leakFunctions } from './native-layout.js';
 import { launcherPath, loadNative, type NativeMessageType, type NativeTracer } from './native.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbes } from './probes.js';
 import { checkSupport } from './support.js';
 import { processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
 import { LeakTracer, type TracerParts } from './tracer.js';
-import type { TraceOptions } from './types.js';
+import type { AllocatorFunction, TraceOptions } from './types.js';
 
 type ChildExit = { code: number | null; signal: NodeJS.Signals | null };
 
@@ -70,7 +70,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       maxAllocations: o.maxAllocations,
       events: o.events,
       eventBufferBytes: o.eventBufferBytes,
-      stacks: false,
+      stacks: true,
       stackDepth: 32,
       stackMapEntries: 65536,
       pageSize: 4096,
@@ -110,9 +110,13 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       allocator: allocatorPath,
       probes: plan.attached,
       missing: plan.missing,
+      functionOffsets: Object.fromEntries(
+        plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
+      ) as Partial<Record<AllocatorFunction, number>>,
       aliases: plan.aliases,
       maxAllocations: o.maxAllocations,
       events: o.events,
+      stacks: true,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
     },

@@ -6,16 +6,22 @@ import { TracerClosedError } from './errors.js';
 import {
   decodeCounters,
   decodeEvents,
+  decodeModules,
   snapshotColumns,
   type Counters,
 } from './native-layout.js';
 import type { NativeMessageType, NativeTracer } from './native.js';
-import { groupByStack, outstandingAllocations, summarize, toLeakGroup } from './report.js';
+import { resolveModules } from './modules.js';
+import { readPerfMap } from './proc-maps.js';
+import { groupByStack, hex, outstandingAllocations, summarize, toLeakGroup, type RawLeakGroup } from './report.js';
+import { symbolizeStacks } from './symbolize.js';
+import { processAlive } from './target.js';
 import type {
   AllocatorFunction,
   LeakReport,
   LeakTracerEvents,
   Snapshot,
+  StackFrame,
   TargetInfo,
 } from './types.js';
 
@@ -30,8 +36,12 @@ export interface TracerInfo {
   missing: AllocatorFunction[];
   /** Functions covered by another's probe because they share its address. */
   aliases: Partial<Record<AllocatorFunction, AllocatorFunction>>;
+  /** File offset of each probed function in `allocator`. */
+  functionOffsets: Partial<Record<AllocatorFunction, number>>;
   maxAllocations: number;
   events: boolean;
+  /** Allocation stacks are captured. */
+  stacks: boolean;
   /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
   attachMode: 'uprobe_multi' | 'uprobe';
   attachMs: number;
@@ -148,6 +158,37 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     this.emit('error', error instanceof Error ? error : new Error(String(error)));
   }
 
+  /** Symbolized stacks of the groups, innermost first, topped by the allocator function as
+   *  valgrind shows it ("at malloc ... by main"). A failure to symbolize keeps raw addresses. */
+  async #stacks(groups: readonly RawLeakGroup[]): Promise<StackFrame[][]> {
+    if (!this.info.stacks || groups.length === 0) return groups.map(() => []);
+    const ids = groups.map((g) => g.stackId);
+    const raw = await this.#native.readStacks(ids);
+    const modules = resolveModules(decodeModules(await this.#native.readModules()), {
+      extraRoots: processAlive(this.pid) ? [`/proc/${this.pid}/root`] : [],
+    });
+    const addresses = raw.map((frames) => [...frames]);
+    let frames: StackFrame[][];
+    try {
+      frames = await symbolizeStacks(addresses, modules, { perfMap: await readPerfMap(this.pid).catch(() => null) });
+    } catch {
+      frames = addresses.map((stack) => stack.map((a) => ({ address: hex(a) })));
+    }
+    const allocator = modules.find((m) => m.hostPath === this.info.allocator);
+    return groups.map((g, i) => {
+      const offset = this.info.functionOffsets[g.fn];
+      const stack = frames[i] ?? [];
+      if (offset === undefined || stack.length === 0) return stack;
+      const top: StackFrame = {
+        address: allocator ? hex(allocator.start - allocator.offset + BigInt(offset)) : hex(offset),
+        module: this.info.allocator,
+        offset: hex(offset),
+        symbol: this.info.probes[g.fn] ?? g.fn,
+      };
+      return [top, ...stack];
+    });
+  }
+
   #finish(exitCode: number | null, signal: NodeJS.Signals | null): Promise<LeakReport> {
     this.#finishing ??= this.#buildFinalReport(exitCode, signal).then(
       (report) => {
@@ -171,11 +212,12 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
       const groups = groupByStack(columns);
+      const stacks = await this.#stacks(groups);
       const report: LeakReport = {
         version: 1,
         target: { ...this.#target, exitCode, signal },
         summary: summarize(counters, columns),
-        leaks: groups.map((g) => toLeakGroup(g, [])),
+        leaks: groups.map((g, i) => toLeakGroup(g, stacks[i] ?? [])),
         durationMs: Math.round(performance.now() - this.#startedAt),
       };
       return report;

@@ -7,10 +7,7 @@
 #include "elf_file.h"
 #include "errors.h"
 #include "leak.h"
-#if __has_include("symbolizer.h")
 #include "symbolizer.h"
-#define HAVE_SYMBOLIZER 1
-#endif
 #include "tracer.h"
 
 namespace ebpf_leak {
@@ -29,6 +26,7 @@ Napi::Object Layout(Napi::Env env) {
   layout.Set("snapshotEntry", static_cast<double>(sizeof(leak_snapshot_entry)));
   layout.Set("counters", static_cast<double>(sizeof(leak_counters)));
   layout.Set("event", static_cast<double>(sizeof(leak_event)));
+  layout.Set("module", static_cast<double>(sizeof(leak_module)));
   return layout;
 }
 
@@ -41,9 +39,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tracer", Tracer::Define(env));
   exports.Set("readElf", Napi::Function::New(env, ReadElf, "readElf"));
   exports.Set("layout", Layout(env));
-#ifdef HAVE_SYMBOLIZER
   InitSymbolizer(env, exports);
-#endif
   return exports;
 }
 

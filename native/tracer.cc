@@ -123,6 +123,23 @@ class SnapshotWorker : public TracerWorker {
   uint64_t now_ns_ = 0;
 };
 
+class ReadModulesWorker : public TracerWorker {
+ public:
+  using TracerWorker::TracerWorker;
+  void Execute() override {
+    NativeError e;
+    if (!tracer_->DoReadModules(&modules_, &e)) Fail(e);
+  }
+  void OnOK() override {
+    Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(Env(), modules_.size());
+    if (!modules_.empty()) memcpy(buffer.Data(), modules_.data(), modules_.size());
+    deferred_.Resolve(buffer);
+  }
+
+ private:
+  std::vector<uint8_t> modules_;
+};
+
 class ReadStacksWorker : public TracerWorker {
  public:
   ReadStacksWorker(Napi::Env env, Tracer* tracer, Napi::Object self, std::vector<int64_t> ids)
@@ -155,6 +172,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::Attach>("attach"),
                          InstanceMethod<&Tracer::Snapshot>("snapshot"),
                          InstanceMethod<&Tracer::ReadStacks>("readStacks"),
+                         InstanceMethod<&Tracer::ReadModules>("readModules"),
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
                          InstanceMethod<&Tracer::CloseJs>("close"),
@@ -258,12 +276,11 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   bpf_map__set_max_entries(skel_->maps.allocs, config_.max_allocations);
   bpf_map__set_max_entries(skel_->maps.events, config_.events ? config_.event_buffer_bytes
                                                               : static_cast<uint32_t>(getpagesize()));
-  if (config_.stacks) {
+  uint32_t stack_entries = config_.stacks ? config_.stack_map_entries : 1;
+  if (config_.stacks)
     bpf_map__set_value_size(skel_->maps.stack_traces, config_.stack_depth * sizeof(uint64_t));
-    bpf_map__set_max_entries(skel_->maps.stack_traces, config_.stack_map_entries);
-  } else {
-    bpf_map__set_max_entries(skel_->maps.stack_traces, 1);
-  }
+  bpf_map__set_max_entries(skel_->maps.stack_traces, stack_entries);
+  bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
   bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
   if (multi) {
     auto type = static_cast<bpf_attach_type>(kBpfTraceUprobeMulti);
@@ -275,7 +292,9 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   if (err) {
     int e = -err;
     if (multi && e == EINVAL) return fail("ELEAK_NO_MULTI", "no multi-uprobe programs", e);
-    return fail(CodeForErrno(e, "ELEAK_BPF"), "cannot load the BPF program", e);
+    // EACCES from a load is the verifier's verdict, not a missing privilege.
+    return fail(e == EPERM ? "ELEAK_PERM" : "ELEAK_BPF",
+                e == EACCES ? "the kernel's verifier rejected the BPF program" : "cannot load the BPF program", e);
   }
 
   auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
@@ -381,16 +400,32 @@ bool Tracer::DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* cou
     *error = {"ELEAK_BPF", "cannot read the counters map: " + ErrnoText(errno), errno};
     return false;
   }
-  int fd = bpf_map__fd(skel_->maps.allocs);
+  return DumpHashMap(bpf_map__fd(skel_->maps.allocs), sizeof(uint64_t), sizeof(leak_alloc), entries,
+                     error);
+}
+
+bool Tracer::DoReadModules(std::vector<uint8_t>* modules, NativeError* error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr) {
+    *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
+    return false;
+  }
+  return DumpHashMap(bpf_map__fd(skel_->maps.modules), sizeof(uint64_t), sizeof(leak_module),
+                     modules, error);
+}
+
+// Appends every key+value of a hash map to `out`, with batch lookups (a few system calls for a
+// million entries). The map may change meanwhile; each bucket is read consistently.
+bool Tracer::DumpHashMap(int fd, size_t key_size, size_t value_size, std::vector<uint8_t>* out,
+                         NativeError* error) {
   uint32_t chunk = 16384;
-  std::vector<uint64_t> keys;
-  std::vector<leak_alloc> values;
+  std::vector<uint8_t> keys, values;
   uint64_t in_token = 0, out_token = 0;
   bool first = true;
   LIBBPF_OPTS(bpf_map_batch_opts, opts);
   for (;;) {
-    keys.resize(chunk);
-    values.resize(chunk);
+    keys.resize(chunk * key_size);
+    values.resize(chunk * value_size);
     uint32_t count = chunk;
     int err = bpf_map_lookup_batch(fd, first ? nullptr : &in_token, &out_token, keys.data(),
                                    values.data(), &count, &opts);
@@ -399,19 +434,22 @@ bool Tracer::DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* cou
       chunk *= 2;
       continue;
     }
-    size_t old = entries->size();
-    entries->resize(old + count * sizeof(leak_snapshot_entry));
-    auto* out = reinterpret_cast<leak_snapshot_entry*>(entries->data() + old);
-    for (uint32_t i = 0; i < count; i++) out[i] = leak_snapshot_entry{keys[i], values[i]};
-    if (e == ENOENT) break;
+    size_t old = out->size();
+    out->resize(old + count * (key_size + value_size));
+    uint8_t* dst = out->data() + old;
+    for (uint32_t i = 0; i < count; i++) {
+      memcpy(dst, keys.data() + i * key_size, key_size);
+      memcpy(dst + key_size, values.data() + i * value_size, value_size);
+      dst += key_size + value_size;
+    }
+    if (e == ENOENT) return true;
     if (e) {
-      *error = {"ELEAK_BPF", "cannot read the allocations map: " + ErrnoText(e), e};
+      *error = {"ELEAK_BPF", "cannot read a BPF map: " + ErrnoText(e), e};
       return false;
     }
     in_token = out_token;
     first = false;
   }
-  return true;
 }
 
 bool Tracer::DoReadStacks(const std::vector<int64_t>& ids,
@@ -555,6 +593,13 @@ Napi::Value Tracer::Attach(const Napi::CallbackInfo& info) {
 
 Napi::Value Tracer::Snapshot(const Napi::CallbackInfo& info) {
   auto* worker = new SnapshotWorker(info.Env(), this, info.This().As<Napi::Object>());
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value Tracer::ReadModules(const Napi::CallbackInfo& info) {
+  auto* worker = new ReadModulesWorker(info.Env(), this, info.This().As<Napi::Object>());
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

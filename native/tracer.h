@@ -59,6 +59,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   const char* attach_mode() const { return attach_mode_; }
   bool DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* counters,
                   NativeError* error);
+  bool DoReadModules(std::vector<uint8_t>* modules, NativeError* error);
   bool DoReadStacks(const std::vector<int64_t>& ids, std::vector<std::vector<uint64_t>>* stacks,
                     NativeError* error);
 
@@ -66,6 +67,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value Attach(const Napi::CallbackInfo& info);
   Napi::Value Snapshot(const Napi::CallbackInfo& info);
   Napi::Value ReadStacks(const Napi::CallbackInfo& info);
+  Napi::Value ReadModules(const Napi::CallbackInfo& info);
   Napi::Value Counters(const Napi::CallbackInfo& info);
   Napi::Value SetMark(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
@@ -74,6 +76,8 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   bool FinishAttach(NativeError* error);
   void DetachAll();
   bool ReadCounters(std::vector<uint8_t>* out);
+  static bool DumpHashMap(int fd, size_t key_size, size_t value_size, std::vector<uint8_t>* out,
+                          NativeError* error);
   void PollLoop();
   void Post(const char* type, std::vector<uint8_t> bytes);
   static int OnRingRecord(void* self, void* data, size_t size);

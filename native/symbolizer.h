@@ -1,0 +1,12 @@
+// Symbolizer: file offsets in an ELF module -> function, source file, line (with inlined frames),
+// over elfutils' libdwfl. See symbolizer.cc for the exported JavaScript API.
+#pragma once
+
+#include <napi.h>
+
+// Registers on `exports`:
+//   symbolize(modulePath, offsets, options?) -> Promise<Array<SymbolizedFrame[] | { error }>>
+//   symbolizeSync(modulePath, offsets, options?) -> Array<SymbolizedFrame[] | { error }>
+//   readBuildId(path) -> string | null
+//   clearSymbolizerCache() -> undefined
+void InitSymbolizer(Napi::Env env, Napi::Object exports);
