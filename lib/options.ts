@@ -12,12 +12,15 @@ export const defaults = {
   maxAllocations: 1_000_000,
   events: false,
   eventBufferBytes: 8 * 1024 * 1024,
+  stacks: true,
+  stackDepth: 32,
   stdio: 'inherit',
 } as const;
 
 const limits = {
   maxAllocations: { min: 1, max: 100_000_000 },
   eventBufferBytes: { min: 4096, max: 1024 * 1024 * 1024 },
+  stackDepth: { min: 1, max: 127 },
 };
 
 export interface ResolvedCommon {
@@ -25,6 +28,8 @@ export interface ResolvedCommon {
   events: boolean;
   eventBufferBytes: number;
   allocator: AllocatorOptions | undefined;
+  stacks: boolean;
+  stackDepth: number;
 }
 export type ResolvedOptions =
   | (ResolvedCommon & { kind: 'pid'; pid: number })
@@ -98,8 +103,10 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if ((eventBufferBytes & (eventBufferBytes - 1)) !== 0) {
     fail(`options.eventBufferBytes must be a power of two (got ${eventBufferBytes})`);
   }
-  if (o.events !== undefined && typeof o.events !== 'boolean') {
-    fail(`options.events must be a boolean (got ${describe(o.events)})`);
+  for (const flag of ['events', 'stacks'] as const) {
+    if (o[flag] !== undefined && typeof o[flag] !== 'boolean') {
+      fail(`options.${flag} must be a boolean (got ${describe(o[flag])})`);
+    }
   }
   const common: ResolvedCommon = {
     maxAllocations:
@@ -109,6 +116,11 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     events: o.events ?? defaults.events,
     eventBufferBytes,
     allocator: allocatorOption(o.allocator),
+    stacks: o.stacks ?? defaults.stacks,
+    stackDepth:
+      o.stackDepth === undefined
+        ? defaults.stackDepth
+        : integerIn('stackDepth', o.stackDepth, limits.stackDepth.min, limits.stackDepth.max),
   };
   if (hasPid) {
     return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, 1, 2 ** 22) };
