@@ -13,8 +13,8 @@ import { parseArgs } from 'node:util';
 import { formatCount, formatReport, formatSnapshotTop, shellQuote } from './format.js';
 import { writeJsonReport } from './json-report.js';
 import { defaults } from './options.js';
-import type { LeakTracer } from './tracer.js';
-import type { AllocEvent, FreeEvent, LeakReport, LostInfo, Snapshot } from './types.js';
+import type { LeakTracer, TracerInfo } from './tracer.js';
+import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Commands
@@ -39,6 +39,11 @@ export interface CommonFlags {
   eventBufferBytes?: number;
   events: boolean;
   verbose: boolean;
+  /** false with --no-stacks. */
+  stacks: boolean;
+  stackDepth?: number;
+  /** --allocator PATH and --allocator-symbol FN=SYMBOL. */
+  allocator?: { path: string; symbols: Partial<Record<AllocatorFunction, string>> };
 }
 
 export interface RunCommand extends CommonFlags {
@@ -156,6 +161,16 @@ Options:
   --verbose              Print tracing progress and lost-event notices, and
                          each group's largest block and sample addresses.
                          Default: off.
+  --no-stacks            Do not record allocation stacks (lowest overhead;
+                         the blocks still allocated form one group).
+  --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
+  --allocator PATH       Probe the allocator in PATH (a jemalloc/tcmalloc/
+                         mimalloc .so, or a static executable) instead of
+                         the program's glibc. Default: glibc's libc.so.6.
+  --allocator-symbol FN=SYMBOL
+                         With --allocator: the symbol for allocator function
+                         FN (malloc, free, calloc, realloc, ...), e.g.
+                         malloc=je_malloc. Repeatable.
   -h, --help             Show this help and exit.
 
 Signals: SIGINT, SIGTERM and SIGHUP sent to ebpf-leak are passed on to the
@@ -213,6 +228,16 @@ Options:
   --verbose              Print tracing progress and lost-event notices, and
                          each group's largest block and sample addresses.
                          Default: off.
+  --no-stacks            Do not record allocation stacks (lowest overhead;
+                         the blocks still allocated form one group).
+  --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
+  --allocator PATH       Probe the allocator in PATH (a jemalloc/tcmalloc/
+                         mimalloc .so, or a static executable) instead of
+                         the program's glibc. Default: glibc's libc.so.6.
+  --allocator-symbol FN=SYMBOL
+                         With --allocator: the symbol for allocator function
+                         FN (malloc, free, calloc, realloc, ...), e.g.
+                         malloc=je_malloc. Repeatable.
   -h, --help             Show this help and exit.
 
 The periodic output and the report go to stderr. A second SIGINT, SIGTERM or
@@ -251,6 +276,7 @@ export function formatUsageError(err: UsageError): string {
 interface OptionSpec {
   type: 'string' | 'boolean';
   short?: string;
+  multiple?: boolean;
 }
 
 const commonOptions = {
@@ -261,6 +287,10 @@ const commonOptions = {
   'event-buffer': { type: 'string' },
   events: { type: 'boolean' },
   verbose: { type: 'boolean' },
+  'no-stacks': { type: 'boolean' },
+  'stack-depth': { type: 'string' },
+  allocator: { type: 'string' },
+  'allocator-symbol': { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -273,7 +303,7 @@ const attachOptions = {
   duration: { type: 'string' },
 } as const satisfies Record<string, OptionSpec>;
 
-type Values = Map<string, string | true>;
+type Values = Map<string, string | true | string[]>;
 
 class Usage extends Error {}
 
@@ -317,7 +347,12 @@ function readOptions(
     if (value === undefined || (!token.inlineValue && value.startsWith('-') && value !== '-')) {
       throw new Usage(`option '${token.rawName}' needs a value`);
     }
-    values.set(token.name, value);
+    if (s.multiple) {
+      const list = values.get(token.name);
+      values.set(token.name, Array.isArray(list) ? [...list, value] : [value]);
+    } else {
+      values.set(token.name, value);
+    }
   }
   return { values, rest: [] };
 }
@@ -373,7 +408,29 @@ function commonFlags(values: Values): CommonFlags {
     top: DEFAULT_TOP,
     events: values.get('events') === true,
     verbose: values.get('verbose') === true,
+    stacks: values.get('no-stacks') !== true,
   };
+  const stackDepth = str(values, 'stack-depth');
+  if (stackDepth !== undefined) flags.stackDepth = parseIntegerOption('stack-depth', stackDepth, 1, 127);
+  const allocator = str(values, 'allocator');
+  const symbolFlags = values.get('allocator-symbol');
+  const symbolList = Array.isArray(symbolFlags) ? symbolFlags.map(String) : [];
+  if (allocator !== undefined || symbolList.length > 0) {
+    if (allocator === undefined || allocator === '') {
+      throw new Usage(`option '--allocator-symbol' needs '--allocator PATH' (the file that defines the symbols)`);
+    }
+    const symbols: Partial<Record<AllocatorFunction, string>> = {};
+    for (const entry of symbolList) {
+      const [fn, symbol] = entry.split('=');
+      if (!fn || !symbol || !(allocatorFunctions as readonly string[]).includes(fn)) {
+        throw new Usage(
+          `option '--allocator-symbol' takes FUNCTION=SYMBOL with FUNCTION one of ${allocatorFunctions.join(', ')} (got '${entry}')`,
+        );
+      }
+      symbols[fn as AllocatorFunction] = symbol;
+    }
+    flags.allocator = { path: allocator, symbols };
+  }
   const json = str(values, 'json');
   if (json !== undefined) {
     if (json === '') throw new Usage(`option '--json' needs a file name ('-' for standard output)`);
@@ -579,7 +636,25 @@ function formatLost(info: LostInfo): string {
 }
 
 /** Listeners every command puts on the tracer. 'error' must have one or EventEmitter throws. */
+/** --verbose: what was probed, where and how. */
+export function formatTracerInfo(info: TracerInfo): string {
+  const probed = Object.entries(info.probes)
+    .map(([fn, symbol]) => (fn === symbol ? fn : `${fn}=${symbol}`))
+    .join(', ');
+  const lines = [
+    `ebpf-leak: probes on ${info.allocator} (${info.attachMode === 'uprobe_multi' ? 'multi-uprobe links' : 'one uprobe each'}, attached in ${info.attachMs} ms): ${probed}`,
+  ];
+  const aliases = Object.entries(info.aliases).map(([fn, twin]) => `${fn} (same address as ${twin})`);
+  if (aliases.length) lines.push(`ebpf-leak: covered by another probe: ${aliases.join(', ')}`);
+  if (info.missing.length) lines.push(`ebpf-leak: not in the allocator (skipped): ${info.missing.join(', ')}`);
+  lines.push(
+    `ebpf-leak: stacks ${info.stacks ? 'on' : 'off'}, events ${info.events ? 'on' : 'off'}, up to ${formatCount(info.maxAllocations)} blocks tracked`,
+  );
+  return lines.join('\n') + '\n';
+}
+
 function watchTracer(tracer: LeakTracer, cmd: CommonFlags, io: CliIo): void {
+  if (cmd.verbose) io.stderr.write(formatTracerInfo(tracer.info));
   tracer.on('error', (err: Error) => {
     io.stderr.write(`ebpf-leak: warning: ${err.message}\n`);
   });
@@ -638,15 +713,7 @@ async function runCommand(cmd: RunCommand, io: CliIo): Promise<number> {
   for (const s of forwardedSignals) process.on(s, forward);
   try {
     const { trace } = await import('./trace.js');
-    const options = {
-      command: cmd.command,
-      args: cmd.args,
-      stdio: 'inherit' as const,
-      events: cmd.events,
-      ...(cmd.maxAllocations !== undefined ? { maxAllocations: cmd.maxAllocations } : {}),
-      ...(cmd.eventBufferBytes !== undefined ? { eventBufferBytes: cmd.eventBufferBytes } : {}),
-    };
-    tracer = await trace(options);
+    tracer = await trace({ command: cmd.command, args: cmd.args, stdio: 'inherit', ...traceOptions(cmd) });
     watchTracer(tracer, cmd, io);
     if (cmd.verbose) {
       io.stderr.write(`ebpf-leak: tracing pid ${tracer.pid}: ${[cmd.command, ...cmd.args].map(shellQuote).join(' ')}\n`);
@@ -661,14 +728,21 @@ async function runCommand(cmd: RunCommand, io: CliIo): Promise<number> {
   }
 }
 
-async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
-  const { trace } = await import('./trace.js');
-  const tracer = await trace({
-    pid: cmd.pid,
+/** The library options both commands take from the common flags. */
+export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
+  return {
     events: cmd.events,
+    stacks: cmd.stacks,
     ...(cmd.maxAllocations !== undefined ? { maxAllocations: cmd.maxAllocations } : {}),
     ...(cmd.eventBufferBytes !== undefined ? { eventBufferBytes: cmd.eventBufferBytes } : {}),
-  });
+    ...(cmd.stackDepth !== undefined ? { stackDepth: cmd.stackDepth } : {}),
+    ...(cmd.allocator ? { allocator: cmd.allocator } : {}),
+  };
+}
+
+async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
+  const { trace } = await import('./trace.js');
+  const tracer = await trace({ pid: cmd.pid, ...traceOptions(cmd) });
   watchTracer(tracer, cmd, io);
 
   const color = useColor(io.stderr, io.env);

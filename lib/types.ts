@@ -36,7 +36,7 @@ export interface CommonTraceOptions {
   /** Probe this allocator instead of the target's glibc. */
   allocator?: AllocatorOptions;
   /** Record the allocation stack of every block. Default true; false is the lowest overhead
-   *  (leaks are then one group per allocator function, without frames). */
+   *  (the blocks still allocated then form one group, without frames). */
   stacks?: boolean;
   /** Frames recorded per stack, 1 to 127. Default 32. */
   stackDepth?: number;

@@ -24,6 +24,7 @@ const runDefaults = {
   top: 10,
   events: false,
   verbose: false,
+  stacks: true,
 } as const;
 
 function usageError(argv: string[]) {
@@ -83,6 +84,15 @@ describe('parseCliArgs: run', () => {
         '64K',
         '--events',
         '--verbose',
+        '--no-stacks',
+        '--stack-depth',
+        '16',
+        '--allocator',
+        '/lib/libjemalloc.so.2',
+        '--allocator-symbol',
+        'malloc=je_malloc',
+        '--allocator-symbol',
+        'free=je_free',
         '--',
         'prog',
       ]),
@@ -95,6 +105,9 @@ describe('parseCliArgs: run', () => {
       eventBufferBytes: 65536,
       events: true,
       verbose: true,
+      stacks: false,
+      stackDepth: 16,
+      allocator: { path: '/lib/libjemalloc.so.2', symbols: { malloc: 'je_malloc', free: 'je_free' } },
       command: 'prog',
       args: [],
     });
@@ -102,6 +115,17 @@ describe('parseCliArgs: run', () => {
 
   it("accepts '-' for --json (standard output) and top 0", () => {
     expect(parseCliArgs(['run', '--json', '-', '--top', '0', '--', 'p'])).toMatchObject({ json: '-', top: 0 });
+  });
+
+  it('checks the stack and allocator flags', () => {
+    expect(usageError(['run', '--stack-depth', '0', 'p']).message).toContain("'--stack-depth'");
+    expect(usageError(['run', '--stack-depth', '128', 'p']).message).toContain("'--stack-depth'");
+    expect(usageError(['run', '--allocator-symbol', 'malloc=je_malloc', 'p']).message).toBe(
+      "option '--allocator-symbol' needs '--allocator PATH' (the file that defines the symbols)",
+    );
+    expect(usageError(['run', '--allocator', '/x.so', '--allocator-symbol', 'mallocx=m', 'p']).message).toContain(
+      "FUNCTION=SYMBOL with FUNCTION one of malloc, calloc",
+    );
   });
 
   it('the last occurrence of an option wins', () => {
@@ -148,7 +172,7 @@ describe('parseCliArgs: run', () => {
 });
 
 describe('parseCliArgs: attach', () => {
-  const attachDefaults = { kind: 'attach', top: 10, events: false, verbose: false, intervalS: 5 } as const;
+  const attachDefaults = { kind: 'attach', top: 10, events: false, verbose: false, stacks: true, intervalS: 5 } as const;
 
   it('needs only -p', () => {
     expect(parseCliArgs(['attach', '-p', '1234'])).toEqual({ ...attachDefaults, pid: 1234 });
@@ -192,6 +216,7 @@ describe('parseCliArgs: attach', () => {
       eventBufferBytes: 8 * 1024 * 1024,
       events: true,
       verbose: true,
+      stacks: true,
     });
   });
 
