@@ -1,0 +1,89 @@
+// The public API's types, pinned. `npm test` type-checks this file (tsc --noEmit) before vitest
+// runs it, so a type that drifts fails the suite; the runtime part checks the exported values.
+import { EventEmitter } from 'node:events';
+import { describe, expect, expectTypeOf, it } from 'vitest';
+import * as api from '../lib/index.js';
+import {
+  EbpfLeakError,
+  LeakTracer,
+  PermissionError,
+  allocatorFunctions,
+  errorCodes,
+  leakTracerEvents,
+  trace,
+  type AllocEvent,
+  type ErrorCode,
+  type FreeEvent,
+  type HeapSummary,
+  type LeakGroup,
+  type LeakReport,
+  type LostInfo,
+  type Snapshot,
+  type TraceOptions,
+} from '../lib/index.js';
+
+describe('public API', () => {
+  it('trace() takes pid or command options and resolves to a LeakTracer', () => {
+    expectTypeOf(trace).parameter(0).toEqualTypeOf<TraceOptions>();
+    expectTypeOf(trace).returns.resolves.toEqualTypeOf<LeakTracer>();
+    expectTypeOf<{ pid: number }>().toMatchTypeOf<TraceOptions>();
+    expectTypeOf<{ command: string; args: string[]; stdio: 'pipe' }>().toMatchTypeOf<TraceOptions>();
+    expectTypeOf<{ command: string; stdio: 'tty' }>().not.toMatchTypeOf<TraceOptions>();
+    expectTypeOf<{ pid: number; maxAllocations: number; events: boolean; stacks: boolean; stackDepth: number }>().toMatchTypeOf<TraceOptions>();
+  });
+
+  it('LeakTracer is a typed EventEmitter', () => {
+    expectTypeOf<LeakTracer>().toMatchTypeOf<EventEmitter>();
+    expectTypeOf<LeakTracer['done']>().toEqualTypeOf<Promise<LeakReport>>();
+    expectTypeOf<LeakTracer['stop']>().returns.toEqualTypeOf<Promise<LeakReport>>();
+    expectTypeOf<LeakTracer['snapshot']>().returns.toEqualTypeOf<Promise<Snapshot>>();
+    // Listeners get the event's payload type.
+    const check = (t: LeakTracer) => {
+      t.on('alloc', (e) => expectTypeOf(e).toEqualTypeOf<AllocEvent>());
+      t.on('free', (e) => expectTypeOf(e).toEqualTypeOf<FreeEvent>());
+      t.on('leak', (g) => expectTypeOf(g).toEqualTypeOf<LeakGroup>());
+      t.on('exit', (r) => expectTypeOf(r).toEqualTypeOf<LeakReport>());
+      t.on('lost', (l) => expectTypeOf(l).toEqualTypeOf<LostInfo>());
+      t.on('error', (e) => expectTypeOf(e).toEqualTypeOf<Error>());
+      // @ts-expect-error: not an event of LeakTracer
+      t.on('leaked', () => {});
+    };
+    expect(typeof check).toBe('function');
+  });
+
+  it('reports have valgrind-shaped summaries and plain-JSON leaks', () => {
+    expectTypeOf<LeakReport['version']>().toEqualTypeOf<1>();
+    expectTypeOf<HeapSummary>().toEqualTypeOf<{
+      allocs: number;
+      frees: number;
+      bytesAllocated: number;
+      inUseBlocks: number;
+      inUseBytes: number;
+      lostEvents: number;
+      droppedAllocations: number;
+      unknownFrees: number;
+    }>();
+    expectTypeOf<LeakGroup['stack'][number]['address']>().toEqualTypeOf<string>();
+  });
+
+  it('errors have literal codes', () => {
+    expectTypeOf<PermissionError['code']>().toEqualTypeOf<'ELEAK_PERM'>();
+    expectTypeOf<EbpfLeakError['code']>().toEqualTypeOf<ErrorCode>();
+    const e = new PermissionError('x');
+    expect(e).toBeInstanceOf(EbpfLeakError);
+    expect(e).toBeInstanceOf(Error);
+    expect(e.code).toBe('ELEAK_PERM');
+    expect(e.name).toBe('PermissionError');
+    // Every code has exactly one class.
+    const classes = (Object.values(api) as unknown[]).filter(
+      (v): v is new (m: string) => EbpfLeakError => typeof v === 'function' && v.prototype instanceof EbpfLeakError,
+    );
+    expect(classes.map((C) => new C('m').code).sort()).toEqual([...errorCodes].sort());
+  });
+
+  it('lists of names are exported as values', () => {
+    expect(leakTracerEvents).toEqual(['alloc', 'free', 'leak', 'exit', 'lost', 'error']);
+    expect(allocatorFunctions).toContain('posix_memalign');
+    expectTypeOf(leakTracerEvents).toEqualTypeOf<readonly ['alloc', 'free', 'leak', 'exit', 'lost', 'error']>();
+  });
+});
