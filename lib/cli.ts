@@ -29,6 +29,30 @@ const PID_LIMIT = 2 ** 22;
 const DEFAULT_MAX_ALLOCATIONS = String(defaults.maxAllocations);
 const DEFAULT_EVENT_BUFFER = `${defaults.eventBufferBytes / 1024 ** 2}M`;
 
+/** Help for the flags `run` and `attach` share, written once. */
+const TRACING_OPTIONS_HELP = `  --max-allocations N    Most blocks tracked at once; allocations beyond it
+                         are counted as dropped and not reported.
+                         Default: ${DEFAULT_MAX_ALLOCATIONS}.
+  --event-buffer BYTES   Size of the alloc/free event ring buffer: a power of
+                         two from 4096 to 1G; K, M, G suffixes (x1024) allowed.
+                         Default: ${DEFAULT_EVENT_BUFFER}.
+  --events               Print every allocation and free as it happens, on
+                         stderr (slows the program down). Default: off.
+  --verbose              Print tracing progress and lost-event notices, and
+                         each group's largest block and sample addresses.
+                         Default: off.
+  --no-stacks            Do not record allocation stacks (lowest overhead;
+                         the blocks still allocated form one group).
+  --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
+  --allocator PATH       Probe the allocator in PATH (a jemalloc/tcmalloc/
+                         mimalloc .so, or a static executable) instead of
+                         the program's glibc. Default: glibc's libc.so.6.
+  --allocator-symbol FN=SYMBOL
+                         With --allocator: the symbol for allocator function
+                         FN (malloc, free, calloc, realloc, ...), e.g.
+                         malloc=je_malloc. Repeatable.
+  -h, --help             Show this help and exit.`;
+
 /** Flags shared by `run` and `attach`. Unset numbers mean "the library's default". */
 export interface CommonFlags {
   json?: string;
@@ -150,28 +174,7 @@ Options:
                          Default: off.
   --top N                Print the N largest groups; 0 prints all.
                          Default: ${DEFAULT_TOP}.
-  --max-allocations N    Most blocks tracked at once; allocations beyond it
-                         are counted as dropped and not reported.
-                         Default: ${DEFAULT_MAX_ALLOCATIONS}.
-  --event-buffer BYTES   Size of the alloc/free event ring buffer: a power of
-                         two from 4096 to 1G; K, M, G suffixes (x1024) allowed.
-                         Default: ${DEFAULT_EVENT_BUFFER}.
-  --events               Print every allocation and free as it happens, on
-                         stderr (slows the program down). Default: off.
-  --verbose              Print tracing progress and lost-event notices, and
-                         each group's largest block and sample addresses.
-                         Default: off.
-  --no-stacks            Do not record allocation stacks (lowest overhead;
-                         the blocks still allocated form one group).
-  --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
-  --allocator PATH       Probe the allocator in PATH (a jemalloc/tcmalloc/
-                         mimalloc .so, or a static executable) instead of
-                         the program's glibc. Default: glibc's libc.so.6.
-  --allocator-symbol FN=SYMBOL
-                         With --allocator: the symbol for allocator function
-                         FN (malloc, free, calloc, realloc, ...), e.g.
-                         malloc=je_malloc. Repeatable.
-  -h, --help             Show this help and exit.
+${TRACING_OPTIONS_HELP}
 
 Signals: SIGINT, SIGTERM and SIGHUP sent to ebpf-leak are passed on to the
 program (a Ctrl-C in the terminal reaches both already, so it is not sent
@@ -217,28 +220,7 @@ Options:
                          standard output), with every group. Default: none.
   --error-exitcode N     Exit with N (1-255) when blocks were still allocated
                          when tracing stopped. Default: off.
-  --max-allocations N    Most blocks tracked at once; allocations beyond it
-                         are counted as dropped and not reported.
-                         Default: ${DEFAULT_MAX_ALLOCATIONS}.
-  --event-buffer BYTES   Size of the alloc/free event ring buffer: a power of
-                         two from 4096 to 1G; K, M, G suffixes (x1024) allowed.
-                         Default: ${DEFAULT_EVENT_BUFFER}.
-  --events               Print every allocation and free as it happens, on
-                         stderr. Default: off.
-  --verbose              Print tracing progress and lost-event notices, and
-                         each group's largest block and sample addresses.
-                         Default: off.
-  --no-stacks            Do not record allocation stacks (lowest overhead;
-                         the blocks still allocated form one group).
-  --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
-  --allocator PATH       Probe the allocator in PATH (a jemalloc/tcmalloc/
-                         mimalloc .so, or a static executable) instead of
-                         the program's glibc. Default: glibc's libc.so.6.
-  --allocator-symbol FN=SYMBOL
-                         With --allocator: the symbol for allocator function
-                         FN (malloc, free, calloc, realloc, ...), e.g.
-                         malloc=je_malloc. Repeatable.
-  -h, --help             Show this help and exit.
+${TRACING_OPTIONS_HELP}
 
 The periodic output and the report go to stderr. A second SIGINT, SIGTERM or
 SIGHUP while the report is being made ends ebpf-leak at once.

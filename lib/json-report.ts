@@ -33,26 +33,11 @@
 // In a frame every key but "address" is left out when unknown.
 
 import { writeFile } from 'node:fs/promises';
-import type { LeakGroup, LeakReport, StackFrame } from './types.js';
+import type { HeapSummary, LeakGroup, LeakReport, StackFrame } from './types.js';
 
-export interface JsonStackFrame {
-  address: string;
-  module?: string;
-  buildId?: string;
-  offset?: string;
-  symbol?: string;
-  file?: string;
-  line?: number;
-  inlined?: boolean;
-}
-
-export interface JsonLeakGroup {
-  bytes: number;
-  blocks: number;
-  largestBlock: number;
-  sampleAddresses: string[];
-  stack: JsonStackFrame[];
-}
+// The JSON shapes are the library's own types: one definition, so the two cannot drift.
+export type JsonStackFrame = StackFrame;
+export type JsonLeakGroup = LeakGroup;
 
 export interface JsonReport {
   version: 1;
@@ -65,16 +50,7 @@ export interface JsonReport {
     allocator: string;
   };
   durationMs: number;
-  summary: {
-    allocs: number;
-    frees: number;
-    bytesAllocated: number;
-    inUseBlocks: number;
-    inUseBytes: number;
-    lostEvents: number;
-    droppedAllocations: number;
-    unknownFrees: number;
-  };
+  summary: HeapSummary;
   leaks: JsonLeakGroup[];
 }
 
