@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
+    include: ['test/**/*.test.ts', 'examples/**/*.test.ts'],
     reporters: ['default', './test/plain-summary-reporter.ts'],
     // Compiles test/fixtures/ into test/.build/ once (skipped when up to date).
     globalSetup: ['test/global-setup.ts'],

@@ -7,8 +7,12 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "leak.h"
+#include "unwind.h"	  /* the CFI stack walker: stacks through code without frame pointers */
+#include "stack_totals.h" /* outstanding bytes and blocks per stack */
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+#define EEXIST 17 /* vmlinux.h has no errno values */
 
 /* Knobs, set by user space between skeleton open and load. */
 const volatile __u32 target_tgid = 0;
@@ -16,6 +20,12 @@ const volatile bool wait_for_exec = false; /* count only after the target's next
 const volatile bool emit_events = false;
 const volatile bool capture_stacks = false;
 const volatile __u64 page_size = 4096;
+const volatile __u32 stack_depth = 32; /* frames per stack: stack_traces' value size / 8 */
+/* Skip allocations made by the threads in `ignored_tids`. Set when a process traces itself (the
+ * test-harness case): the tracer's own threads (its poll thread, and libuv worker threads while
+ * they run one of its native calls) then allocate inside the target, and must not be reported.
+ * Off, the check compiles to nothing: the verifier prunes the branch on a constant. */
+const volatile bool filter_threads = false;
 
 /* Written by user space through the skeleton's .bss while running. */
 bool armed = false;
@@ -62,6 +72,19 @@ struct {
 	__uint(max_entries, 65536);
 } stack_traces SEC(".maps");
 
+/* Stacks that bpf_get_stackid() could not store because their hash bucket in `stack_traces` holds
+ * another stack (-EEXIST: the kernel's stack map keeps one stack per bucket). A process with many
+ * distinct stacks (Node.js tracing itself: JIT frames) collides in a few percent of its
+ * allocations, and always at the same call sites, which would then never have a stack. Their
+ * stacks go here instead, keyed by LEAK_OVERFLOW_STACK_TAG | a 52-bit hash of the frames. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, sizeof(__u64));
+	__uint(value_size, 32 * sizeof(__u64)); /* = stack_traces' value size, set before load */
+	__uint(max_entries, 65536);		 /* = stack_traces' max_entries, set before load */
+} overflow_stacks SEC(".maps");
+
 /* Which stack ids already had their mappings recorded: index = stack id. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -77,6 +100,15 @@ struct {
 	__type(value, struct leak_module);
 	__uint(max_entries, 8192);
 } modules SEC(".maps");
+
+/* Threads whose allocations are not recorded (see filter_threads). Their frees still are: a block
+ * allocated by another thread may be freed by an ignored one. User space adds and removes tids. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* tid */
+	__type(value, __u8);
+	__uint(max_entries, LEAK_MAX_IGNORED_THREADS);
+} ignored_tids SEC(".maps");
 
 /* Scratch space too large for the BPF stack. */
 struct stack_scratch {
@@ -121,6 +153,13 @@ static __always_inline struct leak_counters *counters_cpu(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&counters, &zero);
+}
+
+static __always_inline bool thread_ignored(__u32 tid)
+{
+	if (!filter_threads)
+		return false;
+	return bpf_map_lookup_elem(&ignored_tids, &tid) != NULL;
 }
 
 /* Per-CPU, but a uprobe program can be preempted by another on the same CPU: add atomically. */
@@ -171,7 +210,7 @@ static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __
 	}
 	/* BPF_ANY: an address we still hold was handed out again, so its free was missed (e.g. by
 	 * an allocator path we do not probe); the newer allocation is the live one. */
-	if (bpf_map_update_elem(&allocs, &address, &a, BPF_ANY) && c)
+	if (allocs_insert(&allocs, &address, &a) && c) /* BPF_ANY, and keeps `stack_totals` */
 		__sync_fetch_and_add(&c->dropped_allocs, 1);
 	emit(LEAK_EVENT_ALLOC, fn, address, size, a.timestamp_ns, a.tid, stack_id);
 }
@@ -181,6 +220,7 @@ static __always_inline void record_free(__u64 fn, __u64 address)
 	struct leak_alloc *a = bpf_map_lookup_elem(&allocs, &address);
 	struct leak_counters *c = counters_cpu();
 	__u64 size;
+	__s64 stack_id;
 
 	if (!a) {
 		if (c)
@@ -188,10 +228,12 @@ static __always_inline void record_free(__u64 fn, __u64 address)
 		return;
 	}
 	size = a->size;
+	stack_id = a->stack_id;
 	/* Two threads freeing one block (a double free) race here: only the delete that wins
 	 * counts. */
 	if (bpf_map_delete_elem(&allocs, &address))
 		return;
+	stack_totals_add(stack_id, -(__s64)size, -1);
 	if (c) {
 		__sync_fetch_and_add(&c->frees, 1);
 		__sync_fetch_and_add(&c->bytes_freed, size);
@@ -277,6 +319,43 @@ static __always_inline void record_stack_mappings(struct pt_regs *ctx, __s64 sta
 	bpf_loop(n / sizeof(__u64), record_frame_mapping, NULL, 0);
 }
 
+/* A stack whose bucket in `stack_traces` is taken: stored in `overflow_stacks` under a hash of its
+ * frames (FNV-1a over the words, then a murmur3 finalizer). The first time a hash is stored, the
+ * stack's mappings are recorded, as for `stack_traces` ids. */
+static __always_inline __s64 overflow_stack(struct pt_regs *ctx)
+{
+	__u32 zero = 0;
+	struct stack_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	__u64 h = 0xcbf29ce484222325ULL, key;
+	__u32 size = stack_depth * sizeof(__u64);
+	long n;
+
+	if (!s || size > sizeof(s->frames))
+		return -1;
+	/* Zero-fills the buffer past the last frame, up to `size`: the stored value ends in zeros. */
+	n = bpf_get_stack(ctx, s->frames, size, BPF_F_USER_STACK);
+	if (n <= 0)
+		return -1;
+	n /= sizeof(__u64);
+	for (__u32 i = 0; i < LEAK_MAX_STACK_DEPTH + 1; i++) {
+		if (i >= n)
+			break;
+		h ^= s->frames[i & LEAK_MAX_STACK_DEPTH];
+		h *= 0x100000001b3ULL;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	key = LEAK_OVERFLOW_STACK_TAG | (h & (LEAK_OVERFLOW_STACK_TAG - 1));
+	if (bpf_map_update_elem(&overflow_stacks, &key, s->frames, BPF_NOEXIST) == 0)
+		bpf_loop(n, record_frame_mapping, NULL, 0);
+	else if (!bpf_map_lookup_elem(&overflow_stacks, &key))
+		return -1; /* not there, and could not be added: the map is full */
+	return key;
+}
+
 /* Taken in the return probe: there the caller is the innermost frame. (At the entry, the caller's
  * return address is only at the top of the stack, and a frame-pointer walk skips it.) */
 static __always_inline __s64 alloc_stack(struct pt_regs *ctx)
@@ -285,12 +364,20 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx)
 
 	if (!capture_stacks)
 		return -1;
+	if (unwind_stack(ctx, &id)) { /* the CFI walk (bpf/unwind.h) took it */
+		if (id < 0)
+			COUNT(stack_failures, 1);
+		return id;
+	}
 	id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
+	if (id == -EEXIST)
+		id = overflow_stack(ctx);
+	else if (id >= 0)
+		record_stack_mappings(ctx, id);
 	if (id < 0) {
 		COUNT(stack_failures, 1);
 		return -1;
 	}
-	record_stack_mappings(ctx, id);
 	return id;
 }
 
@@ -360,8 +447,15 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 		}
 		break;
 	}
-	if (address)
-		record_alloc(call.fn, address, call.size, alloc_stack(ctx));
+	if (!address)
+		return 0;
+	/* Checked at the return, not the entry: an ignored thread's realloc must still free the
+	 * block it moved (above), and its nested calls must keep the depth count straight. */
+	if (thread_ignored(tid)) {
+		COUNT(ignored_allocs, 1);
+		return 0;
+	}
+	record_alloc(call.fn, address, call.size, alloc_stack(ctx));
 	return 0;
 }
 

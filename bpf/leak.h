@@ -51,6 +51,7 @@ struct leak_counters {
 	__u64 stack_failures;	/* allocations whose stack could not be recorded */
 	__u64 inflight_failures; /* entries whose per-thread state could not be saved */
 	__u64 execs;		/* exec()s of the target seen */
+	__u64 ignored_allocs;	/* allocations by threads in `ignored_tids` (the tracer's own) */
 };
 
 /* An executable file mapping of the target, recorded in the kernel the first time a stack passes
@@ -61,6 +62,10 @@ struct leak_counters {
 #define LEAK_PATH_PART_LEN 64
 #define LEAK_MAX_STACK_DEPTH 127
 
+/* Stack ids with this bit are keys of `overflow_stacks` (a hash of the frames), not indexes of
+ * `stack_traces`. Below 2^53, so JavaScript numbers hold every id exactly. */
+#define LEAK_OVERFLOW_STACK_TAG (1ULL << 52)
+
 struct leak_module {
 	__u64 start;
 	__u64 end;
@@ -69,6 +74,10 @@ struct leak_module {
 	__u64 dev;	   /* kernel dev_t of the file's filesystem: major << 20 | minor */
 	char parts[LEAK_PATH_PARTS][LEAK_PATH_PART_LEN];
 };
+
+/* Most threads `ignored_tids` holds: the tracer's poll thread plus the worker threads that are
+ * inside one of its native calls at the same time. */
+#define LEAK_MAX_IGNORED_THREADS 1024
 
 /* Per-event record of the optional ring buffer stream. */
 struct leak_event {

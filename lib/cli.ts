@@ -13,6 +13,7 @@ import { parseArgs } from 'node:util';
 import { formatCount, formatReport, formatSnapshotTop, shellQuote } from './format.js';
 import { writeJsonReport } from './json-report.js';
 import { defaults } from './options.js';
+import type { CheckedLeakReport } from './check.js';
 import type { LeakTracer, TracerInfo } from './tracer.js';
 import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot } from './types.js';
 
@@ -51,6 +52,21 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Most blocks tracked at on
                          With --allocator: the symbol for allocator function
                          FN (malloc, free, calloc, realloc, ...), e.g.
                          malloc=je_malloc. Repeatable.
+  --probe-placement MODE 'optimized' moves an entry probe past a function's
+                         first instruction to one the kernel emulates when
+                         that sees every call (much cheaper); 'entry' keeps
+                         every probe on the first instruction.
+                         Default: optimized.
+  --suppressions FILE    Leave out of the leak list what the rules in FILE
+                         match: valgrind .supp or LSan 'leak:' files.
+                         Repeatable. The HEAP SUMMARY still counts all.
+  --no-default-suppressions
+                         Also list the one-time allocations of glibc, the
+                         dynamic loader, libstdc++, libuv and V8 that are
+                         left out by default.
+  --gen-suppressions[=valgrind|lsan]
+                         Print a suppression rule for each group listed.
+                         Default format: valgrind.
   -h, --help             Show this help and exit.`;
 
 /** Flags shared by `run` and `attach`. Unset numbers mean "the library's default". */
@@ -68,6 +84,14 @@ export interface CommonFlags {
   stackDepth?: number;
   /** --allocator PATH and --allocator-symbol FN=SYMBOL. */
   allocator?: { path: string; symbols: Partial<Record<AllocatorFunction, string>> };
+  /** --suppressions FILE, in order. */
+  suppressions: string[];
+  /** false with --no-default-suppressions. */
+  defaultSuppressions: boolean;
+  /** --gen-suppressions[=valgrind|lsan]. */
+  genSuppressions?: 'valgrind' | 'lsan';
+  /** --probe-placement optimized|entry. */
+  probePlacement?: 'optimized' | 'entry';
 }
 
 export interface RunCommand extends CommonFlags {
@@ -259,6 +283,8 @@ interface OptionSpec {
   type: 'string' | 'boolean';
   short?: string;
   multiple?: boolean;
+  /** A boolean that may also take an inline value: --flag or --flag=VALUE. */
+  optionalValue?: boolean;
 }
 
 const commonOptions = {
@@ -273,6 +299,10 @@ const commonOptions = {
   'stack-depth': { type: 'string' },
   allocator: { type: 'string' },
   'allocator-symbol': { type: 'string', multiple: true },
+  suppressions: { type: 'string', multiple: true },
+  'no-default-suppressions': { type: 'boolean' },
+  'gen-suppressions': { type: 'boolean', optionalValue: true },
+  'probe-placement': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -320,8 +350,8 @@ function readOptions(
       throw new Usage(`unknown option '${token.rawName}'`);
     }
     if (s.type === 'boolean') {
-      if (token.value !== undefined) throw new Usage(`option '${token.rawName}' takes no value`);
-      values.set(token.name, true);
+      if (token.value !== undefined && !s.optionalValue) throw new Usage(`option '${token.rawName}' takes no value`);
+      values.set(token.name, token.value ?? true);
       continue;
     }
     const value = token.value;
@@ -391,7 +421,26 @@ function commonFlags(values: Values): CommonFlags {
     events: values.get('events') === true,
     verbose: values.get('verbose') === true,
     stacks: values.get('no-stacks') !== true,
+    suppressions: (() => {
+      const v = values.get('suppressions');
+      return Array.isArray(v) ? v : [];
+    })(),
+    defaultSuppressions: values.get('no-default-suppressions') !== true,
   };
+  const placement = str(values, 'probe-placement');
+  if (placement !== undefined) {
+    if (placement !== 'optimized' && placement !== 'entry') {
+      throw new Usage(`option '--probe-placement' takes 'optimized' or 'entry' (got '${placement}')`);
+    }
+    flags.probePlacement = placement;
+  }
+  const gen = values.get('gen-suppressions');
+  if (gen !== undefined) {
+    if (gen !== true && gen !== 'valgrind' && gen !== 'lsan') {
+      throw new Usage(`option '--gen-suppressions' takes 'valgrind' or 'lsan' (got '${String(gen)}')`);
+    }
+    flags.genSuppressions = gen === true ? 'valgrind' : gen;
+  }
   const stackDepth = str(values, 'stack-depth');
   if (stackDepth !== undefined) flags.stackDepth = parseIntegerOption('stack-depth', stackDepth, 1, 127);
   const allocator = str(values, 'allocator');
@@ -629,6 +678,11 @@ export function formatTracerInfo(info: TracerInfo): string {
   const aliases = Object.entries(info.aliases).map(([fn, twin]) => `${fn} (same address as ${twin})`);
   if (aliases.length) lines.push(`ebpf-leak: covered by another probe: ${aliases.join(', ')}`);
   if (info.missing.length) lines.push(`ebpf-leak: not in the allocator (skipped): ${info.missing.join(', ')}`);
+  for (const p of info.placements) {
+    const where = p.entryOffset === p.functionOffset ? 'entry' : `+0x${(p.entryOffset - p.functionOffset).toString(16)}`;
+    const how = p.emulated === null ? '' : p.emulated ? ', emulated' : ', single-stepped';
+    lines.push(`ebpf-leak: ${p.function} probe at ${where}: ${p.instruction || '?'}${how} (${p.reason})`);
+  }
   lines.push(
     `ebpf-leak: stacks ${info.stacks ? 'on' : 'off'}, events ${info.events ? 'on' : 'off'}, up to ${formatCount(info.maxAllocations)} blocks tracked`,
   );
@@ -656,18 +710,39 @@ function watchTracer(tracer: LeakTracer, cmd: CommonFlags, io: CliIo): void {
   }
 }
 
-async function finish(report: LeakReport, cmd: CommonFlags, io: CliIo, exited?: boolean): Promise<void> {
+/** Prints (and writes) the report after suppressions; returns it for the exit status. */
+async function finish(
+  report: LeakReport,
+  cmd: CommonFlags,
+  io: CliIo,
+  stacks: boolean,
+  exited?: boolean,
+): Promise<CheckedLeakReport> {
+  const { checkReport, formatCheckedReport } = await import('./check.js');
+  const { defaultSuppressions } = await import('./default-suppressions.js');
+  const { resolveSuppressions, generateSuppressions } = await import('./suppressions.js');
+  let rules;
+  try {
+    rules = [...(cmd.defaultSuppressions ? defaultSuppressions() : []), ...resolveSuppressions(cmd.suppressions)];
+  } catch (err) {
+    throw new CliFailure(`cannot read the suppressions: ${(err as Error).message}`);
+  }
+  const checked = checkReport(report, rules, { stacks });
   const color = useColor(io.stderr, io.env);
   io.stderr.write(
-    formatReport(report, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
+    formatCheckedReport(checked, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
   );
+  if (cmd.genSuppressions) {
+    io.stderr.write(generateSuppressions(checked, { format: cmd.genSuppressions }));
+  }
   if (cmd.json !== undefined) {
     try {
-      await writeJsonReport(cmd.json, report);
+      await writeJsonReport(cmd.json, checked);
     } catch (err) {
       throw new CliFailure(`cannot write the JSON report to ${cmd.json}: ${(err as Error).message}`);
     }
   }
+  return checked;
 }
 
 /** A failure of the CLI itself (not the tracer) with a message for the user; exits 2. */
@@ -703,8 +778,8 @@ async function runCommand(cmd: RunCommand, io: CliIo): Promise<number> {
     if (pending !== undefined) forward(pending);
     const report = await tracer.done;
     for (const s of forwardedSignals) process.off(s, forward);
-    await finish(report, cmd, io);
-    return runExitStatus(report, cmd.errorExitcode);
+    const checked = await finish(report, cmd, io, tracer.info.stacks);
+    return runExitStatus(checked, cmd.errorExitcode);
   } finally {
     for (const s of forwardedSignals) process.off(s, forward);
   }
@@ -719,6 +794,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
     ...(cmd.eventBufferBytes !== undefined ? { eventBufferBytes: cmd.eventBufferBytes } : {}),
     ...(cmd.stackDepth !== undefined ? { stackDepth: cmd.stackDepth } : {}),
     ...(cmd.allocator ? { allocator: cmd.allocator } : {}),
+    ...(cmd.probePlacement ? { probePlacement: cmd.probePlacement } : {}),
   };
 }
 
@@ -779,8 +855,8 @@ async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
     stopping = true;
     clearInterval(interval);
     clearTimeout(duration);
-    await finish(report, cmd, io, exited);
-    return attachExitStatus(report, cmd.errorExitcode);
+    const checked = await finish(report, cmd, io, tracer.info.stacks, exited);
+    return attachExitStatus(checked, cmd.errorExitcode);
   } finally {
     stopping = true;
     clearInterval(interval);

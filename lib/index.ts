@@ -3,3 +3,6 @@ export { trace } from './trace.js';
 export { LeakTracer, leakTracerEvents, type TracerInfo } from './tracer.js';
 export * from './errors.js';
 export * from './types.js';
+export * from './harness.js';
+export type { PlacementDecision, ProbePlacement } from './placement.js';
+export type { Counters } from './native-layout.js';

@@ -27,12 +27,17 @@
 //           "symbol": "main", "file": "seed.c", "line": 22, "inlined": false }
 //       ]
 //     }
+//   ],
+//   "suppressed": [                 // what suppression rules left out of "leaks", per rule
+//     { "rule": "glibc-stdio-buffer", "source": "default", "bytes": 4096, "blocks": 1, "groups": 1 }
 //   ]
 // }
 //
 // In a frame every key but "address" is left out when unknown.
 
 import { writeFile } from 'node:fs/promises';
+import type { CheckedLeakReport } from './check.js';
+import type { SuppressionHit } from './suppressions.js';
 import type { HeapSummary, LeakGroup, LeakReport, StackFrame } from './types.js';
 
 // The JSON shapes are the library's own types: one definition, so the two cannot drift.
@@ -52,6 +57,8 @@ export interface JsonReport {
   durationMs: number;
   summary: HeapSummary;
   leaks: JsonLeakGroup[];
+  /** What suppression rules left out of `leaks`, per rule; [] when none applied. */
+  suppressed: SuppressionHit[];
 }
 
 // The types say number, but a count that came through the native layer as a bigint must not make
@@ -108,6 +115,13 @@ export function toJsonReport(report: LeakReport): JsonReport {
       unknownFrees: num(s.unknownFrees),
     },
     leaks: [...report.leaks].sort((a, b) => num(b.bytes) - num(a.bytes)).map(group),
+    suppressed: ('suppressed' in report ? (report as CheckedLeakReport).suppressed : []).map((h) => ({
+      rule: h.rule,
+      source: h.source,
+      bytes: num(h.bytes),
+      blocks: num(h.blocks),
+      groups: num(h.groups),
+    })),
   };
 }
 

@@ -28,6 +28,8 @@ export const counterFields = [
   'stackFailures',
   'inflightFailures',
   'execs',
+  /** Allocations skipped because the tracer's own thread made them (self-tracing only). */
+  'ignoredAllocations',
 ] as const;
 export type Counters = Record<(typeof counterFields)[number], number>;
 

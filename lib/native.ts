@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { NativeUnwindTable, UnwindMode, UnwindStats } from './unwind.js';
 
 export interface NativeProbe {
   /** enum leak_fn */
@@ -25,6 +26,19 @@ export interface NativeTracerConfig {
   pageSize: number;
   btfPath?: string;
   probes: NativeProbe[];
+  /** Keep the tracer's own threads (poll thread; workers inside its native calls) out of the
+   *  results, in the kernel. Default: true when `pid` is this process. */
+  ignoreOwnThreads?: boolean;
+  /** Stack walker (lib/unwind.ts); default 'auto', or EBPF_LEAK_UNWIND from the environment. */
+  unwind?: UnwindMode;
+  /** Files whose unwind tables are loaded before a `command` target runs (its program and the
+   *  libraries it links); default: found from the held launcher with `ld.so --list`. */
+  unwindFiles?: string[];
+  /** Most unwind table rows (8 bytes each); default 4,194,304 (sized to the tables loaded). */
+  unwindTableRows?: number;
+  /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals); default true,
+   *  or EBPF_LEAK_STACK_TOTALS=0 from the environment. */
+  stackTotals?: boolean;
 }
 
 export type NativeMessageType = 'events' | 'counters' | 'exit';
@@ -45,6 +59,11 @@ export interface NativeTracer {
   readStacks(ids: number[]): Promise<BigUint64Array[]>;
   /** struct leak_module records, each after its 8-byte key */
   readModules(): Promise<ArrayBuffer>;
+  /** Outstanding bytes and blocks per stack id, kept in the kernel: {s64 stack id, s64 bytes,
+   *  s64 blocks} records (lib/unwind.ts decodeStackTotals). Null once closed. */
+  readStackTotals(): ArrayBuffer | null;
+  /** The stack walker's counters and tables; null once closed. */
+  unwindStats(): UnwindStats | null;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
   close(): void;
@@ -74,12 +93,17 @@ export interface NativeLayout {
   module: number;
 }
 
+export interface NativeTracerClass {
+  new (config: NativeTracerConfig, onMessage: (type: NativeMessageType, data: ArrayBuffer) => void): NativeTracer;
+  /** C++ (Itanium ABI) demangling; null when `name` is not a mangled name. */
+  demangle(name: string): string | null;
+}
+
 export interface NativeAddon {
-  Tracer: new (
-    config: NativeTracerConfig,
-    onMessage: (type: NativeMessageType, data: ArrayBuffer) => void,
-  ) => NativeTracer;
+  Tracer: NativeTracerClass;
   readElf(path: string, symbols: readonly string[]): NativeElfInfo;
+  /** The stack walker's unwind table of a file (native/unwinder.cc). */
+  unwindTable(path: string): NativeUnwindTable;
   layout: NativeLayout;
 }
 

@@ -1,5 +1,6 @@
 // Validation of trace() options, with exact messages, and the documented defaults.
 import { InvalidOptionError } from './errors.js';
+import { probePlacements, type ProbePlacement } from './placement.js';
 import {
   allocatorFunctions,
   type AllocatorOptions,
@@ -14,6 +15,7 @@ export const defaults = {
   eventBufferBytes: 8 * 1024 * 1024,
   stacks: true,
   stackDepth: 32,
+  probePlacement: 'optimized',
   stdio: 'inherit',
 } as const;
 
@@ -30,6 +32,7 @@ export interface ResolvedCommon {
   allocator: AllocatorOptions | undefined;
   stacks: boolean;
   stackDepth: number;
+  probePlacement: ProbePlacement;
 }
 export type ResolvedOptions =
   | (ResolvedCommon & { kind: 'pid'; pid: number })
@@ -103,6 +106,9 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if ((eventBufferBytes & (eventBufferBytes - 1)) !== 0) {
     fail(`options.eventBufferBytes must be a power of two (got ${eventBufferBytes})`);
   }
+  if (o.probePlacement !== undefined && !probePlacements.includes(o.probePlacement)) {
+    fail(`options.probePlacement must be 'optimized' or 'entry' (got ${describe(o.probePlacement)})`);
+  }
   for (const flag of ['events', 'stacks'] as const) {
     if (o[flag] !== undefined && typeof o[flag] !== 'boolean') {
       fail(`options.${flag} must be a boolean (got ${describe(o[flag])})`);
@@ -117,6 +123,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     eventBufferBytes,
     allocator: allocatorOption(o.allocator),
     stacks: o.stacks ?? defaults.stacks,
+    probePlacement: o.probePlacement ?? defaults.probePlacement,
     stackDepth:
       o.stackDepth === undefined
         ? defaults.stackDepth

@@ -2,6 +2,7 @@
 import { SymbolNotFoundError } from './errors.js';
 import { leakFunctions } from './native-layout.js';
 import { loadNative, type NativeProbe } from './native.js';
+import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from './types.js';
 
 /** Without these there is no leak report worth the name. */
@@ -17,14 +18,27 @@ export interface ProbePlan {
   missing: AllocatorFunction[];
   /** Functions that share an address with another one and are covered by its probe. */
   aliases: Partial<Record<AllocatorFunction, AllocatorFunction>>;
+  /** Where each probed function's entry probe went and why (lib/placement.ts), in probe order.
+   *  The return probes stay at the function offsets. */
+  placements: PlacementDecision[];
 }
 
-export function planProbes(path: string, glibc: boolean, allocator: AllocatorOptions | undefined): ProbePlan {
+/**
+ * `probePlacement`: 'optimized' (default) moves an entry probe off a single-stepped first
+ * instruction when lib/placement.ts proves it safe; 'entry' keeps every probe at its function's
+ * first instruction (for comparison, or should a placement ever be suspected).
+ */
+export function planProbes(
+  path: string,
+  glibc: boolean,
+  allocator: AllocatorOptions | undefined,
+  probePlacement: ProbePlacement = 'optimized',
+): ProbePlan {
   const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
   const names = leakFunctions.map(symbolOf);
   const info = loadNative().readElf(path, names);
   const required = glibc ? requiredInGlibc : requiredFunctions;
-  const plan: ProbePlan = { probes: [], attached: {}, missing: [], aliases: {} };
+  const plan: ProbePlan = { probes: [], attached: {}, missing: [], aliases: {}, placements: [] };
   const byOffset = new Map<number, AllocatorFunction>();
   leakFunctions.forEach((fn, index) => {
     const symbol = symbolOf(fn);
@@ -50,7 +64,9 @@ export function planProbes(path: string, glibc: boolean, allocator: AllocatorOpt
     }
     byOffset.set(found.offset, fn);
     plan.attached[fn] = symbol;
-    plan.probes.push({ fn: index, path, entryOffset: found.offset, returnOffset: found.offset });
+    const placement = placeEntryProbe(path, fn, found.offset, found.size, probePlacement);
+    plan.placements.push(placement);
+    plan.probes.push({ fn: index, path, entryOffset: placement.entryOffset, returnOffset: found.offset });
   });
   return plan;
 }

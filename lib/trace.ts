@@ -59,7 +59,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     await held.spawned;
     pid = held.child.pid!;
   }
-  const plan = planProbes(allocatorPath, glibc, o.allocator);
+  const plan = planProbes(allocatorPath, glibc, o.allocator, o.probePlacement);
 
   let tracer: LeakTracer | undefined;
   const pending: Array<[NativeMessageType, ArrayBuffer]> = [];
@@ -114,6 +114,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
         plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
       ) as Partial<Record<AllocatorFunction, number>>,
       aliases: plan.aliases,
+      placements: plan.placements,
       maxAllocations: o.maxAllocations,
       events: o.events,
       stacks: o.stacks,

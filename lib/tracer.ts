@@ -2,6 +2,8 @@
 // targets, the child process.
 import type { ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import { realpathSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { TracerClosedError } from './errors.js';
 import {
   decodeCounters,
@@ -10,11 +12,23 @@ import {
   snapshotColumns,
   type Counters,
 } from './native-layout.js';
-import type { NativeMessageType, NativeTracer } from './native.js';
+import { nativeBuildDir, type NativeMessageType, type NativeTracer } from './native.js';
+import type { PlacementDecision } from './placement.js';
 import { resolveModules } from './modules.js';
 import { readPerfMap } from './proc-maps.js';
-import { groupByStack, hex, outstandingAllocations, summarize, toLeakGroup, type RawLeakGroup } from './report.js';
+import { groupByStack, hex, outstandingAllocations, summarize, type RawLeakGroup } from './report.js';
+import {
+  rowFilter,
+  scopedReport,
+  selectRows,
+  stackPassesThrough,
+  subsetColumns,
+  type ReportSource,
+  type ScopeFilter,
+  type ScopedLeakReport,
+} from './scope.js';
 import { symbolizeStacks } from './symbolize.js';
+import { decodeStackTotals, type StackTotal, type UnwindStats } from './unwind.js';
 import { processAlive } from './target.js';
 import type {
   AllocatorFunction,
@@ -36,6 +50,8 @@ export interface TracerInfo {
   missing: AllocatorFunction[];
   /** Functions covered by another's probe because they share its address. */
   aliases: Partial<Record<AllocatorFunction, AllocatorFunction>>;
+  /** Where each entry probe went, and why. */
+  placements: PlacementDecision[];
   /** File offset of each probed function in `allocator`. */
   functionOffsets: Partial<Record<AllocatorFunction, number>>;
   maxAllocations: number;
@@ -61,7 +77,8 @@ export interface TracerParts {
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** Process being traced. */
   readonly pid: number;
-  /** Resolves with the final report when the target exits or stop() is called. */
+  /** Resolves with the final report when the target exits or stop() is called. (At run time it is
+   *  a ScopedLeakReport: `asScoped(report).since(mark)` narrows it.) */
   readonly done: Promise<LeakReport>;
   /** What was attached where. */
   readonly info: TracerInfo;
@@ -71,11 +88,17 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #native: NativeTracer;
   #target: Omit<TargetInfo, 'exitCode' | 'signal'>;
   #startedAt = performance.now();
-  #finishing: Promise<LeakReport> | undefined;
-  #resolveDone!: (report: LeakReport) => void;
+  #finishing: Promise<ScopedLeakReport> | undefined;
+  #resolveDone!: (report: ScopedLeakReport) => void;
   #rejectDone!: (error: unknown) => void;
   #closed = false;
   #lostReported = { events: 0, allocations: 0 };
+  #mark = 0;
+  /** When the tracer traces its own process: its addon's file, whose stacks are the tracer's own
+   *  allocations (N-API calls on the JS thread) and are left out of every report. Its other
+   *  threads are kept out in the kernel (native/tracer.cc, ThreadIgnore). */
+  #ownModule: string | undefined;
+  #finalUnwindStats: UnwindStats | null = null;
 
   /** @internal Use trace(). */
   constructor(parts: TracerParts) {
@@ -85,6 +108,13 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     this.process = parts.child;
     this.#native = parts.native;
     this.#target = parts.target;
+    if (this.pid === process.pid) {
+      try {
+        this.#ownModule = realpathSync(join(nativeBuildDir(), 'ebpf_leak.node'));
+      } catch {
+        this.#ownModule = undefined;
+      }
+    }
     this.done = new Promise<LeakReport>((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
@@ -143,6 +173,113 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     return { allocations: outstandingAllocations(columns, raw.nowNs), summary: summarize(decodeCounters(raw.counters), columns) };
   }
 
+  /** The current mark: the value recorded in every block allocated from now on. Starts at 0. */
+  get currentMark(): number {
+    return this.#mark;
+  }
+
+  /** Starts a new window: every block allocated from now on records the returned mark (one more
+   *  than the last), until the next call. Narrow a report to it with `report.since(mark)`. Marks
+   *  are exact, not timestamps: the value is written into the BPF program and stored with each
+   *  allocation, whichever thread makes it. Synchronous and cheap (one store to mapped memory). */
+  mark(): number {
+    if (this.#closed) throw new TracerClosedError('mark(): the tracer has stopped');
+    this.#mark += 1;
+    this.#native.setMark(this.#mark);
+    return this.#mark;
+  }
+
+  /** The kernel-side counters now (summed over CPUs): the summary's totals plus stackFailures,
+   *  inflightFailures and ignoredAllocations. Synchronous (one small map read). */
+  counters(): Counters {
+    if (this.#closed) throw new TracerClosedError('counters(): the tracer has stopped');
+    const raw = this.#native.counters();
+    if (!raw) throw new TracerClosedError('counters(): the tracer is not attached');
+    return decodeCounters(raw);
+  }
+
+  /** Outstanding bytes and blocks per stack id (the `stackId` of snapshot() allocations; -1: no
+   *  stack), from totals the kernel keeps as blocks come and go: no walk of the blocks.
+   *  Synchronous (one map read). */
+  stackTotals(): StackTotal[] {
+    if (this.#closed) throw new TracerClosedError('stackTotals(): the tracer has stopped');
+    const raw = this.#native.readStackTotals();
+    if (!raw) throw new TracerClosedError('stackTotals(): the tracer is not attached');
+    return decodeStackTotals(raw);
+  }
+
+  /** The stack walker's counters (walks, frames, incomplete or truncated walks, collisions,
+   *  failures) and the unwind tables it has (lib/unwind.ts); once stopped, as they were at the
+   *  end. Null when stacks are off. */
+  unwindStats(): UnwindStats | null {
+    return this.#closed ? this.#finalUnwindStats : this.#native.unwindStats();
+  }
+
+  /** Count of outstanding blocks and their bytes that pass `filter` (marks and threads only: no
+   *  stacks are read), without symbolizing anything: cheap enough to poll. */
+  async outstanding(filter: Omit<ScopeFilter, 'module' | 'excludeModule'> = {}): Promise<{ blocks: number; bytes: number }> {
+    if (this.#closed) throw new TracerClosedError('outstanding(): the tracer has stopped');
+    const raw = await this.#native.snapshot();
+    const columns = snapshotColumns(raw.entries);
+    const keep = rowFilter(columns, filter);
+    let blocks = 0;
+    let bytes = 0;
+    for (let i = 0; i < columns.count; i++) {
+      if (!keep(i)) continue;
+      blocks++;
+      bytes += columns.size(i);
+    }
+    return { blocks, bytes };
+  }
+
+  /** What is outstanding now, symbolized, without stopping. `filter` narrows before symbolizing
+   *  (cheaper than narrowing the result, which stays possible). */
+  async report(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
+    if (this.#closed) throw new TracerClosedError('report(): the tracer has stopped; use the report from stop() or done');
+    const raw = await this.#native.snapshot();
+    const columns = snapshotColumns(raw.entries);
+    const counters = decodeCounters(raw.counters);
+    this.#checkLost(counters);
+    const { module, excludeModule, ...cheap } = filter;
+    const rows = selectRows(columns, rowFilter(columns, cheap));
+    const report = await this.#scoped(columns, rows, counters, { exitCode: null, signal: null });
+    return module !== undefined || excludeModule !== undefined
+      ? report.filter({ ...(module !== undefined ? { module } : {}), ...(excludeModule !== undefined ? { excludeModule } : {}) })
+      : report;
+  }
+
+  /** Symbolizes the groups of `rows` and builds the report; drops the tracer's own stacks. */
+  async #scoped(
+    columns: ReturnType<typeof snapshotColumns>,
+    rows: Uint32Array,
+    counters: Counters,
+    status: Pick<TargetInfo, 'exitCode' | 'signal'>,
+  ): Promise<ScopedLeakReport> {
+    const groups = groupByStack(subsetColumns(columns, rows));
+    const frames = await this.#stacks(groups);
+    const stacks = new Map<number, StackFrame[]>();
+    groups.forEach((g, i) => stacks.set(g.stackId, frames[i] ?? []));
+    let kept = rows;
+    const own = this.#ownModule;
+    if (own !== undefined) {
+      const ownIds = new Set<number>();
+      for (const [id, stack] of stacks) if (stackPassesThrough(stack, own)) ownIds.add(id);
+      if (ownIds.size > 0) kept = rows.filter((row) => !ownIds.has(columns.stackId(row)));
+    }
+    const source: ReportSource = {
+      base: {
+        version: 1,
+        target: { ...this.#target, ...status },
+        durationMs: Math.round(performance.now() - this.#startedAt),
+      },
+      summary: summarize(counters, subsetColumns(columns, kept)),
+      counters,
+      columns,
+      stacks,
+    };
+    return scopedReport(source, kept);
+  }
+
   /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
    *  every call returns the same promise as `done`. */
   stop(): Promise<LeakReport> {
@@ -164,24 +301,42 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (!this.info.stacks || groups.length === 0) return groups.map(() => []);
     const ids = groups.map((g) => g.stackId);
     const raw = await this.#native.readStacks(ids);
+    // The target's own root first (a container's files), unless it is ours: then the paths we
+    // can open are the paths it sees, and reports show them without a /proc/PID/root prefix.
+    const sameRoot = sameRootAsOurs(this.pid);
     const modules = resolveModules(decodeModules(await this.#native.readModules()), {
-      extraRoots: processAlive(this.pid) ? [`/proc/${this.pid}/root`] : [],
+      extraRoots: processAlive(this.pid) && !sameRoot ? [`/proc/${this.pid}/root`] : [],
     });
     const addresses = raw.map((frames) => [...frames]);
     let frames: StackFrame[][];
     try {
-      frames = await symbolizeStacks(addresses, modules, { perfMap: await readPerfMap(this.pid).catch(() => null) });
+      // Every frame is a return address, the innermost too: the stack is taken in the return
+      // probe, where the allocator has returned into its caller. symbolizeStacks() looks up
+      // `address - 1` (the call) for all frames but the first, so each stack gets a placeholder
+      // first frame (address 0, in no mapping: one frame out), dropped after. Without it, the
+      // caller's line is the line after the call whenever the compiler put other code there.
+      const padded = await symbolizeStacks(
+        addresses.map((stack) => (stack.length > 0 ? [0n, ...stack] : stack)),
+        modules,
+        { perfMap: await readPerfMap(this.pid).catch(() => null) },
+      );
+      frames = padded.map((stack) => stack.slice(1));
     } catch {
       frames = addresses.map((stack) => stack.map((a) => ({ address: hex(a) })));
     }
-    const allocator = modules.find((m) => m.hostPath === this.info.allocator);
+    // trace() names the allocator of a pid target through /proc/PID/root; with the same root
+    // that prefix is noise, and the modules above are resolved without it.
+    const procRoot = `/proc/${this.pid}/root/`;
+    const allocatorPath =
+      sameRoot && this.info.allocator.startsWith(procRoot) ? this.info.allocator.slice(procRoot.length - 1) : this.info.allocator;
+    const allocator = modules.find((m) => m.hostPath === allocatorPath || m.hostPath === this.info.allocator);
     return groups.map((g, i) => {
       const offset = this.info.functionOffsets[g.fn];
       const stack = frames[i] ?? [];
       if (offset === undefined || stack.length === 0) return stack;
       const top: StackFrame = {
         address: allocator ? hex(allocator.start - allocator.offset + BigInt(offset)) : hex(offset),
-        module: this.info.allocator,
+        module: allocatorPath,
         offset: hex(offset),
         symbol: this.info.probes[g.fn] ?? g.fn,
       };
@@ -189,7 +344,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     });
   }
 
-  #finish(exitCode: number | null, signal: NodeJS.Signals | null): Promise<LeakReport> {
+  #finish(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
     this.#finishing ??= this.#buildFinalReport(exitCode, signal).then(
       (report) => {
         for (const group of report.leaks) this.emit('leak', group);
@@ -205,25 +360,29 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     return this.#finishing;
   }
 
-  async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null): Promise<LeakReport> {
+  async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
     try {
       const raw = await this.#native.snapshot();
       const columns = snapshotColumns(raw.entries);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
-      const groups = groupByStack(columns);
-      const stacks = await this.#stacks(groups);
-      const report: LeakReport = {
-        version: 1,
-        target: { ...this.#target, exitCode, signal },
-        summary: summarize(counters, columns),
-        leaks: groups.map((g, i) => toLeakGroup(g, stacks[i] ?? [])),
-        durationMs: Math.round(performance.now() - this.#startedAt),
-      };
-      return report;
+      const all = Uint32Array.from({ length: columns.count }, (_, i) => i);
+      return await this.#scoped(columns, all, counters, { exitCode, signal });
     } finally {
+      this.#finalUnwindStats = this.#native.unwindStats();
       this.#closed = true;
       this.#native.close();
     }
+  }
+}
+
+/** The process's root directory is ours (same file), so its paths are valid here as they are. */
+function sameRootAsOurs(pid: number): boolean {
+  try {
+    const theirs = statSync(`/proc/${pid}/root`);
+    const ours = statSync('/');
+    return theirs.dev === ours.dev && theirs.ino === ours.ino;
+  } catch {
+    return false;
   }
 }

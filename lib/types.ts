@@ -40,6 +40,10 @@ export interface CommonTraceOptions {
   stacks?: boolean;
   /** Frames recorded per stack, 1 to 127. Default 32. */
   stackDepth?: number;
+  /** Where entry probes go: 'optimized' (default) moves a probe past the function's first
+   *  instruction to one the kernel emulates, when that provably sees every call (glibc's free:
+   *  ~10 µs less per call); 'entry' puts every probe on the function's first instruction. */
+  probePlacement?: 'optimized' | 'entry';
 }
 
 /** Attach to a running process. */

@@ -9,6 +9,7 @@
 #include "leak.h"
 #include "symbolizer.h"
 #include "tracer.h"
+#include "unwinder.h"
 
 namespace ebpf_leak {
 namespace {
@@ -38,6 +39,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   exports.Set("Tracer", Tracer::Define(env));
   exports.Set("readElf", Napi::Function::New(env, ReadElf, "readElf"));
+  exports.Set("unwindTable", Napi::Function::New(env, UnwindTableJs, "unwindTable"));
   exports.Set("layout", Layout(env));
   InitSymbolizer(env, exports);
   return exports;

@@ -2,6 +2,8 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <cxxabi.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -9,8 +11,10 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 
 #include "addon_data.h"
 #include "leak.h"
@@ -36,6 +40,8 @@ struct Message {
 
 std::string ErrnoText(int err) { return std::string(strerror(err)); }
 
+int CurrentTid() { return static_cast<int>(syscall(SYS_gettid)); }
+
 // The kernel's ENOTSUPP (not in user-space errno.h), returned for unsupported link types.
 constexpr int ENOTSUPP_ERRNO = 524;
 
@@ -55,6 +61,23 @@ uint64_t GetU64(const Napi::Object& o, const char* key) {
   }
   return v.IsNumber() ? static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue()) : 0;
 }
+
+// While alive, the calling thread's allocations are not recorded (when the tracer traces its own
+// process). Wraps the worker-thread side of every native call, so a libuv worker that runs a
+// snapshot is ignored for exactly that long and counts again when it runs the user's work.
+class ThreadIgnore {
+ public:
+  explicit ThreadIgnore(Tracer* tracer) : tracer_(tracer), tid_(CurrentTid()) {
+    tracer_->SetThreadIgnored(tid_, true);
+  }
+  ~ThreadIgnore() { tracer_->SetThreadIgnored(tid_, false); }
+  ThreadIgnore(const ThreadIgnore&) = delete;
+  ThreadIgnore& operator=(const ThreadIgnore&) = delete;
+
+ private:
+  Tracer* tracer_;
+  int tid_;
+};
 
 // Base for the promise-returning calls: keeps the JS object alive while the worker runs and
 // turns a NativeError into a JS error with its code.
@@ -176,6 +199,9 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
                          InstanceMethod<&Tracer::CloseJs>("close"),
+                         StaticMethod<&Tracer::Demangle>("demangle"),
+                         InstanceMethod<&Tracer::ReadStackTotals>("readStackTotals"),
+                         InstanceMethod<&Tracer::UnwindStats>("unwindStats"),
                      });
 }
 
@@ -194,6 +220,8 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.stack_depth = GetUint(o, "stackDepth", config_.stack_depth);
   config_.stack_map_entries = GetUint(o, "stackMapEntries", config_.stack_map_entries);
   config_.page_size = GetUint(o, "pageSize", 4096);
+  config_.ignore_own_threads = GetBool(o, "ignoreOwnThreads", config_.pid == getpid());
+  ParseUnwindOptions(o, &config_.unwind);
   Napi::Value btf = o.Get("btfPath");
   if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
   Napi::Value probes = o.Get("probes");
@@ -234,13 +262,28 @@ bool Tracer::DoAttach(NativeError* error) {
   }
   // Multi-uprobe links first; a kernel without them (< 6.6) rejects the link and we reload the
   // program for one classic uprobe per function.
-  if (LoadAndAttach(true, error)) return FinishAttach(error);
-  if (error->code != "ELEAK_NO_MULTI") return false;
-  if (LoadAndAttach(false, error)) return FinishAttach(error);
-  return false;
+  bool ok = LoadAndAttach(true, error);
+  if (!ok && error->code == "ELEAK_NO_MULTI") ok = LoadAndAttach(false, error);
+  if (ok) ok = FinishAttach(error);
+  // LoadAndAttach ignored this thread from the moment the program was loaded (its libbpf link
+  // objects and the poll thread's start are the tracer's); from now on it may run user work.
+  if (ok) SetThreadIgnored(CurrentTid(), false);
+  return ok;
+}
+
+void Tracer::SetThreadIgnored(int tid, bool ignored) {
+  if (!config_.ignore_own_threads || skel_ == nullptr) return;
+  int fd = bpf_map__fd(skel_->maps.ignored_tids);
+  uint32_t key = static_cast<uint32_t>(tid);
+  uint8_t one = 1;
+  if (ignored)
+    bpf_map_update_elem(fd, &key, &one, BPF_ANY);
+  else
+    bpf_map_delete_elem(fd, &key);
 }
 
 void Tracer::DetachAll() {
+  unwind_.reset();  // its thread uses the maps
   for (int fd : multi_links_) close(fd);
   multi_links_.clear();
   for (auto* l : links_) bpf_link__destroy(l);
@@ -273,13 +316,18 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->emit_events = config_.events;
   skel_->rodata->capture_stacks = config_.stacks;
   skel_->rodata->page_size = config_.page_size;
+  skel_->rodata->filter_threads = config_.ignore_own_threads;
+  skel_->rodata->stack_depth = config_.stack_depth;
   bpf_map__set_max_entries(skel_->maps.allocs, config_.max_allocations);
   bpf_map__set_max_entries(skel_->maps.events, config_.events ? config_.event_buffer_bytes
                                                               : static_cast<uint32_t>(getpagesize()));
   uint32_t stack_entries = config_.stacks ? config_.stack_map_entries : 1;
-  if (config_.stacks)
+  if (config_.stacks) {
     bpf_map__set_value_size(skel_->maps.stack_traces, config_.stack_depth * sizeof(uint64_t));
+    bpf_map__set_value_size(skel_->maps.overflow_stacks, config_.stack_depth * sizeof(uint64_t));
+  }
   bpf_map__set_max_entries(skel_->maps.stack_traces, stack_entries);
+  bpf_map__set_max_entries(skel_->maps.overflow_stacks, stack_entries);
   bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
   bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
   if (multi) {
@@ -288,6 +336,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
     bpf_program__set_expected_attach_type(skel_->progs.alloc_exit, type);
   }
 
+  unwind_ = Unwinder::Create(skel_, config_, this);  // tables and map sizes (native/unwinder.cc)
   int err = leak_bpf__load(skel_);
   if (err) {
     int e = -err;
@@ -296,6 +345,8 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
     return fail(e == EPERM ? "ELEAK_PERM" : "ELEAK_BPF",
                 e == EACCES ? "the kernel's verifier rejected the BPF program" : "cannot load the BPF program", e);
   }
+  SetThreadIgnored(CurrentTid(), true);  // until DoAttach is done: see there
+  unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
   auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
     return fail(CodeForErrno(e, e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF"),
@@ -307,7 +358,11 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
     std::map<std::string, std::vector<const ProbeSpec*>> by_path;
     for (const auto& p : config_.probes) by_path[p.path].push_back(&p);
     for (const auto& [path, probes] : by_path) {
-      for (bool ret : {false, true}) {
+      // Return probes first: a call already inside an allocator function when its entry probe
+      // appears would otherwise leave its thread's `inflight` entry behind forever (no return
+      // probe to take it), and that thread's allocations would all count as nested calls. A
+      // return without an entry is skipped by the program.
+      for (bool ret : {true, false}) {
         std::vector<uint64_t> offsets, cookies;
         for (const ProbeSpec* p : probes) {
           if (ret && p->fn == LEAK_FN_FREE) continue;
@@ -329,7 +384,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
     }
   } else {
     for (const auto& probe : config_.probes) {
-      for (bool ret : {false, true}) {
+      for (bool ret : {true, false}) {  // return probe first: see above
         if (ret && probe.fn == LEAK_FN_FREE) continue;
         LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
         bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
@@ -394,6 +449,7 @@ bool Tracer::DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* cou
     *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
     return false;
   }
+  ThreadIgnore ignore(this);
   // Counters first: a block allocated between the two reads then shows in the map but not yet
   // in the totals, never the other way round.
   if (!ReadCounters(counters)) {
@@ -410,6 +466,7 @@ bool Tracer::DoReadModules(std::vector<uint8_t>* modules, NativeError* error) {
     *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
     return false;
   }
+  ThreadIgnore ignore(this);
   return DumpHashMap(bpf_map__fd(skel_->maps.modules), sizeof(uint64_t), sizeof(leak_module),
                      modules, error);
 }
@@ -459,12 +516,24 @@ bool Tracer::DoReadStacks(const std::vector<int64_t>& ids,
     *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
     return false;
   }
+  ThreadIgnore ignore(this);
   int fd = bpf_map__fd(skel_->maps.stack_traces);
+  int overflow_fd = bpf_map__fd(skel_->maps.overflow_stacks);
   std::vector<uint64_t> buf(config_.stacks ? config_.stack_depth : 1);
   for (int64_t id : ids) {
     std::vector<uint64_t> frames;
+    if (unwind_ && unwind_->ReadStack(id, &frames)) {  // a CFI-walked stack (bpf/unwind.h)
+      stacks->push_back(std::move(frames));
+      continue;
+    }
     uint32_t key = static_cast<uint32_t>(id);
-    if (id >= 0 && bpf_map_lookup_elem(fd, &key, buf.data()) == 0) {
+    uint64_t overflow_key = static_cast<uint64_t>(id);
+    bool found = false;
+    if (id >= 0 && (overflow_key & LEAK_OVERFLOW_STACK_TAG))
+      found = bpf_map_lookup_elem(overflow_fd, &overflow_key, buf.data()) == 0;
+    else if (id >= 0)
+      found = bpf_map_lookup_elem(fd, &key, buf.data()) == 0;
+    if (found) {
       for (uint64_t ip : buf) {
         if (ip == 0) break;
         frames.push_back(ip);
@@ -507,6 +576,10 @@ void Tracer::Post(const char* type, std::vector<uint8_t> bytes) {
 // Drains the ring buffer in batches and watches the target's pidfd. Never touches JS: every
 // result goes through the thread-safe function.
 void Tracer::PollLoop() {
+  // Named so it can be told apart in /proc/PID/task/*/comm; ignored for good when the tracer
+  // traces its own process (its batches and messages are the tracer's allocations).
+  pthread_setname_np(pthread_self(), "ebpf-leak-poll");
+  SetThreadIgnored(CurrentTid(), true);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   auto watch = [ep](int fd, uint64_t tag) {
     epoll_event ev{};
@@ -635,6 +708,19 @@ Napi::Value Tracer::SetMark(const Napi::CallbackInfo& info) {
   if (skel_ != nullptr && info.Length() > 0 && info[0].IsNumber())
     skel_->bss->mark = static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value());
   return info.Env().Undefined();
+}
+
+// Tracer.demangle(name): the C++ (Itanium ABI) demangling of a symbol name, or null when it is
+// not a mangled name. For suppression rules written with mangled names, as valgrind writes them.
+Napi::Value Tracer::Demangle(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) return env.Null();
+  std::string name = info[0].As<Napi::String>();
+  int status = -1;
+  std::unique_ptr<char, void (*)(void*)> out(
+      abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), std::free);
+  if (status != 0 || !out) return env.Null();
+  return Napi::String::New(env, out.get());
 }
 
 Napi::Value Tracer::CloseJs(const Napi::CallbackInfo& info) {

@@ -7,12 +7,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "errors.h"
+#include "unwinder.h"
 
 struct leak_bpf;
 struct bpf_link;
@@ -41,6 +43,10 @@ struct TracerConfig {
   uint64_t page_size = 4096;
   std::string btf_path;  // empty: the running kernel's
   std::vector<ProbeSpec> probes;
+  // The target is this very process (a test harness measuring native code in-process): the
+  // tracer's own threads are then kept out of the results in the kernel (see ThreadIgnore).
+  bool ignore_own_threads = false;
+  UnwindOptions unwind;  // the CFI stack walker (native/unwinder.h)
 };
 
 class Tracer : public Napi::ObjectWrap<Tracer> {
@@ -63,6 +69,11 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   bool DoReadStacks(const std::vector<int64_t>& ids, std::vector<std::vector<uint64_t>>* stacks,
                     NativeError* error);
 
+  // Adds (or removes) a thread of this process to the BPF program's `ignored_tids`, so its
+  // allocations are not recorded. A no-op unless config_.ignore_own_threads. Needs skel_: callers
+  // hold mu_, or are the poll thread (which runs only while skel_ lives).
+  void SetThreadIgnored(int tid, bool ignored);
+
  private:
   Napi::Value Attach(const Napi::CallbackInfo& info);
   Napi::Value Snapshot(const Napi::CallbackInfo& info);
@@ -71,6 +82,10 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value Counters(const Napi::CallbackInfo& info);
   Napi::Value SetMark(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
+  // Defined in native/unwinder.cc.
+  Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);
+  Napi::Value UnwindStats(const Napi::CallbackInfo& info);
+  static Napi::Value Demangle(const Napi::CallbackInfo& info);
 
   bool LoadAndAttach(bool multi, NativeError* error);
   bool FinishAttach(NativeError* error);
@@ -93,6 +108,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   std::vector<int> multi_links_;  // fds of multi-uprobe links
   const char* attach_mode_ = "";
   ring_buffer* ring_ = nullptr;
+  std::unique_ptr<Unwinder> unwind_;  // from load to DetachAll()
   int pidfd_ = -1;
   int stop_fd_ = -1;
   std::thread poller_;

@@ -25,6 +25,8 @@ const runDefaults = {
   events: false,
   verbose: false,
   stacks: true,
+  suppressions: [],
+  defaultSuppressions: true,
 } as const;
 
 function usageError(argv: string[]) {
@@ -93,6 +95,14 @@ describe('parseCliArgs: run', () => {
         'malloc=je_malloc',
         '--allocator-symbol',
         'free=je_free',
+        '--suppressions',
+        'a.supp',
+        '--suppressions',
+        'b.supp',
+        '--no-default-suppressions',
+        '--gen-suppressions=lsan',
+        '--probe-placement',
+        'entry',
         '--',
         'prog',
       ]),
@@ -108,6 +118,10 @@ describe('parseCliArgs: run', () => {
       stacks: false,
       stackDepth: 16,
       allocator: { path: '/lib/libjemalloc.so.2', symbols: { malloc: 'je_malloc', free: 'je_free' } },
+      suppressions: ['a.supp', 'b.supp'],
+      defaultSuppressions: false,
+      genSuppressions: 'lsan',
+      probePlacement: 'entry',
       command: 'prog',
       args: [],
     });
@@ -125,6 +139,16 @@ describe('parseCliArgs: run', () => {
     );
     expect(usageError(['run', '--allocator', '/x.so', '--allocator-symbol', 'mallocx=m', 'p']).message).toContain(
       "FUNCTION=SYMBOL with FUNCTION one of malloc, calloc",
+    );
+  });
+
+  it('checks the suppression and placement flags', () => {
+    expect(parseCliArgs(['run', '--gen-suppressions', 'p'])).toMatchObject({ genSuppressions: 'valgrind', command: 'p' });
+    expect(usageError(['run', '--gen-suppressions=xml', 'p']).message).toBe(
+      "option '--gen-suppressions' takes 'valgrind' or 'lsan' (got 'xml')",
+    );
+    expect(usageError(['run', '--probe-placement', 'middle', 'p']).message).toBe(
+      "option '--probe-placement' takes 'optimized' or 'entry' (got 'middle')",
     );
   });
 
@@ -172,7 +196,16 @@ describe('parseCliArgs: run', () => {
 });
 
 describe('parseCliArgs: attach', () => {
-  const attachDefaults = { kind: 'attach', top: 10, events: false, verbose: false, stacks: true, intervalS: 5 } as const;
+  const attachDefaults = {
+    kind: 'attach',
+    top: 10,
+    events: false,
+    verbose: false,
+    stacks: true,
+    suppressions: [],
+    defaultSuppressions: true,
+    intervalS: 5,
+  } as const;
 
   it('needs only -p', () => {
     expect(parseCliArgs(['attach', '-p', '1234'])).toEqual({ ...attachDefaults, pid: 1234 });
@@ -217,6 +250,8 @@ describe('parseCliArgs: attach', () => {
       events: true,
       verbose: true,
       stacks: true,
+      suppressions: [],
+      defaultSuppressions: true,
     });
   });
 

@@ -350,8 +350,9 @@ describe('toJsonReport', () => {
         },
         { bytes: 8, blocks: 1, largestBlock: 8, sampleAddresses: ['0x55d0c0a2b2a0'], stack: seedLeak.stack },
       ],
+      suppressed: [],
     });
-    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks']);
+    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'suppressed']);
     // Round-trips through JSON unchanged: nothing JSON cannot hold.
     expect(JSON.parse(stringifyJsonReport(seedReport()))).toEqual(json);
   });

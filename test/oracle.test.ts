@@ -108,10 +108,16 @@ function describeRuns(c: OracleCase, vg: ValgrindResult, report: LeakReport): st
   return `${c.name}: ${[c.command, ...(c.args ?? [])].join(' ')}\n${table(rows)}`;
 }
 
-async function runBoth(c: OracleCase): Promise<{ vg: ValgrindResult; report: LeakReport }> {
+async function runBoth(
+  c: OracleCase,
+  probePlacement: 'optimized' | 'entry' = 'optimized',
+): Promise<{ vg: ValgrindResult; report: LeakReport }> {
   const args = c.args ?? [];
   const vg = await runValgrind(c.command, args, { env, stdio: 'ignore' });
-  const tracer = await trace({ command: c.command, args, env, stdio: 'ignore' });
+  const tracer = await trace({ command: c.command, args, env, stdio: 'ignore', probePlacement });
+  // glibc 2.36's free is the function whose probe moves (to the `je` after `test %rdi,%rdi`).
+  const free = tracer.info.placements.find((p) => p.function === 'free')!;
+  expect(free.entryOffset !== free.functionOffset).toBe(probePlacement === 'optimized');
   const report = await tracer.done;
   return { vg, report };
 }
@@ -143,6 +149,17 @@ describe('oracle: ebpf-leak equals valgrind on the fixtures', () => {
   for (const c of fixtureCases) {
     it(c.name, async () => {
       const { vg, report } = await runBoth(c);
+      expectSameAsValgrind(c, vg, report);
+    });
+  }
+});
+
+// The same numbers with every probe on its function's first instruction: the optimized
+// placement above is checked against the plain one, not only against valgrind.
+describe('oracle: the same with entry probes (--probe-placement entry)', () => {
+  for (const c of fixtureCases.filter((f) => ['entry_points', 'threads', 'cpp_containers'].includes(f.name))) {
+    it(c.name, async () => {
+      const { vg, report } = await runBoth(c, 'entry');
       expectSameAsValgrind(c, vg, report);
     });
   }

@@ -1,0 +1,603 @@
+#!/usr/bin/env node
+// ebpf-leak's bench (`npm run bench [-- --json FILE]`; root, like ebpf-leak itself; ~4 minutes).
+//
+// Runs bench/workload.c's workloads (pair, batch, mixed, threads: see the header of workload.c)
+// under each config, RUNS times each (default 5, runs interleaved), and prints the median ns per
+// pair (min-max), then the overheads (traced minus untraced) as ratios against issue 5's targets,
+// then the tracer's own costs:
+//   untraced         the workload alone
+//   floor            empty BPF programs at exactly the sites ebpf-leak uses (bench/floor.c):
+//                    entry probes where lib/placement.ts puts them, return probes at the entries
+//   entry-floor      empty BPF programs, every entry probe at its function's first instruction
+//   bpftrace         the seed's script: uprobe malloc records the size by tid, uretprobe malloc
+//                    stores @[retval] = size, uprobe free deletes @[arg0]
+//   bpftrace-ustack  the same, the uretprobe also storing ustack under the address (@stack[retval],
+//                    deleted by free)
+//   stacks-off       ebpf-leak (dist/), trace({ stacks: false })
+//   stacks-on        ebpf-leak, default stack depth
+//   events           ebpf-leak with the per-event stream on (stacks off), with alloc/free listeners
+// Also measured: attach time, snapshot time with 1,000,000 outstanding blocks, symbolization time
+// for 10,000 distinct frames, the tracer's CPU and RSS, and the longest event-loop stall of this
+// Node process while tracing (perf_hooks.monitorEventLoopDelay). Not a test: numbers from one run.
+//
+// Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
+// smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements).
+// Builds what it needs (npm run build if dist/ or the addon is missing; the CMake bench targets),
+// and installs bpftrace with apt-get when it is missing (its rows are skipped if that fails).
+
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, openSync, readFileSync, readSync, closeSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const benchBuild = join(root, 'build', 'bench');
+const workloadPath = join(benchBuild, 'ebpf-leak-workload');
+const floorPath = join(benchBuild, 'ebpf-leak-floor');
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+const argv = process.argv.slice(2);
+const flag = (name) => argv.includes(name);
+const option = (name) => {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : undefined;
+};
+const quick = flag('--quick');
+const runs = Number(option('--runs') ?? (quick ? 2 : 5));
+const jsonFile = option('--json');
+const allWorkloads = ['pair', 'batch', 'mixed', 'threads'];
+const allConfigs = ['untraced', 'floor', 'entry-floor', 'bpftrace', 'bpftrace-ustack', 'stacks-off', 'stacks-on', 'events'];
+const workloads = option('--workloads')?.split(',') ?? allWorkloads;
+const configs = option('--configs')?.split(',') ?? allConfigs;
+const extras = !flag('--no-extras');
+/** Internal: measure 1,000,000 outstanding blocks in this (fresh) process and print JSON. */
+const outstandingChild = option('--outstanding-child');
+
+// Collected between runs, so one config's garbage (the events config makes millions of objects)
+// does not stall the next one's event loop.
+v8.setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc');
+
+/** Pairs per run: about 0.3 s of loop time for each kind of config. A `mixed` round makes three
+ *  probed calls (malloc, realloc, free) where a pair makes two. */
+function iterations(config, workload) {
+  const untraced = config === 'untraced';
+  const slow = ['entry-floor', 'bpftrace', 'bpftrace-ustack'].includes(config);
+  let n = untraced ? 5_000_000 : slow ? 25_000 : 100_000;
+  if (workload === 'mixed') n = untraced ? 2_000_000 : Math.round(n / 1.5);
+  if (quick) n = Math.round(n / 5);
+  return n;
+}
+
+const log = (...a) => console.log(...a);
+const fmt = (n, d = 0) => (n === undefined || Number.isNaN(n) ? '-' : n.toLocaleString('en-US', { maximumFractionDigits: d, minimumFractionDigits: d }));
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Build and tools
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', ...opts });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal})`);
+}
+
+function build() {
+  if (!existsSync(join(root, 'dist', 'index.js')) || !existsSync(join(root, 'build', 'Release', 'ebpf_leak.node'))) {
+    log('Building ebpf-leak (npm run build)...');
+    run('npm', ['run', 'build']);
+  }
+  const r = spawnSync('cmake', ['--build', join(root, 'build'), '--target', 'ebpf-leak-bench'], { cwd: root, encoding: 'utf8' });
+  if (r.status !== 0) {
+    process.stderr.write(r.stdout + r.stderr);
+    throw new Error('building the bench targets failed (cmake --build build --target ebpf-leak-bench)');
+  }
+}
+
+function haveCommand(name) {
+  return spawnSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }).status === 0;
+}
+
+function ensureBpftrace() {
+  if (haveCommand('bpftrace')) return true;
+  if (!haveCommand('apt-get') || process.getuid?.() !== 0) return false;
+  log('Installing bpftrace (apt-get install -y bpftrace)...');
+  let r = spawnSync('apt-get', ['install', '-y', 'bpftrace'], { stdio: 'ignore' });
+  if (r.status !== 0) {
+    spawnSync('apt-get', ['update'], { stdio: 'ignore' });
+    r = spawnSync('apt-get', ['install', '-y', 'bpftrace'], { stdio: 'ignore' });
+  }
+  return haveCommand('bpftrace');
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run of one config
+
+const tmp = mkdtempSync(join(os.tmpdir(), 'ebpf-leak-bench-'));
+let outCounter = 0;
+
+function parseResult(file) {
+  const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const m = /nsPerPair=([\d.]+)/.exec(text);
+  if (!m) throw new Error(`the workload wrote no result (${file}: ${JSON.stringify(text)})`);
+  return Number(m[1]);
+}
+
+/** Runs a command to completion; resolves with its exit code. Its stderr is shown only when it
+ *  fails (bpftrace 0.17 complains about RLIMIT_MEMLOCK on every start, harmlessly). */
+function runChild(cmd, args, env = process.env, timeoutMs = 120_000) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-8192)));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('error', reject);
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code !== 0) process.stderr.write(stderr);
+      resolve(code ?? `signal ${signal}`);
+    });
+  });
+}
+
+let ctx; // { libc, plan, leak: the dist/ module }
+
+/** monitorEventLoopDelay records a stall when its timer next runs: give it the chance before
+ *  reading the histogram (a continuation after an await runs in the stalled task itself). */
+const settle = () => new Promise((resolve) => setTimeout(resolve, 5));
+
+function bpftraceScript(withStack) {
+  const lib = ctx.libc;
+  return (
+    `uprobe:${lib}:malloc { @size[tid] = arg0; } ` +
+    `uretprobe:${lib}:malloc { @[retval] = @size[tid]; delete(@size[tid]);${withStack ? ' @stack[retval] = ustack;' : ''} } ` +
+    `uprobe:${lib}:free { delete(@[arg0]);${withStack ? ' delete(@stack[arg0]);' : ''} } ` +
+    // Nothing printed at exit: bpftrace 0.17 prints every map then, and can abort resolving the
+    // stacks of processes that are gone (its probes are system-wide). After the measured loop.
+    `END { clear(@); clear(@size);${withStack ? ' clear(@stack);' : ''} }`
+  );
+}
+
+/** ebpf-leak's own numbers, per config: attach, CPU, RSS, event-loop stalls, event counts. */
+const leakStats = {};
+
+async function runLeak(config, args) {
+  gc();
+  const monitor = monitorEventLoopDelay({ resolution: 1 });
+  let rss = process.memoryUsage.rss();
+  const sampler = setInterval(() => (rss = Math.max(rss, process.memoryUsage.rss())), 20);
+  const t0 = performance.now();
+  monitor.enable();
+  const tracer = await ctx.leak.trace({
+    command: workloadPath,
+    args,
+    stdio: 'inherit',
+    stacks: config === 'stacks-on',
+    events: config === 'events',
+  });
+  const traceMs = performance.now() - t0;
+  await settle();
+  const setupStall = monitor.max;
+  monitor.reset();
+  // Steady state: from trace()'s return to the workload's exit.
+  const cpu0 = process.cpuUsage();
+  const t1 = performance.now();
+  let events = 0;
+  if (config === 'events') {
+    tracer.on('alloc', () => events++);
+    tracer.on('free', () => events++);
+  }
+  const child = tracer.process;
+  const exited =
+    child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((resolve) => child.once('exit', resolve));
+  await exited;
+  const cpu = process.cpuUsage(cpu0);
+  const tracingMs = performance.now() - t1;
+  await settle();
+  const tracingStall = monitor.max;
+  monitor.reset();
+  const report = await tracer.done;
+  await settle();
+  const reportStall = monitor.max;
+  monitor.disable();
+  clearInterval(sampler);
+  const s = (leakStats[config] ??= { attachMs: [], traceMs: [], cpuPercent: [], rssMb: [], stallMs: [], setupStallMs: [], reportStallMs: [], events: [], lostEvents: [], allocs: [] });
+  s.attachMs.push(tracer.info.attachMs);
+  s.traceMs.push(traceMs);
+  s.cpuPercent.push(((cpu.user + cpu.system) / 1000 / tracingMs) * 100);
+  s.rssMb.push(rss / 2 ** 20);
+  s.stallMs.push(tracingStall / 1e6);
+  s.setupStallMs.push(setupStall / 1e6);
+  s.reportStallMs.push(reportStall / 1e6);
+  s.events.push(events);
+  s.lostEvents.push(report.summary.lostEvents);
+  s.allocs.push(report.summary.allocs);
+  if (report.target.exitCode !== 0) throw new Error(`${config}: the workload exited with ${report.target.exitCode ?? report.target.signal}`);
+}
+
+async function runOnce(config, workload) {
+  const n = iterations(config, workload);
+  const out = join(tmp, `out-${outCounter++}`);
+  const args = [workload, String(n), '--out', out];
+  let code;
+  switch (config) {
+    case 'untraced':
+      code = await runChild(workloadPath, args);
+      break;
+    case 'floor':
+    case 'entry-floor': {
+      const plan = config === 'floor' ? ctx.plan : ctx.entryPlan;
+      const entries = plan.probes.map((p) => '0x' + p.entryOffset.toString(16));
+      const returns = plan.probes.filter((p) => p.fn !== ctx.freeIndex).map((p) => '0x' + p.returnOffset.toString(16));
+      code = await runChild(floorPath, ['--path', ctx.libc, '--entry', entries.join(','), '--return', returns.join(','), '--', workloadPath, ...args]);
+      break;
+    }
+    case 'bpftrace':
+    case 'bpftrace-ustack':
+      code = await runChild(
+        'bpftrace',
+        ['-e', bpftraceScript(config === 'bpftrace-ustack'), '-c', [workloadPath, ...args].join(' ')],
+        { ...process.env, BPFTRACE_MAP_KEYS_MAX: '1048576' },
+      );
+      break;
+    default:
+      await runLeak(config, args);
+      code = 0;
+  }
+  if (code !== 0) throw new Error(`${config} ${workload}: exit ${code}`);
+  return parseResult(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extra measurements
+
+/** 1,000,000 blocks outstanding (stacks on, the default): snapshot time, final report time,
+ *  RSS, event-loop stalls. */
+async function measureOutstanding(blocks) {
+  const rssBefore = process.memoryUsage.rss();
+  const ready = join(tmp, 'hold-ready');
+  rmSync(ready, { force: true });
+  const monitor = monitorEventLoopDelay({ resolution: 1 });
+  let rss = process.memoryUsage.rss();
+  const sampler = setInterval(() => (rss = Math.max(rss, process.memoryUsage.rss())), 10);
+  monitor.enable();
+  const tracer = await ctx.leak.trace({
+    command: workloadPath,
+    args: ['hold', String(blocks), '--out', ready],
+    stdio: 'inherit',
+    maxAllocations: Math.round(blocks * 1.2),
+  });
+  const t0 = performance.now();
+  while (!existsSync(ready) || !readFileSync(ready, 'utf8').includes('ready')) {
+    if (performance.now() - t0 > 120_000) throw new Error('the hold workload did not get ready');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const allocMs = performance.now() - t0;
+  const rssOutstanding = process.memoryUsage.rss();
+  await settle();
+  monitor.reset();
+  const s0 = performance.now();
+  const snap = await tracer.snapshot();
+  const snapshotMs = performance.now() - s0;
+  await settle();
+  const snapshotStallMs = monitor.max / 1e6;
+  const count = snap.allocations.length;
+  const rssAfterSnapshot = process.memoryUsage.rss();
+  monitor.reset();
+  const r0 = performance.now();
+  tracer.process?.kill('SIGTERM');
+  const report = await tracer.done;
+  const reportMs = performance.now() - r0;
+  await settle();
+  const reportStallMs = monitor.max / 1e6;
+  monitor.disable();
+  clearInterval(sampler);
+  return {
+    blocks: count,
+    allocateMs: allocMs,
+    snapshotMs,
+    snapshotStallMs,
+    finalReportMs: reportMs,
+    finalReportStallMs: reportStallMs,
+    leakedBlocks: report.summary.inUseBlocks,
+    rssMbBefore: rssBefore / 2 ** 20,
+    rssMbOutstanding: rssOutstanding / 2 ** 20,
+    rssMbAfterSnapshot: rssAfterSnapshot / 2 ** 20,
+    maxRssMb: rss / 2 ** 20,
+  };
+}
+
+/** The executable PT_LOAD segment of an ELF64 file: { offset, vaddr, size }. */
+function textSegment(path) {
+  const fd = openSync(path, 'r');
+  try {
+    const h = Buffer.alloc(64);
+    readSync(fd, h, 0, 64, 0);
+    const phoff = Number(h.readBigUInt64LE(0x20));
+    const phentsize = h.readUInt16LE(0x36);
+    const phnum = h.readUInt16LE(0x38);
+    const ph = Buffer.alloc(phentsize * phnum);
+    readSync(fd, ph, 0, ph.length, phoff);
+    for (let i = 0; i < phnum; i++) {
+      const p = ph.subarray(i * phentsize);
+      if (p.readUInt32LE(0) === 1 && p.readUInt32LE(4) & 1) {
+        return { offset: p.readBigUInt64LE(8), vaddr: p.readBigUInt64LE(16), size: p.readBigUInt64LE(32) };
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  throw new Error(`${path}: no executable segment`);
+}
+
+/** 10,000 distinct addresses spread over a file's code, symbolized as 100 stacks of 100 frames. */
+async function measureSymbolization(path, frames = 10_000) {
+  const { symbolizeStacks } = await import('../dist/symbolize.js');
+  const seg = textSegment(path);
+  const start = 0x7f0000000000n + (seg.offset & ~0xfffn);
+  const mapping = {
+    start,
+    end: start + seg.size + 0x1000n,
+    offset: seg.offset & ~0xfffn,
+    perms: 'r-xp',
+    dev: '00:00',
+    inode: 0n,
+    path,
+    deleted: false,
+    hostPath: path,
+  };
+  const step = seg.size / BigInt(frames + 1);
+  const addresses = Array.from({ length: frames }, (_, i) => start + (seg.offset & 0xfffn) + step * BigInt(i + 1));
+  const stacks = [];
+  for (let i = 0; i < frames; i += 100) stacks.push(addresses.slice(i, i + 100));
+  const monitor = monitorEventLoopDelay({ resolution: 1 });
+  monitor.enable();
+  const t0 = performance.now();
+  const out = await symbolizeStacks(stacks, [mapping], { returnAddresses: false });
+  const ms = performance.now() - t0;
+  await settle();
+  monitor.disable();
+  const named = out.flat().filter((f) => f.symbol).length;
+  return { file: path, frames, ms, named, stallMs: monitor.max / 1e6 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main
+
+function machineInfo() {
+  const cpus = os.cpus();
+  const glibc = spawnSync('getconf', ['GNU_LIBC_VERSION'], { encoding: 'utf8' }).stdout?.trim();
+  const bpftrace = haveCommand('bpftrace') ? spawnSync('bpftrace', ['--version'], { encoding: 'utf8' }).stdout?.trim() : null;
+  return {
+    cpu: cpus[0]?.model,
+    cores: cpus.length,
+    memoryGb: Math.round(os.totalmem() / 2 ** 30),
+    glibc,
+    node: process.version,
+    bpftrace,
+  };
+}
+
+async function main() {
+  if (process.getuid?.() !== 0) log('note: not root; ebpf-leak and the floor need CAP_BPF + CAP_PERFMON');
+  build();
+  const bpftraceOk = configs.some((c) => c.startsWith('bpftrace')) ? ensureBpftrace() : false;
+  const leak = await import('../dist/index.js');
+  const { planProbes } = await import('../dist/probes.js');
+  const { resolveCommandTarget } = await import('../dist/target.js');
+  const { leakFunctions } = await import('../dist/native-layout.js');
+  const libc = resolveCommandTarget(workloadPath, process.env, root, undefined).allocator.path;
+  const plan = planProbes(libc, true, undefined, 'optimized');
+  const entryPlan = planProbes(libc, true, undefined, 'entry');
+  ctx = { libc, plan, entryPlan, leak, freeIndex: leakFunctions.indexOf('free') };
+
+  const machine = machineInfo();
+  log(`ebpf-leak bench: ${machine.cpu}, ${machine.cores} cores, kernel ${os.release()}, ${machine.glibc}, node ${machine.node}` +
+    `${machine.bpftrace ? `, ${machine.bpftrace}` : ''}; ${runs} runs per cell, median (min-max) ns per pair`);
+  log(`allocator ${libc}; entry probes (lib/placement.ts):`);
+  for (const p of plan.placements) {
+    const moved = p.entryOffset !== p.functionOffset;
+    log(`  ${p.function.padEnd(15)} ${moved ? `+0x${(p.entryOffset - p.functionOffset).toString(16)}` : 'entry'} ${p.instruction.padEnd(22)} ${p.emulated ? 'emulated' : 'single-stepped'}`);
+  }
+
+  const floorOk = existsSync(floorPath);
+  const active = configs.filter((c) => (bpftraceOk || !c.startsWith('bpftrace')) && (floorOk || !c.endsWith('floor')));
+  if (!bpftraceOk && configs.some((c) => c.startsWith('bpftrace'))) log('bpftrace is not available: its rows are skipped');
+  if (!floorOk) log('ebpf-leak-floor was not built (no libbpf.pc): the floor rows are skipped');
+  const samples = {};
+  const started = performance.now();
+  // Warm-up: the first trace() in a process loads the addon and the x86 decoder.
+  if (active.some((c) => ['stacks-off', 'stacks-on', 'events'].includes(c))) {
+    const t = await leak.trace({ command: workloadPath, args: ['pair', '10', '--out', join(tmp, 'warm-up')], stdio: 'inherit', stacks: false });
+    await t.done;
+  }
+  for (const workload of workloads) {
+    for (let r = 0; r < runs; r++) {
+      for (const config of active) {
+        const ns = await runOnce(config, workload);
+        (samples[`${config}/${workload}`] ??= []).push(ns);
+      }
+    }
+    process.stdout.write(`  ${workload} done (${fmt((performance.now() - started) / 1000, 0)} s)\n`);
+  }
+
+  // Table
+  const results = [];
+  const cell = {};
+  for (const config of active) {
+    for (const workload of workloads) {
+      const xs = samples[`${config}/${workload}`];
+      if (!xs) continue;
+      const r = { config, workload, nsPerPair: median(xs), min: Math.min(...xs), max: Math.max(...xs), runs: xs.length, iterations: iterations(config, workload) };
+      results.push(r);
+      cell[`${config}/${workload}`] = r;
+    }
+  }
+  const widths = [28, ...workloads.map(() => 24)];
+  const row = (cells) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('');
+  log('');
+  log(row(['ns per pair', ...workloads]));
+  for (const config of active) {
+    log(
+      row([
+        config,
+        ...workloads.map((w) => {
+          const r = cell[`${config}/${w}`];
+          if (!r) return '-';
+          const d = r.nsPerPair < 100 ? 1 : 0;
+          return `${fmt(r.nsPerPair, d)} (${fmt(r.min, d)}-${fmt(r.max, d)})`;
+        }),
+      ]),
+    );
+  }
+
+  // Ratios of overheads
+  const overhead = (config, w) => {
+    const a = cell[`${config}/${w}`];
+    const b = cell[`untraced/${w}`];
+    return a && b ? a.nsPerPair - b.nsPerPair : undefined;
+  };
+  const ratioDefs = [
+    ['stacks-off', 'floor', 1.15],
+    ['stacks-off', 'bpftrace', 0.25],
+    ['stacks-on', 'bpftrace-ustack', 0.35],
+    ['floor', 'entry-floor', undefined],
+    ['stacks-on', 'stacks-off', undefined],
+    ['events', 'stacks-off', undefined],
+  ];
+  const ratios = [];
+  log('');
+  log(row(['overhead ratio', ...workloads]) + '   target (pair)');
+  for (const [a, b, target] of ratioDefs) {
+    const values = workloads.map((w) => {
+      const x = overhead(a, w);
+      const y = overhead(b, w);
+      return x !== undefined && y !== undefined && y > 0 ? x / y : undefined;
+    });
+    if (values.every((v) => v === undefined)) continue;
+    workloads.forEach((w, i) => ratios.push({ ratio: `${a} / ${b}`, workload: w, value: values[i] ?? null, target: target ?? null }));
+    const pair = values[workloads.indexOf('pair')];
+    const verdict = target === undefined || pair === undefined ? '' : `   <= ${target}: ${pair <= target ? 'met' : 'NOT met'}`;
+    log(row([`${a} / ${b}`, ...values.map((v) => (v === undefined ? '-' : fmt(v, 3)))]) + verdict);
+  }
+
+  // ebpf-leak's own costs
+  const measurements = { tracer: {} };
+  log('');
+  for (const [config, s] of Object.entries(leakStats)) {
+    const m = {
+      attachMs: median(s.attachMs),
+      traceCallMs: median(s.traceMs),
+      cpuPercent: median(s.cpuPercent),
+      maxRssMb: Math.max(...s.rssMb),
+      maxEventLoopStallMs: Math.max(...s.stallMs),
+      maxStallInTraceCallMs: Math.max(...s.setupStallMs),
+      maxStallInFinalReportMs: Math.max(...s.reportStallMs),
+      lostEvents: s.lostEvents.reduce((a, b) => a + b, 0),
+      ...(config === 'events' ? { eventsDelivered: s.events.reduce((a, b) => a + b, 0) } : {}),
+    };
+    measurements.tracer[config] = m;
+    log(
+      `${config.padEnd(11)} attach ${fmt(m.attachMs)} ms (trace() ${fmt(m.traceCallMs)} ms), tracer CPU ${fmt(m.cpuPercent, 1)}% of wall, ` +
+        `RSS max ${fmt(m.maxRssMb)} MB, longest event-loop stall ${fmt(m.maxEventLoopStallMs, 1)} ms while tracing ` +
+        `(${fmt(m.maxStallInTraceCallMs, 1)} ms in trace(), ${fmt(m.maxStallInFinalReportMs, 1)} ms in the final report)` +
+        (m.eventsDelivered !== undefined ? `, ${fmt(m.eventsDelivered)} events, ${fmt(m.lostEvents)} lost` : ''),
+    );
+  }
+  if (extras) {
+    // In a fresh Node process, so its RSS is the tracer's and not this bench's history.
+    const blocks = quick ? 100_000 : 1_000_000;
+    const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--outstanding-child', String(blocks)], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'inherit'],
+      timeout: 300_000,
+    });
+    const last = child.stdout?.trim().split('\n').pop() ?? '';
+    if (child.status !== 0 || !last.startsWith('{')) throw new Error(`the outstanding-blocks measurement failed (${child.status ?? child.signal}): ${child.stdout}`);
+    const o = JSON.parse(last);
+    measurements.outstanding = o;
+    log(`first trace() in a fresh process (loads the addon and the x86 decoder, plans the probes): ${fmt(o.firstTraceCallMs)} ms`);
+    log(
+      `${fmt(o.blocks)} outstanding (fresh process, stacks on): RSS ${fmt(o.rssMbBefore)} MB before tracing, ${fmt(o.rssMbOutstanding)} MB with them outstanding; snapshot ${fmt(o.snapshotMs)} ms (event-loop stall ${fmt(o.snapshotStallMs, 1)} ms), ` +
+        `final report ${fmt(o.finalReportMs)} ms (stall ${fmt(o.finalReportStallMs, 1)} ms), RSS ${fmt(o.rssMbAfterSnapshot)} MB after the snapshot, max ${fmt(o.maxRssMb)} MB`,
+    );
+    measurements.symbolization = [];
+    for (const file of [libc, process.execPath]) {
+      try {
+        const s = await measureSymbolization(file);
+        measurements.symbolization.push(s);
+        log(`symbolization of ${fmt(s.frames)} distinct frames in ${file}: ${fmt(s.ms)} ms (${fmt(s.named)} named, event-loop stall ${fmt(s.stallMs, 1)} ms)`);
+      } catch (error) {
+        log(`symbolization in ${file} failed: ${error.message}`);
+      }
+    }
+  }
+
+  // Targets
+  const pairRatio = (name) => ratios.find((r) => r.ratio === name && r.workload === 'pair')?.value ?? undefined;
+  const stalls = Object.values(measurements.tracer).flatMap((m) => [m.maxEventLoopStallMs, m.maxStallInTraceCallMs, m.maxStallInFinalReportMs]);
+  if (measurements.outstanding) stalls.push(measurements.outstanding.snapshotStallMs, measurements.outstanding.finalReportStallMs);
+  const attach = Object.values(measurements.tracer).map((m) => m.attachMs);
+  const targets = [
+    ['stacks-off overhead <= 1.15x floor (pair)', pairRatio('stacks-off / floor'), (v) => v <= 1.15, (v) => `${fmt(v, 3)}x`],
+    ['stacks-off overhead <= 0.25x bpftrace (pair)', pairRatio('stacks-off / bpftrace'), (v) => v <= 0.25, (v) => `${fmt(v, 3)}x`],
+    ['stacks-on overhead <= 0.35x bpftrace-ustack (pair)', pairRatio('stacks-on / bpftrace-ustack'), (v) => v <= 0.35, (v) => `${fmt(v, 3)}x`],
+    ['snapshot of 1,000,000 blocks < 1 s', measurements.outstanding?.snapshotMs, (v) => v < 1000, (v) => `${fmt(v)} ms`],
+    ['event-loop stalls < 10 ms', stalls.length ? Math.max(...stalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms`],
+    ['tracer RSS < 200 MB with 1,000,000 outstanding (no snapshot held)', measurements.outstanding?.rssMbOutstanding, (v) => v < 200, (v) => `${fmt(v)} MB`],
+    ['tracer RSS < 200 MB with 1,000,000 outstanding (max, snapshot and final report included)', measurements.outstanding?.maxRssMb, (v) => v < 200, (v) => `${fmt(v)} MB`],
+    ['attach < 300 ms', attach.length ? Math.max(...attach) : undefined, (v) => v < 300, (v) => `${fmt(v)} ms`],
+  ];
+  log('');
+  log('targets (issue 5), from this one run:');
+  const targetResults = [];
+  for (const [name, value, ok, show] of targets) {
+    if (value === undefined) continue;
+    targetResults.push({ target: name, value, met: ok(value) });
+    log(`  ${ok(value) ? 'met    ' : 'NOT met'}  ${name}: ${show(value)}`);
+  }
+  log('(CPU: this Node process, all threads, while the workload ran; stalls: monitorEventLoopDelay, 1 ms resolution)');
+  log(`total ${fmt((performance.now() - started) / 1000)} s`);
+
+  if (jsonFile) {
+    const json = {
+      machine: { ...machine, hostname: os.hostname() },
+      kernel: os.release(),
+      allocator: libc,
+      placements: plan.placements,
+      runs,
+      results,
+      ratios,
+      measurements,
+      targets: targetResults,
+    };
+    writeFileSync(jsonFile, JSON.stringify(json, null, 2) + '\n');
+    log(`wrote ${jsonFile}`);
+  }
+}
+
+try {
+  if (outstandingChild) {
+    ctx = { leak: await import('../dist/index.js') };
+    // The addon and the decoder are loaded before the baseline RSS is taken.
+    const t0 = performance.now();
+    const warm = await ctx.leak.trace({ command: workloadPath, args: ['pair', '10', '--out', join(tmp, 'warm-up')], stdio: 'ignore', stacks: false });
+    const firstTraceCallMs = performance.now() - t0;
+    await warm.done;
+    gc();
+    console.log(JSON.stringify({ firstTraceCallMs, ...(await measureOutstanding(Number(outstandingChild))) }));
+  } else {
+    await main();
+  }
+} finally {
+  rmSync(tmp, { recursive: true, force: true });
+}

@@ -1,0 +1,545 @@
+/* The CFI stack walker: user stacks through code built without frame pointers.
+ *
+ * Included by bpf/leak.bpf.c (after record_mapping(), COUNT() and capture_stacks, which it uses).
+ * Tables, records and the user-space side: bpf/unwind_types.h, native/unwind_table.cc.
+ *
+ * The walk starts in the allocator's return probe, from the registers the caller has once the
+ * allocator returned: ip is the return address (the caller's next instruction), sp and bp the
+ * caller's. Each step finds the rule of the frame's pc (the row before the return address: the
+ * call instruction), computes the CFA, reads the return address at CFA - 8 and, when the frame
+ * saved it, the caller's rbp; the caller's sp is the CFA.
+ *
+ * A frame's rule is looked up once per return address: `unwind_cache` keeps it by address, so a
+ * call site pays the table search (bpf_find_vma, then a binary search of its module's rows) the
+ * first time only. The frames of each distinct stack are stored once, in `unwind_stacks`, under a
+ * 52-bit hash of the frames; a second, independent 64-bit hash tells a different stack that
+ * happens to have the same id (a collision: counted, and the allocation gets no stack rather than
+ * the other one's).
+ *
+ * A module without a table yet (just dlopen()ed, or mapped before user space heard of it) is
+ * stepped over with the frame-pointer rule and the stack marked incomplete (counted); user space
+ * is told through `unwind_notify` and loads its table, so the next stacks through it are exact. */
+#ifndef EBPF_LEAK_UNWIND_H
+#define EBPF_LEAK_UNWIND_H
+
+#include "unwind_types.h"
+
+#ifndef EBUSY
+#define EBUSY 16
+#endif
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+
+/* Defined in leak.bpf.c: records a mapping in `modules` for the symbolizer. */
+static long record_mapping(struct task_struct *task, struct vm_area_struct *vma, void *data);
+
+/* Set by user space before load (native/unwind_table.cc). */
+const volatile __u32 unwind_mode = LEAK_UNWIND_FP;
+const volatile __u32 unwind_depth = 32; /* frames kept, at most 127 */
+
+/* Rows of every loaded module's table; user space writes them through mmap(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct leak_unwind_row);
+	__uint(max_entries, 1 << 19); /* resized before load */
+} unwind_rows SEC(".maps");
+
+/* Distinct rules, indexed by leak_unwind_row.rule; 0 and 1 are fixed (see unwind_types.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct leak_unwind_rule);
+	__uint(max_entries, 65536);
+} unwind_rules SEC(".maps");
+
+/* Modules user space has looked at, with or without a table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct leak_unwind_file_key);
+	__type(value, struct leak_unwind_file);
+	__uint(max_entries, 8192);
+} unwind_files SEC(".maps");
+
+/* Modules stacks went through that user space has not looked at yet: key -> start of the
+ * mapping seen. User space deletes an entry once it added the module to `unwind_files`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct leak_unwind_file_key);
+	__type(value, __u64);
+	__uint(max_entries, 1024);
+} unwind_missing SEC(".maps");
+
+/* Wakes user space up when `unwind_missing` got a new module. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} unwind_notify SEC(".maps");
+
+/* A return address's rule, and the kind of module it is in. */
+struct unwind_cached {
+	struct leak_unwind_rule rule;
+	__u32 kind;  /* enum leak_unwind_file_kind */
+	__u32 flags; /* leak_unwind_file.flags */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64); /* return address */
+	__type(value, struct unwind_cached);
+	__uint(max_entries, 65536);
+} unwind_cache SEC(".maps");
+
+/* In front of `unwind_cache`: a direct-mapped cache per CPU, slot = hash of the return address.
+ * Its lookup is a few instructions (the verifier inlines array lookups) where a hash map's costs
+ * a hash and a bucket walk, and the walk looks up every frame. A slot is written pc = 0, then the
+ * rule, then pc, and read pc, rule, pc: a walk preempted by another on its CPU (uprobe programs
+ * can be) never takes half of one slot with half of another. */
+struct unwind_slot {
+	__u64 pc;
+	__u32 epoch; /* unwind_epoch when filled */
+	__u32 pad;
+	struct unwind_cached c;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct unwind_slot);
+	__uint(max_entries, 8192); /* a power of two, = unwind_slot_mask + 1, set before load */
+} unwind_l1 SEC(".maps");
+
+const volatile __u32 unwind_slot_mask = 8191;
+/* Bumped by user space when code was unmapped: every slot filled before is stale. (It also
+ * deletes the addresses from `unwind_cache`.) */
+__u32 unwind_epoch = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64); /* stack id */
+	__type(value, struct leak_unwind_stack);
+	__uint(max_entries, 65536); /* and the value cut to the depth, before load */
+} unwind_stacks SEC(".maps");
+
+struct unwind_scratch {
+	/* Thread id of the walk using this CPU's scratch, 0 when none. A uprobe program can be
+	 * preempted, and another thread's walk run on the same CPU meanwhile: that one finds `busy`
+	 * set and gives up (counted), and a walk that finds a tid other than its own at the end was
+	 * overrun and gives up too, so frames are never mixed. (Without -mcpu=v3 there is no
+	 * exchange instruction: check, then set, then check again at the end.) */
+	__u64 busy;
+	struct leak_unwind_stack stack;
+	/* A copy of the user stack page the walk is in, from page_lo (an offset in it) to its end:
+	 * frames are contiguous above sp, so one copy serves every frame in that page, where a
+	 * bpf_probe_read_user() per frame costs as much as the rest of the step. */
+	__u64 page_base; /* address of the page; 0: none */
+	__u64 page_lo;
+	__u8 page[8192]; /* 4096 used; twice that so the verifier sees any copy fits */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct unwind_scratch);
+	__uint(max_entries, 1);
+} unwind_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct leak_unwind_counters);
+	__uint(max_entries, 1);
+} unwind_counters SEC(".maps");
+
+#define UNWIND_COUNT(field, n)                                                 \
+	do {                                                                   \
+		__u32 zero__ = 0;                                              \
+		struct leak_unwind_counters *c__ =                             \
+			bpf_map_lookup_elem(&unwind_counters, &zero__);        \
+		if (c__)                                                       \
+			__sync_fetch_and_add(&c__->field, (n));                \
+	} while (0)
+
+#if defined(__TARGET_ARCH_x86)
+
+/* Highest user-space address on x86-64 (4-level paging; 5-level is larger still, but a user stack
+ * or code there is not something this walker meets). Anything above is no return address. */
+#define UNWIND_USER_TOP 0x7ffffffff000ULL
+
+/* What a frame's rule lookup found. */
+enum unwind_found {
+	UNWIND_FOUND = 0,   /* the module's rule: exact */
+	UNWIND_GUESS = 1,   /* no table for this module (yet): the frame-pointer rule, a guess */
+	UNWIND_NO_VMA = 2,  /* not in any mapping: not a code address */
+};
+
+struct unwind_lookup {
+	__u64 pc; /* return address */
+	struct unwind_cached found;
+	__u32 result; /* enum unwind_found */
+	__u32 cacheable;
+};
+
+static const struct leak_unwind_rule unwind_fp_rule = {
+	.cfa_type = LEAK_CFA_RBP, .cfa_off = 16, .rbp_type = LEAK_RBP_AT_CFA, .rbp_off = -16,
+};
+
+/* Row of `off` in rows [first, first + count): the last one that starts at or before it. */
+static __always_inline int unwind_search(__u32 first, __u32 count, __u32 off, __u32 *rule)
+{
+	__u32 lo = first, hi = first + count, mid;
+	struct leak_unwind_row *row;
+
+	for (int k = 0; k < LEAK_UNWIND_SEARCH_STEPS; k++) {
+		if (hi - lo <= 1)
+			break;
+		mid = lo + (hi - lo) / 2;
+		row = bpf_map_lookup_elem(&unwind_rows, &mid);
+		if (!row)
+			return -1;
+		if (row->off <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	row = bpf_map_lookup_elem(&unwind_rows, &lo);
+	if (!row || row->off > off)
+		return -1;
+	*rule = row->rule;
+	return 0;
+}
+
+static long unwind_vma_rule(struct task_struct *task, struct vm_area_struct *vma, void *data)
+{
+	struct unwind_lookup *lk = data;
+	struct leak_unwind_file_key key;
+	struct leak_unwind_file *f;
+	struct leak_unwind_rule *r;
+	struct file *file = vma->vm_file;
+	__u64 off, start = vma->vm_start;
+	__u32 rule;
+
+	if (!file) {
+		/* Anonymous code (a JIT's): no table can describe it; JITs keep frame pointers. Not
+		 * cached: the code there changes. */
+		lk->found.rule = unwind_fp_rule;
+		lk->found.kind = LEAK_UNWIND_FILE_FP;
+		lk->result = UNWIND_FOUND;
+		return 0;
+	}
+	/* For the symbolizer: this mapping is in a stack (the first time this return address is). */
+	record_mapping(task, vma, NULL);
+	key.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
+	key.ino = BPF_CORE_READ(file, f_inode, i_ino);
+	f = bpf_map_lookup_elem(&unwind_files, &key);
+	if (!f) {
+		if (bpf_map_update_elem(&unwind_missing, &key, &start, BPF_NOEXIST) == 0) {
+			UNWIND_COUNT(missing_files, 1);
+			bpf_ringbuf_output(&unwind_notify, &key, sizeof(key), 0);
+		}
+		lk->found.rule = unwind_fp_rule;
+		lk->found.kind = 0;
+		lk->result = UNWIND_GUESS;
+		return 0;
+	}
+	lk->found.kind = f->kind;
+	lk->found.flags = f->flags;
+	lk->cacheable = 1;
+	lk->result = UNWIND_FOUND;
+	if (f->kind == LEAK_UNWIND_FILE_FP) {
+		lk->found.rule = unwind_fp_rule;
+		return 0;
+	}
+	/* LEAK_UNWIND_FILE_NONE: the gap rule, a frame-pointer guess. */
+	rule = LEAK_UNWIND_RULE_GAP;
+	if (f->kind == LEAK_UNWIND_FILE_TABLE) {
+		/* The call instruction's row: the return address may already be the next function's
+		 * (a call to a noreturn function ending this one). */
+		off = lk->pc - 1 - start + (vma->vm_pgoff << 12);
+		if (off >> 32 || unwind_search(f->first, f->count, (__u32)off, &rule))
+			rule = LEAK_UNWIND_RULE_GAP;
+	}
+	r = bpf_map_lookup_elem(&unwind_rules, &rule);
+	if (!r)
+		return 0;
+	lk->found.rule = *r;
+	return 0;
+}
+
+/* The rule for the frame whose return address is `pc`. `*misses` counts lookups past the caches. */
+static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out, __u32 *misses)
+{
+	__u32 idx = (__u32)((pc * 0x9e3779b97f4a7c15ULL) >> 40) & unwind_slot_mask;
+	__u32 epoch = unwind_epoch;
+	struct unwind_slot *slot = bpf_map_lookup_elem(&unwind_l1, &idx);
+	struct unwind_cached *c;
+	struct unwind_lookup lk = { .pc = pc, .result = UNWIND_NO_VMA };
+	__u64 check;
+
+	if (slot && slot->pc == pc && slot->epoch == epoch) {
+		barrier();
+		*out = slot->c;
+		barrier();
+		check = slot->pc;
+		if (check == pc)
+			return UNWIND_FOUND;
+	}
+	c = bpf_map_lookup_elem(&unwind_cache, &pc);
+	if (c) {
+		lk.found = *c;
+		lk.result = UNWIND_FOUND;
+	} else {
+		(*misses)++;
+		/* -EBUSY: another thread holds the mmap lock (mapping or unmapping): a guess. */
+		if (bpf_find_vma(bpf_get_current_task_btf(), pc - 1, unwind_vma_rule, &lk, 0) ==
+		    -EBUSY) {
+			lk.found.rule = unwind_fp_rule;
+			lk.found.kind = 0;
+			lk.result = UNWIND_GUESS;
+		}
+		if (lk.cacheable)
+			bpf_map_update_elem(&unwind_cache, &pc, &lk.found, BPF_ANY);
+		else
+			slot = NULL;
+	}
+	*out = lk.found;
+	if (slot) {
+		slot->pc = 0;
+		barrier();
+		slot->epoch = epoch;
+		slot->c = lk.found;
+		barrier();
+		slot->pc = pc;
+	}
+	return lk.result;
+}
+
+struct unwind_walk {
+	__u64 ip, sp, bp;
+	__u64 h1, h2;
+	__u32 n;
+	__u32 flags;
+	__u32 misses;
+	__u32 pad;
+};
+
+static __always_inline __u64 unwind_mix(__u64 h)
+{
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return h;
+}
+
+/* 8 bytes of the user stack at `address`, from the page copy when it covers it. */
+static __always_inline int unwind_read(struct unwind_scratch *s, __u64 *out, __u64 address)
+{
+	__u64 base = address & ~4095ULL;
+	__u32 off = address & 4088, size;
+
+	if (address & 7)
+		return bpf_probe_read_user(out, sizeof(*out), (const void *)address);
+	if (base != s->page_base || off < s->page_lo) {
+		size = 4096 - off;
+		if (bpf_probe_read_user(&s->page[off], size, (const void *)address)) {
+			s->page_base = 0;
+			return bpf_probe_read_user(out, sizeof(*out), (const void *)address);
+		}
+		s->page_base = base;
+		s->page_lo = off;
+	}
+	*out = *(__u64 *)&s->page[off];
+	return 0;
+}
+
+/* One frame: record ip, then step to the caller. Returns 1 to stop. */
+static long unwind_step(__u32 i, void *data)
+{
+	struct unwind_walk *w = data;
+	struct unwind_scratch *s;
+	struct unwind_cached c;
+	__u64 cfa, ra, bp, ip = w->ip;
+	__u32 zero = 0, found;
+
+	if (!ip || ip >= UNWIND_USER_TOP)
+		return 1;
+	s = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	if (!s)
+		return 1;
+	s->stack.frames[w->n & 127] = ip;
+	w->n++;
+	w->h1 = (w->h1 ^ ip) * 0x9e3779b97f4a7c15ULL;
+	w->h2 = ((w->h2 + ip) * 0xc2b2ae3d27d4eb4fULL) ^ (w->h2 >> 29);
+
+	found = unwind_rule_for(ip, &c, &w->misses);
+	if (found == UNWIND_NO_VMA) {
+		/* ip itself was read from the stack by the previous step and is not code: that step's
+		 * rule was a wrong guess (or the stack is damaged). Drop the frame. */
+		w->n--;
+		w->flags |= LEAK_UNWIND_TRUNCATED;
+		return 1;
+	}
+	if (found == UNWIND_FOUND && c.rule.cfa_type == LEAK_CFA_NONE && !w->bp) {
+		/* Code without CFI, and rbp 0: the ABI's mark of the outermost frame (_start and ld.so's
+		 * _dl_start_user clear rbp before their call). Complete. */
+		return 1;
+	}
+	if (found == UNWIND_GUESS || c.rule.cfa_type == LEAK_CFA_NONE) {
+		w->flags |= LEAK_UNWIND_INCOMPLETE;
+		c.rule = unwind_fp_rule;
+	}
+	switch (c.rule.cfa_type) {
+	case LEAK_CFA_RSP:
+		cfa = w->sp + c.rule.cfa_off;
+		break;
+	case LEAK_CFA_RBP:
+		cfa = w->bp + c.rule.cfa_off;
+		break;
+	case LEAK_CFA_DEREF_RBP:
+		if (unwind_read(s, &cfa, w->bp + c.rule.cfa_off)) {
+			w->flags |= LEAK_UNWIND_TRUNCATED;
+			return 1;
+		}
+		break;
+	case LEAK_CFA_END:
+		return 1; /* the outermost frame: complete */
+	default:
+		w->flags |= LEAK_UNWIND_TRUNCATED;
+		return 1;
+	}
+	/* The caller's frame is above this one: anything else is a wrong rule or a damaged stack. */
+	if (cfa <= w->sp || cfa >= UNWIND_USER_TOP) {
+		w->flags |= LEAK_UNWIND_TRUNCATED;
+		return 1;
+	}
+	if (unwind_read(s, &ra, cfa - 8)) {
+		w->flags |= LEAK_UNWIND_TRUNCATED;
+		return 1;
+	}
+	bp = w->bp;
+	switch (c.rule.rbp_type) {
+	case LEAK_RBP_AT_CFA:
+		if (unwind_read(s, &bp, cfa + c.rule.rbp_off))
+			bp = 0;
+		break;
+	case LEAK_RBP_AT_RBP:
+		if (unwind_read(s, &bp, w->bp + c.rule.rbp_off))
+			bp = 0;
+		break;
+	case LEAK_RBP_UNDEFINED:
+		bp = 0;
+		break;
+	}
+	w->ip = ra;
+	w->sp = cfa;
+	w->bp = bp;
+	return 0;
+}
+
+/* Stores the walked stack; its id, or -1. */
+static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwind_walk *w)
+{
+	struct leak_unwind_stack *old;
+	__u64 h1 = unwind_mix(w->h1 ^ w->n), h2 = unwind_mix(w->h2 + w->n + 1);
+	__u64 id = LEAK_UNWIND_ID_BIT | (h1 & LEAK_UNWIND_ID_MASK);
+	long err;
+
+	s->stack.check = h2;
+	s->stack.len = w->n;
+	s->stack.flags = w->flags;
+	old = bpf_map_lookup_elem(&unwind_stacks, &id);
+	if (!old) {
+		err = bpf_map_update_elem(&unwind_stacks, &id, &s->stack, BPF_NOEXIST);
+		if (!err) {
+			UNWIND_COUNT(new_stacks, 1);
+			return id;
+		}
+		if (err != -EEXIST) {
+			UNWIND_COUNT(failures, 1);
+			return -1;
+		}
+		old = bpf_map_lookup_elem(&unwind_stacks, &id);
+		if (!old) {
+			UNWIND_COUNT(failures, 1);
+			return -1;
+		}
+	}
+	if (old->check != h2 || old->len != w->n) {
+		UNWIND_COUNT(collisions, 1);
+		return -1;
+	}
+	return id;
+}
+
+/* Walks the stack of an allocation's return probe. False: not handled here (mode fp), the caller
+ * takes bpf_get_stackid(). Otherwise *id is the stack id, or -1 (counted).
+ *
+ * Every stack is walked, those through code with frame pointers too: with the page copy and the
+ * per-CPU rule slots the walk costs less than bpf_get_stackid() (bench/unwind.mjs), and it is
+ * right where a frame-pointer walk silently skips or misreads frames. */
+static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
+{
+	struct unwind_walk w = {
+		.ip = PT_REGS_IP(ctx),
+		.sp = PT_REGS_SP(ctx),
+		.bp = PT_REGS_FP(ctx),
+	};
+	struct leak_unwind_counters *cnt;
+	struct unwind_scratch *s;
+	__u32 zero = 0;
+	__u64 tid;
+
+	if (unwind_mode == LEAK_UNWIND_FP)
+		return false;
+	*id = -1;
+	s = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	if (!s || s->busy) {
+		UNWIND_COUNT(failures, 1);
+		return true;
+	}
+	tid = (__u32)bpf_get_current_pid_tgid();
+	s->busy = tid;
+	s->page_base = 0;
+	bpf_loop(unwind_depth, unwind_step, &w, 0);
+	if (s->busy != tid) {
+		UNWIND_COUNT(failures, 1);
+		return true;
+	}
+	cnt = bpf_map_lookup_elem(&unwind_counters, &zero);
+	if (cnt) {
+		/* Statistics only: plain adds (an add lost to a preempting walk on this CPU is no
+		 * harm); the counts that report a problem are atomic. */
+		cnt->walks++;
+		cnt->frames += w.n;
+		cnt->cache_misses += w.misses;
+		cnt->cache_hits += w.n > w.misses ? w.n - w.misses : 0;
+		if (w.flags & LEAK_UNWIND_INCOMPLETE)
+			__sync_fetch_and_add(&cnt->incomplete, 1);
+		if (w.flags & LEAK_UNWIND_TRUNCATED)
+			__sync_fetch_and_add(&cnt->truncated, 1);
+	}
+	if (w.n)
+		*id = unwind_store(s, &w);
+	else
+		UNWIND_COUNT(failures, 1);
+	s->busy = 0;
+	return true;
+}
+
+#else /* not x86-64: no CFI walker; user space keeps unwind_mode at LEAK_UNWIND_FP */
+
+static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
+{
+	return false;
+}
+
+#endif
+
+#endif /* EBPF_LEAK_UNWIND_H */

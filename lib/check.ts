@@ -1,0 +1,168 @@
+// Leak checks of a program run under the tracer, for test suites: checkLeaks() reports,
+// assertNoLeaks() throws a LeakError whose message is the readable report.
+import { defaultSuppressions } from './default-suppressions.js';
+import { formatCount, formatReport, type FormatReportOptions } from './format.js';
+import { LeakError, LeakInconclusiveError } from './leak-errors.js';
+import { asScoped } from './scope.js';
+import {
+  applySuppressions,
+  resolveSuppressions,
+  type LeakKind,
+  type SuppressionHit,
+  type SuppressionInput,
+} from './suppressions.js';
+import { trace } from './trace.js';
+import type { CommandTraceOptions, LeakReport } from './types.js';
+
+export interface CheckLeaksOptions extends Omit<CommandTraceOptions, 'command'> {
+  /** Suppression files (valgrind .supp or LSan), text, or parsed rules. */
+  suppressions?: SuppressionInput | readonly SuppressionInput[];
+  /** Apply the shipped rules for one-time glibc/libstdc++/libuv/V8 allocations. Default true. */
+  defaultSuppressions?: boolean;
+  /** See lib/suppressions.ts (match-leak-kinds). */
+  assumeLeakKinds?: readonly LeakKind[];
+  /** Kill the program (SIGKILL) if it runs longer than this, milliseconds. Default: no limit. */
+  timeoutMs?: number;
+}
+
+export interface AssertNoLeaksOptions extends CheckLeaksOptions {
+  /** Bytes that may leak without failing (after suppressions). Default 0. */
+  maxBytes?: number;
+  /** Do not fail when the result is inconclusive (see CheckedLeakReport.inconclusive). */
+  allowInconclusive?: boolean;
+  /** Loss records printed in the error message. Default 10. */
+  top?: number;
+}
+
+/** A LeakReport whose `leaks` are what no suppression covers, plus what was suppressed and
+ *  whether the trace can vouch for the answer. `summary` stays the whole program's. */
+export interface CheckedLeakReport extends LeakReport {
+  /** Per rule: how much it suppressed. */
+  suppressed: SuppressionHit[];
+  /** Why the answer cannot be trusted (events lost, map full, stacks missing); empty if it can. */
+  inconclusive: string[];
+  /** Sum over `leaks`. */
+  leakedBytes: number;
+  leakedBlocks: number;
+}
+
+/** Runs `command` under the tracer until it exits, and reports what it left allocated. */
+export async function checkLeaks(command: string, options: CheckLeaksOptions = {}): Promise<CheckedLeakReport> {
+  const { suppressions, defaultSuppressions: useDefaults, assumeLeakKinds, timeoutMs, ...traceOptions } = options;
+  const rules = [...(useDefaults === false ? [] : defaultSuppressions()), ...resolveSuppressions(suppressions)];
+  const tracer = await trace({ ...traceOptions, command });
+  let timer: NodeJS.Timeout | undefined;
+  if (timeoutMs !== undefined) timer = setTimeout(() => tracer.process?.kill('SIGKILL'), timeoutMs);
+  let report: LeakReport;
+  try {
+    report = await tracer.done;
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+  return checkReport(report, rules, { stacks: tracer.info.stacks, ...(assumeLeakKinds ? { assumeLeakKinds } : {}) });
+}
+
+/** Suppressions and the inconclusive check applied to a finished report (exported for reports
+ *  obtained with trace() directly). */
+export function checkReport(
+  report: LeakReport,
+  rules: ReturnType<typeof resolveSuppressions>,
+  options: { stacks?: boolean; assumeLeakKinds?: readonly LeakKind[] } = {},
+): CheckedLeakReport {
+  const { kept, suppressed } = applySuppressions(
+    report.leaks,
+    rules,
+    options.assumeLeakKinds ? { assumeLeakKinds: options.assumeLeakKinds } : {},
+  );
+  const inconclusive: string[] = [];
+  const s = report.summary;
+  if (s.droppedAllocations > 0) {
+    inconclusive.push(
+      `${formatCount(s.droppedAllocations)} allocations were not tracked because the address map was full; raise maxAllocations`,
+    );
+  }
+  if (s.lostEvents > 0) inconclusive.push(`${formatCount(s.lostEvents)} events were lost (event ring buffer full)`);
+  if (options.stacks !== false) {
+    const stackless = kept.filter((g) => g.stack.length === 0);
+    if (stackless.length > 0) {
+      const bytes = stackless.reduce((n, g) => n + g.bytes, 0);
+      const blocks = stackless.reduce((n, g) => n + g.blocks, 0);
+      let failures = '';
+      try {
+        failures = ` (${formatCount(asScoped(report).counters.stackFailures)} stack walks failed)`;
+      } catch {
+        // a report not made by a tracer: no counters
+      }
+      inconclusive.push(
+        `${formatCount(bytes)} bytes in ${formatCount(blocks)} blocks have no stack${failures}, so they cannot be placed or suppressed`,
+      );
+    }
+  }
+  const out: CheckedLeakReport = {
+    ...report,
+    leaks: kept,
+    suppressed,
+    inconclusive,
+    leakedBytes: kept.reduce((n, g) => n + g.bytes, 0),
+    leakedBlocks: kept.reduce((n, g) => n + g.blocks, 0),
+  };
+  return out;
+}
+
+function suppressedLines(hits: readonly SuppressionHit[]): string[] {
+  if (hits.length === 0) return [];
+  const bytes = hits.reduce((n, h) => n + h.bytes, 0);
+  const blocks = hits.reduce((n, h) => n + h.blocks, 0);
+  return [
+    `suppressed: ${formatCount(bytes)} bytes in ${formatCount(blocks)} blocks`,
+    ...hits.map(
+      (h) =>
+        `   ${formatCount(h.bytes)} bytes in ${formatCount(h.blocks)} blocks by ${h.rule} ` +
+        `(${h.source === 'default' ? 'default suppressions' : h.source})`,
+    ),
+  ];
+}
+
+/** The readable form of a checked report: valgrind-style loss records, then what was
+ *  suppressed and why the result may be inconclusive. */
+export function formatCheckedReport(report: CheckedLeakReport, options: FormatReportOptions = {}): string {
+  let text = formatReport(report, { ...options, top: options.top ?? 10 });
+  const extra = [...suppressedLines(report.suppressed)];
+  if (report.inconclusive.length > 0) extra.push('inconclusive:', ...report.inconclusive.map((r) => `   ${r}`));
+  if (extra.length > 0) text += extra.join('\n') + '\n';
+  return text;
+}
+
+/** Throws LeakInconclusiveError, or LeakError when more than `maxBytes` leaked; returns the
+ *  checked report otherwise. */
+export function assertReport(report: CheckedLeakReport, options: Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'top'> = {}): CheckedLeakReport {
+  if (report.inconclusive.length > 0 && !options.allowInconclusive) {
+    throw new LeakInconclusiveError(report.inconclusive, report, `the leak check of ${describe(report)}`);
+  }
+  const maxBytes = options.maxBytes ?? 0;
+  if (report.leakedBytes > maxBytes) {
+    const head =
+      `ebpf-leak: ${describe(report)} leaked ${formatCount(report.leakedBytes)} bytes in ` +
+      `${formatCount(report.leakedBlocks)} blocks` +
+      (maxBytes > 0 ? ` (at most ${formatCount(maxBytes)} allowed)` : '') +
+      '\n\n';
+    throw new LeakError(head + formatCheckedReport(report, options.top !== undefined ? { top: options.top } : {}), report);
+  }
+  return report;
+}
+
+function describe(report: LeakReport): string {
+  const t = report.target;
+  return t.command !== undefined ? [t.command, ...(t.args ?? [])].join(' ') : `process ${t.pid}`;
+}
+
+/** checkLeaks(), then assertReport(): throws a LeakError whose message is the readable report. */
+export async function assertNoLeaks(command: string, options: AssertNoLeaksOptions = {}): Promise<CheckedLeakReport> {
+  const { maxBytes, allowInconclusive, top, ...check } = options;
+  const report = await checkLeaks(command, check);
+  return assertReport(report, {
+    ...(maxBytes !== undefined ? { maxBytes } : {}),
+    ...(allowInconclusive !== undefined ? { allowInconclusive } : {}),
+    ...(top !== undefined ? { top } : {}),
+  });
+}

@@ -1,0 +1,21 @@
+// Run without capabilities by test/native-addon.test.ts (setpriv ... vite-node this-file): prints
+// what the harness says about support, the node:test skip option, and the error a measurement
+// throws, as JSON.
+import { measure, tracingSupport } from '../../lib/harness.js';
+import { skipIfUnsupported } from '../../lib/node-test.js';
+
+const support = tracingSupport();
+let error: { name: string; code?: string; message: string } | null = null;
+try {
+  await measure(() => {}, { iterations: 1 });
+} catch (e) {
+  const err = e as Error & { code?: string };
+  error = { name: err.name, code: err.code, message: err.message };
+}
+process.stdout.write(
+  JSON.stringify({
+    support: support.supported ? support : { supported: false, reason: support.reason },
+    skip: skipIfUnsupported(),
+    error,
+  }),
+);
