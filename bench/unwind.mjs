@@ -13,6 +13,7 @@
 //                from the kernel's BPF stats (kernel.bpf_stats_enabled, switched on for the
 //                measurement and restored after);
 //   alloc_entry  ns per run of the entry program (malloc's entry, and free: removing the block).
+// --only REGEX keeps the configs whose build/depth/threads/mode/totals matches (e.g. '/20/1/').
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -26,6 +27,7 @@ const opt = (name, dflt) => {
   return i >= 0 ? Number(argv[i + 1]) : dflt;
 };
 const runs = opt('--runs', 5);
+const only = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : undefined;
 const pairs = opt('--pairs', 300000);
 
 spawnSync('mkdir', ['-p', out]);
@@ -98,6 +100,7 @@ for (const build of ['nofp', 'fp'])
 for (const threads of [1, 2])
   for (const mode of ['fp', 'auto'])
     for (const totals of [true, false]) configs.push({ build: 'nofp', depth: 0, threads, mode, totals, block: 'totals' });
+if (only) configs.splice(0, configs.length, ...configs.filter((c) => `${c.build}/${c.depth}/${c.threads}/${c.mode}/${c.totals ? 'on' : 'off'}`.match(new RegExp(only))));
 const results = new Map(configs.map((c) => [c, []]));
 writeFileSync(statsPath, '1');
 try {

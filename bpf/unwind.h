@@ -1,24 +1,33 @@
 /* The CFI stack walker: user stacks through code built without frame pointers.
  *
- * Included by bpf/leak.bpf.c (after record_mapping(), COUNT() and capture_stacks, which it uses).
- * Tables, records and the user-space side: bpf/unwind_types.h, native/unwind_table.cc.
+ * Included by bpf/leak.bpf.c, right after bpf/leak.h; alloc_stack() there calls unwind_stack().
+ * It uses leak.bpf.c's record_mapping() (declared below). Records and rules shared with user
+ * space: bpf/unwind_types.h; tables built and loaded by native/unwind_table.cc, native/unwinder.cc.
  *
  * The walk starts in the allocator's return probe, from the registers the caller has once the
  * allocator returned: ip is the return address (the caller's next instruction), sp and bp the
- * caller's. Each step finds the rule of the frame's pc (the row before the return address: the
- * call instruction), computes the CFA, reads the return address at CFA - 8 and, when the frame
- * saved it, the caller's rbp; the caller's sp is the CFA.
+ * caller's. Each step finds the rule of the frame's return address (the row of the call
+ * instruction before it), computes the CFA, reads the return address at CFA - 8 and, when the
+ * frame saved it, the caller's rbp; the caller's sp is the CFA.
  *
- * A frame's rule is looked up once per return address: `unwind_cache` keeps it by address, so a
- * call site pays the table search (bpf_find_vma, then a binary search of its module's rows) the
- * first time only. The frames of each distinct stack are stored once, in `unwind_stacks`, under a
- * 52-bit hash of the frames; a second, independent 64-bit hash tells a different stack that
- * happens to have the same id (a collision: counted, and the allocation gets no stack rather than
- * the other one's).
+ * Cost, paid once per call site rather than once per allocation where it can be:
+ *  - a return address's rule is looked up in the tables (bpf_find_vma, the module's table, a
+ *    binary search of its rows; its mapping recorded for the symbolizer) the first time that
+ *    address is seen, then kept in `unwind_cache` and in a per-CPU direct-mapped cache in front
+ *    of it (`unwind_l1`);
+ *  - the stack is read from a per-CPU copy of the page the frames are in (one
+ *    bpf_probe_read_user() per page rather than one or two per frame);
+ *  - the frames of each distinct stack are stored once, in `unwind_stacks`, under a 51-bit hash
+ *    of the frames; a second, independent 64-bit hash tells a different stack that happens to
+ *    have the same id (a collision: counted, and the allocation gets no stack rather than the
+ *    other one's).
+ * bench/unwind.mjs: about 20-25 ns a frame, less than bpf_get_stackid()'s frame-pointer walk.
  *
  * A module without a table yet (just dlopen()ed, or mapped before user space heard of it) is
  * stepped over with the frame-pointer rule and the stack marked incomplete (counted); user space
- * is told through `unwind_notify` and loads its table, so the next stacks through it are exact. */
+ * is told through `unwind_notify` and loads its table, so the next stacks through it are exact.
+ * A walk that cannot go on (a rule it does not do, unreadable stack, a CFA that does not grow)
+ * keeps the frames it has and is counted as truncated. */
 #ifndef EBPF_LEAK_UNWIND_H
 #define EBPF_LEAK_UNWIND_H
 
@@ -34,7 +43,7 @@
 /* Defined in leak.bpf.c: records a mapping in `modules` for the symbolizer. */
 static long record_mapping(struct task_struct *task, struct vm_area_struct *vma, void *data);
 
-/* Set by user space before load (native/unwind_table.cc). */
+/* Set by user space before load (native/unwinder.cc). */
 const volatile __u32 unwind_mode = LEAK_UNWIND_FP;
 const volatile __u32 unwind_depth = 32; /* frames kept, at most 127 */
 
@@ -182,31 +191,49 @@ struct unwind_lookup {
 	__u64 pc; /* return address */
 	struct unwind_cached found;
 	__u32 result; /* enum unwind_found */
-	__u32 cacheable;
+	__u16 cacheable;
+	__u16 has_file;
 };
 
 static const struct leak_unwind_rule unwind_fp_rule = {
 	.cfa_type = LEAK_CFA_RBP, .cfa_off = 16, .rbp_type = LEAK_RBP_AT_CFA, .rbp_off = -16,
 };
 
-/* Row of `off` in rows [first, first + count): the last one that starts at or before it. */
+/* Binary search state: the row of `off` is in [lo, hi). */
+struct unwind_search_state {
+	__u32 lo, hi, off, pad;
+};
+
+static long unwind_search_step(__u32 i, void *data)
+{
+	struct unwind_search_state *st = data;
+	struct leak_unwind_row *row;
+	__u32 mid;
+
+	if (st->hi - st->lo <= 1)
+		return 1;
+	mid = st->lo + (st->hi - st->lo) / 2;
+	row = bpf_map_lookup_elem(&unwind_rows, &mid);
+	if (!row)
+		return 1;
+	if (row->off <= st->off)
+		st->lo = mid;
+	else
+		st->hi = mid;
+	return 0;
+}
+
+/* Row of `off` in rows [first, first + count): the last one that starts at or before it. A
+ * bpf_loop() callback, not a bounded loop: verified once, where an unrolled search multiplies
+ * the verifier's states by its branches. */
 static __always_inline int unwind_search(__u32 first, __u32 count, __u32 off, __u32 *rule)
 {
-	__u32 lo = first, hi = first + count, mid;
+	struct unwind_search_state st = { .lo = first, .hi = first + count, .off = off };
 	struct leak_unwind_row *row;
+	__u32 lo;
 
-	for (int k = 0; k < LEAK_UNWIND_SEARCH_STEPS; k++) {
-		if (hi - lo <= 1)
-			break;
-		mid = lo + (hi - lo) / 2;
-		row = bpf_map_lookup_elem(&unwind_rows, &mid);
-		if (!row)
-			return -1;
-		if (row->off <= off)
-			lo = mid;
-		else
-			hi = mid;
-	}
+	bpf_loop(LEAK_UNWIND_SEARCH_STEPS, unwind_search_step, &st, 0);
+	lo = st.lo;
 	row = bpf_map_lookup_elem(&unwind_rows, &lo);
 	if (!row || row->off > off)
 		return -1;
@@ -232,8 +259,7 @@ static long unwind_vma_rule(struct task_struct *task, struct vm_area_struct *vma
 		lk->result = UNWIND_FOUND;
 		return 0;
 	}
-	/* For the symbolizer: this mapping is in a stack (the first time this return address is). */
-	record_mapping(task, vma, NULL);
+	lk->has_file = 1;
 	key.dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
 	key.ino = BPF_CORE_READ(file, f_inode, i_ino);
 	f = bpf_map_lookup_elem(&unwind_files, &key);
@@ -271,6 +297,38 @@ static long unwind_vma_rule(struct task_struct *task, struct vm_area_struct *vma
 	return 0;
 }
 
+#define UNWIND_CACHEABLE 0x100
+
+/* A return address's rule when neither cache has it: the mapping it is in, that module's table.
+ * The first time an address is seen, so its mapping is recorded for the symbolizer here too. A
+ * global function: the verifier checks it once, on its own (as a static one, it walked it again
+ * on every path of the caller: most of the program's verification time). Returns enum
+ * unwind_found, | UNWIND_CACHEABLE when the rule is the module's own. */
+__noinline int unwind_lookup_slow(__u64 pc, struct unwind_cached *out)
+{
+	struct unwind_lookup lk = { .pc = pc, .result = UNWIND_NO_VMA };
+	struct task_struct *task = bpf_get_current_task_btf();
+	long err;
+
+	if (!out)
+		return UNWIND_NO_VMA;
+	err = bpf_find_vma(task, pc - 1, unwind_vma_rule, &lk, 0);
+	if (err == -EBUSY) {
+		/* Another thread holds the mmap lock (mapping or unmapping): a guess this time. */
+		lk.found.rule = unwind_fp_rule;
+		lk.found.kind = 0;
+		lk.result = UNWIND_GUESS;
+		lk.cacheable = 0;
+	} else if (lk.has_file) {
+		/* For the symbolizer: this mapping is in a stack. */
+		bpf_find_vma(task, pc - 1, record_mapping, NULL, 0);
+	}
+	if (lk.cacheable)
+		bpf_map_update_elem(&unwind_cache, &pc, &lk.found, BPF_ANY);
+	*out = lk.found;
+	return lk.result | (lk.cacheable ? UNWIND_CACHEABLE : 0);
+}
+
 /* The rule for the frame whose return address is `pc`. `*misses` counts lookups past the caches. */
 static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out, __u32 *misses)
 {
@@ -278,8 +336,8 @@ static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out
 	__u32 epoch = unwind_epoch;
 	struct unwind_slot *slot = bpf_map_lookup_elem(&unwind_l1, &idx);
 	struct unwind_cached *c;
-	struct unwind_lookup lk = { .pc = pc, .result = UNWIND_NO_VMA };
 	__u64 check;
+	int found;
 
 	if (slot && slot->pc == pc && slot->epoch == epoch) {
 		barrier();
@@ -291,32 +349,21 @@ static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out
 	}
 	c = bpf_map_lookup_elem(&unwind_cache, &pc);
 	if (c) {
-		lk.found = *c;
-		lk.result = UNWIND_FOUND;
+		*out = *c;
+		found = UNWIND_FOUND | UNWIND_CACHEABLE;
 	} else {
 		(*misses)++;
-		/* -EBUSY: another thread holds the mmap lock (mapping or unmapping): a guess. */
-		if (bpf_find_vma(bpf_get_current_task_btf(), pc - 1, unwind_vma_rule, &lk, 0) ==
-		    -EBUSY) {
-			lk.found.rule = unwind_fp_rule;
-			lk.found.kind = 0;
-			lk.result = UNWIND_GUESS;
-		}
-		if (lk.cacheable)
-			bpf_map_update_elem(&unwind_cache, &pc, &lk.found, BPF_ANY);
-		else
-			slot = NULL;
+		found = unwind_lookup_slow(pc, out);
 	}
-	*out = lk.found;
-	if (slot) {
+	if (slot && (found & UNWIND_CACHEABLE)) {
 		slot->pc = 0;
 		barrier();
 		slot->epoch = epoch;
-		slot->c = lk.found;
+		slot->c = *out;
 		barrier();
 		slot->pc = pc;
 	}
-	return lk.result;
+	return found & 0xff;
 }
 
 struct unwind_walk {
@@ -342,13 +389,12 @@ static __always_inline __u64 unwind_mix(__u64 h)
 static __always_inline int unwind_read(struct unwind_scratch *s, __u64 *out, __u64 address)
 {
 	__u64 base = address & ~4095ULL;
-	__u32 off = address & 4088, size;
+	__u32 off = address & 4088;
 
 	if (address & 7)
 		return bpf_probe_read_user(out, sizeof(*out), (const void *)address);
 	if (base != s->page_base || off < s->page_lo) {
-		size = 4096 - off;
-		if (bpf_probe_read_user(&s->page[off], size, (const void *)address)) {
+		if (bpf_probe_read_user(&s->page[off], 4096 - off, (const void *)address)) {
 			s->page_base = 0;
 			return bpf_probe_read_user(out, sizeof(*out), (const void *)address);
 		}
@@ -395,47 +441,29 @@ static long unwind_step(__u32 i, void *data)
 		w->flags |= LEAK_UNWIND_INCOMPLETE;
 		c.rule = unwind_fp_rule;
 	}
-	switch (c.rule.cfa_type) {
-	case LEAK_CFA_RSP:
-		cfa = w->sp + c.rule.cfa_off;
-		break;
-	case LEAK_CFA_RBP:
-		cfa = w->bp + c.rule.cfa_off;
-		break;
-	case LEAK_CFA_DEREF_RBP:
-		if (unwind_read(s, &cfa, w->bp + c.rule.cfa_off)) {
-			w->flags |= LEAK_UNWIND_TRUNCATED;
-			return 1;
-		}
-		break;
-	case LEAK_CFA_END:
+	/* Few branches on purpose: each one multiplies what the verifier walks. */
+	if (c.rule.cfa_type == LEAK_CFA_END)
 		return 1; /* the outermost frame: complete */
-	default:
+	if (c.rule.cfa_type < LEAK_CFA_RSP || c.rule.cfa_type > LEAK_CFA_DEREF_RBP) {
+		w->flags |= LEAK_UNWIND_TRUNCATED;
+		return 1;
+	}
+	cfa = (c.rule.cfa_type == LEAK_CFA_RSP ? w->sp : w->bp) + c.rule.cfa_off;
+	if (c.rule.cfa_type == LEAK_CFA_DEREF_RBP && unwind_read(s, &cfa, cfa)) {
 		w->flags |= LEAK_UNWIND_TRUNCATED;
 		return 1;
 	}
 	/* The caller's frame is above this one: anything else is a wrong rule or a damaged stack. */
-	if (cfa <= w->sp || cfa >= UNWIND_USER_TOP) {
-		w->flags |= LEAK_UNWIND_TRUNCATED;
-		return 1;
-	}
-	if (unwind_read(s, &ra, cfa - 8)) {
+	if (cfa <= w->sp || cfa >= UNWIND_USER_TOP || unwind_read(s, &ra, cfa - 8)) {
 		w->flags |= LEAK_UNWIND_TRUNCATED;
 		return 1;
 	}
 	bp = w->bp;
-	switch (c.rule.rbp_type) {
-	case LEAK_RBP_AT_CFA:
-		if (unwind_read(s, &bp, cfa + c.rule.rbp_off))
+	if (c.rule.rbp_type == LEAK_RBP_AT_CFA || c.rule.rbp_type == LEAK_RBP_AT_RBP) {
+		if (unwind_read(s, &bp, (c.rule.rbp_type == LEAK_RBP_AT_CFA ? cfa : w->bp) + c.rule.rbp_off))
 			bp = 0;
-		break;
-	case LEAK_RBP_AT_RBP:
-		if (unwind_read(s, &bp, w->bp + c.rule.rbp_off))
-			bp = 0;
-		break;
-	case LEAK_RBP_UNDEFINED:
+	} else if (c.rule.rbp_type != LEAK_RBP_SAME) {
 		bp = 0;
-		break;
 	}
 	w->ip = ra;
 	w->sp = cfa;

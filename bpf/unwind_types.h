@@ -83,6 +83,21 @@ struct leak_unwind_file {
 	__u32 flags; /* LEAK_UNWIND_FILE_KEEPS_FP */
 };
 
+/* One executable file mapping of the target, for the walker to find a pc's module without
+ * bpf_find_vma() (which needs the mmap lock, and fails while another thread maps or unmaps).
+ * User space keeps them sorted by start in one half of `unwind_mappings` and publishes the half
+ * through `unwind_mappings_ref` (.bss): first index << 32 | count. */
+struct leak_unwind_mapping {
+	__u64 start;
+	__u64 end;
+	__u64 offset; /* file offset of start */
+	__u64 ino;    /* with `start`, the key of `unwind_recorded` */
+	struct leak_unwind_file file;
+};
+
+/* Entries of each half of `unwind_mappings`; mappings beyond these are found by bpf_find_vma(). */
+#define LEAK_UNWIND_MAX_MAPPINGS 4096
+
 /* Most rows of one module's table: the binary search does this many halvings. */
 #define LEAK_UNWIND_SEARCH_STEPS 24
 #define LEAK_UNWIND_MAX_FILE_ROWS (1u << LEAK_UNWIND_SEARCH_STEPS)
@@ -124,6 +139,7 @@ struct leak_unwind_counters {
 	__u64 collisions;	/* a different stack already had the id: recorded without a stack */
 	__u64 failures;		/* no stack recorded: `unwind_stacks` full, or scratch busy */
 	__u64 missing_files;	/* modules seen with no table loaded yet (user space is told) */
+	__u64 busy;		/* walks cut short: bpf_find_vma() found the mmap lock taken */
 	__u64 totals_dropped;	/* `stack_totals` updates lost: the map was full */
 };
 

@@ -57,6 +57,9 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Most blocks tracked at on
                          that sees every call (much cheaper); 'entry' keeps
                          every probe on the first instruction.
                          Default: optimized.
+  --debug-dir DIR        Also look for separate debug files (.build-id/xx/
+                         yyyy.debug, .gnu_debuglink targets) under DIR, before
+                         /usr/lib/debug. Repeatable.
   --suppressions FILE    Leave out of the leak list what the rules in FILE
                          match: valgrind .supp or LSan 'leak:' files.
                          Repeatable. The HEAP SUMMARY still counts all.
@@ -92,6 +95,8 @@ export interface CommonFlags {
   genSuppressions?: 'valgrind' | 'lsan';
   /** --probe-placement optimized|entry. */
   probePlacement?: 'optimized' | 'entry';
+  /** --debug-dir DIR, in order. */
+  debugDirs: string[];
 }
 
 export interface RunCommand extends CommonFlags {
@@ -303,6 +308,7 @@ const commonOptions = {
   'no-default-suppressions': { type: 'boolean' },
   'gen-suppressions': { type: 'boolean', optionalValue: true },
   'probe-placement': { type: 'string' },
+  'debug-dir': { type: 'string', multiple: true },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -426,6 +432,10 @@ function commonFlags(values: Values): CommonFlags {
       return Array.isArray(v) ? v : [];
     })(),
     defaultSuppressions: values.get('no-default-suppressions') !== true,
+    debugDirs: (() => {
+      const v = values.get('debug-dir');
+      return Array.isArray(v) ? v : [];
+    })(),
   };
   const placement = str(values, 'probe-placement');
   if (placement !== undefined) {
@@ -795,6 +805,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
     ...(cmd.stackDepth !== undefined ? { stackDepth: cmd.stackDepth } : {}),
     ...(cmd.allocator ? { allocator: cmd.allocator } : {}),
     ...(cmd.probePlacement ? { probePlacement: cmd.probePlacement } : {}),
+    ...(cmd.debugDirs.length > 0 ? { debugDirs: cmd.debugDirs } : {}),
   };
 }
 

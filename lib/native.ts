@@ -64,6 +64,8 @@ export interface NativeTracer {
   readStackTotals(): ArrayBuffer | null;
   /** The stack walker's counters and tables; null once closed. */
   unwindStats(): UnwindStats | null;
+  /** Flags of CFI-walked stacks (1: incomplete, 2: truncated; lib/unwind.ts); 0 for other ids. */
+  readStackFlags(ids: number[]): Uint32Array | null;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
   close(): void;

@@ -33,6 +33,7 @@ export interface ResolvedCommon {
   stacks: boolean;
   stackDepth: number;
   probePlacement: ProbePlacement;
+  debugDirs: string[];
 }
 export type ResolvedOptions =
   | (ResolvedCommon & { kind: 'pid'; pid: number })
@@ -109,6 +110,9 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.probePlacement !== undefined && !probePlacements.includes(o.probePlacement)) {
     fail(`options.probePlacement must be 'optimized' or 'entry' (got ${describe(o.probePlacement)})`);
   }
+  if (o.debugDirs !== undefined && (!Array.isArray(o.debugDirs) || o.debugDirs.some((d) => typeof d !== 'string' || d === ''))) {
+    fail(`options.debugDirs must be an array of directory paths (got ${describe(o.debugDirs)})`);
+  }
   for (const flag of ['events', 'stacks'] as const) {
     if (o[flag] !== undefined && typeof o[flag] !== 'boolean') {
       fail(`options.${flag} must be a boolean (got ${describe(o[flag])})`);
@@ -124,6 +128,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     allocator: allocatorOption(o.allocator),
     stacks: o.stacks ?? defaults.stacks,
     probePlacement: o.probePlacement ?? defaults.probePlacement,
+    debugDirs: [...(o.debugDirs ?? [])],
     stackDepth:
       o.stackDepth === undefined
         ? defaults.stackDepth

@@ -118,6 +118,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       maxAllocations: o.maxAllocations,
       events: o.events,
       stacks: o.stacks,
+      debugDirs: o.debugDirs,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
     },

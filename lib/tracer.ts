@@ -58,6 +58,8 @@ export interface TracerInfo {
   events: boolean;
   /** Allocation stacks are captured. */
   stacks: boolean;
+  /** Extra directories searched for separate debug files (build-id and .gnu_debuglink). */
+  debugDirs: string[];
   /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
   attachMode: 'uprobe_multi' | 'uprobe';
   attachMs: number;
@@ -170,7 +172,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
     const raw = await this.#native.snapshot();
     const columns = snapshotColumns(raw.entries);
-    return { allocations: outstandingAllocations(columns, raw.nowNs), summary: summarize(decodeCounters(raw.counters), columns) };
+    return { allocations: await outstandingAllocations(columns, raw.nowNs), summary: summarize(decodeCounters(raw.counters), columns) };
   }
 
   /** The current mark: the value recorded in every block allocated from now on. Starts at 0. */
@@ -318,7 +320,10 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const padded = await symbolizeStacks(
         addresses.map((stack) => (stack.length > 0 ? [0n, ...stack] : stack)),
         modules,
-        { perfMap: await readPerfMap(this.pid).catch(() => null) },
+        {
+          perfMap: await readPerfMap(this.pid).catch(() => null),
+          ...(this.info.debugDirs.length > 0 ? { debugDirs: this.info.debugDirs } : {}),
+        },
       );
       frames = padded.map((stack) => stack.slice(1));
     } catch {

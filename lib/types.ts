@@ -44,6 +44,9 @@ export interface CommonTraceOptions {
    *  instruction to one the kernel emulates, when that provably sees every call (glibc's free:
    *  ~10 µs less per call); 'entry' puts every probe on the function's first instruction. */
   probePlacement?: 'optimized' | 'entry';
+  /** Directories searched for separate debug files (`.build-id/xx/yyyy.debug`, `.gnu_debuglink`
+   *  targets) before /usr/lib/debug. */
+  debugDirs?: readonly string[];
 }
 
 /** Attach to a running process. */

@@ -202,6 +202,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          StaticMethod<&Tracer::Demangle>("demangle"),
                          InstanceMethod<&Tracer::ReadStackTotals>("readStackTotals"),
                          InstanceMethod<&Tracer::UnwindStats>("unwindStats"),
+                         InstanceMethod<&Tracer::ReadStackFlags>("readStackFlags"),
                      });
 }
 

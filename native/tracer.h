@@ -85,6 +85,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   // Defined in native/unwinder.cc.
   Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);
   Napi::Value UnwindStats(const Napi::CallbackInfo& info);
+  Napi::Value ReadStackFlags(const Napi::CallbackInfo& info);
   static Napi::Value Demangle(const Napi::CallbackInfo& info);
 
   bool LoadAndAttach(bool multi, NativeError* error);

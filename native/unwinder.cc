@@ -240,8 +240,6 @@ static uint32_t EffectiveMode(const TracerConfig& config) {
 }
 
 std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& config, Tracer* tracer) {
-  auto T0 = std::chrono::steady_clock::now();
-  struct TT { std::chrono::steady_clock::time_point t; ~TT() { fprintf(stderr, "DEBUG create %lld us\n", (long long)std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t).count()); } } tt{T0};
   std::unique_ptr<Unwinder> u(new Unwinder(skel, config, tracer));
   bool on = u->mode_ != LEAK_UNWIND_FP;
   if (on) u->CollectPreload();
@@ -279,7 +277,6 @@ std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& c
 
 void Unwinder::Start() {
   if (mode_ == LEAK_UNWIND_FP) return;
-  struct TT { std::chrono::steady_clock::time_point t; ~TT() { fprintf(stderr, "DEBUG start %lld us\n", (long long)std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t).count()); } } tt{std::chrono::steady_clock::now()};
   int rows_fd = bpf_map__fd(skel_->maps.unwind_rows);
   int rules_fd = bpf_map__fd(skel_->maps.unwind_rules);
   size_t page = static_cast<size_t>(getpagesize());
@@ -624,6 +621,27 @@ Napi::Value Tracer::ReadStackTotals(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, out.size());
   if (!out.empty()) memcpy(buffer.Data(), out.data(), out.size());
   return buffer;
+}
+
+// readStackFlags(ids): Uint32Array of each CFI-walked stack's flags (LEAK_UNWIND_INCOMPLETE 1,
+// LEAK_UNWIND_TRUNCATED 2); 0 for other ids. Null once closed.
+Napi::Value Tracer::ReadStackFlags(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr || !unwind_) return env.Null();
+  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "readStackFlags(ids: number[])");
+  Napi::Array ids = info[0].As<Napi::Array>();
+  Napi::Uint32Array out = Napi::Uint32Array::New(env, ids.Length());
+  int tid = CurrentTid();
+  SetThreadIgnored(tid, true);
+  for (uint32_t i = 0; i < ids.Length(); i++) {
+    std::vector<uint64_t> frames;
+    uint32_t flags = 0;
+    unwind_->ReadStack(ids.Get(i).As<Napi::Number>().Int64Value(), &frames, &flags);
+    out[i] = flags;
+  }
+  SetThreadIgnored(tid, false);
+  return out;
 }
 
 // unwindStats(): the walker's counters and tables; null once closed.

@@ -27,6 +27,7 @@ const runDefaults = {
   stacks: true,
   suppressions: [],
   defaultSuppressions: true,
+  debugDirs: [],
 } as const;
 
 function usageError(argv: string[]) {
@@ -103,6 +104,8 @@ describe('parseCliArgs: run', () => {
         '--gen-suppressions=lsan',
         '--probe-placement',
         'entry',
+        '--debug-dir',
+        '/tmp/dbg',
         '--',
         'prog',
       ]),
@@ -122,6 +125,7 @@ describe('parseCliArgs: run', () => {
       defaultSuppressions: false,
       genSuppressions: 'lsan',
       probePlacement: 'entry',
+      debugDirs: ['/tmp/dbg'],
       command: 'prog',
       args: [],
     });
@@ -204,6 +208,7 @@ describe('parseCliArgs: attach', () => {
     stacks: true,
     suppressions: [],
     defaultSuppressions: true,
+    debugDirs: [],
     intervalS: 5,
   } as const;
 
@@ -252,6 +257,7 @@ describe('parseCliArgs: attach', () => {
       stacks: true,
       suppressions: [],
       defaultSuppressions: true,
+      debugDirs: [],
     });
   });
 
