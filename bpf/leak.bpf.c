@@ -18,6 +18,9 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const volatile __u32 target_tgid = 0;
 const volatile bool wait_for_exec = false; /* count only after the target's next exec() */
 const volatile bool emit_events = false;
+/* Wake the reader only once this much is waiting: a wakeup per event costs more than the probe.
+ * The reader also polls every few milliseconds, so nothing waits long. */
+const volatile __u64 wakeup_bytes = 0;
 const volatile bool capture_stacks = false;
 const volatile __u64 page_size = 4096;
 const volatile __u32 stack_depth = 32; /* frames per stack: stack_traces' value size / 8 */
@@ -43,20 +46,28 @@ struct {
  * into probed functions (realloc(NULL, n) reaching malloc, memalign reaching malloc,
  * reallocarray reaching realloc): only the outermost call is the user's allocation. */
 struct inflight_call {
+	__u64 active;	/* between an outermost entry and its return */
 	__u64 fn;
 	__u64 size;
 	__u64 old_ptr;	/* realloc's block */
 	__u64 out_ptr;	/* posix_memalign's result pointer */
 	__s64 stack_id;
 	__u64 depth;
+	__u64 sp;	/* stack pointer at the outermost entry */
 };
 
+/* Per thread, in the task itself: no hashing on the hot path, and freed with the thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u32); /* tid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct inflight_call);
-	__uint(max_entries, 65536);
 } inflight SEC(".maps");
+
+static __always_inline struct inflight_call *thread_call(__u64 flags)
+{
+	return bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, flags);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -189,7 +200,9 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 	e->timestamp_ns = ts;
 	e->tid = tid;
 	e->stack_id = stack_id;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+				      ? BPF_RB_FORCE_WAKEUP
+				      : BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id)
@@ -384,26 +397,33 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx)
 static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
 				       __u64 out_ptr)
 {
-	struct inflight_call call = {
-		.fn = fn,
-		.size = size,
-		.old_ptr = old_ptr,
-		.out_ptr = out_ptr,
-		.stack_id = -1,
-	};
-	struct inflight_call *outer;
-	__u32 tid;
+	struct inflight_call *call;
+	__u64 sp = PT_REGS_SP(ctx);
 
 	if (!is_target())
 		return 0;
-	tid = (__u32)bpf_get_current_pid_tgid();
-	outer = bpf_map_lookup_elem(&inflight, &tid);
-	if (outer) {
-		outer->depth++;
+	call = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call) {
+		COUNT(inflight_failures, 1);
 		return 0;
 	}
-	if (bpf_map_update_elem(&inflight, &tid, &call, BPF_ANY))
+	/* A nested call runs deeper in the stack than the outer one (or at the same depth: a tail
+	 * call). Higher up means the outer call's return was never seen (a longjmp out of the
+	 * allocator): forget it rather than take every later call of the thread for nested. */
+	if (call->active && sp <= call->sp) {
+		call->depth++;
+		return 0;
+	}
+	if (call->active)
 		COUNT(inflight_failures, 1);
+	call->active = 1;
+	call->fn = fn;
+	call->size = size;
+	call->old_ptr = old_ptr;
+	call->out_ptr = out_ptr;
+	call->stack_id = -1;
+	call->depth = 0;
+	call->sp = sp;
 	return 0;
 }
 
@@ -416,15 +436,15 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 	if (!is_target())
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();
-	st = bpf_map_lookup_elem(&inflight, &tid);
-	if (!st) /* the entry ran before we attached */
+	st = thread_call(0);
+	if (!st || !st->active) /* the entry ran before we attached */
 		return 0;
 	if (st->depth) {
 		st->depth--;
 		return 0;
 	}
 	call = *st;
-	bpf_map_delete_elem(&inflight, &tid);
+	st->active = 0;
 
 	address = PT_REGS_RC(ctx);
 	if (call.size == SIZE_OVERFLOW) /* failed, changed nothing */
@@ -461,13 +481,13 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 
 static __always_inline int free_enter(__u64 ptr)
 {
-	__u32 tid;
+	struct inflight_call *call;
 
 	if (!ptr || !is_target())
 		return 0;
 	/* free() called from inside a probed call (realloc(p, 0)) is that call's business. */
-	tid = (__u32)bpf_get_current_pid_tgid();
-	if (bpf_map_lookup_elem(&inflight, &tid))
+	call = thread_call(0);
+	if (call && call->active)
 		return 0;
 	record_free(LEAK_FN_FREE, ptr);
 	return 0;

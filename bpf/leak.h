@@ -49,7 +49,8 @@ struct leak_counters {
 	__u64 dropped_allocs;	/* allocations not tracked: `allocs` was full */
 	__u64 lost_events;	/* events not delivered: ring buffer full */
 	__u64 stack_failures;	/* allocations whose stack could not be recorded */
-	__u64 inflight_failures; /* entries whose per-thread state could not be saved */
+	__u64 inflight_failures; /* entries whose per-thread state could not be saved, or whose
+				  * return was never seen (a longjmp out of the allocator) */
 	__u64 execs;		/* exec()s of the target seen */
 	__u64 ignored_allocs;	/* allocations by threads in `ignored_tids` (the tracer's own) */
 };

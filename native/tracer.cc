@@ -315,6 +315,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->target_tgid = static_cast<uint32_t>(config_.pid);
   skel_->rodata->wait_for_exec = config_.wait_for_exec;
   skel_->rodata->emit_events = config_.events;
+  skel_->rodata->wakeup_bytes = config_.event_buffer_bytes / 8;
   skel_->rodata->capture_stacks = config_.stacks;
   skel_->rodata->page_size = config_.page_size;
   skel_->rodata->filter_threads = config_.ignore_own_threads;
@@ -600,7 +601,8 @@ void Tracer::PollLoop() {
   bool stopping = false;
   while (!stopping) {
     epoll_event evs[4];
-    int timeout = batch_.empty() ? 100 : 10;
+    // With events on, submits do not wake us until an eighth of the buffer waits: poll often.
+    int timeout = ring_ != nullptr || !batch_.empty() ? 10 : 100;
     int n = epoll_wait(ep, evs, 4, timeout);
     bool exited = false;
     for (int i = 0; i < n; i++) {

@@ -33,7 +33,9 @@ describe('attach to a running process', () => {
     expect(leaked32.length).toBeGreaterThan(20);
     expect(snap.allocations.every((a) => a.ageMs >= 0 && a.ageMs < 5000)).toBe(true);
     expect(snap.allocations.every((a) => a.tid === child.pid)).toBe(true);
-    expect(snap.summary.allocs).toBeGreaterThanOrEqual(2 * leaked32.length);
+    // Two allocations per leaked block; the counters are read just before the map walk, so the
+    // last iteration or two may be in the map and not yet in the totals.
+    expect(snap.summary.allocs).toBeGreaterThanOrEqual(2 * (leaked32.length - 2));
 
     const first = tracer.stop();
     expect(tracer.stop()).toBe(first); // idempotent: same promise
