@@ -371,7 +371,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const columns = snapshotColumns(raw.entries);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
-      const all = Uint32Array.from({ length: columns.count }, (_, i) => i);
+      const all = new Uint32Array(columns.count);
+      for (let i = 0; i < all.length; i++) all[i] = i;
       return await this.#scoped(columns, all, counters, { exitCode, signal });
     } finally {
       this.#finalUnwindStats = this.#native.unwindStats();
