@@ -562,14 +562,15 @@ int Tracer::OnRingRecord(void* self, void* data, size_t size) {
 
 void Tracer::Post(const char* type, std::vector<uint8_t> bytes) {
   auto* message = new Message{type, std::move(bytes)};
-  pending_batches_++;
+  (*pending_batches_)++;
+  // The callback may run after this Tracer is gone (a batch queued just before close): it holds
+  // the counter, not the tracer.
   napi_status status = on_message_.NonBlockingCall(
-      message, [this](Napi::Env env, Napi::Function callback, Message* m) {
-        pending_batches_--;
+      message, [pending = pending_batches_](Napi::Env env, Napi::Function callback, Message* m) {
+        (*pending)--;
         std::unique_ptr<Message> owned(m);
         if (env == nullptr || callback.IsEmpty()) return;
-        Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, owned->bytes.size());
-        if (!owned->bytes.empty()) memcpy(buffer.Data(), owned->bytes.data(), owned->bytes.size());
+        Napi::ArrayBuffer buffer = TakeAsArrayBuffer(env, std::move(owned->bytes));
         try {
           callback.Call({Napi::String::New(env, owned->type), buffer});
         } catch (const Napi::Error& e) {
@@ -577,7 +578,7 @@ void Tracer::Post(const char* type, std::vector<uint8_t> bytes) {
         }
       });
   if (status != napi_ok) {
-    pending_batches_--;
+    (*pending_batches_)--;
     delete message;
   }
 }
@@ -616,7 +617,7 @@ void Tracer::PollLoop() {
       if (evs[i].data.u64 == kStop) stopping = true;
       if (evs[i].data.u64 == kExit) exited = true;
     }
-    if (ring_ && (pending_batches_ < kMaxPendingBatches || stopping || exited)) {
+    if (ring_ && (*pending_batches_ < kMaxPendingBatches || stopping || exited)) {
       size_t before = batch_.size();
       ring_buffer__consume(ring_);
       if (before == 0 && !batch_.empty()) batch_started = Clock::now();

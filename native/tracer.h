@@ -114,7 +114,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   int stop_fd_ = -1;
   std::thread poller_;
   std::atomic<bool> closed_{false};
-  std::atomic<int> pending_batches_{0};
+  std::shared_ptr<std::atomic<int>> pending_batches_ = std::make_shared<std::atomic<int>>(0);
   std::vector<uint8_t> batch_;  // poll thread only
 };
 
