@@ -4,8 +4,8 @@
 //   node bench/unwind.mjs [--runs N] [--pairs N]     (root; needs `npm run build`)
 //
 // Builds bench/unwind_workload.cc twice (-O2 with and without frame pointers) into build/bench/,
-// then runs it untraced and traced with unwind 'fp', 'auto' and 'dwarf' (EBPF_LEAK_UNWIND), at
-// two stack depths; and with the per-stack totals on and off (EBPF_LEAK_STACK_TOTALS), one and
+// then runs it untraced and traced with unwind 'fp', 'auto' and 'dwarf' (the unwind option), at
+// two stack depths; and with the per-stack totals on and off (the stackTotals option), one and
 // two threads allocating from one call site. RUNS times each, interleaved. Reports medians of:
 //   wall         ns per new+delete pair of the timed loop (the workload's own clock): uprobe traps
 //                and everything else included, so noisy when other uprobes are attached to libc;
@@ -56,11 +56,10 @@ async function runOnce(c) {
     const r = spawnSync(exe, args, { encoding: 'utf8' });
     return { wall: Number(/nsPerPair=([\d.]+)/.exec(r.stdout)[1]) };
   }
-  process.env.EBPF_LEAK_UNWIND = c.mode;
-  process.env.EBPF_LEAK_STACK_TOTALS = c.totals ? '1' : '0';
+
   // Ours are the programs that were not there before (another tracer's may come and go).
   const before = new Set(programs().map((p) => p.id));
-  const tracer = await trace({ command: exe, args, stdio: 'pipe' });
+  const tracer = await trace({ command: exe, args, stdio: 'pipe', unwind: c.mode, stackTotals: c.totals });
   const mine = programs().filter((p) => !before.has(p.id));
   const ids = { exit: mine.filter((p) => p.name === 'alloc_exit'), entry: mine.filter((p) => p.name === 'alloc_entry') };
   const exitId = ids.exit.length === 1 ? ids.exit[0].id : undefined;

@@ -11,10 +11,14 @@
  * frame saved it, the caller's rbp; the caller's sp is the CFA.
  *
  * Cost, paid once per call site rather than once per allocation where it can be:
- *  - a return address's rule is looked up in the tables (bpf_find_vma, the module's table, a
- *    binary search of its rows; its mapping recorded for the symbolizer) the first time that
- *    address is seen, then kept in `unwind_cache` and in a per-CPU direct-mapped cache in front
- *    of it (`unwind_l1`);
+ *  - a return address's rule is looked up in the tables (its mapping in the table user space
+ *    keeps of the target's executable mappings, `unwind_mappings`; the module's rows, a binary
+ *    search) the first time that address is seen, then kept in `unwind_cache` and in a per-CPU
+ *    direct-mapped cache in front of it (`unwind_l1`). Only a mapping user space has not listed
+ *    yet takes bpf_find_vma(), which needs the mmap lock: another thread mapping or unmapping
+ *    makes it fail, and the walk then stops there (counted as busy and truncated), never
+ *    guesses. The first time a mapping is met, bpf_find_vma() also records it for the
+ *    symbolizer (leak.bpf.c's record_mapping()), retried on later walks until it could;
  *  - the stack is read from a per-CPU copy of the page the frames are in (one
  *    bpf_probe_read_user() per page rather than one or two per frame);
  *  - the frames of each distinct stack are stored once, in `unwind_stacks`, under a 51-bit hash
@@ -23,9 +27,11 @@
  *    other one's).
  * bench/unwind.mjs: about 20-25 ns a frame, less than bpf_get_stackid()'s frame-pointer walk.
  *
- * A module without a table yet (just dlopen()ed, or mapped before user space heard of it) is
- * stepped over with the frame-pointer rule and the stack marked incomplete (counted); user space
- * is told through `unwind_notify` and loads its table, so the next stacks through it are exact.
+ * A module without a table yet (just dlopen()ed, or exec()ed into after attach) is stepped over
+ * with the frame-pointer rule and the stack marked incomplete (counted); user space is told
+ * through `unwind_notify` and loads its table, so the next stacks through it are exact. Caches and
+ * the mapping table are per address space: a walk in another one than the last (the target
+ * exec()ed) moves the epoch, and a mapping table read for another one is not used.
  * A walk that cannot go on (a rule it does not do, unreadable stack, a CFA that does not grow)
  * keeps the frames it has and is counted as truncated. */
 #ifndef EBPF_LEAK_UNWIND_H
@@ -82,11 +88,46 @@ struct {
 	__uint(max_entries, 1024);
 } unwind_missing SEC(".maps");
 
-/* Wakes user space up when `unwind_missing` got a new module. */
+/* Wakes user space up when `unwind_missing` got a new module, or a pc was in no mapping of
+ * `unwind_mappings`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4096);
 } unwind_notify SEC(".maps");
+
+/* The target's executable file mappings, two halves of LEAK_UNWIND_MAX_MAPPINGS; user space
+ * writes the one not in use through mmap(), then switches `unwind_mappings_ref` to it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct leak_unwind_mapping);
+	__uint(max_entries, 2 * LEAK_UNWIND_MAX_MAPPINGS);
+} unwind_mappings SEC(".maps");
+
+/* first index << 32 | count of the half in use. */
+__u64 unwind_mappings_ref = 0;
+/* The address space each half was read from (user space copies unwind_cur_mm before reading
+ * /proc/PID/maps): a table of another one (the launcher's, the program's before it exec()ed
+ * again) is not used. */
+__u64 unwind_half_mm[2] = {};
+/* A walk met a pc in no mapping of the table: user space is asked to read the maps again. Set
+ * here, cleared by user space. */
+__u32 unwind_need_scan = 0;
+
+/* Mappings recorded for the symbolizer (leak.bpf.c's `modules`), so bpf_find_vma() is asked once
+ * per mapping: {start, ino}. */
+struct unwind_recorded_key {
+	__u64 start;
+	__u64 ino;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct unwind_recorded_key);
+	__type(value, __u8);
+	__uint(max_entries, 8192);
+} unwind_recorded SEC(".maps");
 
 /* A return address's rule, and the kind of module it is in. */
 struct unwind_cached {
@@ -98,7 +139,7 @@ struct unwind_cached {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u64); /* return address */
+	__type(key, struct leak_unwind_cache_key);
 	__type(value, struct unwind_cached);
 	__uint(max_entries, 65536);
 } unwind_cache SEC(".maps");
@@ -123,9 +164,13 @@ struct {
 } unwind_l1 SEC(".maps");
 
 const volatile __u32 unwind_slot_mask = 8191;
-/* Bumped by user space when code was unmapped: every slot filled before is stale. (It also
- * deletes the addresses from `unwind_cache`.) */
+/* Rules cached before the epoch moved are stale (both caches check it). It moves when user space
+ * saw code unmapped (it also deletes those addresses from `unwind_cache`), and when a walk finds
+ * the target in another address space than the last walk did (an exec: every address means
+ * something else). */
 __u32 unwind_epoch = 0;
+/* The address space (mm_struct) of the last walk. */
+__u64 unwind_cur_mm = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -185,6 +230,7 @@ enum unwind_found {
 	UNWIND_FOUND = 0,   /* the module's rule: exact */
 	UNWIND_GUESS = 1,   /* no table for this module (yet): the frame-pointer rule, a guess */
 	UNWIND_NO_VMA = 2,  /* not in any mapping: not a code address */
+	UNWIND_BUSY = 3,    /* bpf_find_vma() could not take the mmap lock: unknown this time */
 };
 
 struct unwind_lookup {
@@ -241,15 +287,37 @@ static __always_inline int unwind_search(__u32 first, __u32 count, __u32 off, __
 	return 0;
 }
 
+/* The rule for file offset `off` of a known module. */
+static __always_inline void unwind_file_rule(struct leak_unwind_file *f, __u64 off, struct unwind_lookup *lk)
+{
+	struct leak_unwind_rule *r;
+	__u32 rule;
+
+	lk->found.kind = f->kind;
+	lk->found.flags = f->flags;
+	lk->cacheable = 1;
+	lk->result = UNWIND_FOUND;
+	if (f->kind == LEAK_UNWIND_FILE_FP) {
+		lk->found.rule = unwind_fp_rule;
+		return;
+	}
+	/* LEAK_UNWIND_FILE_NONE: the gap rule, a frame-pointer guess. */
+	rule = LEAK_UNWIND_RULE_GAP;
+	if (f->kind == LEAK_UNWIND_FILE_TABLE &&
+	    (off >> 32 || unwind_search(f->first, f->count, (__u32)off, &rule)))
+		rule = LEAK_UNWIND_RULE_GAP;
+	r = bpf_map_lookup_elem(&unwind_rules, &rule);
+	if (r)
+		lk->found.rule = *r;
+}
+
 static long unwind_vma_rule(struct task_struct *task, struct vm_area_struct *vma, void *data)
 {
 	struct unwind_lookup *lk = data;
 	struct leak_unwind_file_key key;
 	struct leak_unwind_file *f;
-	struct leak_unwind_rule *r;
 	struct file *file = vma->vm_file;
-	__u64 off, start = vma->vm_start;
-	__u32 rule;
+	__u64 start = vma->vm_start;
 
 	if (!file) {
 		/* Anonymous code (a JIT's): no table can describe it; JITs keep frame pointers. Not
@@ -273,58 +341,115 @@ static long unwind_vma_rule(struct task_struct *task, struct vm_area_struct *vma
 		lk->result = UNWIND_GUESS;
 		return 0;
 	}
-	lk->found.kind = f->kind;
-	lk->found.flags = f->flags;
-	lk->cacheable = 1;
-	lk->result = UNWIND_FOUND;
-	if (f->kind == LEAK_UNWIND_FILE_FP) {
-		lk->found.rule = unwind_fp_rule;
-		return 0;
-	}
-	/* LEAK_UNWIND_FILE_NONE: the gap rule, a frame-pointer guess. */
-	rule = LEAK_UNWIND_RULE_GAP;
-	if (f->kind == LEAK_UNWIND_FILE_TABLE) {
-		/* The call instruction's row: the return address may already be the next function's
-		 * (a call to a noreturn function ending this one). */
-		off = lk->pc - 1 - start + (vma->vm_pgoff << 12);
-		if (off >> 32 || unwind_search(f->first, f->count, (__u32)off, &rule))
-			rule = LEAK_UNWIND_RULE_GAP;
-	}
-	r = bpf_map_lookup_elem(&unwind_rules, &rule);
-	if (!r)
-		return 0;
-	lk->found.rule = *r;
+	/* The call instruction's row: the return address may already be the next function's (a
+	 * call to a noreturn function ending this one). */
+	unwind_file_rule(f, lk->pc - 1 - start + (vma->vm_pgoff << 12), lk);
 	return 0;
+}
+
+struct unwind_map_search {
+	__u32 lo, hi;
+	__u64 pc;
+};
+
+static long unwind_map_step(__u32 i, void *data)
+{
+	struct unwind_map_search *st = data;
+	struct leak_unwind_mapping *m;
+	__u32 mid;
+
+	if (st->hi - st->lo <= 1)
+		return 1;
+	mid = st->lo + (st->hi - st->lo) / 2;
+	m = bpf_map_lookup_elem(&unwind_mappings, &mid);
+	if (!m)
+		return 1;
+	if (m->start <= st->pc)
+		st->lo = mid;
+	else
+		st->hi = mid;
+	return 0;
+}
+
+/* The mapping of `pc` in the table user space keeps; NULL when it is not there. */
+static __always_inline struct leak_unwind_mapping *unwind_find_mapping(__u64 pc)
+{
+	__u64 ref = unwind_mappings_ref;
+	struct unwind_map_search st = { .lo = ref >> 32, .hi = (ref >> 32) + (__u32)ref, .pc = pc };
+	struct leak_unwind_mapping *m;
+	__u32 lo;
+
+	__u64 mm = (ref >> 32) ? unwind_half_mm[1] : unwind_half_mm[0];
+
+	if (!(__u32)ref || mm != unwind_cur_mm)
+		return NULL;
+	bpf_loop(14, unwind_map_step, &st, 0); /* 2^14 > 2 * LEAK_UNWIND_MAX_MAPPINGS */
+	lo = st.lo;
+	m = bpf_map_lookup_elem(&unwind_mappings, &lo);
+	if (!m || pc < m->start || pc >= m->end)
+		return NULL;
+	return m;
+}
+
+/* Asks user space to read the target's mappings again (once until it did). */
+static __always_inline void unwind_request_scan(void)
+{
+	__u64 one = 1;
+
+	if (unwind_need_scan)
+		return;
+	unwind_need_scan = 1;
+	bpf_ringbuf_output(&unwind_notify, &one, sizeof(one), 0);
 }
 
 #define UNWIND_CACHEABLE 0x100
 
-/* A return address's rule when neither cache has it: the mapping it is in, that module's table.
- * The first time an address is seen, so its mapping is recorded for the symbolizer here too. A
- * global function: the verifier checks it once, on its own (as a static one, it walked it again
- * on every path of the caller: most of the program's verification time). Returns enum
- * unwind_found, | UNWIND_CACHEABLE when the rule is the module's own. */
-__noinline int unwind_lookup_slow(__u64 pc, struct unwind_cached *out)
+/* A return address's rule when neither cache has it: its mapping (from the table user space
+ * keeps, else from bpf_find_vma()), that module's table. The first time a mapping is met it is
+ * recorded for the symbolizer too. A global function: the verifier checks it once, on its own
+ * (as a static one, it walked it again on every path of the caller). Returns enum unwind_found,
+ * | UNWIND_CACHEABLE when the rule is the module's own and its mapping is recorded. */
+__noinline int unwind_lookup_slow(__u64 pc, __u32 epoch, struct unwind_cached *out)
 {
+	struct leak_unwind_cache_key ck = { .pc = pc, .epoch = epoch };
 	struct unwind_lookup lk = { .pc = pc, .result = UNWIND_NO_VMA };
 	struct task_struct *task = bpf_get_current_task_btf();
-	long err;
+	struct leak_unwind_mapping *m;
+	struct leak_unwind_file f;
+	struct unwind_recorded_key rk;
+	__u8 one = 1;
 
 	if (!out)
 		return UNWIND_NO_VMA;
-	err = bpf_find_vma(task, pc - 1, unwind_vma_rule, &lk, 0);
-	if (err == -EBUSY) {
-		/* Another thread holds the mmap lock (mapping or unmapping): a guess this time. */
-		lk.found.rule = unwind_fp_rule;
-		lk.found.kind = 0;
-		lk.result = UNWIND_GUESS;
-		lk.cacheable = 0;
-	} else if (lk.has_file) {
-		/* For the symbolizer: this mapping is in a stack. */
-		bpf_find_vma(task, pc - 1, record_mapping, NULL, 0);
+	m = unwind_find_mapping(pc - 1);
+	if (m && m->file.kind) {
+		/* No lock needed: what most lookups take. */
+		f = m->file;
+		rk.start = m->start;
+		rk.ino = m->ino;
+		unwind_file_rule(&f, pc - 1 - rk.start + m->offset, &lk);
+		if (!bpf_map_lookup_elem(&unwind_recorded, &rk)) {
+			/* The mmap lock taken: recorded on a later walk (the rule is not cached till
+			 * then), the walk goes on meanwhile. */
+			if (bpf_find_vma(task, pc - 1, record_mapping, NULL, 0) == 0)
+				bpf_map_update_elem(&unwind_recorded, &rk, &one, BPF_ANY);
+			else
+				lk.cacheable = 0;
+		}
+	} else {
+		/* A mapping user space has not seen yet (or beyond its table): ask the kernel. */
+		unwind_request_scan();
+		if (bpf_find_vma(task, pc - 1, unwind_vma_rule, &lk, 0) == -EBUSY) {
+			/* Another thread holds the mmap lock (mapping or unmapping): nothing known about
+			 * this frame's caller this time. */
+			lk.result = UNWIND_BUSY;
+			lk.cacheable = 0;
+		} else if (lk.has_file && bpf_find_vma(task, pc - 1, record_mapping, NULL, 0) != 0) {
+			lk.cacheable = 0;
+		}
 	}
 	if (lk.cacheable)
-		bpf_map_update_elem(&unwind_cache, &pc, &lk.found, BPF_ANY);
+		bpf_map_update_elem(&unwind_cache, &ck, &lk.found, BPF_ANY);
 	*out = lk.found;
 	return lk.result | (lk.cacheable ? UNWIND_CACHEABLE : 0);
 }
@@ -335,6 +460,7 @@ static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out
 	__u32 idx = (__u32)((pc * 0x9e3779b97f4a7c15ULL) >> 40) & unwind_slot_mask;
 	__u32 epoch = unwind_epoch;
 	struct unwind_slot *slot = bpf_map_lookup_elem(&unwind_l1, &idx);
+	struct leak_unwind_cache_key ck = { .pc = pc, .epoch = epoch };
 	struct unwind_cached *c;
 	__u64 check;
 	int found;
@@ -347,13 +473,13 @@ static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out
 		if (check == pc)
 			return UNWIND_FOUND;
 	}
-	c = bpf_map_lookup_elem(&unwind_cache, &pc);
+	c = bpf_map_lookup_elem(&unwind_cache, &ck);
 	if (c) {
 		*out = *c;
 		found = UNWIND_FOUND | UNWIND_CACHEABLE;
 	} else {
 		(*misses)++;
-		found = unwind_lookup_slow(pc, out);
+		found = unwind_lookup_slow(pc, epoch, out);
 	}
 	if (slot && (found & UNWIND_CACHEABLE)) {
 		slot->pc = 0;
@@ -372,7 +498,7 @@ struct unwind_walk {
 	__u32 n;
 	__u32 flags;
 	__u32 misses;
-	__u32 pad;
+	__u32 busy;
 };
 
 static __always_inline __u64 unwind_mix(__u64 h)
@@ -425,6 +551,12 @@ static long unwind_step(__u32 i, void *data)
 	w->h2 = ((w->h2 + ip) * 0xc2b2ae3d27d4eb4fULL) ^ (w->h2 >> 29);
 
 	found = unwind_rule_for(ip, &c, &w->misses);
+	if (found == UNWIND_BUSY) {
+		/* This frame is right; its caller is not known this time. */
+		w->flags |= LEAK_UNWIND_TRUNCATED;
+		w->busy = 1;
+		return 1;
+	}
 	if (found == UNWIND_NO_VMA) {
 		/* ip itself was read from the stack by the previous step and is not code: that step's
 		 * rule was a wrong guess (or the stack is damaged). Drop the frame. */
@@ -524,9 +656,18 @@ static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
 	__u32 zero = 0;
 	__u64 tid;
 
+	__u64 mm;
+
 	if (unwind_mode == LEAK_UNWIND_FP)
 		return false;
 	*id = -1;
+	/* Another address space than the last walk's (the target exec()ed): what is cached is not
+	 * about it. Threads of one process share theirs, so this is once per exec. */
+	mm = (__u64)bpf_get_current_task_btf()->mm;
+	if (mm != unwind_cur_mm) {
+		unwind_cur_mm = mm;
+		__sync_fetch_and_add(&unwind_epoch, 1);
+	}
 	s = bpf_map_lookup_elem(&unwind_scratch, &zero);
 	if (!s || s->busy) {
 		UNWIND_COUNT(failures, 1);
@@ -552,6 +693,8 @@ static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
 			__sync_fetch_and_add(&cnt->incomplete, 1);
 		if (w.flags & LEAK_UNWIND_TRUNCATED)
 			__sync_fetch_and_add(&cnt->truncated, 1);
+		if (w.busy)
+			__sync_fetch_and_add(&cnt->busy, 1);
 	}
 	if (w.n)
 		*id = unwind_store(s, &w);

@@ -98,6 +98,13 @@ struct leak_unwind_mapping {
 /* Entries of each half of `unwind_mappings`; mappings beyond these are found by bpf_find_vma(). */
 #define LEAK_UNWIND_MAX_MAPPINGS 4096
 
+/* Key of `unwind_cache`: a return address, cached in epoch `epoch` (unwind_epoch, .bss). */
+struct leak_unwind_cache_key {
+	__u64 pc;
+	__u32 epoch;
+	__u32 pad;
+};
+
 /* Most rows of one module's table: the binary search does this many halvings. */
 #define LEAK_UNWIND_SEARCH_STEPS 24
 #define LEAK_UNWIND_MAX_FILE_ROWS (1u << LEAK_UNWIND_SEARCH_STEPS)
@@ -114,7 +121,8 @@ enum leak_unwind_stack_flags {
 	 * frame-pointer rule: the frames may be incomplete. */
 	LEAK_UNWIND_INCOMPLETE = 1,
 	/* The walk stopped before the outermost frame (a rule it does not do, unreadable memory, a
-	 * CFA that did not grow): the frames are right but the outer ones are missing. */
+	 * CFA that did not grow, the mmap lock taken): the frames are right but the outer ones are
+	 * missing. */
 	LEAK_UNWIND_TRUNCATED = 2,
 };
 

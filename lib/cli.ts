@@ -45,6 +45,10 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Most blocks tracked at on
   --no-stacks            Do not record allocation stacks (lowest overhead;
                          the blocks still allocated form one group).
   --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
+  --unwind MODE          How stacks are walked: 'auto' (DWARF CFI, so code
+                         without frame pointers keeps its callers), 'dwarf'
+                         (CFI only) or 'fp' (frame pointers only).
+                         Default: auto.
   --allocator PATH       Probe the allocator in PATH (a jemalloc/tcmalloc/
                          mimalloc .so, or a static executable) instead of
                          the program's glibc. Default: glibc's libc.so.6.
@@ -97,6 +101,8 @@ export interface CommonFlags {
   probePlacement?: 'optimized' | 'entry';
   /** --debug-dir DIR, in order. */
   debugDirs: string[];
+  /** --unwind auto|dwarf|fp. */
+  unwind?: 'auto' | 'dwarf' | 'fp';
 }
 
 export interface RunCommand extends CommonFlags {
@@ -309,6 +315,7 @@ const commonOptions = {
   'gen-suppressions': { type: 'boolean', optionalValue: true },
   'probe-placement': { type: 'string' },
   'debug-dir': { type: 'string', multiple: true },
+  unwind: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -443,6 +450,13 @@ function commonFlags(values: Values): CommonFlags {
       throw new Usage(`option '--probe-placement' takes 'optimized' or 'entry' (got '${placement}')`);
     }
     flags.probePlacement = placement;
+  }
+  const unwind = str(values, 'unwind');
+  if (unwind !== undefined) {
+    if (unwind !== 'auto' && unwind !== 'dwarf' && unwind !== 'fp') {
+      throw new Usage(`option '--unwind' takes 'auto', 'dwarf' or 'fp' (got '${unwind}')`);
+    }
+    flags.unwind = unwind;
   }
   const gen = values.get('gen-suppressions');
   if (gen !== undefined) {
@@ -694,7 +708,7 @@ export function formatTracerInfo(info: TracerInfo): string {
     lines.push(`ebpf-leak: ${p.function} probe at ${where}: ${p.instruction || '?'}${how} (${p.reason})`);
   }
   lines.push(
-    `ebpf-leak: stacks ${info.stacks ? 'on' : 'off'}, events ${info.events ? 'on' : 'off'}, up to ${formatCount(info.maxAllocations)} blocks tracked`,
+    `ebpf-leak: stacks ${info.stacks ? `on (${info.unwind === 'fp' ? 'frame pointers' : 'DWARF CFI'})` : 'off'}, events ${info.events ? 'on' : 'off'}, up to ${formatCount(info.maxAllocations)} blocks tracked`,
   );
   return lines.join('\n') + '\n';
 }
@@ -806,6 +820,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
     ...(cmd.allocator ? { allocator: cmd.allocator } : {}),
     ...(cmd.probePlacement ? { probePlacement: cmd.probePlacement } : {}),
     ...(cmd.debugDirs.length > 0 ? { debugDirs: cmd.debugDirs } : {}),
+    ...(cmd.unwind ? { unwind: cmd.unwind } : {}),
   };
 }
 

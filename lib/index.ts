@@ -5,4 +5,5 @@ export * from './errors.js';
 export * from './types.js';
 export * from './harness.js';
 export type { PlacementDecision, ProbePlacement } from './placement.js';
+export type { StackTotal, UnwindMode, UnwindModule, UnwindStats } from './unwind.js';
 export type { Counters } from './native-layout.js';

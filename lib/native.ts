@@ -29,15 +29,14 @@ export interface NativeTracerConfig {
   /** Keep the tracer's own threads (poll thread; workers inside its native calls) out of the
    *  results, in the kernel. Default: true when `pid` is this process. */
   ignoreOwnThreads?: boolean;
-  /** Stack walker (lib/unwind.ts); default 'auto', or EBPF_LEAK_UNWIND from the environment. */
+  /** Stack walker (lib/unwind.ts); default 'auto'. */
   unwind?: UnwindMode;
   /** Files whose unwind tables are loaded before a `command` target runs (its program and the
    *  libraries it links); default: found from the held launcher with `ld.so --list`. */
   unwindFiles?: string[];
   /** Most unwind table rows (8 bytes each); default 4,194,304 (sized to the tables loaded). */
   unwindTableRows?: number;
-  /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals); default true,
-   *  or EBPF_LEAK_STACK_TOTALS=0 from the environment. */
+  /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals); default true. */
   stackTotals?: boolean;
 }
 

@@ -1,6 +1,7 @@
 // Validation of trace() options, with exact messages, and the documented defaults.
 import { InvalidOptionError } from './errors.js';
 import { probePlacements, type ProbePlacement } from './placement.js';
+import { isUnwindMode, type UnwindMode } from './unwind.js';
 import {
   allocatorFunctions,
   type AllocatorOptions,
@@ -16,6 +17,8 @@ export const defaults = {
   stacks: true,
   stackDepth: 32,
   probePlacement: 'optimized',
+  unwind: 'auto',
+  stackTotals: true,
   stdio: 'inherit',
 } as const;
 
@@ -33,6 +36,8 @@ export interface ResolvedCommon {
   stacks: boolean;
   stackDepth: number;
   probePlacement: ProbePlacement;
+  unwind: UnwindMode;
+  stackTotals: boolean;
   debugDirs: string[];
 }
 export type ResolvedOptions =
@@ -110,10 +115,13 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.probePlacement !== undefined && !probePlacements.includes(o.probePlacement)) {
     fail(`options.probePlacement must be 'optimized' or 'entry' (got ${describe(o.probePlacement)})`);
   }
+  if (o.unwind !== undefined && !isUnwindMode(o.unwind)) {
+    fail(`options.unwind must be 'auto', 'dwarf' or 'fp' (got ${describe(o.unwind)})`);
+  }
   if (o.debugDirs !== undefined && (!Array.isArray(o.debugDirs) || o.debugDirs.some((d) => typeof d !== 'string' || d === ''))) {
     fail(`options.debugDirs must be an array of directory paths (got ${describe(o.debugDirs)})`);
   }
-  for (const flag of ['events', 'stacks'] as const) {
+  for (const flag of ['events', 'stacks', 'stackTotals'] as const) {
     if (o[flag] !== undefined && typeof o[flag] !== 'boolean') {
       fail(`options.${flag} must be a boolean (got ${describe(o[flag])})`);
     }
@@ -128,6 +136,8 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     allocator: allocatorOption(o.allocator),
     stacks: o.stacks ?? defaults.stacks,
     probePlacement: o.probePlacement ?? defaults.probePlacement,
+    unwind: o.unwind ?? defaults.unwind,
+    stackTotals: o.stackTotals ?? defaults.stackTotals,
     debugDirs: [...(o.debugDirs ?? [])],
     stackDepth:
       o.stackDepth === undefined

@@ -222,6 +222,9 @@ export interface ResolvedCommand {
   /** Absolute path of the file to exec. */
   exe: string;
   allocator: ResolvedAllocator;
+  /** The files the program will map before it runs: the program (or a script's interpreter),
+   *  its dynamic loader and libraries. Their unwind tables are loaded before it starts. */
+  files: string[];
 }
 
 export function resolveCommandTarget(
@@ -231,7 +234,6 @@ export function resolveCommandTarget(
   allocator: AllocatorOptions | undefined,
 ): ResolvedCommand {
   const exe = resolveCommand(command, env, cwd);
-  if (allocator) return { exe, allocator: userAllocator(allocator, '/') };
   // A script runs its interpreter: that is the program whose malloc we trace.
   let program = exe;
   const shebang = readShebang(exe);
@@ -245,6 +247,16 @@ export function resolveCommandTarget(
   const info = readElfOrNull(program, []);
   if (!info) {
     throw new CommandNotFoundError(`cannot run ${command}: ${program} is neither an ELF executable nor a #! script.`);
+  }
+  if (allocator) {
+    // The named allocator decides; the libraries are only wanted for their unwind tables.
+    let files = [program];
+    try {
+      if (info.interpreter !== null) files = [program, info.interpreter, ...loaderLibraries(info.interpreter, program, env).values()];
+    } catch {
+      // a program the loader cannot list still runs traced; its tables load when it maps them
+    }
+    return { exe, allocator: userAllocator(allocator, '/'), files };
   }
   if (info.interpreter === null) throw staticError(command, program);
   const libs = loaderLibraries(info.interpreter, program, env);
@@ -260,5 +272,9 @@ export function resolveCommandTarget(
     if (path === libcPath || LOADER_NAME.test(basename(name)) || LOADER_NAME.test(basename(path))) continue;
     if (definesMalloc(path)) throw interposerError(command, path);
   }
-  return { exe, allocator: { path: realpathSync(libcPath), glibc: true } };
+  return {
+    exe,
+    allocator: { path: realpathSync(libcPath), glibc: true },
+    files: [program, info.interpreter, ...libs.values()],
+  };
 }

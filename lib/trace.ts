@@ -46,6 +46,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
   let allocatorPath: string;
   let glibc: boolean;
   let held: ReturnType<typeof spawnHeld> | undefined;
+  let unwindFiles: string[] | undefined;
   if (o.kind === 'pid') {
     const allocator = resolvePidAllocator(o.pid, o.allocator);
     pid = o.pid;
@@ -55,6 +56,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     const target = resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
     allocatorPath = target.allocator.path;
     glibc = target.allocator.glibc;
+    unwindFiles = target.files;
     held = spawnHeld(o, target.exe);
     await held.spawned;
     pid = held.child.pid!;
@@ -76,6 +78,9 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       pageSize: 4096,
       ...(support.btfPath ? { btfPath: support.btfPath } : {}),
       probes: plan.probes,
+      unwind: o.unwind,
+      stackTotals: o.stackTotals,
+      ...(unwindFiles ? { unwindFiles } : {}),
     },
     (type, data) => {
       if (tracer) tracer.handleNativeMessage(type, data);
@@ -119,6 +124,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       events: o.events,
       stacks: o.stacks,
       debugDirs: o.debugDirs,
+      unwind: nativeTracer.unwindStats()?.mode ?? o.unwind,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
     },

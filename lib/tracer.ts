@@ -28,7 +28,7 @@ import {
   type ScopedLeakReport,
 } from './scope.js';
 import { symbolizeStacks } from './symbolize.js';
-import { decodeStackTotals, type StackTotal, type UnwindStats } from './unwind.js';
+import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats } from './unwind.js';
 import { processAlive } from './target.js';
 import type {
   AllocatorFunction,
@@ -60,6 +60,8 @@ export interface TracerInfo {
   stacks: boolean;
   /** Extra directories searched for separate debug files (build-id and .gnu_debuglink). */
   debugDirs: string[];
+  /** The stack walker in use ('fp' with stacks off or off x86-64). */
+  unwind: UnwindMode;
   /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
   attachMode: 'uprobe_multi' | 'uprobe';
   attachMs: number;

@@ -44,6 +44,13 @@ export interface CommonTraceOptions {
    *  instruction to one the kernel emulates, when that provably sees every call (glibc's free:
    *  ~10 µs less per call); 'entry' puts every probe on the function's first instruction. */
   probePlacement?: 'optimized' | 'entry';
+  /** How stacks are walked: 'auto' (default; x86-64: with the modules' DWARF CFI, so code
+   *  without frame pointers, like libstdc++'s operator new, keeps its callers), 'dwarf' (CFI
+   *  only), or 'fp' (frame pointers only: the kernel's walk, cheapest to load). */
+  unwind?: 'auto' | 'dwarf' | 'fp';
+  /** Keep outstanding bytes and blocks per stack in the kernel (tracer.stackTotals()), so a
+   *  summary need not walk every block. Default true; false saves ~20-60 ns per call. */
+  stackTotals?: boolean;
   /** Directories searched for separate debug files (`.build-id/xx/yyyy.debug`, `.gnu_debuglink`
    *  targets) before /usr/lib/debug. */
   debugDirs?: readonly string[];

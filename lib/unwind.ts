@@ -83,6 +83,11 @@ export interface UnwindStats {
   failures: number;
   /** Modules stacks reached before their table was loaded. */
   missingFiles: number;
+  /** Walks cut short (counted in `truncated` too) because the kernel's lookup of a mapping user
+   *  space had not listed yet found the mmap lock taken by another thread. */
+  busy: number;
+  /** Executable mappings in the walker's table (found without the mmap lock). */
+  mappings: number;
   /** Updates of the per-stack totals lost (their map was full). */
   totalsDropped: number;
   tableRows: number;

@@ -437,17 +437,17 @@ bool Tracer::FinishAttach(NativeError* error) {
 bool Tracer::ReadCounters(std::vector<uint8_t>* out) {
   int ncpu = libbpf_num_possible_cpus();
   if (ncpu <= 0 || skel_ == nullptr) return false;
-  std::vector<leak_counters> per_cpu(ncpu);
+  // struct leak_counters is all __u64: read the per-CPU copies as words, which is what they are
+  // (summing through a cast struct pointer would break strict aliasing).
+  constexpr size_t kWords = sizeof(leak_counters) / sizeof(uint64_t);
+  std::vector<uint64_t> per_cpu(static_cast<size_t>(ncpu) * kWords);
   uint32_t zero = 0;
   if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.counters), &zero, per_cpu.data())) return false;
-  leak_counters sum{};
-  auto* total = reinterpret_cast<uint64_t*>(&sum);
-  for (const auto& c : per_cpu) {
-    const auto* v = reinterpret_cast<const uint64_t*>(&c);
-    for (size_t i = 0; i < sizeof(leak_counters) / sizeof(uint64_t); i++) total[i] += v[i];
-  }
-  out->resize(sizeof sum);
-  memcpy(out->data(), &sum, sizeof sum);
+  std::vector<uint64_t> sum(kWords, 0);
+  for (size_t cpu = 0; cpu < static_cast<size_t>(ncpu); cpu++)
+    for (size_t i = 0; i < kWords; i++) sum[i] += per_cpu[cpu * kWords + i];
+  out->resize(sizeof(leak_counters));
+  memcpy(out->data(), sum.data(), sizeof(leak_counters));
   return true;
 }
 

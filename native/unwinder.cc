@@ -22,6 +22,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <algorithm>
 
 #include "leak.h"
 #include "leak.skel.h"
@@ -161,7 +162,7 @@ std::vector<std::string> LauncherTargetFiles(int pid) {
 }
 
 struct MapsLine {
-  uint64_t start, end, dev, ino;
+  uint64_t start, end, offset, dev, ino;
   std::string path;
 };
 
@@ -180,7 +181,7 @@ bool ReadExecMappings(int pid, std::vector<MapsLine>* out) {
     if (perms[2] != 'x' || ino == 0) continue;
     std::string path = consumed > 0 ? line.substr(static_cast<size_t>(consumed)) : "";
     if (path.empty() || path[0] != '/') continue;
-    out->push_back({start, end, (static_cast<uint64_t>(major) << 20) | minor, ino, path});
+    out->push_back({start, end, offset, (static_cast<uint64_t>(major) << 20) | minor, ino, path});
   }
   return true;
 }
@@ -200,12 +201,7 @@ int OpenMapping(int pid, const MapsLine& m) {
 void ParseUnwindOptions(const Napi::Object& config, UnwindOptions* out) {
   Napi::Value mode = config.Get("unwind");
   std::string m;
-  if (mode.IsString()) {
-    m = mode.As<Napi::String>();
-  } else if (const char* env = getenv("EBPF_LEAK_UNWIND")) {
-    // Until trace() passes an `unwind` option (lib/trace.ts), the environment chooses.
-    m = env;
-  }
+  if (mode.IsString()) m = mode.As<Napi::String>();
   if (m == "fp") out->mode = LEAK_UNWIND_FP;
   else if (m == "dwarf") out->mode = LEAK_UNWIND_DWARF;
   else if (m == "auto") out->mode = LEAK_UNWIND_AUTO;
@@ -219,11 +215,7 @@ void ParseUnwindOptions(const Napi::Object& config, UnwindOptions* out) {
     }
   }
   Napi::Value totals = config.Get("stackTotals");
-  if (totals.IsBoolean()) {
-    out->stack_totals = totals.As<Napi::Boolean>().Value();
-  } else if (const char* env = getenv("EBPF_LEAK_STACK_TOTALS")) {
-    out->stack_totals = strcmp(env, "0") != 0;
-  }
+  if (totals.IsBoolean()) out->stack_totals = totals.As<Napi::Boolean>().Value();
   Napi::Value rows = config.Get("unwindTableRows");
   if (rows.IsNumber()) {
     uint32_t n = rows.As<Napi::Number>().Uint32Value();
@@ -288,6 +280,10 @@ void Unwinder::Start() {
   void* rules = mmap(nullptr, rules_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, rules_fd, 0);
   if (rows != MAP_FAILED) rows_ = static_cast<leak_unwind_row*>(rows);
   if (rules != MAP_FAILED) rules_ = static_cast<leak_unwind_rule*>(rules);
+  maps_bytes_ = (2 * LEAK_UNWIND_MAX_MAPPINGS * sizeof(leak_unwind_mapping) + page - 1) / page * page;
+  void* maps = mmap(nullptr, maps_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED,
+                    bpf_map__fd(skel_->maps.unwind_mappings), 0);
+  if (maps != MAP_FAILED) maps_ = static_cast<leak_unwind_mapping*>(maps);
   if (rules_ != nullptr) {
     // The fixed rules: 0, a gap (all zero, as the map starts); 1, the frame-pointer rule.
     rules_[LEAK_UNWIND_RULE_FP] = {16, -16, LEAK_CFA_RBP, LEAK_RBP_AT_CFA};
@@ -329,6 +325,7 @@ Unwinder::~Unwinder() {
   if (ring_ != nullptr) ring_buffer__free(ring_);
   if (rows_ != nullptr) munmap(rows_, rows_bytes_);
   if (rules_ != nullptr) munmap(rules_, rules_bytes_);
+  if (maps_ != nullptr) munmap(maps_, maps_bytes_);
 }
 
 bool Unwinder::IsUnwindId(int64_t id) {
@@ -434,11 +431,16 @@ bool Unwinder::Insert(const leak_unwind_file_key& key, const std::string& name,
   // makes the walker read them.
   bpf_map_update_elem(bpf_map__fd(skel_->maps.unwind_files), &key, &file, BPF_ANY);
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.unwind_missing), &key);
-  loaded_[{key.dev, key.ino}] = {name, file.kind, file.count};
+  loaded_[{key.dev, key.ino}] = {name, file};
   return file.kind == LEAK_UNWIND_FILE_TABLE;
 }
 
 bool Unwinder::Scan() {
+  // Cleared first: a pc the walker fails to find from now on asks again. And the address space
+  // the walker last saw, read before the maps: if the target exec()s after this, the table is
+  // tagged with the old one and not used.
+  __atomic_store_n(&skel_->bss->unwind_need_scan, 0, __ATOMIC_SEQ_CST);
+  uint64_t mm = __atomic_load_n(&skel_->bss->unwind_cur_mm, __ATOMIC_SEQ_CST);
   std::vector<MapsLine> lines;
   if (!ReadExecMappings(pid_, &lines)) return false;
   std::map<uint64_t, Mapping> now;
@@ -464,20 +466,54 @@ bool Unwinder::Scan() {
       PurgeCache(start, old.end);
   }
   mappings_ = std::move(now);
+  // The walker's table: every mapping of a module user space looked at.
+  std::vector<leak_unwind_mapping> table;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const MapsLine& m : lines) {
+      auto it = loaded_.find({m.dev, m.ino});
+      if (it == loaded_.end()) continue;
+      table.push_back({m.start, m.end, m.offset, m.ino, it->second.file});
+    }
+  }
+  Publish(std::move(table), mm);
   return true;
+}
+
+// Writes the half not in use, then switches the walker to it. A walk reads the reference once, and
+// lasts microseconds: the half it reads is not rewritten before the next switch but one.
+void Unwinder::Publish(std::vector<leak_unwind_mapping> table, uint64_t mm) {
+  if (maps_ == nullptr) return;
+  std::sort(table.begin(), table.end(),
+            [](const leak_unwind_mapping& a, const leak_unwind_mapping& b) { return a.start < b.start; });
+  if (table.size() > LEAK_UNWIND_MAX_MAPPINGS) table.resize(LEAK_UNWIND_MAX_MAPPINGS);
+  auto same = [](const leak_unwind_mapping& a, const leak_unwind_mapping& b) {
+    return memcmp(&a, &b, sizeof a) == 0;
+  };
+  if (mm == published_mm_ && table.size() == published_.size() &&
+      std::equal(table.begin(), table.end(), published_.begin(), same))
+    return;
+  int half = 1 - active_half_;
+  uint64_t base = static_cast<uint64_t>(half) * LEAK_UNWIND_MAX_MAPPINGS;
+  if (!table.empty()) memcpy(&maps_[base], table.data(), table.size() * sizeof(leak_unwind_mapping));
+  __atomic_store_n(&skel_->bss->unwind_half_mm[half], mm, __ATOMIC_RELEASE);
+  __atomic_store_n(&skel_->bss->unwind_mappings_ref, (base << 32) | table.size(), __ATOMIC_RELEASE);
+  published_mm_ = mm;
+  active_half_ = half;
+  published_ = std::move(table);
 }
 
 void Unwinder::PurgeCache(uint64_t start, uint64_t end) {
   int fd = bpf_map__fd(skel_->maps.unwind_cache);
-  std::vector<uint64_t> doomed;
-  uint64_t key, next;
-  uint64_t* prev = nullptr;
+  std::vector<leak_unwind_cache_key> doomed;
+  leak_unwind_cache_key key{}, next{};
+  leak_unwind_cache_key* prev = nullptr;
   while (bpf_map_get_next_key(fd, prev, &next) == 0) {
-    if (next >= start && next < end) doomed.push_back(next);
+    if (next.pc >= start && next.pc < end) doomed.push_back(next);
     key = next;
     prev = &key;
   }
-  for (uint64_t k : doomed) bpf_map_delete_elem(fd, &k);
+  for (leak_unwind_cache_key& k : doomed) bpf_map_delete_elem(fd, &k);
   // And every CPU's slots: they are stale once the epoch moves.
   __atomic_add_fetch(&skel_->bss->unwind_epoch, 1, __ATOMIC_SEQ_CST);
 }
@@ -549,20 +585,22 @@ Napi::Object Unwinder::Stats(Napi::Env env) {
   num("failures", sum.failures);
   num("missingFiles", sum.missing_files);
   num("totalsDropped", sum.totals_dropped);
+  num("busy", sum.busy);
   std::lock_guard<std::mutex> lock(mu_);
   num("tableRows", next_row_);
   num("tableRowCapacity", row_capacity_);
   num("rules", next_rule_);
   num("tablesFull", tables_full_);
+  num("mappings", published_.size());
   Napi::Array modules = Napi::Array::New(env);
   uint32_t i = 0;
   for (const auto& [key, m] : loaded_) {
     Napi::Object entry = Napi::Object::New(env);
     entry.Set("path", m.name);
-    entry.Set("kind", m.kind == LEAK_UNWIND_FILE_TABLE ? "table"
-                      : m.kind == LEAK_UNWIND_FILE_FP  ? "frame-pointers"
-                                                       : "none");
-    entry.Set("rows", static_cast<double>(m.rows));
+    entry.Set("kind", m.file.kind == LEAK_UNWIND_FILE_TABLE ? "table"
+                      : m.file.kind == LEAK_UNWIND_FILE_FP  ? "frame-pointers"
+                                                            : "none");
+    entry.Set("rows", static_cast<double>(m.file.count));
     modules.Set(i++, entry);
   }
   o.Set("modules", modules);

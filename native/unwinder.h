@@ -105,8 +105,7 @@ class Unwinder {
   std::unordered_map<uint64_t, uint32_t> rule_index_;
   struct Loaded {
     std::string name;
-    uint32_t kind;
-    uint32_t rows;
+    leak_unwind_file file;
   };
   std::map<std::pair<uint64_t, uint64_t>, Loaded> loaded_;  // (dev, ino)
   uint32_t tables_full_ = 0;  // modules left without rows: no room
@@ -115,6 +114,13 @@ class Unwinder {
     uint64_t end, dev, ino;
   };
   std::map<uint64_t, Mapping> mappings_;
+  // mmap()ed `unwind_mappings`: two halves; the table published last, in half active_half_.
+  leak_unwind_mapping* maps_ = nullptr;
+  size_t maps_bytes_ = 0;
+  int active_half_ = 1;
+  std::vector<leak_unwind_mapping> published_;
+  uint64_t published_mm_ = 0;
+  void Publish(std::vector<leak_unwind_mapping> table, uint64_t mm);
 
   ring_buffer* ring_ = nullptr;
   int stop_fd_ = -1;

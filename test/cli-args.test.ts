@@ -106,6 +106,8 @@ describe('parseCliArgs: run', () => {
         'entry',
         '--debug-dir',
         '/tmp/dbg',
+        '--unwind',
+        'fp',
         '--',
         'prog',
       ]),
@@ -126,6 +128,7 @@ describe('parseCliArgs: run', () => {
       genSuppressions: 'lsan',
       probePlacement: 'entry',
       debugDirs: ['/tmp/dbg'],
+      unwind: 'fp',
       command: 'prog',
       args: [],
     });

@@ -119,7 +119,9 @@ describe('error codes', () => {
     try {
       const [line] = (await once(holder.stdout!, 'data')) as [Buffer];
       const zombie = Number(line.toString().trim());
-      for (let i = 0; i < 100 && !/\) Z /.test(safeStat(zombie)); i++) await new Promise((r) => setTimeout(r, 10));
+      // Under load the background `true` can take a while to run and exit: wait for the zombie.
+      for (let i = 0; i < 500 && !/\) Z /.test(safeStat(zombie)); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(safeStat(zombie), 'the test setup did not produce a zombie').toMatch(/\) Z /);
       const error = await rejection({ pid: zombie, allocator: { path: '/lib/x86_64-linux-gnu/libc.so.6' } });
       expect(error).toBeInstanceOf(TargetExitedError);
       expect(error.message).toContain(`process ${zombie} exited`);

@@ -28,6 +28,7 @@ describe('JIT frames', () => {
       command: process.execPath,
       args: ['--perf-basic-prof', '--interpreted-frames-native-stack', script],
       stdio: 'ignore',
+      cwd: dir, // --perf-basic-prof also writes isolate-*-v8.log files into the working directory
     });
     const report = await tracer.done;
     expect(report.target.exitCode).toBe(0);
