@@ -15,6 +15,7 @@ import { writeJsonReport } from './json-report.js';
 import { defaults } from './options.js';
 import type { CheckedLeakReport } from './check.js';
 import type { LeakTracer, TracerInfo } from './tracer.js';
+import type { UnwindStats } from './unwind.js';
 import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -734,14 +735,29 @@ function watchTracer(tracer: LeakTracer, cmd: CommonFlags, io: CliIo): void {
   }
 }
 
+/** The stack walker's shortfalls, as a warning line; '' when every stack is whole. */
+export function formatStackProblems(stats: UnwindStats | null, stackFailures: number): string {
+  const parts: string[] = [];
+  const failures = stackFailures + (stats?.collisions ?? 0) + (stats?.failures ?? 0);
+  if (stats && stats.incomplete > 0) {
+    parts.push(
+      `${formatCount(stats.incomplete)} of ${formatCount(stats.walks)} stacks went through code whose unwind table was not loaded yet (mapped after the start), so they may miss frames`,
+    );
+  }
+  if (stats && stats.truncated > 0) parts.push(`${formatCount(stats.truncated)} stacks stop before their outermost frame`);
+  if (failures > 0) parts.push(`${formatCount(failures)} allocations have no stack (the walk failed, or another stack had the same id)`);
+  return parts.length === 0 ? '' : `warning: ${parts.join('; ')}.\n`;
+}
+
 /** Prints (and writes) the report after suppressions; returns it for the exit status. */
 async function finish(
   report: LeakReport,
   cmd: CommonFlags,
   io: CliIo,
-  stacks: boolean,
+  tracer: LeakTracer,
   exited?: boolean,
 ): Promise<CheckedLeakReport> {
+  const stacks = tracer.info.stacks;
   const { checkReport, formatCheckedReport } = await import('./check.js');
   const { defaultSuppressions } = await import('./default-suppressions.js');
   const { resolveSuppressions, generateSuppressions } = await import('./suppressions.js');
@@ -756,6 +772,16 @@ async function finish(
   io.stderr.write(
     formatCheckedReport(checked, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
   );
+  if (stacks) {
+    const { asScoped } = await import('./scope.js');
+    let failures = 0;
+    try {
+      failures = asScoped(report).counters.stackFailures;
+    } catch {
+      // a report without per-block data: only the walker's own counts
+    }
+    io.stderr.write(formatStackProblems(tracer.unwindStats(), failures));
+  }
   if (cmd.genSuppressions) {
     io.stderr.write(generateSuppressions(checked, { format: cmd.genSuppressions }));
   }
@@ -802,7 +828,7 @@ async function runCommand(cmd: RunCommand, io: CliIo): Promise<number> {
     if (pending !== undefined) forward(pending);
     const report = await tracer.done;
     for (const s of forwardedSignals) process.off(s, forward);
-    const checked = await finish(report, cmd, io, tracer.info.stacks);
+    const checked = await finish(report, cmd, io, tracer);
     return runExitStatus(checked, cmd.errorExitcode);
   } finally {
     for (const s of forwardedSignals) process.off(s, forward);
@@ -881,7 +907,7 @@ async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
     stopping = true;
     clearInterval(interval);
     clearTimeout(duration);
-    const checked = await finish(report, cmd, io, tracer.info.stacks, exited);
+    const checked = await finish(report, cmd, io, tracer, exited);
     return attachExitStatus(checked, cmd.errorExitcode);
   } finally {
     stopping = true;

@@ -10,6 +10,7 @@ import {
   formatUsageError,
   main,
   parseBufferSizeOption,
+  formatStackProblems,
   parseCliArgs,
   parseProcStat,
   runExitStatus,
@@ -18,6 +19,7 @@ import {
   type CliIo,
 } from '../lib/cli.js';
 import type { LeakReport } from '../lib/types.js';
+import type { UnwindStats } from '../lib/unwind.js';
 
 const runDefaults = {
   kind: 'run',
@@ -157,6 +159,17 @@ describe('parseCliArgs: run', () => {
     expect(usageError(['run', '--probe-placement', 'middle', 'p']).message).toBe(
       "option '--probe-placement' takes 'optimized' or 'entry' (got 'middle')",
     );
+  });
+
+  it('warns about stacks the walker could not complete', () => {
+    const stats = { walks: 200, incomplete: 3, truncated: 2, collisions: 1, failures: 0 } as UnwindStats;
+    expect(formatStackProblems(stats, 4)).toBe(
+      'warning: 3 of 200 stacks went through code whose unwind table was not loaded yet (mapped after the start), ' +
+        'so they may miss frames; 2 stacks stop before their outermost frame; ' +
+        '5 allocations have no stack (the walk failed, or another stack had the same id).\n',
+    );
+    expect(formatStackProblems({ walks: 9, incomplete: 0, truncated: 0, collisions: 0, failures: 0 } as UnwindStats, 0)).toBe('');
+    expect(formatStackProblems(null, 0)).toBe('');
   });
 
   it('the last occurrence of an option wins', () => {
