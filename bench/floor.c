@@ -25,27 +25,9 @@
 #include <bpf/libbpf.h>
 
 #include "floor.skel.h"
+#include "uprobe_multi.h"
 
 #define MAX_OFFSETS 64
-#define ATTACH_UPROBE_MULTI 48	  /* enum bpf_attach_type BPF_TRACE_UPROBE_MULTI (6.6+) */
-#define UPROBE_MULTI_RETURN 1	  /* BPF_F_UPROBE_MULTI_RETURN */
-
-/* BPF_LINK_CREATE's uprobe_multi attributes as in the kernel's uapi <linux/bpf.h> (6.6+); the
- * installed header predates them. */
-struct uprobe_multi_attr {
-	uint32_t prog_fd;
-	uint32_t target_fd;
-	uint32_t attach_type;
-	uint32_t flags;
-	uint64_t path;
-	uint64_t offsets;
-	uint64_t ref_ctr_offsets;
-	uint64_t cookies;
-	uint32_t cnt;
-	uint32_t multi_flags;
-	uint32_t pid;
-};
-
 static int parse_offsets(const char *list, uint64_t *out)
 {
 	char *copy = strdup(list), *save = NULL, *tok;
@@ -55,27 +37,6 @@ static int parse_offsets(const char *list, uint64_t *out)
 		out[n++] = strtoull(tok, NULL, 0);
 	free(copy);
 	return n;
-}
-
-static int multi_link(int prog_fd, const char *path, const uint64_t *offsets, int n, int ret, pid_t pid)
-{
-	union {
-		union bpf_attr attr;
-		struct uprobe_multi_attr multi;
-		char bytes[sizeof(union bpf_attr) > sizeof(struct uprobe_multi_attr)
-				   ? sizeof(union bpf_attr)
-				   : sizeof(struct uprobe_multi_attr)];
-	} u;
-
-	memset(&u, 0, sizeof(u));
-	u.multi.prog_fd = (uint32_t)prog_fd;
-	u.multi.attach_type = ATTACH_UPROBE_MULTI;
-	u.multi.path = (uint64_t)(uintptr_t)path;
-	u.multi.offsets = (uint64_t)(uintptr_t)offsets;
-	u.multi.cnt = (uint32_t)n;
-	u.multi.multi_flags = ret ? UPROBE_MULTI_RETURN : 0;
-	u.multi.pid = (uint32_t)pid;
-	return (int)syscall(__NR_bpf, BPF_LINK_CREATE, &u, sizeof(u));
 }
 
 static double ms_since(const struct timespec *t0)
@@ -145,8 +106,8 @@ int main(int argc, char **argv)
 	if (!skel)
 		return perror("floor_bpf__open"), 1;
 	if (!single) {
-		bpf_program__set_expected_attach_type(skel->progs.floor_entry, ATTACH_UPROBE_MULTI);
-		bpf_program__set_expected_attach_type(skel->progs.floor_exit, ATTACH_UPROBE_MULTI);
+		bpf_program__set_expected_attach_type(skel->progs.floor_entry, LEAK_BPF_TRACE_UPROBE_MULTI);
+		bpf_program__set_expected_attach_type(skel->progs.floor_exit, LEAK_BPF_TRACE_UPROBE_MULTI);
 	}
 	if (floor_bpf__load(skel)) {
 		fprintf(stderr, "ebpf-leak-floor: cannot load the BPF programs\n");
@@ -160,7 +121,7 @@ int main(int argc, char **argv)
 		if (n == 0)
 			continue;
 		if (!single) {
-			if (multi_link(bpf_program__fd(prog), path, offs, n, r, pid) < 0) {
+			if (create_uprobe_multi_link(bpf_program__fd(prog), path, offs, NULL, (uint32_t)n, r, pid) < 0) {
 				fprintf(stderr, "ebpf-leak-floor: cannot attach %s: %s\n",
 					r ? "uretprobes" : "uprobes", strerror(errno));
 				kill(pid, SIGKILL);

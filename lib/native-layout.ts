@@ -1,21 +1,10 @@
 // Decoders for the records in bpf/leak.h. Field order must match the structs there; the addon
 // reports its struct sizes (`layout`) and checkLayout() refuses to run on a mismatch.
-import type { AllocatorFunction } from './types.js';
+import { allocatorFunctions, type AllocatorFunction } from './types.js';
 import type { NativeLayout } from './native.js';
 
-/** enum leak_fn, by value. */
-export const leakFunctions: readonly AllocatorFunction[] = [
-  'malloc',
-  'calloc',
-  'realloc',
-  'reallocarray',
-  'free',
-  'posix_memalign',
-  'aligned_alloc',
-  'memalign',
-  'valloc',
-  'pvalloc',
-];
+/** enum leak_fn, by value: bpf/leak.h numbers the functions in allocatorFunctions' order. */
+export const leakFunctions: readonly AllocatorFunction[] = allocatorFunctions;
 
 export const counterFields = [
   'allocs',

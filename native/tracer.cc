@@ -340,7 +340,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
   bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
   if (multi) {
-    auto type = static_cast<bpf_attach_type>(kBpfTraceUprobeMulti);
+    auto type = static_cast<bpf_attach_type>(LEAK_BPF_TRACE_UPROBE_MULTI);
     bpf_program__set_expected_attach_type(skel_->progs.alloc_entry, type);
     bpf_program__set_expected_attach_type(skel_->progs.alloc_exit, type);
   }
@@ -380,8 +380,9 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
         }
         if (offsets.empty()) continue;
         bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
-        int fd = CreateUprobeMultiLink(bpf_program__fd(prog), path, offsets, cookies, ret,
-                                       config_.pid);
+        int fd = create_uprobe_multi_link(bpf_program__fd(prog), path.c_str(), offsets.data(),
+                                          cookies.data(), static_cast<uint32_t>(offsets.size()),
+                                          ret, config_.pid);
         if (fd < 0) {
           int e = -fd;
           if (e == EINVAL || e == EOPNOTSUPP || e == ENOTSUPP_ERRNO)

@@ -113,13 +113,17 @@ describe('error codes', () => {
   });
 
   it('ELEAK_TARGET_EXITED: the process is gone before the probes are attached', async () => {
-    // A zombie: the process has exited but is not reaped (its parent, a shell exec'd into sleep,
-    // never waits), so the pid exists while nothing runs.
-    const holder = spawn('sh', ['-c', 'true & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // A zombie: the process has exited but is not reaped. Its parent forks it, never waits, and
+    // sleeps, so the pid exists while nothing runs.
+    const holder = spawn(
+      'python3',
+      ['-c', 'import os, time\npid = os.fork()\nif pid == 0: os._exit(0)\nprint(pid, flush=True)\ntime.sleep(30)'],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
     try {
       const [line] = (await once(holder.stdout!, 'data')) as [Buffer];
       const zombie = Number(line.toString().trim());
-      // Under load the background `true` can take a while to run and exit: wait for the zombie.
+      // Under load the child can take a moment to run and exit: wait for the zombie.
       for (let i = 0; i < 500 && !/\) Z /.test(safeStat(zombie)); i++) await new Promise((r) => setTimeout(r, 10));
       expect(safeStat(zombie), 'the test setup did not produce a zombie').toMatch(/\) Z /);
       const error = await rejection({ pid: zombie, allocator: { path: '/lib/x86_64-linux-gnu/libc.so.6' } });
