@@ -1,7 +1,8 @@
 // Which file holds the target's malloc: glibc found in /proc/PID/maps for a running process, or
 // through the dynamic loader's own search for a command we are about to start. Programs whose
 // malloc is not glibc's shared one are refused here, before they could produce an empty report.
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { accessSync, constants, existsSync, openSync, readFileSync, readSync, closeSync, realpathSync, statSync } from 'node:fs';
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
 import {
@@ -184,15 +185,19 @@ export function readShebang(path: string): { interpreter: string; arg: string | 
 }
 
 /** Libraries the dynamic loader would map for `exe` with this environment: `ld.so --list`. */
-export function loaderLibraries(interpreter: string, exe: string, env: NodeJS.ProcessEnv): Map<string, string> {
+export async function loaderLibraries(
+  interpreter: string,
+  exe: string,
+  env: NodeJS.ProcessEnv,
+): Promise<Map<string, string>> {
   let out: string;
   try {
-    out = execFileSync(interpreter, ['--list', exe], {
+    // Asynchronous: trace() must not hold the event loop while the loader runs.
+    ({ stdout: out } = await promisify(execFile)(interpreter, ['--list', exe], {
       env: { ...env },
       encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
       timeout: 10_000,
-    });
+    }));
   } catch (error) {
     const stderr = (error as { stderr?: string }).stderr ?? '';
     throw new LibraryNotFoundError(
@@ -227,12 +232,12 @@ export interface ResolvedCommand {
   files: string[];
 }
 
-export function resolveCommandTarget(
+export async function resolveCommandTarget(
   command: string,
   env: NodeJS.ProcessEnv,
   cwd: string | undefined,
   allocator: AllocatorOptions | undefined,
-): ResolvedCommand {
+): Promise<ResolvedCommand> {
   const exe = resolveCommand(command, env, cwd);
   // A script runs its interpreter: that is the program whose malloc we trace.
   let program = exe;
@@ -252,14 +257,16 @@ export function resolveCommandTarget(
     // The named allocator decides; the libraries are only wanted for their unwind tables.
     let files = [program];
     try {
-      if (info.interpreter !== null) files = [program, info.interpreter, ...loaderLibraries(info.interpreter, program, env).values()];
+      if (info.interpreter !== null) {
+        files = [program, info.interpreter, ...(await loaderLibraries(info.interpreter, program, env)).values()];
+      }
     } catch {
       // a program the loader cannot list still runs traced; its tables load when it maps them
     }
     return { exe, allocator: userAllocator(allocator, '/'), files };
   }
   if (info.interpreter === null) throw staticError(command, program);
-  const libs = loaderLibraries(info.interpreter, program, env);
+  const libs = await loaderLibraries(info.interpreter, program, env);
   const libcPath = [...libs.entries()].find(([name, path]) => GLIBC_NAME.test(name) || GLIBC_NAME.test(basename(path)))?.[1];
   if (!libcPath) {
     throw new UnsupportedAllocatorError(

@@ -53,7 +53,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     allocatorPath = allocator.path;
     glibc = allocator.glibc;
   } else {
-    const target = resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
+    const target = await resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
     allocatorPath = target.allocator.path;
     glibc = target.allocator.glibc;
     unwindFiles = target.files;
