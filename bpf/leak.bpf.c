@@ -18,6 +18,10 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const volatile __u32 target_tgid = 0;
 const volatile bool wait_for_exec = false; /* count only after the target's next exec() */
 const volatile bool emit_events = false;
+/* Sampling mode (0: off): record an allocation only when it crosses a sampling point, points
+ * being on average this many bytes apart (exponentially distributed, as in tcmalloc's heap
+ * profiler). Totals stay exact; user space scales the sampled blocks into estimates. */
+const volatile __u64 sample_mean_bytes = 0;
 /* Wake the reader only once this much is waiting: a wakeup per event costs more than the probe.
  * The reader also polls every few milliseconds, so nothing waits long. */
 const volatile __u64 wakeup_bytes = 0;
@@ -54,6 +58,8 @@ struct inflight_call {
 	__s64 stack_id;
 	__u64 depth;
 	__u64 sp;	/* stack pointer at the outermost entry */
+	__s64 bytes_until_sample; /* sampling mode: this thread's distance to its next sample */
+	__u64 sampling_started;
 };
 
 /* Per thread, in the task itself: no hashing on the hot path, and freed with the thread. */
@@ -155,6 +161,55 @@ static __always_inline __u64 array_bytes(__u64 nmemb, __u64 size)
 	return nmemb * size;
 }
 
+/* log2(1 + k/64) in 16.16 fixed point, for the exponential draw below. */
+static const __u32 log2_fraction[64] = {
+	0, 1466, 2909, 4331, 5732, 7112, 8473, 9814, 11136, 12440, 13727, 14996, 16248,
+	17484, 18704, 19909, 21098, 22272, 23433, 24579, 25711, 26830, 27936, 29029, 30109,
+	31178, 32234, 33279, 34312, 35334, 36346, 37346, 38336, 39316, 40286, 41246, 42196,
+	43137, 44068, 44990, 45904, 46809, 47705, 48593, 49472, 50344, 51207, 52063, 52911,
+	53751, 54584, 55410, 56229, 57040, 57845, 58643, 59434, 60219, 60997, 61769, 62534,
+	63294, 64047, 64794,
+};
+
+static __always_inline __u32 leading_zeros32(__u32 x)
+{
+	__u32 n = 0;
+
+	if (!(x & 0xffff0000)) { n += 16; x <<= 16; }
+	if (!(x & 0xff000000)) { n += 8; x <<= 8; }
+	if (!(x & 0xf0000000)) { n += 4; x <<= 4; }
+	if (!(x & 0xc0000000)) { n += 2; x <<= 2; }
+	if (!(x & 0x80000000)) n += 1;
+	return n;
+}
+
+/* Bytes to the next sampling point: -ln(U) * mean for U uniform in (0, 1), with a 6-bit
+ * table for the logarithm's fraction (an error well under 1%, no floating point in BPF). */
+static __always_inline __s64 next_sample_distance(void)
+{
+	__u32 u = bpf_get_prandom_u32() | 1;
+	__u32 n = leading_zeros32(u);
+	__u32 m = u << n; /* top bit set: u / 2^32 = (m / 2^32) / 2^n */
+	__u64 neg_log2 = ((__u64)(n + 1) << 16) - log2_fraction[(m >> 25) & 63];
+	__u64 neg_ln = (neg_log2 * 45426) >> 16; /* x ln 2, 16.16 */
+
+	return (__s64)((sample_mean_bytes * neg_ln) >> 16) + 1;
+}
+
+/* Sampling mode: whether an allocation of `size` bytes on this thread is recorded. */
+static __always_inline bool sampled(struct inflight_call *thread, __u64 size)
+{
+	if (!thread->sampling_started) {
+		thread->sampling_started = 1;
+		thread->bytes_until_sample = next_sample_distance();
+	}
+	thread->bytes_until_sample -= (__s64)size;
+	if (thread->bytes_until_sample > 0)
+		return false;
+	thread->bytes_until_sample = next_sample_distance();
+	return true;
+}
+
 static __always_inline bool is_target(void)
 {
 	return (bpf_get_current_pid_tgid() >> 32) == target_tgid && armed;
@@ -236,8 +291,9 @@ static __always_inline void record_free(__u64 fn, __u64 address)
 	__s64 stack_id;
 
 	if (!a) {
+		/* Sampling mode: most blocks are not recorded, and their frees are still frees. */
 		if (c)
-			__sync_fetch_and_add(&c->unknown_frees, 1);
+			__sync_fetch_and_add(sample_mean_bytes ? &c->frees : &c->unknown_frees, 1);
 		return;
 	}
 	size = a->size;
@@ -473,6 +529,11 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 	 * block it moved (above), and its nested calls must keep the depth count straight. */
 	if (thread_ignored(tid)) {
 		COUNT(ignored_allocs, 1);
+		return 0;
+	}
+	if (sample_mean_bytes && !sampled(st, call.size)) {
+		COUNT(allocs, 1);
+		COUNT(bytes_allocated, call.size);
 		return 0;
 	}
 	record_alloc(call.fn, address, call.size, alloc_stack(ctx));

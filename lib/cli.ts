@@ -46,6 +46,9 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Most blocks tracked at on
   --no-stacks            Do not record allocation stacks (lowest overhead;
                          the blocks still allocated form one group).
   --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
+  --sample-every BYTES   Sampling mode: record one allocation per BYTES bytes
+                         on average (Poisson), much cheaper on busy programs;
+                         in-use figures become estimates. Default: off.
   --unwind MODE          How stacks are walked: 'auto' (DWARF CFI, so code
                          without frame pointers keeps its callers), 'dwarf'
                          (CFI only) or 'fp' (frame pointers only).
@@ -104,6 +107,8 @@ export interface CommonFlags {
   debugDirs: string[];
   /** --unwind auto|dwarf|fp. */
   unwind?: 'auto' | 'dwarf' | 'fp';
+  /** --sample-every BYTES. */
+  sampleEveryBytes?: number;
 }
 
 export interface RunCommand extends CommonFlags {
@@ -317,6 +322,7 @@ const commonOptions = {
   'probe-placement': { type: 'string' },
   'debug-dir': { type: 'string', multiple: true },
   unwind: { type: 'string' },
+  'sample-every': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -452,6 +458,8 @@ function commonFlags(values: Values): CommonFlags {
     }
     flags.probePlacement = placement;
   }
+  const sampleEvery = str(values, 'sample-every');
+  if (sampleEvery !== undefined) flags.sampleEveryBytes = parseIntegerOption('sample-every', sampleEvery, 1, 2 ** 40);
   const unwind = str(values, 'unwind');
   if (unwind !== undefined) {
     if (unwind !== 'auto' && unwind !== 'dwarf' && unwind !== 'fp') {
@@ -847,6 +855,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
     ...(cmd.probePlacement ? { probePlacement: cmd.probePlacement } : {}),
     ...(cmd.debugDirs.length > 0 ? { debugDirs: cmd.debugDirs } : {}),
     ...(cmd.unwind ? { unwind: cmd.unwind } : {}),
+    ...(cmd.sampleEveryBytes !== undefined ? { sampleEveryBytes: cmd.sampleEveryBytes } : {}),
   };
 }
 

@@ -167,6 +167,12 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
     `  total heap usage: ${formatCount(s.allocs)} allocs, ${formatCount(s.frees)} frees, ` +
       `${formatCount(s.bytesAllocated)} bytes allocated`,
   );
+  if (report.sampling) {
+    lines.push(
+      `  (sampled: one allocation per ${formatCount(report.sampling.everyBytes)} bytes on average; ` +
+        'in-use figures and the groups below are estimates, the totals are exact)',
+    );
+  }
 
   const warn = warnings(report);
   if (warn.length > 0) {

@@ -59,6 +59,8 @@ export interface JsonReport {
   leaks: JsonLeakGroup[];
   /** What suppression rules left out of `leaks`, per rule; [] when none applied. */
   suppressed: SuppressionHit[];
+  /** Sampling mode only: in-use figures and groups are estimates. */
+  sampling?: { everyBytes: number };
 }
 
 // The types say number, but a count that came through the native layer as a bigint must not make
@@ -122,6 +124,7 @@ export function toJsonReport(report: LeakReport): JsonReport {
       blocks: num(h.blocks),
       groups: num(h.groups),
     })),
+    ...(report.sampling ? { sampling: { everyBytes: num(report.sampling.everyBytes) } } : {}),
   };
 }
 

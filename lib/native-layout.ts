@@ -64,9 +64,18 @@ export interface SnapshotColumns {
   stackId(i: number): number;
   mark(i: number): number;
   fn(i: number): AllocatorFunction;
+  /** How many blocks this one stands for: 1, or in sampling mode 1 / P(a block of its size is
+   *  sampled) = 1 / (1 - e^(-size / mean)), the unbiased scale-up of tcmalloc's heap profiler. */
+  weight(i: number): number;
 }
 
-export function snapshotColumns(buffer: ArrayBuffer): SnapshotColumns {
+/** 1 / P(sampled) for a block of `size` bytes when samples are `mean` bytes apart on average. */
+export function sampleWeight(size: number, mean: number): number {
+  if (size <= 0) return 1 / (1 - Math.exp(-1 / mean)); // counted as one byte
+  return 1 / -Math.expm1(-size / mean);
+}
+
+export function snapshotColumns(buffer: ArrayBuffer, sampleEveryBytes = 0): SnapshotColumns {
   const u = new BigUint64Array(buffer);
   // Number-valued fields are read as two 32-bit halves: reading a BigUint64Array element
   // allocates a BigInt, which over a million blocks is most of a report's time.
@@ -87,6 +96,7 @@ export function snapshotColumns(buffer: ArrayBuffer): SnapshotColumns {
     },
     mark: (i) => num(i, 5),
     fn: (i) => leakFunctions[h[i * halves + 12]!] ?? 'malloc',
+    weight: sampleEveryBytes > 0 ? (i) => sampleWeight(num(i, 1), sampleEveryBytes) : () => 1,
   };
 }
 

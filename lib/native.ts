@@ -24,6 +24,8 @@ export interface NativeTracerConfig {
   stackDepth: number;
   stackMapEntries: number;
   pageSize: number;
+  /** Sampling mode: mean bytes between samples; 0 or absent records every allocation. */
+  sampleEveryBytes?: number;
   btfPath?: string;
   probes: NativeProbe[];
   /** Keep the tracer's own threads (poll thread; workers inside its native calls) out of the

@@ -38,6 +38,8 @@ export interface ResolvedCommon {
   probePlacement: ProbePlacement;
   unwind: UnwindMode;
   stackTotals: boolean;
+  /** 0: off. */
+  sampleEveryBytes: number;
   debugDirs: string[];
 }
 export type ResolvedOptions =
@@ -138,6 +140,8 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     probePlacement: o.probePlacement ?? defaults.probePlacement,
     unwind: o.unwind ?? defaults.unwind,
     stackTotals: o.stackTotals ?? defaults.stackTotals,
+    sampleEveryBytes:
+      o.sampleEveryBytes === undefined ? 0 : integerIn('sampleEveryBytes', o.sampleEveryBytes, 1, 2 ** 40),
     debugDirs: [...(o.debugDirs ?? [])],
     stackDepth:
       o.stackDepth === undefined

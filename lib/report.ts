@@ -11,18 +11,29 @@ export function hex(value: bigint | number): string {
 /** valgrind's HEAP SUMMARY from the counters; in-use numbers from the map walk, which is what the
  *  leak list is made of, so the two always agree. */
 export function summarize(counters: Counters, columns: SnapshotColumns): HeapSummary {
-  let inUseBytes = 0;
-  for (let i = 0; i < columns.count; i++) inUseBytes += columns.size(i);
+  const { blocks, bytes } = inUse(columns);
   return {
     allocs: counters.allocs,
     frees: counters.frees,
     bytesAllocated: counters.bytesAllocated,
-    inUseBlocks: columns.count,
-    inUseBytes,
+    inUseBlocks: blocks,
+    inUseBytes: bytes,
     lostEvents: counters.lostEvents,
     droppedAllocations: counters.droppedAllocations,
     unknownFrees: counters.unknownFrees,
   };
+}
+
+/** Blocks and bytes the walked blocks stand for: exact, or estimated in sampling mode. */
+export function inUse(columns: SnapshotColumns): { blocks: number; bytes: number } {
+  let blocks = 0;
+  let bytes = 0;
+  for (let i = 0; i < columns.count; i++) {
+    const w = columns.weight(i);
+    blocks += w;
+    bytes += columns.size(i) * w;
+  }
+  return { blocks: Math.round(blocks), bytes: Math.round(bytes) };
 }
 
 /** Blocks per slice of work between yields to the event loop: about 5 ms of object building. */
@@ -72,10 +83,15 @@ export function groupByStack(columns: SnapshotColumns, keep?: (i: number) => boo
       g = { stackId, fn: columns.fn(i), bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
       groups.set(stackId, g);
     }
-    g.bytes += size;
-    g.blocks += 1;
+    const w = columns.weight(i);
+    g.bytes += size * w;
+    g.blocks += w;
     if (size > g.largestBlock) g.largestBlock = size;
     if (g.sampleAddresses.length < SAMPLE_ADDRESSES) g.sampleAddresses.push(columns.address(i));
+  }
+  for (const g of groups.values()) {
+    g.bytes = Math.round(g.bytes);
+    g.blocks = Math.round(g.blocks);
   }
   return [...groups.values()].sort((a, b) => b.bytes - a.bytes || b.blocks - a.blocks);
 }

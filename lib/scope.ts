@@ -11,7 +11,7 @@
 // intersection. `summary.inUse*` and `leaks` describe the blocks kept; the other summary fields
 // (allocs, frees, ...) are whole-tracer totals and stay as they were.
 import type { Counters, SnapshotColumns } from './native-layout.js';
-import { groupByStack, toLeakGroup } from './report.js';
+import { groupByStack, inUse, toLeakGroup } from './report.js';
 import type { AllocatorFunction, LeakGroup, LeakReport, StackFrame } from './types.js';
 
 /** Which threads to keep: a list of tids, or a predicate. */
@@ -132,15 +132,15 @@ export function scopedReport(source: ReportSource, rows: Uint32Array | null): Sc
   const kept = rows ?? Uint32Array.from({ length: columns.count }, (_, i) => i);
   const view = subsetColumns(columns, kept);
   const groups = groupByStack(view);
-  let inUseBytes = 0;
-  for (let i = 0; i < view.count; i++) inUseBytes += view.size(i);
+  const { blocks: inUseBlocks, bytes: inUseBytes } = inUse(view);
   const leaks: LeakGroup[] = groups.map((g) => toLeakGroup(g, source.stacks.get(g.stackId) ?? []));
   const report = {
     version: source.base.version,
     target: source.base.target,
-    summary: { ...source.summary, inUseBlocks: view.count, inUseBytes },
+    summary: { ...source.summary, inUseBlocks, inUseBytes },
     leaks,
     durationMs: source.base.durationMs,
+    ...(source.base.sampling ? { sampling: source.base.sampling } : {}),
   } as ScopedLeakReport;
   const narrow = (filter: ScopeFilter): ScopedLeakReport => {
     const keep = rowFilter(view, filter, source.stacks);
@@ -188,6 +188,7 @@ export function subsetColumns(columns: SnapshotColumns, rows: Uint32Array): Snap
     stackId: (i) => columns.stackId(rows[i]!),
     mark: (i) => columns.mark(rows[i]!),
     fn: (i) => columns.fn(rows[i]!),
+    weight: (i) => columns.weight(rows[i]!),
   };
 }
 

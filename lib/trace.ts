@@ -80,6 +80,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       probes: plan.probes,
       unwind: o.unwind,
       stackTotals: o.stackTotals,
+      sampleEveryBytes: o.sampleEveryBytes,
       ...(unwindFiles ? { unwindFiles } : {}),
     },
     (type, data) => {
@@ -125,6 +126,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       stacks: o.stacks,
       debugDirs: o.debugDirs,
       unwind: nativeTracer.unwindStats()?.mode ?? o.unwind,
+      sampleEveryBytes: o.sampleEveryBytes,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
     },

@@ -62,6 +62,8 @@ export interface TracerInfo {
   debugDirs: string[];
   /** The stack walker in use ('fp' with stacks off or off x86-64). */
   unwind: UnwindMode;
+  /** Sampling mode: mean bytes between samples; 0 when every allocation is recorded. */
+  sampleEveryBytes: number;
   /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
   attachMode: 'uprobe_multi' | 'uprobe';
   attachMs: number;
@@ -173,7 +175,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   async snapshot(): Promise<Snapshot> {
     if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
     const raw = await this.#native.snapshot();
-    const columns = snapshotColumns(raw.entries);
+    const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
     return { allocations: await outstandingAllocations(columns, raw.nowNs), summary: summarize(decodeCounters(raw.counters), columns) };
   }
 
@@ -224,7 +226,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   async outstanding(filter: Omit<ScopeFilter, 'module' | 'excludeModule'> = {}): Promise<{ blocks: number; bytes: number }> {
     if (this.#closed) throw new TracerClosedError('outstanding(): the tracer has stopped');
     const raw = await this.#native.snapshot();
-    const columns = snapshotColumns(raw.entries);
+    const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
     const keep = rowFilter(columns, filter);
     let blocks = 0;
     let bytes = 0;
@@ -241,7 +243,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   async report(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
     if (this.#closed) throw new TracerClosedError('report(): the tracer has stopped; use the report from stop() or done');
     const raw = await this.#native.snapshot();
-    const columns = snapshotColumns(raw.entries);
+    const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
     const counters = decodeCounters(raw.counters);
     this.#checkLost(counters);
     const { module, excludeModule, ...cheap } = filter;
@@ -275,6 +277,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         version: 1,
         target: { ...this.#target, ...status },
         durationMs: Math.round(performance.now() - this.#startedAt),
+        ...(this.info.sampleEveryBytes > 0 ? { sampling: { everyBytes: this.info.sampleEveryBytes } } : {}),
       },
       summary: summarize(counters, subsetColumns(columns, kept)),
       counters,
@@ -370,7 +373,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
     try {
       const raw = await this.#native.snapshot();
-      const columns = snapshotColumns(raw.entries);
+      const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
       const all = new Uint32Array(columns.count);

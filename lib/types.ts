@@ -40,6 +40,11 @@ export interface CommonTraceOptions {
   stacks?: boolean;
   /** Frames recorded per stack, 1 to 127. Default 32. */
   stackDepth?: number;
+  /** Sampling mode: record an allocation only when it crosses a sampling point, the points on
+   *  average this many bytes apart (Poisson, as tcmalloc's heap profiler). Much cheaper on
+   *  allocation-heavy programs; in-use figures and leaks become estimates (report.sampling).
+   *  Default: off, every allocation is recorded. */
+  sampleEveryBytes?: number;
   /** Where entry probes go: 'optimized' (default) moves a probe past the function's first
    *  instruction to one the kernel emulates, when that provably sees every call (glibc's free:
    *  ~10 µs less per call); 'entry' puts every probe on the function's first instruction. */
@@ -139,6 +144,9 @@ export interface LeakReport {
   leaks: LeakGroup[];
   /** Milliseconds from attach to the report. */
   durationMs: number;
+  /** Present in sampling mode: the in-use figures and leak groups are then estimates, scaled
+   *  from the sampled blocks; allocs, frees and bytesAllocated stay exact. */
+  sampling?: { everyBytes: number };
 }
 
 export interface OutstandingAllocation {

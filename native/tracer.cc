@@ -228,6 +228,7 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.stack_depth = GetUint(o, "stackDepth", config_.stack_depth);
   config_.stack_map_entries = GetUint(o, "stackMapEntries", config_.stack_map_entries);
   config_.page_size = GetUint(o, "pageSize", 4096);
+  config_.sample_every_bytes = GetU64(o, "sampleEveryBytes");
   config_.ignore_own_threads = GetBool(o, "ignoreOwnThreads", config_.pid == getpid());
   ParseUnwindOptions(o, &config_.unwind);
   Napi::Value btf = o.Get("btfPath");
@@ -323,6 +324,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->wait_for_exec = config_.wait_for_exec;
   skel_->rodata->emit_events = config_.events;
   skel_->rodata->wakeup_bytes = config_.event_buffer_bytes / 8;
+  skel_->rodata->sample_mean_bytes = config_.sample_every_bytes;
   skel_->rodata->capture_stacks = config_.stacks;
   skel_->rodata->page_size = config_.page_size;
   skel_->rodata->filter_threads = config_.ignore_own_threads;

@@ -41,6 +41,7 @@ struct TracerConfig {
   uint32_t stack_depth = 32;
   uint32_t stack_map_entries = 65536;
   uint64_t page_size = 4096;
+  uint64_t sample_every_bytes = 0;  // 0: every allocation is recorded
   std::string btf_path;  // empty: the running kernel's
   std::vector<ProbeSpec> probes;
   // The target is this very process (a test harness measuring native code in-process): the

@@ -110,6 +110,8 @@ describe('parseCliArgs: run', () => {
         '/tmp/dbg',
         '--unwind',
         'fp',
+        '--sample-every',
+        '65536',
         '--',
         'prog',
       ]),
@@ -131,6 +133,7 @@ describe('parseCliArgs: run', () => {
       probePlacement: 'entry',
       debugDirs: ['/tmp/dbg'],
       unwind: 'fp',
+      sampleEveryBytes: 65536,
       command: 'prog',
       args: [],
     });

@@ -61,6 +61,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'dlopen_main', compiler: 'gcc', sources: ['dlopen_main.c'], flags: cFlags, libs: ['-ldl'] },
   { name: 'exit_immediately', compiler: 'gcc', sources: ['exit_immediately.c'], flags: cFlags },
   { name: 'forever', compiler: 'gcc', sources: ['forever.c'], flags: cFlags },
+  { name: 'sampling', compiler: 'gcc', sources: ['sampling.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -74,7 +75,8 @@ export type FixtureName =
   | 'dlopen_plugin'
   | 'dlopen_main'
   | 'exit_immediately'
-  | 'forever';
+  | 'forever'
+  | 'sampling';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
