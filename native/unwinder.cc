@@ -261,9 +261,11 @@ std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& c
   bpf_map__set_max_entries(skel->maps.unwind_stacks, on ? stacks : 1);
   bpf_map__set_value_size(skel->maps.unwind_stacks,
                           offsetof(leak_unwind_stack, frames) + config.stack_depth * sizeof(uint64_t));
-  // Every kind of stack id (stack map, overflow, CFI walk), and -1.
-  skel->rodata->keep_stack_totals = config.unwind.stack_totals;
-  bpf_map__set_max_entries(skel->maps.stack_totals, config.unwind.stack_totals ? 3 * stacks + 1 : 1);
+  // Every kind of stack id (stack map, overflow, CFI walk), and -1. Without stacks every block
+  // has id -1 and its totals would only repeat the global counters, at a map update per call.
+  bool totals = config.unwind.stack_totals && config.stacks;
+  skel->rodata->keep_stack_totals = totals;
+  bpf_map__set_max_entries(skel->maps.stack_totals, totals ? 3 * stacks + 1 : 1);
   return u;
 }
 
