@@ -395,7 +395,7 @@ async function main() {
   const { planProbes } = await import('../dist/probes.js');
   const { resolveCommandTarget } = await import('../dist/target.js');
   const { leakFunctions } = await import('../dist/native-layout.js');
-  const libc = resolveCommandTarget(workloadPath, process.env, root, undefined).allocator.path;
+  const libc = (await resolveCommandTarget(workloadPath, process.env, root, undefined)).allocator.path;
   const plan = planProbes(libc, true, undefined, 'optimized');
   const entryPlan = planProbes(libc, true, undefined, 'entry');
   ctx = { libc, plan, entryPlan, leak, freeIndex: leakFunctions.indexOf('free') };
