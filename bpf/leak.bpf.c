@@ -9,6 +9,7 @@
 #include "leak.h"
 #include "unwind.h"	  /* the CFI stack walker: stacks through code without frame pointers */
 #include "stack_totals.h" /* outstanding bytes and blocks per stack */
+#include "alloc_table.h"  /* the outstanding blocks: `allocs` */
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -37,14 +38,10 @@ const volatile bool filter_threads = false;
 /* Written by user space through the skeleton's .bss while running. */
 bool armed = false;
 __u64 mark = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u64);
-	__type(value, struct leak_alloc);
-	__uint(max_entries, 1000000); /* resized from options before load */
-} allocs SEC(".maps");
+/* CLOCK_MONOTONIC in ns, updated every few milliseconds by the tracer's poll thread: the time
+ * blocks are stamped with. Reading the clock in the probe cost a tenth of its work, and
+ * bpf_ktime_get_coarse_ns() is not allowed in uprobe programs. */
+__u64 now_ns = 0;
 
 /* What an allocation call passed on entry, kept until its return. `depth` counts nested calls
  * into probed functions (realloc(NULL, n) reaching malloc, memalign reaching malloc,
@@ -52,8 +49,10 @@ struct {
 struct inflight_call {
 	__u64 active;	/* between an outermost entry and its return */
 	__u64 fn;
+	__u64 tid;
 	__u64 size;
 	__u64 old_ptr;	/* realloc's block */
+	__u64 freed_at_entry; /* realloc(p, 0): p, already counted as freed at the entry */
 	__u64 out_ptr;	/* posix_memalign's result pointer */
 	__s64 stack_id;
 	__u64 depth;
@@ -210,9 +209,9 @@ static __always_inline bool sampled(struct inflight_call *thread, __u64 size)
 	return true;
 }
 
-static __always_inline bool is_target(void)
+static __always_inline bool is_target(__u64 pid_tgid)
 {
-	return (bpf_get_current_pid_tgid() >> 32) == target_tgid && armed;
+	return (pid_tgid >> 32) == target_tgid && armed;
 }
 
 static __always_inline struct leak_counters *counters_cpu(void)
@@ -260,49 +259,45 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 				      : BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id)
+static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id,
+					 __u32 tid)
 {
-	struct leak_alloc a = {
-		.size = size,
-		.timestamp_ns = bpf_ktime_get_ns(),
-		.tid = (__u32)bpf_get_current_pid_tgid(),
-		.stack_id = stack_id,
-		.mark = mark,
-		.fn = fn,
-	};
 	struct leak_counters *c = counters_cpu();
 
 	if (c) {
 		__sync_fetch_and_add(&c->allocs, 1);
 		__sync_fetch_and_add(&c->bytes_allocated, size);
 	}
-	/* BPF_ANY: an address we still hold was handed out again, so its free was missed (e.g. by
-	 * an allocator path we do not probe); the newer allocation is the live one. */
-	if (allocs_insert(&allocs, &address, &a) && c) /* BPF_ANY, and keeps `stack_totals` */
+	if (table_insert(address, size | fn << LEAK_SIZE_BITS, now_ns, stack_id,
+			 (__u64)(__u32)mark << 32 | tid) && c)
 		__sync_fetch_and_add(&c->dropped_allocs, 1);
-	emit(LEAK_EVENT_ALLOC, fn, address, size, a.timestamp_ns, a.tid, stack_id);
+	if (emit_events)
+		emit(LEAK_EVENT_ALLOC, fn, address, size, bpf_ktime_get_ns(), tid, stack_id);
+}
+
+/* realloc(p, 0) counts p as freed at its entry (see alloc_enter); glibc then calls free(p) inside,
+ * which must not count again, as the free of an unknown block. Only looked up for frees of
+ * unknown blocks, which are rare: the per-thread state costs more than the rest of a free. */
+static __always_inline bool freed_by_realloc(__u64 address)
+{
+	struct inflight_call *call = thread_call(0);
+
+	return call && call->active && call->freed_at_entry == address;
 }
 
 static __always_inline void record_free(__u64 fn, __u64 address)
 {
-	struct leak_alloc *a = bpf_map_lookup_elem(&allocs, &address);
 	struct leak_counters *c = counters_cpu();
-	__u64 size;
-	__s64 stack_id;
+	__s64 size = table_remove(address);
 
-	if (!a) {
+	if (size < 0) {
+		if (fn == LEAK_FN_FREE && freed_by_realloc(address))
+			return;
 		/* Sampling mode: most blocks are not recorded, and their frees are still frees. */
 		if (c)
 			__sync_fetch_and_add(sample_mean_bytes ? &c->frees : &c->unknown_frees, 1);
 		return;
 	}
-	size = a->size;
-	stack_id = a->stack_id;
-	/* Two threads freeing one block (a double free) race here: only the delete that wins
-	 * counts. */
-	if (bpf_map_delete_elem(&allocs, &address))
-		return;
-	stack_totals_add(stack_id, -(__s64)size, -1);
 	if (c) {
 		__sync_fetch_and_add(&c->frees, 1);
 		__sync_fetch_and_add(&c->bytes_freed, size);
@@ -454,9 +449,9 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 				       __u64 out_ptr)
 {
 	struct inflight_call *call;
-	__u64 sp = PT_REGS_SP(ctx);
+	__u64 sp = PT_REGS_SP(ctx), pid_tgid = bpf_get_current_pid_tgid();
 
-	if (!is_target())
+	if (!is_target(pid_tgid))
 		return 0;
 	call = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
@@ -474,12 +469,22 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 		COUNT(inflight_failures, 1);
 	call->active = 1;
 	call->fn = fn;
+	call->tid = (__u32)pid_tgid;
 	call->size = size;
 	call->old_ptr = old_ptr;
 	call->out_ptr = out_ptr;
 	call->stack_id = -1;
 	call->depth = 0;
 	call->sp = sp;
+	call->freed_at_entry = 0;
+	/* realloc(p, 0) frees p (glibc: with free(p) inside; others may then return a new block,
+	 * recorded at the return). Counted here so that free(p) finds it gone: a free does not look
+	 * at the per-thread state unless its block is unknown. p stays allocated until that inner
+	 * free, so no other thread can be handed p meanwhile. */
+	if (old_ptr && size == 0) {
+		record_free(fn, old_ptr);
+		call->freed_at_entry = old_ptr;
+	}
 	return 0;
 }
 
@@ -489,9 +494,8 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 	__u64 address;
 	__u32 tid;
 
-	if (!is_target())
-		return 0;
-	tid = (__u32)bpf_get_current_pid_tgid();
+	/* No target check: only the target's entries leave a call in flight, and task storage is
+	 * per thread (a fork's child starts without). */
 	st = thread_call(0);
 	if (!st || !st->active) /* the entry ran before we attached */
 		return 0;
@@ -501,6 +505,7 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 	}
 	call = *st;
 	st->active = 0;
+	tid = call.tid;
 
 	address = PT_REGS_RC(ctx);
 	if (call.size == SIZE_OVERFLOW) /* failed, changed nothing */
@@ -514,13 +519,11 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 		break;
 	case LEAK_FN_REALLOC:
 	case LEAK_FN_REALLOCARRAY:
-		if (call.old_ptr) {
-			/* glibc: realloc(p, 0) frees p and returns NULL; any other NULL is a failure
-			 * that leaves p alone. A resize of a live block, moved or in place, is one
-			 * free plus one alloc, as valgrind counts it. */
-			if (address || call.size == 0)
-				record_free(call.fn, call.old_ptr);
-		}
+		/* A resize of a live block, moved or in place, is one free plus one alloc, as
+		 * valgrind counts it; NULL is a failure that leaves p alone. (realloc(p, 0) freed p
+		 * at the entry.) */
+		if (call.old_ptr && address && !call.freed_at_entry)
+			record_free(call.fn, call.old_ptr);
 		break;
 	}
 	if (!address)
@@ -536,19 +539,13 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 		COUNT(bytes_allocated, call.size);
 		return 0;
 	}
-	record_alloc(call.fn, address, call.size, alloc_stack(ctx));
+	record_alloc(call.fn, address, call.size, alloc_stack(ctx), tid);
 	return 0;
 }
 
 static __always_inline int free_enter(__u64 ptr)
 {
-	struct inflight_call *call;
-
-	if (!ptr || !is_target())
-		return 0;
-	/* free() called from inside a probed call (realloc(p, 0)) is that call's business. */
-	call = thread_call(0);
-	if (call && call->active)
+	if (!ptr || !is_target(bpf_get_current_pid_tgid()))
 		return 0;
 	record_free(LEAK_FN_FREE, ptr);
 	return 0;

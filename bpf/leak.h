@@ -23,17 +23,37 @@ enum leak_fn {
 	LEAK_FN_COUNT = 10,
 };
 
-/* Value of the `allocs` map; the key is the block's address. */
+/* A slot of the `allocs` table (bpf/alloc_table.h): one outstanding block. */
+struct leak_slot {
+	__u64 size_fn;	    /* size | fn << LEAK_SIZE_BITS: no block reaches 2^56 bytes */
+	__u64 timestamp_ns; /* `now_ns` when the allocation returned (bpf/leak.bpf.c) */
+	__s64 stack_id;	    /* id in `stack_traces`, or -1 (stacks off, or the walk failed) */
+	__u32 tid;
+	__u32 mark;	    /* low 32 bits of the `mark` global when allocated (tracer.mark()) */
+};
+#define LEAK_SIZE_BITS 56
+#define LEAK_SIZE_MASK ((1ULL << LEAK_SIZE_BITS) - 1)
+
+/* A bucket of the table: its keys (block addresses) fill one cache line. A key is 0 when the slot
+ * is empty, LEAK_SLOT_BUSY while an allocation is writing its value. */
+#define LEAK_BUCKET_SLOTS 8
+#define LEAK_SLOT_BUSY 1ULL
+struct leak_bucket {
+	__u64 keys[LEAK_BUCKET_SLOTS];
+	struct leak_slot values[LEAK_BUCKET_SLOTS];
+};
+
+/* One outstanding block as handed to JS (the snapshot buffer holds leak_snapshot_entry records). */
 struct leak_alloc {
 	__u64 size;
-	__u64 timestamp_ns; /* bpf_ktime_get_ns() when the allocation returned */
+	__u64 timestamp_ns; /* when the allocation returned, to the poll thread's tick (10 ms) */
 	__u64 tid;
 	__s64 stack_id;	    /* id in `stack_traces`, or -1 (stacks off, or the walk failed) */
 	__u64 mark;	    /* value of the `mark` global when allocated (tracer.mark()) */
 	__u64 fn;	    /* enum leak_fn that made the block */
 };
 
-/* One record of the snapshot buffer handed to JS: the map key followed by its value. */
+/* One record of the snapshot buffer handed to JS: the block's address, then the block. */
 struct leak_snapshot_entry {
 	__u64 address;
 	struct leak_alloc alloc;
@@ -46,7 +66,7 @@ struct leak_counters {
 	__u64 bytes_allocated;	/* requested bytes of all allocations */
 	__u64 bytes_freed;	/* bytes of tracked blocks freed */
 	__u64 unknown_frees;	/* frees of addresses not in `allocs` */
-	__u64 dropped_allocs;	/* allocations not tracked: `allocs` was full */
+	__u64 dropped_allocs;	/* allocations not tracked: both their buckets in `allocs` were full */
 	__u64 lost_events;	/* events not delivered: ring buffer full */
 	__u64 stack_failures;	/* allocations whose stack could not be recorded */
 	__u64 inflight_failures; /* entries whose per-thread state could not be saved, or whose

@@ -42,22 +42,4 @@ static __always_inline void stack_totals_add(__s64 stack_id, __s64 bytes, __s64 
 	__sync_fetch_and_add(&t->blocks, blocks);
 }
 
-/* bpf_map_update_elem(map, &address, a, BPF_ANY) for `allocs`, keeping the totals: a block
- * replaced (its free was missed) leaves its stack's totals. */
-static __always_inline long allocs_insert(void *map, __u64 *address, struct leak_alloc *a)
-{
-	struct leak_alloc *old;
-	long err = bpf_map_update_elem(map, address, a, BPF_NOEXIST);
-
-	if (err == -EEXIST) {
-		old = bpf_map_lookup_elem(map, address);
-		if (old)
-			stack_totals_add(old->stack_id, -(__s64)old->size, -1);
-		err = bpf_map_update_elem(map, address, a, BPF_ANY);
-	}
-	if (!err)
-		stack_totals_add(a->stack_id, (__s64)a->size, 1);
-	return err;
-}
-
 #endif /* EBPF_LEAK_STACK_TOTALS_H */

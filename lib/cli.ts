@@ -12,7 +12,7 @@ import { parseArgs } from 'node:util';
 
 import { formatCount, formatReport, formatSnapshotTop, shellQuote } from './format.js';
 import { writeJsonReport } from './json-report.js';
-import { defaults } from './options.js';
+import { defaults, limits } from './options.js';
 import type { CheckedLeakReport } from './check.js';
 import type { LeakTracer, TracerInfo } from './tracer.js';
 import type { UnwindStats } from './unwind.js';
@@ -25,14 +25,15 @@ export const DEFAULT_TOP = 10;
 export const DEFAULT_INTERVAL_S = 5;
 // The library's limits (lib/options.ts), checked here too so a bad value is a usage error that
 // names the flag rather than the library option.
-const MAX_ALLOCATIONS_LIMIT = 100_000_000;
+const MAX_ALLOCATIONS_LIMIT = limits.maxAllocations.max;
 const EVENT_BUFFER_LIMIT = 1024 ** 3;
 const PID_LIMIT = 2 ** 22;
 const DEFAULT_MAX_ALLOCATIONS = String(defaults.maxAllocations);
 const DEFAULT_EVENT_BUFFER = `${defaults.eventBufferBytes / 1024 ** 2}M`;
 
 /** Help for the flags `run` and `attach` share, written once. */
-const TRACING_OPTIONS_HELP = `  --max-allocations N    Most blocks tracked at once; allocations beyond it
+const TRACING_OPTIONS_HELP = `  --max-allocations N    Room for at least N blocks at once (the kernel table
+                         takes ~50 bytes per block); allocations beyond it
                          are counted as dropped and not reported.
                          Default: ${DEFAULT_MAX_ALLOCATIONS}.
   --event-buffer BYTES   Size of the alloc/free event ring buffer: a power of

@@ -22,8 +22,9 @@ export const defaults = {
   stdio: 'inherit',
 } as const;
 
-const limits = {
-  maxAllocations: { min: 1, max: 100_000_000 },
+export const limits = {
+  // The kernel's table of outstanding blocks is allocated whole: ~50 bytes per block of room.
+  maxAllocations: { min: 1, max: 20_000_000 },
   eventBufferBytes: { min: 4096, max: 1024 * 1024 * 1024 },
   stackDepth: { min: 1, max: 127 },
 };

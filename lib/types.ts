@@ -27,7 +27,9 @@ export interface AllocatorOptions {
 }
 
 export interface CommonTraceOptions {
-  /** Most allocations tracked at once (size of the in-kernel address map). Default 1,000,000. */
+  /** Room for at least this many blocks outstanding at once, in the kernel's address table (which
+   *  is allocated whole: ~50 bytes per block; it takes up to a quarter more before one is dropped).
+   *  Default 1,000,000. */
   maxAllocations?: number;
   /** Stream every alloc/free as an event (costs per call). Default false. */
   events?: boolean;
@@ -92,7 +94,7 @@ export interface HeapSummary {
   inUseBytes: number;
   /** Events dropped because the event ring buffer was full. */
   lostEvents: number;
-  /** Allocations not tracked because the address map was full (raise maxAllocations). */
+  /** Allocations not tracked because the address table was full (raise maxAllocations). */
   droppedAllocations: number;
   /** Frees of addresses we never saw allocated (allocated before attach, or by another allocator). */
   unknownFrees: number;

@@ -32,6 +32,16 @@ constexpr auto kMaxBatchAge = std::chrono::milliseconds(20);
 // buffer fills and the BPF side counts what it drops, rather than this process growing.
 constexpr int kMaxPendingBatches = 64;
 constexpr auto kCounterCheckInterval = std::chrono::milliseconds(100);
+// How often the poll thread wakes; also the resolution of blocks' timestamps (`now_ns` in
+// bpf/leak.bpf.c: reading a clock in every allocation probe cost a tenth of its work).
+constexpr int kClockTickMs = 10;
+
+// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns(), so event and block times agree.
+uint64_t MonotonicNs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
 
 struct Message {
   const char* type;
@@ -293,6 +303,7 @@ void Tracer::SetThreadIgnored(int tid, bool ignored) {
 
 void Tracer::DetachAll() {
   unwind_.reset();  // its thread uses the maps
+  allocs_table_.Close();
   for (int fd : multi_links_) close(fd);
   multi_links_.clear();
   for (auto* l : links_) bpf_link__destroy(l);
@@ -329,7 +340,9 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->page_size = config_.page_size;
   skel_->rodata->filter_threads = config_.ignore_own_threads;
   skel_->rodata->stack_depth = config_.stack_depth;
-  bpf_map__set_max_entries(skel_->maps.allocs, config_.max_allocations);
+  uint32_t buckets = AllocTableReader::BucketsFor(config_.max_allocations);
+  bpf_map__set_max_entries(skel_->maps.allocs, buckets);
+  skel_->rodata->table_buckets = buckets;
   bpf_map__set_max_entries(skel_->maps.events, config_.events ? config_.event_buffer_bytes
                                                               : static_cast<uint32_t>(getpagesize()));
   uint32_t stack_entries = config_.stacks ? config_.stack_map_entries : 1;
@@ -356,6 +369,9 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
     return fail(e == EPERM ? "ELEAK_PERM" : "ELEAK_BPF",
                 e == EACCES ? "the kernel's verifier rejected the BPF program" : "cannot load the BPF program", e);
   }
+  skel_->bss->now_ns = MonotonicNs();
+  if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets))
+    return fail("ELEAK_BPF", "cannot map the table of outstanding blocks", e);
   SetThreadIgnored(CurrentTid(), true);  // until DoAttach is done: see there
   unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
@@ -468,8 +484,8 @@ bool Tracer::DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* cou
     *error = {"ELEAK_BPF", "cannot read the counters map: " + ErrnoText(errno), errno};
     return false;
   }
-  return DumpHashMap(bpf_map__fd(skel_->maps.allocs), sizeof(uint64_t), sizeof(leak_alloc), entries,
-                     error);
+  allocs_table_.Append(entries);
+  return true;
 }
 
 bool Tracer::DoReadModules(std::vector<uint8_t>* modules, NativeError* error) {
@@ -613,8 +629,9 @@ void Tracer::PollLoop() {
   while (!stopping) {
     epoll_event evs[4];
     // With events on, submits do not wake us until an eighth of the buffer waits: poll often.
-    int timeout = ring_ != nullptr || !batch_.empty() ? 10 : 100;
-    int n = epoll_wait(ep, evs, 4, timeout);
+    // Also the clock the probes stamp blocks with (`now_ns`) ticks here.
+    int n = epoll_wait(ep, evs, 4, kClockTickMs);
+    skel_->bss->now_ns = MonotonicNs();
     bool exited = false;
     for (int i = 0; i < n; i++) {
       if (evs[i].data.u64 == kStop) stopping = true;

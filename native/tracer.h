@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "alloc_table_reader.h"
 #include "errors.h"
 #include "unwinder.h"
 
@@ -111,6 +112,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   const char* attach_mode_ = "";
   ring_buffer* ring_ = nullptr;
   std::unique_ptr<Unwinder> unwind_;  // from load to DetachAll()
+  AllocTableReader allocs_table_;     // `allocs` mapped, from load to DetachAll()
   int pidfd_ = -1;
   int stop_fd_ = -1;
   std::thread poller_;

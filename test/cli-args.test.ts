@@ -206,9 +206,9 @@ describe('parseCliArgs: run', () => {
     [['run', '--top', '1.5', 'p'], "option '--top' needs an integer from 0 to 9007199254740991, not '1.5'"],
     [['run', '--error-exitcode', '0', 'p'], "option '--error-exitcode' needs an integer from 1 to 255, not '0'"],
     [['run', '--error-exitcode', '256', 'p'], "option '--error-exitcode' needs an integer from 1 to 255, not '256'"],
-    [['run', '--max-allocations', '0', 'p'], "option '--max-allocations' needs an integer from 1 to 100000000, not '0'"],
-    [['run', '--max-allocations', '100000001', 'p'], "option '--max-allocations' needs an integer from 1 to 100000000, not '100000001'"],
-    [['run', '--max-allocations', '1e6', 'p'], "option '--max-allocations' needs an integer from 1 to 100000000, not '1e6'"],
+    [['run', '--max-allocations', '0', 'p'], "option '--max-allocations' needs an integer from 1 to 20000000, not '0'"],
+    [['run', '--max-allocations', '20000001', 'p'], "option '--max-allocations' needs an integer from 1 to 20000000, not '20000001'"],
+    [['run', '--max-allocations', '1e6', 'p'], "option '--max-allocations' needs an integer from 1 to 20000000, not '1e6'"],
     [
       ['run', '--event-buffer', '5000', 'p'],
       "option '--event-buffer' needs a power of two from 4096 bytes to 1G (e.g. 65536, 64K, 8M), not '5000'",

@@ -174,7 +174,7 @@ describe('error codes', () => {
       [{ pid: 1.5 }, 'options.pid must be an integer from 1 to 4194304 (got 1.5)'],
       [{ command: '' }, 'options.command must be a non-empty string: the program to run (got "")'],
       [{ command: 'true', args: [1] }, 'options.args must be an array of strings (got an array)'],
-      [{ command: 'true', maxAllocations: 0 }, 'options.maxAllocations must be an integer from 1 to 100000000 (got 0)'],
+      [{ command: 'true', maxAllocations: 0 }, 'options.maxAllocations must be an integer from 1 to 20000000 (got 0)'],
       [{ command: 'true', eventBufferBytes: 5000 }, 'options.eventBufferBytes must be a power of two (got 5000)'],
       [{ command: 'true', stdio: 'tty' }, "options.stdio must be 'inherit', 'pipe' or 'ignore' (got \"tty\")"],
       [{ command: 'true', allocator: { path: '/x', symbols: { mallocx: 'm' } } }, 'options.allocator.symbols.mallocx is not an allocator function'],

@@ -97,9 +97,12 @@ describe('data that could not be kept is counted and reported', () => {
     const lost: LostInfo[] = [];
     tracer.on('lost', (l) => lost.push(l));
     const report = await tracer.done;
-    // 200,000 blocks outstanding, room for 1,000: the rest are counted, not silently missing.
-    expect(report.summary.inUseBlocks).toBeLessThanOrEqual(1000);
-    expect(report.summary.droppedAllocations).toBeGreaterThanOrEqual(199_000);
+    // 200,000 blocks outstanding, room for at least 1,000 (the table holds up to a quarter more):
+    // the rest are counted, not silently missing.
+    expect(report.summary.inUseBlocks).toBeGreaterThanOrEqual(1000);
+    expect(report.summary.inUseBlocks).toBeLessThanOrEqual(1250 + 8);
+    expect(report.summary.droppedAllocations).toBe(report.summary.allocs - report.summary.frees - report.summary.inUseBlocks);
+    expect(report.summary.droppedAllocations).toBeGreaterThanOrEqual(198_000);
     expect(report.summary.allocs).toBeGreaterThanOrEqual(200_000);
     expect(lost.reduce((n, l) => n + l.allocations, 0)).toBe(report.summary.droppedAllocations);
   });
