@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 
 import { formatCount, formatReport, formatSnapshotTop, shellQuote } from './format.js';
 import { writeJsonReport } from './json-report.js';
+import { stackUseSliced } from './snapshot-stacks.js';
 import { defaults } from './options.js';
 import type { CheckedLeakReport } from './check.js';
 import type { LeakTracer, TracerInfo } from './tracer.js';
@@ -888,8 +889,9 @@ async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
       busy = true;
       tracer
         .snapshot()
-        .then((snap: Snapshot) => {
-          if (!stopping) io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color }) + '\n');
+        .then(async (snap: Snapshot) => {
+          const byStack = await stackUseSliced(snap);
+          if (!stopping) io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color, byStack }) + '\n');
         })
         .catch((err: unknown) => {
           // The process exiting between ticks is not news: `done` reports it.

@@ -1,7 +1,7 @@
 // From a walk of the kernel's allocation map to the numbers and groups users read.
 import { forEachRange, ROWS_PER_STEP } from './cooperative.js';
 import type { Counters, SnapshotColumns } from './native-layout.js';
-import type { AllocatorFunction, HeapSummary, LeakGroup, OutstandingAllocation, StackFrame } from './types.js';
+import type { AllocatorFunction, HeapSummary, LeakGroup, StackFrame } from './types.js';
 
 const SAMPLE_ADDRESSES = 4;
 
@@ -28,24 +28,6 @@ export function summarize(counters: Counters, inUse: InUse): HeapSummary {
     droppedAllocations: counters.droppedAllocations,
     unknownFrees: counters.unknownFrees,
   };
-}
-
-/** One object per outstanding block, built in slices. */
-export async function outstandingAllocations(columns: SnapshotColumns, nowNs: bigint): Promise<OutstandingAllocation[]> {
-  const out: OutstandingAllocation[] = new Array(columns.count);
-  const now = Number(nowNs);
-  await forEachRange(columns.count, ROWS_PER_STEP, (start, end) => {
-    for (let i = start; i < end; i++) {
-      out[i] = {
-        address: columns.address(i),
-        size: columns.size(i),
-        ageMs: (now - Number(columns.timestampNs(i))) / 1e6,
-        tid: columns.tid(i),
-        stackId: columns.stackId(i),
-      };
-    }
-  });
-  return out;
 }
 
 export interface RawLeakGroup {

@@ -4,6 +4,7 @@ import type { ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { allocationsView } from './allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import { TracerClosedError } from './errors.js';
 import {
@@ -17,7 +18,7 @@ import { nativeBuildDir, type NativeMessageType, type NativeTracer } from './nat
 import type { PlacementDecision } from './placement.js';
 import { resolveModules } from './modules.js';
 import { readPerfMap } from './proc-maps.js';
-import { hex, inUseSliced, outstandingAllocations, summarize, tallyRowsSliced, type RawLeakGroup } from './report.js';
+import { hex, inUseSliced, summarize, tallyRowsSliced, type RawLeakGroup } from './report.js';
 import {
   keptRowsSliced,
   rowFilter,
@@ -171,13 +172,14 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     this.emit('lost', { events: Math.max(events, 0), allocations: Math.max(allocations, 0) });
   }
 
-  /** Outstanding allocations now, with the running totals. */
+  /** Outstanding allocations now, with the running totals. `allocations` is a view of the
+   *  snapshot's buffer: its elements are built when read (lib/allocation-view.ts). */
   async snapshot(): Promise<Snapshot> {
     if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
     const raw = await this.#native.snapshot();
     const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
     const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
-    return { allocations: await outstandingAllocations(columns, raw.nowNs), summary };
+    return { allocations: allocationsView(columns, raw.nowNs), summary };
   }
 
   /** The current mark: the value recorded in every block allocated from now on. Starts at 0. */
