@@ -7,12 +7,13 @@ import { join } from 'node:path';
 import { allocationsView } from './allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import { TracerClosedError } from './errors.js';
+import { EventQueue } from './event-queue.js';
 import {
   decodeCounters,
-  decodeEvents,
   decodeModules,
   snapshotColumns,
   type Counters,
+  type EventBatch,
 } from './native-layout.js';
 import { nativeBuildDir, type NativeMessageType, type NativeTracer } from './native.js';
 import type { PlacementDecision } from './placement.js';
@@ -106,6 +107,11 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  threads are kept out in the kernel (native/tracer.cc, ThreadIgnore). */
   #ownModule: string | undefined;
   #finalUnwindStats: UnwindStats | null = null;
+  /** The event stream, delivered in slices. */
+  readonly #events = new EventQueue(
+    (batch, from, to) => this.#deliverEvents(batch, from, to),
+    (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
+  );
 
   /** @internal Use trace(). */
   constructor(parts: TracerParts) {
@@ -139,7 +145,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** @internal Messages from the native poll thread. */
   handleNativeMessage(type: NativeMessageType, data: ArrayBuffer): void {
     try {
-      if (type === 'events') this.#deliverEvents(data);
+      if (type === 'events') this.#queueEvents(data);
       else if (type === 'counters') this.#checkLost(decodeCounters(data));
       // A child of ours is finished by its 'exit' (which has the status); others by the pidfd.
       else if (type === 'exit' && !this.process) void this.#finish(null, null);
@@ -148,11 +154,17 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     }
   }
 
-  #deliverEvents(data: ArrayBuffer): void {
+  /** A batch nobody listens to is dropped at once; the others are delivered in slices. */
+  #queueEvents(data: ArrayBuffer): void {
+    if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(data);
+  }
+
+  #deliverEvents(batch: EventBatch, from: number, to: number): void {
     const wantAlloc = this.listenerCount('alloc') > 0;
     const wantFree = this.listenerCount('free') > 0;
     if (!wantAlloc && !wantFree) return;
-    for (const e of decodeEvents(data)) {
+    for (let i = from; i < to; i++) {
+      const e = batch.at(i);
       if (e.kind === 'alloc') {
         if (wantAlloc && e.fn !== 'free') {
           this.emit('alloc', { function: e.fn, address: e.address, size: e.size, tid: e.tid, timestampNs: e.timestampNs });
@@ -369,7 +381,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   #finish(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
     this.#finishing ??= this.#buildFinalReport(exitCode, signal).then(
-      (report) => {
+      async (report) => {
+        // Listeners see every alloc and free still queued before 'leak' and 'exit'.
+        await this.#events.drained();
         for (const group of report.leaks) this.emit('leak', group);
         this.emit('exit', report);
         this.#resolveDone(report);

@@ -2,7 +2,8 @@
 // loop served in between. Synthetic snapshot buffers, no kernel.
 import { describe, expect, it } from 'vitest';
 import { forEachRange, SLICE_MS } from '../lib/cooperative.js';
-import { snapshotColumns, type Counters } from '../lib/native-layout.js';
+import { EventQueue } from '../lib/event-queue.js';
+import { snapshotColumns, type Counters, type EventBatch } from '../lib/native-layout.js';
 import { inUseSliced, summarize, tallyRows, tallyRowsSliced } from '../lib/report.js';
 import { keptRows, keptRowsSliced, scopedReport, scopedReportSliced, type ReportSource } from '../lib/scope.js';
 import { manyBlocks, snapshotBuffer } from './helpers/snapshot-buffer.js';
@@ -102,5 +103,67 @@ describe('reports built in slices', () => {
       for (let i = start; i < end; i++) seen.push(i);
     });
     expect(seen).toEqual(Array.from({ length: 1000 }, (_, i) => i));
+  });
+});
+
+/** An events batch of `count` records (struct leak_event: 7 words), numbered by address. */
+function eventsBuffer(first: number, count: number): ArrayBuffer {
+  const u = new BigUint64Array(count * 7);
+  for (let i = 0; i < count; i++) {
+    u[i * 7] = 1n; // alloc
+    u[i * 7 + 2] = BigInt(first + i);
+  }
+  return u.buffer;
+}
+
+describe('event batches delivered in slices', () => {
+  const collect = () => {
+    const seen: number[] = [];
+    const deliver = (batch: EventBatch, from: number, to: number) => {
+      for (let i = from; i < to; i++) seen.push(Number(batch.at(i).address));
+    };
+    return { seen, deliver };
+  };
+
+  it('in order, each event once, and drained() waits for all of them', async () => {
+    const { seen, deliver } = collect();
+    const queue = new EventQueue(deliver, (e) => {
+      throw e;
+    });
+    queue.push(eventsBuffer(0, 3000));
+    queue.push(eventsBuffer(3000, 10));
+    expect(seen.length).toBeLessThan(3010); // not all at once
+    await queue.drained();
+    queue.push(eventsBuffer(3010, 5));
+    await queue.drained();
+    expect(seen).toEqual(Array.from({ length: 3015 }, (_, i) => i));
+  });
+
+  it('a delivery that throws drops the rest of its batch, reports, and goes on', async () => {
+    const seen: number[] = [];
+    const errors: unknown[] = [];
+    const queue = new EventQueue(
+      (batch, from, to) => {
+        for (let i = from; i < to; i++) {
+          const address = Number(batch.at(i).address);
+          if (address === 5) throw new Error('listener failed');
+          seen.push(address);
+        }
+      },
+      (e) => errors.push(e),
+    );
+    queue.push(eventsBuffer(0, 1000));
+    queue.push(eventsBuffer(1000, 3));
+    await queue.drained();
+    expect(seen).toEqual([0, 1, 2, 3, 4, 1000, 1001, 1002]);
+    expect(errors).toHaveLength(1);
+  });
+
+  it('past 16 MB waiting, everything is delivered at once (backpressure)', () => {
+    const { seen, deliver } = collect();
+    const queue = new EventQueue(deliver, () => {});
+    const perBatch = Math.floor((1 << 20) / 56);
+    for (let b = 0; b < 17; b++) queue.push(eventsBuffer(b * perBatch, perBatch));
+    expect(seen).toHaveLength(17 * perBatch);
   });
 });
