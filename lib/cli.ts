@@ -767,7 +767,7 @@ async function finish(
   exited?: boolean,
 ): Promise<CheckedLeakReport> {
   const stacks = tracer.info.stacks;
-  const { checkReport, formatCheckedReport } = await import('./check.js');
+  const { checkReportSliced, formatCheckedReport } = await import('./check.js');
   const { defaultSuppressions } = await import('./default-suppressions.js');
   const { resolveSuppressions, generateSuppressions } = await import('./suppressions.js');
   let rules;
@@ -776,7 +776,7 @@ async function finish(
   } catch (err) {
     throw new CliFailure(`cannot read the suppressions: ${(err as Error).message}`);
   }
-  const checked = checkReport(report, rules, { stacks });
+  const checked = await checkReportSliced(report, rules, { stacks });
   const color = useColor(io.stderr, io.env);
   io.stderr.write(
     formatCheckedReport(checked, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
