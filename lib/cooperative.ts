@@ -7,7 +7,7 @@
 // costs a clock read and a microtask.
 
 /** Longest run of work between two turns of the event loop, milliseconds. */
-export const SLICE_MS = 4;
+export const SLICE_MS = 3;
 
 /** Snapshot rows handled between two looks at the clock: a fraction of a millisecond. */
 export const ROWS_PER_STEP = 1024;
@@ -16,11 +16,10 @@ export const ROWS_PER_STEP = 1024;
  *  that follow one another in one task share one budget. */
 let sliceStarted = performance.now();
 
-/** Lets the event loop run (timers, I/O, other immediates), then continues. From inside one of
- *  our own slices (an immediate) an immediate suffices: the next one runs on the next turn of
- *  the loop, after its timers and I/O. From any other task (a native call's result, I/O, a
- *  timer), an immediate would run on this same turn, before timers get their turn; a timer
- *  goes round once. */
+/** Lets the event loop run (timers, I/O, other immediates), then continues. An immediate queued
+ *  from one of our own slices (themselves immediates) runs on the next turn of the loop, after
+ *  its timers and I/O. Queued from any other task (a native call's result, I/O, a timer), it
+ *  would run on this same turn, before any timer: so from there it hops twice. */
 export function yieldToEventLoop(): Promise<void> {
   const fromOwnSlice = performance.now() - sliceStarted < 2 * SLICE_MS;
   return new Promise((resolve) => {
@@ -28,8 +27,7 @@ export function yieldToEventLoop(): Promise<void> {
       sliceStarted = performance.now();
       resolve();
     };
-    if (fromOwnSlice) setImmediate(resume);
-    else setTimeout(resume, 0);
+    setImmediate(fromOwnSlice ? resume : () => setImmediate(resume));
   });
 }
 

@@ -55,7 +55,7 @@ export function loadNativeSymbolizer(): NativeSymbolizer {
 const hex = (v: bigint): string => '0x' + v.toString(16);
 
 /** Frames placed or built between looks at the clock (lib/cooperative.ts). */
-const FRAMES_PER_STEP = 2048;
+const FRAMES_PER_STEP = 256;
 
 /** Pauses for the event loop every FRAMES_PER_STEP frames, when the time slice is used up. */
 function framePacer(): (frames: number) => Promise<void> | undefined {
