@@ -524,6 +524,14 @@ export interface GenerateOptions {
   name?: (group: Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>, index: number) => string;
 }
 
+/** A frame of JavaScript: JIT code, or one of V8's `Builtins_*` (the interpreter's trampoline, the
+ *  C entry stubs). What comes from there on depends on how far V8 has compiled the caller, which
+ *  changes from run to run (interpreted: `Builtins_InterpreterEntryTrampoline`; compiled: code
+ *  outside any file), so a rule stops before it. As measure() draws its call sites. */
+function runsJavaScript(f: StackFrame): boolean {
+  return f.module === undefined || f.module === '[perf-map]' || (f.symbol !== undefined && f.symbol.startsWith('Builtins_'));
+}
+
 function frameLine(f: StackFrame): string {
   if (f.symbol !== undefined) return `fun:${f.symbol}`;
   if (f.module !== undefined && !f.module.startsWith('[')) return `obj:${f.module}`;
@@ -554,8 +562,7 @@ export function generateSuppressions(
     }
     const lines: string[] = [];
     for (const f of g.stack) {
-      if (lines.length >= depth) break;
-      if (f.module === undefined || f.module === '[perf-map]') break; // JIT code: not stable
+      if (lines.length >= depth || runsJavaScript(f)) break;
       lines.push(frameLine(f));
     }
     const body = lines.join('\n');

@@ -185,6 +185,17 @@ describe('matching', () => {
     expect(suppressed).toEqual([{ rule: 'leak:parse_config', source: 's:1', bytes: 10, blocks: 2, groups: 1 }]);
   });
 
+  it('generated rules stop where JavaScript starts: they hold whether V8 has compiled the caller or not', () => {
+    const node = '/usr/bin/node';
+    const native = [frame('malloc', libc), frame('example::FormatGreeting()', '/work/addon.node'), frame('v8::internal::Builtin_HandleApiCall', node)];
+    const interpreted = [...native, frame('Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit', node), frame('Builtins_InterpreterEntryTrampoline', node)];
+    const compiled = [...native, frame('Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit', node), { address: '0x7f0000001000' }];
+    const text = generateSuppressions({ leaks: [{ bytes: 64, blocks: 1, stack: interpreted }] });
+    expect(text).toContain('   fun:v8::internal::Builtin_HandleApiCall\n}');
+    const [rule] = parseSuppressions(text);
+    expect(ruleMatches(rule!, interpreted) && ruleMatches(rule!, compiled)).toBe(true);
+  });
+
   it('applySuppressionsSliced (checkLeaks, the CLI) sorts groups as applySuppressions does', async () => {
     const rules = [...defaultSuppressions(), ...parseSuppressions('leak:parse_config', { source: 's' })];
     const groups = Array.from({ length: 500 }, (_, i) => ({
