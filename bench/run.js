@@ -21,7 +21,8 @@
 // Node process while tracing (perf_hooks.monitorEventLoopDelay). Not a test: numbers from one run.
 //
 // Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
-// smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements).
+// smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
+// --extras-only (only the extra measurements: 1,000,000 outstanding blocks, symbolization).
 // Builds what it needs (npm run build if dist/ or the addon is missing; the CMake bench targets),
 // and installs bpftrace with apt-get when it is missing (its rows are skipped if that fails).
 
@@ -53,8 +54,9 @@ const runs = Number(option('--runs') ?? (quick ? 2 : 5));
 const jsonFile = option('--json');
 const allWorkloads = ['pair', 'batch', 'mixed', 'threads'];
 const allConfigs = ['untraced', 'floor', 'entry-floor', 'bpftrace', 'bpftrace-ustack', 'stacks-off', 'stacks-on', 'events'];
-const workloads = option('--workloads')?.split(',') ?? allWorkloads;
-const configs = option('--configs')?.split(',') ?? allConfigs;
+const extrasOnly = flag('--extras-only');
+const workloads = extrasOnly ? [] : (option('--workloads')?.split(',') ?? allWorkloads);
+const configs = extrasOnly ? [] : (option('--configs')?.split(',') ?? allConfigs);
 const extras = !flag('--no-extras');
 /** Internal: measure 1,000,000 outstanding blocks in this (fresh) process and print JSON. */
 const outstandingChild = option('--outstanding-child');
@@ -444,8 +446,8 @@ async function main() {
   }
   const widths = [28, ...workloads.map(() => 24)];
   const row = (cells) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('');
-  log('');
-  log(row(['ns per pair', ...workloads]));
+  if (active.length > 0) log('');
+  if (active.length > 0) log(row(['ns per pair', ...workloads]));
   for (const config of active) {
     log(
       row([
@@ -475,8 +477,8 @@ async function main() {
     ['events', 'stacks-off', undefined],
   ];
   const ratios = [];
-  log('');
-  log(row(['overhead ratio', ...workloads]) + '   target (pair)');
+  if (active.length > 0) log('');
+  if (active.length > 0) log(row(['overhead ratio', ...workloads]) + '   target (pair)');
   for (const [a, b, target] of ratioDefs) {
     const values = workloads.map((w) => {
       const x = overhead(a, w);

@@ -6,13 +6,16 @@ import { LeakError, LeakInconclusiveError } from './leak-errors.js';
 import { asScoped } from './scope.js';
 import {
   applySuppressions,
+  applySuppressionsSliced,
   resolveSuppressions,
+  type AppliedSuppressions,
   type LeakKind,
+  type MatchOptions,
   type SuppressionHit,
   type SuppressionInput,
 } from './suppressions.js';
 import { trace } from './trace.js';
-import type { CommandTraceOptions, LeakReport } from './types.js';
+import type { CommandTraceOptions, LeakGroup, LeakReport } from './types.js';
 
 export interface CheckLeaksOptions extends Omit<CommandTraceOptions, 'command'> {
   /** Suppression files (valgrind .supp or LSan), text, or parsed rules. */
@@ -59,21 +62,37 @@ export async function checkLeaks(command: string, options: CheckLeaksOptions = {
   } finally {
     if (timer) clearTimeout(timer);
   }
-  return checkReport(report, rules, { stacks: tracer.info.stacks, ...(assumeLeakKinds ? { assumeLeakKinds } : {}) });
+  return checkReportSliced(report, rules, { stacks: tracer.info.stacks, ...(assumeLeakKinds ? { assumeLeakKinds } : {}) });
 }
+
+/** `stacks`: whether the tracer captured stacks (stackless groups are then inconclusive). */
+type CheckOptions = { stacks?: boolean; assumeLeakKinds?: readonly LeakKind[] };
 
 /** Suppressions and the inconclusive check applied to a finished report (exported for reports
  *  obtained with trace() directly). */
 export function checkReport(
   report: LeakReport,
   rules: ReturnType<typeof resolveSuppressions>,
-  options: { stacks?: boolean; assumeLeakKinds?: readonly LeakKind[] } = {},
+  options: CheckOptions = {},
 ): CheckedLeakReport {
-  const { kept, suppressed } = applySuppressions(
-    report.leaks,
-    rules,
-    options.assumeLeakKinds ? { assumeLeakKinds: options.assumeLeakKinds } : {},
-  );
+  return checked(report, applySuppressions(report.leaks, rules, matchOptions(options)), options);
+}
+
+/** checkReport() with the suppressions matched in slices, the event loop served between them:
+ *  thousands of deep stacks against the rules take most of a second. */
+export async function checkReportSliced(
+  report: LeakReport,
+  rules: ReturnType<typeof resolveSuppressions>,
+  options: CheckOptions = {},
+): Promise<CheckedLeakReport> {
+  return checked(report, await applySuppressionsSliced(report.leaks, rules, matchOptions(options)), options);
+}
+
+function matchOptions(options: CheckOptions): MatchOptions {
+  return options.assumeLeakKinds ? { assumeLeakKinds: options.assumeLeakKinds } : {};
+}
+
+function checked(report: LeakReport, { kept, suppressed }: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
   const inconclusive: string[] = [];
   const s = report.summary;
   if (s.droppedAllocations > 0) {

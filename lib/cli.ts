@@ -12,6 +12,7 @@ import { parseArgs } from 'node:util';
 
 import { formatCount, formatReport, formatSnapshotTop, shellQuote } from './format.js';
 import { writeJsonReport } from './json-report.js';
+import { stackUseSliced } from './snapshot-stacks.js';
 import { defaults, limits } from './options.js';
 import type { CheckedLeakReport } from './check.js';
 import type { LeakTracer, TracerInfo } from './tracer.js';
@@ -767,7 +768,7 @@ async function finish(
   exited?: boolean,
 ): Promise<CheckedLeakReport> {
   const stacks = tracer.info.stacks;
-  const { checkReport, formatCheckedReport } = await import('./check.js');
+  const { checkReportSliced, formatCheckedReport } = await import('./check.js');
   const { defaultSuppressions } = await import('./default-suppressions.js');
   const { resolveSuppressions, generateSuppressions } = await import('./suppressions.js');
   let rules;
@@ -776,7 +777,7 @@ async function finish(
   } catch (err) {
     throw new CliFailure(`cannot read the suppressions: ${(err as Error).message}`);
   }
-  const checked = checkReport(report, rules, { stacks });
+  const checked = await checkReportSliced(report, rules, { stacks });
   const color = useColor(io.stderr, io.env);
   io.stderr.write(
     formatCheckedReport(checked, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
@@ -889,8 +890,9 @@ async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
       busy = true;
       tracer
         .snapshot()
-        .then((snap: Snapshot) => {
-          if (!stopping) io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color }) + '\n');
+        .then(async (snap: Snapshot) => {
+          const byStack = await stackUseSliced(snap);
+          if (!stopping) io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color, byStack }) + '\n');
         })
         .catch((err: unknown) => {
           // The process exiting between ticks is not news: `done` reports it.

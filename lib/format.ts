@@ -2,6 +2,7 @@
 // and the periodic "top stacks" view of `attach --interval` (worded like BCC's memleak).
 // Pure functions of their arguments: no I/O, no clock unless the caller leaves `now` out.
 
+import { stackUse, type StackUse } from './snapshot-stacks.js';
 import type { LeakGroup, LeakReport, Snapshot, StackFrame } from './types.js';
 
 export interface FormatReportOptions {
@@ -24,6 +25,9 @@ export interface FormatSnapshotOptions {
   /** Frames of a stack id, when the caller can symbolize them; printed under each stack. */
   frames?: (stackId: number) => readonly StackFrame[] | undefined;
   color?: boolean;
+  /** The snapshot's bytes and blocks per stack id, when the caller summed them already
+   *  (stackUseSliced(), without stalling the event loop); default: summed here. */
+  byStack?: ReadonlyMap<number, StackUse>;
 }
 
 /** 1234567 -> "1,234,567", like valgrind. Locale-independent. */
@@ -250,16 +254,7 @@ export function formatSnapshotTop(snapshot: Snapshot, opts: FormatSnapshotOption
   const now = opts.now ?? new Date();
   const stamp = `${pad2(now.getHours())}:${pad2(now.getMinutes())}:${pad2(now.getSeconds())}`;
 
-  const byStack = new Map<number, { bytes: number; count: number }>();
-  for (const a of snapshot.allocations) {
-    const entry = byStack.get(a.stackId);
-    if (entry) {
-      entry.bytes += a.size;
-      entry.count += 1;
-    } else {
-      byStack.set(a.stackId, { bytes: a.size, count: 1 });
-    }
-  }
+  const byStack = opts.byStack ?? stackUse(snapshot.allocations);
   const stacks = [...byStack.entries()]
     .map(([stackId, v]) => ({ stackId, ...v }))
     .sort((a, b) => b.bytes - a.bytes || b.count - a.count || a.stackId - b.stackId);

@@ -10,8 +10,9 @@
 // plain report) with non-enumerable methods that return narrower reports. Filters compose by
 // intersection. `summary.inUse*` and `leaks` describe the blocks kept; the other summary fields
 // (allocs, frees, ...) are whole-tracer totals and stay as they were.
+import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import type { Counters, SnapshotColumns } from './native-layout.js';
-import { groupByStack, inUse, toLeakGroup } from './report.js';
+import { tallyRows, toLeakGroup, type Tally } from './report.js';
 import type { AllocatorFunction, LeakGroup, LeakReport, StackFrame } from './types.js';
 
 /** Which threads to keep: a list of tids, or a predicate. */
@@ -93,12 +94,13 @@ function threadPredicate(filter: ThreadFilter): (tid: number) => boolean {
   return (tid) => set.has(tid);
 }
 
-/** Row predicate for a filter; `stacks` decides the module filters per stack id. */
+/** Row predicate for a filter, or null when the filter keeps every row; `stacks` decides the
+ *  module filters per stack id. */
 export function rowFilter(
   columns: SnapshotColumns,
   filter: ScopeFilter,
   stacks?: ReadonlyMap<number, StackFrame[]>,
-): (i: number) => boolean {
+): ((i: number) => boolean) | null {
   const tests: Array<(i: number) => boolean> = [];
   const { since, until } = filter;
   if (since !== undefined) tests.push((i) => columns.mark(i) >= since);
@@ -123,30 +125,70 @@ export function rowFilter(
       return hit === wanted;
     });
   }
+  if (tests.length === 0) return null;
+  if (tests.length === 1) return tests[0]!;
   return (i) => tests.every((t) => t(i));
 }
 
-/** Builds the report of the rows `rows` (all rows when null) of `source`. */
-export function scopedReport(source: ReportSource, rows: Uint32Array | null): ScopedLeakReport {
+/** Rows kept: `rows` (every row of `columns` when null) that pass `keep`. */
+export function keptRows(columns: SnapshotColumns, rows: Uint32Array | null, keep: (row: number) => boolean): Uint32Array {
+  const count = rows === null ? columns.count : rows.length;
+  const out = new Uint32Array(count);
+  const n = keepRange(rows, keep, out, 0, 0, count);
+  return out.slice(0, n);
+}
+
+/** keptRows() in slices, the event loop served between them. */
+export async function keptRowsSliced(
+  columns: SnapshotColumns,
+  rows: Uint32Array | null,
+  keep: (row: number) => boolean,
+): Promise<Uint32Array> {
+  const count = rows === null ? columns.count : rows.length;
+  const out = new Uint32Array(count);
+  let n = 0;
+  await forEachRange(count, ROWS_PER_STEP, (start, end) => {
+    n = keepRange(rows, keep, out, n, start, end);
+  });
+  return out.slice(0, n);
+}
+
+/** Appends the rows of positions [start, end) that pass `keep` to `out` from `n`; the new n. */
+function keepRange(rows: Uint32Array | null, keep: (row: number) => boolean, out: Uint32Array, n: number, start: number, end: number): number {
+  for (let k = start; k < end; k++) {
+    const row = rows === null ? k : rows[k]!;
+    if (keep(row)) out[n++] = row;
+  }
+  return n;
+}
+
+/** The report of the rows `rows` (every row when null) of `source`, at once; `tally` when the
+ *  caller has it already. For the narrowing methods, which return synchronously. */
+export function scopedReport(source: ReportSource, rows: Uint32Array | null, tally: Tally = tallyRows(source.columns, rows)): ScopedLeakReport {
+  return assemble(source, rows, tally, tally.groups.map((g) => toLeakGroup(g, source.stacks.get(g.stackId) ?? [])));
+}
+
+/** scopedReport() with its groups built in slices: for reports the tracer makes (the final one
+ *  may have tens of thousands of groups). */
+export async function scopedReportSliced(source: ReportSource, rows: Uint32Array | null, tally: Tally): Promise<ScopedLeakReport> {
+  const leaks = await mapSliced(tally.groups, 256, (g) => toLeakGroup(g, source.stacks.get(g.stackId) ?? []));
+  return assemble(source, rows, tally, leaks);
+}
+
+function assemble(source: ReportSource, rows: Uint32Array | null, tally: Tally, leaks: LeakGroup[]): ScopedLeakReport {
   const { columns } = source;
-  const kept = rows ?? Uint32Array.from({ length: columns.count }, (_, i) => i);
-  const view = subsetColumns(columns, kept);
-  const groups = groupByStack(view);
-  const { blocks: inUseBlocks, bytes: inUseBytes } = inUse(view);
-  const leaks: LeakGroup[] = groups.map((g) => toLeakGroup(g, source.stacks.get(g.stackId) ?? []));
+  const view = rows === null ? columns : subsetColumns(columns, rows);
   const report = {
     version: source.base.version,
     target: source.base.target,
-    summary: { ...source.summary, inUseBlocks, inUseBytes },
+    summary: { ...source.summary, inUseBlocks: tally.inUse.blocks, inUseBytes: tally.inUse.bytes },
     leaks,
     durationMs: source.base.durationMs,
     ...(source.base.sampling ? { sampling: source.base.sampling } : {}),
   } as ScopedLeakReport;
   const narrow = (filter: ScopeFilter): ScopedLeakReport => {
-    const keep = rowFilter(view, filter, source.stacks);
-    const next: number[] = [];
-    for (let i = 0; i < view.count; i++) if (keep(i)) next.push(kept[i]!);
-    return scopedReport(source, Uint32Array.from(next));
+    const keep = rowFilter(columns, filter, source.stacks);
+    return scopedReport(source, keep === null ? rows : keptRows(columns, rows, keep));
   };
   const methods: Omit<ScopedLeakReport, keyof LeakReport | 'counters'> = {
     since: (mark) => narrow({ since: mark }),
@@ -190,13 +232,6 @@ export function subsetColumns(columns: SnapshotColumns, rows: Uint32Array): Snap
     fn: (i) => columns.fn(rows[i]!),
     weight: (i) => columns.weight(rows[i]!),
   };
-}
-
-/** Rows of `columns` that pass `keep`. */
-export function selectRows(columns: SnapshotColumns, keep: (i: number) => boolean): Uint32Array {
-  const rows: number[] = [];
-  for (let i = 0; i < columns.count; i++) if (keep(i)) rows.push(i);
-  return Uint32Array.from(rows);
 }
 
 /** The scoped view of a report from `tracer.done` / `stop()` / `report()` (they all are one at

@@ -37,6 +37,7 @@
 // allocation function's own frame excepted, as in LSan, where it is the interceptor): a
 // substring match, with `*` wildcards, `^` anchoring the start and `$` the end.
 import { readFileSync } from 'node:fs';
+import { forEachRange } from './cooperative.js';
 import { loadNative } from './native.js';
 import type { LeakGroup, StackFrame } from './types.js';
 
@@ -452,27 +453,62 @@ export interface AppliedSuppressions<G> {
   suppressed: SuppressionHit[];
 }
 
+/** Sorts groups, one at a time, into those no rule covers and per-rule totals of the rest. */
+class SuppressionSorter<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>> {
+  readonly #rules: readonly SuppressionRule[];
+  readonly #options: MatchOptions;
+  readonly #kept: G[] = [];
+  readonly #hits = new Map<SuppressionRule, SuppressionHit>();
+
+  constructor(rules: readonly SuppressionRule[], options: MatchOptions) {
+    this.#rules = rules;
+    this.#options = options;
+  }
+
+  add(g: G): void {
+    const rule = findSuppression(this.#rules, g.stack, this.#options);
+    if (!rule) {
+      this.#kept.push(g);
+      return;
+    }
+    let hit = this.#hits.get(rule);
+    if (!hit) this.#hits.set(rule, (hit = { rule: rule.name, source: rule.source, bytes: 0, blocks: 0, groups: 0 }));
+    hit.bytes += g.bytes;
+    hit.blocks += g.blocks;
+    hit.groups += 1;
+  }
+
+  result(): AppliedSuppressions<G> {
+    return { kept: this.#kept, suppressed: [...this.#hits.values()].sort((a, b) => b.bytes - a.bytes) };
+  }
+}
+
 /** Splits groups into those no rule covers and per-rule totals of the rest. */
 export function applySuppressions<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>>(
   groups: readonly G[],
   rules: readonly SuppressionRule[],
   options: MatchOptions = {},
 ): AppliedSuppressions<G> {
-  const kept: G[] = [];
-  const hits = new Map<SuppressionRule, SuppressionHit>();
-  for (const g of groups) {
-    const rule = findSuppression(rules, g.stack, options);
-    if (!rule) {
-      kept.push(g);
-      continue;
-    }
-    let hit = hits.get(rule);
-    if (!hit) hits.set(rule, (hit = { rule: rule.name, source: rule.source, bytes: 0, blocks: 0, groups: 0 }));
-    hit.bytes += g.bytes;
-    hit.blocks += g.blocks;
-    hit.groups += 1;
-  }
-  return { kept, suppressed: [...hits.values()].sort((a, b) => b.bytes - a.bytes) };
+  const sorter = new SuppressionSorter<G>(rules, options);
+  for (const g of groups) sorter.add(g);
+  return sorter.result();
+}
+
+/** Groups matched between looks at the clock: a deep stack against a few dozen rules takes
+ *  ~0.1 ms, so ten thousand groups are most of a second. */
+const GROUPS_PER_STEP = 16;
+
+/** applySuppressions() in slices, the event loop served between them (lib/cooperative.ts). */
+export async function applySuppressionsSliced<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>>(
+  groups: readonly G[],
+  rules: readonly SuppressionRule[],
+  options: MatchOptions = {},
+): Promise<AppliedSuppressions<G>> {
+  const sorter = new SuppressionSorter<G>(rules, options);
+  await forEachRange(groups.length, GROUPS_PER_STEP, (start, end) => {
+    for (let i = start; i < end; i++) sorter.add(groups[i]!);
+  });
+  return sorter.result();
 }
 
 // ---- generation
@@ -486,6 +522,14 @@ export interface GenerateOptions {
   format?: 'valgrind' | 'lsan';
   /** Rule names: default `ebpf-leak-N`. */
   name?: (group: Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>, index: number) => string;
+}
+
+/** A frame of JavaScript: JIT code, or one of V8's `Builtins_*` (the interpreter's trampoline, the
+ *  C entry stubs). What comes from there on depends on how far V8 has compiled the caller, which
+ *  changes from run to run (interpreted: `Builtins_InterpreterEntryTrampoline`; compiled: code
+ *  outside any file), so a rule stops before it. As measure() draws its call sites. */
+function runsJavaScript(f: StackFrame): boolean {
+  return f.module === undefined || f.module === '[perf-map]' || (f.symbol !== undefined && f.symbol.startsWith('Builtins_'));
 }
 
 function frameLine(f: StackFrame): string {
@@ -518,8 +562,7 @@ export function generateSuppressions(
     }
     const lines: string[] = [];
     for (const f of g.stack) {
-      if (lines.length >= depth) break;
-      if (f.module === undefined || f.module === '[perf-map]') break; // JIT code: not stable
+      if (lines.length >= depth || runsJavaScript(f)) break;
       lines.push(frameLine(f));
     }
     const body = lines.join('\n');

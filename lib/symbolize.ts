@@ -1,6 +1,7 @@
 // Addresses -> StackFrames: mapping lookup, one native symbolize batch per module, perf-map JIT
 // symbols for addresses outside any file.
 
+import { pauseIfDue } from './cooperative.js';
 import { loadNative } from './native.js';
 import { findMapping, type PerfMap, type ProcMapping } from './proc-maps.js';
 import type { StackFrame } from './types.js';
@@ -53,6 +54,20 @@ export function loadNativeSymbolizer(): NativeSymbolizer {
 
 const hex = (v: bigint): string => '0x' + v.toString(16);
 
+/** Frames placed or built between looks at the clock (lib/cooperative.ts). */
+const FRAMES_PER_STEP = 256;
+
+/** Pauses for the event loop every FRAMES_PER_STEP frames, when the time slice is used up. */
+function framePacer(): (frames: number) => Promise<void> | undefined {
+  let sinceCheck = 0;
+  return (frames) => {
+    sinceCheck += frames + 1;
+    if (sinceCheck < FRAMES_PER_STEP) return undefined;
+    sinceCheck = 0;
+    return pauseIfDue();
+  };
+}
+
 interface Site {
   mapping: ProcMapping;
   /** Offset in the file of the address itself (reported). */
@@ -80,7 +95,9 @@ export async function symbolizeStacks(
   // Pass 1: place every address; collect distinct lookup offsets per module file.
   const sites: Array<Array<Site | undefined>> = [];
   const perModule = new Map<string, Set<bigint>>();
+  const pace = framePacer();
   for (const stack of stacks) {
+    await pace(stack.length);
     const row: Array<Site | undefined> = [];
     stack.forEach((address, i) => {
       const lookup = returnAddresses && i > 0 && address > 0n ? address - 1n : address;
@@ -134,7 +151,10 @@ export async function symbolizeStacks(
   }
 
   // Pass 3: frames.
-  return stacks.map((stack, s) => {
+  const symbolized: StackFrame[][] = new Array(stacks.length);
+  for (let s = 0; s < stacks.length; s++) {
+    const stack = stacks[s]!;
+    await pace(stack.length);
     const out: StackFrame[] = [];
     stack.forEach((address, i) => {
       const site = sites[s]![i];
@@ -168,6 +188,7 @@ export async function symbolizeStacks(
         out.push(frame);
       }
     });
-    return out;
-  });
+    symbolized[s] = out;
+  }
+  return symbolized;
 }

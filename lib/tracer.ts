@@ -4,25 +4,27 @@ import type { ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { allocationsView } from './allocation-view.js';
+import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import { TracerClosedError } from './errors.js';
+import { EventQueue } from './event-queue.js';
 import {
   decodeCounters,
-  decodeEvents,
   decodeModules,
   snapshotColumns,
   type Counters,
+  type EventBatch,
 } from './native-layout.js';
 import { nativeBuildDir, type NativeMessageType, type NativeTracer } from './native.js';
 import type { PlacementDecision } from './placement.js';
 import { resolveModules } from './modules.js';
 import { readPerfMap } from './proc-maps.js';
-import { groupByStack, hex, outstandingAllocations, summarize, type RawLeakGroup } from './report.js';
+import { hex, inUseSliced, summarize, tallyRowsSliced, type RawLeakGroup } from './report.js';
 import {
+  keptRowsSliced,
   rowFilter,
-  scopedReport,
-  selectRows,
+  scopedReportSliced,
   stackPassesThrough,
-  subsetColumns,
   type ReportSource,
   type ScopeFilter,
   type ScopedLeakReport,
@@ -105,6 +107,11 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  threads are kept out in the kernel (native/tracer.cc, ThreadIgnore). */
   #ownModule: string | undefined;
   #finalUnwindStats: UnwindStats | null = null;
+  /** The event stream, delivered in slices. */
+  readonly #events = new EventQueue(
+    (batch, from, to) => this.#deliverEvents(batch, from, to),
+    (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
+  );
 
   /** @internal Use trace(). */
   constructor(parts: TracerParts) {
@@ -138,7 +145,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** @internal Messages from the native poll thread. */
   handleNativeMessage(type: NativeMessageType, data: ArrayBuffer): void {
     try {
-      if (type === 'events') this.#deliverEvents(data);
+      if (type === 'events') this.#queueEvents(data);
       else if (type === 'counters') this.#checkLost(decodeCounters(data));
       // A child of ours is finished by its 'exit' (which has the status); others by the pidfd.
       else if (type === 'exit' && !this.process) void this.#finish(null, null);
@@ -147,11 +154,17 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     }
   }
 
-  #deliverEvents(data: ArrayBuffer): void {
+  /** A batch nobody listens to is dropped at once; the others are delivered in slices. */
+  #queueEvents(data: ArrayBuffer): void {
+    if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(data);
+  }
+
+  #deliverEvents(batch: EventBatch, from: number, to: number): void {
     const wantAlloc = this.listenerCount('alloc') > 0;
     const wantFree = this.listenerCount('free') > 0;
     if (!wantAlloc && !wantFree) return;
-    for (const e of decodeEvents(data)) {
+    for (let i = from; i < to; i++) {
+      const e = batch.at(i);
       if (e.kind === 'alloc') {
         if (wantAlloc && e.fn !== 'free') {
           this.emit('alloc', { function: e.fn, address: e.address, size: e.size, tid: e.tid, timestampNs: e.timestampNs });
@@ -171,12 +184,14 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     this.emit('lost', { events: Math.max(events, 0), allocations: Math.max(allocations, 0) });
   }
 
-  /** Outstanding allocations now, with the running totals. */
+  /** Outstanding allocations now, with the running totals. `allocations` is a view of the
+   *  snapshot's buffer: its elements are built when read (lib/allocation-view.ts). */
   async snapshot(): Promise<Snapshot> {
     if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
     const raw = await this.#native.snapshot();
     const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
-    return { allocations: await outstandingAllocations(columns, raw.nowNs), summary: summarize(decodeCounters(raw.counters), columns) };
+    const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
+    return { allocations: allocationsView(columns, raw.nowNs), summary };
   }
 
   /** The current mark: the value recorded in every block allocated from now on. Starts at 0. */
@@ -227,14 +242,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (this.#closed) throw new TracerClosedError('outstanding(): the tracer has stopped');
     const raw = await this.#native.snapshot();
     const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
-    const keep = rowFilter(columns, filter);
+    const keep = rowFilter(columns, filter) ?? (() => true);
     let blocks = 0;
     let bytes = 0;
-    for (let i = 0; i < columns.count; i++) {
-      if (!keep(i)) continue;
-      blocks++;
-      bytes += columns.size(i);
-    }
+    await forEachRange(columns.count, ROWS_PER_STEP, (start, end) => {
+      for (let i = start; i < end; i++) {
+        if (!keep(i)) continue;
+        blocks++;
+        bytes += columns.size(i);
+      }
+    });
     return { blocks, bytes };
   }
 
@@ -247,30 +264,31 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const counters = decodeCounters(raw.counters);
     this.#checkLost(counters);
     const { module, excludeModule, ...cheap } = filter;
-    const rows = selectRows(columns, rowFilter(columns, cheap));
-    const report = await this.#scoped(columns, rows, counters, { exitCode: null, signal: null });
-    return module !== undefined || excludeModule !== undefined
-      ? report.filter({ ...(module !== undefined ? { module } : {}), ...(excludeModule !== undefined ? { excludeModule } : {}) })
-      : report;
+    const keep = rowFilter(columns, cheap);
+    const rows = keep === null ? null : await keptRowsSliced(columns, null, keep);
+    return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule });
   }
 
-  /** Symbolizes the groups of `rows` and builds the report; drops the tracer's own stacks. */
+  /** Symbolizes the groups of `rows` (every row when null) and builds the report of the blocks
+   *  whose stacks pass `stackFilter` and are not the tracer's own. Every loop over the blocks runs
+   *  in slices (lib/cooperative.ts). */
   async #scoped(
     columns: ReturnType<typeof snapshotColumns>,
-    rows: Uint32Array,
+    rows: Uint32Array | null,
     counters: Counters,
     status: Pick<TargetInfo, 'exitCode' | 'signal'>,
+    stackFilter: Pick<ScopeFilter, 'module' | 'excludeModule'> = {},
   ): Promise<ScopedLeakReport> {
-    const groups = groupByStack(subsetColumns(columns, rows));
-    const frames = await this.#stacks(groups);
+    let tally = await tallyRowsSliced(columns, rows);
+    const frames = await this.#stacks(tally.groups);
     const stacks = new Map<number, StackFrame[]>();
-    groups.forEach((g, i) => stacks.set(g.stackId, frames[i] ?? []));
+    tally.groups.forEach((g, i) => stacks.set(g.stackId, frames[i] ?? []));
     let kept = rows;
-    const own = this.#ownModule;
-    if (own !== undefined) {
-      const ownIds = new Set<number>();
-      for (const [id, stack] of stacks) if (stackPassesThrough(stack, own)) ownIds.add(id);
-      if (ownIds.size > 0) kept = rows.filter((row) => !ownIds.has(columns.stackId(row)));
+    const dropped = new Set<number>();
+    for (const [id, stack] of stacks) if (!this.#keepsStack(stack, stackFilter)) dropped.add(id);
+    if (dropped.size > 0) {
+      kept = await keptRowsSliced(columns, rows, (row) => !dropped.has(columns.stackId(row)));
+      tally = await tallyRowsSliced(columns, kept);
     }
     const source: ReportSource = {
       base: {
@@ -279,12 +297,20 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         durationMs: Math.round(performance.now() - this.#startedAt),
         ...(this.info.sampleEveryBytes > 0 ? { sampling: { everyBytes: this.info.sampleEveryBytes } } : {}),
       },
-      summary: summarize(counters, subsetColumns(columns, kept)),
+      summary: summarize(counters, tally.inUse),
       counters,
       columns,
       stacks,
     };
-    return scopedReport(source, kept);
+    return scopedReportSliced(source, kept, tally);
+  }
+
+  /** Whether a report keeps the blocks of `stack`: it passes the module filters, and it is not
+   *  the tracer's own (self-tracing). */
+  #keepsStack(stack: readonly StackFrame[], { module, excludeModule }: Pick<ScopeFilter, 'module' | 'excludeModule'>): boolean {
+    if (this.#ownModule !== undefined && stackPassesThrough(stack, this.#ownModule)) return false;
+    if (module !== undefined && !stackPassesThrough(stack, module)) return false;
+    return excludeModule === undefined || !stackPassesThrough(stack, excludeModule);
   }
 
   /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
@@ -314,7 +340,6 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const modules = resolveModules(decodeModules(await this.#native.readModules()), {
       extraRoots: processAlive(this.pid) && !sameRoot ? [`/proc/${this.pid}/root`] : [],
     });
-    const addresses = raw.map((frames) => [...frames]);
     let frames: StackFrame[][];
     try {
       // Every frame is a return address, the innermost too: the stack is taken in the return
@@ -323,16 +348,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       // first frame (address 0, in no mapping: one frame out), dropped after. Without it, the
       // caller's line is the line after the call whenever the compiler put other code there.
       const padded = await symbolizeStacks(
-        addresses.map((stack) => (stack.length > 0 ? [0n, ...stack] : stack)),
+        await mapSliced(raw, 256, (stack) => (stack.length > 0 ? [0n, ...stack] : [])),
         modules,
         {
           perfMap: await readPerfMap(this.pid).catch(() => null),
           ...(this.info.debugDirs.length > 0 ? { debugDirs: this.info.debugDirs } : {}),
         },
       );
-      frames = padded.map((stack) => stack.slice(1));
+      frames = await mapSliced(padded, 256, (stack) => stack.slice(1));
     } catch {
-      frames = addresses.map((stack) => stack.map((a) => ({ address: hex(a) })));
+      frames = await mapSliced(raw, 256, (stack) => Array.from(stack, (a) => ({ address: hex(a) })));
     }
     // trace() names the allocator of a pid target through /proc/PID/root; with the same root
     // that prefix is noise, and the modules above are resolved without it.
@@ -340,7 +365,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const allocatorPath =
       sameRoot && this.info.allocator.startsWith(procRoot) ? this.info.allocator.slice(procRoot.length - 1) : this.info.allocator;
     const allocator = modules.find((m) => m.hostPath === allocatorPath || m.hostPath === this.info.allocator);
-    return groups.map((g, i) => {
+    return mapSliced(groups, 256, (g, i) => {
       const offset = this.info.functionOffsets[g.fn];
       const stack = frames[i] ?? [];
       if (offset === undefined || stack.length === 0) return stack;
@@ -356,7 +381,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   #finish(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
     this.#finishing ??= this.#buildFinalReport(exitCode, signal).then(
-      (report) => {
+      async (report) => {
+        // Listeners see every alloc and free still queued before 'leak' and 'exit'.
+        await this.#events.drained();
         for (const group of report.leaks) this.emit('leak', group);
         this.emit('exit', report);
         this.#resolveDone(report);
@@ -376,9 +403,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
-      const all = new Uint32Array(columns.count);
-      for (let i = 0; i < all.length; i++) all[i] = i;
-      return await this.#scoped(columns, all, counters, { exitCode, signal });
+      return await this.#scoped(columns, null, counters, { exitCode, signal });
     } finally {
       this.#finalUnwindStats = this.#native.unwindStats();
       this.#closed = true;

@@ -13,7 +13,7 @@ import {
   SuppressionSyntaxError,
   type SuppressionRule,
 } from '../lib/harness.js';
-import { mangledGlobToDemangled } from '../lib/suppressions.js';
+import { applySuppressionsSliced, mangledGlobToDemangled } from '../lib/suppressions.js';
 import type { StackFrame } from '../lib/types.js';
 import { fixturePath, fixtureSource } from './helpers/fixtures.js';
 
@@ -183,6 +183,29 @@ describe('matching', () => {
     const { kept, suppressed } = applySuppressions(groups, rules);
     expect(kept.map((g) => g.bytes)).toEqual([5, 7]);
     expect(suppressed).toEqual([{ rule: 'leak:parse_config', source: 's:1', bytes: 10, blocks: 2, groups: 1 }]);
+  });
+
+  it('generated rules stop where JavaScript starts: they hold whether V8 has compiled the caller or not', () => {
+    const node = '/usr/bin/node';
+    const native = [frame('malloc', libc), frame('example::FormatGreeting()', '/work/addon.node'), frame('v8::internal::Builtin_HandleApiCall', node)];
+    const interpreted = [...native, frame('Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit', node), frame('Builtins_InterpreterEntryTrampoline', node)];
+    const compiled = [...native, frame('Builtins_CEntry_Return1_ArgvOnStack_BuiltinExit', node), { address: '0x7f0000001000' }];
+    const text = generateSuppressions({ leaks: [{ bytes: 64, blocks: 1, stack: interpreted }] });
+    expect(text).toContain('   fun:v8::internal::Builtin_HandleApiCall\n}');
+    const [rule] = parseSuppressions(text);
+    expect(ruleMatches(rule!, interpreted) && ruleMatches(rule!, compiled)).toBe(true);
+  });
+
+  it('applySuppressionsSliced (checkLeaks, the CLI) sorts groups as applySuppressions does', async () => {
+    const rules = [...defaultSuppressions(), ...parseSuppressions('leak:parse_config', { source: 's' })];
+    const groups = Array.from({ length: 500 }, (_, i) => ({
+      bytes: 500 - i,
+      blocks: 1 + (i % 3),
+      stack: i % 4 === 0 ? cStack : [frame('malloc', libc), frame(`f${i}`), frame('main')],
+    }));
+    const sliced = await applySuppressionsSliced(groups, rules);
+    expect(sliced).toEqual(applySuppressions(groups, rules));
+    expect(sliced.kept).toHaveLength(375);
   });
 });
 

@@ -1,0 +1,90 @@
+// The event stream's batches delivered a slice at a time. A batch from the native poll thread
+// holds up to 1 MB (~18,700 events); emitting it at once, with the listeners' own work, held the
+// event loop for 10-20 ms. Batches are delivered in arrival order, every event once.
+//
+// Backpressure stays as it was: past MAX_QUEUED_BYTES waiting (listeners slower than the
+// stream), the queue is emptied at once. Meanwhile the addon's messages wait, its ring buffer
+// fills, and what does not fit is counted as lost events, as when every batch was delivered at
+// once.
+import { pauseIfDue } from './cooperative.js';
+import { EventBatch } from './native-layout.js';
+
+/** Events emitted between looks at the clock (lib/cooperative.ts). */
+const EVENTS_PER_STEP = 256;
+const MAX_QUEUED_BYTES = 16 << 20;
+
+/** Delivers events [from, to) of a batch. */
+export type DeliverEvents = (batch: EventBatch, from: number, to: number) => void;
+
+export class EventQueue {
+  readonly #deliver: DeliverEvents;
+  readonly #onError: (error: unknown) => void;
+  readonly #batches: EventBatch[] = [];
+  #queuedBytes = 0;
+  /** Next event of #batches[0]. */
+  #next = 0;
+  #draining: Promise<void> | undefined;
+
+  /** `onError` gets what a delivery threw; the rest of that batch is dropped. */
+  constructor(deliver: DeliverEvents, onError: (error: unknown) => void) {
+    this.#deliver = deliver;
+    this.#onError = onError;
+  }
+
+  push(buffer: ArrayBuffer): void {
+    this.#batches.push(new EventBatch(buffer));
+    this.#queuedBytes += buffer.byteLength;
+    if (this.#queuedBytes > MAX_QUEUED_BYTES) {
+      while (this.#step(Infinity));
+      return;
+    }
+    this.#draining ??= this.#drain();
+  }
+
+  /** Resolves once every batch pushed so far has been delivered. */
+  drained(): Promise<void> {
+    return this.#draining ?? Promise.resolve();
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      do await pauseIfDue();
+      while (this.#step(EVENTS_PER_STEP));
+    } finally {
+      this.#draining = undefined;
+    }
+  }
+
+  /** Delivers up to `limit` events of the first batch; false when nothing is left. */
+  #step(limit: number): boolean {
+    const batch = this.#batches[0];
+    if (batch === undefined) return false;
+    const from = this.#next;
+    const to = Math.min(batch.count, from + limit);
+    this.#next = to;
+    try {
+      this.#deliver(batch, from, to);
+    } catch (error) {
+      this.#next = batch.count;
+      this.#report(error);
+    }
+    if (this.#next >= batch.count) {
+      this.#batches.shift();
+      this.#queuedBytes -= batch.byteLength;
+      this.#next = 0;
+    }
+    return this.#batches.length > 0;
+  }
+
+  #report(error: unknown): void {
+    try {
+      this.#onError(error);
+    } catch (thrown) {
+      // An 'error' event nobody listens to throws: an uncaught exception, as it was when
+      // batches were delivered from the addon's callback.
+      process.nextTick(() => {
+        throw thrown;
+      });
+    }
+  }
+}
