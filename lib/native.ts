@@ -70,6 +70,8 @@ export interface NativeTracer {
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
   close(): void;
+  /** close() on the threadpool: detaching waits for other CPUs to leave the probes. */
+  closeAsync(): Promise<void>;
 }
 
 export interface NativeElfSymbol {

@@ -407,7 +407,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     } finally {
       this.#finalUnwindStats = this.#native.unwindStats();
       this.#closed = true;
-      this.#native.close();
+      await this.#native.closeAsync();
     }
   }
 }

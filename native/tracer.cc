@@ -165,6 +165,15 @@ class SnapshotWorker : public TracerWorker {
   uint64_t now_ns_ = 0;
 };
 
+// close() off the JS thread: closing a uprobe link waits for other CPUs to leave its probes
+// (~30-40 ms a link), which would stall the event loop.
+class CloseWorker : public TracerWorker {
+ public:
+  using TracerWorker::TracerWorker;
+  void Execute() override { tracer_->Close(); }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+};
+
 class ReadModulesWorker : public TracerWorker {
  public:
   using TracerWorker::TracerWorker;
@@ -216,6 +225,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
                          InstanceMethod<&Tracer::CloseJs>("close"),
+                         InstanceMethod<&Tracer::CloseAsync>("closeAsync"),
                          StaticMethod<&Tracer::Demangle>("demangle"),
                          InstanceMethod<&Tracer::ReadStackTotals>("readStackTotals"),
                          InstanceMethod<&Tracer::UnwindStats>("unwindStats"),
@@ -752,6 +762,13 @@ Napi::Value Tracer::Demangle(const Napi::CallbackInfo& info) {
       abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), std::free);
   if (status != 0 || !out) return env.Null();
   return Napi::String::New(env, out.get());
+}
+
+Napi::Value Tracer::CloseAsync(const Napi::CallbackInfo& info) {
+  auto* worker = new CloseWorker(info.Env(), this, info.This().As<Napi::Object>());
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
 }
 
 Napi::Value Tracer::CloseJs(const Napi::CallbackInfo& info) {

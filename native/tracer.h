@@ -84,6 +84,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value Counters(const Napi::CallbackInfo& info);
   Napi::Value SetMark(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
+  Napi::Value CloseAsync(const Napi::CallbackInfo& info);
   // Defined in native/unwinder.cc.
   Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);
   Napi::Value UnwindStats(const Napi::CallbackInfo& info);
