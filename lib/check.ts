@@ -1,6 +1,7 @@
 // Leak checks of a program run under the tracer, for test suites: checkLeaks() reports,
 // assertNoLeaks() throws a LeakError whose message is the readable report.
 import { defaultSuppressions } from './default-suppressions.js';
+import { definedProperties } from './defined.js';
 import { formatCount, formatReport, type FormatReportOptions } from './format.js';
 import { LeakError, LeakInconclusiveError } from './leak-errors.js';
 import { asScoped } from './scope.js';
@@ -179,9 +180,5 @@ function describe(report: LeakReport): string {
 export async function assertNoLeaks(command: string, options: AssertNoLeaksOptions = {}): Promise<CheckedLeakReport> {
   const { maxBytes, allowInconclusive, top, ...check } = options;
   const report = await checkLeaks(command, check);
-  return assertReport(report, {
-    ...(maxBytes !== undefined ? { maxBytes } : {}),
-    ...(allowInconclusive !== undefined ? { allowInconclusive } : {}),
-    ...(top !== undefined ? { top } : {}),
-  });
+  return assertReport(report, definedProperties({ maxBytes, allowInconclusive, top }));
 }

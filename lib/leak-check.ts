@@ -1,5 +1,6 @@
 // leakCheck(): measure() plus the verdict, for in-process checks of native code; and the readable
 // form of a NativeLeakReport that the errors carry.
+import { definedProperties } from './defined.js';
 import { formatCount, formatStack } from './format.js';
 import { LeakError, LeakInconclusiveError } from './leak-errors.js';
 import { measure, type LeakSite, type MeasuredFunction, type MeasureOptions, type NativeLeakReport } from './measure.js';
@@ -127,9 +128,5 @@ export function assertNativeReport(
 export async function leakCheck(fn: MeasuredFunction, options: LeakCheckOptions = {}): Promise<NativeLeakReport> {
   const { maxBytesPerIteration, allowInconclusive, top, ...measureOptions } = options;
   const report = await measure(fn, measureOptions);
-  return assertNativeReport(report, {
-    ...(maxBytesPerIteration !== undefined ? { maxBytesPerIteration } : {}),
-    ...(allowInconclusive !== undefined ? { allowInconclusive } : {}),
-    ...(top !== undefined ? { top } : {}),
-  });
+  return assertNativeReport(report, definedProperties({ maxBytesPerIteration, allowInconclusive, top }));
 }
