@@ -104,7 +104,7 @@ static __always_inline void slot_publish(struct leak_bucket *b, int i, __u64 add
 
 /* Adds `address`, keeping `stack_totals`. An address already there (its free was missed: an
  * allocator path we do not probe) is replaced. Returns 0, or -1 when both buckets are full. */
-__noinline int table_insert(__u64 address, __u64 size_fn, __u64 timestamp_ns, __s64 stack_id,
+static __always_inline int table_insert(__u64 address, __u64 size_fn, __u64 timestamp_ns, __s64 stack_id,
 			    __u64 tid_mark)
 {
 	struct leak_slot value = {
@@ -159,7 +159,7 @@ __noinline int table_insert(__u64 address, __u64 size_fn, __u64 timestamp_ns, __
 /* Removes `address`, keeping `stack_totals`. Returns the block's size, or -1 when it is not there.
  * Of two threads freeing one block (a double free), only the one whose compare-and-swap wins gets
  * its size. */
-__noinline __s64 table_remove(__u64 address)
+static __always_inline __s64 table_remove(__u64 address)
 {
 	__u32 first, second;
 	struct leak_bucket *a, *b;

@@ -10,6 +10,7 @@
 #include "unwind.h"	  /* the CFI stack walker: stacks through code without frame pointers */
 #include "stack_totals.h" /* outstanding bytes and blocks per stack */
 #include "alloc_table.h"  /* the outstanding blocks: `allocs` */
+#include "calls_in_flight.h" /* malloc and calloc calls between entry and return */
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -35,6 +36,15 @@ const volatile __u32 stack_depth = 32; /* frames per stack: stack_traces' value 
  * Off, the check compiles to nothing: the verifier prunes the branch on a constant. */
 const volatile bool filter_threads = false;
 
+/* How the probes are attached (enum leak_attach_mode; user space tries the newest first). */
+const volatile __u32 attach_mode = LEAK_ATTACH_UPROBE;
+/* 1 + the enum leak_fn of the entry probe at each offset within a page, 0 where there is none or
+ * two probed functions share the offset. The probe's address is in the context's ip (the kernel
+ * rewinds it to the breakpoint for the handlers), and a mapping keeps the file's offsets within
+ * a page: this tells functions apart without bpf_get_attach_cookie(), a helper call, which costs
+ * about as much as a map update on CPUs whose kernels return through a safe-RET thunk (SRSO). */
+const volatile __u8 fn_at_page_offset[LEAK_PAGE_OFFSETS] = {};
+
 /* Written by user space through the skeleton's .bss while running. */
 bool armed = false;
 __u64 mark = 0;
@@ -42,6 +52,10 @@ __u64 mark = 0;
  * blocks are stamped with. Reading the clock in the probe cost a tenth of its work, and
  * bpf_ktime_get_coarse_ns() is not allowed in uprobe programs. */
 __u64 now_ns = 0;
+/* Calls in flight that keep their state in `inflight` (bpf/calls_in_flight.h: every function but
+ * malloc and calloc, and those when their slot is taken), over all threads. While there are
+ * none, a malloc cannot be nested in another allocator call, and need not look up whether it is. */
+__s64 slow_calls = 0;
 
 /* What an allocation call passed on entry, kept until its return. `depth` counts nested calls
  * into probed functions (realloc(NULL, n) reaching malloc, memalign reaching malloc,
@@ -209,9 +223,21 @@ static __always_inline bool sampled(struct inflight_call *thread, __u64 size)
 	return true;
 }
 
-static __always_inline bool is_target(__u64 pid_tgid)
+/* Multi-uprobe links are created for the target's pid, and the kernel runs their programs for its
+ * threads only; classic uprobes are checked here. */
+static __always_inline bool is_target(void)
 {
-	return (pid_tgid >> 32) == target_tgid && armed;
+	if (attach_mode != LEAK_ATTACH_UPROBE)
+		return armed;
+	return (bpf_get_current_pid_tgid() >> 32) == target_tgid && armed;
+}
+
+/* The function an entry probe is in: see fn_at_page_offset. */
+static __always_inline __u64 probe_fn(struct pt_regs *ctx)
+{
+	__u8 fn = fn_at_page_offset[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)];
+
+	return fn ? fn - 1 : bpf_get_attach_cookie(ctx);
 }
 
 static __always_inline struct leak_counters *counters_cpu(void)
@@ -445,31 +471,42 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx)
 	return id;
 }
 
-static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
-				       __u64 out_ptr)
+/* Whether an entry at stack pointer `sp` is nested in `call`, this thread's call in flight: a
+ * nested call runs deeper in the stack than the outer one (or at the same depth: a tail call). */
+static __always_inline bool nested_in(struct inflight_call *call, __u64 sp)
+{
+	return call && call->active && sp <= call->sp;
+}
+
+/* The entry of a call whose arguments are kept in `inflight` until its return. Only the outermost
+ * of nested calls (realloc(NULL, n) reaching malloc, memalign reaching malloc, reallocarray
+ * reaching realloc) is the user's allocation: the others count `depth` up, their returns down. */
+static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
+				      __u64 out_ptr)
 {
 	struct inflight_call *call;
-	__u64 sp = PT_REGS_SP(ctx), pid_tgid = bpf_get_current_pid_tgid();
+	__u64 sp = PT_REGS_SP(ctx);
 
-	if (!is_target(pid_tgid))
-		return 0;
+	if (!is_target())
+		return;
 	call = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
 		COUNT(inflight_failures, 1);
-		return 0;
+		return;
 	}
-	/* A nested call runs deeper in the stack than the outer one (or at the same depth: a tail
-	 * call). Higher up means the outer call's return was never seen (a longjmp out of the
-	 * allocator): forget it rather than take every later call of the thread for nested. */
-	if (call->active && sp <= call->sp) {
+	if (nested_in(call, sp)) {
 		call->depth++;
-		return 0;
+		return;
 	}
-	if (call->active)
+	/* Higher up than the call in flight: that call's return was never seen (a longjmp out of
+	 * the allocator). Forget it rather than take every later call of the thread for nested. */
+	if (call->active) {
 		COUNT(inflight_failures, 1);
+		__sync_fetch_and_add(&slow_calls, -1);
+	}
 	call->active = 1;
 	call->fn = fn;
-	call->tid = (__u32)pid_tgid;
+	call->tid = (__u32)bpf_get_current_pid_tgid();
 	call->size = size;
 	call->old_ptr = old_ptr;
 	call->out_ptr = out_ptr;
@@ -477,6 +514,7 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 	call->depth = 0;
 	call->sp = sp;
 	call->freed_at_entry = 0;
+	__sync_fetch_and_add(&slow_calls, 1);
 	/* realloc(p, 0) frees p (glibc: with free(p) inside; others may then return a new block,
 	 * recorded at the return). Counted here so that free(p) finds it gone: a free does not look
 	 * at the per-thread state unless its block is unknown. p stays allocated until that inner
@@ -485,13 +523,39 @@ static __always_inline int alloc_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 		record_free(fn, old_ptr);
 		call->freed_at_entry = old_ptr;
 	}
-	return 0;
 }
 
-static __always_inline int alloc_return(struct pt_regs *ctx)
+/* An allocation returned `address`: records it, unless its thread is ignored or sampling skips
+ * it. `size` SIZE_OVERFLOW: the call failed without allocating. */
+static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 address, __u64 size,
+					   __u32 tid)
 {
-	struct inflight_call *st, call;
-	__u64 address;
+	struct inflight_call *thread;
+
+	if (!address || size == SIZE_OVERFLOW)
+		return;
+	/* Checked at the return, not the entry: an ignored thread's realloc must still free the
+	 * block it moved, and its nested calls must keep the depth count straight. */
+	if (thread_ignored(tid)) {
+		COUNT(ignored_allocs, 1);
+		return;
+	}
+	if (sample_mean_bytes) {
+		thread = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (thread && !sampled(thread, size)) {
+			COUNT(allocs, 1);
+			COUNT(bytes_allocated, size);
+			return;
+		}
+	}
+	record_alloc(fn, address, size, alloc_stack(ctx), tid);
+}
+
+/* The return of a call that call_enter() saved. */
+static __always_inline int call_return(struct pt_regs *ctx)
+{
+	struct inflight_call *st;
+	__u64 address, fn, size, old_ptr, freed_at_entry, out_ptr;
 	__u32 tid;
 
 	/* No target check: only the target's entries leave a call in flight, and task storage is
@@ -503,18 +567,23 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 		st->depth--;
 		return 0;
 	}
-	call = *st;
 	st->active = 0;
-	tid = call.tid;
+	__sync_fetch_and_add(&slow_calls, -1);
+	fn = st->fn;
+	size = st->size;
+	old_ptr = st->old_ptr;
+	freed_at_entry = st->freed_at_entry;
+	out_ptr = st->out_ptr;
+	tid = st->tid;
 
 	address = PT_REGS_RC(ctx);
-	if (call.size == SIZE_OVERFLOW) /* failed, changed nothing */
+	if (size == SIZE_OVERFLOW) /* failed, changed nothing */
 		return 0;
-	switch (call.fn) {
+	switch (fn) {
 	case LEAK_FN_POSIX_MEMALIGN:
 		if (address != 0) /* an error number, nothing allocated */
 			return 0;
-		if (bpf_probe_read_user(&address, sizeof(address), (void *)call.out_ptr))
+		if (bpf_probe_read_user(&address, sizeof(address), (void *)out_ptr))
 			return 0;
 		break;
 	case LEAK_FN_REALLOC:
@@ -522,72 +591,99 @@ static __always_inline int alloc_return(struct pt_regs *ctx)
 		/* A resize of a live block, moved or in place, is one free plus one alloc, as
 		 * valgrind counts it; NULL is a failure that leaves p alone. (realloc(p, 0) freed p
 		 * at the entry.) */
-		if (call.old_ptr && address && !call.freed_at_entry)
-			record_free(call.fn, call.old_ptr);
+		if (old_ptr && address && !freed_at_entry)
+			record_free(fn, old_ptr);
 		break;
 	}
-	if (!address)
-		return 0;
-	/* Checked at the return, not the entry: an ignored thread's realloc must still free the
-	 * block it moved (above), and its nested calls must keep the depth count straight. */
-	if (thread_ignored(tid)) {
-		COUNT(ignored_allocs, 1);
-		return 0;
-	}
-	if (sample_mean_bytes && !sampled(st, call.size)) {
-		COUNT(allocs, 1);
-		COUNT(bytes_allocated, call.size);
-		return 0;
-	}
-	record_alloc(call.fn, address, call.size, alloc_stack(ctx), tid);
+	alloc_returned(ctx, fn, address, size, tid);
 	return 0;
 }
 
 static __always_inline int free_enter(__u64 ptr)
 {
-	if (!ptr || !is_target(bpf_get_current_pid_tgid()))
+	if (!ptr || !is_target())
 		return 0;
 	record_free(LEAK_FN_FREE, ptr);
 	return 0;
 }
 
+/* malloc and calloc: the fast way when it is free (bpf/calls_in_flight.h), else as the others. */
+static __always_inline void fast_enter(struct pt_regs *ctx, __u64 fn, __u64 size)
+{
+	if (!is_target() || size > LEAK_SIZE_MASK) /* a size that large fails */
+		return;
+	if (!slow_calls) {
+		switch (call_slot_claim(PT_REGS_SP(ctx), size | fn << LEAK_SIZE_BITS, now_ns)) {
+		case SLOT_STALE:
+			COUNT(inflight_failures, 1);
+			return;
+		case SLOT_CLAIMED:
+		case SLOT_NESTED:
+			return;
+		}
+	}
+	call_enter(ctx, fn, size, 0, 0);
+}
+
+/* The entry of `fn`, with the probed function's first three arguments. */
+static __always_inline void entry_of(struct pt_regs *ctx, __u64 fn, __u64 a0, __u64 a1, __u64 a2)
+{
+	switch (fn) {
+	case LEAK_FN_FREE:
+		free_enter(a0);
+		break;
+	case LEAK_FN_MALLOC:
+		fast_enter(ctx, fn, a0);
+		break;
+	case LEAK_FN_CALLOC:
+		fast_enter(ctx, fn, array_bytes(a0, a1));
+		break;
+	case LEAK_FN_VALLOC:
+		call_enter(ctx, fn, a0, 0, 0);
+		break;
+	case LEAK_FN_REALLOC:
+		call_enter(ctx, fn, a1, a0, 0);
+		break;
+	case LEAK_FN_REALLOCARRAY:
+		call_enter(ctx, fn, array_bytes(a1, a2), a0, 0);
+		break;
+	case LEAK_FN_POSIX_MEMALIGN:
+		call_enter(ctx, fn, a2, 0, a0);
+		break;
+	case LEAK_FN_ALIGNED_ALLOC:
+	case LEAK_FN_MEMALIGN:
+		call_enter(ctx, fn, a1, 0, 0);
+		break;
+	case LEAK_FN_PVALLOC:
+		/* pvalloc hands out whole pages: the block is the size rounded up. */
+		call_enter(ctx, fn, a0 ? (a0 + page_size - 1) & ~(page_size - 1) : page_size, 0, 0);
+		break;
+	}
+}
+
 /* Every entry point goes through one program and every return through another, told apart by
- * the attach cookie (enum leak_fn): that lets user space attach all of them with one multi-uprobe
- * link each, whose detach costs one RCU grace period instead of one per probe. */
+ * address (or the attach cookie, enum leak_fn): that lets user space attach all of them with one
+ * multi-uprobe link each, whose detach costs one RCU grace period instead of one per probe. */
 SEC("uprobe")
 int BPF_KPROBE(alloc_entry, __u64 a0, __u64 a1, __u64 a2)
 {
-	__u64 fn = bpf_get_attach_cookie(ctx);
-
-	switch (fn) {
-	case LEAK_FN_FREE:
-		return free_enter(a0);
-	case LEAK_FN_MALLOC:
-	case LEAK_FN_VALLOC:
-		return alloc_enter(ctx, fn, a0, 0, 0);
-	case LEAK_FN_CALLOC:
-		return alloc_enter(ctx, fn, array_bytes(a0, a1), 0, 0);
-	case LEAK_FN_REALLOC:
-		return alloc_enter(ctx, fn, a1, a0, 0);
-	case LEAK_FN_REALLOCARRAY:
-		return alloc_enter(ctx, fn, array_bytes(a1, a2), a0, 0);
-	case LEAK_FN_POSIX_MEMALIGN:
-		return alloc_enter(ctx, fn, a2, 0, a0);
-	case LEAK_FN_ALIGNED_ALLOC:
-	case LEAK_FN_MEMALIGN:
-		return alloc_enter(ctx, fn, a1, 0, 0);
-	case LEAK_FN_PVALLOC:
-		/* pvalloc hands out whole pages: the block is the size rounded up. */
-		return alloc_enter(ctx, fn, a0 ? (a0 + page_size - 1) & ~(page_size - 1) : page_size,
-				   0, 0);
-	}
+	entry_of(ctx, probe_fn(ctx), a0, a1, a2);
 	return 0;
 }
 
 SEC("uretprobe")
 int BPF_KRETPROBE(alloc_exit)
 {
-	return alloc_return(ctx);
+	bool nested;
+	__u64 size_fn = call_slot_take(PT_REGS_SP(ctx), &nested);
+
+	if (nested)
+		return 0;
+	if (size_fn == CALL_SLOT_NONE)
+		return call_return(ctx);
+	alloc_returned(ctx, size_fn >> LEAK_SIZE_BITS, PT_REGS_RC(ctx), size_fn & LEAK_SIZE_MASK,
+		       (__u32)bpf_get_current_pid_tgid());
+	return 0;
 }
 
 /* `command` targets: the process is ours from fork to exec; only the exec'd program counts. */

@@ -23,6 +23,15 @@ enum leak_fn {
 	LEAK_FN_COUNT = 10,
 };
 
+/* How the probes are attached: the `attach_mode` knob of bpf/leak.bpf.c. */
+enum leak_attach_mode {
+	LEAK_ATTACH_UPROBE = 0,	 /* one classic uprobe (and uretprobe) per function */
+	LEAK_ATTACH_MULTI = 1,	 /* multi-uprobe links: entries in one, returns in another */
+};
+
+/* Entry probes are told apart by their offset within a page (the `fn_at_page_offset` knob). */
+#define LEAK_PAGE_OFFSETS 4096
+
 /* A slot of the `allocs` table (bpf/alloc_table.h): one outstanding block. */
 struct leak_slot {
 	__u64 size_fn;	    /* size | fn << LEAK_SIZE_BITS: no block reaches 2^56 bytes */

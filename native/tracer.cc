@@ -279,6 +279,18 @@ Tracer::~Tracer() {
   addon_data_->tracers.erase(this);
 }
 
+// fn_at_page_offset (bpf/leak.bpf.c): 1 + the function of the entry probe at each offset within a
+// page; 0 where two functions' probes share one (those ask the attach cookie).
+void Tracer::SetProbeFunctions(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes) {
+  constexpr uint8_t kShared = 0xff;
+  uint8_t table[LEAK_PAGE_OFFSETS] = {};
+  for (const auto& p : probes) {
+    uint8_t& slot = table[p.entry_offset & (LEAK_PAGE_OFFSETS - 1)];
+    slot = slot == 0 || slot == p.fn + 1 ? static_cast<uint8_t>(p.fn + 1) : kShared;
+  }
+  for (size_t i = 0; i < LEAK_PAGE_OFFSETS; i++) by_offset[i] = table[i] == kShared ? 0 : table[i];
+}
+
 bool Tracer::DoAttach(NativeError* error) {
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) {
@@ -364,6 +376,8 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   bpf_map__set_max_entries(skel_->maps.overflow_stacks, stack_entries);
   bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
   bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
+  skel_->rodata->attach_mode = multi ? LEAK_ATTACH_MULTI : LEAK_ATTACH_UPROBE;
+  SetProbeFunctions(skel_->rodata->fn_at_page_offset, config_.probes);
   if (multi) {
     auto type = static_cast<bpf_attach_type>(LEAK_BPF_TRACE_UPROBE_MULTI);
     bpf_program__set_expected_attach_type(skel_->progs.alloc_entry, type);

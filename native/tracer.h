@@ -92,6 +92,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   static Napi::Value Demangle(const Napi::CallbackInfo& info);
 
   bool LoadAndAttach(bool multi, NativeError* error);
+  static void SetProbeFunctions(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
   bool FinishAttach(NativeError* error);
   void DetachAll();
   bool ReadCounters(std::vector<uint8_t>* out);
