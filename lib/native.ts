@@ -17,6 +17,8 @@ export interface NativeProbe {
 export interface NativeTracerConfig {
   pid: number;
   waitForExec: boolean;
+  /** Never multi-uprobe links: one classic uprobe per function. */
+  classicUprobes?: boolean;
   maxAllocations: number;
   events: boolean;
   eventBufferBytes: number;

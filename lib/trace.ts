@@ -36,7 +36,14 @@ function release(child: ChildProcess): void {
   go?.end('g');
 }
 
+/** EBPF_LEAK_ATTACH=uprobe: one classic uprobe per function even where the kernel has multi-uprobe
+ *  links (kernels >= 6.6), to compare the two or to get around a kernel whose links misbehave. */
+function classicUprobesWanted(): boolean {
+  return process.env.EBPF_LEAK_ATTACH === 'uprobe';
+}
+
 export async function trace(options: TraceOptions): Promise<LeakTracer> {
+  const classicUprobes = classicUprobesWanted();
   const o = resolveOptions(options);
   const support = checkSupport();
   const native = loadNative();
@@ -69,6 +76,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     {
       pid,
       waitForExec: o.kind === 'command',
+      classicUprobes,
       maxAllocations: o.maxAllocations,
       events: o.events,
       eventBufferBytes: o.eventBufferBytes,

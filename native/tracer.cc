@@ -241,6 +241,7 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   Napi::Object o = info[0].As<Napi::Object>();
   config_.pid = static_cast<int32_t>(GetUint(o, "pid", 0));
   config_.wait_for_exec = GetBool(o, "waitForExec", false);
+  config_.classic_uprobes = GetBool(o, "classicUprobes", false);
   config_.max_allocations = GetUint(o, "maxAllocations", config_.max_allocations);
   config_.events = GetBool(o, "events", false);
   config_.event_buffer_bytes = GetUint(o, "eventBufferBytes", config_.event_buffer_bytes);
@@ -303,7 +304,7 @@ bool Tracer::DoAttach(NativeError* error) {
   }
   // Multi-uprobe links first; a kernel without them (< 6.6) rejects the link and we reload the
   // program for one classic uprobe per function.
-  bool ok = LoadAndAttach(true, error);
+  bool ok = LoadAndAttach(!config_.classic_uprobes, error);
   if (!ok && error->code == "ELEAK_NO_MULTI") ok = LoadAndAttach(false, error);
   if (ok) ok = FinishAttach(error);
   // LoadAndAttach ignored this thread from the moment the program was loaded (its libbpf link

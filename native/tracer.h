@@ -48,6 +48,7 @@ struct TracerConfig {
   // The target is this very process (a test harness measuring native code in-process): the
   // tracer's own threads are then kept out of the results in the kernel (see ThreadIgnore).
   bool ignore_own_threads = false;
+  bool classic_uprobes = false;  // never multi-uprobe links (EBPF_LEAK_ATTACH=uprobe in lib/)
   UnwindOptions unwind;  // the CFI stack walker (native/unwinder.h)
 };
 
