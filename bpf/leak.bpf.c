@@ -57,9 +57,10 @@ __u64 now_ns = 0;
  * none, a malloc cannot be nested in another allocator call, and need not look up whether it is. */
 __s64 slow_calls = 0;
 
-/* What an allocation call passed on entry, kept until its return. `depth` counts nested calls
- * into probed functions (realloc(NULL, n) reaching malloc, memalign reaching malloc,
- * reallocarray reaching realloc): only the outermost call is the user's allocation. */
+/* What an allocation call passed on entry, kept until its return: for every function but malloc and
+ * calloc, which keep theirs in `calls_in_flight` when they can (bpf/calls_in_flight.h). `depth`
+ * counts nested calls into probed functions (realloc(NULL, n) reaching malloc, memalign reaching
+ * malloc, reallocarray reaching realloc): only the outermost call is the user's allocation. */
 struct inflight_call {
 	__u64 active;	/* between an outermost entry and its return */
 	__u64 fn;
@@ -75,7 +76,7 @@ struct inflight_call {
 	__u64 sampling_started;
 };
 
-/* Per thread, in the task itself: no hashing on the hot path, and freed with the thread. */
+/* Per thread, in the task itself: freed with the thread. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
