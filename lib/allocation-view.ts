@@ -1,6 +1,6 @@
 // Snapshot.allocations without an object per block. A million blocks as a million objects were
 // ~240 MB of heap and most of a second of building; the snapshot's columns (the buffer the addon
-// handed over, 56 bytes a block) already hold everything. So `allocations` is an array whose
+// handed over, 40 bytes a block) already hold everything. So `allocations` is an array whose
 // elements are built from the columns when read.
 //
 // It is a real array to every check (Array.isArray, instanceof Array, length, indexing,

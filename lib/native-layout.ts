@@ -22,7 +22,9 @@ export const counterFields = [
 ] as const;
 export type Counters = Record<(typeof counterFields)[number], number>;
 
-const SNAPSHOT_ENTRY_BYTES = 56;
+/** struct leak_block, and struct leak_timed_block (the same, then the timestamp). */
+const BLOCK_BYTES = 32;
+const TIMED_BLOCK_BYTES = 40;
 const EVENT_BYTES = 56;
 const PATH_PARTS = 12;
 const PATH_PART_BYTES = 64;
@@ -31,7 +33,8 @@ const MODULE_BYTES = 5 * 8 + PATH_PARTS * PATH_PART_BYTES;
 export function checkLayout(layout: NativeLayout): void {
   const expected = {
     counters: counterFields.length * 8,
-    snapshotEntry: SNAPSHOT_ENTRY_BYTES,
+    block: BLOCK_BYTES,
+    timedBlock: TIMED_BLOCK_BYTES,
     event: EVENT_BYTES,
     module: MODULE_BYTES,
   };
@@ -54,12 +57,11 @@ export function decodeCounters(buffer: ArrayBuffer): Counters {
   return out;
 }
 
-/** Struct-of-arrays view of a snapshot buffer: cheap for a million entries. */
-export interface SnapshotColumns {
+/** Struct-of-arrays view of a buffer of leak_block records: cheap for a million blocks. */
+export interface BlockColumns {
   count: number;
   address(i: number): bigint;
   size(i: number): number;
-  timestampNs(i: number): bigint;
   tid(i: number): number;
   stackId(i: number): number;
   mark(i: number): number;
@@ -69,34 +71,54 @@ export interface SnapshotColumns {
   weight(i: number): number;
 }
 
+/** The same over leak_timed_block records: each block's allocation time too. */
+export interface SnapshotColumns extends BlockColumns {
+  timestampNs(i: number): bigint;
+}
+
 /** 1 / P(sampled) for a block of `size` bytes when samples are `mean` bytes apart on average. */
 export function sampleWeight(size: number, mean: number): number {
   if (size <= 0) return 1 / (1 - Math.exp(-1 / mean)); // counted as one byte
   return 1 / -Math.expm1(-size / mean);
 }
 
+/** Columns of a buffer of leak_block records (the snapshots reports are made of). */
+export function blockColumns(buffer: ArrayBuffer, sampleEveryBytes = 0): BlockColumns {
+  return recordColumns(buffer, BLOCK_BYTES, sampleEveryBytes);
+}
+
+/** Columns of a buffer of leak_timed_block records (snapshot() with timestamps). */
 export function snapshotColumns(buffer: ArrayBuffer, sampleEveryBytes = 0): SnapshotColumns {
+  const columns = recordColumns(buffer, TIMED_BLOCK_BYTES, sampleEveryBytes);
   const u = new BigUint64Array(buffer);
-  // Number-valued fields are read as two 32-bit halves: reading a BigUint64Array element
-  // allocates a BigInt, which over a million blocks is most of a report's time.
+  const words = TIMED_BLOCK_BYTES / 8;
+  return { ...columns, timestampNs: (i) => u[i * words + BLOCK_BYTES / 8]! };
+}
+
+/** The leak_block fields of records `bytes` long. */
+function recordColumns(buffer: ArrayBuffer, bytes: number, sampleEveryBytes: number): BlockColumns {
+  const u = new BigUint64Array(buffer);
+  // Number-valued fields are read as 32-bit halves: reading a BigUint64Array element allocates
+  // a BigInt, which over a million blocks is most of a report's time.
   const h = new Uint32Array(buffer);
-  const words = SNAPSHOT_ENTRY_BYTES / 8;
-  const halves = words * 2;
-  const num = (i: number, field: number) => h[i * halves + field * 2]! + h[i * halves + field * 2 + 1]! * 0x1_0000_0000;
+  const words = bytes / 8;
+  const halves = bytes / 4;
+  // size_fn: the size in the low 56 bits (LEAK_SIZE_BITS), the function in the top 8.
+  const size = (i: number) => h[i * halves + 2]! + (h[i * halves + 3]! & 0x00ff_ffff) * 0x1_0000_0000;
   return {
-    count: buffer.byteLength / SNAPSHOT_ENTRY_BYTES,
+    count: buffer.byteLength / bytes,
     address: (i) => u[i * words]!,
-    size: (i) => num(i, 1),
-    timestampNs: (i) => u[i * words + 2]!,
-    tid: (i) => num(i, 3),
+    size,
+    fn: (i) => leakFunctions[h[i * halves + 3]! >>> 24] ?? 'malloc',
     // Stack ids are small, or hashes below 2^53 marked by a high bit (see bpf/leak.h); -1 is none.
     stackId: (i) => {
-      const hi = h[i * halves + 9]!;
-      return hi === 0xffff_ffff ? (h[i * halves + 8]! | 0) : num(i, 4);
+      const lo = h[i * halves + 4]!;
+      const hi = h[i * halves + 5]!;
+      return hi === 0xffff_ffff ? lo | 0 : lo + hi * 0x1_0000_0000;
     },
-    mark: (i) => num(i, 5),
-    fn: (i) => leakFunctions[h[i * halves + 12]!] ?? 'malloc',
-    weight: sampleEveryBytes > 0 ? (i) => sampleWeight(num(i, 1), sampleEveryBytes) : () => 1,
+    tid: (i) => h[i * halves + 6]!,
+    mark: (i) => h[i * halves + 7]!,
+    weight: sampleEveryBytes > 0 ? (i) => sampleWeight(size(i), sampleEveryBytes) : () => 1,
   };
 }
 

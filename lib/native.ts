@@ -47,7 +47,7 @@ export interface NativeTracerConfig {
 export type NativeMessageType = 'events' | 'counters' | 'exit';
 
 export interface NativeSnapshot {
-  /** leak_snapshot_entry records */
+  /** leak_block records, or leak_timed_block records when asked for timestamps */
   entries: ArrayBuffer;
   /** struct leak_counters, summed over CPUs */
   counters: ArrayBuffer;
@@ -58,7 +58,9 @@ export interface NativeSnapshot {
 export interface NativeTracer {
   /** Resolves with how the probes were attached: one multi-uprobe link, or one uprobe each. */
   attach(): Promise<{ mode: 'uprobe_multi' | 'uprobe' }>;
-  snapshot(): Promise<NativeSnapshot>;
+  /** The outstanding blocks; with `timestamps`, each one's allocation time too (8 more bytes a
+   *  block: only Snapshot.allocations shows it). */
+  snapshot(timestamps: boolean): Promise<NativeSnapshot>;
   readStacks(ids: number[]): Promise<BigUint64Array[]>;
   /** struct leak_module records, each after its 8-byte key */
   readModules(): Promise<ArrayBuffer>;
@@ -93,8 +95,8 @@ export interface NativeElfInfo {
 }
 
 export interface NativeLayout {
-  leakAlloc: number;
-  snapshotEntry: number;
+  block: number;
+  timedBlock: number;
   counters: number;
   event: number;
   module: number;

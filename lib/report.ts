@@ -1,6 +1,6 @@
 // From a walk of the kernel's allocation map to the numbers and groups users read.
 import { forEachRange, ROWS_PER_STEP } from './cooperative.js';
-import type { Counters, SnapshotColumns } from './native-layout.js';
+import type { Counters, BlockColumns } from './native-layout.js';
 import type { AllocatorFunction, HeapSummary, LeakGroup, StackFrame } from './types.js';
 
 const SAMPLE_ADDRESSES = 4;
@@ -65,13 +65,13 @@ function stackKey(stackId: number): number {
 /** Sums rows into per-stack groups and in-use totals, a range of rows at a time, so a caller can
  *  pause between ranges. Sums stay unrounded until result(): sampling weights are fractions. */
 export class StackTally {
-  readonly #columns: SnapshotColumns;
+  readonly #columns: BlockColumns;
   readonly #buckets = new Map<number, Bucket>();
   readonly #groups: RawLeakGroup[] = [];
   #blocks = 0;
   #bytes = 0;
 
-  constructor(columns: SnapshotColumns) {
+  constructor(columns: BlockColumns) {
     this.#columns = columns;
   }
 
@@ -121,27 +121,27 @@ export class StackTally {
 }
 
 /** Row count of `rows`, or of every row of `columns` when null. */
-function rowCount(columns: SnapshotColumns, rows: Uint32Array | null): number {
+function rowCount(columns: BlockColumns, rows: Uint32Array | null): number {
   return rows === null ? columns.count : rows.length;
 }
 
 /** The groups and totals of `rows` (every row when null), at once: for what a caller asked for
  *  synchronously (narrowing a report). */
-export function tallyRows(columns: SnapshotColumns, rows: Uint32Array | null): Tally {
+export function tallyRows(columns: BlockColumns, rows: Uint32Array | null): Tally {
   const tally = new StackTally(columns);
   tally.add(rows, 0, rowCount(columns, rows));
   return tally.result();
 }
 
 /** tallyRows() in slices, the event loop served between them: a million blocks take ~100 ms. */
-export async function tallyRowsSliced(columns: SnapshotColumns, rows: Uint32Array | null): Promise<Tally> {
+export async function tallyRowsSliced(columns: BlockColumns, rows: Uint32Array | null): Promise<Tally> {
   const tally = new StackTally(columns);
   await forEachRange(rowCount(columns, rows), ROWS_PER_STEP, (start, end) => tally.add(rows, start, end));
   return tally.result();
 }
 
 /** Blocks and bytes of every row, in slices. */
-export async function inUseSliced(columns: SnapshotColumns): Promise<InUse> {
+export async function inUseSliced(columns: BlockColumns): Promise<InUse> {
   let blocks = 0;
   let bytes = 0;
   await forEachRange(columns.count, ROWS_PER_STEP, (start, end) => {

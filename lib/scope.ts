@@ -2,7 +2,7 @@
 // the thread that allocated it, and by the modules its stack passes through.
 //
 // Marks, not timestamps: `tracer.mark()` writes a counter into the BPF program, which stores the
-// value current at each allocation in the block's record (`leak_alloc.mark`). "Allocated inside
+// value current at each allocation in the block's record (`leak_block.mark`). "Allocated inside
 // this window" is then an exact property of each block, whatever the clocks, the scheduling or
 // the thread that made it.
 //
@@ -11,7 +11,7 @@
 // intersection. `summary.inUse*` and `leaks` describe the blocks kept; the other summary fields
 // (allocs, frees, ...) are whole-tracer totals and stay as they were.
 import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
-import type { Counters, SnapshotColumns } from './native-layout.js';
+import type { Counters, BlockColumns } from './native-layout.js';
 import { tallyRows, toLeakGroup, type Tally } from './report.js';
 import type { AllocatorFunction, LeakGroup, LeakReport, StackFrame } from './types.js';
 
@@ -72,7 +72,7 @@ export interface ReportSource {
   /** Summary fields that come from the counters (inUse* are recomputed). */
   summary: LeakReport['summary'];
   counters: Counters;
-  columns: SnapshotColumns;
+  columns: BlockColumns;
   /** Symbolized stacks by stack id; ids missing here have no frames. */
   stacks: ReadonlyMap<number, StackFrame[]>;
 }
@@ -97,7 +97,7 @@ function threadPredicate(filter: ThreadFilter): (tid: number) => boolean {
 /** Row predicate for a filter, or null when the filter keeps every row; `stacks` decides the
  *  module filters per stack id. */
 export function rowFilter(
-  columns: SnapshotColumns,
+  columns: BlockColumns,
   filter: ScopeFilter,
   stacks?: ReadonlyMap<number, StackFrame[]>,
 ): ((i: number) => boolean) | null {
@@ -131,7 +131,7 @@ export function rowFilter(
 }
 
 /** Rows kept: `rows` (every row of `columns` when null) that pass `keep`. */
-export function keptRows(columns: SnapshotColumns, rows: Uint32Array | null, keep: (row: number) => boolean): Uint32Array {
+export function keptRows(columns: BlockColumns, rows: Uint32Array | null, keep: (row: number) => boolean): Uint32Array {
   const count = rows === null ? columns.count : rows.length;
   const out = new Uint32Array(count);
   const n = keepRange(rows, keep, out, 0, 0, count);
@@ -140,7 +140,7 @@ export function keptRows(columns: SnapshotColumns, rows: Uint32Array | null, kee
 
 /** keptRows() in slices, the event loop served between them. */
 export async function keptRowsSliced(
-  columns: SnapshotColumns,
+  columns: BlockColumns,
   rows: Uint32Array | null,
   keep: (row: number) => boolean,
 ): Promise<Uint32Array> {
@@ -220,12 +220,11 @@ function assemble(source: ReportSource, rows: Uint32Array | null, tally: Tally, 
 }
 
 /** The rows `rows` of `columns`, as columns. */
-export function subsetColumns(columns: SnapshotColumns, rows: Uint32Array): SnapshotColumns {
+export function subsetColumns(columns: BlockColumns, rows: Uint32Array): BlockColumns {
   return {
     count: rows.length,
     address: (i) => columns.address(rows[i]!),
     size: (i) => columns.size(rows[i]!),
-    timestampNs: (i) => columns.timestampNs(rows[i]!),
     tid: (i) => columns.tid(rows[i]!),
     stackId: (i) => columns.stackId(rows[i]!),
     mark: (i) => columns.mark(rows[i]!),

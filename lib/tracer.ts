@@ -9,9 +9,11 @@ import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import { TracerClosedError } from './errors.js';
 import { EventQueue } from './event-queue.js';
 import {
+  blockColumns,
   decodeCounters,
   decodeModules,
   snapshotColumns,
+  type BlockColumns,
   type Counters,
   type EventBatch,
 } from './native-layout.js';
@@ -188,7 +190,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  snapshot's buffer: its elements are built when read (lib/allocation-view.ts). */
   async snapshot(): Promise<Snapshot> {
     if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
-    const raw = await this.#native.snapshot();
+    const raw = await this.#native.snapshot(true);
     const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
     const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
     return { allocations: allocationsView(columns, raw.nowNs), summary };
@@ -240,8 +242,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  stacks are read), without symbolizing anything: cheap enough to poll. */
   async outstanding(filter: Omit<ScopeFilter, 'module' | 'excludeModule'> = {}): Promise<{ blocks: number; bytes: number }> {
     if (this.#closed) throw new TracerClosedError('outstanding(): the tracer has stopped');
-    const raw = await this.#native.snapshot();
-    const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
+    const raw = await this.#native.snapshot(false);
+    const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
     const keep = rowFilter(columns, filter) ?? (() => true);
     let blocks = 0;
     let bytes = 0;
@@ -259,8 +261,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  (cheaper than narrowing the result, which stays possible). */
   async report(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
     if (this.#closed) throw new TracerClosedError('report(): the tracer has stopped; use the report from stop() or done');
-    const raw = await this.#native.snapshot();
-    const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
+    const raw = await this.#native.snapshot(false);
+    const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
     const counters = decodeCounters(raw.counters);
     this.#checkLost(counters);
     const { module, excludeModule, ...cheap } = filter;
@@ -273,7 +275,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  whose stacks pass `stackFilter` and are not the tracer's own. Every loop over the blocks runs
    *  in slices (lib/cooperative.ts). */
   async #scoped(
-    columns: ReturnType<typeof snapshotColumns>,
+    columns: BlockColumns,
     rows: Uint32Array | null,
     counters: Counters,
     status: Pick<TargetInfo, 'exitCode' | 'signal'>,
@@ -399,8 +401,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
     try {
-      const raw = await this.#native.snapshot();
-      const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
+      const raw = await this.#native.snapshot(false);
+      const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
       return await this.#scoped(columns, null, counters, { exitCode, signal });

@@ -23,8 +23,8 @@ void CloseAllTracers(AddonData* data) {
 // Struct sizes, so lib/ can check that its decoders match this build's leak.h.
 Napi::Object Layout(Napi::Env env) {
   Napi::Object layout = Napi::Object::New(env);
-  layout.Set("leakAlloc", static_cast<double>(sizeof(leak_alloc)));
-  layout.Set("snapshotEntry", static_cast<double>(sizeof(leak_snapshot_entry)));
+  layout.Set("block", static_cast<double>(sizeof(leak_block)));
+  layout.Set("timedBlock", static_cast<double>(sizeof(leak_timed_block)));
   layout.Set("counters", static_cast<double>(sizeof(leak_counters)));
   layout.Set("event", static_cast<double>(sizeof(leak_event)));
   layout.Set("module", static_cast<double>(sizeof(leak_module)));

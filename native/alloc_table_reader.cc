@@ -1,13 +1,52 @@
 #include "alloc_table_reader.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "leak.h"
 
 namespace ebpf_leak {
+
+namespace {
+
+// Bytes of the table mapped at once: a few hundred pages, so mapping costs few system calls and
+// adds little to RSS while a read runs.
+constexpr size_t kWindowBytes = 2u << 20;
+// Each window must hold a whole bucket past its first page, whatever the page size (to 64 KiB).
+static_assert(kWindowBytes >= 65536 + sizeof(leak_bucket), "a window holds a whole bucket");
+
+size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+// Appends the blocks of `buckets` buckets from `first`.
+void ReadBuckets(const leak_bucket* first, size_t buckets, bool timestamps, PageBuffer* out) {
+  for (size_t b = 0; b < buckets; b++) {
+    const leak_bucket& bucket = first[b];
+    for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
+      // The BPF side writes the value, then publishes the key (bpf/alloc_table.h): acquire.
+      uint64_t key = __atomic_load_n(&bucket.keys[i], __ATOMIC_ACQUIRE);
+      if (key == 0 || key == LEAK_SLOT_BUSY) continue;
+      leak_slot slot;
+      memcpy(&slot, &bucket.values[i], sizeof(slot));
+      __atomic_thread_fence(__ATOMIC_ACQUIRE);
+      if (__atomic_load_n(&bucket.keys[i], __ATOMIC_RELAXED) != key) continue;  // freed meanwhile
+      leak_timed_block entry{};
+      entry.block.address = key;
+      entry.block.size_fn = slot.size_fn;
+      entry.block.stack_id = slot.stack_id;
+      entry.block.tid = slot.tid;
+      entry.block.mark = slot.mark;
+      entry.timestamp_ns = slot.timestamp_ns;
+      size_t bytes = timestamps ? sizeof(leak_timed_block) : sizeof(leak_block);
+      memcpy(out->Append(bytes), &entry, bytes);
+    }
+  }
+}
+
+}  // namespace
 
 uint32_t AllocTableReader::BucketsFor(uint64_t max_allocations) {
   uint64_t slots = max_allocations + max_allocations / 4;
@@ -19,53 +58,42 @@ int AllocTableReader::Open(int map_fd, uint32_t buckets) {
   Close();
   // An array map's values start at offset 0 of its mapping, each rounded up to 8 bytes.
   static_assert(sizeof(leak_bucket) % 8 == 0, "bucket stride");
-  size_t length = static_cast<size_t>(buckets) * sizeof(leak_bucket);
-  void* p = mmap(nullptr, length, PROT_READ, MAP_SHARED, map_fd, 0);
+  static_assert(offsetof(leak_timed_block, block) == 0, "a timed block starts as a block does");
+  void* p = mmap(nullptr, PageSize(), PROT_READ, MAP_SHARED, map_fd, 0);
   if (p == MAP_FAILED) return errno;
-  base_ = static_cast<const uint8_t*>(p);
-  length_ = length;
+  munmap(p, PageSize());
+  map_fd_ = map_fd;
   buckets_ = buckets;
   return 0;
 }
 
 void AllocTableReader::Close() {
-  if (base_ != nullptr) munmap(const_cast<uint8_t*>(base_), length_);
-  base_ = nullptr;
-  length_ = 0;
+  map_fd_ = -1;
   buckets_ = 0;
 }
 
-void AllocTableReader::Append(std::vector<uint8_t>* out) const {
-  const auto* buckets = reinterpret_cast<const leak_bucket*>(base_);
-  // Counted first, so the buffer grows once (a million blocks are 56 MB).
-  size_t used = 0;
-  for (uint32_t b = 0; b < buckets_; b++)
-    for (int i = 0; i < LEAK_BUCKET_SLOTS; i++)
-      used += __atomic_load_n(&buckets[b].keys[i], __ATOMIC_RELAXED) > LEAK_SLOT_BUSY;
-  out->reserve(out->size() + (used + used / 16) * sizeof(leak_snapshot_entry));
-  for (uint32_t b = 0; b < buckets_; b++) {
-    const leak_bucket& bucket = buckets[b];
-    for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
-      // The BPF side writes the value, then publishes the key (bpf/alloc_table.h): acquire.
-      uint64_t key = __atomic_load_n(&bucket.keys[i], __ATOMIC_ACQUIRE);
-      if (key == 0 || key == LEAK_SLOT_BUSY) continue;
-      leak_slot slot;
-      memcpy(&slot, &bucket.values[i], sizeof(slot));
-      __atomic_thread_fence(__ATOMIC_ACQUIRE);
-      if (__atomic_load_n(&bucket.keys[i], __ATOMIC_RELAXED) != key) continue;  // freed meanwhile
-      leak_snapshot_entry entry{};
-      entry.address = key;
-      entry.alloc.size = slot.size_fn & LEAK_SIZE_MASK;
-      entry.alloc.fn = slot.size_fn >> LEAK_SIZE_BITS;
-      entry.alloc.timestamp_ns = slot.timestamp_ns;
-      entry.alloc.tid = slot.tid;
-      entry.alloc.stack_id = slot.stack_id;
-      entry.alloc.mark = slot.mark;
-      size_t old = out->size();
-      out->resize(old + sizeof(entry));
-      memcpy(out->data() + old, &entry, sizeof(entry));
-    }
+int AllocTableReader::Read(bool timestamps, PageBuffer* out) const {
+  if (!IsOpen()) return EBADF;
+  // Room for every slot: the output never moves, and costs RSS only for the blocks written.
+  size_t record = timestamps ? sizeof(leak_timed_block) : sizeof(leak_block);
+  if (int e = out->Reserve(static_cast<size_t>(buckets_) * LEAK_BUCKET_SLOTS * record)) return e;
+  const size_t page = PageSize();
+  const size_t table_bytes = static_cast<size_t>(buckets_) * sizeof(leak_bucket);
+  const size_t mappable = (table_bytes + page - 1) / page * page;
+  // Windows start on a page boundary, so a bucket may straddle two: each window reads the
+  // buckets that end inside it, and the next one starts at the page of the first it left.
+  for (size_t first = 0; first < buckets_;) {
+    size_t begin = first * sizeof(leak_bucket) / page * page;
+    size_t end = std::min(mappable, begin + kWindowBytes);
+    size_t last = std::min<size_t>(buckets_, end / sizeof(leak_bucket));
+    void* p = mmap(nullptr, end - begin, PROT_READ, MAP_SHARED, map_fd_, static_cast<off_t>(begin));
+    if (p == MAP_FAILED) return errno;
+    const auto* at = static_cast<const uint8_t*>(p) + (first * sizeof(leak_bucket) - begin);
+    ReadBuckets(reinterpret_cast<const leak_bucket*>(at), last - first, timestamps, out);
+    munmap(p, end - begin);
+    first = last;
   }
+  return 0;
 }
 
 }  // namespace ebpf_leak

@@ -15,6 +15,7 @@
 
 #include "alloc_table_reader.h"
 #include "errors.h"
+#include "page_buffer.h"
 #include "unwinder.h"
 
 struct leak_bpf;
@@ -66,7 +67,9 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   bool DoAttach(NativeError* error);
   // "uprobe_multi" or "uprobe", once attached.
   const char* attach_mode() const { return attach_mode_; }
-  bool DoSnapshot(std::vector<uint8_t>* entries, std::vector<uint8_t>* counters,
+  // The outstanding blocks (leak_block records, leak_timed_block with `timestamps`) and the
+  // counters.
+  bool DoSnapshot(bool timestamps, PageBuffer* entries, std::vector<uint8_t>* counters,
                   NativeError* error);
   bool DoReadModules(std::vector<uint8_t>* modules, NativeError* error);
   bool DoReadStacks(const std::vector<int64_t>& ids, std::vector<std::vector<uint64_t>>* stacks,
@@ -115,7 +118,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   const char* attach_mode_ = "";
   ring_buffer* ring_ = nullptr;
   std::unique_ptr<Unwinder> unwind_;  // from load to DetachAll()
-  AllocTableReader allocs_table_;     // `allocs` mapped, from load to DetachAll()
+  AllocTableReader allocs_table_;     // reads `allocs`, from load to DetachAll()
   int pidfd_ = -1;
   int stop_fd_ = -1;
   std::thread poller_;

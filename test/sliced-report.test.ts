@@ -3,10 +3,10 @@
 import { describe, expect, it } from 'vitest';
 import { forEachRange, SLICE_MS } from '../lib/cooperative.js';
 import { EventQueue } from '../lib/event-queue.js';
-import { snapshotColumns, type Counters, type EventBatch } from '../lib/native-layout.js';
+import { blockColumns, type Counters, type EventBatch } from '../lib/native-layout.js';
 import { inUseSliced, summarize, tallyRows, tallyRowsSliced } from '../lib/report.js';
 import { keptRows, keptRowsSliced, scopedReport, scopedReportSliced, type ReportSource } from '../lib/scope.js';
-import { manyBlocks, snapshotBuffer } from './helpers/snapshot-buffer.js';
+import { blockBuffer, manyBlocks } from './helpers/snapshot-buffer.js';
 
 /** Runs `work` with a 1 ms timer going; how often the timer ran meanwhile, and its longest wait. */
 async function timerDuring(work: () => Promise<unknown>): Promise<{ ticks: number; longestGapMs: number }> {
@@ -46,7 +46,7 @@ const counters: Counters = {
 };
 
 describe('reports built in slices', () => {
-  const columns = snapshotColumns(snapshotBuffer(manyBlocks(20_000)));
+  const columns = blockColumns(blockBuffer(manyBlocks(20_000)));
 
   it('group and total as one pass does, over all rows or some', async () => {
     expect(await tallyRowsSliced(columns, null)).toEqual(tallyRows(columns, null));
@@ -63,7 +63,7 @@ describe('reports built in slices', () => {
   });
 
   it('estimate the same in sampling mode', async () => {
-    const sampled = snapshotColumns(snapshotBuffer(manyBlocks(5_000)), 4096);
+    const sampled = blockColumns(blockBuffer(manyBlocks(5_000)), 4096);
     const tally = tallyRows(sampled, null);
     expect(await tallyRowsSliced(sampled, null)).toEqual(tally);
     expect(tally.inUse.blocks).toBeGreaterThan(5_000 * 50);
@@ -90,7 +90,7 @@ describe('reports built in slices', () => {
   });
 
   it('serve the event loop while a million blocks are grouped', async () => {
-    const million = snapshotColumns(snapshotBuffer(manyBlocks(1_000_000, 3000)));
+    const million = blockColumns(blockBuffer(manyBlocks(1_000_000, 3000)));
     const { ticks, longestGapMs } = await timerDuring(() => tallyRowsSliced(million, null));
     expect(ticks).toBeGreaterThan(3);
     // Slices are SLICE_MS long; the rest is slack for a loaded machine (one pass took ~100 ms).

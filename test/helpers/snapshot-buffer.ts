@@ -1,5 +1,5 @@
-// Synthetic snapshot buffers: struct leak_snapshot_entry records (bpf/leak.h), as the addon's
-// snapshot() hands them over, for tests of the code that reads them without a kernel.
+// Synthetic snapshot buffers: struct leak_block or leak_timed_block records (bpf/leak.h), as the
+// addon's snapshot() hands them over, for tests of the code that reads them without a kernel.
 import { leakFunctions } from '../../lib/native-layout.js';
 import type { AllocatorFunction } from '../../lib/types.js';
 
@@ -14,22 +14,34 @@ export interface SyntheticBlock {
   fn?: AllocatorFunction;
 }
 
-/** address, then size, timestamp_ns, tid, stack_id, mark, fn: seven 8-byte words. */
-export function snapshotBuffer(blocks: readonly SyntheticBlock[]): ArrayBuffer {
-  const buffer = new ArrayBuffer(blocks.length * 56);
+/** leak_block records: address, size | fn << 56, stack_id, then tid and mark as 32-bit halves;
+ *  with `timestamps`, leak_timed_block records (the same, then timestamp_ns). */
+function records(blocks: readonly SyntheticBlock[], timestamps: boolean): ArrayBuffer {
+  const words = timestamps ? 5 : 4;
+  const buffer = new ArrayBuffer(blocks.length * words * 8);
   const u = new BigUint64Array(buffer);
   const s = new BigInt64Array(buffer);
+  const h = new Uint32Array(buffer);
   blocks.forEach((b, i) => {
-    const at = i * 7;
+    const at = i * words;
     u[at] = b.address;
-    u[at + 1] = BigInt(b.size);
-    u[at + 2] = b.timestampNs;
-    u[at + 3] = BigInt(b.tid);
-    s[at + 4] = BigInt(b.stackId);
-    u[at + 5] = BigInt(b.mark ?? 0);
-    u[at + 6] = BigInt(leakFunctions.indexOf(b.fn ?? 'malloc'));
+    u[at + 1] = BigInt(b.size) | (BigInt(leakFunctions.indexOf(b.fn ?? 'malloc')) << 56n);
+    s[at + 2] = BigInt(b.stackId);
+    h[at * 2 + 6] = b.tid;
+    h[at * 2 + 7] = b.mark ?? 0;
+    if (timestamps) u[at + 4] = b.timestampNs;
   });
   return buffer;
+}
+
+/** What snapshot() reads (leak_timed_block records). */
+export function snapshotBuffer(blocks: readonly SyntheticBlock[]): ArrayBuffer {
+  return records(blocks, true);
+}
+
+/** What reports are made of (leak_block records). */
+export function blockBuffer(blocks: readonly SyntheticBlock[]): ArrayBuffer {
+  return records(blocks, false);
 }
 
 /** `count` blocks over `stacks` stack ids (some of them CFI-walker hashes, past 2^32). */

@@ -1,0 +1,73 @@
+#include "page_buffer.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace ebpf_leak {
+
+namespace {
+
+size_t PageAlign(size_t bytes) {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (bytes + page - 1) / page * page;
+}
+
+// The pages of an ArrayBuffer made by TakeAsArrayBuffer: its base and length.
+struct Pages {
+  void* base;
+  size_t length;
+};
+
+}  // namespace
+
+int PageBuffer::Reserve(size_t capacity) {
+  Release();
+  if (capacity == 0) return 0;
+  size_t length = PageAlign(capacity);
+  // MAP_NORESERVE: no commit charge for the pages that will never be written.
+  void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  if (p == MAP_FAILED) return errno;
+  base_ = static_cast<uint8_t*>(p);
+  mapped_ = length;
+  return 0;
+}
+
+uint8_t* PageBuffer::Append(size_t bytes) {
+  uint8_t* at = base_ + size_;
+  size_ += bytes;
+  return at;
+}
+
+Napi::ArrayBuffer PageBuffer::TakeAsArrayBuffer(Napi::Env env) {
+  if (size_ == 0) {
+    Release();
+    return Napi::ArrayBuffer::New(env, 0);
+  }
+  size_t used = PageAlign(size_);
+  if (used < mapped_) munmap(base_ + used, mapped_ - used);
+  auto* pages = new Pages{base_, used};
+  size_t size = size_;
+  void* data = base_;
+  base_ = nullptr;
+  size_ = 0;
+  mapped_ = 0;
+  return Napi::ArrayBuffer::New(
+      env, data, size,
+      [](Napi::Env, void*, Pages* p) {
+        munmap(p->base, p->length);
+        delete p;
+      },
+      pages);
+}
+
+void PageBuffer::Release() {
+  if (base_ != nullptr) munmap(base_, mapped_);
+  base_ = nullptr;
+  size_ = 0;
+  mapped_ = 0;
+}
+
+}  // namespace ebpf_leak
