@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "addon_data.h"
+#include "external_buffer.h"
 #include "leak.h"
 #include "leak.skel.h"
 #include "uprobe_multi.h"
@@ -88,16 +89,6 @@ class ThreadIgnore {
   Tracer* tracer_;
   int tid_;
 };
-
-// Hands a worker's result to JS without copying it on the JS thread (a million-block snapshot is
-// ~56 MB): the ArrayBuffer owns the vector and frees it when collected.
-Napi::ArrayBuffer TakeAsArrayBuffer(Napi::Env env, std::vector<uint8_t>&& bytes) {
-  if (bytes.empty()) return Napi::ArrayBuffer::New(env, 0);
-  auto* owned = new std::vector<uint8_t>(std::move(bytes));
-  return Napi::ArrayBuffer::New(
-      env, owned->data(), owned->size(),
-      [](Napi::Env, void*, std::vector<uint8_t>* v) { delete v; }, owned);
-}
 
 // Base for the promise-returning calls: keeps the JS object alive while the worker runs and
 // turns a NativeError into a JS error with its code.
