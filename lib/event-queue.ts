@@ -7,19 +7,19 @@
 // fills, and what does not fit is counted as lost events, as when every batch was delivered at
 // once.
 import { pauseIfDue } from './cooperative.js';
-import { EventBatch } from './native-layout.js';
+import { EventRecords } from './event-records.js';
 
 /** Events emitted between looks at the clock (lib/cooperative.ts). */
 const EVENTS_PER_STEP = 256;
 const MAX_QUEUED_BYTES = 16 << 20;
 
 /** Delivers events [from, to) of a batch. */
-export type DeliverEvents = (batch: EventBatch, from: number, to: number) => void;
+export type DeliverEvents = (batch: EventRecords, from: number, to: number) => void;
 
 export class EventQueue {
   readonly #deliver: DeliverEvents;
   readonly #onError: (error: unknown) => void;
-  readonly #batches: EventBatch[] = [];
+  readonly #batches: EventRecords[] = [];
   #queuedBytes = 0;
   /** Next event of #batches[0]. */
   #next = 0;
@@ -32,7 +32,7 @@ export class EventQueue {
   }
 
   push(buffer: ArrayBuffer): void {
-    this.#batches.push(new EventBatch(buffer));
+    this.#batches.push(new EventRecords(buffer));
     this.#queuedBytes += buffer.byteLength;
     if (this.#queuedBytes > MAX_QUEUED_BYTES) {
       while (this.#step(Infinity));

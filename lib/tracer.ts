@@ -8,12 +8,12 @@ import { allocationsView } from './allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import { TracerClosedError } from './errors.js';
 import { EventQueue } from './event-queue.js';
+import type { EventRecords } from './event-records.js';
 import {
   decodeCounters,
   decodeModules,
   snapshotColumns,
   type Counters,
-  type EventBatch,
 } from './native-layout.js';
 import { nativeBuildDir, type NativeMessageType, type NativeTracer } from './native.js';
 import type { PlacementDecision } from './placement.js';
@@ -159,19 +159,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(data);
   }
 
-  #deliverEvents(batch: EventBatch, from: number, to: number): void {
+  #deliverEvents(batch: EventRecords, from: number, to: number): void {
     const wantAlloc = this.listenerCount('alloc') > 0;
     const wantFree = this.listenerCount('free') > 0;
     if (!wantAlloc && !wantFree) return;
     for (let i = from; i < to; i++) {
-      const e = batch.at(i);
-      if (e.kind === 'alloc') {
-        if (wantAlloc && e.fn !== 'free') {
-          this.emit('alloc', { function: e.fn, address: e.address, size: e.size, tid: e.tid, timestampNs: e.timestampNs });
-        }
+      if (batch.isAlloc(i)) {
+        const event = wantAlloc ? batch.allocEvent(i) : undefined;
+        if (event) this.emit('alloc', event);
       } else if (wantFree) {
-        const fn = e.fn === 'realloc' || e.fn === 'reallocarray' ? e.fn : 'free';
-        this.emit('free', { function: fn, address: e.address, size: e.size, tid: e.tid, timestampNs: e.timestampNs });
+        this.emit('free', batch.freeEvent(i));
       }
     }
   }

@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { forEachRange, SLICE_MS } from '../lib/cooperative.js';
 import { EventQueue } from '../lib/event-queue.js';
-import { snapshotColumns, type Counters, type EventBatch } from '../lib/native-layout.js';
+import type { EventRecords } from '../lib/event-records.js';
+import { snapshotColumns, type Counters } from '../lib/native-layout.js';
 import { inUseSliced, summarize, tallyRows, tallyRowsSliced } from '../lib/report.js';
 import { keptRows, keptRowsSliced, scopedReport, scopedReportSliced, type ReportSource } from '../lib/scope.js';
 import { manyBlocks, snapshotBuffer } from './helpers/snapshot-buffer.js';
@@ -119,8 +120,8 @@ function eventsBuffer(first: number, count: number): ArrayBuffer {
 describe('event batches delivered in slices', () => {
   const collect = () => {
     const seen: number[] = [];
-    const deliver = (batch: EventBatch, from: number, to: number) => {
-      for (let i = from; i < to; i++) seen.push(Number(batch.at(i).address));
+    const deliver = (batch: EventRecords, from: number, to: number) => {
+      for (let i = from; i < to; i++) seen.push(Number(batch.allocEvent(i)!.address));
     };
     return { seen, deliver };
   };
@@ -145,7 +146,7 @@ describe('event batches delivered in slices', () => {
     const queue = new EventQueue(
       (batch, from, to) => {
         for (let i = from; i < to; i++) {
-          const address = Number(batch.at(i).address);
+          const address = Number(batch.allocEvent(i)!.address);
           if (address === 5) throw new Error('listener failed');
           seen.push(address);
         }
