@@ -111,6 +111,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   readonly #events = new EventQueue(
     (batch, from, to) => this.#deliverEvents(batch, from, to),
     (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
+    () => this.#native.eventsDelivered(),
   );
 
   /** @internal Use trace(). */
@@ -154,9 +155,11 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     }
   }
 
-  /** A batch nobody listens to is dropped at once; the others are delivered in slices. */
+  /** A batch nobody listens to is dropped at once; the others are delivered in slices. Either
+   *  way the poll thread hears when it is done with (its backpressure, lib/event-queue.ts). */
   #queueEvents(data: ArrayBuffer): void {
     if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(data);
+    else this.#native.eventsDelivered();
   }
 
   #deliverEvents(batch: EventRecords, from: number, to: number): void {

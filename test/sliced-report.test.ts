@@ -128,9 +128,13 @@ describe('event batches delivered in slices', () => {
 
   it('in order, each event once, and drained() waits for all of them', async () => {
     const { seen, deliver } = collect();
-    const queue = new EventQueue(deliver, (e) => {
-      throw e;
-    });
+    const queue = new EventQueue(
+      deliver,
+      (e) => {
+        throw e;
+      },
+      () => {},
+    );
     queue.push(eventsBuffer(0, 3000));
     queue.push(eventsBuffer(3000, 10));
     expect(seen.length).toBeLessThan(3010); // not all at once
@@ -141,6 +145,7 @@ describe('event batches delivered in slices', () => {
   });
 
   it('a delivery that throws drops the rest of its batch, reports, and goes on', async () => {
+    let done = 0;
     const seen: number[] = [];
     const errors: unknown[] = [];
     const queue = new EventQueue(
@@ -152,19 +157,25 @@ describe('event batches delivered in slices', () => {
         }
       },
       (e) => errors.push(e),
+      () => done++,
     );
     queue.push(eventsBuffer(0, 1000));
     queue.push(eventsBuffer(1000, 3));
     await queue.drained();
     expect(seen).toEqual([0, 1, 2, 3, 4, 1000, 1001, 1002]);
     expect(errors).toHaveLength(1);
+    expect(done).toBe(2); // the dropped rest counts as done
   });
 
-  it('past 16 MB waiting, everything is delivered at once (backpressure)', () => {
+  it('reports each batch done once its last event is delivered, and never delivers 16 MB at once', async () => {
     const { seen, deliver } = collect();
-    const queue = new EventQueue(deliver, () => {});
+    const doneAt: number[] = [];
+    const queue = new EventQueue(deliver, () => {}, () => doneAt.push(seen.length));
     const perBatch = Math.floor((1 << 20) / 56);
     for (let b = 0; b < 17; b++) queue.push(eventsBuffer(b * perBatch, perBatch));
+    expect(seen.length).toBeLessThan(perBatch); // the backpressure is the poll thread's now
+    await queue.drained();
     expect(seen).toHaveLength(17 * perBatch);
+    expect(doneAt).toEqual(Array.from({ length: 17 }, (_, b) => (b + 1) * perBatch));
   });
 });
