@@ -2,42 +2,39 @@
 // holds up to 1 MB (~18,700 events); emitting it at once, with the listeners' own work, held the
 // event loop for 10-20 ms. Batches are delivered in arrival order, every event once.
 //
-// Backpressure stays as it was: past MAX_QUEUED_BYTES waiting (listeners slower than the
-// stream), the queue is emptied at once. Meanwhile the addon's messages wait, its ring buffer
-// fills, and what does not fit is counted as lost events, as when every batch was delivered at
-// once.
+// Backpressure is the poll thread's: a batch counts as pending there until `onBatchDone` reports
+// it delivered, and past 16 pending batches it stops draining the ring buffer, which fills, and
+// the BPF side counts what does not fit as lost events. So listeners slower than the stream lose
+// events instead of growing this queue. (It used to deliver everything at once past 16 MB
+// queued: ~300,000 events in one task.)
 import { pauseIfDue } from './cooperative.js';
-import { EventBatch } from './native-layout.js';
+import { EventRecords } from './event-records.js';
 
 /** Events emitted between looks at the clock (lib/cooperative.ts). */
 const EVENTS_PER_STEP = 256;
-const MAX_QUEUED_BYTES = 16 << 20;
 
 /** Delivers events [from, to) of a batch. */
-export type DeliverEvents = (batch: EventBatch, from: number, to: number) => void;
+export type DeliverEvents = (batch: EventRecords, from: number, to: number) => void;
 
 export class EventQueue {
   readonly #deliver: DeliverEvents;
   readonly #onError: (error: unknown) => void;
-  readonly #batches: EventBatch[] = [];
-  #queuedBytes = 0;
+  readonly #onBatchDone: () => void;
+  readonly #batches: EventRecords[] = [];
   /** Next event of #batches[0]. */
   #next = 0;
   #draining: Promise<void> | undefined;
 
-  /** `onError` gets what a delivery threw; the rest of that batch is dropped. */
-  constructor(deliver: DeliverEvents, onError: (error: unknown) => void) {
+  /** `onError` gets what a delivery threw; the rest of that batch is dropped. `onBatchDone` is
+   *  called once per batch pushed, when its last event has been delivered (or dropped). */
+  constructor(deliver: DeliverEvents, onError: (error: unknown) => void, onBatchDone: () => void) {
     this.#deliver = deliver;
     this.#onError = onError;
+    this.#onBatchDone = onBatchDone;
   }
 
   push(buffer: ArrayBuffer): void {
-    this.#batches.push(new EventBatch(buffer));
-    this.#queuedBytes += buffer.byteLength;
-    if (this.#queuedBytes > MAX_QUEUED_BYTES) {
-      while (this.#step(Infinity));
-      return;
-    }
+    this.#batches.push(new EventRecords(buffer));
     this.#draining ??= this.#drain();
   }
 
@@ -70,8 +67,8 @@ export class EventQueue {
     }
     if (this.#next >= batch.count) {
       this.#batches.shift();
-      this.#queuedBytes -= batch.byteLength;
       this.#next = 0;
+      this.#onBatchDone();
     }
     return this.#batches.length > 0;
   }

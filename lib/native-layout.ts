@@ -122,47 +122,6 @@ function recordColumns(buffer: ArrayBuffer, bytes: number, sampleEveryBytes: num
   };
 }
 
-export interface RawEvent {
-  kind: 'alloc' | 'free';
-  fn: AllocatorFunction;
-  address: bigint;
-  size: number;
-  timestampNs: bigint;
-  tid: number;
-  stackId: number;
-}
-
-const EVENT_WORDS = EVENT_BYTES / 8;
-
-/** The records of an events batch, decoded one at a time (a batch holds up to ~18,700). */
-export class EventBatch {
-  readonly count: number;
-  readonly byteLength: number;
-  readonly #u: BigUint64Array;
-  readonly #s: BigInt64Array;
-
-  constructor(buffer: ArrayBuffer) {
-    this.#u = new BigUint64Array(buffer);
-    this.#s = new BigInt64Array(buffer);
-    this.count = Math.floor(this.#u.length / EVENT_WORDS);
-    this.byteLength = buffer.byteLength;
-  }
-
-  at(index: number): RawEvent {
-    const u = this.#u;
-    const base = index * EVENT_WORDS;
-    return {
-      kind: u[base] === 1n ? 'alloc' : 'free',
-      fn: leakFunctions[Number(u[base + 1]!)] ?? 'malloc',
-      address: u[base + 2]!,
-      size: Number(u[base + 3]!),
-      timestampNs: u[base + 4]!,
-      tid: Number(u[base + 5]!),
-      stackId: Number(this.#s[base + 6]!),
-    };
-  }
-}
-
 /** struct leak_module: an executable file mapping recorded in the kernel. */
 export interface KernelModule {
   start: bigint;

@@ -73,6 +73,9 @@ export interface NativeTracer {
   readStackFlags(ids: number[]): Uint32Array | null;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
+  /** One 'events' batch has been delivered to the listeners (or dropped): until then it counts
+   *  against the batches the poll thread may post (native/tracer.cc kMaxPendingBatches). */
+  eventsDelivered(): void;
   close(): void;
   /** close() on the threadpool: detaching waits for other CPUs to leave the probes. */
   closeAsync(): Promise<void>;

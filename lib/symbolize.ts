@@ -1,21 +1,19 @@
 // Addresses -> StackFrames: mapping lookup, one native symbolize batch per module, perf-map JIT
 // symbols for addresses outside any file.
+//
+// Everything built here outlives the call (the frames) or most of it (the placed addresses), so
+// each object costs twice: once to make, and again in every young-generation GC that copies it.
+// With 10,000 frames those copies held the event loop 5-12 ms at a time, so the passes keep their
+// per-address state small (numbers, not BigInts), read the native results in place, and make
+// each frame once.
 
 import { pauseIfDue } from './cooperative.js';
 import { loadNative } from './native.js';
 import { findMapping, type PerfMap, type ProcMapping } from './proc-maps.js';
+import { SymbolizedBatchReader, type SymbolizedBatch } from './symbolized-batch.js';
 import type { StackFrame } from './types.js';
 
-/** One frame for one address as the native symbolizer returns it, innermost first. */
-export interface SymbolizedFrame {
-  symbol?: string;
-  file?: string;
-  line?: number;
-  /** This frame was inlined into the next one in the list. */
-  inlined: boolean;
-}
-
-export type SymbolizeResult = SymbolizedFrame[] | { error: string };
+export type { SymbolizedBatch, SymbolizedFrame, SymbolizeResult } from './symbolized-batch.js';
 
 export interface NativeSymbolizeOptions {
   /** Extra roots searched for `.build-id/xx/yyyy.debug` and `.gnu_debuglink` files, before
@@ -25,12 +23,13 @@ export interface NativeSymbolizeOptions {
 
 /** What lib/symbolize.ts needs from the native addon (native/symbolizer.cc). */
 export interface NativeSymbolizer {
-  /** File offsets in `modulePath` -> frames, one entry per offset. Runs off the JS thread. */
+  /** File offsets in `modulePath` -> frames, one entry per offset, compact
+   *  (lib/symbolized-batch.ts). Runs off the JS thread. */
   symbolize(
     modulePath: string,
     offsets: BigUint64Array | Array<number | bigint>,
     options?: NativeSymbolizeOptions,
-  ): Promise<SymbolizeResult[]>;
+  ): Promise<SymbolizedBatch>;
   readBuildId(path: string): string | null;
 }
 
@@ -52,28 +51,53 @@ export function loadNativeSymbolizer(): NativeSymbolizer {
   return addon as NativeSymbolizer;
 }
 
-const hex = (v: bigint): string => '0x' + v.toString(16);
+const hex = (v: bigint | number): string => '0x' + v.toString(16);
 
-/** Frames placed or built between looks at the clock (lib/cooperative.ts). */
+/** Addresses placed or frames built between looks at the clock (lib/cooperative.ts). */
 const FRAMES_PER_STEP = 256;
 
-/** Pauses for the event loop every FRAMES_PER_STEP frames, when the time slice is used up. */
-function framePacer(): (frames: number) => Promise<void> | undefined {
+/** Counts work; every FRAMES_PER_STEP items, a pause for the event loop if the slice is used up
+ *  (undefined otherwise: no await, no microtask). */
+function framePacer(): (items: number) => Promise<void> | undefined {
   let sinceCheck = 0;
-  return (frames) => {
-    sinceCheck += frames + 1;
+  return (items) => {
+    sinceCheck += items;
     if (sinceCheck < FRAMES_PER_STEP) return undefined;
     sinceCheck = 0;
     return pauseIfDue();
   };
 }
 
+/** The distinct offsets looked up in one module file, and what came back. */
+interface ModuleBatch {
+  path: string;
+  /** File offsets, numbers: a file mapping starts below 2^53 bytes into its file (placeAddress). */
+  offsets: number[];
+  /** Index in `offsets` of each offset. */
+  indexOf: Map<number, number>;
+  buildId?: string;
+  /** Unset when the call failed: the frames keep their module and offset. */
+  results?: SymbolizedBatchReader;
+}
+
+/** Where an address was found. */
 interface Site {
   mapping: ProcMapping;
-  /** Offset in the file of the address itself (reported). */
-  offset: bigint;
-  /** Offset symbolized (the call instruction for a return address). */
-  lookupOffset: bigint;
+  /** File offset of the address itself (reported). */
+  offset: number;
+  /** The module file's batch, and the index there of the offset symbolized (the call instruction
+   *  for a return address); no batch for pseudo mappings ([vdso]). */
+  batch: ModuleBatch | undefined;
+  index: number;
+}
+
+/** A frame: `address`, `module`, `offset`, then `buildId` when known; symbolizer fields after.
+ *  Always from a literal: a `{ ...base }` copy given more properties costs V8 ~5 us a frame (the
+ *  copy's map has no transitions to share), 50 ms for 10,000 frames. */
+function fileFrame(address: string, module: string, offset: string, buildId: string | undefined): StackFrame {
+  const frame: StackFrame = { address, module, offset };
+  if (buildId !== undefined) frame.buildId = buildId;
+  return frame;
 }
 
 /**
@@ -91,62 +115,40 @@ export async function symbolizeStacks(
 ): Promise<StackFrame[][]> {
   const returnAddresses = options.returnAddresses ?? true;
   const sorted = [...mappings].sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  const pace = framePacer();
 
   // Pass 1: place every address; collect distinct lookup offsets per module file.
-  const sites: Array<Array<Site | undefined>> = [];
-  const perModule = new Map<string, Set<bigint>>();
-  const pace = framePacer();
-  for (const stack of stacks) {
-    await pace(stack.length);
-    const row: Array<Site | undefined> = [];
-    stack.forEach((address, i) => {
-      const lookup = returnAddresses && i > 0 && address > 0n ? address - 1n : address;
-      const mapping = findMapping(sorted, lookup);
-      if (!mapping || mapping.path === '') {
-        row.push(undefined);
-        return;
-      }
-      const site: Site = {
-        mapping,
-        offset: address - mapping.start + mapping.offset,
-        lookupOffset: lookup - mapping.start + mapping.offset,
-      };
-      row.push(site);
-      if (mapping.hostPath !== undefined) {
-        let set = perModule.get(mapping.hostPath);
-        if (!set) perModule.set(mapping.hostPath, (set = new Set()));
-        set.add(site.lookupOffset);
-      }
-    });
-    sites.push(row);
+  const batches = new Map<string, ModuleBatch>();
+  const sites: Array<Array<Site | undefined>> = new Array(stacks.length);
+  for (let s = 0; s < stacks.length; s++) {
+    const stack = stacks[s]!;
+    const row: Array<Site | undefined> = new Array(stack.length);
+    for (let i = 0; i < stack.length; i++) {
+      const pause = pace(1);
+      if (pause) await pause;
+      row[i] = placeAddress(stack[i]!, returnAddresses && i > 0, sorted, batches);
+    }
+    sites[s] = row;
   }
 
-  // Pass 2: one batch per module. Sequential on purpose: the native side serializes on one lock,
-  // and parallel batches would only park libuv threadpool threads on it.
-  const results = new Map<string, Map<bigint, SymbolizeResult>>();
-  const buildIds = new Map<string, string | null>();
-  if (perModule.size > 0) {
+  // Pass 2: one native call per module. Sequential on purpose: the native side serializes on one
+  // lock, and parallel calls would only park libuv threadpool threads on it.
+  if (batches.size > 0) {
     const native = options.native ?? loadNativeSymbolizer();
     const nativeOptions: NativeSymbolizeOptions = options.debugDirs ? { debugDirs: options.debugDirs } : {};
-    for (const [path, set] of perModule) {
+    for (const batch of batches.values()) {
       try {
-        buildIds.set(path, native.readBuildId(path));
+        batch.buildId = native.readBuildId(batch.path) || undefined;
       } catch {
-        buildIds.set(path, null);
+        // frames without a build ID
       }
-      const offsets = [...set];
-      const byOffset = new Map<bigint, SymbolizeResult>();
+      const offsets = new BigUint64Array(batch.offsets.length);
+      batch.offsets.forEach((offset, i) => (offsets[i] = BigInt(offset)));
       try {
-        const res = await native.symbolize(path, BigUint64Array.from(offsets), nativeOptions);
-        offsets.forEach((off, i) => {
-          const r = res[i];
-          if (r !== undefined) byOffset.set(off, r);
-        });
-      } catch (err) {
-        const error = err instanceof Error ? err.message : String(err);
-        for (const off of offsets) byOffset.set(off, { error });
+        batch.results = new SymbolizedBatchReader(await native.symbolize(batch.path, offsets, nativeOptions));
+      } catch {
+        // frames with module and offset only, as for an offset the symbolizer knows nothing of
       }
-      results.set(path, byOffset);
     }
   }
 
@@ -154,41 +156,80 @@ export async function symbolizeStacks(
   const symbolized: StackFrame[][] = new Array(stacks.length);
   for (let s = 0; s < stacks.length; s++) {
     const stack = stacks[s]!;
-    await pace(stack.length);
+    const row = sites[s]!;
     const out: StackFrame[] = [];
-    stack.forEach((address, i) => {
-      const site = sites[s]![i];
-      if (!site) {
-        const jit = options.perfMap?.lookup(address);
-        if (jit) out.push({ address: hex(address), module: '[perf-map]', symbol: jit.symbol });
-        else out.push({ address: hex(address) });
-        return;
-      }
-      const { mapping } = site;
-      const base: StackFrame = { address: hex(address), module: mapping.path, offset: hex(site.offset) };
-      if (mapping.hostPath === undefined) {
-        // Pseudo mapping ([vdso], ...): the offset is relative to the mapping.
-        base.offset = hex(address - mapping.start);
-        out.push(base);
-        return;
-      }
-      const buildId = buildIds.get(mapping.hostPath);
-      if (buildId) base.buildId = buildId;
-      const r = results.get(mapping.hostPath)?.get(site.lookupOffset);
-      if (!r || !Array.isArray(r) || r.length === 0) {
-        out.push(base);
-        return;
-      }
-      for (const f of r) {
-        const frame: StackFrame = { ...base };
-        if (f.symbol !== undefined) frame.symbol = f.symbol;
-        if (f.file !== undefined) frame.file = f.file;
-        if (f.line !== undefined) frame.line = f.line;
-        frame.inlined = f.inlined;
-        out.push(frame);
-      }
-    });
+    for (let i = 0; i < stack.length; i++) {
+      const made = addFrames(out, stack[i]!, row[i], options.perfMap);
+      const pause = pace(made);
+      if (pause) await pause;
+    }
     symbolized[s] = out;
   }
   return symbolized;
+}
+
+/** The mapping of `address` (of `address - 1` for a return address), and the offset to look up
+ *  in its file, added to the file's batch. Undefined outside every mapping with a name. */
+function placeAddress(
+  address: bigint,
+  returnAddress: boolean,
+  sorted: readonly ProcMapping[],
+  batches: Map<string, ModuleBatch>,
+): Site | undefined {
+  const lookup = returnAddress && address > 0n ? address - 1n : address;
+  const mapping = findMapping(sorted, lookup);
+  if (!mapping || mapping.path === '') return undefined;
+  // A file offset as a number: below 2^53 in any real file (checked: an address that claims more
+  // is treated as outside every mapping).
+  const offset = Number(mapping.offset) + Number(address - mapping.start);
+  if (!Number.isSafeInteger(offset)) return undefined;
+  const site: Site = { mapping, offset, batch: undefined, index: -1 };
+  if (mapping.hostPath === undefined) return site;
+  let batch = batches.get(mapping.hostPath);
+  if (!batch) batches.set(mapping.hostPath, (batch = { path: mapping.hostPath, offsets: [], indexOf: new Map() }));
+  const lookupOffset = lookup === address ? site.offset : site.offset - 1;
+  let index = batch.indexOf.get(lookupOffset);
+  if (index === undefined) {
+    index = batch.offsets.push(lookupOffset) - 1;
+    batch.indexOf.set(lookupOffset, index);
+  }
+  site.batch = batch;
+  site.index = index;
+  return site;
+}
+
+/** Appends the frames of one address; returns how many. */
+function addFrames(out: StackFrame[], address: bigint, site: Site | undefined, perfMap: PerfMap | null | undefined): number {
+  if (!site) {
+    const jit = perfMap?.lookup(address);
+    out.push(jit ? { address: hex(address), module: '[perf-map]', symbol: jit.symbol } : { address: hex(address) });
+    return 1;
+  }
+  const { mapping, batch } = site;
+  if (!batch) {
+    // Pseudo mapping ([vdso], ...): the offset is relative to the mapping.
+    out.push({ address: hex(address), module: mapping.path, offset: hex(address - mapping.start) });
+    return 1;
+  }
+  const addressHex = hex(address);
+  const offsetHex = hex(site.offset);
+  const results = batch.results;
+  const count = results && site.index < results.count ? results.frameCount(site.index) : 0;
+  if (count === 0) {
+    out.push(fileFrame(addressHex, mapping.path, offsetHex, batch.buildId));
+    return 1;
+  }
+  const first = results!.firstFrame(site.index);
+  for (let k = first; k < first + count; k++) {
+    const frame = fileFrame(addressHex, mapping.path, offsetHex, batch.buildId);
+    const symbol = results!.symbol(k);
+    const file = results!.file(k);
+    const line = results!.line(k);
+    if (symbol !== undefined) frame.symbol = symbol;
+    if (file !== undefined) frame.file = file;
+    if (line !== undefined) frame.line = line;
+    frame.inlined = results!.inlined(k);
+    out.push(frame);
+  }
+  return count;
 }

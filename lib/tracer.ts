@@ -8,6 +8,7 @@ import { allocationsView } from './allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import { TracerClosedError } from './errors.js';
 import { EventQueue } from './event-queue.js';
+import type { EventRecords } from './event-records.js';
 import {
   blockColumns,
   decodeCounters,
@@ -15,7 +16,6 @@ import {
   snapshotColumns,
   type BlockColumns,
   type Counters,
-  type EventBatch,
 } from './native-layout.js';
 import { nativeBuildDir, type NativeMessageType, type NativeTracer } from './native.js';
 import type { PlacementDecision } from './placement.js';
@@ -113,6 +113,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   readonly #events = new EventQueue(
     (batch, from, to) => this.#deliverEvents(batch, from, to),
     (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
+    () => this.#native.eventsDelivered(),
   );
 
   /** @internal Use trace(). */
@@ -156,24 +157,23 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     }
   }
 
-  /** A batch nobody listens to is dropped at once; the others are delivered in slices. */
+  /** A batch nobody listens to is dropped at once; the others are delivered in slices. Either
+   *  way the poll thread hears when it is done with (its backpressure, lib/event-queue.ts). */
   #queueEvents(data: ArrayBuffer): void {
     if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(data);
+    else this.#native.eventsDelivered();
   }
 
-  #deliverEvents(batch: EventBatch, from: number, to: number): void {
+  #deliverEvents(batch: EventRecords, from: number, to: number): void {
     const wantAlloc = this.listenerCount('alloc') > 0;
     const wantFree = this.listenerCount('free') > 0;
     if (!wantAlloc && !wantFree) return;
     for (let i = from; i < to; i++) {
-      const e = batch.at(i);
-      if (e.kind === 'alloc') {
-        if (wantAlloc && e.fn !== 'free') {
-          this.emit('alloc', { function: e.fn, address: e.address, size: e.size, tid: e.tid, timestampNs: e.timestampNs });
-        }
+      if (batch.isAlloc(i)) {
+        const event = wantAlloc ? batch.allocEvent(i) : undefined;
+        if (event) this.emit('alloc', event);
       } else if (wantFree) {
-        const fn = e.fn === 'realloc' || e.fn === 'reallocarray' ? e.fn : 'free';
-        this.emit('free', { function: fn, address: e.address, size: e.size, tid: e.tid, timestampNs: e.timestampNs });
+        this.emit('free', batch.freeEvent(i));
       }
     }
   }

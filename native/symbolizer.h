@@ -5,8 +5,8 @@
 #include <napi.h>
 
 // Registers on `exports`:
-//   symbolize(modulePath, offsets, options?) -> Promise<Array<SymbolizedFrame[] | { error }>>
-//   symbolizeSync(modulePath, offsets, options?) -> Array<SymbolizedFrame[] | { error }>
+//   symbolize(modulePath, offsets, options?) -> Promise<SymbolizedBatch>
+//   symbolizeSync(modulePath, offsets, options?) -> SymbolizedBatch
 //   readBuildId(path) -> string | null
 //   clearSymbolizerCache() -> undefined
 void InitSymbolizer(Napi::Env env, Napi::Object exports);

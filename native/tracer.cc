@@ -18,6 +18,7 @@
 #include <memory>
 
 #include "addon_data.h"
+#include "external_buffer.h"
 #include "leak.h"
 #include "leak.skel.h"
 #include "uprobe_multi.h"
@@ -29,9 +30,11 @@ namespace {
 // A batch is handed to JS when it holds this many bytes, or when its oldest event is this old.
 constexpr size_t kMaxBatchBytes = 1 << 20;
 constexpr auto kMaxBatchAge = std::chrono::milliseconds(20);
-// Batches posted but not yet taken by JS. Past this the poll thread stops draining: the ring
-// buffer fills and the BPF side counts what it drops, rather than this process growing.
-constexpr int kMaxPendingBatches = 64;
+// Messages posted and not yet taken by JS, events batches until their listeners have had them
+// (eventsDelivered()). Past this the poll thread stops draining: the ring buffer fills and the
+// BPF side counts what it drops, rather than this process growing or the event loop having to
+// deliver a backlog at once (16 MB, ~300,000 events, is a few tens of ms of delivery).
+constexpr int kMaxPendingBatches = 16;
 constexpr auto kCounterCheckInterval = std::chrono::milliseconds(100);
 // How often the poll thread wakes; also the resolution of blocks' timestamps (`now_ns` in
 // bpf/leak.bpf.c: reading a clock in every allocation probe cost a tenth of its work).
@@ -89,16 +92,6 @@ class ThreadIgnore {
   Tracer* tracer_;
   int tid_;
 };
-
-// Hands a worker's result to JS without copying it on the JS thread: the ArrayBuffer owns the
-// vector and frees it when collected.
-Napi::ArrayBuffer TakeAsArrayBuffer(Napi::Env env, std::vector<uint8_t>&& bytes) {
-  if (bytes.empty()) return Napi::ArrayBuffer::New(env, 0);
-  auto* owned = new std::vector<uint8_t>(std::move(bytes));
-  return Napi::ArrayBuffer::New(
-      env, owned->data(), owned->size(),
-      [](Napi::Env, void*, std::vector<uint8_t>* v) { delete v; }, owned);
-}
 
 // Base for the promise-returning calls: keeps the JS object alive while the worker runs and
 // turns a NativeError into a JS error with its code.
@@ -231,6 +224,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::ReadModules>("readModules"),
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
+                         InstanceMethod<&Tracer::EventsDelivered>("eventsDelivered"),
                          InstanceMethod<&Tracer::CloseJs>("close"),
                          InstanceMethod<&Tracer::CloseAsync>("closeAsync"),
                          StaticMethod<&Tracer::Demangle>("demangle"),
@@ -616,14 +610,18 @@ int Tracer::OnRingRecord(void* self, void* data, size_t size) {
 
 void Tracer::Post(const char* type, std::vector<uint8_t> bytes) {
   auto* message = new Message{type, std::move(bytes)};
+  bool events = strcmp(type, "events") == 0;
   (*pending_batches_)++;
   // The callback may run after this Tracer is gone (a batch queued just before close): it holds
   // the counter, not the tracer.
   napi_status status = on_message_.NonBlockingCall(
-      message, [pending = pending_batches_](Napi::Env env, Napi::Function callback, Message* m) {
-        (*pending)--;
+      message, [pending = pending_batches_, events](Napi::Env env, Napi::Function callback, Message* m) {
         std::unique_ptr<Message> owned(m);
-        if (env == nullptr || callback.IsEmpty()) return;
+        // Without JS (torn down) nobody will call eventsDelivered(); with it, an events batch
+        // stays pending until JS does.
+        bool jsGone = env == nullptr || callback.IsEmpty();
+        if (!events || jsGone) (*pending)--;
+        if (jsGone) return;
         Napi::ArrayBuffer buffer = TakeAsArrayBuffer(env, std::move(owned->bytes));
         try {
           callback.Call({Napi::String::New(env, owned->type), buffer});
@@ -796,6 +794,14 @@ Napi::Value Tracer::CloseAsync(const Napi::CallbackInfo& info) {
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
+}
+
+// eventsDelivered(): the listeners have had one events batch (or it was dropped unheard).
+Napi::Value Tracer::EventsDelivered(const Napi::CallbackInfo& info) {
+  int n = pending_batches_->load();
+  while (n > 0 && !pending_batches_->compare_exchange_weak(n, n - 1)) {
+  }
+  return info.Env().Undefined();
 }
 
 Napi::Value Tracer::CloseJs(const Napi::CallbackInfo& info) {

@@ -1,6 +1,6 @@
 // One traced process: the BPF object, its uprobe links, and the thread that drains the event
 // ring buffer and watches for the process to exit. JS sees it as `new Tracer(config, onMessage)`
-// with attach() / snapshot() / readStacks() / counters() / setMark() / close().
+// with attach() / snapshot() / readStacks() / counters() / setMark() / eventsDelivered() / close().
 #pragma once
 
 #include <napi.h>
@@ -87,6 +87,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value ReadModules(const Napi::CallbackInfo& info);
   Napi::Value Counters(const Napi::CallbackInfo& info);
   Napi::Value SetMark(const Napi::CallbackInfo& info);
+  Napi::Value EventsDelivered(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
   Napi::Value CloseAsync(const Napi::CallbackInfo& info);
   // Defined in native/unwinder.cc.

@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest';
 import { forEachRange, SLICE_MS } from '../lib/cooperative.js';
 import { EventQueue } from '../lib/event-queue.js';
-import { blockColumns, type Counters, type EventBatch } from '../lib/native-layout.js';
+import type { EventRecords } from '../lib/event-records.js';
+import { blockColumns, type Counters } from '../lib/native-layout.js';
 import { inUseSliced, summarize, tallyRows, tallyRowsSliced } from '../lib/report.js';
 import { keptRows, keptRowsSliced, scopedReport, scopedReportSliced, type ReportSource } from '../lib/scope.js';
 import { blockBuffer, manyBlocks } from './helpers/snapshot-buffer.js';
@@ -119,17 +120,21 @@ function eventsBuffer(first: number, count: number): ArrayBuffer {
 describe('event batches delivered in slices', () => {
   const collect = () => {
     const seen: number[] = [];
-    const deliver = (batch: EventBatch, from: number, to: number) => {
-      for (let i = from; i < to; i++) seen.push(Number(batch.at(i).address));
+    const deliver = (batch: EventRecords, from: number, to: number) => {
+      for (let i = from; i < to; i++) seen.push(Number(batch.allocEvent(i)!.address));
     };
     return { seen, deliver };
   };
 
   it('in order, each event once, and drained() waits for all of them', async () => {
     const { seen, deliver } = collect();
-    const queue = new EventQueue(deliver, (e) => {
-      throw e;
-    });
+    const queue = new EventQueue(
+      deliver,
+      (e) => {
+        throw e;
+      },
+      () => {},
+    );
     queue.push(eventsBuffer(0, 3000));
     queue.push(eventsBuffer(3000, 10));
     expect(seen.length).toBeLessThan(3010); // not all at once
@@ -140,30 +145,37 @@ describe('event batches delivered in slices', () => {
   });
 
   it('a delivery that throws drops the rest of its batch, reports, and goes on', async () => {
+    let done = 0;
     const seen: number[] = [];
     const errors: unknown[] = [];
     const queue = new EventQueue(
       (batch, from, to) => {
         for (let i = from; i < to; i++) {
-          const address = Number(batch.at(i).address);
+          const address = Number(batch.allocEvent(i)!.address);
           if (address === 5) throw new Error('listener failed');
           seen.push(address);
         }
       },
       (e) => errors.push(e),
+      () => done++,
     );
     queue.push(eventsBuffer(0, 1000));
     queue.push(eventsBuffer(1000, 3));
     await queue.drained();
     expect(seen).toEqual([0, 1, 2, 3, 4, 1000, 1001, 1002]);
     expect(errors).toHaveLength(1);
+    expect(done).toBe(2); // the dropped rest counts as done
   });
 
-  it('past 16 MB waiting, everything is delivered at once (backpressure)', () => {
+  it('reports each batch done once its last event is delivered, and never delivers 16 MB at once', async () => {
     const { seen, deliver } = collect();
-    const queue = new EventQueue(deliver, () => {});
+    const doneAt: number[] = [];
+    const queue = new EventQueue(deliver, () => {}, () => doneAt.push(seen.length));
     const perBatch = Math.floor((1 << 20) / 56);
     for (let b = 0; b < 17; b++) queue.push(eventsBuffer(b * perBatch, perBatch));
+    expect(seen.length).toBeLessThan(perBatch); // the backpressure is the poll thread's now
+    await queue.drained();
     expect(seen).toHaveLength(17 * perBatch);
+    expect(doneAt).toEqual(Array.from({ length: 17 }, (_, b) => (b + 1) * perBatch));
   });
 });

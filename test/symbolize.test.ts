@@ -32,7 +32,8 @@ import {
   readProcMaps,
   type ProcMapping,
 } from '../lib/proc-maps.js';
-import { symbolizeStacks, type NativeSymbolizer, type SymbolizeResult } from '../lib/symbolize.js';
+import { symbolizeStacks, type NativeSymbolizer, type SymbolizedBatch, type SymbolizeResult } from '../lib/symbolize.js';
+import { expandBatch } from '../lib/symbolized-batch.js';
 
 const execFileAsync = promisify(execFile);
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -43,13 +44,32 @@ function addonPath(): string {
   return process.env.EBPF_LEAK_ADDON ?? join(nativeBuildDir(), 'ebpf_leak.node');
 }
 
-type Addon = NativeSymbolizer & {
+/** The addon's symbolizer with its compact results expanded into objects, for assertions. */
+type Addon = {
+  symbolize(path: string, offsets: BigUint64Array | Array<number | bigint>, o?: { debugDirs?: string[] }): Promise<SymbolizeResult[]>;
   symbolizeSync(path: string, offsets: BigUint64Array | Array<number | bigint>, o?: { debugDirs?: string[] }): SymbolizeResult[];
+  readBuildId(path: string): string | null;
   clearSymbolizerCache(): void;
 };
 
+type RawAddon = NativeSymbolizer & {
+  symbolizeSync(path: string, offsets: BigUint64Array | Array<number | bigint>, o?: { debugDirs?: string[] }): SymbolizedBatch;
+  clearSymbolizerCache(): void;
+};
+
+function loadRawAddon(): RawAddon {
+  return createRequire(import.meta.url)(addonPath()) as RawAddon;
+}
+
 function loadAddon(): Addon {
-  return createRequire(import.meta.url)(addonPath()) as Addon;
+  const raw = loadRawAddon();
+  return {
+    // Not async: bad arguments throw at the call.
+    symbolize: (path, offsets, o) => raw.symbolize(path, offsets, o).then(expandBatch),
+    symbolizeSync: (path, offsets, o) => expandBatch(raw.symbolizeSync(path, offsets, o)),
+    readBuildId: (path) => raw.readBuildId(path),
+    clearSymbolizerCache: () => raw.clearSymbolizerCache(),
+  };
 }
 
 // --- sources; `@NAME` comments mark lines the assertions look for -------------------------------
@@ -301,11 +321,14 @@ function frames(r: SymbolizeResult | undefined): Array<{ symbol?: string; file?:
 
 let dir: string;
 let addon: Addon;
+/** The addon itself, as symbolizeStacks() takes it. */
+let native: NativeSymbolizer;
 let prog: string;
 let progRun: Run;
 
 beforeAll(() => {
   addon = loadAddon();
+  native = loadRawAddon();
   dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-sym-'));
   writeFileSync(join(dir, 'prog.c'), progC);
   writeFileSync(join(dir, 'prog.cpp'), progCpp);
@@ -566,7 +589,7 @@ describe('damaged files', () => {
     const progMap = findMapping(progRun.maps, progRun.addrs.caller_fn!)!;
     const fake: ProcMapping = { ...progMap, start: 0x1000_0000n, end: 0x1001_0000n, path: bad, hostPath: bad };
     const stacks = [[progRun.addrs.leaf_fn!, 0x1000_0100n, progRun.addrs.ra_caller!]];
-    const [stack] = await symbolizeStacks(stacks, [...progRun.maps, fake], { native: addon });
+    const [stack] = await symbolizeStacks(stacks, [...progRun.maps, fake], { native });
     expect(stack).toHaveLength(3);
     expect(stack![0]).toMatchObject({ symbol: 'leaf_fn', module: prog });
     expect(stack![1]).toEqual({ address: '0x10000100', module: bad, offset: '0x' + (progMap.offset + 0x100n).toString(16) });
@@ -627,7 +650,7 @@ describe('symbolizeStacks', () => {
   it('maps addresses to modules, fills StackFrames, and expands inlined frames', async () => {
     const { addrs, maps } = progRun;
     const stacks = [[addrs.leaf_fn!, addrs.ra_caller!], [addrs.caller_fn!, addrs.ra_inline!, 0x10n]];
-    const res = await symbolizeStacks(stacks, maps, { native: addon });
+    const res = await symbolizeStacks(stacks, maps, { native });
     const buildId = buildIdOf(prog);
     const [s1, s2] = res;
     expect(s1).toHaveLength(2);
@@ -658,10 +681,10 @@ describe('symbolizeStacks', () => {
 
   it('returnAddresses: false symbolizes every address as is', async () => {
     const { addrs, maps } = progRun;
-    const [s] = await symbolizeStacks([[addrs.leaf_fn!, addrs.caller_fn!]], maps, { native: addon, returnAddresses: false });
+    const [s] = await symbolizeStacks([[addrs.leaf_fn!, addrs.caller_fn!]], maps, { native, returnAddresses: false });
     expect(s![1]!.symbol).toBe('caller_fn');
     // With the adjustment, the byte before caller_fn belongs to another function (or padding).
-    const [adjusted] = await symbolizeStacks([[addrs.leaf_fn!, addrs.caller_fn!]], maps, { native: addon });
+    const [adjusted] = await symbolizeStacks([[addrs.leaf_fn!, addrs.caller_fn!]], maps, { native });
     expect(adjusted![1]!.symbol).not.toBe('caller_fn');
   });
 
@@ -670,7 +693,7 @@ describe('symbolizeStacks', () => {
     const anon: ProcMapping = { start: 0x5000_0000n, end: 0x5001_0000n, offset: 0n, perms: 'r-xp', dev: '00:00', inode: 0n, path: '', deleted: false };
     const perfMap = new PerfMap(parsePerfMap('50000100 40 LazyCompile:~leakyJs /app/x.js:3\n'));
     const [s] = await symbolizeStacks([[0x5000_0110n, 0x5000_0200n, addrs.caller_fn!, 0x6000_0000n]], [...maps, anon], {
-      native: addon,
+      native,
       perfMap,
       returnAddresses: false,
     });
@@ -685,7 +708,7 @@ describe('symbolizeStacks', () => {
     const stripped = join(dir, 'prog-stripped');
     const maps = progRun.maps.map((m) => (m.path === prog ? { ...m, path: stripped, hostPath: stripped } : m));
     const addr = progRun.addrs.static_fn!;
-    const [withDirs] = await symbolizeStacks([[addr]], maps, { native: addon, debugDirs: [join(dir, 'debugroot')] });
+    const [withDirs] = await symbolizeStacks([[addr]], maps, { native, debugDirs: [join(dir, 'debugroot')] });
     expect(withDirs![0]).toMatchObject({ symbol: 'static_fn', module: stripped, buildId: buildIdOf(prog) });
   });
 });
@@ -717,7 +740,7 @@ describe('live processes', () => {
       expect(m.deleted).toBe(true);
       expect(m.path).toBe(path);
       expect(m.hostPath).toMatch(new RegExp(`^/proc/${child.pid}/map_files/[0-9a-f]+-[0-9a-f]+$`));
-      const [stack] = await symbolizeStacks([[addrs.caller_fn!]], maps, { native: addon });
+      const [stack] = await symbolizeStacks([[addrs.caller_fn!]], maps, { native });
       expect(stack![0]).toMatchObject({ symbol: 'caller_fn', module: path, buildId: buildIdOf(prog) });
     } finally {
       await stop(child);
@@ -783,7 +806,7 @@ for (let i = 0; i < Number(count); i++) {
   }
   const path = outDir + '/fuzz-' + i;
   writeFileSync(path, buf);
-  results += (await addon.symbolize(path, offsets)).length;
+  results += (await addon.symbolize(path, offsets)).entries.length / 2; // 2 per offset
   addon.readBuildId(path);
 }
 console.log('ok ' + results);

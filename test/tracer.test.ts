@@ -127,6 +127,32 @@ describe('data that could not be kept is counted and reported', () => {
     // Losing events does not change the leak accounting, which comes from the map.
     expect(report.summary.allocs - report.summary.frees).toBe(report.summary.inUseBlocks);
   });
+
+  it('a listener slower than the stream loses events, without holding the event loop', async () => {
+    const tracer = await trace({ command: fixturePath('threads'), stdio: 'ignore', events: true, eventBufferBytes: 1 << 20 });
+    let delivered = 0;
+    const slowListener = () => {
+      delivered++;
+      const until = performance.now() + 0.003; // 3 us an event: far slower than 4 threads allocate
+      while (performance.now() < until);
+    };
+    tracer.on('alloc', slowListener);
+    tracer.on('free', slowListener);
+    let longestGap = 0;
+    let last = performance.now();
+    const timer = setInterval(() => {
+      const now = performance.now();
+      longestGap = Math.max(longestGap, now - last);
+      last = now;
+    }, 1);
+    const report = await tracer.done;
+    clearInterval(timer);
+    expect(report.summary.lostEvents).toBeGreaterThan(0);
+    expect(delivered + report.summary.lostEvents).toBe(report.summary.allocs + report.summary.frees);
+    // Delivered in slices, and no backlog delivered at once (16 MB of events would take ~1 s
+    // here). The bound leaves room for a loaded machine.
+    expect(longestGap).toBeLessThan(250);
+  });
 });
 
 describe('command targets', () => {
