@@ -10,7 +10,7 @@ import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { formatCount, formatReport, formatSnapshotTop, shellQuote } from './format.js';
+import { formatCount, formatSnapshotTop, shellQuote } from './format.js';
 import { writeJsonReport } from './json-report.js';
 import { stackUseSliced } from './snapshot-stacks.js';
 import { defaults, limits } from './options.js';

@@ -19,7 +19,6 @@ import {
   LeakInconclusiveError,
   measure,
   parseSuppressions,
-  type NativeLeakReport,
 } from '../lib/harness.js';
 import { trace } from '../lib/index.js';
 import { assertNativeLeaksAtMost, assertNoNativeLeaks, skipIfUnsupported as nodeTestSkip } from '../lib/node-test.js';
@@ -40,8 +39,6 @@ function lineOf(text: string, after?: string): number {
   expect(i).toBeGreaterThan(-1);
   return i + 1;
 }
-
-const symbols = (r: NativeLeakReport, i = 0) => r.leaks[i]!.stack.map((f) => f.symbol ?? '');
 
 describe('in-process measurement with the example addon', () => {
   it('catches the leaking function at 1,000 iterations: 64 bytes per iteration, its C++ function and line', async () => {

@@ -6,7 +6,6 @@
 import { execFile, execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import {
   copyFileSync,
-  existsSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
@@ -18,7 +17,6 @@ import {
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -36,7 +34,6 @@ import { symbolizeStacks, type NativeSymbolizer, type SymbolizedBatch, type Symb
 import { expandBatch } from '../lib/symbolized-batch.js';
 
 const execFileAsync = promisify(execFile);
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
 // The addon as lib/native.ts finds it (build/Release or build/Debug), or EBPF_LEAK_ADDON: any
 // .node that registers the symbolizer (used for sanitizer builds). A missing addon fails the tests.
