@@ -116,7 +116,18 @@ export interface NativeAddon {
   readElf(path: string, symbols: readonly string[]): NativeElfInfo;
   /** The stack walker's unwind table of a file (native/unwinder.cc). */
   unwindTable(path: string): NativeUnwindTable;
+  /** Runs a short-lived program with posix_spawn() on a worker thread (native/run_program.h):
+   *  child_process would fork this whole process on the JS thread. `argv[0]` included; `env` as
+   *  NAME=value strings. A timeout kills the program with SIGKILL. */
+  runProgram(file: string, argv: readonly string[], env: readonly string[], timeoutMs: number): Promise<ProgramResult>;
   layout: NativeLayout;
+}
+
+export interface ProgramResult {
+  status: number | null;
+  signal: number | null;
+  stdout: string;
+  stderr: string;
 }
 
 const here = dirname(fileURLToPath(import.meta.url));

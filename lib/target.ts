@@ -1,8 +1,6 @@
 // Which file holds the target's malloc: glibc found in /proc/PID/maps for a running process, or
 // through the dynamic loader's own search for a command we are about to start. Programs whose
 // malloc is not glibc's shared one are refused here, before they could produce an empty report.
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { accessSync, constants, existsSync, openSync, readFileSync, readSync, closeSync, realpathSync, statSync } from 'node:fs';
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
 import {
@@ -191,20 +189,24 @@ export async function loaderLibraries(
   env: NodeJS.ProcessEnv,
 ): Promise<Map<string, string>> {
   let out: string;
-  try {
-    // Asynchronous: trace() must not hold the event loop while the loader runs.
-    ({ stdout: out } = await promisify(execFile)(interpreter, ['--list', exe], {
-      env: { ...env },
-      encoding: 'utf8',
-      timeout: 10_000,
-    }));
-  } catch (error) {
-    const stderr = (error as { stderr?: string }).stderr ?? '';
-    throw new LibraryNotFoundError(
-      `cannot list the libraries of ${exe} with its loader ${interpreter}: ${stderr.trim() || String(error)}. ` +
+  const cannot = (why: string, cause?: unknown) =>
+    new LibraryNotFoundError(
+      `cannot list the libraries of ${exe} with its loader ${interpreter}: ${why}. ` +
         `Check that the program runs, or name the allocator with allocator: { path }.`,
-      { cause: error },
+      cause === undefined ? undefined : { cause },
     );
+  try {
+    // Not child_process: it forks this whole process on the JS thread (see native/run_program.h).
+    const envStrings = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));
+    const result = await loadNative().runProgram(interpreter, [interpreter, '--list', exe], envStrings, 10_000);
+    if (result.status !== 0) {
+      const how = result.signal !== null ? `killed by signal ${result.signal}` : `exit status ${result.status}`;
+      throw cannot(result.stderr.trim() || how);
+    }
+    out = result.stdout;
+  } catch (error) {
+    if (error instanceof LibraryNotFoundError) throw error;
+    throw cannot(String(error), error);
   }
   const libs = new Map<string, string>();
   for (const line of out.split('\n')) {

@@ -7,6 +7,7 @@
 #include "elf_file.h"
 #include "errors.h"
 #include "leak.h"
+#include "run_program.h"
 #include "symbolizer.h"
 #include "tracer.h"
 #include "unwinder.h"
@@ -40,6 +41,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tracer", Tracer::Define(env));
   exports.Set("readElf", Napi::Function::New(env, ReadElf, "readElf"));
   exports.Set("unwindTable", Napi::Function::New(env, UnwindTableJs, "unwindTable"));
+  exports.Set("runProgram", Napi::Function::New(env, RunProgram, "runProgram"));
   exports.Set("layout", Layout(env));
   InitSymbolizer(env, exports);
   return exports;
