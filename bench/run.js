@@ -62,6 +62,9 @@ const extras = !flag('--no-extras');
 /** Internal: measure 1,000,000 outstanding blocks in this (fresh) process and print JSON. */
 const outstandingChild = option('--outstanding-child');
 
+// The single-threaded workloads run on the last CPU (bench/workload.c, pin_to_bench_cpu).
+if (os.cpus().length > 1) process.env.EBPF_LEAK_BENCH_CPU = String(os.cpus().length - 1);
+
 // Collected between runs, so one config's garbage (the events config makes millions of objects)
 // does not stall the next one's event loop.
 v8.setFlagsFromString('--expose-gc');

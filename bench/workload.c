@@ -18,6 +18,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -117,6 +118,23 @@ static void on_term(int sig)
 	stop = 1;
 }
 
+/* EBPF_LEAK_BENCH_CPU=N (bench/run.js sets it): the single-threaded workloads run on CPU N, in
+ * every config alike. Probes run in the traced thread, so they move with it; the tracer's own
+ * threads then mostly keep to the other CPUs instead of trading places with the workload, which
+ * made runs of one config differ by 20%. `threads` stays unpinned: its threads run in parallel. */
+static void pin_to_bench_cpu(const char *mode)
+{
+	const char *cpu = getenv("EBPF_LEAK_BENCH_CPU");
+	cpu_set_t set;
+
+	if (!cpu || !*cpu || strcmp(mode, "threads") == 0)
+		return;
+	CPU_ZERO(&set);
+	CPU_SET(atoi(cpu), &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		perror("workload: sched_setaffinity");
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode, *out = NULL;
@@ -136,6 +154,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "workload: N must be positive\n");
 		return 2;
 	}
+	pin_to_bench_cpu(mode);
 
 	if (strcmp(mode, "hold") == 0) {
 		void **blocks = malloc(sizeof(void *) * (size_t)n);
