@@ -449,13 +449,13 @@ static __always_inline __s64 overflow_stack(struct pt_regs *ctx)
 
 /* Taken in the return probe: there the caller is the innermost frame. (At the entry, the caller's
  * return address is only at the top of the stack, and a frame-pointer walk skips it.) */
-static __always_inline __s64 alloc_stack(struct pt_regs *ctx)
+static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 {
 	__s64 id;
 
 	if (!capture_stacks)
 		return -1;
-	if (unwind_stack(ctx, &id)) { /* the CFI walk (bpf/unwind.h) took it */
+	if (unwind_stack(ctx, tid, &id)) { /* the CFI walk (bpf/unwind.h) took it */
 		if (id < 0)
 			COUNT(stack_failures, 1);
 		return id;
@@ -549,7 +549,7 @@ static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 
 			return;
 		}
 	}
-	record_alloc(fn, address, size, alloc_stack(ctx), tid);
+	record_alloc(fn, address, size, alloc_stack(ctx, tid), tid);
 }
 
 /* The return of a call that call_enter() saved. */

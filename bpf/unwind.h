@@ -644,7 +644,7 @@ static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwin
  * Every stack is walked, those through code with frame pointers too: with the page copy and the
  * per-CPU rule slots the walk costs less than bpf_get_stackid() (bench/unwind.mjs), and it is
  * right where a frame-pointer walk silently skips or misreads frames. */
-static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
+static __always_inline bool unwind_stack(struct pt_regs *ctx, __u32 tid, __s64 *id)
 {
 	struct unwind_walk w = {
 		.ip = PT_REGS_IP(ctx),
@@ -654,8 +654,6 @@ static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
 	struct leak_unwind_counters *cnt;
 	struct unwind_scratch *s;
 	__u32 zero = 0;
-	__u64 tid;
-
 	__u64 mm;
 
 	if (unwind_mode == LEAK_UNWIND_FP)
@@ -673,8 +671,7 @@ static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
 		UNWIND_COUNT(failures, 1);
 		return true;
 	}
-	tid = (__u32)bpf_get_current_pid_tgid();
-	s->busy = tid;
+	s->busy = tid; /* the allocating thread's id (the caller has it: a helper call less) */
 	s->page_base = 0;
 	bpf_loop(unwind_depth, unwind_step, &w, 0);
 	if (s->busy != tid) {
@@ -706,7 +703,7 @@ static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
 
 #else /* not x86-64: no CFI walker; user space keeps unwind_mode at LEAK_UNWIND_FP */
 
-static __always_inline bool unwind_stack(struct pt_regs *ctx, __s64 *id)
+static __always_inline bool unwind_stack(struct pt_regs *ctx, __u32 tid, __s64 *id)
 {
 	return false;
 }
