@@ -19,7 +19,9 @@
 
 #define CALL_SLOT_BITS 12
 #define CLOCK_TICK_NS 10000000ULL /* how often user space advances `now_ns` (kClockTickMs) */
-#define CALL_SLOT_NONE (~0ULL)
+/* call_slot_take()'s answers that are not a size_fn (whose top byte is a function, below 16). */
+#define CALL_SLOT_NONE (~0ULL)	    /* no slot: the call went the slow way */
+#define CALL_SLOT_NESTED (~0ULL - 1) /* a nested tail call: its outer call's return records it */
 
 #if defined(__TARGET_ARCH_x86)
 #define RETURN_SP_OFFSET 8 /* the return address the entry's stack pointer pointed at */
@@ -79,20 +81,18 @@ static __always_inline int call_slot_claim(__u64 sp, __u64 size_fn, __u64 now)
 	return outcome;
 }
 
-/* The size_fn of the call returning with stack pointer `sp`, its slot released; CALL_SLOT_NONE
- * when it has no slot (it went the slow way), or it was a nested tail call. */
-static __always_inline __u64 call_slot_take(__u64 return_sp, bool *nested)
+/* The size_fn of the call returning with stack pointer `return_sp`, its slot released; or
+ * CALL_SLOT_NONE, CALL_SLOT_NESTED. */
+static __always_inline __u64 call_slot_take(__u64 return_sp)
 {
 	__u64 sp = return_sp - RETURN_SP_OFFSET, size_fn;
 	struct call_slot *s = call_slot_at(sp);
 
-	*nested = false;
 	if (!s || s->sp != sp)
 		return CALL_SLOT_NONE;
 	if (s->nested) {
 		s->nested--;
-		*nested = true;
-		return CALL_SLOT_NONE;
+		return CALL_SLOT_NESTED;
 	}
 	size_fn = s->size_fn;
 	/* Read before the release: after it, another thread may claim the slot and write it. */

@@ -479,17 +479,16 @@ static __always_inline bool nested_in(struct inflight_call *call, __u64 sp)
 	return call && call->active && sp <= call->sp;
 }
 
-/* The entry of a call whose arguments are kept in `inflight` until its return. Only the outermost
- * of nested calls (realloc(NULL, n) reaching malloc, memalign reaching malloc, reallocarray
- * reaching realloc) is the user's allocation: the others count `depth` up, their returns down. */
-static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
+/* The entry of a target's call whose arguments are kept in `inflight` until its return. Only the
+ * outermost of nested calls (realloc(NULL, n) reaching malloc, memalign reaching malloc,
+ * reallocarray reaching realloc) is the user's allocation: the others count `depth` up, their
+ * returns down. */
+static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
 				      __u64 out_ptr)
 {
 	struct inflight_call *call;
 	__u64 sp = PT_REGS_SP(ctx);
 
-	if (!is_target())
-		return;
 	call = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!call) {
 		COUNT(inflight_failures, 1);
@@ -526,14 +525,12 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 	}
 }
 
-/* An allocation returned `address`: records it, unless its thread is ignored or sampling skips
- * it. `size` SIZE_OVERFLOW: the call failed without allocating. */
+/* An allocation returned `address` (0: it failed): records it, unless its thread is ignored or
+ * sampling skips it. `thread`: the thread's `inflight` state when the caller has it, else NULL. */
 static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 address, __u64 size,
-					   __u32 tid)
+					   __u32 tid, struct inflight_call *thread)
 {
-	struct inflight_call *thread;
-
-	if (!address || size == SIZE_OVERFLOW)
+	if (!address)
 		return;
 	/* Checked at the return, not the entry: an ignored thread's realloc must still free the
 	 * block it moved, and its nested calls must keep the depth count straight. */
@@ -542,7 +539,8 @@ static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 
 		return;
 	}
 	if (sample_mean_bytes) {
-		thread = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!thread)
+			thread = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (thread && !sampled(thread, size)) {
 			COUNT(allocs, 1);
 			COUNT(bytes_allocated, size);
@@ -552,7 +550,7 @@ static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 
 	record_alloc(fn, address, size, alloc_stack(ctx, tid), tid);
 }
 
-/* The return of a call that call_enter() saved. */
+/* The return of a call that call_begin() saved. */
 static __always_inline int call_return(struct pt_regs *ctx)
 {
 	struct inflight_call *st;
@@ -596,7 +594,7 @@ static __always_inline int call_return(struct pt_regs *ctx)
 			record_free(fn, old_ptr);
 		break;
 	}
-	alloc_returned(ctx, fn, address, size, tid);
+	alloc_returned(ctx, fn, address, size, tid, st);
 	return 0;
 }
 
@@ -623,7 +621,15 @@ static __always_inline void fast_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 			return;
 		}
 	}
-	call_enter(ctx, fn, size, 0, 0);
+	call_begin(ctx, fn, size, 0, 0);
+}
+
+/* The others: always through `inflight`. */
+static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __u64 old_ptr,
+				      __u64 out_ptr)
+{
+	if (is_target())
+		call_begin(ctx, fn, size, old_ptr, out_ptr);
 }
 
 /* The entry of `fn`, with the probed function's first three arguments. */
@@ -675,15 +681,14 @@ int BPF_KPROBE(alloc_entry, __u64 a0, __u64 a1, __u64 a2)
 SEC("uretprobe")
 int BPF_KRETPROBE(alloc_exit)
 {
-	bool nested;
-	__u64 size_fn = call_slot_take(PT_REGS_SP(ctx), &nested);
+	__u64 size_fn = call_slot_take(PT_REGS_SP(ctx));
 
-	if (nested)
+	if (size_fn == CALL_SLOT_NESTED)
 		return 0;
 	if (size_fn == CALL_SLOT_NONE)
 		return call_return(ctx);
 	alloc_returned(ctx, size_fn >> LEAK_SIZE_BITS, PT_REGS_RC(ctx), size_fn & LEAK_SIZE_MASK,
-		       (__u32)bpf_get_current_pid_tgid());
+		       (__u32)bpf_get_current_pid_tgid(), NULL);
 	return 0;
 }
 

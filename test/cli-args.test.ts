@@ -219,17 +219,7 @@ describe('parseCliArgs: run', () => {
 });
 
 describe('parseCliArgs: attach', () => {
-  const attachDefaults = {
-    kind: 'attach',
-    top: 10,
-    events: false,
-    verbose: false,
-    stacks: true,
-    suppressions: [],
-    defaultSuppressions: true,
-    debugDirs: [],
-    intervalS: 5,
-  } as const;
+  const attachDefaults = { ...runDefaults, kind: 'attach', intervalS: 5 } as const;
 
   it('needs only -p', () => {
     expect(parseCliArgs(['attach', '-p', '1234'])).toEqual({ ...attachDefaults, pid: 1234 });
