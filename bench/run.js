@@ -564,7 +564,10 @@ async function main() {
     if (child.status !== 0 || !last.startsWith('{')) throw new Error(`the outstanding-blocks measurement failed (${child.status ?? child.signal}): ${child.stdout}`);
     const o = JSON.parse(last);
     measurements.outstanding = o;
-    log(`first trace() in a fresh process (loads the addon and the x86 decoder, plans the probes): ${fmt(o.firstTraceCallMs)} ms`);
+    log(
+      `first trace() in a fresh process (loads the addon, places the probes with the x86 decoder on a worker thread): ` +
+        `${fmt(o.firstTraceCallMs)} ms (event-loop stall ${fmt(o.firstTraceStallMs, 1)} ms)`,
+    );
     log(
       `${fmt(o.blocks)} outstanding (fresh process, stacks on): RSS ${fmt(o.rssMbBefore)} MB before tracing, ${fmt(o.rssMbOutstanding)} MB with them outstanding; snapshot ${fmt(o.snapshotMs)} ms (event-loop stall ${fmt(o.snapshotStallMs, 1)} ms), ` +
         `final report ${fmt(o.finalReportMs)} ms (stall ${fmt(o.finalReportStallMs, 1)} ms), RSS ${fmt(o.rssMbAfterSnapshot)} MB after the snapshot, max ${fmt(o.maxRssMb)} MB`,
@@ -587,7 +590,7 @@ async function main() {
   // Targets
   const pairRatio = (name) => ratios.find((r) => r.ratio === name && r.workload === 'pair')?.value ?? undefined;
   const stalls = Object.values(measurements.tracer).flatMap((m) => [m.maxEventLoopStallMs, m.maxStallInTraceCallMs, m.maxStallInFinalReportMs]);
-  if (measurements.outstanding) stalls.push(measurements.outstanding.snapshotStallMs, measurements.outstanding.finalReportStallMs);
+  if (measurements.outstanding) stalls.push(measurements.outstanding.firstTraceStallMs, measurements.outstanding.snapshotStallMs, measurements.outstanding.finalReportStallMs);
   for (const s of measurements.symbolization ?? []) stalls.push(s.stallMs);
   const attach = Object.values(measurements.tracer).map((m) => m.attachMs);
   const targets = [
@@ -635,12 +638,17 @@ try {
   if (outstandingChild) {
     ctx = { leak: await import('../dist/index.js') };
     // The addon and the decoder are loaded before the baseline RSS is taken.
+    const monitor = monitorEventLoopDelay({ resolution: 1 });
+    monitor.enable();
     const t0 = performance.now();
     const warm = await ctx.leak.trace({ command: workloadPath, args: ['pair', '10', '--out', join(tmp, 'warm-up')], stdio: 'ignore', stacks: false });
     const firstTraceCallMs = performance.now() - t0;
+    await settle();
+    const firstTraceStallMs = monitor.max / 1e6;
+    monitor.disable();
     await warm.done;
     gc();
-    console.log(JSON.stringify({ firstTraceCallMs, ...(await measureOutstanding(Number(outstandingChild))) }));
+    console.log(JSON.stringify({ firstTraceCallMs, firstTraceStallMs, ...(await measureOutstanding(Number(outstandingChild))) }));
   } else {
     await main();
   }

@@ -1,6 +1,7 @@
 // ebpf-leak: find native memory leaks by tracing malloc/free with eBPF uprobes.
 export { trace } from './trace.js';
 export { LeakTracer, leakTracerEvents, type TracerInfo } from './tracer.js';
+export { tracedProcessEvents, type TracedProcess, type TracedProcessEvents, type ProcessExit } from './traced-process.js';
 export * from './errors.js';
 export * from './types.js';
 export * from './harness.js';

@@ -111,8 +111,40 @@ export interface NativeTracerClass {
   demangle(name: string): string | null;
 }
 
+/** A program started held before exec (native/held_process.h). */
+export interface NativeHeldProcess {
+  /** Spawns the launcher (posix_spawn, on a worker thread). `stdio`: the parent's pipe ends for the
+   *  program's fds 0-2 with stdio 'pipe', else -1. */
+  start(): Promise<{ pid: number; stdio: [number, number, number] }>;
+  /** The launcher execs the program; false when it is gone already. */
+  release(): boolean;
+  /** pidfd_send_signal(); false once the process has exited. */
+  kill(signal: number): boolean;
+  ref(): void;
+  unref(): void;
+  /** Idempotent. Ends the exit watch; a launcher not yet released exits without running anything. */
+  close(): void;
+}
+
+export interface NativeHeldProcessConfig {
+  /** The launcher. */
+  file: string;
+  /** argv[0] included. */
+  argv: readonly string[];
+  /** NAME=value strings. */
+  env: readonly string[];
+  cwd?: string;
+  stdio: 'inherit' | 'pipe' | 'ignore';
+}
+
+export interface NativeHeldProcessClass {
+  /** `onExit` runs once, with the exit status or the number of the signal that killed it. */
+  new (config: NativeHeldProcessConfig, onExit: (code: number | null, signal: number | null) => void): NativeHeldProcess;
+}
+
 export interface NativeAddon {
   Tracer: NativeTracerClass;
+  HeldProcess: NativeHeldProcessClass;
   readElf(path: string, symbols: readonly string[]): NativeElfInfo;
   /** The stack walker's unwind table of a file (native/unwinder.cc). */
   unwindTable(path: string): NativeUnwindTable;

@@ -54,8 +54,10 @@
 //      changes nothing anyway: malloc, calloc and realloc begin with an emulated push.)
 //   6. x86-64 ELF files only; anything else keeps the entry.
 
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import type * as Iced from 'iced-x86';
 import type { AllocatorFunction } from './types.js';
 
@@ -115,7 +117,7 @@ const maxScan = 64 * 1024;
 
 type IcedModule = typeof Iced;
 let iced: IcedModule | undefined;
-/** iced-x86 compiles ~0.8 MB of WebAssembly when loaded (~150 ms): only on first use. */
+/** iced-x86 compiles ~0.8 MB of WebAssembly when loaded: only on first use. */
 function loadIced(): IcedModule {
   iced ??= createRequire(import.meta.url)('iced-x86') as IcedModule;
   return iced;
@@ -375,7 +377,20 @@ function isX8664Elf(header: Uint8Array): boolean {
   );
 }
 
+/** Decisions by file identity and function: a file is decoded once per process. */
 const cache = new Map<string, PlacementResult>();
+
+export interface PlacementRequest {
+  fn: AllocatorFunction;
+  /** File offset of the function. */
+  functionOffset: number;
+  /** Its ELF symbol size. */
+  size: number;
+}
+
+function cacheKey(st: Stats, r: PlacementRequest): string {
+  return `${st.dev}:${st.ino}:${st.mtimeMs}:${st.size}:${r.functionOffset}:${r.size}:${r.fn}`;
+}
 
 /**
  * Where `fn`'s entry probe goes in the allocator file `path`, given the function's file offset and
@@ -401,7 +416,7 @@ export function placeEntryProbe(
   try {
     fd = openSync(path, 'r');
     const st = fstatSync(fd);
-    const key = `${st.dev}:${st.ino}:${st.mtimeMs}:${st.size}:${functionOffset}:${size}:${fn}`;
+    const key = cacheKey(st, { fn, functionOffset, size });
     const known = cache.get(key);
     if (known) return { function: fn, ...known };
     const header = new Uint8Array(20);
@@ -418,4 +433,50 @@ export function placeEntryProbe(
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
+}
+
+const placementWorker = new URL('./placement-worker.js', import.meta.url);
+
+/** @internal The decoder has been loaded on this thread (for tests). */
+export function decoderLoadedHere(): boolean {
+  return iced !== undefined;
+}
+
+/**
+ * placeEntryProbe() for several functions of one file, decided on a worker thread
+ * (lib/placement-worker.ts) unless known already. Loading iced-x86 compiles 18,000 lines of JS
+ * glue and 0.8 MB of WebAssembly, 35-40 ms on the bench machine: on this thread, that was the
+ * longest event-loop stall of a process's first trace(). The decisions join this thread's cache.
+ * Run from TypeScript sources (the tests), where there is no worker file, it decides here.
+ */
+export async function placeEntryProbesOffThread(
+  path: string,
+  requests: readonly PlacementRequest[],
+  placement: ProbePlacement = 'optimized',
+): Promise<PlacementDecision[]> {
+  const here = () => requests.map((r) => placeEntryProbe(path, r.fn, r.functionOffset, r.size, placement));
+  let st: Stats;
+  try {
+    st = statSync(path);
+  } catch {
+    return here(); // every probe at its entry, with the reason
+  }
+  const known = (r: PlacementRequest) => cache.has(cacheKey(st, r));
+  if (placement === 'entry' || iced || requests.every(known) || !existsSync(fileURLToPath(placementWorker))) return here();
+  let decided: PlacementDecision[];
+  try {
+    decided = await new Promise<PlacementDecision[]>((resolve, reject) => {
+      const worker = new Worker(placementWorker, { workerData: { path, requests, placement } });
+      worker.once('message', resolve);
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new Error(`the placement worker exited (code ${code}) without an answer`)));
+    });
+  } catch {
+    return here(); // the worker could not run: decide here rather than fail the trace
+  }
+  decided.forEach((d, i) => {
+    const { function: _, ...result } = d;
+    cache.set(cacheKey(st, requests[i]!), result);
+  });
+  return decided;
 }

@@ -2,7 +2,7 @@
 import { SymbolNotFoundError } from './errors.js';
 import { leakFunctions } from './native-layout.js';
 import { loadNative, type NativeProbe } from './native.js';
-import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
+import { placeEntryProbe, placeEntryProbesOffThread, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from './types.js';
 
 /** Without these there is no leak report worth the name. */
@@ -34,16 +34,51 @@ export function planProbes(
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement = 'optimized',
 ): ProbePlan {
+  const found = findProbedFunctions(path, glibc, allocator);
+  return assemblePlan(
+    path,
+    found,
+    found.functions.map((f) => placeEntryProbe(path, f.fn, f.offset, f.size, probePlacement)),
+  );
+}
+
+/** planProbes(), with the entry probes placed on a worker thread the first time (the decoder's
+ *  loading would stall the event loop: lib/placement.ts placeEntryProbesOffThread). */
+export async function planProbesOffThread(
+  path: string,
+  glibc: boolean,
+  allocator: AllocatorOptions | undefined,
+  probePlacement: ProbePlacement = 'optimized',
+): Promise<ProbePlan> {
+  const found = findProbedFunctions(path, glibc, allocator);
+  const requests = found.functions.map((f) => ({ fn: f.fn, functionOffset: f.offset, size: f.size }));
+  return assemblePlan(path, found, await placeEntryProbesOffThread(path, requests, probePlacement));
+}
+
+interface ProbedFunction {
+  fn: AllocatorFunction;
+  /** enum leak_fn */
+  index: number;
+  symbol: string;
+  offset: number;
+  size: number;
+}
+
+/** The functions to probe, in leak_fn order, and those absent or sharing another's address. */
+function findProbedFunctions(
+  path: string,
+  glibc: boolean,
+  allocator: AllocatorOptions | undefined,
+): { functions: ProbedFunction[]; missing: AllocatorFunction[]; aliases: ProbePlan['aliases'] } {
   const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
-  const names = leakFunctions.map(symbolOf);
-  const info = loadNative().readElf(path, names);
+  const info = loadNative().readElf(path, leakFunctions.map(symbolOf));
   const required = glibc ? requiredInGlibc : requiredFunctions;
-  const plan: ProbePlan = { probes: [], attached: {}, missing: [], aliases: {}, placements: [] };
+  const found = { functions: [] as ProbedFunction[], missing: [] as AllocatorFunction[], aliases: {} as ProbePlan['aliases'] };
   const byOffset = new Map<number, AllocatorFunction>();
   leakFunctions.forEach((fn, index) => {
     const symbol = symbolOf(fn);
-    const found = info.symbols[symbol];
-    if (!found) {
+    const elfSymbol = info.symbols[symbol];
+    if (!elfSymbol) {
       if (required.includes(fn) || allocator?.symbols?.[fn] !== undefined) {
         throw new SymbolNotFoundError(
           `${path} has no function ${symbol} (for ${fn}), which ebpf-leak must probe. ` +
@@ -52,21 +87,31 @@ export function planProbes(
               : `Check the name with \`nm -D ${path} | grep ${symbol}\` and pass allocator.symbols.${fn}.`),
         );
       }
-      plan.missing.push(fn);
+      found.missing.push(fn);
       return;
     }
     // Aliases (glibc's aligned_alloc is memalign, cfree is free) must be probed once, or every
     // call through them would count twice.
-    const twin = byOffset.get(found.offset);
+    const twin = byOffset.get(elfSymbol.offset);
     if (twin) {
-      plan.aliases[fn] = twin;
+      found.aliases[fn] = twin;
       return;
     }
-    byOffset.set(found.offset, fn);
-    plan.attached[fn] = symbol;
-    const placement = placeEntryProbe(path, fn, found.offset, found.size, probePlacement);
-    plan.placements.push(placement);
-    plan.probes.push({ fn: index, path, entryOffset: placement.entryOffset, returnOffset: found.offset });
+    byOffset.set(elfSymbol.offset, fn);
+    found.functions.push({ fn, index, symbol, offset: elfSymbol.offset, size: elfSymbol.size });
+  });
+  return found;
+}
+
+function assemblePlan(
+  path: string,
+  found: ReturnType<typeof findProbedFunctions>,
+  placements: readonly PlacementDecision[],
+): ProbePlan {
+  const plan: ProbePlan = { probes: [], attached: {}, missing: found.missing, aliases: found.aliases, placements: [...placements] };
+  found.functions.forEach((f, i) => {
+    plan.attached[f.fn] = f.symbol;
+    plan.probes.push({ fn: f.index, path, entryOffset: placements[i]!.entryOffset, returnOffset: f.offset });
   });
   return plan;
 }

@@ -5,6 +5,7 @@ import { accessSync, constants, existsSync, openSync, readFileSync, readSync, cl
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
 import {
   CommandNotFoundError,
+  InvalidOptionError,
   LibraryNotFoundError,
   NoSuchProcessError,
   UnsupportedAllocatorError,
@@ -139,6 +140,14 @@ export function resolvePidAllocator(pid: number, allocator: AllocatorOptions | u
 
 // ---- commands we start
 
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 /** The executable `command` names, searched in PATH like execvp does. */
 export function resolveCommand(command: string, env: NodeJS.ProcessEnv, cwd: string | undefined): string {
   const isExecutableFile = (p: string) => {
@@ -149,6 +158,9 @@ export function resolveCommand(command: string, env: NodeJS.ProcessEnv, cwd: str
       return false;
     }
   };
+  if (cwd !== undefined && !isDirectory(cwd)) {
+    throw new InvalidOptionError(`options.cwd: ${cwd} is not a directory, so ${command} cannot run there. Create it or pass another.`);
+  }
   if (command.includes('/')) {
     const p = resolve(cwd ?? process.cwd(), command);
     if (isExecutableFile(p)) return p;
@@ -197,8 +209,7 @@ export async function loaderLibraries(
     );
   try {
     // Not child_process: it forks this whole process on the JS thread (see native/run_program.h).
-    const envStrings = Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));
-    const result = await loadNative().runProgram(interpreter, [interpreter, '--list', exe], envStrings, 10_000);
+    const result = await loadNative().runProgram(interpreter, [interpreter, '--list', exe], environmentStrings(env), 10_000);
     if (result.status !== 0) {
       const how = result.signal !== null ? `killed by signal ${result.signal}` : `exit status ${result.status}`;
       throw cannot(result.stderr.trim() || how);
@@ -286,4 +297,9 @@ export async function resolveCommandTarget(
     allocator: { path: realpathSync(libcPath), glibc: true },
     files: [program, info.interpreter, ...libs.values()],
   };
+}
+
+/** An environment as the NAME=value strings exec takes. */
+export function environmentStrings(env: NodeJS.ProcessEnv): string[] {
+  return Object.entries(env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));
 }

@@ -1,39 +1,25 @@
 // trace(): validate, check the kernel, find the allocator, start or find the process, attach.
-import { spawn, type ChildProcess } from 'node:child_process';
-import type { Writable } from 'node:stream';
 import { fromNativeError, TargetExitedError } from './errors.js';
 import { checkLayout, leakFunctions } from './native-layout.js';
-import { launcherPath, loadNative, type NativeMessageType, type NativeTracer } from './native.js';
+import { launcherPath, loadNative, type NativeAddon, type NativeMessageType, type NativeTracer } from './native.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
-import { planProbes } from './probes.js';
+import { planProbesOffThread } from './probes.js';
 import { checkSupport } from './support.js';
-import { processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
+import { environmentStrings, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
+import { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './tracer.js';
 import type { AllocatorFunction, TraceOptions } from './types.js';
 
-type ChildExit = { code: number | null; signal: NodeJS.Signals | null };
-
-/** Start the program held before exec: our launcher waits on fd 3 until we say go. */
-function spawnHeld(o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string) {
-  const child = spawn(launcherPath(), [exe, o.command, ...o.args], {
-    cwd: o.cwd,
-    env: o.env,
-    stdio: [o.stdio, o.stdio, o.stdio, 'pipe'],
+/** Start the program held before exec: our launcher waits on its fd 3 until release(). */
+function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
+  const launcher = launcherPath();
+  return TracedProcess.start(native, {
+    file: launcher,
+    argv: [launcher, exe, o.command, ...o.args],
+    env: environmentStrings(o.env),
+    ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
+    stdio: o.stdio,
   });
-  const exit = new Promise<ChildExit>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-  });
-  const spawned = new Promise<void>((resolve, reject) => {
-    child.once('spawn', resolve);
-    child.once('error', reject);
-  });
-  return { child, exit, spawned };
-}
-
-function release(child: ChildProcess): void {
-  const go = child.stdio[3] as Writable | null;
-  go?.end('g');
 }
 
 /** EBPF_LEAK_ATTACH=uprobe: one classic uprobe per function even where the kernel has multi-uprobe
@@ -52,7 +38,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
   let pid: number;
   let allocatorPath: string;
   let glibc: boolean;
-  let held: ReturnType<typeof spawnHeld> | undefined;
+  let held: TracedProcess | undefined;
   let unwindFiles: string[] | undefined;
   if (o.kind === 'pid') {
     const allocator = resolvePidAllocator(o.pid, o.allocator);
@@ -64,11 +50,10 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     allocatorPath = target.allocator.path;
     glibc = target.allocator.glibc;
     unwindFiles = target.files;
-    held = spawnHeld(o, target.exe);
-    await held.spawned;
-    pid = held.child.pid!;
+    held = await startHeld(native, o, target.exe);
+    pid = held.pid;
   }
-  const plan = planProbes(allocatorPath, glibc, o.allocator, o.probePlacement);
+  const plan = await planProbesOffThread(allocatorPath, glibc, o.allocator, o.probePlacement);
 
   let tracer: LeakTracer | undefined;
   const pending: Array<[NativeMessageType, ArrayBuffer]> = [];
@@ -102,7 +87,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     ({ mode: attachMode } = await nativeTracer.attach());
   } catch (error) {
     nativeTracer.close();
-    held?.child.kill('SIGKILL');
+    held?.kill('SIGKILL');
     if (o.kind === 'pid' && !processExists(pid)) {
       throw new TargetExitedError(`process ${pid} exited before the probes were attached.`, { cause: error });
     }
@@ -138,10 +123,10 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
     },
-    ...(held ? { child: held.child, childExit: held.exit } : {}),
+    ...(held ? { child: held } : {}),
   };
   tracer = new LeakTracer(parts);
   for (const [type, data] of pending) tracer.handleNativeMessage(type, data);
-  if (held) release(held.child);
+  held?.release();
   return tracer;
 }

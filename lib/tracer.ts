@@ -1,6 +1,5 @@
 // LeakTracer: one traced process, as an EventEmitter. Owns the native tracer and, for `command`
 // targets, the child process.
-import type { ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,6 +33,7 @@ import {
 import { symbolizeStacks } from './symbolize.js';
 import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats } from './unwind.js';
 import { processAlive } from './target.js';
+import type { TracedProcess } from './traced-process.js';
 import type {
   AllocatorFunction,
   LeakReport,
@@ -79,9 +79,8 @@ export interface TracerParts {
   pid: number;
   target: Omit<TargetInfo, 'exitCode' | 'signal'>;
   info: TracerInfo;
-  child?: ChildProcess;
-  /** Resolves with the child's exit status; set for `command` targets. */
-  childExit?: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** The started program, for `command` targets. */
+  child?: TracedProcess;
 }
 
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
@@ -93,7 +92,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** What was attached where. */
   readonly info: TracerInfo;
   /** The started program, for `command` targets (its stdio when stdio: 'pipe'). */
-  readonly process: ChildProcess | undefined;
+  readonly process: TracedProcess | undefined;
 
   #native: NativeTracer;
   #target: Omit<TargetInfo, 'exitCode' | 'signal'>;
@@ -137,12 +136,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     });
     // A rejection of `done` nobody awaits must not crash the process: 'error' carries it too.
     this.done.catch(() => {});
-    if (parts.childExit) {
-      parts.childExit.then(
-        ({ code, signal }) => void this.#finish(code, signal),
-        (error: unknown) => this.#fail(error),
-      );
-    }
+    void parts.child?.exited.then(({ code, signal }) => this.#finish(code, signal));
   }
 
   /** @internal Messages from the native poll thread. */

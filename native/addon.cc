@@ -6,6 +6,7 @@
 #include "addon_data.h"
 #include "elf_file.h"
 #include "errors.h"
+#include "held_process.h"
 #include "leak.h"
 #include "run_program.h"
 #include "symbolizer.h"
@@ -15,10 +16,12 @@
 namespace ebpf_leak {
 namespace {
 
-void CloseAllTracers(AddonData* data) {
+void CloseAll(AddonData* data) {
   // Close() does not erase from the set; the destructor does, later.
   std::vector<Tracer*> live(data->tracers.begin(), data->tracers.end());
   for (Tracer* t : live) t->Close();
+  std::vector<HeldProcess*> held(data->held_processes.begin(), data->held_processes.end());
+  for (HeldProcess* p : held) p->Close();
 }
 
 // Struct sizes, so lib/ can check that its decoders match this build's leak.h.
@@ -36,9 +39,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InstallLibbpfPrint();
   auto* data = new AddonData();
   env.SetInstanceData(data);
-  env.AddCleanupHook([data]() { CloseAllTracers(data); });
+  env.AddCleanupHook([data]() { CloseAll(data); });
 
   exports.Set("Tracer", Tracer::Define(env));
+  exports.Set("HeldProcess", HeldProcess::Define(env));
   exports.Set("readElf", Napi::Function::New(env, ReadElf, "readElf"));
   exports.Set("unwindTable", Napi::Function::New(env, UnwindTableJs, "unwindTable"));
   exports.Set("runProgram", Napi::Function::New(env, RunProgram, "runProgram"));

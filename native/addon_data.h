@@ -7,11 +7,14 @@
 
 namespace ebpf_leak {
 
+class HeldProcess;
 class Tracer;
 
 struct AddonData {
   // Live tracers, closed by the env cleanup hook so no probe outlives its process or worker.
   std::set<Tracer*> tracers;
+  // Started programs, whose exit watch ends with the env (native/held_process.h).
+  std::set<HeldProcess*> held_processes;
 
   static AddonData* From(Napi::Env env) { return env.GetInstanceData<AddonData>(); }
 };

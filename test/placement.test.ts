@@ -2,6 +2,7 @@
 // prologue on byte sequences, glibc 2.36's real prologues, and planProbes() on this machine's libc.
 // End to end, the oracle tests (test/oracle.test.ts) run with the default placement, 'optimized'.
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { loadNative } from '../lib/native.js';
@@ -14,6 +15,7 @@ import {
 } from '../lib/placement.js';
 import { planProbes } from '../lib/probes.js';
 import type { AllocatorFunction } from '../lib/types.js';
+import { repoRoot } from './helpers/fixtures.js';
 
 const bytes = (hex: string) => Uint8Array.from(hex.replace(/\s+/g, '').match(/../g)!.map((b) => parseInt(b, 16)));
 const base = 0x1000;
@@ -251,6 +253,19 @@ describe("planProbes on this machine's libc", () => {
     expect(plan.placements.length).toBe(plan.probes.length);
     for (const probe of plan.probes) expect(probe.entryOffset).toBe(probe.returnOffset);
     for (const p of plan.placements) expect(p.reason).toMatch(/probePlacement 'entry'/);
+  });
+
+  it('off the JS thread: the same plan, decided on a worker thread (built dist/)', async () => {
+    // From TypeScript sources there is no worker file: the built module is the one that uses it.
+    const built = (await import(join(repoRoot, 'dist', 'probes.js'))) as typeof import('../lib/probes.js');
+    const builtPlacement = (await import(join(repoRoot, 'dist', 'placement.js'))) as typeof import('../lib/placement.js');
+    expect(builtPlacement.decoderLoadedHere()).toBe(false);
+    const offThread = await built.planProbesOffThread(libc, true, undefined);
+    expect(builtPlacement.decoderLoadedHere()).toBe(false);
+    expect(offThread).toEqual(planProbes(libc, true, undefined));
+    // Known now: a second plan is decided from the cache, still without loading the decoder here.
+    expect(await built.planProbesOffThread(libc, true, undefined)).toEqual(offThread);
+    expect(builtPlacement.decoderLoadedHere()).toBe(false);
   });
 
   it('never throws: an unreadable or foreign file keeps the entry', () => {

@@ -11,6 +11,7 @@ import {
   errorCodes,
   leakTracerEvents,
   trace,
+  tracedProcessEvents,
   type AllocEvent,
   type ErrorCode,
   type FreeEvent,
@@ -20,6 +21,8 @@ import {
   type LostInfo,
   type Snapshot,
   type TraceOptions,
+  type TracedProcess,
+  type ProcessExit,
 } from '../lib/index.js';
 
 describe('public API', () => {
@@ -49,6 +52,26 @@ describe('public API', () => {
       t.on('leaked', () => {});
     };
     expect(typeof check).toBe('function');
+  });
+
+  it("a command's process: the parts of ChildProcess callers use, typed", () => {
+    expectTypeOf<LeakTracer['process']>().toEqualTypeOf<TracedProcess | undefined>();
+    expectTypeOf<TracedProcess>().toMatchTypeOf<EventEmitter>();
+    expectTypeOf<TracedProcess['pid']>().toEqualTypeOf<number>();
+    expectTypeOf<TracedProcess['exitCode']>().toEqualTypeOf<number | null>();
+    expectTypeOf<TracedProcess['signalCode']>().toEqualTypeOf<NodeJS.Signals | null>();
+    expectTypeOf<TracedProcess['exited']>().toEqualTypeOf<Promise<ProcessExit>>();
+    expectTypeOf<TracedProcess['kill']>().parameter(0).toEqualTypeOf<NodeJS.Signals | number | undefined>();
+    const check = (p: TracedProcess) => {
+      p.on('exit', (code, signal) => {
+        expectTypeOf(code).toEqualTypeOf<number | null>();
+        expectTypeOf(signal).toEqualTypeOf<NodeJS.Signals | null>();
+      });
+      // @ts-expect-error: not an event of TracedProcess
+      p.on('spawn', () => {});
+    };
+    expect(typeof check).toBe('function');
+    expect(tracedProcessEvents).toEqual(['exit', 'close']);
   });
 
   it('reports have valgrind-shaped summaries and plain-JSON leaks', () => {
