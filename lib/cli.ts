@@ -821,11 +821,8 @@ async function runCommand(cmd: RunCommand, io: CliIo): Promise<number> {
     }
     const childPgrp = readProcStat(tracer.pid)?.pgrp;
     if (!shouldForwardSignal(signal, readProcStat('self'), childPgrp)) return;
-    try {
-      process.kill(tracer.pid, signal);
-    } catch {
-      // Already gone: `done` is about to resolve.
-    }
+    // Through the pidfd: a pid already reaped (`done` is about to resolve) may name another process.
+    tracer.process?.kill(signal);
   };
   for (const s of forwardedSignals) process.on(s, forward);
   try {
