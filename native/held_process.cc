@@ -1,4 +1,5 @@
 #include "held_process.h"
+#include "queued_promise.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -205,7 +206,6 @@ bool HeldProcess::DoStart(std::string* error) {
       fds.pipes[i][parent_end] = -1;
     }
   }
-  started_ = true;
   return true;
 }
 
@@ -264,11 +264,10 @@ void HeldProcess::Close() {
 }
 
 Napi::Value HeldProcess::Start(const Napi::CallbackInfo& info) {
+  // Set here, on the JS thread: a second start() while the first one's worker runs must not spawn.
   if (started_ || closed_) throw Napi::Error::New(info.Env(), "HeldProcess: start() once, before close()");
-  auto* worker = new StartWorker(info.Env(), this, info.This().As<Napi::Object>());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  started_ = true;
+  return QueueForPromise(new StartWorker(info.Env(), this, info.This().As<Napi::Object>()));
 }
 
 Napi::Value HeldProcess::Release(const Napi::CallbackInfo& info) {

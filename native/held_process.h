@@ -72,7 +72,7 @@ class HeldProcess : public Napi::ObjectWrap<HeldProcess> {
   std::atomic<bool> exited_{false};
   std::atomic<bool> closed_{false};
   std::mutex mu_;  // held by start()'s worker: close() waits for it
-  bool started_ = false;
+  bool started_ = false;  // start() was called (JS thread only)
   int pid_ = -1;
   int pidfd_ = -1;
   int go_fd_ = -1;     // write end of the launcher's fd 3

@@ -1,4 +1,5 @@
 #include "run_program.h"
+#include "queued_promise.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -135,11 +136,8 @@ Napi::Value RunProgram(const Napi::CallbackInfo& info) {
   if (info.Length() < 4 || !info[0].IsString() || !info[1].IsArray() || !info[2].IsArray() ||
       !info[3].IsNumber())
     throw Napi::TypeError::New(env, "runProgram(file: string, args: string[], env: string[], timeoutMs: number)");
-  auto* worker = new RunProgramWorker(env, info[0].As<Napi::String>().Utf8Value(), StringArray(info[1]),
-                                      StringArray(info[2]), info[3].As<Napi::Number>().Int32Value());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueForPromise(new RunProgramWorker(env, info[0].As<Napi::String>().Utf8Value(), StringArray(info[1]),
+                                      StringArray(info[2]), info[3].As<Napi::Number>().Int32Value()));
 }
 
 }  // namespace ebpf_leak

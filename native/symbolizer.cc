@@ -64,6 +64,7 @@
 // kMaxModules modules, least recently used evicted. Each module keeps a per-offset result cache.
 
 #include "symbolizer.h"
+#include "queued_promise.h"
 
 #include <cxxabi.h>
 #include <dwarf.h>
@@ -1263,10 +1264,7 @@ class SymbolizeWorker : public Napi::AsyncWorker {
 
 Napi::Value Symbolize(const Napi::CallbackInfo& info) {
   Request req = ParseRequest(info);
-  auto* worker = new SymbolizeWorker(info.Env(), std::move(req));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return ebpf_leak::QueueForPromise(new SymbolizeWorker(info.Env(), std::move(req)));
 }
 
 Napi::Value SymbolizeSync(const Napi::CallbackInfo& info) {

@@ -1,4 +1,5 @@
 #include "tracer.h"
+#include "queued_promise.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -722,26 +723,17 @@ void Tracer::Close() {
 }
 
 Napi::Value Tracer::Attach(const Napi::CallbackInfo& info) {
-  auto* worker = new AttachWorker(info.Env(), this, info.This().As<Napi::Object>());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueForPromise(new AttachWorker(info.Env(), this, info.This().As<Napi::Object>()));
 }
 
 // snapshot(timestamps: boolean)
 Napi::Value Tracer::Snapshot(const Napi::CallbackInfo& info) {
   bool timestamps = info.Length() > 0 && info[0].ToBoolean().Value();
-  auto* worker = new SnapshotWorker(info.Env(), this, info.This().As<Napi::Object>(), timestamps);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueForPromise(new SnapshotWorker(info.Env(), this, info.This().As<Napi::Object>(), timestamps));
 }
 
 Napi::Value Tracer::ReadModules(const Napi::CallbackInfo& info) {
-  auto* worker = new ReadModulesWorker(info.Env(), this, info.This().As<Napi::Object>());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueForPromise(new ReadModulesWorker(info.Env(), this, info.This().As<Napi::Object>()));
 }
 
 Napi::Value Tracer::ReadStacks(const Napi::CallbackInfo& info) {
@@ -751,11 +743,7 @@ Napi::Value Tracer::ReadStacks(const Napi::CallbackInfo& info) {
     for (uint32_t i = 0; i < list.Length(); i++)
       ids.push_back(list.Get(i).As<Napi::Number>().Int64Value());
   }
-  auto* worker =
-      new ReadStacksWorker(info.Env(), this, info.This().As<Napi::Object>(), std::move(ids));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueForPromise(new ReadStacksWorker(info.Env(), this, info.This().As<Napi::Object>(), std::move(ids)));
 }
 
 // Summed counters, synchronously: one small map read.
@@ -790,10 +778,7 @@ Napi::Value Tracer::Demangle(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Tracer::CloseAsync(const Napi::CallbackInfo& info) {
-  auto* worker = new CloseWorker(info.Env(), this, info.This().As<Napi::Object>());
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  return QueueForPromise(new CloseWorker(info.Env(), this, info.This().As<Napi::Object>()));
 }
 
 // eventsDelivered(): the listeners have had one events batch (or it was dropped unheard).
