@@ -152,7 +152,43 @@ export interface NativeAddon {
    *  child_process would fork this whole process on the JS thread. `argv[0]` included; `env` as
    *  NAME=value strings. A timeout kills the program with SIGKILL. */
   runProgram(file: string, argv: readonly string[], env: readonly string[], timeoutMs: number): Promise<ProgramResult>;
+  /** x86-64 instructions of `code`, which starts at `address` (native/x86_decoder.h): every one
+   *  that starts in the first `detailBytes`, then only those that do not fall through. Absent
+   *  from builds for other architectures. */
+  decodeX86?(code: Uint8Array, address: number, detailBytes: number): NativeX86Instruction[];
   layout: NativeLayout;
+}
+
+/** How an instruction leaves: 'next' falls through to the following one. */
+export type X86Flow =
+  | 'next'
+  | 'jump'
+  | 'conditional-jump'
+  | 'indirect-jump'
+  | 'call'
+  | 'indirect-call'
+  | 'return'
+  | 'interrupt'
+  | 'exception'
+  | 'other';
+
+export interface NativeX86Instruction {
+  /** `address` plus its offset in `code`. */
+  offset: number;
+  length: number;
+  /** AT&T syntax; '(bad)' when invalid. */
+  text: string;
+  flow: X86Flow;
+  /** A direct branch's or call's target. */
+  target?: number;
+  /** Does not decode (only reported in the detailed part, where decoding stops). */
+  invalid: boolean;
+  /** 64-bit names of the registers it writes, implicitly or conditionally included. */
+  writes: string[];
+  /** `test %rdi,%rdi` or `cmp $0,%rdi`: ZF set exactly when the first argument is NULL. */
+  testsFirstArgForNull: boolean;
+  /** je/jz. */
+  jumpsIfZero: boolean;
 }
 
 export interface ProgramResult {

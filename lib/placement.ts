@@ -22,12 +22,12 @@
 //
 // The rules for moving the probe off the function's first instruction, all conservative (when in
 // doubt the probe stays at the entry, which is where it always was):
-//   1. Linear prologue only. Every instruction before the chosen one falls through (iced's
-//      FlowControl.Next): no jump, call, return, syscall. One exception, rule 4.
+//   1. Linear prologue only. Every instruction before the chosen one falls through (the decoder's
+//      flow 'next'): no jump, call, return, syscall. One exception, rule 4.
 //   2. The BPF program reads the function's arguments from their registers when the probe fires
 //      (alloc_entry() reads PT_REGS_PARM1..3 and the attach cookie, nothing else: no stack, no
 //      memory). So no instruction before the chosen one may write an argument register the
-//      function has (a write to edi or dil counts as one to rdi). iced lists implicit writes too
+//      function has (a write to edi or dil counts as one to rdi). Zydis lists implicit writes too
 //      (mul writes rdx, rep movs writes rdi/rsi/rcx).
 //   3. The chosen instruction must run exactly once per call. So no branch in the function may
 //      land between the entry (exclusive) and it (inclusive): a loop back into the prologue (e.g.
@@ -54,11 +54,8 @@
 //      changes nothing anyway: malloc, calloc and realloc begin with an emulated push.)
 //   6. x86-64 ELF files only; anything else keeps the entry.
 
-import { closeSync, existsSync, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
-import type * as Iced from 'iced-x86';
+import { closeSync, fstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { loadNative, type NativeX86Instruction } from './native.js';
 import type { AllocatorFunction } from './types.js';
 
 export type ProbePlacement = 'optimized' | 'entry';
@@ -114,14 +111,8 @@ export type PlacementResult = Omit<PlacementDecision, 'function'>;
 export const placementWindow = 64;
 /** Most bytes of a function body scanned for branches into the prologue. */
 const maxScan = 64 * 1024;
-
-type IcedModule = typeof Iced;
-let iced: IcedModule | undefined;
-/** iced-x86 compiles ~0.8 MB of WebAssembly when loaded: only on first use. */
-function loadIced(): IcedModule {
-  iced ??= createRequire(import.meta.url)('iced-x86') as IcedModule;
-  return iced;
-}
+/** The longest x86-64 instruction. */
+const maxInstructionLength = 15;
 
 const legacyPrefixes = new Set([0x26, 0x2e, 0x36, 0x3e, 0x64, 0x65, 0x66, 0x67, 0xf0, 0xf2, 0xf3]);
 /** Prefixes that make the kernel refuse a probe on the instruction (is_prefix_bad()). */
@@ -174,94 +165,17 @@ export function isEmulatedByKernel(bytes: Uint8Array | readonly number[]): Emula
   return null;
 }
 
-interface Decoded {
-  offset: number;
-  length: number;
-  bytes: Uint8Array;
-  text: string;
-  flow: Iced.FlowControl;
-  /** Direct branch or call target (file offset), when the instruction has one. */
-  target: number | undefined;
-  invalid: boolean;
-  /** 64-bit registers written (also partially or conditionally). */
-  writes: Set<string>;
-  /** `test %rdi,%rdi` or `cmp $0,%rdi`: ZF set iff the first argument is NULL. */
-  testsFirstArgForNull: boolean;
-  /** jcc taken iff ZF (je/jz). */
-  jumpsIfZero: boolean;
-}
+type Decoded = NativeX86Instruction & { bytes: Uint8Array };
 
-function decodeAll(code: Uint8Array, offset: number, withInfo: number): Decoded[] {
-  const m = loadIced();
-  const decoder = new m.Decoder(64, code, m.DecoderOptions.None);
-  decoder.ip = BigInt(offset);
-  const formatter = new m.Formatter(m.FormatterSyntax.Gas);
-  formatter.uppercaseHex = false;
-  formatter.branchLeadingZeros = false;
-  formatter.spaceAfterOperandSeparator = false;
-  formatter.ripRelativeAddresses = true;
-  const factory = new m.InstructionInfoFactory();
-  const instr = new m.Instruction();
-  const out: Decoded[] = [];
-  try {
-    while (decoder.canDecode) {
-      decoder.decodeOut(instr);
-      const at = Number(instr.ip) - offset;
-      const flow = instr.flowControl;
-      const direct =
-        (flow === m.FlowControl.UnconditionalBranch || flow === m.FlowControl.ConditionalBranch || flow === m.FlowControl.Call) &&
-        instr.opCount > 0 &&
-        (instr.opKind(0) === m.OpKind.NearBranch64 || instr.opKind(0) === m.OpKind.NearBranch32 || instr.opKind(0) === m.OpKind.NearBranch16);
-      const d: Decoded = {
-        offset: Number(instr.ip),
-        length: instr.length,
-        bytes: code.subarray(at, at + instr.length),
-        text: '',
-        flow,
-        target: direct ? Number(instr.nearBranchTarget) : undefined,
-        invalid: instr.isInvalid,
-        writes: new Set(),
-        testsFirstArgForNull: false,
-        jumpsIfZero: false,
-      };
-      if (at < withInfo) {
-        d.text = instr.isInvalid ? '(bad)' : formatter.format(instr);
-        if (!instr.isInvalid) {
-          const info = factory.info(instr);
-          for (const used of info.usedRegisters()) {
-            const a = used.access;
-            if (
-              a === m.OpAccess.Write ||
-              a === m.OpAccess.CondWrite ||
-              a === m.OpAccess.ReadWrite ||
-              a === m.OpAccess.ReadCondWrite
-            ) {
-              d.writes.add(m.Register[m.RegisterExt.fullRegister(used.register)]!.toLowerCase());
-            }
-            used.free();
-          }
-          info.free();
-          d.testsFirstArgForNull =
-            (instr.code === m.Code.Test_rm64_r64 &&
-              instr.op0Register === m.Register.RDI &&
-              instr.op1Register === m.Register.RDI) ||
-            ((instr.code === m.Code.Cmp_rm64_imm8 || instr.code === m.Code.Cmp_rm64_imm32) &&
-              instr.opKind(0) === m.OpKind.Register &&
-              instr.op0Register === m.Register.RDI &&
-              instr.immediate(1) === 0n);
-          d.jumpsIfZero = flow === m.FlowControl.ConditionalBranch && instr.conditionCode === m.ConditionCode.e;
-        }
-      }
-      out.push(d);
-      if (instr.isInvalid && at < withInfo) break;
-    }
-  } finally {
-    instr.free();
-    factory.free();
-    formatter.free();
-    decoder.free();
-  }
-  return out;
+/** The instructions of `code` (at file offset `offset`), decoded by the addon (Zydis): all that
+ *  start in the first `detailBytes`, then only the branches, calls and other non-fall-throughs. */
+function decodeAll(code: Uint8Array, offset: number, detailBytes: number): Decoded[] {
+  const decode = loadNative().decodeX86;
+  if (!decode) throw new Error('this build has no x86-64 decoder');
+  return decode(code, offset, detailBytes).map((d) => {
+    const at = d.offset - offset;
+    return { ...d, bytes: code.subarray(at, at + d.length) };
+  });
 }
 
 const hexOffset = (n: number) => `0x${n.toString(16)}`;
@@ -278,7 +192,8 @@ function describe(d: Decoded): string {
  */
 export function decidePlacement(code: Uint8Array, functionOffset: number, bodySize: number, rule: PlacementRule): PlacementResult {
   const scanEnd = Math.min(code.length, bodySize > 0 ? Math.max(bodySize, placementWindow) : placementWindow);
-  const all = decodeAll(code.subarray(0, scanEnd), functionOffset, placementWindow);
+  // The window, plus room for an instruction that starts in it to end after it.
+  const all = decodeAll(code.subarray(0, Math.min(scanEnd, placementWindow + maxInstructionLength)), functionOffset, placementWindow);
   const first = all[0];
   const entry = (reason: string, emulated: boolean | null = first ? isEmulatedByKernel(first.bytes) !== null : null): PlacementResult => ({
     functionOffset,
@@ -307,12 +222,12 @@ export function decidePlacement(code: Uint8Array, functionOffset: number, bodySi
         break;
       }
     }
-    const clobbered = rule.registers.filter((r) => d.writes.has(r));
+    const clobbered = rule.registers.filter((r) => d.writes.includes(r));
     if (clobbered.length > 0) {
       stop = `${describe(d)} at ${plus(d.offset - functionOffset)} writes ${clobbered.join(', ')}, an argument the BPF program reads`;
       break;
     }
-    if (d.flow === loadIced().FlowControl.Next) continue;
+    if (d.flow === 'next') continue;
     const previous = all[i - 1];
     if (rule.skipNullExit && d.jumpsIfZero && previous?.testsFirstArgForNull) {
       skipped = d; // rule 4
@@ -328,10 +243,19 @@ export function decidePlacement(code: Uint8Array, functionOffset: number, bodySi
     );
   }
 
-  // Rule 3: nothing may branch into (entry, chosen].
-  const indirect = all.find((d) => d.flow === loadIced().FlowControl.IndirectBranch);
-  const into = all.find((d) => d.target !== undefined && d.target > functionOffset && d.target <= chosen.offset);
   const where = `${plus(chosen.offset - functionOffset)} ${describe(chosen)}`;
+  // Rule 5.
+  if (rule.returnProbe) {
+    return entry(
+      `the entry ${describe(first)} is single-stepped, but the return probe must stay at the entry and shares its breakpoint: moving the entry probe to the emulated ${where} would add a second trap; probe at the entry`,
+      false,
+    );
+  }
+  // Rule 3: nothing in the whole body may branch into (entry, chosen]. Only the instructions that
+  // do not fall through are decoded past the start.
+  const branches = decodeAll(code.subarray(0, scanEnd), functionOffset, 0);
+  const indirect = branches.find((d) => d.flow === 'indirect-jump');
+  const into = branches.find((d) => d.target !== undefined && d.target > functionOffset && d.target <= chosen.offset);
   if (into) {
     return entry(
       `the entry ${describe(first)} is single-stepped, but ${describe(into)} at ${plus(into.offset - functionOffset)} jumps into the prologue, so the emulated ${where} could run twice per call; probe at the entry`,
@@ -341,13 +265,6 @@ export function decidePlacement(code: Uint8Array, functionOffset: number, bodySi
   if (indirect) {
     return entry(
       `the entry ${describe(first)} is single-stepped, but the function has an indirect jump (${describe(indirect)} at ${plus(indirect.offset - functionOffset)}) that might land in the prologue; probe at the entry`,
-      false,
-    );
-  }
-  // Rule 5.
-  if (rule.returnProbe) {
-    return entry(
-      `the entry ${describe(first)} is single-stepped, but the return probe must stay at the entry and shares its breakpoint: moving the entry probe to the emulated ${where} would add a second trap; probe at the entry`,
       false,
     );
   }
@@ -380,7 +297,7 @@ function isX8664Elf(header: Uint8Array): boolean {
 /** Decisions by file identity and function: a file is decoded once per process. */
 const cache = new Map<string, PlacementResult>();
 
-export interface PlacementRequest {
+interface PlacementRequest {
   fn: AllocatorFunction;
   /** File offset of the function. */
   functionOffset: number;
@@ -433,50 +350,4 @@ export function placeEntryProbe(
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
-}
-
-const placementWorker = new URL('./placement-worker.js', import.meta.url);
-
-/** @internal The decoder has been loaded on this thread (for tests). */
-export function decoderLoadedHere(): boolean {
-  return iced !== undefined;
-}
-
-/**
- * placeEntryProbe() for several functions of one file, decided on a worker thread
- * (lib/placement-worker.ts) unless known already. Loading iced-x86 compiles 18,000 lines of JS
- * glue and 0.8 MB of WebAssembly, 35-40 ms on the bench machine: on this thread, that was the
- * longest event-loop stall of a process's first trace(). The decisions join this thread's cache.
- * Run from TypeScript sources (the tests), where there is no worker file, it decides here.
- */
-export async function placeEntryProbesOffThread(
-  path: string,
-  requests: readonly PlacementRequest[],
-  placement: ProbePlacement = 'optimized',
-): Promise<PlacementDecision[]> {
-  const here = () => requests.map((r) => placeEntryProbe(path, r.fn, r.functionOffset, r.size, placement));
-  let st: Stats;
-  try {
-    st = statSync(path);
-  } catch {
-    return here(); // every probe at its entry, with the reason
-  }
-  const known = (r: PlacementRequest) => cache.has(cacheKey(st, r));
-  if (placement === 'entry' || iced || requests.every(known) || !existsSync(fileURLToPath(placementWorker))) return here();
-  let decided: PlacementDecision[];
-  try {
-    decided = await new Promise<PlacementDecision[]>((resolve, reject) => {
-      const worker = new Worker(placementWorker, { workerData: { path, requests, placement } });
-      worker.once('message', resolve);
-      worker.once('error', reject);
-      worker.once('exit', (code) => reject(new Error(`the placement worker exited (code ${code}) without an answer`)));
-    });
-  } catch {
-    return here(); // the worker could not run: decide here rather than fail the trace
-  }
-  decided.forEach((d, i) => {
-    const { function: _, ...result } = d;
-    cache.set(cacheKey(st, requests[i]!), result);
-  });
-  return decided;
 }

@@ -2,7 +2,7 @@
 import { SymbolNotFoundError } from './errors.js';
 import { leakFunctions } from './native-layout.js';
 import { loadNative, type NativeProbe } from './native.js';
-import { placeEntryProbe, placeEntryProbesOffThread, type PlacementDecision, type ProbePlacement } from './placement.js';
+import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from './types.js';
 
 /** Without these there is no leak report worth the name. */
@@ -40,19 +40,6 @@ export function planProbes(
     found,
     found.functions.map((f) => placeEntryProbe(path, f.fn, f.offset, f.size, probePlacement)),
   );
-}
-
-/** planProbes(), with the entry probes placed on a worker thread the first time (the decoder's
- *  loading would stall the event loop: lib/placement.ts placeEntryProbesOffThread). */
-export async function planProbesOffThread(
-  path: string,
-  glibc: boolean,
-  allocator: AllocatorOptions | undefined,
-  probePlacement: ProbePlacement = 'optimized',
-): Promise<ProbePlan> {
-  const found = findProbedFunctions(path, glibc, allocator);
-  const requests = found.functions.map((f) => ({ fn: f.fn, functionOffset: f.offset, size: f.size }));
-  return assemblePlan(path, found, await placeEntryProbesOffThread(path, requests, probePlacement));
 }
 
 interface ProbedFunction {

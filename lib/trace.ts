@@ -3,7 +3,7 @@ import { fromNativeError, TargetExitedError } from './errors.js';
 import { checkLayout, leakFunctions } from './native-layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageType, type NativeTracer } from './native.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
-import { planProbesOffThread } from './probes.js';
+import { planProbes } from './probes.js';
 import { checkSupport } from './support.js';
 import { environmentStrings, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
 import { TracedProcess } from './traced-process.js';
@@ -53,7 +53,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     held = await startHeld(native, o, target.exe);
     pid = held.pid;
   }
-  const plan = await planProbesOffThread(allocatorPath, glibc, o.allocator, o.probePlacement);
+  const plan = planProbes(allocatorPath, glibc, o.allocator, o.probePlacement);
 
   let tracer: LeakTracer | undefined;
   const pending: Array<[NativeMessageType, ArrayBuffer]> = [];

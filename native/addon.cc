@@ -12,6 +12,9 @@
 #include "symbolizer.h"
 #include "tracer.h"
 #include "unwinder.h"
+#if defined(__x86_64__)
+#include "x86_decoder.h"
+#endif
 
 namespace ebpf_leak {
 namespace {
@@ -46,6 +49,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readElf", Napi::Function::New(env, ReadElf, "readElf"));
   exports.Set("unwindTable", Napi::Function::New(env, UnwindTableJs, "unwindTable"));
   exports.Set("runProgram", Napi::Function::New(env, RunProgram, "runProgram"));
+#if defined(__x86_64__)
+  exports.Set("decodeX86", Napi::Function::New(env, DecodeX86, "decodeX86"));
+#endif
   exports.Set("layout", Layout(env));
   InitSymbolizer(env, exports);
   return exports;

@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 # clang/llvm: compile and strip the BPF program; bpftool: vmlinux.h and the skeleton;
 # libbpf-dev: libbpf.a, linked into the addon; libelf/libdw/zlib: ELF and DWARF reading;
+# libzydis-dev: the x86-64 decoder of probe placement;
 # cmake/g++/make/pkg-config: the addon; valgrind: the test oracle; binutils (objcopy, strip,
 # addr2line), xz-utils and dwz: the symbolizer's tests build stripped, MiniDebugInfo and dwz files;
 # libjemalloc2: the test of tracing an allocator other than glibc's.
-packages=(clang llvm bpftool libbpf-dev libelf-dev libdw-dev zlib1g-dev pkg-config cmake make g++
+packages=(clang llvm bpftool libbpf-dev libelf-dev libdw-dev libzydis-dev zlib1g-dev pkg-config cmake make g++
   binutils xz-utils dwz valgrind python3 ca-certificates libjemalloc2)
 missing=()
 for p in "${packages[@]}"; do
