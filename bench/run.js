@@ -245,7 +245,10 @@ async function runLeak(config, args) {
   const reportStall = monitor.max;
   monitor.disable();
   clearInterval(sampler);
-  const s = (leakStats[config] ??= { attachMs: [], traceMs: [], cpuPercent: [], rssMb: [], stallMs: [], ownStallMs: [], setupStallMs: [], reportStallMs: [], events: [], lostEvents: [], allocs: [] });
+  const s = (leakStats[config] ??= { attachMs: [], traceMs: [], cpuPercent: [], rssMb: [], stallMs: [], ownStallMs: [], setupStallMs: [], reportStallMs: [], events: [], lostEvents: [], allocs: [], stallByWorkload: {} });
+  // Per workload: the longest of the three stalls (trace(), while tracing, final report).
+  const workload = args[0];
+  s.stallByWorkload[workload] = Math.max(s.stallByWorkload[workload] ?? 0, setupStall / 1e6, tracingStall / 1e6, reportStall / 1e6);
   s.attachMs.push(tracer.info.attachMs);
   s.traceMs.push(traceMs);
   s.cpuPercent.push(((cpu.user + cpu.system) / 1000 / tracingMs) * 100);
@@ -542,6 +545,7 @@ async function main() {
       maxStallInTraceCallMs: Math.max(...s.setupStallMs),
       maxStallInFinalReportMs: Math.max(...s.reportStallMs),
       lostEvents: s.lostEvents.reduce((a, b) => a + b, 0),
+      maxStallByWorkloadMs: s.stallByWorkload,
       ...(config === 'events' ? { eventsDelivered: s.events.reduce((a, b) => a + b, 0) } : {}),
     };
     measurements.tracer[config] = m;
@@ -549,7 +553,8 @@ async function main() {
       `${config.padEnd(11)} attach ${fmt(m.attachMs)} ms (trace() ${fmt(m.traceCallMs)} ms), tracer CPU ${fmt(m.cpuPercent, 1)}% of wall, ` +
         `RSS max ${fmt(m.maxRssMb)} MB, longest event-loop stall ${fmt(m.maxEventLoopStallMs, 1)} ms while tracing ` +
         `(own ${fmt(m.maxOwnStallMs, 1)} ms; ${fmt(m.maxStallInTraceCallMs, 1)} ms in trace(), ${fmt(m.maxStallInFinalReportMs, 1)} ms in the final report)` +
-        (m.eventsDelivered !== undefined ? `, ${fmt(m.eventsDelivered)} events, ${fmt(m.lostEvents)} lost` : ''),
+        (m.eventsDelivered !== undefined ? `, ${fmt(m.eventsDelivered)} events, ${fmt(m.lostEvents)} lost` : '') +
+        `; longest stall by workload: ${Object.entries(m.maxStallByWorkloadMs).map(([w, v]) => `${w} ${fmt(v, 1)} ms`).join(', ')}`,
     );
   }
   if (extras) {
@@ -565,7 +570,7 @@ async function main() {
     const o = JSON.parse(last);
     measurements.outstanding = o;
     log(
-      `first trace() in a fresh process (loads the addon, places the probes with the x86 decoder on a worker thread): ` +
+      `first trace() in a fresh process (loads the addon, decodes the allocator's prologues): ` +
         `${fmt(o.firstTraceCallMs)} ms (event-loop stall ${fmt(o.firstTraceStallMs, 1)} ms)`,
     );
     log(
@@ -590,15 +595,23 @@ async function main() {
   // Targets
   const pairRatio = (name) => ratios.find((r) => r.ratio === name && r.workload === 'pair')?.value ?? undefined;
   const stalls = Object.values(measurements.tracer).flatMap((m) => [m.maxEventLoopStallMs, m.maxStallInTraceCallMs, m.maxStallInFinalReportMs]);
-  if (measurements.outstanding) stalls.push(measurements.outstanding.firstTraceStallMs, measurements.outstanding.snapshotStallMs, measurements.outstanding.finalReportStallMs);
-  for (const s of measurements.symbolization ?? []) stalls.push(s.stallMs);
+  // The same, with the tracing stalls of the pair workload only (the workload the issue's targets
+  // name); the others saturate more of the 2 vCPUs (threads: both).
+  const pairStalls = Object.values(measurements.tracer).map((m) => m.maxStallByWorkloadMs.pair).filter((v) => v !== undefined);
+  const extraStalls = [];
+  if (measurements.outstanding) extraStalls.push(measurements.outstanding.firstTraceStallMs, measurements.outstanding.snapshotStallMs, measurements.outstanding.finalReportStallMs);
+  for (const s of measurements.symbolization ?? []) extraStalls.push(s.stallMs);
+  stalls.push(...extraStalls);
+  pairStalls.push(...extraStalls);
+  const ownStalls = Object.values(measurements.tracer).map((m) => m.maxOwnStallMs);
   const attach = Object.values(measurements.tracer).map((m) => m.attachMs);
   const targets = [
     ['stacks-off overhead <= 1.15x floor (pair)', pairRatio('stacks-off / floor'), (v) => v <= 1.15, (v) => `${fmt(v, 3)}x`],
     ['stacks-off overhead <= 0.25x bpftrace (pair)', pairRatio('stacks-off / bpftrace'), (v) => v <= 0.25, (v) => `${fmt(v, 3)}x`],
     ['stacks-on overhead <= 0.35x bpftrace-ustack (pair)', pairRatio('stacks-on / bpftrace-ustack'), (v) => v <= 0.35, (v) => `${fmt(v, 3)}x`],
     ['snapshot of 1,000,000 blocks < 1 s', measurements.outstanding?.snapshotMs, (v) => v < 1000, (v) => `${fmt(v)} ms`],
-    ['event-loop stalls < 10 ms', stalls.length ? Math.max(...stalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms`],
+    ['event-loop stalls < 10 ms (every workload)', stalls.length ? Math.max(...stalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms` + (ownStalls.length ? ` (while tracing, the event loop itself held it ${fmt(Math.max(...ownStalls), 1)} ms at most; the rest of the longest stall was waiting for a CPU)` : '')],
+    ['event-loop stalls < 10 ms (pair workload, and the extras)', pairStalls.length && workloads.includes('pair') ? Math.max(...pairStalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms`],
     ['tracer RSS < 200 MB with 1,000,000 outstanding (no snapshot held)', measurements.outstanding?.rssMbOutstanding, (v) => v < 200, (v) => `${fmt(v)} MB`],
     ['tracer RSS < 200 MB with 1,000,000 outstanding (max, snapshot and final report included)', measurements.outstanding?.maxRssMb, (v) => v < 200, (v) => `${fmt(v)} MB`],
     ['attach < 300 ms', attach.length ? Math.max(...attach) : undefined, (v) => v < 300, (v) => `${fmt(v)} ms`],

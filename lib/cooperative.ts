@@ -7,7 +7,7 @@
 // costs a clock read and a microtask.
 
 /** Longest run of work between two turns of the event loop, milliseconds. */
-export const SLICE_MS = 3;
+export const SLICE_MS = 2;
 
 /** Snapshot rows handled between two looks at the clock: a fraction of a millisecond. */
 export const ROWS_PER_STEP = 1024;
