@@ -35,11 +35,14 @@ export function planProbes(
   probePlacement: ProbePlacement = 'optimized',
 ): ProbePlan {
   const found = findProbedFunctions(path, glibc, allocator);
-  return assemblePlan(
-    path,
-    found,
-    found.functions.map((f) => placeEntryProbe(path, f.fn, f.offset, f.size, probePlacement)),
-  );
+  const plan: ProbePlan = { probes: [], attached: {}, missing: found.missing, aliases: found.aliases, placements: [] };
+  for (const f of found.functions) {
+    const placement = placeEntryProbe(path, f.fn, f.offset, f.size, probePlacement);
+    plan.placements.push(placement);
+    plan.attached[f.fn] = f.symbol;
+    plan.probes.push({ fn: f.index, path, entryOffset: placement.entryOffset, returnOffset: f.offset });
+  }
+  return plan;
 }
 
 interface ProbedFunction {
@@ -88,17 +91,4 @@ function findProbedFunctions(
     found.functions.push({ fn, index, symbol, offset: elfSymbol.offset, size: elfSymbol.size });
   });
   return found;
-}
-
-function assemblePlan(
-  path: string,
-  found: ReturnType<typeof findProbedFunctions>,
-  placements: readonly PlacementDecision[],
-): ProbePlan {
-  const plan: ProbePlan = { probes: [], attached: {}, missing: found.missing, aliases: found.aliases, placements: [...placements] };
-  found.functions.forEach((f, i) => {
-    plan.attached[f.fn] = f.symbol;
-    plan.probes.push({ fn: f.index, path, entryOffset: placements[i]!.entryOffset, returnOffset: f.offset });
-  });
-  return plan;
 }

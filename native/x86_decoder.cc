@@ -143,8 +143,6 @@ Napi::Value DecodeX86(const Napi::CallbackInfo& info) {
   for (size_t at = 0; at < size;) {
     const bool detailed = at < detail_bytes;
     const ZyanU64 ip = address + at;
-    Napi::Object record = Napi::Object::New(env);
-    record.Set("offset", static_cast<double>(ip));
     if (ZYAN_FAILED(ZydisDecoderDecodeFull(&decoder, bytes + at, size - at, &insn, ops))) {
       // Not an instruction (or cut short by the end of the bytes). Past the detailed part it is
       // skipped, as a linear sweep does; in it, the caller stops here.
@@ -152,6 +150,8 @@ Napi::Value DecodeX86(const Napi::CallbackInfo& info) {
         ++at;
         continue;
       }
+      Napi::Object record = Napi::Object::New(env);
+      record.Set("offset", static_cast<double>(ip));
       record.Set("length", 1.0);
       record.Set("text", "(bad)");
       record.Set("flow", "other");
@@ -165,6 +165,8 @@ Napi::Value DecodeX86(const Napi::CallbackInfo& info) {
     const char* flow = FlowOf(insn, ops);
     at += insn.length;
     if (!detailed && std::strcmp(flow, "next") == 0) continue;
+    Napi::Object record = Napi::Object::New(env);
+    record.Set("offset", static_cast<double>(ip));
     record.Set("length", static_cast<double>(insn.length));
     std::string text = formatter.Format(insn, ops, ip);
     // AT&T marks an indirect target with '*' (objdump: `jmp *%rax`); Zydis leaves it out.
