@@ -100,13 +100,17 @@ describe('in-process measurement with the example addon', () => {
     try {
       const report = await measure(slowGreet, { iterations: 200 });
       expect(report.leaks).toEqual([]);
+      // Node's own threads (V8 platform workers, libuv) may keep a block or two of their own
+      // during the run, so the background thread's 128-byte blocks are a lower bound here.
       expect(report.excluded.otherThreads.blocks).toBeGreaterThan(50);
-      expect(report.excluded.otherThreads.bytes).toBe(128 * report.excluded.otherThreads.blocks);
+      expect(report.excluded.otherThreads.bytes).toBeGreaterThanOrEqual(128 * 50);
       expect(formatNativeLeakReport(report)).toMatch(/excluded: [\d,]+ bytes in [\d,]+ blocks allocated by other threads/);
       // Counting every thread, the background leak is found, and placed in its own thread.
       const all = await measure(slowGreet, { iterations: 200, threads: 'all' });
       expect(all.leaks.length).toBeGreaterThan(0);
       expect(all.leaks[0]!.stack.map((f) => f.symbol)).toContain('example::BackgroundLeakLoop()');
+      // Its site holds only the background thread's 128-byte blocks.
+      expect(all.leaks[0]!.bytes).toBe(128 * all.leaks[0]!.blocks);
       expect(all.leaks.some((s) => s.stack.some((f) => f.symbol?.includes('Greet')))).toBe(false);
     } finally {
       addon.stopBackgroundLeak();
