@@ -1,12 +1,13 @@
 // The event stream's batches delivered a slice at a time. A batch from the native poll thread
-// holds up to 1 MB (~18,700 events); emitting it at once, with the listeners' own work, held the
-// event loop for 10-20 ms. Batches are delivered in arrival order, every event once.
+// holds up to 256 KB (~4,700 events); emitting a batch at once, with the listeners' own work, held
+// the event loop for 10-20 ms when batches were 1 MB. Batches are delivered in arrival order,
+// every event once.
 //
-// Backpressure is the poll thread's: a batch counts as pending there until `onBatchDone` reports
-// it delivered, and past 16 pending batches it stops draining the ring buffer, which fills, and
-// the BPF side counts what does not fit as lost events. So listeners slower than the stream lose
-// events instead of growing this queue. (It used to deliver everything at once past 16 MB
-// queued: ~300,000 events in one task.)
+// Backpressure is the poll thread's: a batch's event slot (native/event_slots.h) stays with JS
+// until `onBatchDone` reports it delivered, and with all 16 slots here it stops draining the ring
+// buffer, which fills, and the BPF side counts what does not fit as lost events. So listeners
+// slower than the stream lose events instead of growing this queue. (It used to deliver
+// everything at once past 16 MB queued: ~300,000 events in one task.)
 import { pauseIfDue } from './cooperative.js';
 import { EventRecords } from './event-records.js';
 
@@ -19,22 +20,24 @@ export type DeliverEvents = (batch: EventRecords, from: number, to: number) => v
 export class EventQueue {
   readonly #deliver: DeliverEvents;
   readonly #onError: (error: unknown) => void;
-  readonly #onBatchDone: () => void;
-  readonly #batches: EventRecords[] = [];
+  readonly #onBatchDone: (slot: number) => void;
+  readonly #batches: Array<{ records: EventRecords; slot: number }> = [];
   /** Next event of #batches[0]. */
   #next = 0;
   #draining: Promise<void> | undefined;
 
   /** `onError` gets what a delivery threw; the rest of that batch is dropped. `onBatchDone` is
-   *  called once per batch pushed, when its last event has been delivered (or dropped). */
-  constructor(deliver: DeliverEvents, onError: (error: unknown) => void, onBatchDone: () => void) {
+   *  called once per batch pushed, with its slot, when its last event has been delivered (or
+   *  dropped). */
+  constructor(deliver: DeliverEvents, onError: (error: unknown) => void, onBatchDone: (slot: number) => void) {
     this.#deliver = deliver;
     this.#onError = onError;
     this.#onBatchDone = onBatchDone;
   }
 
-  push(buffer: ArrayBuffer): void {
-    this.#batches.push(new EventRecords(buffer));
+  /** A batch: the first `length` bytes of `buffer`, from event slot `slot` (-1: none). */
+  push(buffer: ArrayBuffer, length = buffer.byteLength, slot = -1): void {
+    this.#batches.push({ records: new EventRecords(buffer, length), slot });
     this.#draining ??= this.#drain();
   }
 
@@ -54,8 +57,9 @@ export class EventQueue {
 
   /** Delivers up to `limit` events of the first batch; false when nothing is left. */
   #step(limit: number): boolean {
-    const batch = this.#batches[0];
-    if (batch === undefined) return false;
+    const first = this.#batches[0];
+    if (first === undefined) return false;
+    const batch = first.records;
     const from = this.#next;
     const to = Math.min(batch.count, from + limit);
     this.#next = to;
@@ -68,7 +72,7 @@ export class EventQueue {
     if (this.#next >= batch.count) {
       this.#batches.shift();
       this.#next = 0;
-      this.#onBatchDone();
+      this.#onBatchDone(first.slot);
     }
     return this.#batches.length > 0;
   }

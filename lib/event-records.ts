@@ -1,5 +1,5 @@
 // One events batch from the poll thread (struct leak_event records, bpf/leak.h), read in place
-// into the public 'alloc'/'free' events. A batch holds up to ~18,700 records and a busy target
+// into the public 'alloc'/'free' events. A batch holds up to ~4,700 records and a busy target
 // sends hundreds of thousands a second, so each record costs one object and the two BigInts the
 // API hands out (address, timestamp): small fields are read as 32-bit halves. Going through a
 // decoded record with every u64 field a BigInt made ~9 allocations an event, and the scavenges
@@ -25,11 +25,12 @@ export class EventRecords {
   /** The same words as 32-bit halves, low half first (x86-64 and arm64 are little-endian). */
   readonly #halves: Uint32Array;
 
-  constructor(buffer: ArrayBuffer) {
-    this.#words = new BigUint64Array(buffer);
-    this.#halves = new Uint32Array(buffer);
-    this.count = Math.floor(this.#words.length / WORDS);
-    this.byteLength = buffer.byteLength;
+  /** The records in the first `length` bytes of `buffer`. */
+  constructor(buffer: ArrayBuffer, length = buffer.byteLength) {
+    this.count = Math.floor(Math.min(length, buffer.byteLength) / (WORDS * 8));
+    this.byteLength = this.count * WORDS * 8;
+    this.#words = new BigUint64Array(buffer, 0, this.count * WORDS);
+    this.#halves = new Uint32Array(buffer, 0, this.count * WORDS * 2);
   }
 
   /** Record `i` is an allocation (else a release). */

@@ -46,6 +46,10 @@ export interface NativeTracerConfig {
 
 export type NativeMessageType = 'events' | 'counters' | 'exit';
 
+/** A message from the poll thread: `data` holds `length` bytes, or for an events batch written
+ *  into an event slot (`slot` >= 0; see eventSlots()), `data` is null. */
+export type NativeMessageHandler = (type: NativeMessageType, data: ArrayBuffer | null, length: number, slot: number) => void;
+
 export interface NativeSnapshot {
   /** leak_block records, or leak_timed_block records when asked for timestamps */
   entries: ArrayBuffer;
@@ -73,9 +77,11 @@ export interface NativeTracer {
   readStackFlags(ids: number[]): Uint32Array | null;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
-  /** One 'events' batch has been delivered to the listeners (or dropped): until then it counts
-   *  against the batches the poll thread may post (native/tracer.cc kMaxPendingBatches). */
-  eventsDelivered(): void;
+  /** The events batch in `slot` has been delivered to the listeners (or dropped): the poll thread
+   *  may write the slot again (native/event_slots.h). A no-op for -1. */
+  eventsDelivered(slot: number): void;
+  /** The ArrayBuffers events batches are written into, by slot (none with events off). */
+  eventSlots(): ArrayBuffer[];
   close(): void;
   /** close() on the threadpool: detaching waits for other CPUs to leave the probes. */
   closeAsync(): Promise<void>;
@@ -106,7 +112,7 @@ export interface NativeLayout {
 }
 
 export interface NativeTracerClass {
-  new (config: NativeTracerConfig, onMessage: (type: NativeMessageType, data: ArrayBuffer) => void): NativeTracer;
+  new (config: NativeTracerConfig, onMessage: NativeMessageHandler): NativeTracer;
   /** C++ (Itanium ABI) demangling; null when `name` is not a mangled name. */
   demangle(name: string): string | null;
 }

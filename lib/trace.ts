@@ -1,7 +1,7 @@
 // trace(): validate, check the kernel, find the allocator, start or find the process, attach.
 import { fromNativeError, TargetExitedError } from './errors.js';
 import { checkLayout, leakFunctions } from './native-layout.js';
-import { launcherPath, loadNative, type NativeAddon, type NativeMessageType, type NativeTracer } from './native.js';
+import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from './native.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbes } from './probes.js';
 import { checkSupport } from './support.js';
@@ -56,7 +56,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
   const plan = planProbes(allocatorPath, glibc, o.allocator, o.probePlacement);
 
   let tracer: LeakTracer | undefined;
-  const pending: Array<[NativeMessageType, ArrayBuffer]> = [];
+  const pending: Parameters<NativeMessageHandler>[] = [];
   const nativeTracer: NativeTracer = new native.Tracer(
     {
       pid,
@@ -76,9 +76,9 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       sampleEveryBytes: o.sampleEveryBytes,
       ...(unwindFiles ? { unwindFiles } : {}),
     },
-    (type, data) => {
-      if (tracer) tracer.handleNativeMessage(type, data);
-      else pending.push([type, data]);
+    (...message) => {
+      if (tracer) tracer.handleNativeMessage(...message);
+      else pending.push(message);
     },
   );
   const attachStarted = performance.now();
@@ -126,7 +126,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     ...(held ? { child: held } : {}),
   };
   tracer = new LeakTracer(parts);
-  for (const [type, data] of pending) tracer.handleNativeMessage(type, data);
+  for (const message of pending) tracer.handleNativeMessage(...message);
   held?.release();
   return tracer;
 }

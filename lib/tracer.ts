@@ -16,7 +16,7 @@ import {
   type BlockColumns,
   type Counters,
 } from './native-layout.js';
-import { nativeBuildDir, type NativeMessageType, type NativeTracer } from './native.js';
+import { nativeBuildDir, type NativeMessageHandler, type NativeTracer } from './native.js';
 import type { PlacementDecision } from './placement.js';
 import { resolveModules } from './modules.js';
 import { readPerfMap } from './proc-maps.js';
@@ -112,8 +112,10 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   readonly #events = new EventQueue(
     (batch, from, to) => this.#deliverEvents(batch, from, to),
     (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
-    () => this.#native.eventsDelivered(),
+    (slot) => this.#native.eventsDelivered(slot),
   );
+  /** The buffers events batches arrive in, by slot (native/event_slots.h). */
+  readonly #eventSlots: ArrayBuffer[];
 
   /** @internal Use trace(). */
   constructor(parts: TracerParts) {
@@ -122,6 +124,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     this.info = parts.info;
     this.process = parts.child;
     this.#native = parts.native;
+    this.#eventSlots = parts.native.eventSlots();
     this.#target = parts.target;
     if (this.pid === process.pid) {
       try {
@@ -140,10 +143,10 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   }
 
   /** @internal Messages from the native poll thread. */
-  handleNativeMessage(type: NativeMessageType, data: ArrayBuffer): void {
+  handleNativeMessage(...[type, data, length, slot]: Parameters<NativeMessageHandler>): void {
     try {
-      if (type === 'events') this.#queueEvents(data);
-      else if (type === 'counters') this.#checkLost(decodeCounters(data));
+      if (type === 'events') this.#queueEvents(slot >= 0 ? this.#eventSlots[slot]! : data!, length, slot);
+      else if (type === 'counters') this.#checkLost(decodeCounters(data!));
       // A child of ours is finished by its 'exit' (which has the status); others by the pidfd.
       else if (type === 'exit' && !this.process) void this.#finish(null, null);
     } catch (error) {
@@ -153,9 +156,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   /** A batch nobody listens to is dropped at once; the others are delivered in slices. Either
    *  way the poll thread hears when it is done with (its backpressure, lib/event-queue.ts). */
-  #queueEvents(data: ArrayBuffer): void {
-    if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(data);
-    else this.#native.eventsDelivered();
+  #queueEvents(buffer: ArrayBuffer, length: number, slot: number): void {
+    if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(buffer, length, slot);
+    else this.#native.eventsDelivered(slot);
   }
 
   #deliverEvents(batch: EventRecords, from: number, to: number): void {

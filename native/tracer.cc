@@ -28,14 +28,18 @@ namespace ebpf_leak {
 
 namespace {
 
-// A batch is handed to JS when it holds this many bytes, or when its oldest event is this old.
-constexpr size_t kMaxBatchBytes = 1 << 20;
+// A batch is handed to JS when its slot (native/event_slots.h) is full, or when its oldest event
+// is this old. 256 KB is ~4,700 events: at the fastest rates measured (~600,000 events a second)
+// a slot fills every ~8 ms.
+constexpr size_t kMaxBatchBytes = 256 << 10;
 constexpr auto kMaxBatchAge = std::chrono::milliseconds(20);
-// Messages posted and not yet taken by JS, events batches until their listeners have had them
-// (eventsDelivered()). Past this the poll thread stops draining: the ring buffer fills and the
-// BPF side counts what it drops, rather than this process growing or the event loop having to
-// deliver a backlog at once (16 MB, ~300,000 events, is a few tens of ms of delivery).
-constexpr int kMaxPendingBatches = 16;
+// Events batches JS may hold, each until its listeners have had it (eventsDelivered()). With every
+// slot in JS the poll thread stops draining: the ring buffer fills and the BPF side counts what it
+// drops, rather than this process growing or the event loop having to deliver a backlog at once
+// (4 MB, ~75,000 events, is a few tens of ms of delivery).
+constexpr int kEventSlots = 16;
+// OnRingRecord's answer when the slot is full: ring_buffer__consume stops (after that record).
+constexpr int kSlotFull = -ENOBUFS;
 constexpr auto kCounterCheckInterval = std::chrono::milliseconds(100);
 // How often the poll thread wakes; also the resolution of blocks' timestamps (`now_ns` in
 // bpf/leak.bpf.c: reading a clock in every allocation probe cost a tenth of its work).
@@ -51,6 +55,8 @@ uint64_t MonotonicNs() {
 struct Message {
   const char* type;
   std::vector<uint8_t> bytes;
+  int slot;  // >= 0: an events batch in that event slot, `length` bytes
+  size_t length;
 };
 
 std::string ErrnoText(int err) { return std::string(strerror(err)); }
@@ -225,6 +231,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
                          InstanceMethod<&Tracer::EventsDelivered>("eventsDelivered"),
+                         InstanceMethod<&Tracer::EventSlotsJs>("eventSlots"),
                          InstanceMethod<&Tracer::CloseJs>("close"),
                          InstanceMethod<&Tracer::CloseAsync>("closeAsync"),
                          StaticMethod<&Tracer::Demangle>("demangle"),
@@ -269,6 +276,7 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
     }
   }
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (config_.events) event_slots_.Create(env, kEventSlots, kMaxBatchBytes);
   on_message_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "ebpf-leak poll",
                                               0, 1);
   addon_data_ = AddonData::From(env);
@@ -278,6 +286,7 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
 // ObjectWrap finalizers run before the env's instance data is freed, so addon_data_ is valid.
 Tracer::~Tracer() {
   Close();
+  event_slots_.Reset();
   addon_data_->tracers.erase(this);
 }
 
@@ -604,33 +613,60 @@ bool Tracer::DoReadStacks(const std::vector<int64_t>& ids,
 int Tracer::OnRingRecord(void* self, void* data, size_t size) {
   auto* tracer = static_cast<Tracer*>(self);
   const auto* bytes = static_cast<const uint8_t*>(data);
-  tracer->batch_.insert(tracer->batch_.end(), bytes, bytes + size);
-  return 0;
+  if (tracer->slot_ < 0) {
+    tracer->overflow_.insert(tracer->overflow_.end(), bytes, bytes + size);
+    return 0;
+  }
+  if (tracer->slot_used_ == 0) tracer->slot_started_ = std::chrono::steady_clock::now();
+  // Every record is a struct leak_event, and a slot is never left with less room than one.
+  size_t room = tracer->event_slots_.bytes() - tracer->slot_used_;
+  memcpy(tracer->event_slots_.data(tracer->slot_) + tracer->slot_used_, bytes, size < room ? size : room);
+  tracer->slot_used_ += size < room ? size : room;
+  return tracer->event_slots_.bytes() - tracer->slot_used_ < sizeof(leak_event) ? kSlotFull : 0;
 }
 
-void Tracer::Post(const char* type, std::vector<uint8_t> bytes) {
-  auto* message = new Message{type, std::move(bytes)};
-  bool events = strcmp(type, "events") == 0;
-  (*pending_batches_)++;
+void Tracer::DrainRing(bool final) {
+  for (;;) {
+    if (slot_ < 0) slot_ = event_slots_.Acquire();
+    if (slot_ < 0 && !final) return;  // JS has every slot: the rest waits in the ring buffer
+    if (ring_buffer__consume(ring_) != kSlotFull) return;
+    PostSlot();
+  }
+}
+
+void Tracer::PostSlot() {
+  if (slot_ < 0 || slot_used_ == 0) return;
+  event_slots_.GiveToJs(slot_);
+  Post("events", {}, slot_, slot_used_);
+  slot_ = -1;
+  slot_used_ = 0;
+}
+
+void Tracer::PostOverflow() {
+  if (overflow_.empty()) return;
+  Post("events", std::move(overflow_));
+  overflow_.clear();
+}
+
+void Tracer::Post(const char* type, std::vector<uint8_t> bytes, int slot, size_t length) {
+  if (slot < 0) length = bytes.size();
+  auto* message = new Message{type, std::move(bytes), slot, length};
   // The callback may run after this Tracer is gone (a batch queued just before close): it holds
-  // the counter, not the tracer.
-  napi_status status = on_message_.NonBlockingCall(
-      message, [pending = pending_batches_, events](Napi::Env env, Napi::Function callback, Message* m) {
+  // nothing of the tracer's. JS has its own references to the slots' ArrayBuffers.
+  napi_status status =
+      on_message_.NonBlockingCall(message, [](Napi::Env env, Napi::Function callback, Message* m) {
         std::unique_ptr<Message> owned(m);
-        // Without JS (torn down) nobody will call eventsDelivered(); with it, an events batch
-        // stays pending until JS does.
-        bool jsGone = env == nullptr || callback.IsEmpty();
-        if (!events || jsGone) (*pending)--;
-        if (jsGone) return;
-        Napi::ArrayBuffer buffer = TakeAsArrayBuffer(env, std::move(owned->bytes));
+        if (env == nullptr || callback.IsEmpty()) return;  // JS torn down
+        Napi::Value data = owned->slot >= 0 ? env.Null() : Napi::Value(TakeAsArrayBuffer(env, std::move(owned->bytes)));
         try {
-          callback.Call({Napi::String::New(env, owned->type), buffer});
+          callback.Call({Napi::String::New(env, owned->type), data, Napi::Number::New(env, static_cast<double>(owned->length)),
+                         Napi::Number::New(env, owned->slot)});
         } catch (const Napi::Error& e) {
           e.ThrowAsJavaScriptException();
         }
       });
   if (status != napi_ok) {
-    (*pending_batches_)--;
+    if (slot >= 0) event_slots_.Return(slot);
     delete message;
   }
 }
@@ -655,7 +691,6 @@ void Tracer::PollLoop() {
   if (ring_) watch(ring_buffer__epoll_fd(ring_), kRing);
 
   using Clock = std::chrono::steady_clock;
-  Clock::time_point batch_started{};
   Clock::time_point last_counter_check = Clock::now();
   uint64_t reported_lost = 0, reported_dropped = 0;
   bool stopping = false;
@@ -670,16 +705,11 @@ void Tracer::PollLoop() {
       if (evs[i].data.u64 == kStop) stopping = true;
       if (evs[i].data.u64 == kExit) exited = true;
     }
-    if (ring_ && (*pending_batches_ < kMaxPendingBatches || stopping || exited)) {
-      size_t before = batch_.size();
-      ring_buffer__consume(ring_);
-      if (before == 0 && !batch_.empty()) batch_started = Clock::now();
-    }
+    if (ring_) DrainRing(stopping || exited);
     Clock::time_point now = Clock::now();
-    if (!batch_.empty() && (batch_.size() >= kMaxBatchBytes || stopping || exited ||
-                            now - batch_started >= kMaxBatchAge)) {
-      Post("events", std::move(batch_));
-      batch_.clear();
+    if (stopping || exited || (slot_used_ > 0 && now - slot_started_ >= kMaxBatchAge)) {
+      PostSlot();
+      PostOverflow();
     }
     if (now - last_counter_check >= kCounterCheckInterval || exited || stopping) {
       last_counter_check = now;
@@ -780,13 +810,15 @@ Napi::Value Tracer::CloseAsync(const Napi::CallbackInfo& info) {
   return QueueForPromise(new CloseWorker(info.Env(), this, info.This().As<Napi::Object>()));
 }
 
-// eventsDelivered(): the listeners have had one events batch (or it was dropped unheard).
+// eventsDelivered(slot): the listeners have had the events batch in `slot` (or it was dropped
+// unheard); it can be written again.
 Napi::Value Tracer::EventsDelivered(const Napi::CallbackInfo& info) {
-  int n = pending_batches_->load();
-  while (n > 0 && !pending_batches_->compare_exchange_weak(n, n - 1)) {
-  }
+  if (info.Length() > 0 && info[0].IsNumber()) event_slots_.Return(info[0].As<Napi::Number>().Int32Value());
   return info.Env().Undefined();
 }
+
+// eventSlots(): the ArrayBuffers events batches arrive in, by slot; empty with events off.
+Napi::Value Tracer::EventSlotsJs(const Napi::CallbackInfo& info) { return event_slots_.ToArray(info.Env()); }
 
 Napi::Value Tracer::CloseJs(const Napi::CallbackInfo& info) {
   Close();

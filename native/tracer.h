@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -15,6 +16,7 @@
 
 #include "alloc_table_reader.h"
 #include "errors.h"
+#include "event_slots.h"
 #include "page_buffer.h"
 #include "unwinder.h"
 
@@ -104,8 +106,15 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   static bool DumpHashMap(int fd, size_t key_size, size_t value_size, std::vector<uint8_t>* out,
                           NativeError* error);
   void PollLoop();
-  void Post(const char* type, std::vector<uint8_t> bytes);
+  // Drains the ring buffer into event slots while one is free; with `final` (stopping, or the
+  // target gone) all of it, past the slots if it must. Poll thread.
+  void DrainRing(bool final);
+  void PostSlot();
+  void PostOverflow();
+  // `slot` >= 0: an events batch of `length` bytes in that slot, `bytes` unused.
+  void Post(const char* type, std::vector<uint8_t> bytes, int slot = -1, size_t length = 0);
   static int OnRingRecord(void* self, void* data, size_t size);
+  Napi::Value EventSlotsJs(const Napi::CallbackInfo& info);
 
   TracerConfig config_;
   AddonData* addon_data_ = nullptr;
@@ -124,8 +133,13 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   int stop_fd_ = -1;
   std::thread poller_;
   std::atomic<bool> closed_{false};
-  std::shared_ptr<std::atomic<int>> pending_batches_ = std::make_shared<std::atomic<int>>(0);
-  std::vector<uint8_t> batch_;  // poll thread only
+  EventSlots event_slots_;  // made in the constructor when events are on
+  // Poll thread only: the slot being filled (-1: none) and its bytes; and the final drain's
+  // events when JS has every slot.
+  int slot_ = -1;
+  size_t slot_used_ = 0;
+  std::chrono::steady_clock::time_point slot_started_;  // its first event's arrival
+  std::vector<uint8_t> overflow_;
 };
 
 }  // namespace ebpf_leak
