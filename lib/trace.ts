@@ -3,8 +3,9 @@ import { fromNativeError, TargetExitedError } from './errors.js';
 import { checkLayout, leakFunctions } from './native-layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from './native.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
-import { planProbes } from './probes.js';
+import { planProbesSliced } from './probes.js';
 import { checkSupport } from './support.js';
+import { pauseIfDue } from './cooperative.js';
 import { environmentStrings, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
 import { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './tracer.js';
@@ -32,8 +33,12 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
   const classicUprobes = classicUprobesWanted();
   const o = resolveOptions(options);
   const support = checkSupport();
+  // A fresh process's first trace() reads the kernel's facts, loads the addon and decodes the
+  // allocator: a few ms each, with the event loop served between them (lib/cooperative.ts).
+  await pauseIfDue();
   const native = loadNative();
   checkLayout(native.layout);
+  await pauseIfDue();
 
   let pid: number;
   let allocatorPath: string;
@@ -53,7 +58,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     held = await startHeld(native, o, target.exe);
     pid = held.pid;
   }
-  const plan = planProbes(allocatorPath, glibc, o.allocator, o.probePlacement);
+  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
 
   let tracer: LeakTracer | undefined;
   const pending: Parameters<NativeMessageHandler>[] = [];

@@ -12,7 +12,7 @@ import {
   placementRule,
   type PlacementRule,
 } from '../lib/placement.js';
-import { planProbes } from '../lib/probes.js';
+import { planProbes, planProbesSliced } from '../lib/probes.js';
 import type { AllocatorFunction } from '../lib/types.js';
 
 const bytes = (hex: string) => Uint8Array.from(hex.replace(/\s+/g, '').match(/../g)!.map((b) => parseInt(b, 16)));
@@ -307,6 +307,11 @@ describe("planProbes on this machine's libc", () => {
     expect(plan.placements.length).toBe(plan.probes.length);
     for (const probe of plan.probes) expect(probe.entryOffset).toBe(probe.returnOffset);
     for (const p of plan.placements) expect(p.reason).toMatch(/probePlacement 'entry'/);
+  });
+
+  it('the sliced plan (what trace() uses) is the same plan', async () => {
+    expect(await planProbesSliced(libc, true, undefined)).toEqual(planProbes(libc, true, undefined));
+    expect(await planProbesSliced(libc, true, undefined, 'entry')).toEqual(planProbes(libc, true, undefined, 'entry'));
   });
 
   it('never throws: an unreadable or foreign file keeps the entry', () => {
