@@ -1,11 +1,11 @@
 // trace(): validate, check the kernel, find the allocator, start or find the process, attach.
+import { pauseIfDue } from './cooperative.js';
 import { fromNativeError, TargetExitedError } from './errors.js';
 import { checkLayout, leakFunctions } from './native-layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from './native.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbesSliced } from './probes.js';
 import { checkSupport } from './support.js';
-import { pauseIfDue } from './cooperative.js';
 import { environmentStrings, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from './target.js';
 import { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './tracer.js';

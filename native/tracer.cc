@@ -620,9 +620,10 @@ int Tracer::OnRingRecord(void* self, void* data, size_t size) {
   if (tracer->slot_used_ == 0) tracer->slot_started_ = std::chrono::steady_clock::now();
   // Every record is a struct leak_event, and a slot is never left with less room than one.
   size_t room = tracer->event_slots_.bytes() - tracer->slot_used_;
-  memcpy(tracer->event_slots_.data(tracer->slot_) + tracer->slot_used_, bytes, size < room ? size : room);
-  tracer->slot_used_ += size < room ? size : room;
-  return tracer->event_slots_.bytes() - tracer->slot_used_ < sizeof(leak_event) ? kSlotFull : 0;
+  size_t n = size < room ? size : room;
+  memcpy(tracer->event_slots_.data(tracer->slot_) + tracer->slot_used_, bytes, n);
+  tracer->slot_used_ += n;
+  return room - n < sizeof(leak_event) ? kSlotFull : 0;
 }
 
 void Tracer::DrainRing(bool final) {
