@@ -18,8 +18,9 @@
 //   events           ebpf-leak with the per-event stream on (stacks off), with alloc/free listeners
 // Also measured: attach time, snapshot time with 1,000,000 outstanding blocks, symbolization time
 // for 10,000 distinct frames, the tracer's CPU and RSS, and the longest event-loop stall of this
-// Node process while tracing (perf_hooks.monitorEventLoopDelay; "own": less the time its event loop
-// thread waited for a CPU). Not a test: numbers from one run.
+// Node process in every phase (perf_hooks.monitorEventLoopDelay; "own": less the time its event
+// loop thread waited for a CPU), beside the same workloads run untraced for as long (the stalls the
+// machine makes with no tracer). Not a test: numbers from one run.
 //
 // Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
 // smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
@@ -181,24 +182,39 @@ const runQueueWaitMs = (() => {
   };
 })();
 
-/** Next to monitorEventLoopDelay: the longest gap between the ticks of a 1 ms timer less the
- *  run-queue wait within it, i.e. how long this process itself held the event loop (JS, GC,
- *  native calls). `stop()` returns it, ms. */
-function ownStallWatch() {
+/** The event loop's stalls, phase by phase. `lap()` returns, for the time since the last lap (or
+ *  the start), ms:
+ *    stallMs  the longest stall monitorEventLoopDelay saw (1 ms resolution): what an application
+ *             sees, waits for a CPU included;
+ *    ownMs    the longest gap between the ticks of a 1 ms timer less the run-queue wait within
+ *             it: how long this process itself held the event loop (JS, GC, native calls).
+ *  The difference is the scheduler's: on 2 vCPUs with HZ=250, a thread woken while the CPUs are
+ *  busy waits for the next tick, 4 ms, and one tick more for each task queued before it; the
+ *  untraced baseline (measureUntracedStalls) shows what the machine does with no tracer. */
+function stallProbe() {
+  const monitor = monitorEventLoopDelay({ resolution: 1 });
+  monitor.enable();
   let last = performance.now();
   let lastWait = runQueueWaitMs();
-  let max = 0;
+  let ownMax = 0;
   const timer = setInterval(() => {
     const now = performance.now();
     const wait = runQueueWaitMs();
-    max = Math.max(max, now - last - (wait - lastWait));
+    ownMax = Math.max(ownMax, now - last - (wait - lastWait));
     last = now;
     lastWait = wait;
   }, 1);
   return {
+    async lap() {
+      await settle();
+      const lap = { stallMs: monitor.max / 1e6, ownMs: ownMax };
+      monitor.reset();
+      ownMax = 0;
+      return lap;
+    },
     stop() {
       clearInterval(timer);
-      return max;
+      monitor.disable();
     },
   };
 }
@@ -220,11 +236,10 @@ const leakStats = {};
 
 async function runLeak(config, args) {
   gc();
-  const monitor = monitorEventLoopDelay({ resolution: 1 });
+  const probe = stallProbe();
   let rss = process.memoryUsage.rss();
   const sampler = setInterval(() => (rss = Math.max(rss, process.memoryUsage.rss())), 20);
   const t0 = performance.now();
-  monitor.enable();
   const tracer = await ctx.leak.trace({
     command: workloadPath,
     args,
@@ -233,9 +248,7 @@ async function runLeak(config, args) {
     events: config === 'events',
   });
   const traceMs = performance.now() - t0;
-  await settle();
-  const setupStall = monitor.max;
-  monitor.reset();
+  const setup = await probe.lap();
   // Steady state: from trace()'s return to the workload's exit.
   const cpu0 = process.cpuUsage();
   const t1 = performance.now();
@@ -244,38 +257,60 @@ async function runLeak(config, args) {
     tracer.on('alloc', () => events++);
     tracer.on('free', () => events++);
   }
-  const own = ownStallWatch();
   const child = tracer.process;
   const exited =
     child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((resolve) => child.once('exit', resolve));
   await exited;
   const cpu = process.cpuUsage(cpu0);
   const tracingMs = performance.now() - t1;
-  await settle();
-  const tracingStall = monitor.max;
-  const ownTracingStall = own.stop();
-  monitor.reset();
+  const tracing = await probe.lap();
   const report = await tracer.done;
-  await settle();
-  const reportStall = monitor.max;
-  monitor.disable();
+  const final = await probe.lap();
+  probe.stop();
   clearInterval(sampler);
-  const s = (leakStats[config] ??= { attachMs: [], traceMs: [], cpuPercent: [], rssMb: [], stallMs: [], ownStallMs: [], setupStallMs: [], reportStallMs: [], events: [], lostEvents: [], allocs: [], stallByWorkload: {} });
+  const s = (leakStats[config] ??= {
+    attachMs: [], traceMs: [], cpuPercent: [], rssMb: [], stallMs: [], ownStallMs: [], setupStallMs: [], reportStallMs: [],
+    events: [], lostEvents: [], allocs: [], stallByWorkload: {}, ownStallByWorkload: {}, tracingMsByWorkload: {},
+  });
   // Per workload: the longest of the three stalls (trace(), while tracing, final report).
   const workload = args[0];
-  s.stallByWorkload[workload] = Math.max(s.stallByWorkload[workload] ?? 0, setupStall / 1e6, tracingStall / 1e6, reportStall / 1e6);
+  s.stallByWorkload[workload] = Math.max(s.stallByWorkload[workload] ?? 0, setup.stallMs, tracing.stallMs, final.stallMs);
+  s.ownStallByWorkload[workload] = Math.max(s.ownStallByWorkload[workload] ?? 0, setup.ownMs, tracing.ownMs, final.ownMs);
+  s.tracingMsByWorkload[workload] = (s.tracingMsByWorkload[workload] ?? 0) + tracingMs;
   s.attachMs.push(tracer.info.attachMs);
   s.traceMs.push(traceMs);
   s.cpuPercent.push(((cpu.user + cpu.system) / 1000 / tracingMs) * 100);
   s.rssMb.push(rss / 2 ** 20);
-  s.stallMs.push(tracingStall / 1e6);
-  s.ownStallMs.push(ownTracingStall);
-  s.setupStallMs.push(setupStall / 1e6);
-  s.reportStallMs.push(reportStall / 1e6);
+  s.stallMs.push(tracing.stallMs);
+  s.ownStallMs.push(Math.max(setup.ownMs, tracing.ownMs, final.ownMs));
+  s.setupStallMs.push(setup.stallMs);
+  s.reportStallMs.push(final.stallMs);
   s.events.push(events);
   s.lostEvents.push(report.summary.lostEvents);
   s.allocs.push(report.summary.allocs);
   if (report.target.exitCode !== 0) throw new Error(`${config}: the workload exited with ${report.target.exitCode ?? report.target.signal}`);
+}
+
+/** The machine's own stalls: the workload untraced, for as long as it ran traced under the config
+ *  that traced it longest (all runs together), with this process's event loop watched the same
+ *  way. Without a tracer, the event loop still waits for a CPU while the workload keeps them busy. */
+async function measureUntracedStalls(workload, durationMs, nsPerPair) {
+  gc();
+  const probe = stallProbe();
+  const t0 = performance.now();
+  // nsPerPair is per thread's pair for `threads`: the first run tells how long n pairs take here.
+  let n = Math.max(1, Math.round((durationMs * 1e6) / nsPerPair));
+  for (let ranMs = 0; ranMs < durationMs * 0.95; ranMs = performance.now() - t0) {
+    const r0 = performance.now();
+    const code = await runChild(workloadPath, [workload, String(n), '--out', join(tmp, `out-${outCounter++}`)]);
+    if (code !== 0) throw new Error(`untraced ${workload}: exit ${code}`);
+    const left = durationMs - (performance.now() - t0);
+    n = Math.max(1, Math.round((n * left) / Math.max(1, performance.now() - r0)));
+  }
+  const ranMs = performance.now() - t0;
+  const lap = await probe.lap();
+  probe.stop();
+  return { durationMs: ranMs, stallMs: lap.stallMs, ownStallMs: lap.ownMs };
 }
 
 async function runOnce(config, workload) {
@@ -320,10 +355,9 @@ async function measureOutstanding(blocks) {
   const rssBefore = process.memoryUsage.rss();
   const ready = join(tmp, 'hold-ready');
   rmSync(ready, { force: true });
-  const monitor = monitorEventLoopDelay({ resolution: 1 });
   let rss = process.memoryUsage.rss();
   const sampler = setInterval(() => (rss = Math.max(rss, process.memoryUsage.rss())), 10);
-  monitor.enable();
+  const probe = stallProbe();
   const tracer = await ctx.leak.trace({
     command: workloadPath,
     args: ['hold', String(blocks), '--out', ready],
@@ -337,31 +371,31 @@ async function measureOutstanding(blocks) {
   }
   const allocMs = performance.now() - t0;
   const rssOutstanding = process.memoryUsage.rss();
-  await settle();
-  monitor.reset();
+  const allocating = await probe.lap();
   const s0 = performance.now();
   const snap = await tracer.snapshot();
   const snapshotMs = performance.now() - s0;
-  await settle();
-  const snapshotStallMs = monitor.max / 1e6;
+  const snapshot = await probe.lap();
   const count = snap.allocations.length;
   const rssAfterSnapshot = process.memoryUsage.rss();
-  monitor.reset();
   const r0 = performance.now();
   tracer.process?.kill('SIGTERM');
   const report = await tracer.done;
   const reportMs = performance.now() - r0;
-  await settle();
-  const reportStallMs = monitor.max / 1e6;
-  monitor.disable();
+  const final = await probe.lap();
+  probe.stop();
   clearInterval(sampler);
   return {
     blocks: count,
     allocateMs: allocMs,
+    allocateStallMs: allocating.stallMs,
+    allocateOwnStallMs: allocating.ownMs,
     snapshotMs,
-    snapshotStallMs,
+    snapshotStallMs: snapshot.stallMs,
+    snapshotOwnStallMs: snapshot.ownMs,
     finalReportMs: reportMs,
-    finalReportStallMs: reportStallMs,
+    finalReportStallMs: final.stallMs,
+    finalReportOwnStallMs: final.ownMs,
     leakedBlocks: report.summary.inUseBlocks,
     rssMbBefore: rssBefore / 2 ** 20,
     rssMbOutstanding: rssOutstanding / 2 ** 20,
@@ -413,17 +447,14 @@ async function measureSymbolization(path, frames = 10_000) {
   const addresses = Array.from({ length: frames }, (_, i) => start + (seg.offset & 0xfffn) + step * BigInt(i + 1));
   const stacks = [];
   for (let i = 0; i < frames; i += 100) stacks.push(addresses.slice(i, i + 100));
-  const monitor = monitorEventLoopDelay({ resolution: 1 });
-  monitor.enable();
-  const own = ownStallWatch();
+  const probe = stallProbe();
   const t0 = performance.now();
   const out = await symbolizeStacks(stacks, [mapping], { returnAddresses: false });
   const ms = performance.now() - t0;
-  await settle();
-  monitor.disable();
-  const ownStallMs = own.stop();
+  const lap = await probe.lap();
+  probe.stop();
   const named = out.flat().filter((f) => f.symbol).length;
-  return { file: path, frames, ms, named, stallMs: monitor.max / 1e6, ownStallMs };
+  return { file: path, frames, ms, named, stallMs: lap.stallMs, ownStallMs: lap.ownMs };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,6 +507,8 @@ async function main() {
     const t = await leak.trace({ command: workloadPath, args: ['pair', '10', '--out', join(tmp, 'warm-up')], stdio: 'inherit', stacks: false });
     await t.done;
   }
+  /** Per workload: the machine's own stalls (measureUntracedStalls). */
+  const untracedStalls = {};
   for (const workload of workloads) {
     for (let r = 0; r < runs; r++) {
       for (const config of active) {
@@ -483,6 +516,9 @@ async function main() {
         (samples[`${config}/${workload}`] ??= []).push(ns);
       }
     }
+    const tracedMs = Math.max(0, ...Object.values(leakStats).map((s) => s.tracingMsByWorkload[workload] ?? 0));
+    const untraced = samples[`untraced/${workload}`];
+    if (tracedMs > 0 && untraced) untracedStalls[workload] = await measureUntracedStalls(workload, tracedMs, median(untraced));
     process.stdout.write(`  ${workload} done (${fmt((performance.now() - started) / 1000, 0)} s)\n`);
   }
 
@@ -557,6 +593,7 @@ async function main() {
       maxRssMb: Math.max(...s.rssMb),
       maxEventLoopStallMs: Math.max(...s.stallMs),
       maxOwnStallMs: Math.max(...s.ownStallMs),
+      maxOwnStallByWorkloadMs: s.ownStallByWorkload,
       maxStallInTraceCallMs: Math.max(...s.setupStallMs),
       maxStallInFinalReportMs: Math.max(...s.reportStallMs),
       lostEvents: s.lostEvents.reduce((a, b) => a + b, 0),
@@ -569,7 +606,16 @@ async function main() {
         `RSS max ${fmt(m.maxRssMb)} MB, longest event-loop stall ${fmt(m.maxEventLoopStallMs, 1)} ms while tracing ` +
         `(own ${fmt(m.maxOwnStallMs, 1)} ms; ${fmt(m.maxStallInTraceCallMs, 1)} ms in trace(), ${fmt(m.maxStallInFinalReportMs, 1)} ms in the final report)` +
         (m.eventsDelivered !== undefined ? `, ${fmt(m.eventsDelivered)} events, ${fmt(m.lostEvents)} lost` : '') +
-        `; longest stall by workload: ${Object.entries(m.maxStallByWorkloadMs).map(([w, v]) => `${w} ${fmt(v, 1)} ms`).join(', ')}`,
+        `; longest stall by workload: ${Object.entries(m.maxStallByWorkloadMs).map(([w, v]) => `${w} ${fmt(v, 1)} ms (own ${fmt(m.maxOwnStallByWorkloadMs[w], 1)})`).join(', ')}`,
+    );
+  }
+  if (Object.keys(untracedStalls).length > 0) {
+    measurements.untracedStalls = untracedStalls;
+    log(
+      `untraced, each workload as long as its longest-traced config ran (the machine's own stalls): ` +
+        Object.entries(untracedStalls)
+          .map(([w, u]) => `${w} ${fmt(u.stallMs, 1)} ms (own ${fmt(u.ownStallMs, 1)}) over ${fmt(u.durationMs / 1000, 1)} s`)
+          .join(', '),
     );
   }
   if (extras) {
@@ -586,11 +632,14 @@ async function main() {
     measurements.outstanding = o;
     log(
       `first trace() in a fresh process (loads the addon, decodes the allocator's prologues): ` +
-        `${fmt(o.firstTraceCallMs)} ms (event-loop stall ${fmt(o.firstTraceStallMs, 1)} ms)`,
+        `${fmt(o.firstTraceCallMs)} ms (event-loop stall ${fmt(o.firstTraceStallMs, 1)} ms, own ${fmt(o.firstTraceOwnStallMs, 1)})`,
     );
     log(
-      `${fmt(o.blocks)} outstanding (fresh process, stacks on): RSS ${fmt(o.rssMbBefore)} MB before tracing, ${fmt(o.rssMbOutstanding)} MB with them outstanding; snapshot ${fmt(o.snapshotMs)} ms (event-loop stall ${fmt(o.snapshotStallMs, 1)} ms), ` +
-        `final report ${fmt(o.finalReportMs)} ms (stall ${fmt(o.finalReportStallMs, 1)} ms), RSS ${fmt(o.rssMbAfterSnapshot)} MB after the snapshot, max ${fmt(o.maxRssMb)} MB`,
+      `${fmt(o.blocks)} outstanding (fresh process, stacks on): RSS ${fmt(o.rssMbBefore)} MB before tracing, ${fmt(o.rssMbOutstanding)} MB with them outstanding ` +
+        `(stall while they were allocated ${fmt(o.allocateStallMs, 1)} ms, own ${fmt(o.allocateOwnStallMs, 1)}); ` +
+        `snapshot ${fmt(o.snapshotMs)} ms (stall ${fmt(o.snapshotStallMs, 1)} ms, own ${fmt(o.snapshotOwnStallMs, 1)}), ` +
+        `final report ${fmt(o.finalReportMs)} ms (stall ${fmt(o.finalReportStallMs, 1)} ms, own ${fmt(o.finalReportOwnStallMs, 1)}), ` +
+        `RSS ${fmt(o.rssMbAfterSnapshot)} MB after the snapshot, max ${fmt(o.maxRssMb)} MB`,
     );
     measurements.symbolization = [];
     for (const file of [libc, process.execPath]) {
@@ -614,19 +663,26 @@ async function main() {
   // name); the others saturate more of the 2 vCPUs (threads: both).
   const pairStalls = Object.values(measurements.tracer).map((m) => m.maxStallByWorkloadMs.pair).filter((v) => v !== undefined);
   const extraStalls = [];
-  if (measurements.outstanding) extraStalls.push(measurements.outstanding.firstTraceStallMs, measurements.outstanding.snapshotStallMs, measurements.outstanding.finalReportStallMs);
+  const o = measurements.outstanding;
+  if (o) extraStalls.push(o.firstTraceStallMs, o.allocateStallMs, o.snapshotStallMs, o.finalReportStallMs);
   for (const s of measurements.symbolization ?? []) extraStalls.push(s.stallMs);
   stalls.push(...extraStalls);
   pairStalls.push(...extraStalls);
+  // What this process held the event loop for, every phase: trace(), tracing, the final report,
+  // and each extra.
   const ownStalls = Object.values(measurements.tracer).map((m) => m.maxOwnStallMs);
+  if (o) ownStalls.push(o.firstTraceOwnStallMs, o.allocateOwnStallMs, o.snapshotOwnStallMs, o.finalReportOwnStallMs);
+  for (const s of measurements.symbolization ?? []) ownStalls.push(s.ownStallMs);
+  const untracedStallMax = Math.max(0, ...Object.values(untracedStalls).map((u) => u.stallMs));
   const attach = Object.values(measurements.tracer).map((m) => m.attachMs);
   const targets = [
     ['stacks-off overhead <= 1.15x floor (pair)', pairRatio('stacks-off / floor'), (v) => v <= 1.15, (v) => `${fmt(v, 3)}x`],
     ['stacks-off overhead <= 0.25x bpftrace (pair)', pairRatio('stacks-off / bpftrace'), (v) => v <= 0.25, (v) => `${fmt(v, 3)}x`],
     ['stacks-on overhead <= 0.35x bpftrace-ustack (pair)', pairRatio('stacks-on / bpftrace-ustack'), (v) => v <= 0.35, (v) => `${fmt(v, 3)}x`],
     ['snapshot of 1,000,000 blocks < 1 s', measurements.outstanding?.snapshotMs, (v) => v < 1000, (v) => `${fmt(v)} ms`],
-    ['event-loop stalls < 10 ms (every workload)', stalls.length ? Math.max(...stalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms` + (ownStalls.length ? ` (while tracing, the event loop itself held it ${fmt(Math.max(...ownStalls), 1)} ms at most; the rest of the longest stall was waiting for a CPU)` : '')],
-    ['event-loop stalls < 10 ms (pair workload, and the extras)', pairStalls.length && workloads.includes('pair') ? Math.max(...pairStalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms`],
+    ['event loop held by this process < 10 ms (every phase, workload and extra; waits for a CPU left out)', ownStalls.length ? Math.max(...ownStalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms`],
+    ['event-loop stalls < 10 ms as monitorEventLoopDelay sees them (every workload, and the extras)', stalls.length ? Math.max(...stalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms` + (untracedStallMax > 0 ? ` (the same workloads untraced: ${fmt(untracedStallMax, 1)} ms)` : '')],
+    ['event-loop stalls < 10 ms as monitorEventLoopDelay sees them (pair workload, and the extras)', pairStalls.length && workloads.includes('pair') ? Math.max(...pairStalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms` + (untracedStalls.pair ? ` (untraced: ${fmt(untracedStalls.pair.stallMs, 1)} ms)` : '')],
     ['tracer RSS < 200 MB with 1,000,000 outstanding (no snapshot held)', measurements.outstanding?.rssMbOutstanding, (v) => v < 200, (v) => `${fmt(v)} MB`],
     ['tracer RSS < 200 MB with 1,000,000 outstanding (max, snapshot and final report included)', measurements.outstanding?.maxRssMb, (v) => v < 200, (v) => `${fmt(v)} MB`],
     ['attach < 300 ms', attach.length ? Math.max(...attach) : undefined, (v) => v < 300, (v) => `${fmt(v)} ms`],
@@ -641,7 +697,7 @@ async function main() {
   }
   log(
     '(CPU: this Node process, all threads, while the workload ran; stalls: monitorEventLoopDelay, 1 ms resolution; ' +
-      "own: a 1 ms timer's longest gap less the event loop thread's wait for a CPU)",
+      "own / held by this process: a 1 ms timer's longest gap less the event loop thread's wait for a CPU)",
   );
   log(`total ${fmt((performance.now() - started) / 1000)} s`);
 
@@ -666,17 +722,22 @@ try {
   if (outstandingChild) {
     ctx = { leak: await import('../dist/index.js') };
     // The addon and the decoder are loaded before the baseline RSS is taken.
-    const monitor = monitorEventLoopDelay({ resolution: 1 });
-    monitor.enable();
+    const probe = stallProbe();
     const t0 = performance.now();
     const warm = await ctx.leak.trace({ command: workloadPath, args: ['pair', '10', '--out', join(tmp, 'warm-up')], stdio: 'ignore', stacks: false });
     const firstTraceCallMs = performance.now() - t0;
-    await settle();
-    const firstTraceStallMs = monitor.max / 1e6;
-    monitor.disable();
+    const first = await probe.lap();
+    probe.stop();
     await warm.done;
     gc();
-    console.log(JSON.stringify({ firstTraceCallMs, firstTraceStallMs, ...(await measureOutstanding(Number(outstandingChild))) }));
+    console.log(
+      JSON.stringify({
+        firstTraceCallMs,
+        firstTraceStallMs: first.stallMs,
+        firstTraceOwnStallMs: first.ownMs,
+        ...(await measureOutstanding(Number(outstandingChild))),
+      }),
+    );
   } else {
     await main();
   }

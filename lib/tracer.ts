@@ -8,6 +8,7 @@ import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
 import { TracerClosedError } from './errors.js';
 import { EventQueue } from './event-queue.js';
 import type { EventRecords } from './event-records.js';
+import { ListenerSnapshot, trackListenerChanges } from './listener-snapshot.js';
 import {
   blockColumns,
   decodeCounters,
@@ -35,7 +36,9 @@ import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats }
 import { processAlive } from './target.js';
 import type { TracedProcess } from './traced-process.js';
 import type {
+  AllocEvent,
   AllocatorFunction,
+  FreeEvent,
   LeakReport,
   LeakTracerEvents,
   Snapshot,
@@ -116,6 +119,11 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   );
   /** The buffers events batches arrive in, by slot (native/event_slots.h). */
   readonly #eventSlots: ArrayBuffer[];
+  /** Events go straight to the listeners (lib/listener-snapshot.ts), unless rejections of async
+   *  listeners are to be captured, which emit() does. */
+  readonly #directDispatch = !EventEmitter.captureRejections;
+  readonly #allocListeners = new ListenerSnapshot<AllocEvent>(this, 'alloc');
+  readonly #freeListeners = new ListenerSnapshot<FreeEvent>(this, 'free');
 
   /** @internal Use trace(). */
   constructor(parts: TracerParts) {
@@ -162,14 +170,28 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   }
 
   #deliverEvents(batch: EventRecords, from: number, to: number): void {
-    const wantAlloc = this.listenerCount('alloc') > 0;
-    const wantFree = this.listenerCount('free') > 0;
-    if (!wantAlloc && !wantFree) return;
+    if (!this.#directDispatch) return this.#emitEvents(batch, from, to);
     for (let i = from; i < to; i++) {
       if (batch.isAlloc(i)) {
-        const event = wantAlloc ? batch.allocEvent(i) : undefined;
+        const listeners = this.#allocListeners.current();
+        const event = listeners.length > 0 ? batch.allocEvent(i) : undefined;
+        if (event) for (let j = 0; j < listeners.length; j++) listeners[j]!.call(this, event);
+      } else {
+        const listeners = this.#freeListeners.current();
+        if (listeners.length === 0) continue;
+        const event = batch.freeEvent(i);
+        for (let j = 0; j < listeners.length; j++) listeners[j]!.call(this, event);
+      }
+    }
+  }
+
+  /** emit() itself, for when it must handle what listeners return (captureRejections). */
+  #emitEvents(batch: EventRecords, from: number, to: number): void {
+    for (let i = from; i < to; i++) {
+      if (batch.isAlloc(i)) {
+        const event = this.listenerCount('alloc') > 0 ? batch.allocEvent(i) : undefined;
         if (event) this.emit('alloc', event);
-      } else if (wantFree) {
+      } else if (this.listenerCount('free') > 0) {
         this.emit('free', batch.freeEvent(i));
       }
     }
@@ -410,6 +432,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     }
   }
 }
+// The event stream's listeners are looked up again only when they change (#deliverEvents).
+trackListenerChanges(LeakTracer);
 
 /** The process's root directory is ours (same file), so its paths are valid here as they are. */
 function sameRootAsOurs(pid: number): boolean {

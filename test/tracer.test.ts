@@ -89,6 +89,51 @@ describe('event stream', () => {
     // timestamps increase
     for (let i = 1; i < eight.length; i++) expect(eight[i]!.timestampNs > eight[i - 1]!.timestampNs).toBe(true);
   });
+
+  it('calls listeners as emit() does while listeners come and go mid-stream', async () => {
+    // Events skip emit() (lib/listener-snapshot.ts); its semantics must hold across 200,000
+    // events in many batches: `once`, removal by the listener itself or by another, additions.
+    const tracer = await trace({ command: fixturePath('many_outstanding'), stdio: 'ignore', events: true, eventBufferBytes: 32 << 20 });
+    let counted = 0;
+    let onceCalls = 0;
+    let firstAddress: bigint | undefined;
+    let upToThree = 0;
+    let late = 0;
+    let victimCalls = 0;
+    let receiver: unknown;
+    tracer.once('alloc', (e) => {
+      onceCalls++;
+      firstAddress = e.address;
+    });
+    const three = () => {
+      if (++upToThree === 3) tracer.off('alloc', three);
+    };
+    tracer.on('alloc', three);
+    const lateListener = () => late++;
+    const victim = () => victimCalls++;
+    tracer.on('alloc', function (this: unknown) {
+      receiver = this;
+      counted++;
+      if (counted === 1000) tracer.on('alloc', lateListener);
+      if (counted === 2000) tracer.removeListener('alloc', victim);
+    });
+    tracer.on('alloc', victim);
+    let firstSeen: bigint | undefined;
+    tracer.prependOnceListener('alloc', (e) => (firstSeen = e.address));
+    const report = await tracer.done;
+    expect(report.summary.lostEvents).toBe(0);
+    expect(report.summary.allocs).toBeGreaterThanOrEqual(200_000);
+    expect(counted).toBe(report.summary.allocs);
+    expect(receiver).toBe(tracer);
+    expect(onceCalls).toBe(1);
+    expect(firstAddress).toBe(firstSeen);
+    expect(upToThree).toBe(3);
+    // Added during event 1000: called from event 1001 on (emit() calls the listeners present
+    // when it started). Removed during event 2000 by a listener before it: still called for 2000.
+    expect(late).toBe(counted - 1000);
+    expect(victimCalls).toBe(2000);
+    expect(tracer.listenerCount('alloc')).toBe(2); // the counting listener and the late one
+  });
 });
 
 describe('data that could not be kept is counted and reported', () => {
