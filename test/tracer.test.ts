@@ -1,7 +1,7 @@
 // The tracer against real processes: attaching to a running pid, the event stream, snapshots,
 // stop(), and data we could not keep (full map, full ring buffer) being counted and reported.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import { trace, type AllocEvent, type FreeEvent, type LostInfo, type LeakGroup, type LeakReport } from '../lib/index.js';
 import { fixturePath } from './helpers/fixtures.js';
@@ -133,6 +133,23 @@ describe('event stream', () => {
     expect(late).toBe(counted - 1000);
     expect(victimCalls).toBe(2000);
     expect(tracer.listenerCount('alloc')).toBe(2); // the counting listener and the late one
+  });
+
+  it('with EventEmitter.captureRejections, an async listener that rejects makes an error event, as emit() does', async () => {
+    EventEmitter.captureRejections = true;
+    try {
+      const tracer = await trace({ command: fixturePath('seed'), stdio: 'ignore', events: true });
+      const errors: Error[] = [];
+      tracer.on('error', (e) => errors.push(e));
+      tracer.once('alloc', async () => {
+        throw new Error('the listener failed');
+      });
+      await tracer.done;
+      await sleep(20); // emit() reports the rejection on a later tick
+      expect(errors.map((e) => e.message)).toEqual(['the listener failed']);
+    } finally {
+      EventEmitter.captureRejections = false;
+    }
   });
 });
 
