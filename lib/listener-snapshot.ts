@@ -6,7 +6,7 @@
 // again only after one was added or removed, which keeps emit()'s semantics: a listener removed by
 // another (or by itself, or a `once` listener after its first call) is not called for later events,
 // one added is, and the listeners of one event are those present when its delivery started.
-import { EventEmitter } from 'node:events';
+import type { EventEmitter } from 'node:events';
 
 const listenersVersion = Symbol('listenersVersion');
 type Versioned = EventEmitter & { [listenersVersion]?: number };
@@ -17,14 +17,16 @@ const changingMethods = ['addListener', 'on', 'prependListener', 'removeListener
 
 /** Makes every listener change on instances of `emitterClass` visible to ListenerSnapshot. */
 export function trackListenerChanges(emitterClass: { prototype: EventEmitter }): void {
+  const parent = Object.getPrototypeOf(emitterClass.prototype) as Record<string, unknown>;
   for (const name of changingMethods) {
-    const base = EventEmitter.prototype[name] as unknown as (this: Versioned, ...args: unknown[]) => unknown;
     Object.defineProperty(emitterClass.prototype, name, {
       configurable: true,
       writable: true,
       value: function (this: Versioned, ...args: unknown[]) {
         this[listenersVersion] = (this[listenersVersion] ?? 0) + 1;
-        return base.apply(this, args);
+        // Looked up on each call, so that a later patch of EventEmitter.prototype (APM agents
+        // wrap `on`) still applies.
+        return (parent[name] as (this: Versioned, ...args: unknown[]) => unknown).apply(this, args);
       },
     });
   }
