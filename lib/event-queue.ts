@@ -1,6 +1,6 @@
 // The event stream's batches delivered a slice at a time. A batch from the native poll thread
-// holds up to 256 KB (~4,700 events); emitting a batch at once, with the listeners' own work, held
-// the event loop for 10-20 ms when batches were 1 MB. Batches are delivered in arrival order,
+// holds up to 256 KB (~4,700 events); delivering a batch at once, with the listeners' own work,
+// held the event loop for 10-20 ms when batches were 1 MB. Batches are delivered in arrival order,
 // every event once.
 //
 // Backpressure is the poll thread's: a batch's event slot (native/event_slots.h) stays with JS
