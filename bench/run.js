@@ -24,7 +24,9 @@
 //
 // Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
 // smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
-// --extras-only (only the extra measurements: 1,000,000 outstanding blocks, symbolization).
+// --extras-only (only the extra measurements: 1,000,000 outstanding blocks, symbolization),
+// --machine-stalls SECONDS (no tracer at all: the event-loop stalls this machine makes while each
+// workload runs untraced for SECONDS, and with nothing running).
 // Builds what it needs (npm run build if dist/ or the addon is missing; the CMake bench targets),
 // and installs bpftrace with apt-get when it is missing (its rows are skipped if that fails).
 
@@ -60,6 +62,7 @@ const extrasOnly = flag('--extras-only');
 const workloads = extrasOnly ? [] : (option('--workloads')?.split(',') ?? allWorkloads);
 const configs = extrasOnly ? [] : (option('--configs')?.split(',') ?? allConfigs);
 const extras = !flag('--no-extras');
+const machineStallsSeconds = option('--machine-stalls');
 /** Internal: measure 1,000,000 outstanding blocks in this (fresh) process and print JSON. */
 const outstandingChild = option('--outstanding-child');
 
@@ -124,6 +127,30 @@ function ensureBpftrace() {
     r = spawnSync('apt-get', ['install', '-y', 'bpftrace'], { stdio: 'ignore' });
   }
   return haveCommand('bpftrace');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine's own stalls (--machine-stalls SECONDS)
+
+/** No tracer at all: this process's event loop watched while nothing runs, then while each
+ *  workload runs untraced, SECONDS each. What a stall target can be held to on this machine. */
+async function machineStalls(durationMs) {
+  build();
+  log(`event-loop stalls with no tracer, ${fmt(durationMs / 1000)} s each (monitorEventLoopDelay, 1 ms resolution; own: less the waits for a CPU)`);
+  const report = (name, stallMs, ownMs, steal) =>
+    log(`  ${name.padEnd(8)} longest stall ${fmt(stallMs, 1)} ms (own ${fmt(ownMs, 1)}), hypervisor steal ${fmt(steal)} ms`);
+  let steal = stealMs();
+  const probe = stallProbe();
+  await new Promise((resolve) => setTimeout(resolve, durationMs));
+  const idle = await probe.lap();
+  probe.stop();
+  report('idle', idle.stallMs, idle.ownMs, stealMs() - steal);
+  for (const workload of workloads) {
+    const nsPerPair = await runOnce('untraced', workload);
+    steal = stealMs();
+    const untraced = await measureUntracedStalls(workload, durationMs, nsPerPair);
+    report(workload, untraced.stallMs, untraced.ownStallMs, stealMs() - steal);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,9 +318,18 @@ async function runLeak(config, args) {
   if (report.target.exitCode !== 0) throw new Error(`${config}: the workload exited with ${report.target.exitCode ?? report.target.signal}`);
 }
 
-/** The machine's own stalls: the workload untraced, for as long as it ran traced under the config
- *  that traced it longest (all runs together), with this process's event loop watched the same
- *  way. Without a tracer, the event loop still waits for a CPU while the workload keeps them busy. */
+/** Time the hypervisor ran something else while this VM's vCPUs had work (/proc/stat "steal",
+ *  all CPUs), ms. A vCPU that is not running stalls whatever this VM runs on it, the event loop
+ *  included, and nothing inside the VM can tell that apart from work. */
+function stealMs() {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/);
+  return ((Number(fields[8]) || 0) * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+/** The machine's own stalls: the workload untraced, for as long as the traced configs ran it
+ *  (all configs and runs together: the longest stall of a longer watch is longer), with this
+ *  process's event loop watched the same way. Without a tracer, the event loop still waits for a
+ *  CPU while the workload keeps them busy. */
 async function measureUntracedStalls(workload, durationMs, nsPerPair) {
   gc();
   const probe = stallProbe();
@@ -502,6 +538,7 @@ async function main() {
   if (!floorOk) log('ebpf-leak-floor was not built (no libbpf.pc): the floor rows are skipped');
   const samples = {};
   const started = performance.now();
+  const stealAtStart = stealMs();
   // Warm-up: the first trace() in a process loads the addon and the x86 decoder.
   if (active.some((c) => ['stacks-off', 'stacks-on', 'events'].includes(c))) {
     const t = await leak.trace({ command: workloadPath, args: ['pair', '10', '--out', join(tmp, 'warm-up')], stdio: 'inherit', stacks: false });
@@ -516,7 +553,7 @@ async function main() {
         (samples[`${config}/${workload}`] ??= []).push(ns);
       }
     }
-    const tracedMs = Math.max(0, ...Object.values(leakStats).map((s) => s.tracingMsByWorkload[workload] ?? 0));
+    const tracedMs = Object.values(leakStats).reduce((sum, s) => sum + (s.tracingMsByWorkload[workload] ?? 0), 0);
     const untraced = samples[`untraced/${workload}`];
     if (tracedMs > 0 && untraced) untracedStalls[workload] = await measureUntracedStalls(workload, tracedMs, median(untraced));
     process.stdout.write(`  ${workload} done (${fmt((performance.now() - started) / 1000, 0)} s)\n`);
@@ -612,7 +649,7 @@ async function main() {
   if (Object.keys(untracedStalls).length > 0) {
     measurements.untracedStalls = untracedStalls;
     log(
-      `untraced, each workload as long as its longest-traced config ran (the machine's own stalls): ` +
+      `untraced, each workload as long as the traced configs ran it altogether (the machine's own stalls): ` +
         Object.entries(untracedStalls)
           .map(([w, u]) => `${w} ${fmt(u.stallMs, 1)} ms (own ${fmt(u.ownStallMs, 1)}) over ${fmt(u.durationMs / 1000, 1)} s`)
           .join(', '),
@@ -699,7 +736,11 @@ async function main() {
     '(CPU: this Node process, all threads, while the workload ran; stalls: monitorEventLoopDelay, 1 ms resolution; ' +
       "own / held by this process: a 1 ms timer's longest gap less the event loop thread's wait for a CPU)",
   );
-  log(`total ${fmt((performance.now() - started) / 1000)} s`);
+  measurements.hypervisorStealMs = stealMs() - stealAtStart;
+  log(
+    `total ${fmt((performance.now() - started) / 1000)} s; the hypervisor ran something else for ${fmt(measurements.hypervisorStealMs)} ms ` +
+      'of it while this VM had work (/proc/stat steal, all vCPUs)',
+  );
 
   if (jsonFile) {
     const json = {
@@ -738,6 +779,8 @@ try {
         ...(await measureOutstanding(Number(outstandingChild))),
       }),
     );
+  } else if (machineStallsSeconds) {
+    await machineStalls(Number(machineStallsSeconds) * 1000);
   } else {
     await main();
   }
