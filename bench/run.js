@@ -19,8 +19,9 @@
 // Also measured: attach time, snapshot time with 1,000,000 outstanding blocks, symbolization time
 // for 10,000 distinct frames, the tracer's CPU and RSS, and the longest event-loop stall of this
 // Node process in every phase (perf_hooks.monitorEventLoopDelay; "own": less the time its event
-// loop thread waited for a CPU), beside the same workloads run untraced for as long (the stalls the
-// machine makes with no tracer). Not a test: numbers from one run.
+// loop thread waited for a CPU), beside the same workloads run untraced for as long as the traced
+// configs ran them together (the stalls the machine makes with no tracer), and the hypervisor's
+// steal time over the run. Not a test: numbers from one run.
 //
 // Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
 // smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
