@@ -1,5 +1,7 @@
 #include "event_slots.h"
 
+#include "page_buffer.h"
+
 #include <sys/mman.h>
 
 #include <cerrno>
@@ -19,12 +21,7 @@ void EventSlots::Create(Napi::Env env, int count, size_t bytes) {
   if (region == MAP_FAILED) throw Napi::Error::New(env, "cannot map the event buffers: " + std::string(strerror(errno)));
   for (int i = 0; i < count; i++) {
     auto* data = static_cast<uint8_t*>(region) + i * bytes;
-    Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
-        env, data, bytes, [](Napi::Env, void* p, size_t* length) {
-          munmap(p, *length);
-          delete length;
-        },
-        new size_t(bytes));
+    Napi::ArrayBuffer buffer = PagesAsArrayBuffer(env, data, bytes, bytes);
     slots_[i].data = data;
     slots_[i].buffer = Napi::Persistent(buffer);
   }

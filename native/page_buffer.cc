@@ -46,6 +46,11 @@ void UnmapOffJsThread(Pages* pages) {
 
 }  // namespace
 
+Napi::ArrayBuffer PagesAsArrayBuffer(Napi::Env env, void* data, size_t size, size_t length) {
+  return Napi::ArrayBuffer::New(
+      env, data, size, [](Napi::Env, void*, Pages* p) { UnmapOffJsThread(p); }, new Pages{data, length});
+}
+
 int PageBuffer::Reserve(size_t capacity) {
   Release();
   if (capacity == 0) return 0;
@@ -72,16 +77,12 @@ Napi::ArrayBuffer PageBuffer::TakeAsArrayBuffer(Napi::Env env) {
   }
   size_t used = PageAlign(size_);
   if (used < mapped_) munmap(base_ + used, mapped_ - used);
-  auto* pages = new Pages{base_, used};
   size_t size = size_;
   void* data = base_;
   base_ = nullptr;
   size_ = 0;
   mapped_ = 0;
-  return Napi::ArrayBuffer::New(
-      env, data, size,
-      [](Napi::Env, void*, Pages* p) { UnmapOffJsThread(p); },
-      pages);
+  return PagesAsArrayBuffer(env, data, size, used);
 }
 
 void PageBuffer::Release() {

@@ -14,6 +14,10 @@
 
 namespace ebpf_leak {
 
+// An ArrayBuffer over the `size` bytes at `data`, owning the `length` bytes of anonymous pages
+// mapped there: they are unmapped when it is collected (by a thread of its own when large).
+Napi::ArrayBuffer PagesAsArrayBuffer(Napi::Env env, void* data, size_t size, size_t length);
+
 class PageBuffer {
  public:
   PageBuffer() = default;
