@@ -156,10 +156,10 @@ static __always_inline int table_insert(__u64 address, __u64 size_fn, __u64 time
 	return 0;
 }
 
-/* Removes `address`, keeping `stack_totals`. Returns the block's size, or -1 when it is not there.
- * Of two threads freeing one block (a double free), only the one whose compare-and-swap wins gets
- * its size. */
-static __always_inline __s64 table_remove(__u64 address)
+/* Removes `address`, keeping `stack_totals`, and copies its record to `out` (when not NULL).
+ * Returns the block's size, or -1 when it is not there. Of two threads freeing one block (a double
+ * free), only the one whose compare-and-swap wins gets its size. */
+static __always_inline __s64 table_take(__u64 address, struct leak_slot *out)
 {
 	__u32 first, second;
 	struct leak_bucket *a, *b;
@@ -184,10 +184,17 @@ static __always_inline __s64 table_remove(__u64 address)
 	/* Read before the slot is released: after that, another allocation may take it. */
 	size = a->values[i].size_fn & LEAK_SIZE_MASK;
 	stack_id = a->values[i].stack_id;
+	if (out)
+		*out = a->values[i];
 	if (__sync_val_compare_and_swap(&a->keys[i], address, 0) != address)
 		return -1;
 	stack_totals_add(stack_id, -(__s64)size, -1);
 	return (__s64)size;
+}
+
+static __always_inline __s64 table_remove(__u64 address)
+{
+	return table_take(address, NULL);
 }
 
 #endif /* EBPF_LEAK_ALLOC_TABLE_H */
