@@ -65,6 +65,8 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'realloc_race', compiler: 'gcc', sources: ['realloc_race.c'], flags: [...cFlags, '-pthread'] },
   { name: 'realloc_stress', compiler: 'gcc', sources: ['realloc_stress.c'], flags: [...cFlags, '-pthread'] },
   { name: 'realloc_fail', compiler: 'gcc', sources: ['realloc_fail.c'], flags: cFlags },
+  { name: 'crash', compiler: 'gcc', sources: ['crash.c'], flags: cFlags },
+  { name: 'gate', compiler: 'gcc', sources: ['gate.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -82,7 +84,9 @@ export type FixtureName =
   | 'sampling'
   | 'realloc_race'
   | 'realloc_stress'
-  | 'realloc_fail';
+  | 'realloc_fail'
+  | 'crash'
+  | 'gate';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
