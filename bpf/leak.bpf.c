@@ -538,11 +538,12 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 	call->stack_id = -1;
 	call->depth = 0;
 	call->sp = sp;
-	call->freed_at_entry = old_ptr;
+	call->freed_at_entry = 0;
 	call->old_state = OLD_NONE;
 	__sync_fetch_and_add(&slow_calls, 1);
 	if (!old_ptr || size == SIZE_OVERFLOW)
 		return;
+	call->freed_at_entry = old_ptr;
 	/* realloc(p, 0) frees p (glibc: with free(p) inside; others may then return a new block,
 	 * recorded at the return). Counted here so that free(p) finds it gone: a free does not look
 	 * at the per-thread state unless its block is unknown. */

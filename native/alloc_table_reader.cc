@@ -62,7 +62,7 @@ uint32_t AllocTableReader::BucketsFor(uint64_t max_allocations) {
 }
 
 uint32_t AllocTableReader::SpillEntriesFor(uint64_t max_allocations) {
-  return static_cast<uint32_t>(std::max<uint64_t>(1024, max_allocations / 2));
+  return static_cast<uint32_t>(std::max<uint64_t>(16, max_allocations / 2));
 }
 
 int AllocTableReader::Open(int map_fd, uint32_t buckets, int spill_fd, uint32_t spill_entries) {
