@@ -39,7 +39,7 @@ export async function soak({ root, buildDir, seconds, log }) {
   const target = spawn(workload, [String(seconds)], { stdio: ['ignore', 'pipe', 'inherit'] });
   let rounds = '';
   target.stdout.setEncoding('utf8').on('data', (d) => (rounds += d));
-  const tracer = spawn(process.execPath, [join(root, 'dist', 'cli.js'), 'attach', '-p', String(target.pid), '--interval', '1'], {
+  const tracer = spawn(process.execPath, [join(root, 'dist', 'cli', 'main.js'), 'attach', '-p', String(target.pid), '--interval', '1'], {
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let ticks = 0;
