@@ -27,7 +27,8 @@
 // smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
 // --extras-only (only the extra measurements: 1,000,000 outstanding blocks, symbolization),
 // --machine-stalls SECONDS (no tracer at all: the event-loop stalls this machine makes while each
-// workload runs untraced for SECONDS, and with nothing running).
+// workload runs untraced for SECONDS, and with nothing running), --soak SECONDS (only the soak:
+// the tracer's RSS slope under `attach --interval 1` for SECONDS, bench/soak.js).
 // Builds what it needs (npm run build if dist/ or the addon is missing; the CMake bench targets),
 // and installs bpftrace with apt-get when it is missing (its rows are skipped if that fails).
 
@@ -64,6 +65,7 @@ const workloads = extrasOnly ? [] : (option('--workloads')?.split(',') ?? allWor
 const configs = extrasOnly ? [] : (option('--configs')?.split(',') ?? allConfigs);
 const extras = !flag('--no-extras');
 const machineStallsSeconds = option('--machine-stalls');
+const soakSeconds = option('--soak');
 /** Internal: measure 1,000,000 outstanding blocks in this (fresh) process and print JSON. */
 const outstandingChild = option('--outstanding-child');
 
@@ -782,6 +784,11 @@ try {
     );
   } else if (machineStallsSeconds) {
     await machineStalls(Number(machineStallsSeconds) * 1000);
+  } else if (soakSeconds) {
+    build();
+    const { soak } = await import('./soak.js');
+    const result = await soak({ root, buildDir: benchBuild, seconds: Number(soakSeconds), log });
+    if (jsonFile) writeFileSync(jsonFile, JSON.stringify({ soak: result }, null, 2) + '\n');
   } else {
     await main();
   }

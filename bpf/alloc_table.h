@@ -4,9 +4,8 @@
  * about 0.4 us per malloc+free pair, as much as the rest of the probes' work together. This is an
  * open-addressing table in one array map, lookups of which the verifier inlines: buckets of
  * LEAK_BUCKET_SLOTS keys in one cache line (then their values), each address having two candidate
- * buckets and going to the emptier one ("two choices", which keeps buckets even enough to fill
- * the table to over 90% before the first allocation has nowhere to go). Slots are claimed and
- * released with compare-and-swap, so no locks. The map is mmap()able: user space reads it in
+ * buckets and going to the emptier one ("two choices"; blocks that find both full go to
+ * spilled_allocs). Slots are claimed and released with compare-and-swap, so no locks. The map is mmap()able: user space reads it in
  * place, a million blocks in milliseconds (native/alloc_table_reader.cc).
  *
  * Included by bpf/leak.bpf.c after bpf/stack_totals.h. */
@@ -25,6 +24,22 @@ struct {
 
 /* = allocs' max_entries, for the range reduction below. */
 const volatile __u32 table_buckets = 1;
+
+/* Blocks whose two buckets were both full. Greedy two choices fill buckets of 8 only so far: under
+ * churn (blocks freed and allocated at random while the count stays level) the first block found
+ * both its buckets full at 55-60% of the slots, where a run of inserts alone gets to 90%. These
+ * blocks are rare while the table has room, and a free looks here only while there are some, so
+ * the fast paths stay as they were. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct leak_slot);
+	__uint(max_entries, 1); /* leak_spill_entries(maxAllocations), set before load */
+} spilled_allocs SEC(".maps");
+
+/* Blocks in spilled_allocs. */
+__s64 spilled_blocks = 0;
 
 /* The two buckets of an address: two 32-bit halves of one multiplicative hash (the low bits of
  * an address are alignment zeros), each mapped onto [0, table_buckets) by a multiply-shift. */
@@ -99,11 +114,52 @@ static __always_inline void slot_publish(struct leak_bucket *b, int i, __u64 add
 #endif
 }
 
+/* Into spilled_allocs; as table_insert(). */
+static __always_inline int spill_insert(__u64 address, const struct leak_slot *value)
+{
+	struct leak_slot *old;
+	long err = bpf_map_update_elem(&spilled_allocs, &address, value, BPF_NOEXIST);
+
+	if (err == 0) {
+		__sync_fetch_and_add(&spilled_blocks, 1);
+		stack_totals_add(value->stack_id, (__s64)(value->size_fn & LEAK_SIZE_MASK), 1);
+		return 0;
+	}
+	old = bpf_map_lookup_elem(&spilled_allocs, &address);
+	if (!old) /* full */
+		return -1;
+	stack_totals_add(old->stack_id, -(__s64)(old->size_fn & LEAK_SIZE_MASK), -1);
+	*old = *value;
+	stack_totals_add(value->stack_id, (__s64)(value->size_fn & LEAK_SIZE_MASK), 1);
+	return 0;
+}
+
+/* Out of spilled_allocs; as table_take(). */
+static __always_inline __s64 spill_take(__u64 address, struct leak_slot *out)
+{
+	struct leak_slot *v = bpf_map_lookup_elem(&spilled_allocs, &address);
+	__u64 size;
+	__s64 stack_id;
+
+	if (!v)
+		return -1;
+	size = v->size_fn & LEAK_SIZE_MASK;
+	stack_id = v->stack_id;
+	if (out)
+		*out = *v;
+	if (bpf_map_delete_elem(&spilled_allocs, &address)) /* another thread's free won */
+		return -1;
+	__sync_fetch_and_add(&spilled_blocks, -1);
+	stack_totals_add(stack_id, -(__s64)size, -1);
+	return (__s64)size;
+}
+
 /* The two below are global functions: the verifier checks each once, on its own, instead of at
  * every call site with every path through the buckets multiplied into the rest of the program. */
 
 /* Adds `address`, keeping `stack_totals`. An address already there (its free was missed: an
- * allocator path we do not probe) is replaced. Returns 0, or -1 when both buckets are full. */
+ * allocator path we do not probe) is replaced. Returns 0, or -1 when both buckets and
+ * spilled_allocs are full. */
 static __always_inline int table_insert(__u64 address, __u64 size_fn, __u64 timestamp_ns, __s64 stack_id,
 			    __u64 tid_mark)
 {
@@ -138,6 +194,8 @@ static __always_inline int table_insert(__u64 address, __u64 size_fn, __u64 time
 		stack_totals_add(stack_id, (__s64)size, 1);
 		return 0;
 	}
+	if (spilled_blocks && bpf_map_lookup_elem(&spilled_allocs, &address))
+		return spill_insert(address, &value);
 	if (bucket_used_slots(b) < bucket_used_slots(a)) {
 		struct leak_bucket *t = a;
 
@@ -150,16 +208,16 @@ static __always_inline int table_insert(__u64 address, __u64 size_fn, __u64 time
 		i = bucket_claim(a);
 	}
 	if (i < 0)
-		return -1;
+		return spill_insert(address, &value);
 	slot_publish(a, i, address, &value);
 	stack_totals_add(stack_id, (__s64)size, 1);
 	return 0;
 }
 
-/* Removes `address`, keeping `stack_totals`. Returns the block's size, or -1 when it is not there.
- * Of two threads freeing one block (a double free), only the one whose compare-and-swap wins gets
- * its size. */
-static __always_inline __s64 table_remove(__u64 address)
+/* Removes `address`, keeping `stack_totals`, and copies its record to `out` (when not NULL).
+ * Returns the block's size, or -1 when it is not there. Of two threads freeing one block (a double
+ * free), only the one whose compare-and-swap wins gets its size. */
+static __always_inline __s64 table_take(__u64 address, struct leak_slot *out)
 {
 	__u32 first, second;
 	struct leak_bucket *a, *b;
@@ -180,14 +238,21 @@ static __always_inline __s64 table_remove(__u64 address)
 		a = b;
 	}
 	if (i < 0 || i >= LEAK_BUCKET_SLOTS)
-		return -1;
+		return spilled_blocks ? spill_take(address, out) : -1;
 	/* Read before the slot is released: after that, another allocation may take it. */
 	size = a->values[i].size_fn & LEAK_SIZE_MASK;
 	stack_id = a->values[i].stack_id;
+	if (out)
+		*out = a->values[i];
 	if (__sync_val_compare_and_swap(&a->keys[i], address, 0) != address)
 		return -1;
 	stack_totals_add(stack_id, -(__s64)size, -1);
 	return (__s64)size;
+}
+
+static __always_inline __s64 table_remove(__u64 address)
+{
+	return table_take(address, NULL);
 }
 
 #endif /* EBPF_LEAK_ALLOC_TABLE_H */

@@ -67,13 +67,23 @@ struct inflight_call {
 	__u64 tid;
 	__u64 size;
 	__u64 old_ptr;	/* realloc's block */
-	__u64 freed_at_entry; /* realloc(p, 0): p, already counted as freed at the entry */
+	__u64 freed_at_entry; /* realloc's p, out of `allocs` since the entry: a free(p) inside is its own */
+	__u64 old_state; /* enum old_block_state */
+	struct leak_slot old_block; /* OLD_TAKEN: p's record, to count at the return or put back */
 	__u64 out_ptr;	/* posix_memalign's result pointer */
 	__s64 stack_id;
 	__u64 depth;
 	__u64 sp;	/* stack pointer at the outermost entry */
 	__s64 bytes_until_sample; /* sampling mode: this thread's distance to its next sample */
 	__u64 sampling_started;
+};
+
+/* What realloc's entry did with its block p. */
+enum old_block_state {
+	OLD_NONE = 0,	 /* no p, or a size that fails without touching it */
+	OLD_TAKEN = 1,	 /* taken out of `allocs`, its record in old_block */
+	OLD_UNKNOWN = 2, /* not in `allocs`: allocated before tracing, sampled out, or dropped */
+	OLD_FREED = 3,	 /* realloc(p, 0): counted as freed at the entry */
 };
 
 /* Per thread, in the task itself: freed with the thread. */
@@ -286,6 +296,14 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 				      : BPF_RB_NO_WAKEUP);
 }
 
+/* Into `allocs`, or counted as dropped. */
+static __always_inline void track_block(__u64 address, __u64 size_fn, __u64 timestamp_ns,
+					  __s64 stack_id, __u64 tid_mark)
+{
+	if (table_insert(address, size_fn, timestamp_ns, stack_id, tid_mark))
+		COUNT(dropped_allocs, 1);
+}
+
 static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id,
 					 __u32 tid)
 {
@@ -295,16 +313,16 @@ static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __
 		__sync_fetch_and_add(&c->allocs, 1);
 		__sync_fetch_and_add(&c->bytes_allocated, size);
 	}
-	if (table_insert(address, size | fn << LEAK_SIZE_BITS, now_ns, stack_id,
-			 (__u64)(__u32)mark << 32 | tid) && c)
-		__sync_fetch_and_add(&c->dropped_allocs, 1);
+	track_block(address, size | fn << LEAK_SIZE_BITS, now_ns, stack_id,
+		      (__u64)(__u32)mark << 32 | tid);
 	if (emit_events)
 		emit(LEAK_EVENT_ALLOC, fn, address, size, bpf_ktime_get_ns(), tid, stack_id);
 }
 
-/* realloc(p, 0) counts p as freed at its entry (see alloc_enter); glibc then calls free(p) inside,
- * which must not count again, as the free of an unknown block. Only looked up for frees of
- * unknown blocks, which are rare: the per-thread state costs more than the rest of a free. */
+/* realloc's p leaves `allocs` at realloc's entry (see call_begin); a free(p) inside (glibc's
+ * realloc(p, 0); other allocators' moves) must not count again, as the free of an unknown block.
+ * Only looked up for frees of unknown blocks, which are rare: the per-thread state costs more
+ * than the rest of a free. */
 static __always_inline bool freed_by_realloc(__u64 address)
 {
 	struct inflight_call *call = thread_call(0);
@@ -312,14 +330,12 @@ static __always_inline bool freed_by_realloc(__u64 address)
 	return call && call->active && call->freed_at_entry == address;
 }
 
-static __always_inline void record_free(__u64 fn, __u64 address)
+/* The free of a block that was in `allocs` (`size` >= 0, already removed) or not (-1). */
+static __always_inline void count_free(__u64 fn, __u64 address, __s64 size)
 {
 	struct leak_counters *c = counters_cpu();
-	__s64 size = table_remove(address);
 
 	if (size < 0) {
-		if (fn == LEAK_FN_FREE && freed_by_realloc(address))
-			return;
 		/* Sampling mode: most blocks are not recorded, and their frees are still frees. */
 		if (c)
 			__sync_fetch_and_add(sample_mean_bytes ? &c->frees : &c->unknown_frees, 1);
@@ -332,6 +348,15 @@ static __always_inline void record_free(__u64 fn, __u64 address)
 	if (emit_events)
 		emit(LEAK_EVENT_FREE, fn, address, size, bpf_ktime_get_ns(),
 		     (__u32)bpf_get_current_pid_tgid(), -1);
+}
+
+static __always_inline void record_free(__u64 fn, __u64 address)
+{
+	__s64 size = table_remove(address);
+
+	if (size < 0 && fn == LEAK_FN_FREE && freed_by_realloc(address))
+		return;
+	count_free(fn, address, size);
 }
 
 static long record_mapping(struct task_struct *task, struct vm_area_struct *vma, void *data)
@@ -514,15 +539,23 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 	call->depth = 0;
 	call->sp = sp;
 	call->freed_at_entry = 0;
+	call->old_state = OLD_NONE;
 	__sync_fetch_and_add(&slow_calls, 1);
+	if (!old_ptr || size == SIZE_OVERFLOW)
+		return;
+	call->freed_at_entry = old_ptr;
 	/* realloc(p, 0) frees p (glibc: with free(p) inside; others may then return a new block,
 	 * recorded at the return). Counted here so that free(p) finds it gone: a free does not look
-	 * at the per-thread state unless its block is unknown. p stays allocated until that inner
-	 * free, so no other thread can be handed p meanwhile. */
-	if (old_ptr && size == 0) {
+	 * at the per-thread state unless its block is unknown. */
+	if (size == 0) {
 		record_free(fn, old_ptr);
-		call->freed_at_entry = old_ptr;
+		call->old_state = OLD_FREED;
+		return;
 	}
+	/* A moving realloc frees p inside, and from then on the allocator may hand p to another
+	 * thread, whose block would be the one removed if p left the table at the return. Until the
+	 * return p belongs to this call: taken out now, counted or put back then. */
+	call->old_state = table_take(old_ptr, &call->old_block) >= 0 ? OLD_TAKEN : OLD_UNKNOWN;
 }
 
 /* An allocation returned `address` (0: it failed): records it, unless its thread is ignored or
@@ -554,7 +587,7 @@ static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 
 static __always_inline int call_return(struct pt_regs *ctx)
 {
 	struct inflight_call *st;
-	__u64 address, fn, size, old_ptr, freed_at_entry, out_ptr;
+	__u64 address, fn, size, old_ptr, old_state, out_ptr;
 	__u32 tid;
 
 	/* No target check: only the target's entries leave a call in flight, and task storage is
@@ -571,7 +604,7 @@ static __always_inline int call_return(struct pt_regs *ctx)
 	fn = st->fn;
 	size = st->size;
 	old_ptr = st->old_ptr;
-	freed_at_entry = st->freed_at_entry;
+	old_state = st->old_state;
 	out_ptr = st->out_ptr;
 	tid = st->tid;
 
@@ -588,10 +621,17 @@ static __always_inline int call_return(struct pt_regs *ctx)
 	case LEAK_FN_REALLOC:
 	case LEAK_FN_REALLOCARRAY:
 		/* A resize of a live block, moved or in place, is one free plus one alloc, as
-		 * valgrind counts it; NULL is a failure that leaves p alone. (realloc(p, 0) freed p
-		 * at the entry.) */
-		if (old_ptr && address && !freed_at_entry)
-			record_free(fn, old_ptr);
+		 * valgrind counts it. NULL is a failure that left p allocated, so nobody else can
+		 * hold its address: its record goes back as it was. */
+		if (old_state == OLD_TAKEN && !address) {
+			struct leak_slot *o = &st->old_block;
+
+			track_block(old_ptr, o->size_fn, o->timestamp_ns, o->stack_id,
+				      (__u64)o->mark << 32 | o->tid);
+		} else if (address && (old_state == OLD_TAKEN || old_state == OLD_UNKNOWN)) {
+			count_free(fn, old_ptr, old_state == OLD_TAKEN
+				   ? (__s64)(st->old_block.size_fn & LEAK_SIZE_MASK) : -1);
+		}
 		break;
 	}
 	alloc_returned(ctx, fn, address, size, tid, st);

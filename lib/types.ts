@@ -27,9 +27,10 @@ export interface AllocatorOptions {
 }
 
 export interface CommonTraceOptions {
-  /** Room for at least this many blocks outstanding at once, in the kernel's address table (which
-   *  is allocated whole: ~50 bytes per block; it takes up to a quarter more before one is dropped).
-   *  Default 1,000,000. */
+  /** Room for at least this many blocks outstanding at once, and for a quarter more before one is
+   *  dropped (counted in droppedAllocations), however blocks come and go. The kernel's address
+   *  table is allocated whole, ~50 bytes per block; blocks past its buckets' room take ~100 bytes
+   *  each, only once there. Default 1,000,000. */
   maxAllocations?: number;
   /** Stream every alloc/free as an event (costs per call). Default false. */
   events?: boolean;

@@ -15,17 +15,23 @@ namespace ebpf_leak {
 
 class AllocTableReader {
  public:
-  // Buckets for room for at least `max_allocations` blocks: a quarter more slots than that, as
-  // two-choice buckets of 8 start to overflow at about 95% full.
+  // Buckets for `max_allocations` blocks: a quarter more slots than that. Two-choice buckets of 8
+  // fill to 55-60% under churn before a block finds both of its full (bpf/alloc_table.h); the
+  // spill takes those.
   static uint32_t BucketsFor(uint64_t max_allocations);
+  // Room in the spill (`spilled_allocs`): half of `max_allocations`, so that the table holds at
+  // least a quarter more blocks than that however they come and go. A hash map without
+  // preallocation: its elements cost memory only once used.
+  static uint32_t SpillEntriesFor(uint64_t max_allocations);
 
   AllocTableReader() = default;
   AllocTableReader(const AllocTableReader&) = delete;
   AllocTableReader& operator=(const AllocTableReader&) = delete;
 
-  // Reads the table of `map_fd` (`buckets` buckets; the fd stays the caller's). Checks that it
-  // can be mapped. Returns 0 or an errno value.
-  int Open(int map_fd, uint32_t buckets);
+  // Reads the table of `map_fd` (`buckets` buckets) and the spill of `spill_fd` (room for
+  // `spill_entries`); the fds stay the caller's. Checks that the table can be mapped. Returns 0
+  // or an errno value.
+  int Open(int map_fd, uint32_t buckets, int spill_fd, uint32_t spill_entries);
   void Close();
   bool IsOpen() const { return map_fd_ >= 0; }
 
@@ -35,8 +41,12 @@ class AllocTableReader {
   int Read(bool timestamps, PageBuffer* out) const;
 
  private:
+  int ReadSpill(bool timestamps, PageBuffer* out) const;
+
   int map_fd_ = -1;
   uint32_t buckets_ = 0;
+  int spill_fd_ = -1;
+  uint32_t spill_entries_ = 0;
 };
 
 }  // namespace ebpf_leak

@@ -376,6 +376,8 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   uint32_t buckets = AllocTableReader::BucketsFor(config_.max_allocations);
   bpf_map__set_max_entries(skel_->maps.allocs, buckets);
   skel_->rodata->table_buckets = buckets;
+  uint32_t spill_entries = AllocTableReader::SpillEntriesFor(config_.max_allocations);
+  bpf_map__set_max_entries(skel_->maps.spilled_allocs, spill_entries);
   bpf_map__set_max_entries(skel_->maps.events, config_.events ? config_.event_buffer_bytes
                                                               : static_cast<uint32_t>(getpagesize()));
   uint32_t stack_entries = config_.stacks ? config_.stack_map_entries : 1;
@@ -405,7 +407,8 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
                 e == EACCES ? "the kernel's verifier rejected the BPF program" : "cannot load the BPF program", e);
   }
   skel_->bss->now_ns = MonotonicNs();
-  if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets))
+  if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets,
+                                   bpf_map__fd(skel_->maps.spilled_allocs), spill_entries))
     return fail("ELEAK_BPF", "cannot map the table of outstanding blocks", e);
   SetThreadIgnored(CurrentTid(), true);  // until DoAttach is done: see there
   unwind_->Start();  // the unwind tables into the maps, before any probe fires

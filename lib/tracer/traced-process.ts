@@ -27,7 +27,8 @@ export interface TracedProcessEvents {
 
 export const tracedProcessEvents = ['exit', 'close'] as const satisfies readonly (keyof TracedProcessEvents)[];
 
-const signalNames = new Map(Object.entries(constants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
+// The first name of each number: later ones are aliases (SIGIOT for SIGABRT, SIGPOLL for SIGIO).
+const signalNames = new Map(Object.entries(constants.signals).reverse().map(([name, n]) => [n, name as NodeJS.Signals]));
 
 export class TracedProcess extends EventEmitter<TracedProcessEvents> {
   readonly pid: number;

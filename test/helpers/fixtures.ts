@@ -62,6 +62,11 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'exit_immediately', compiler: 'gcc', sources: ['exit_immediately.c'], flags: cFlags },
   { name: 'forever', compiler: 'gcc', sources: ['forever.c'], flags: cFlags },
   { name: 'sampling', compiler: 'gcc', sources: ['sampling.c'], flags: cFlags },
+  { name: 'realloc_race', compiler: 'gcc', sources: ['realloc_race.c'], flags: [...cFlags, '-pthread'] },
+  { name: 'realloc_stress', compiler: 'gcc', sources: ['realloc_stress.c'], flags: [...cFlags, '-pthread'] },
+  { name: 'realloc_fail', compiler: 'gcc', sources: ['realloc_fail.c'], flags: cFlags },
+  { name: 'crash', compiler: 'gcc', sources: ['crash.c'], flags: cFlags },
+  { name: 'gate', compiler: 'gcc', sources: ['gate.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -76,7 +81,12 @@ export type FixtureName =
   | 'dlopen_main'
   | 'exit_immediately'
   | 'forever'
-  | 'sampling';
+  | 'sampling'
+  | 'realloc_race'
+  | 'realloc_stress'
+  | 'realloc_fail'
+  | 'crash'
+  | 'gate';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
