@@ -11,13 +11,18 @@ import { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './leak-tracer.js';
 import type { AllocatorFunction, TraceOptions } from '../types.js';
 
+const launcherUserVariable = 'EBPF_LEAK_EXEC_USER';
+
 /** Start the program held before exec: our launcher waits on its fd 3 until release(). */
 function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
   const launcher = launcherPath();
+  // The launcher switches to the user right before exec (native/launcher.c), and takes the
+  // variable out of the program's environment.
+  const env = { ...o.env, [launcherUserVariable]: o.user ? `${o.user.uid}:${o.user.gid}` : undefined };
   return TracedProcess.start(native, {
     file: launcher,
     argv: [launcher, exe, o.command, ...o.args],
-    env: environmentStrings(o.env),
+    env: environmentStrings(env),
     ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
     stdio: o.stdio,
   });
@@ -58,80 +63,87 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     held = await startHeld(native, o, target.exe);
     pid = held.pid;
   }
-  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
-
-  let tracer: LeakTracer | undefined;
-  const pending: Parameters<NativeMessageHandler>[] = [];
-  const nativeTracer: NativeTracer = new native.Tracer(
-    {
-      pid,
-      waitForExec: o.kind === 'command',
-      classicUprobes,
-      maxAllocations: o.maxAllocations,
-      events: o.events,
-      eventBufferBytes: o.eventBufferBytes,
-      stacks: o.stacks,
-      stackDepth: o.stackDepth,
-      stackMapEntries: 65536,
-      pageSize: 4096,
-      ...(support.btfPath ? { btfPath: support.btfPath } : {}),
-      probes: plan.probes,
-      unwind: o.unwind,
-      stackTotals: o.stackTotals,
-      sampleEveryBytes: o.sampleEveryBytes,
-      ...(unwindFiles ? { unwindFiles } : {}),
-    },
-    (...message) => {
-      if (tracer) tracer.handleNativeMessage(...message);
-      else pending.push(message);
-    },
-  );
-  const attachStarted = performance.now();
-  let attachMode: 'uprobe_multi' | 'uprobe';
+  // From here on, every way out but success ends the held launcher: it would wait on its fd 3
+  // until this process exits.
   try {
-    ({ mode: attachMode } = await nativeTracer.attach());
-  } catch (error) {
-    nativeTracer.close();
-    held?.kill('SIGKILL');
-    if (o.kind === 'pid' && !processExists(pid)) {
-      throw new TargetExitedError(`process ${pid} exited before the probes were attached.`, { cause: error });
+    const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
+
+    let tracer: LeakTracer | undefined = undefined;
+    const pending: Parameters<NativeMessageHandler>[] = [];
+    const nativeTracer: NativeTracer = new native.Tracer(
+      {
+        pid,
+        waitForExec: o.kind === 'command',
+        classicUprobes,
+        maxAllocations: o.maxAllocations,
+        events: o.events,
+        eventBufferBytes: o.eventBufferBytes,
+        stacks: o.stacks,
+        stackDepth: o.stackDepth,
+        stackMapEntries: 65536,
+        pageSize: 4096,
+        ...(support.btfPath ? { btfPath: support.btfPath } : {}),
+        probes: plan.probes,
+        unwind: o.unwind,
+        stackTotals: o.stackTotals,
+        sampleEveryBytes: o.sampleEveryBytes,
+        ...(unwindFiles ? { unwindFiles } : {}),
+      },
+      (...message) => {
+        if (tracer) tracer.handleNativeMessage(...message);
+        else pending.push(message);
+      },
+    );
+    const attachStarted = performance.now();
+    let attachMode: 'uprobe_multi' | 'uprobe';
+    try {
+      ({ mode: attachMode } = await nativeTracer.attach());
+    } catch (error) {
+      nativeTracer.close();
+      held?.kill('SIGKILL');
+      if (o.kind === 'pid' && !processExists(pid)) {
+        throw new TargetExitedError(`process ${pid} exited before the probes were attached.`, { cause: error });
+      }
+      throw fromNativeError(error, `cannot trace ${o.kind === 'pid' ? `process ${pid}` : o.command}`);
     }
-    throw fromNativeError(error, `cannot trace ${o.kind === 'pid' ? `process ${pid}` : o.command}`);
-  }
-  if (o.kind === 'pid' && !processAlive(pid)) {
-    nativeTracer.close();
-    throw new TargetExitedError(`process ${pid} exited before the probes were attached: nothing left to trace.`);
-  }
-  const parts: TracerParts = {
-    native: nativeTracer,
-    pid,
-    target: {
+    if (o.kind === 'pid' && !processAlive(pid)) {
+      nativeTracer.close();
+      throw new TargetExitedError(`process ${pid} exited before the probes were attached: nothing left to trace.`);
+    }
+    const parts: TracerParts = {
+      native: nativeTracer,
       pid,
-      ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
-      allocator: allocatorPath,
-    },
-    info: {
-      allocator: allocatorPath,
-      probes: plan.attached,
-      missing: plan.missing,
-      functionOffsets: Object.fromEntries(
-        plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
-      ) as Partial<Record<AllocatorFunction, number>>,
-      aliases: plan.aliases,
-      placements: plan.placements,
-      maxAllocations: o.maxAllocations,
-      events: o.events,
-      stacks: o.stacks,
-      debugDirs: o.debugDirs,
-      unwind: nativeTracer.unwindStats()?.mode ?? o.unwind,
-      sampleEveryBytes: o.sampleEveryBytes,
-      attachMode,
-      attachMs: Math.round(performance.now() - attachStarted),
-    },
-    ...(held ? { child: held } : {}),
-  };
-  tracer = new LeakTracer(parts);
-  for (const message of pending) tracer.handleNativeMessage(...message);
-  held?.release();
-  return tracer;
+      target: {
+        pid,
+        ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
+        allocator: allocatorPath,
+      },
+      info: {
+        allocator: allocatorPath,
+        probes: plan.attached,
+        missing: plan.missing,
+        functionOffsets: Object.fromEntries(
+          plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
+        ) as Partial<Record<AllocatorFunction, number>>,
+        aliases: plan.aliases,
+        placements: plan.placements,
+        maxAllocations: o.maxAllocations,
+        events: o.events,
+        stacks: o.stacks,
+        debugDirs: o.debugDirs,
+        unwind: nativeTracer.unwindStats()?.mode ?? o.unwind,
+        sampleEveryBytes: o.sampleEveryBytes,
+        attachMode,
+        attachMs: Math.round(performance.now() - attachStarted),
+      },
+      ...(held ? { child: held } : {}),
+    };
+    tracer = new LeakTracer(parts);
+    for (const message of pending) tracer.handleNativeMessage(...message);
+    held?.release();
+    return tracer;
+  } catch (error) {
+    held?.kill('SIGKILL');
+    throw error;
+  }
 }
