@@ -152,6 +152,10 @@ export interface NativeAddon {
   Tracer: NativeTracerClass;
   HeldProcess: NativeHeldProcessClass;
   readElf(path: string, symbols: readonly string[]): NativeElfInfo;
+  /** A file a traced process names, opened for reading (native/target_file.h): regular files
+   *  only, at most `maxBytes` (default 2 GiB), resolved inside /proc/PID/root when under it. The
+   *  caller closes the fd. Throws with code ELEAK_UNSAFE_FILE when refused. */
+  openTargetFile(path: string, maxBytes?: number): number;
   /** The stack walker's unwind table of a file (native/unwinder.cc). */
   unwindTable(path: string): NativeUnwindTable;
   /** Runs a short-lived program with posix_spawn() on a worker thread (native/run_program.h):
