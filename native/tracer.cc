@@ -17,6 +17,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <sstream>
 
 #include "addon_data.h"
 #include "external_buffer.h"
@@ -349,10 +350,19 @@ void Tracer::DetachAll() {
 
 bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   LibbpfLogCapture log;
+  // Attaching: only libbpf's lines that say what failed (the rest is how the program loaded).
+  bool only_failures = false;
   auto fail = [&](const std::string& code, const std::string& what, int err) {
     std::string message = what;
     if (err) message += ": " + ErrnoText(err);
     std::string tail = log.Tail();
+    if (only_failures) {
+      std::string kept;
+      std::istringstream lines(tail);
+      for (std::string line; std::getline(lines, line);)
+        if (line.find("failed") != std::string::npos) kept += line + "\n";
+      tail = kept;
+    }
     if (!tail.empty()) message += "\nlibbpf log:\n" + tail;
     *error = {code, message, err};
     DetachAll();
@@ -411,9 +421,15 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
   auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
-    return fail(CodeForErrno(e, e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF"),
-                std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path,
-                e);
+    only_failures = true;
+    char at[48];
+    snprintf(at, sizeof at, " at offset 0x%llx",
+             static_cast<unsigned long long>(ret ? p.return_offset : p.entry_offset));
+    // EINVAL from a uprobe on a valid offset: another uprobe holds that spot with another
+    // reference counter (the kernel logs "ref_ctr_offset mismatch").
+    const char* code = e == EINVAL ? "ELEAK_PROBE_CONFLICT" : e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF";
+    return fail(CodeForErrno(e, code),
+                std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path + at, e);
   };
   if (multi) {
     // One entry link and one return link per file (in practice: one file, the allocator).

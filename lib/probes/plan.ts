@@ -1,8 +1,8 @@
 // Where each allocator function is in the allocator file, and so where the uprobes go.
 import { pauseIfDue } from '../util/cooperative.js';
-import { SymbolNotFoundError } from '../errors.js';
+import { fromNativeError, SymbolNotFoundError } from '../errors.js';
 import { leakFunctions } from '../native/layout.js';
-import { loadNative, type NativeProbe } from '../native/addon.js';
+import { loadNative, type NativeElfInfo, type NativeProbe } from '../native/addon.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 
@@ -93,7 +93,12 @@ function findProbedFunctions(
   allocator: AllocatorOptions | undefined,
 ): { functions: ProbedFunction[]; missing: AllocatorFunction[]; aliases: ProbePlan['aliases'] } {
   const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
-  const info = loadNative().readElf(path, leakFunctions.map(symbolOf));
+  let info: NativeElfInfo;
+  try {
+    info = loadNative().readElf(path, leakFunctions.map(symbolOf));
+  } catch (error) {
+    throw fromNativeError(error, `cannot read the allocator library ${path}`);
+  }
   const required = glibc ? requiredInGlibc : requiredFunctions;
   const found = { functions: [] as ProbedFunction[], missing: [] as AllocatorFunction[], aliases: {} as ProbePlan['aliases'] };
   const byOffset = new Map<number, AllocatorFunction>();

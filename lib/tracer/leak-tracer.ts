@@ -1,7 +1,7 @@
 // LeakTracer: one traced process, as an EventEmitter. Owns the native tracer and, for `command`
 // targets, the child process.
 import { EventEmitter } from 'node:events';
-import { realpathSync, statSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { allocationsView } from '../native/allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from '../util/cooperative.js';
@@ -33,7 +33,7 @@ import {
 } from '../report/scope.js';
 import { symbolizeStacks } from '../report/symbolize.js';
 import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats } from '../native/unwind.js';
-import { processAlive } from '../target/resolve.js';
+import { processAlive, sameRootAsOurs } from '../target/resolve.js';
 import type { TracedProcess } from './traced-process.js';
 import type {
   AllocEvent,
@@ -434,14 +434,3 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 }
 // The event stream's listeners are looked up again only when they change (#deliverEvents).
 trackListenerChanges(LeakTracer);
-
-/** The process's root directory is ours (same file), so its paths are valid here as they are. */
-function sameRootAsOurs(pid: number): boolean {
-  try {
-    const theirs = statSync(`/proc/${pid}/root`);
-    const ours = statSync('/');
-    return theirs.dev === ours.dev && theirs.ino === ours.ino;
-  } catch {
-    return false;
-  }
-}
