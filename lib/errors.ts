@@ -1,5 +1,6 @@
 // Error classes with a literal `code`, so callers can switch on `err.code` with type narrowing.
 // Every message says what went wrong and what to do about it.
+import { optionWord } from './util/option-words.js';
 
 export const errorCodes = [
   'ELEAK_PERM',
@@ -128,7 +129,7 @@ export function fromNativeError(error: unknown, context: string): EbpfLeakError 
     case 'ELEAK_UNSAFE_FILE':
       return new UnsafeFileError(
         `${text}\nebpf-leak runs as root and reads only regular files, inside the traced process's root. ` +
-          'If this is the allocator, name a file you trust with --allocator PATH (allocator: { path }).',
+          `If this is the allocator, name a file you trust with ${optionWord('allocator')}.`,
         { cause: error },
       );
     default:

@@ -3,6 +3,7 @@ import { pauseIfDue } from '../util/cooperative.js';
 import { fromNativeError, SymbolNotFoundError } from '../errors.js';
 import { leakFunctions } from '../native/layout.js';
 import { loadNative, type NativeElfInfo, type NativeProbe } from '../native/addon.js';
+import { optionWord } from '../util/option-words.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 
@@ -110,7 +111,7 @@ function findProbedFunctions(
         throw new SymbolNotFoundError(
           `${path} has no function ${symbol} (for ${fn}), which ebpf-leak must probe. ` +
             (glibc
-              ? 'This libc is not a glibc ebpf-leak knows; name the allocator with allocator: { path, symbols }.'
+              ? `This libc is not a glibc ebpf-leak knows; name the allocator with ${optionWord('allocatorSymbols')}.`
               : `Check the name with \`nm -D ${path} | grep ${symbol}\` and pass allocator.symbols.${fn}.`),
         );
       }

@@ -15,6 +15,7 @@ import {
   UnsupportedAllocatorError,
 } from '../errors.js';
 import { kernelDev } from './modules.js';
+import { optionWord } from '../util/option-words.js';
 import { loadNative, type NativeElfInfo } from '../native/addon.js';
 import type { AllocatorOptions } from '../types.js';
 
@@ -45,9 +46,8 @@ function definesMalloc(path: string): boolean {
 function interposerError(who: string, module: string): UnsupportedAllocatorError {
   return new UnsupportedAllocatorError(
     `${who} allocates through ${module}, which defines its own malloc, so glibc's malloc is not ` +
-      `called and tracing it would report nothing. Name that allocator explicitly: ` +
-      `trace({ ..., allocator: { path: '${module}' } }) or \`ebpf-leak ... --allocator ${module}\` ` +
-      `(add symbols: { malloc: 'je_malloc', ... } if its functions have other names).`,
+      `called and tracing it would report nothing. Name that allocator explicitly: ${optionWord('allocator', module)} ` +
+      `(with ${optionWord('allocatorSymbols')} if its functions have other names).`,
   );
 }
 
@@ -55,7 +55,7 @@ function staticError(who: string, exe: string): UnsupportedAllocatorError {
   return new UnsupportedAllocatorError(
     `${who} is statically linked (${exe} has no dynamic loader), so its malloc is inside the ` +
       `executable rather than in glibc's shared libc. If the executable keeps its symbol table, ` +
-      `trace it with allocator: { path: '${exe}' } (CLI: --allocator ${exe}).`,
+      `trace it with ${optionWord('allocator', exe)}.`,
   );
 }
 
@@ -240,7 +240,7 @@ export function resolvePidAllocator(pid: number, allocator: AllocatorOptions | u
     if (info && info.interpreter === null) throw staticError(`process ${pid}`, exe);
     throw new UnsupportedAllocatorError(
       `process ${pid} has no glibc libc.so.6 mapped, so there is no glibc malloc to trace. ` +
-        `If it uses another C library or allocator, name it with allocator: { path } (CLI: --allocator PATH).`,
+        `If it uses another C library or allocator, name it with ${optionWord('allocator')}.`,
     );
   }
   for (const m of modules) {
@@ -281,9 +281,11 @@ export function resolveCommand(command: string, env: NodeJS.ProcessEnv, cwd: str
     const p = resolve(cwd ?? process.cwd(), command);
     if (isExecutableFile(p)) return p;
     throw new CommandNotFoundError(
-      existsSync(p)
-        ? `cannot run ${command}: it is not an executable file (check its permissions: chmod +x).`
-        : `cannot run ${command}: no such file.`,
+      isDirectory(p)
+        ? `cannot run ${command}: it is a directory. Give the program inside it.`
+        : existsSync(p)
+          ? `cannot run ${command}: it is not an executable file (check its permissions: chmod +x).`
+          : `cannot run ${command}: no such file.`,
     );
   }
   const dirs = (env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(delimiter);
@@ -320,7 +322,7 @@ export async function loaderLibraries(
   const cannot = (why: string, cause?: unknown) =>
     new LibraryNotFoundError(
       `cannot list the libraries of ${exe} with its loader ${interpreter}: ${why}. ` +
-        `Check that the program runs, or name the allocator with allocator: { path }.`,
+        `Check that the program runs, or name the allocator with ${optionWord('allocator')}.`,
       cause === undefined ? undefined : { cause },
     );
   try {
@@ -400,7 +402,7 @@ export async function resolveCommandTarget(
   if (!libcPath) {
     throw new UnsupportedAllocatorError(
       `${command} does not link glibc's libc.so.6, so there is no glibc malloc to trace. ` +
-        `If it uses another C library or allocator, name it with allocator: { path } (CLI: --allocator PATH).`,
+        `If it uses another C library or allocator, name it with ${optionWord('allocator')}.`,
     );
   }
   if (definesMalloc(program)) throw interposerError(command, program);

@@ -215,6 +215,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     return { allocations: allocationsView(columns, raw.nowNs), summary };
   }
 
+  /** Symbolized frames of stack ids (the `stackId` of snapshot() allocations and stackTotals()),
+   *  innermost first, one list per id; empty for -1 (no stack) and when stacks are off. */
+  async stackFrames(stackIds: readonly number[]): Promise<StackFrame[][]> {
+    if (this.#closed) throw new TracerClosedError('stackFrames(): the tracer has stopped');
+    const ids = stackIds.filter((id) => id >= 0);
+    const frames = await this.#stacks(ids.map((stackId) => ({ stackId }) as RawLeakGroup));
+    const byId = new Map(ids.map((id, i) => [id, frames[i] ?? []]));
+    return stackIds.map((id) => byId.get(id) ?? []);
+  }
+
   /** The current mark: the value recorded in every block allocated from now on. Starts at 0. */
   get currentMark(): number {
     return this.#mark;
