@@ -231,6 +231,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::ReadModules>("readModules"),
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
+                         InstanceMethod<&Tracer::ExitStatus>("exitStatus"),
                          InstanceMethod<&Tracer::EventsDelivered>("eventsDelivered"),
                          InstanceMethod<&Tracer::EventSlotsJs>("eventSlots"),
                          InstanceMethod<&Tracer::CloseJs>("close"),
@@ -397,6 +398,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   bpf_map__set_max_entries(skel_->maps.overflow_stacks, stack_entries);
   bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
   bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
+  bpf_program__set_autoload(skel_->progs.target_exit, !config_.wait_for_exec);
   skel_->rodata->attach_mode = multi ? LEAK_ATTACH_MULTI : LEAK_ATTACH_UPROBE;
   SetProbeFunctions(skel_->rodata->fn_at_page_offset, config_.probes);
   if (multi) {
@@ -481,6 +483,10 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
       return fail(CodeForErrno(errno, "ELEAK_BPF"), "cannot attach to sched_process_exec", errno);
     links_.push_back(link);
   } else {
+    bpf_link* link = bpf_program__attach(skel_->progs.target_exit);
+    if (link == nullptr)
+      return fail(CodeForErrno(errno, "ELEAK_BPF"), "cannot attach to sched_process_exit", errno);
+    links_.push_back(link);
     skel_->bss->armed = true;
   }
   if (config_.events) {
@@ -801,6 +807,13 @@ Napi::Value Tracer::Counters(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, counters.size());
   memcpy(buffer.Data(), counters.data(), counters.size());
   return buffer;
+}
+
+// exitStatus(): the wait status recorded as an attached target's last thread exited, or null.
+Napi::Value Tracer::ExitStatus(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr || !skel_->bss->exit_status_seen) return info.Env().Null();
+  return Napi::Number::New(info.Env(), skel_->bss->exit_status);
 }
 
 Napi::Value Tracer::SetMark(const Napi::CallbackInfo& info) {

@@ -77,6 +77,9 @@ export interface NativeTracer {
   readStackFlags(ids: number[]): Uint32Array | null;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
+  /** A pid target's wait status, recorded in the kernel as its last thread exited; null before,
+   *  or for a command target (its status comes from waitid()). */
+  exitStatus(): number | null;
   /** The events batch in `slot` has been delivered to the listeners (or dropped): the poll thread
    *  may write the slot again (native/event_slots.h). A no-op for -1. */
   eventsDelivered(slot: number): void;

@@ -34,6 +34,7 @@ import {
 import { symbolizeStacks } from '../report/symbolize.js';
 import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats } from '../native/unwind.js';
 import { processAlive, sameRootAsOurs } from '../target/resolve.js';
+import { signalNames } from './traced-process.js';
 import type { TracedProcess } from './traced-process.js';
 import type {
   AllocEvent,
@@ -156,7 +157,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (type === 'events') this.#queueEvents(slot >= 0 ? this.#eventSlots[slot]! : data!, length, slot);
       else if (type === 'counters') this.#checkLost(decodeCounters(data!));
       // A child of ours is finished by its 'exit' (which has the status); others by the pidfd.
-      else if (type === 'exit' && !this.process) void this.#finish(null, null);
+      else if (type === 'exit' && !this.process) void this.#finish(...decodeWaitStatus(this.#native.exitStatus()));
     } catch (error) {
       this.emit('error', error instanceof Error ? error : new Error(String(error)));
     }
@@ -444,3 +445,12 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 }
 // The event stream's listeners are looked up again only when they change (#deliverEvents).
 trackListenerChanges(LeakTracer);
+
+/** A wait status (exit code << 8, or the signal number, with 0x80 when it dumped core) as exit
+ *  code and signal name; both null when unknown. */
+export function decodeWaitStatus(status: number | null): [number | null, NodeJS.Signals | null] {
+  if (status === null) return [null, null];
+  const signal = status & 0x7f;
+  if (signal === 0) return [(status >> 8) & 0xff, null];
+  return [null, signalNames.get(signal) ?? null];
+}
