@@ -4,9 +4,9 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
-import { formatReport } from '../lib/format.js';
+import { formatReport } from '../lib/report/text-format.js';
 import { trace } from '../lib/index.js';
-import { decodeWaitStatus } from '../lib/tracer.js';
+import { decodeWaitStatus } from '../lib/tracer/leak-tracer.js';
 import { fixturePath } from './helpers/fixtures.js';
 
 async function startForever(): Promise<number> {

@@ -9,12 +9,12 @@ import { constants, copyFileSync, mkdirSync, mkdtempSync, openSync, readFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadNative } from '../lib/native.js';
-import { readPerfMapFile } from '../lib/proc-maps.js';
-import { loadNativeSymbolizer } from '../lib/symbolize.js';
-import { expandBatch } from '../lib/symbolized-batch.js';
-import { locateMappedFile } from '../lib/target.js';
-import { kernelDev } from '../lib/modules.js';
+import { loadNative } from '../lib/native/addon.js';
+import { readPerfMapFile } from '../lib/target/proc-maps.js';
+import { loadNativeSymbolizer } from '../lib/report/symbolize.js';
+import { expandBatch } from '../lib/native/symbolized-batch.js';
+import { locateMappedFile } from '../lib/target/resolve.js';
+import { kernelDev } from '../lib/target/modules.js';
 
 const hostLibc = '/usr/lib/x86_64-linux-gnu/libc.so.6';
 const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-hostile-'));

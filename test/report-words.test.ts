@@ -5,9 +5,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { formatReport } from '../lib/format.js';
+import { formatReport } from '../lib/report/text-format.js';
 import { trace } from '../lib/index.js';
-import { signalNames } from '../lib/traced-process.js';
+import { signalNames } from '../lib/tracer/traced-process.js';
 import type { HeapSummary, LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
 

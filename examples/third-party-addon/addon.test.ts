@@ -5,8 +5,8 @@
 // addon that really leaks a global handle per call (global_handle_leak.cc) is still caught.
 import { createRequire } from 'node:module';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { measure, type LeakSite } from '../../lib/harness.js';
-import { skipIfUnsupported } from '../../lib/vitest.js';
+import { measure, type LeakSite } from '../../lib/harness/index.js';
+import { skipIfUnsupported } from '../../lib/harness/vitest.js';
 import { buildBetterSqlite, loadGlobalHandleLeak, type GlobalHandleLeak } from './build.js';
 
 skipIfUnsupported();

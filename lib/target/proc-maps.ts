@@ -2,7 +2,7 @@
 
 import { close, readFile as readFileFd } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { loadNative } from './native.js';
+import { loadNative } from '../native/addon.js';
 
 /** One mapping of a process, as /proc/PID/maps lists it. */
 export interface ProcMapping {
