@@ -35,6 +35,18 @@ function classicUprobesWanted(): boolean {
 }
 
 export async function trace(options: TraceOptions): Promise<LeakTracer> {
+  // Every way out but success ends the launcher this started: held, it would wait on its fd 3
+  // until this process exits.
+  let started: TracedProcess | undefined;
+  try {
+    return await traceOrThrow(options, (held) => (started = held));
+  } catch (error) {
+    started?.kill('SIGKILL');
+    throw error;
+  }
+}
+
+async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProcess) => void): Promise<LeakTracer> {
   const classicUprobes = classicUprobesWanted();
   const o = resolveOptions(options);
   const support = checkSupport();
@@ -61,89 +73,83 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     glibc = target.allocator.glibc;
     unwindFiles = target.files;
     held = await startHeld(native, o, target.exe);
+    onStarted(held);
     pid = held.pid;
   }
-  // From here on, every way out but success ends the held launcher: it would wait on its fd 3
-  // until this process exits.
-  try {
-    const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
+  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
 
-    let tracer: LeakTracer | undefined = undefined;
-    const pending: Parameters<NativeMessageHandler>[] = [];
-    const nativeTracer: NativeTracer = new native.Tracer(
-      {
-        pid,
-        waitForExec: o.kind === 'command',
-        classicUprobes,
-        maxAllocations: o.maxAllocations,
-        events: o.events,
-        eventBufferBytes: o.eventBufferBytes,
-        stacks: o.stacks,
-        stackDepth: o.stackDepth,
-        stackMapEntries: 65536,
-        pageSize: 4096,
-        ...(support.btfPath ? { btfPath: support.btfPath } : {}),
-        probes: plan.probes,
-        unwind: o.unwind,
-        stackTotals: o.stackTotals,
-        sampleEveryBytes: o.sampleEveryBytes,
-        ...(unwindFiles ? { unwindFiles } : {}),
-      },
-      (...message) => {
-        if (tracer) tracer.handleNativeMessage(...message);
-        else pending.push(message);
-      },
-    );
-    const attachStarted = performance.now();
-    let attachMode: 'uprobe_multi' | 'uprobe';
-    try {
-      ({ mode: attachMode } = await nativeTracer.attach());
-    } catch (error) {
-      nativeTracer.close();
-      held?.kill('SIGKILL');
-      if (o.kind === 'pid' && !processExists(pid)) {
-        throw new TargetExitedError(`process ${pid} exited before the probes were attached.`, { cause: error });
-      }
-      throw fromNativeError(error, `cannot trace ${o.kind === 'pid' ? `process ${pid}` : o.command}`);
-    }
-    if (o.kind === 'pid' && !processAlive(pid)) {
-      nativeTracer.close();
-      throw new TargetExitedError(`process ${pid} exited before the probes were attached: nothing left to trace.`);
-    }
-    const parts: TracerParts = {
-      native: nativeTracer,
+  let tracer: LeakTracer | undefined;
+  const pending: Parameters<NativeMessageHandler>[] = [];
+  const nativeTracer: NativeTracer = new native.Tracer(
+    {
       pid,
-      target: {
-        pid,
-        ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
-        allocator: allocatorPath,
-      },
-      info: {
-        allocator: allocatorPath,
-        probes: plan.attached,
-        missing: plan.missing,
-        functionOffsets: Object.fromEntries(
-          plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
-        ) as Partial<Record<AllocatorFunction, number>>,
-        aliases: plan.aliases,
-        placements: plan.placements,
-        maxAllocations: o.maxAllocations,
-        events: o.events,
-        stacks: o.stacks,
-        debugDirs: o.debugDirs,
-        unwind: nativeTracer.unwindStats()?.mode ?? o.unwind,
-        sampleEveryBytes: o.sampleEveryBytes,
-        attachMode,
-        attachMs: Math.round(performance.now() - attachStarted),
-      },
-      ...(held ? { child: held } : {}),
-    };
-    tracer = new LeakTracer(parts);
-    for (const message of pending) tracer.handleNativeMessage(...message);
-    held?.release();
-    return tracer;
+      waitForExec: o.kind === 'command',
+      classicUprobes,
+      maxAllocations: o.maxAllocations,
+      events: o.events,
+      eventBufferBytes: o.eventBufferBytes,
+      stacks: o.stacks,
+      stackDepth: o.stackDepth,
+      stackMapEntries: 65536,
+      pageSize: 4096,
+      ...(support.btfPath ? { btfPath: support.btfPath } : {}),
+      probes: plan.probes,
+      unwind: o.unwind,
+      stackTotals: o.stackTotals,
+      sampleEveryBytes: o.sampleEveryBytes,
+      ...(unwindFiles ? { unwindFiles } : {}),
+    },
+    (...message) => {
+      if (tracer) tracer.handleNativeMessage(...message);
+      else pending.push(message);
+    },
+  );
+  const attachStarted = performance.now();
+  let attachMode: 'uprobe_multi' | 'uprobe';
+  try {
+    ({ mode: attachMode } = await nativeTracer.attach());
   } catch (error) {
+    nativeTracer.close();
     held?.kill('SIGKILL');
-    throw error;
+    if (o.kind === 'pid' && !processExists(pid)) {
+      throw new TargetExitedError(`process ${pid} exited before the probes were attached.`, { cause: error });
+    }
+    throw fromNativeError(error, `cannot trace ${o.kind === 'pid' ? `process ${pid}` : o.command}`);
   }
+  if (o.kind === 'pid' && !processAlive(pid)) {
+    nativeTracer.close();
+    throw new TargetExitedError(`process ${pid} exited before the probes were attached: nothing left to trace.`);
+  }
+  const parts: TracerParts = {
+    native: nativeTracer,
+    pid,
+    target: {
+      pid,
+      ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
+      allocator: allocatorPath,
+    },
+    info: {
+      allocator: allocatorPath,
+      probes: plan.attached,
+      missing: plan.missing,
+      functionOffsets: Object.fromEntries(
+        plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
+      ) as Partial<Record<AllocatorFunction, number>>,
+      aliases: plan.aliases,
+      placements: plan.placements,
+      maxAllocations: o.maxAllocations,
+      events: o.events,
+      stacks: o.stacks,
+      debugDirs: o.debugDirs,
+      unwind: nativeTracer.unwindStats()?.mode ?? o.unwind,
+      sampleEveryBytes: o.sampleEveryBytes,
+      attachMode,
+      attachMs: Math.round(performance.now() - attachStarted),
+    },
+    ...(held ? { child: held } : {}),
+  };
+  tracer = new LeakTracer(parts);
+  for (const message of pending) tracer.handleNativeMessage(...message);
+  held?.release();
+  return tracer;
 }
