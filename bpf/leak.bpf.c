@@ -732,6 +732,29 @@ int BPF_KRETPROBE(alloc_exit)
 	return 0;
 }
 
+/* The wait status of a target we did not start (no waitid() for it), recorded as its last
+ * thread exits; read by user space when its pidfd says it has exited. */
+__u32 exit_status = 0;
+bool exit_status_seen = false;
+
+#define LEAK_SIGNAL_GROUP_EXIT 0x00000004 /* include/linux/sched/signal.h */
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(target_exit, struct task_struct *p)
+{
+	struct signal_struct *sig;
+
+	if (BPF_CORE_READ(p, tgid) != target_tgid)
+		return 0;
+	sig = BPF_CORE_READ(p, signal);
+	if (BPF_CORE_READ(sig, live.counter) != 0)
+		return 0;
+	exit_status = BPF_CORE_READ(sig, flags) & LEAK_SIGNAL_GROUP_EXIT ? BPF_CORE_READ(sig, group_exit_code)
+									   : BPF_CORE_READ(p, exit_code);
+	exit_status_seen = true;
+	return 0;
+}
+
 /* `command` targets: the process is ours from fork to exec; only the exec'd program counts. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(target_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)

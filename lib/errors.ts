@@ -1,5 +1,6 @@
 // Error classes with a literal `code`, so callers can switch on `err.code` with type narrowing.
 // Every message says what went wrong and what to do about it.
+import { optionWord } from './util/option-words.js';
 
 export const errorCodes = [
   'ELEAK_PERM',
@@ -14,6 +15,8 @@ export const errorCodes = [
   'ELEAK_BPF',
   'ELEAK_COMMAND_NOT_FOUND',
   'ELEAK_CLOSED',
+  'ELEAK_UNSAFE_FILE',
+  'ELEAK_PROBE_CONFLICT',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -74,6 +77,18 @@ export class TracerClosedError extends EbpfLeakError {
   readonly code = 'ELEAK_CLOSED' as const;
 }
 
+/** A file the target names was refused: not a regular file inside the target's root (a symlink
+ *  out of it, a FIFO, a device, a socket), or larger than ebpf-leak reads from one file. */
+export class UnsafeFileError extends EbpfLeakError {
+  readonly code = 'ELEAK_UNSAFE_FILE' as const;
+}
+
+/** The kernel refused our uprobe because another tool holds one at the same instruction with a
+ *  reference counter ("ref_ctr_offset mismatch" in the kernel log). */
+export class ProbeConflictError extends EbpfLeakError {
+  readonly code = 'ELEAK_PROBE_CONFLICT' as const;
+}
+
 export const permissionAdvice =
   'Run as root (sudo), or give node the capabilities CAP_BPF and CAP_PERFMON ' +
   '(plus CAP_SYS_PTRACE to trace another user\'s process), e.g. ' +
@@ -102,6 +117,21 @@ export function fromNativeError(error: unknown, context: string): EbpfLeakError 
       return new BpfError(text, { cause: error });
     case 'ELEAK_CLOSED':
       return new TracerClosedError(text, { cause: error });
+    case 'ELEAK_PROBE_CONFLICT':
+      return new ProbeConflictError(
+        `${text}\nThe kernel refused the probe (EINVAL). The usual cause: another tool already has a uprobe on ` +
+          'this instruction with a reference counter (a USDT-style semaphore; the kernel log, `dmesg`, says ' +
+          "\"ref_ctr_offset mismatch\"), and the kernel allows one reference counter per probed instruction. " +
+          'Stop that tool, or remove its probe (`bpftool perf` lists the processes holding uprobes; trace ' +
+          "events are removed with `echo '-:GROUP/EVENT' >> /sys/kernel/tracing/uprobe_events`), then trace again.",
+        { cause: error },
+      );
+    case 'ELEAK_UNSAFE_FILE':
+      return new UnsafeFileError(
+        `${text}\nebpf-leak runs as root and reads only regular files, inside the traced process's root. ` +
+          `If this is the allocator, name a file you trust with ${optionWord('allocator')}.`,
+        { cause: error },
+      );
     default:
       return error;
   }

@@ -78,6 +78,10 @@ export interface CommandTraceOptions extends CommonTraceOptions {
   env?: NodeJS.ProcessEnv;
   /** stdio of the program, as for child_process.spawn. Default 'inherit'. */
   stdio?: 'inherit' | 'pipe' | 'ignore';
+  /** Run the program as this user rather than as this process (which needs root): its uid and
+   *  gid, with the user's supplementary groups, and HOME, USER and LOGNAME set from the user
+   *  database. The CLI passes the invoking user under sudo (SUDO_UID, SUDO_GID). */
+  user?: { uid: number; gid: number };
 }
 
 export type TraceOptions = PidTraceOptions | CommandTraceOptions;

@@ -10,6 +10,7 @@
 #include "leak.h"
 #include "run_program.h"
 #include "symbolizer.h"
+#include "target_file.h"
 #include "tracer.h"
 #include "unwinder.h"
 #if defined(__x86_64__)
@@ -48,6 +49,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("HeldProcess", HeldProcess::Define(env));
   exports.Set("readElf", Napi::Function::New(env, ReadElf, "readElf"));
   exports.Set("unwindTable", Napi::Function::New(env, UnwindTableJs, "unwindTable"));
+  exports.Set("openTargetFile", Napi::Function::New(env, OpenTargetFileJs, "openTargetFile"));
   exports.Set("runProgram", Napi::Function::New(env, RunProgram, "runProgram"));
 #if defined(__x86_64__)
   exports.Set("decodeX86", Napi::Function::New(env, DecodeX86, "decodeX86"));

@@ -1,6 +1,7 @@
 #include "elf_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <gelf.h>
 #include <libelf.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "target_file.h"
 
 namespace ebpf_leak {
 
@@ -62,14 +64,16 @@ void ScanSymbols(Elf* elf, Elf_Scn* scn, const GElf_Shdr& shdr,
 bool Inspect(const std::string& path, const std::vector<std::string>& names, ElfInfo* out,
              NativeError* error) {
   elf_version(EV_CURRENT);  // libelf refuses to work until told the version; cheap to repeat
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  std::string why;
+  int fd = OpenTargetFile(path, &st, &why);
   if (fd < 0) {
     int err = errno;
-    *error = {err == ENOENT ? "ELEAK_LIB_NOT_FOUND" : CodeForErrno(err, "ELEAK_LIB_NOT_FOUND"),
-              "cannot open " + path + ": " + strerror(err), err};
+    *error = {TargetFileErrorCode(err), why, err};
     return false;
   }
-  std::unique_ptr<Elf, ElfCloser> elf(elf_begin(fd, ELF_C_READ_MMAP, nullptr));
+  // Read, not mapped: a file truncated while we parse it gives read errors, not SIGBUS.
+  std::unique_ptr<Elf, ElfCloser> elf(elf_begin(fd, ELF_C_READ, nullptr));
   auto fail = [&](const std::string& why) {
     *error = {"ELEAK_LIB_NOT_FOUND", path + " is not a usable ELF file: " + why, 0};
     return false;
@@ -84,6 +88,19 @@ bool Inspect(const std::string& path, const std::vector<std::string>& names, Elf
     return fail(elf_errmsg(-1));
   }
   out->type = ehdr.e_type == ET_EXEC ? "exec" : ehdr.e_type == ET_DYN ? "dyn" : "other";
+  // A truncated file (or a hostile one) whose tables lie past its end.
+  auto past_end = [&](uint64_t offset, uint64_t count, uint64_t entsize) {
+    uint64_t bytes, end;
+    return __builtin_mul_overflow(count, entsize, &bytes) || __builtin_add_overflow(offset, bytes, &end) ||
+           end > static_cast<uint64_t>(st.st_size);
+  };
+  size_t phcount = 0, shcount = 0;
+  if (elf_getphdrnum(elf.get(), &phcount) != 0 || elf_getshdrnum(elf.get(), &shcount) != 0 ||
+      past_end(ehdr.e_phoff, phcount, ehdr.e_phentsize) || past_end(ehdr.e_shoff, shcount, ehdr.e_shentsize)) {
+    close(fd);
+    return fail("it is truncated: its program or section headers end past its " + std::to_string(st.st_size) +
+                " bytes");
+  }
 
   size_t phnum = 0;
   elf_getphdrnum(elf.get(), &phnum);
@@ -93,11 +110,10 @@ bool Inspect(const std::string& path, const std::vector<std::string>& names, Elf
     if (gelf_getphdr(elf.get(), static_cast<int>(i), &ph) == nullptr) continue;
     if (ph.p_type == PT_LOAD) loads.push_back(ph);
     if (ph.p_type == PT_INTERP) {
-      size_t size = 0;
-      const char* image = elf_rawfile(elf.get(), &size);
-      if (image != nullptr && ph.p_offset < size && ph.p_filesz > 0 &&
-          ph.p_offset + ph.p_filesz <= size) {
-        out->interpreter.assign(image + ph.p_offset, strnlen(image + ph.p_offset, ph.p_filesz));
+      if (ph.p_filesz > 0 && ph.p_filesz <= 4096) {
+        std::string buf(ph.p_filesz, '\0');
+        if (pread(fd, buf.data(), buf.size(), static_cast<off_t>(ph.p_offset)) == static_cast<ssize_t>(buf.size()))
+          out->interpreter.assign(buf.c_str());
       }
     }
   }

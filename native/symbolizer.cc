@@ -29,9 +29,9 @@
 //   }
 //
 // Safety: we run as root on files a traced (possibly hostile) process controls.
-//  - Files are opened O_NONBLOCK (a FIFO cannot hang us) and must be regular files; paths under
-//    /proc/PID/root/ are resolved with openat2(RESOLVE_IN_ROOT) so a symlink in a container
-//    cannot point us at the host's files.
+//  - Files are opened through native/target_file.h: regular files only, checked before they are
+//    opened for reading (a FIFO cannot hang us), and paths under /proc/PID/root/ resolved inside
+//    that root, so a symlink in a container cannot point us at the host's files.
 //  - The main ELF is read with ELF_C_READ (pread on demand, no mmap): a file truncated while we
 //    hold it gives read errors, not SIGBUS. Separate debug files are copied into a memfd we own
 //    before libdwfl maps them, for the same reason.
@@ -75,7 +75,6 @@
 #include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
-#include <linux/openat2.h>
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
@@ -99,10 +98,7 @@
 #include <vector>
 
 #include "external_buffer.h"
-
-#ifndef SYS_openat2
-#define SYS_openat2 437
-#endif
+#include "target_file.h"
 
 namespace {
 
@@ -159,75 +155,11 @@ std::string Dirname(const std::string& path) {
   return path.substr(0, slash);
 }
 
-// "/proc/123/root/usr/lib/x.so" -> root "/proc/123/root", rest "usr/lib/x.so".
-bool SplitProcRoot(const std::string& path, std::string* root, std::string* rest) {
-  static const char kProc[] = "/proc/";
-  if (path.compare(0, sizeof kProc - 1, kProc) != 0) return false;
-  size_t i = sizeof kProc - 1;
-  size_t digits = i;
-  while (i < path.size() && path[i] >= '0' && path[i] <= '9') i++;
-  if (i == digits) return false;
-  static const char kRoot[] = "/root";
-  if (path.compare(i, sizeof kRoot - 1, kRoot) != 0) return false;
-  size_t after = i + sizeof kRoot - 1;
-  if (after != path.size() && path[after] != '/') return false;
-  *root = path.substr(0, after);
-  size_t r = after;
-  while (r < path.size() && path[r] == '/') r++;
-  *rest = r < path.size() ? path.substr(r) : ".";
-  return true;
-}
+using ebpf_leak::SplitProcRoot;
 
-// Opens a regular file read-only without following a container's symlinks out of its root and
-// without blocking on FIFOs. Returns the fd (and fills *st) or -1 with *err set.
+// Regular files only, resolved inside a /proc/PID/root they are under (native/target_file.h).
 int OpenRegularFile(const std::string& path, struct stat* st, std::string* err) {
-  if (path.empty() || path.find('\0') != std::string::npos) {
-    *err = "invalid path";
-    return -1;
-  }
-  const int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
-  int fd = -1;
-  bool done = false;
-  std::string root, rest;
-  if (SplitProcRoot(path, &root, &rest)) {
-    int rootfd = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (rootfd >= 0) {
-      struct open_how how;
-      memset(&how, 0, sizeof how);
-      how.flags = static_cast<uint64_t>(flags);
-      how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-      fd = static_cast<int>(syscall(SYS_openat2, rootfd, rest.c_str(), &how, sizeof how));
-      int e = errno;
-      close(rootfd);
-      if (fd >= 0 || (e != ENOSYS && e != EPERM && e != EINVAL && e != E2BIG)) {
-        done = true;
-        if (fd < 0) {
-          *err = "cannot open " + path + ": " + ErrnoText(e);
-          return -1;
-        }
-      }
-    }
-  }
-  if (!done) {
-    fd = open(path.c_str(), flags);
-    if (fd < 0) {
-      *err = "cannot open " + path + ": " + ErrnoText(errno);
-      return -1;
-    }
-  }
-  if (fstat(fd, st) != 0) {
-    *err = "cannot stat " + path + ": " + ErrnoText(errno);
-    close(fd);
-    return -1;
-  }
-  if (!S_ISREG(st->st_mode)) {
-    *err = path + " is not a regular file";
-    close(fd);
-    return -1;
-  }
-  int fl = fcntl(fd, F_GETFL);
-  if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-  return fd;
+  return ebpf_leak::OpenTargetFile(path, st, err, kMaxDebugFileBytes);
 }
 
 bool SameFile(const struct stat& a, const struct stat& b) {

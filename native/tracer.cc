@@ -17,6 +17,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <sstream>
 
 #include "addon_data.h"
 #include "external_buffer.h"
@@ -230,6 +231,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::ReadModules>("readModules"),
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
+                         InstanceMethod<&Tracer::ExitStatus>("exitStatus"),
                          InstanceMethod<&Tracer::EventsDelivered>("eventsDelivered"),
                          InstanceMethod<&Tracer::EventSlotsJs>("eventSlots"),
                          InstanceMethod<&Tracer::CloseJs>("close"),
@@ -349,10 +351,19 @@ void Tracer::DetachAll() {
 
 bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   LibbpfLogCapture log;
+  // Attaching: only libbpf's lines that say what failed (the rest is how the program loaded).
+  bool only_failures = false;
   auto fail = [&](const std::string& code, const std::string& what, int err) {
     std::string message = what;
     if (err) message += ": " + ErrnoText(err);
     std::string tail = log.Tail();
+    if (only_failures) {
+      std::string kept;
+      std::istringstream lines(tail);
+      for (std::string line; std::getline(lines, line);)
+        if (line.find("failed") != std::string::npos) kept += line + "\n";
+      tail = kept;
+    }
     if (!tail.empty()) message += "\nlibbpf log:\n" + tail;
     *error = {code, message, err};
     DetachAll();
@@ -389,6 +400,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   bpf_map__set_max_entries(skel_->maps.overflow_stacks, stack_entries);
   bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
   bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
+  bpf_program__set_autoload(skel_->progs.target_exit, !config_.wait_for_exec);
   skel_->rodata->attach_mode = multi ? LEAK_ATTACH_MULTI : LEAK_ATTACH_UPROBE;
   SetProbeFunctions(skel_->rodata->fn_at_page_offset, config_.probes);
   if (multi) {
@@ -414,9 +426,15 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
   auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
-    return fail(CodeForErrno(e, e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF"),
-                std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path,
-                e);
+    only_failures = true;
+    char at[48];
+    snprintf(at, sizeof at, " at offset 0x%llx",
+             static_cast<unsigned long long>(ret ? p.return_offset : p.entry_offset));
+    // EINVAL from a uprobe on a valid offset: another uprobe holds that spot with another
+    // reference counter (the kernel logs "ref_ctr_offset mismatch").
+    const char* code = e == EINVAL ? "ELEAK_PROBE_CONFLICT" : e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF";
+    return fail(CodeForErrno(e, code),
+                std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path + at, e);
   };
   if (multi) {
     // One entry link and one return link per file (in practice: one file, the allocator).
@@ -468,6 +486,10 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
       return fail(CodeForErrno(errno, "ELEAK_BPF"), "cannot attach to sched_process_exec", errno);
     links_.push_back(link);
   } else {
+    bpf_link* link = bpf_program__attach(skel_->progs.target_exit);
+    if (link == nullptr)
+      return fail(CodeForErrno(errno, "ELEAK_BPF"), "cannot attach to sched_process_exit", errno);
+    links_.push_back(link);
     skel_->bss->armed = true;
   }
   if (config_.events) {
@@ -788,6 +810,13 @@ Napi::Value Tracer::Counters(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, counters.size());
   memcpy(buffer.Data(), counters.data(), counters.size());
   return buffer;
+}
+
+// exitStatus(): the wait status recorded as an attached target's last thread exited, or null.
+Napi::Value Tracer::ExitStatus(const Napi::CallbackInfo& info) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr || !skel_->bss->exit_status_seen) return info.Env().Null();
+  return Napi::Number::New(info.Env(), skel_->bss->exit_status);
 }
 
 Napi::Value Tracer::SetMark(const Napi::CallbackInfo& info) {

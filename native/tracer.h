@@ -89,6 +89,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value ReadModules(const Napi::CallbackInfo& info);
   Napi::Value Counters(const Napi::CallbackInfo& info);
   Napi::Value SetMark(const Napi::CallbackInfo& info);
+  Napi::Value ExitStatus(const Napi::CallbackInfo& info);
   Napi::Value EventsDelivered(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
   Napi::Value CloseAsync(const Napi::CallbackInfo& info);

@@ -1,4 +1,5 @@
 #include "unwind_table.h"
+#include "target_file.h"
 
 #include <dwarf.h>
 #include <elfutils/libdw.h>
@@ -431,7 +432,9 @@ std::shared_ptr<const UnwindTable> GetUnwindTable(int fd) {
 }
 
 std::shared_ptr<const UnwindTable> GetUnwindTable(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  std::string error;
+  int fd = OpenTargetFile(path, &st, &error);
   if (fd < 0) return nullptr;
   auto table = GetUnwindTable(fd);
   close(fd);

@@ -27,6 +27,7 @@
 #include "leak.h"
 #include "leak.skel.h"
 #include "tracer.h"
+#include "target_file.h"
 #include "unwind_table.h"
 
 extern char** environ;
@@ -73,7 +74,9 @@ std::string Basename(const std::string& path) {
 
 // PT_INTERP of an ELF file; empty when it has none or is no ELF file.
 std::string ReadInterpreter(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  std::string error;
+  int fd = OpenTargetFile(path, &st, &error);
   if (fd < 0) return "";
   elf_version(EV_CURRENT);
   std::string interp;
@@ -191,8 +194,15 @@ int OpenMapping(int pid, const MapsLine& m) {
   char path[96];
   snprintf(path, sizeof path, "/proc/%d/map_files/%llx-%llx", pid, static_cast<unsigned long long>(m.start),
            static_cast<unsigned long long>(m.end));
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fd = open(("/proc/" + std::to_string(pid) + "/root" + m.path).c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  std::string error;
+  int fd = OpenTargetFile(path, &st, &error);
+  if (fd < 0) fd = OpenTargetFile("/proc/" + std::to_string(pid) + "/root" + m.path, &st, &error);
+  // Another file now has the mapped file's name: its table would be wrong.
+  if (fd >= 0 && (KernelDev(st.st_dev) != m.dev || st.st_ino != m.ino)) {
+    close(fd);
+    return -1;
+  }
   return fd;
 }
 
@@ -368,10 +378,11 @@ void Unwinder::CollectPreload() {
   if (!wait_for_exec_) return;
   if (!options_.files_given) options_.files = LauncherTargetFiles(pid_);
   for (const std::string& path : options_.files) {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
     struct stat st;
-    if (fstat(fd, &st) == 0) add({KernelDev(st.st_dev), st.st_ino}, fd, path);
+    std::string error;
+    int fd = OpenTargetFile(path, &st, &error);
+    if (fd < 0) continue;
+    add({KernelDev(st.st_dev), st.st_ino}, fd, path);
     close(fd);
   }
 }
@@ -616,8 +627,15 @@ Napi::Value UnwindTableJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "unwindTable(path: string)");
   std::string path = info[0].As<Napi::String>();
-  std::shared_ptr<const UnwindTable> table = GetUnwindTable(path);
-  if (!table) throw Napi::Error::New(env, "cannot open " + path + ": " + strerror(errno));
+  struct stat st;
+  std::string why;
+  int fd = OpenTargetFile(path, &st, &why);
+  if (fd < 0) {
+    int err = errno;
+    throw ToJsError(env, {TargetFileErrorCode(err), why, err});
+  }
+  std::shared_ptr<const UnwindTable> table = GetUnwindTable(fd);
+  close(fd);
   Napi::Object o = Napi::Object::New(env);
   o.Set("fdes", static_cast<double>(table->fdes));
   o.Set("rbpFdes", static_cast<double>(table->rbp_fdes));

@@ -24,6 +24,8 @@ import type { UnwindStats } from '../lib/native/unwind.js';
 const runDefaults = {
   kind: 'run',
   top: 10,
+  allowInconclusive: false,
+  asRoot: false,
   events: false,
   verbose: false,
   stacks: true,
@@ -112,6 +114,8 @@ describe('parseCliArgs: run', () => {
         'fp',
         '--sample-every',
         '65536',
+        '--allow-inconclusive',
+        '--as-root',
         '--',
         'prog',
       ]),
@@ -119,6 +123,8 @@ describe('parseCliArgs: run', () => {
       kind: 'run',
       json: 'out.json',
       errorExitcode: 7,
+      allowInconclusive: true,
+      asRoot: true,
       top: 3,
       maxAllocations: 5000,
       eventBufferBytes: 65536,
@@ -201,7 +207,8 @@ describe('parseCliArgs: run', () => {
     [['run', '--json=', 'p'], "option '--json' needs a file name ('-' for standard output)"],
     [['run', '--events=yes', 'p'], "option '--events' takes no value"],
     [['run', '--top', 'ten', 'p'], "option '--top' needs an integer from 0 to 9007199254740991, not 'ten'"],
-    [['run', '--top', '-1', 'p'], "option '--top' needs a value"],
+    // A negative number is a wrong value, not a missing one.
+    [['run', '--top', '-1', 'p'], "option '--top' needs an integer from 0 to 9007199254740991, not '-1'"],
     [['run', '--top=-1', 'p'], "option '--top' needs an integer from 0 to 9007199254740991, not '-1'"],
     [['run', '--top', '1.5', 'p'], "option '--top' needs an integer from 0 to 9007199254740991, not '1.5'"],
     [['run', '--error-exitcode', '0', 'p'], "option '--error-exitcode' needs an integer from 1 to 255, not '0'"],
@@ -219,7 +226,8 @@ describe('parseCliArgs: run', () => {
 });
 
 describe('parseCliArgs: attach', () => {
-  const attachDefaults = { ...runDefaults, kind: 'attach', intervalS: 5 } as const;
+  const { asRoot: _asRoot, ...common } = runDefaults;
+  const attachDefaults = { ...common, kind: 'attach', intervalS: 5 } as const;
 
   it('needs only -p', () => {
     expect(parseCliArgs(['attach', '-p', '1234'])).toEqual({ ...attachDefaults, pid: 1234 });
@@ -260,6 +268,7 @@ describe('parseCliArgs: attach', () => {
       json: 'r.json',
       maxAllocations: 100,
       errorExitcode: 9,
+      allowInconclusive: false,
       eventBufferBytes: 8 * 1024 * 1024,
       events: true,
       verbose: true,
@@ -390,7 +399,7 @@ describe('exit statuses', () => {
     };
   }
 
-  it('run: the program status, 128+signal, or --error-exitcode when leaks were found', () => {
+  it('run: the program status, 128+signal (before --error-exitcode), or --error-exitcode when leaks were found', () => {
     expect(runExitStatus(report({ exitCode: 0 }))).toBe(0);
     expect(runExitStatus(report({ exitCode: 3 }))).toBe(3);
     expect(runExitStatus(report({ exitCode: 3 }), 7)).toBe(3);
@@ -399,7 +408,18 @@ describe('exit statuses', () => {
     expect(runExitStatus(report({ exitCode: 3 }, 1), 7)).toBe(7);
     expect(runExitStatus(report({ exitCode: null, signal: 'SIGTERM' }))).toBe(143);
     expect(runExitStatus(report({ exitCode: null, signal: 'SIGSEGV' }))).toBe(139);
-    expect(runExitStatus(report({ exitCode: null, signal: 'SIGKILL' }, 2), 9)).toBe(9);
+    expect(runExitStatus(report({ exitCode: null, signal: 'SIGKILL' }, 2), 9)).toBe(137);
+  });
+
+  it('run: a crash first, then --error-exitcode, then inconclusive (3, unless allowed), then the program', () => {
+    const incomplete = (r: LeakReport) => ({ ...r, inconclusive: ['2 allocations were not tracked'] });
+    expect(runExitStatus(incomplete(report({ exitCode: 0 })))).toBe(3);
+    expect(runExitStatus(incomplete(report({ exitCode: 0 })), undefined, true)).toBe(0);
+    expect(runExitStatus(incomplete(report({ exitCode: 0 }, 1)), 9)).toBe(9);
+    expect(runExitStatus(incomplete(report({ exitCode: null, signal: 'SIGABRT' }, 1)), 9)).toBe(134);
+    expect(runExitStatus(report({ exitCode: null, signal: 'SIGSEGV' }, 1), 9)).toBe(139);
+    expect(attachExitStatus(incomplete(report({ exitCode: null })))).toBe(3);
+    expect(attachExitStatus(incomplete(report({ exitCode: null })), undefined, true)).toBe(0);
   });
 
   it('attach: 0, or --error-exitcode when leaks were found', () => {

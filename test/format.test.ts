@@ -183,15 +183,16 @@ describe('formatReport', () => {
     expect(lines[heapEnd + 1]).toBe('');
     expect(lines[heapEnd + 2]).toBe(
       'warning: 2 allocations were not tracked because the address map was full; leaks among ' +
-        "them are missing from this report. Raise --max-allocations (the library's maxAllocations).",
+        'them are missing from this report. Raise maxAllocations.',
     );
     expect(lines[heapEnd + 3]).toBe(
       'warning: 1,500 alloc/free events were lost because the event ring buffer was full, so the ' +
-        'event stream (--events) is incomplete; the counts and leaks above are not affected. Use ' +
-        'a larger --event-buffer (eventBufferBytes).',
+        'event stream is incomplete; the counts and leaks above are not affected. Use ' +
+        'a larger eventBufferBytes.',
     );
-    expect(lines[heapEnd + 4]).toMatch(/^warning: 3 frees were of blocks never seen allocated \(allocated before/);
-    expect(lines[heapEnd + 5]).toBe('');
+    // A program started traced: 3 unknown frees, fewer than its 9 frees, are glibc's own (a
+    // thread's tcache returned at its exit): no warning.
+    expect(lines[heapEnd + 4]).toBe('');
   });
 
   it('prints no warnings when nothing was missed', () => {
@@ -271,9 +272,9 @@ describe('formatSnapshotTop', () => {
   it('groups by stack id, largest bytes first, BCC style', () => {
     expect(formatSnapshotTop(snapshot, { top: 10, now }).split('\n')).toEqual([
       '[09:05:07] Top 10 stacks with outstanding allocations:',
-      '\t6,096 bytes in 2 allocations from stack 17',
-      '\t100 bytes in 1 allocations from stack 5',
-      '\t64 bytes in 2 allocations from stack 3',
+      '\t6,096 bytes in 2 allocations from a stack whose frames could not be read',
+      '\t100 bytes in 1 allocations from a stack whose frames could not be read',
+      '\t64 bytes in 2 allocations from a stack whose frames could not be read',
       '\t8 bytes in 1 allocations from an uncaptured stack',
       '\tin use: 6,268 bytes in 6 blocks; 1,200 allocs, 1,194 frees since attach',
       '',
@@ -283,8 +284,8 @@ describe('formatSnapshotTop', () => {
   it('keeps the top N and counts the rest', () => {
     expect(formatSnapshotTop(snapshot, { top: 2, now }).split('\n')).toEqual([
       '[09:05:07] Top 2 stacks with outstanding allocations:',
-      '\t6,096 bytes in 2 allocations from stack 17',
-      '\t100 bytes in 1 allocations from stack 5',
+      '\t6,096 bytes in 2 allocations from a stack whose frames could not be read',
+      '\t100 bytes in 1 allocations from a stack whose frames could not be read',
       '\t... 2 more stacks',
       '\tin use: 6,268 bytes in 6 blocks; 1,200 allocs, 1,194 frees since attach',
       '',
@@ -306,7 +307,7 @@ describe('formatSnapshotTop', () => {
     });
     expect(text.split('\n').slice(0, 4)).toEqual([
       '[09:05:07] Top 1 stacks with outstanding allocations:',
-      '\t6,096 bytes in 2 allocations from stack 17',
+      '\t6,096 bytes in 2 allocations from stack',
       '\t\t0x401136: main [/a/b]',
       '\t... 3 more stacks',
     ]);

@@ -777,13 +777,14 @@ describe('dwz alternate debug files', () => {
 });
 
 describe('fuzzing', () => {
-  it('survives 150 randomly damaged copies of the program (in a child process)', () => {
+  it('survives 150 randomly damaged copies of the program: symbolizer, ELF reader and unwind-table builder (in a child process)', () => {
     const script = join(dir, 'fuzz.mjs');
     writeFileSync(
       script,
       `import { createRequire } from 'node:module';
 import { readFileSync, writeFileSync } from 'node:fs';
-const [addonPath, src, count, outDir] = process.argv.slice(2);
+const [addonPath, src, count, outDir, ehFrame] = process.argv.slice(2);
+const [ehOff, ehSize] = ehFrame.split(':').map(Number);
 const addon = createRequire(import.meta.url)(addonPath);
 const orig = readFileSync(src);
 let seed = 12345;
@@ -801,15 +802,24 @@ for (let i = 0; i < Number(count); i++) {
     const shoff = Number(buf.readBigUInt64LE(0x28) % BigInt(buf.length));
     for (let k = 0; k < 64; k++) buf[(shoff + Math.floor(rnd() * 64 * 30)) % buf.length] = Math.floor(rnd() * 256);
   }
+  // And a third of them in .eh_frame, which the unwind-table builder parses.
+  if (i % 3 === 0) {
+    for (let k = 0; k < 16; k++) buf[ehOff + Math.floor(rnd() * ehSize)] = Math.floor(rnd() * 256);
+  }
   const path = outDir + '/fuzz-' + i;
   writeFileSync(path, buf);
   results += (await addon.symbolize(path, offsets)).entries.length / 2; // 2 per offset
   addon.readBuildId(path);
+  // These throw an Error for a file they cannot use; crashing or hanging is the failure.
+  try { addon.unwindTable(path); } catch (e) { if (!(e instanceof Error)) throw e; }
+  try { addon.readElf(path, ['main', 'malloc']); } catch (e) { if (!(e instanceof Error)) throw e; }
 }
 console.log('ok ' + results);
 `,
     );
-    const r = spawnSync(process.execPath, [script, addonPath(), prog, '150', dir], { encoding: 'utf8', timeout: 110_000 });
+    const eh = /\.eh_frame\s+PROGBITS\s+[0-9a-f]+\s+([0-9a-f]+)\s+([0-9a-f]+)/.exec(sh('readelf', ['-SW', prog]))!;
+    const ehFrame = `${parseInt(eh[1]!, 16)}:${parseInt(eh[2]!, 16)}`;
+    const r = spawnSync(process.execPath, [script, addonPath(), prog, '150', dir, ehFrame], { encoding: 'utf8', timeout: 110_000 });
     expect(r.signal).toBeNull();
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe(`ok ${150 * 200}`);

@@ -13,11 +13,13 @@ import { parseArgs } from 'node:util';
 import { formatCount, formatSnapshotTop, shellQuote } from '../report/text-format.js';
 import { writeJsonReport } from '../report/json-format.js';
 import { stackUseSliced } from '../report/snapshot-stacks.js';
+import { useCliWords } from '../util/option-words.js';
+import { invokingUser, jsonDestinationProblem } from './preflight.js';
 import { defaults, limits } from '../tracer/options.js';
 import type { CheckedLeakReport } from '../report/checked.js';
 import type { LeakTracer, TracerInfo } from '../tracer/leak-tracer.js';
 import type { UnwindStats } from '../native/unwind.js';
-import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot } from '../types.js';
+import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot, type StackFrame } from '../types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Commands
@@ -33,6 +35,9 @@ const DEFAULT_MAX_ALLOCATIONS = String(defaults.maxAllocations);
 const DEFAULT_EVENT_BUFFER = `${defaults.eventBufferBytes / 1024 ** 2}M`;
 
 /** Help for the flags `run` and `attach` share, written once. */
+/** Frames per stack in attach's periodic output. */
+const PERIODIC_FRAMES = 8;
+
 const TRACING_OPTIONS_HELP = `  --max-allocations N    Room for at least N blocks at once (the kernel table
                          takes ~50 bytes per block); allocations beyond it
                          are counted as dropped and not reported.
@@ -86,6 +91,8 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Room for at least N block
 export interface CommonFlags {
   json?: string;
   errorExitcode?: number;
+  /** --allow-inconclusive: an incomplete run does not fail. */
+  allowInconclusive: boolean;
   /** Groups/stacks shown; 0 shows all. */
   top: number;
   maxAllocations?: number;
@@ -117,6 +124,8 @@ export interface RunCommand extends CommonFlags {
   kind: 'run';
   command: string;
   args: string[];
+  /** --as-root: under sudo, run the program as root rather than as the invoking user. */
+  asRoot: boolean;
 }
 
 export interface AttachCommand extends CommonFlags {
@@ -185,9 +194,11 @@ The human-readable output goes to standard error; standard output is left to the
 traced program (and to '--json -').
 
 Exit status:
-  run       the program's exit status, 128+N if signal N killed it, or the
-            --error-exitcode value when blocks were still allocated at exit
-  attach    0, or the --error-exitcode value when blocks were still allocated
+  run       128+N if signal N killed the program; else the --error-exitcode
+            value when blocks were still allocated at exit; else 3 when the
+            data is incomplete (inconclusive); else the program's exit status
+  attach    the --error-exitcode value when blocks were still allocated; else 3
+            when the data is incomplete; else 0
   2         usage error, or tracing failed (the message says why and what to do)
 
 Examples:
@@ -215,6 +226,12 @@ Options:
   --error-exitcode N     Exit with N (1-255) instead of the program's status
                          when blocks were still allocated at exit.
                          Default: off.
+  --allow-inconclusive   Do not fail when the data is incomplete (allocations
+                         not tracked, events lost, stacks missing).
+                         Default: such a run exits 3.
+  --as-root              Under sudo, run COMMAND as root. Default: as the
+                         user who ran sudo (SUDO_UID, SUDO_GID: their groups
+                         and HOME); the tracer itself stays root.
   --top N                Print the N largest groups; 0 prints all.
                          Default: ${DEFAULT_TOP}.
 ${TRACING_OPTIONS_HELP}
@@ -228,8 +245,13 @@ until exit on purpose: printf() to a pipe or a file, for one, allocates a
 4,096-byte stdout buffer that glibc never frees.
 
 Exit status:
-  the program's exit status, or 128+N when signal N killed it (like a shell);
+  (the first that applies)
+  128+N when signal N killed the program (like a shell, and like valgrind:
+  a crash is reported whatever was found);
   N, with --error-exitcode N, when blocks were still allocated at exit;
+  3 when the data is incomplete, so leaks may be missing (inconclusive),
+  unless --allow-inconclusive;
+  the program's exit status;
   2 on a usage error, or when tracing failed (not permitted, no BTF, command
   not found, ...; the message says what to do).
 
@@ -263,6 +285,8 @@ Options:
                          standard output), with every group. Default: none.
   --error-exitcode N     Exit with N (1-255) when blocks were still allocated
                          when tracing stopped. Default: off.
+  --allow-inconclusive   Do not fail when the data is incomplete.
+                         Default: such a run exits 3.
 ${TRACING_OPTIONS_HELP}
 
 The periodic output and the report go to stderr. A second SIGINT, SIGTERM or
@@ -271,6 +295,7 @@ SIGHUP while the report is being made ends ebpf-leak at once.
 Exit status:
   0 when tracing ended (the process's own status is in the report);
   N, with --error-exitcode N, when blocks were still allocated;
+  3 when the data is incomplete (inconclusive), unless --allow-inconclusive;
   128+N when a second signal N ended ebpf-leak before the report;
   2 on a usage error, or when tracing failed (not permitted, no such process,
   ...; the message says what to do).
@@ -309,6 +334,7 @@ interface OptionSpec {
 const commonOptions = {
   json: { type: 'string' },
   'error-exitcode': { type: 'string' },
+  'allow-inconclusive': { type: 'boolean' },
   top: { type: 'string' },
   'max-allocations': { type: 'string' },
   'event-buffer': { type: 'string' },
@@ -328,7 +354,10 @@ const commonOptions = {
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
-const runOptions = commonOptions;
+const runOptions = {
+  ...commonOptions,
+  'as-root': { type: 'boolean' },
+} as const satisfies Record<string, OptionSpec>;
 
 const attachOptions = {
   ...commonOptions,
@@ -377,8 +406,9 @@ function readOptions(
       continue;
     }
     const value = token.value;
-    // parseArgs (non-strict) takes the next argument even when it looks like an option.
-    if (value === undefined || (!token.inlineValue && value.startsWith('-') && value !== '-')) {
+    // parseArgs (non-strict) takes the next argument even when it looks like an option. A
+    // negative number is a value (a wrong one, which the option's own check names).
+    if (value === undefined || (!token.inlineValue && value.startsWith('-') && value !== '-' && !/^-\d/.test(value))) {
       throw new Usage(`option '${token.rawName}' needs a value`);
     }
     if (s.multiple) {
@@ -440,6 +470,7 @@ export function parseBufferSizeOption(name: string, raw: string): number {
 function commonFlags(values: Values): CommonFlags {
   const flags: CommonFlags = {
     top: DEFAULT_TOP,
+    allowInconclusive: values.get('allow-inconclusive') === true,
     events: values.get('events') === true,
     verbose: values.get('verbose') === true,
     stacks: values.get('no-stacks') !== true,
@@ -524,7 +555,7 @@ function parseRun(argv: readonly string[]): RunCommand | HelpCommand {
   const [command, ...args] = rest;
   if (command === undefined) throw new Usage('missing the command to run (put it after --)');
   if (command === '') throw new Usage('the command to run is an empty string');
-  return { kind: 'run', ...flags, command, args };
+  return { kind: 'run', ...flags, command, args, asRoot: values.get('as-root') === true };
 }
 
 function parseAttach(argv: readonly string[]): AttachCommand | HelpCommand {
@@ -593,16 +624,28 @@ export function signalExitStatus(signal: string): number {
   return 128 + (n ?? 0);
 }
 
-/** Exit status of `run`: --error-exitcode when blocks were left, else the program's own. */
-export function runExitStatus(report: LeakReport, errorExitcode?: number): number {
-  if (errorExitcode !== undefined && report.leaks.length > 0) return errorExitcode;
+/** Exit status of a run whose data is incomplete (see check.ts: inconclusive), unless
+ *  --allow-inconclusive. */
+export const INCONCLUSIVE_EXIT_STATUS = 3;
+
+type Verdict = LeakReport & { inconclusive?: readonly string[] };
+
+/** Exit status of `run`, first that applies: 128+N when signal N killed the program (a crash is
+ *  reported, as valgrind does, whatever else was found); --error-exitcode when blocks were left;
+ *  3 when the data is incomplete (unless allowInconclusive); the program's own status. */
+export function runExitStatus(report: Verdict, errorExitcode?: number, allowInconclusive = false): number {
   if (report.target.signal !== null) return signalExitStatus(report.target.signal);
+  if (errorExitcode !== undefined && report.leaks.length > 0) return errorExitcode;
+  if (!allowInconclusive && (report.inconclusive?.length ?? 0) > 0) return INCONCLUSIVE_EXIT_STATUS;
   return report.target.exitCode ?? 0;
 }
 
-/** Exit status of `attach`: --error-exitcode when blocks were left, else 0. */
-export function attachExitStatus(report: LeakReport, errorExitcode?: number): number {
-  return errorExitcode !== undefined && report.leaks.length > 0 ? errorExitcode : 0;
+/** Exit status of `attach`: --error-exitcode when blocks were left, 3 when the data is
+ *  incomplete (unless allowInconclusive), else 0. */
+export function attachExitStatus(report: Verdict, errorExitcode?: number, allowInconclusive = false): number {
+  if (errorExitcode !== undefined && report.leaks.length > 0) return errorExitcode;
+  if (!allowInconclusive && (report.inconclusive?.length ?? 0) > 0) return INCONCLUSIVE_EXIT_STATUS;
+  return 0;
 }
 
 export interface ProcStat {
@@ -795,6 +838,9 @@ async function finish(
   if (cmd.genSuppressions) {
     io.stderr.write(generateSuppressions(checked, { format: cmd.genSuppressions }));
   }
+  if (checked.inconclusive.length > 0 && !cmd.allowInconclusive) {
+    io.stderr.write('ebpf-leak: the data is incomplete, so the run fails as inconclusive; --allow-inconclusive accepts it\n');
+  }
   if (cmd.json !== undefined) {
     try {
       await writeJsonReport(cmd.json, checked);
@@ -807,6 +853,11 @@ async function finish(
 
 /** A failure of the CLI itself (not the tracer) with a message for the user; exits 2. */
 class CliFailure extends Error {}
+
+function checkJsonDestination(cmd: CommonFlags): void {
+  const problem = cmd.json === undefined ? undefined : jsonDestinationProblem(cmd.json);
+  if (problem !== undefined) throw new CliFailure(`cannot write the JSON report to ${cmd.json}: ${problem}`);
+}
 
 const forwardedSignals = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
@@ -826,8 +877,17 @@ async function runCommand(cmd: RunCommand, io: CliIo): Promise<number> {
   };
   for (const s of forwardedSignals) process.on(s, forward);
   try {
+    checkJsonDestination(cmd);
     const { trace } = await import('../tracer/trace.js');
-    tracer = await trace({ command: cmd.command, args: cmd.args, stdio: 'inherit', ...traceOptions(cmd) });
+    // Under sudo the program runs as the one who typed the command, unless --as-root.
+    const user = cmd.asRoot ? undefined : invokingUser(io.env, process.getuid?.());
+    tracer = await trace({
+      command: cmd.command,
+      args: cmd.args,
+      stdio: 'inherit',
+      ...(user ? { user } : {}),
+      ...traceOptions(cmd),
+    });
     watchTracer(tracer, cmd, io);
     if (cmd.verbose) {
       io.stderr.write(`ebpf-leak: tracing pid ${tracer.pid}: ${[cmd.command, ...cmd.args].map(shellQuote).join(' ')}\n`);
@@ -836,7 +896,7 @@ async function runCommand(cmd: RunCommand, io: CliIo): Promise<number> {
     const report = await tracer.done;
     for (const s of forwardedSignals) process.off(s, forward);
     const checked = await finish(report, cmd, io, tracer);
-    return runExitStatus(checked, cmd.errorExitcode);
+    return runExitStatus(checked, cmd.errorExitcode, cmd.allowInconclusive);
   } finally {
     for (const s of forwardedSignals) process.off(s, forward);
   }
@@ -859,6 +919,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
 }
 
 async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
+  checkJsonDestination(cmd);
   const { trace } = await import('../tracer/trace.js');
   const tracer = await trace({ pid: cmd.pid, ...traceOptions(cmd) });
   watchTracer(tracer, cmd, io);
@@ -889,7 +950,18 @@ async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
         .snapshot()
         .then(async (snap: Snapshot) => {
           const byStack = await stackUseSliced(snap);
-          if (!stopping) io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color, byStack }) + '\n');
+          // The frames of the stacks shown (a stack id means nothing to a reader).
+          const shown = [...byStack.entries()]
+            .filter(([id]) => id >= 0)
+            .sort((a, b) => b[1].bytes - a[1].bytes || b[1].count - a[1].count || a[0] - b[0])
+            .slice(0, cmd.top > 0 ? cmd.top : undefined)
+            .map(([id]) => id);
+          const frames = new Map<number, StackFrame[]>();
+          const resolved = await tracer.stackFrames(shown).catch(() => shown.map(() => []));
+          shown.forEach((id, i) => frames.set(id, (resolved[i] ?? []).slice(0, PERIODIC_FRAMES)));
+          if (!stopping) {
+            io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color, byStack, frames: (id) => frames.get(id) }) + '\n');
+          }
         })
         .catch((err: unknown) => {
           // The process exiting between ticks is not news: `done` reports it.
@@ -917,7 +989,7 @@ async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
     clearInterval(interval);
     clearTimeout(duration);
     const checked = await finish(report, cmd, io, tracer, exited);
-    return attachExitStatus(checked, cmd.errorExitcode);
+    return attachExitStatus(checked, cmd.errorExitcode, cmd.allowInconclusive);
   } finally {
     stopping = true;
     clearInterval(interval);
@@ -938,6 +1010,7 @@ async function isEbpfLeakError(err: unknown): Promise<boolean> {
 
 /** Runs the CLI; resolves to the exit status. Never rejects. */
 export async function main(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+  useCliWords();
   const cmd = parseCliArgs(argv);
   try {
     switch (cmd.kind) {
@@ -957,7 +1030,9 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     }
   } catch (err) {
     if (err instanceof CliFailure || (await isEbpfLeakError(err))) {
-      io.stderr.write(`ebpf-leak: ${(err as Error).message}\n`);
+      // Some library messages are sentences about ebpf-leak already ("ebpf-leak cannot ...").
+      const message = (err as Error).message;
+      io.stderr.write(/^ebpf-leak\b/.test(message) ? `${message}\n` : `ebpf-leak: ${message}\n`);
     } else {
       const text = err instanceof Error ? (err.stack ?? err.message) : String(err);
       io.stderr.write(`ebpf-leak: internal error (please report it): ${text}\n`);

@@ -47,6 +47,7 @@ function siteLines(site: LeakSite, iterations: number, frames: number): string[]
     `${perIteration(site.bytesPerIteration)}: ${plural(site.bytes, 'byte')} in ${plural(site.blocks, 'block')}, ` +
       `left by ${formatCount(site.iterationsWithBlocks)} of ${formatCount(iterations)} iterations` +
       (site.stacks > 1 ? ` (${site.stacks} stacks)` : ''),
+    ...(site.reason !== undefined ? [`   ${site.reason}`] : []),
     ...formatStack(shownFrames(site.stack, frames)),
   ];
 }

@@ -21,10 +21,21 @@
 // including one in the first half and one in the second. Only growing sites are leaks;
 // `bytesPerIteration` is the site's bytes from the measured iterations divided by N.
 //
+// V8's global handles: V8 allocates the storage for global handles (v8::Global, Persistent,
+// napi_ref) in blocks of 256, reuses freed handles and never frees a block. A correct addon that
+// makes short-lived handles leaves blocks from whichever iterations the pool grew in, and they look
+// like growth. A site whose native part is that pool is a leak only when the live global handles
+// (v8.getHeapStatistics().used_global_handles_size) grew over the iterations by at least one
+// handle per four iterations, which a handle leaked per call exceeds and a pool reused does not;
+// otherwise it is reported with the one-time sites, with the reason. Live handles that grew that
+// much without any block allocated (they fit in free handles) are a leak site of their own, with
+// no stack.
+//
 // Call sites: stacks are grouped by their native part, up to the first frame that runs
 // JavaScript (JIT code, or V8's `Builtins_*` trampolines): the same C++ call reached from
 // interpreted and from optimized JavaScript is one site, not two with half the blocks each.
 import { readlinkSync } from 'node:fs';
+import { getHeapStatistics } from 'node:v8';
 import { collectGarbage, getGc } from './gc.js';
 import { defaultSuppressions } from '../suppressions/defaults.js';
 import type { Counters } from '../native/layout.js';
@@ -90,6 +101,9 @@ export interface LeakSite {
   stack: StackFrame[];
   /** Distinct full stacks merged into the site (e.g. from interpreted and optimized callers). */
   stacks: number;
+  /** Why a site that grew is not counted as a leak (V8's global-handle blocks, see the top of
+   *  lib/measure.ts). */
+  reason?: string;
 }
 
 export interface NativeLeakReport {
@@ -109,6 +123,9 @@ export interface NativeLeakReport {
   excluded: { otherThreads: Amount; otherModules: Amount };
   /** Why the answer cannot be trusted; empty when it can. */
   inconclusive: string[];
+  /** Bytes of live V8 global handles after the iterations minus before (after garbage
+   *  collection both times): what decides whether global-handle blocks are a leak. */
+  globalHandlesGrowth: number;
   settle: { rounds: number; stable: boolean };
   /** Marks of the first iteration and of the end of the last (see tracer.mark()). */
   marks: { first: number; end: number };
@@ -160,6 +177,43 @@ function siteKey(stack: readonly StackFrame[]): string {
     .join('|');
 }
 
+/** V8's allocation of global-handle blocks: the pool of v8::Global / Persistent / napi_ref
+ *  storage, reused and never freed. */
+const globalHandlePool = /^v8::internal::(GlobalHandles|TracedHandles|EternalHandles)::|^v8::internal::GlobalHandles::NodeSpace|^v8::internal::NodeSpace</;
+
+function isGlobalHandlePool(stack: readonly StackFrame[]): boolean {
+  return nativePart(stack).some((f) => f.symbol !== undefined && globalHandlePool.test(f.symbol));
+}
+
+/** Bytes of one global handle in V8's pool: its accounting moves by this much per handle. */
+export const globalHandleBytes = 32;
+
+/** Whether live global handles grew enough over `iterations` to make the pool's growth a leak:
+ *  one handle per four iterations (see the top of this file). */
+export function globalHandlesLeak(growthBytes: number, iterations: number): boolean {
+  return growthBytes >= Math.max(1, iterations / 4) * globalHandleBytes;
+}
+
+/** A leak of global handles that allocated nothing: the handles fit in V8's free ones. */
+function globalHandlesSite(growthBytes: number, iterations: number): LeakSite {
+  const handles = Math.round(growthBytes / globalHandleBytes);
+  return {
+    bytesPerIteration: growthBytes / iterations,
+    blocksPerIteration: 0,
+    bytes: growthBytes,
+    blocks: 0,
+    largestBlock: 0,
+    iterationsWithBlocks: iterations,
+    growing: true,
+    stack: [],
+    stacks: 0,
+    reason:
+      `V8's live global handles grew by ${handles} (${growthBytes} bytes) over ${iterations} iterations, in handle ` +
+      `storage V8 already had, so no allocation stack shows them: something makes a v8::Global, Persistent or ` +
+      `napi_ref (an ObjectWrap, a callback kept) per call and never resets or deletes it`,
+  };
+}
+
 /** The growth rule (see the top of this file), on the iterations that left blocks. */
 export function isGrowing(iterationsWithBlocks: ReadonlySet<number>, iterations: number): boolean {
   if (iterationsWithBlocks.size === 0) return false;
@@ -187,7 +241,14 @@ export function analyzeWindow(
   report: ScopedLeakReport,
   first: number,
   iterations: number,
-  filters: { threads?: ThreadFilter; module?: ModuleFilter; rules: readonly SuppressionRule[]; assumeLeakKinds?: readonly LeakKind[] },
+  filters: {
+    threads?: ThreadFilter;
+    module?: ModuleFilter;
+    rules: readonly SuppressionRule[];
+    assumeLeakKinds?: readonly LeakKind[];
+    /** Live global-handle bytes after minus before; undefined: unknown, every site by growth. */
+    globalHandlesGrowth?: number;
+  },
 ): Analysis {
   const keepThread =
     filters.threads === undefined
@@ -262,17 +323,29 @@ export function analyzeWindow(
     }
     if (g.bytes > s.best.bytes) s.best = { bytes: g.bytes, stack: g.stack };
   }
-  const all: LeakSite[] = [...sites.values()].map((s) => ({
-    bytesPerIteration: s.bytes / iterations,
-    blocksPerIteration: s.blocks / iterations,
-    bytes: s.bytes,
-    blocks: s.blocks,
-    largestBlock: s.largest,
-    iterationsWithBlocks: s.iterations.size,
-    growing: isGrowing(s.iterations, iterations),
-    stack: s.best.stack,
-    stacks: s.stacks,
-  }));
+  const growth = filters.globalHandlesGrowth;
+  const handlesLeak = growth === undefined || globalHandlesLeak(growth, iterations);
+  const all: LeakSite[] = [...sites.values()].map((s) => {
+    const site: LeakSite = {
+      bytesPerIteration: s.bytes / iterations,
+      blocksPerIteration: s.blocks / iterations,
+      bytes: s.bytes,
+      blocks: s.blocks,
+      largestBlock: s.largest,
+      iterationsWithBlocks: s.iterations.size,
+      growing: isGrowing(s.iterations, iterations),
+      stack: s.best.stack,
+      stacks: s.stacks,
+    };
+    if (site.growing && !handlesLeak && isGlobalHandlePool(site.stack)) {
+      site.growing = false;
+      site.reason =
+        `V8's global-handle blocks, allocated as more handles were alive at once and reused after: the live global ` +
+        `handles grew by ${growth} bytes over ${iterations} iterations (a leak of one handle per call grows them by ` +
+        `${globalHandleBytes} bytes per iteration)`;
+    }
+    return site;
+  });
   all.sort((a, b) => b.bytes - a.bytes || b.blocks - a.blocks);
   return {
     leaks: all.filter((s) => s.growing),
@@ -331,6 +404,7 @@ export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}
     await collectGarbage();
 
     const before = tracer.counters();
+    const handlesBefore = getHeapStatistics().used_global_handles_size;
     const first = tracer.mark();
     for (let i = 0; i < iterations; i++) {
       if (i > 0) tracer.mark();
@@ -355,6 +429,7 @@ export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}
       previous = now;
     }
 
+    const globalHandlesGrowth = getHeapStatistics().used_global_handles_size - handlesBefore;
     const report = await tracer.report({ since: first, until: end });
     const after = report.counters;
     const analysis = analyzeWindow(report, first, iterations, {
@@ -362,6 +437,7 @@ export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}
       ...(options.module !== undefined ? { module: options.module } : {}),
       rules,
       ...(options.assumeLeakKinds ? { assumeLeakKinds: options.assumeLeakKinds } : {}),
+      globalHandlesGrowth,
     });
 
     const inconclusive: string[] = [];
@@ -388,6 +464,12 @@ export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}
       );
     }
 
+    // Handles made in blocks V8 already had leave no allocation behind: the growth of live
+    // handles is then the only trace of them.
+    if (globalHandlesLeak(globalHandlesGrowth, iterations) && !analysis.leaks.some((s) => isGlobalHandlePool(s.stack))) {
+      analysis.leaks.push(globalHandlesSite(globalHandlesGrowth, iterations));
+    }
+
     return {
       version: 1,
       iterations,
@@ -398,6 +480,7 @@ export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}
       suppressed: analysis.suppressed,
       excluded: analysis.excluded,
       inconclusive,
+      globalHandlesGrowth,
       settle: { rounds, stable },
       marks: { first, end },
       durationMs: Math.round(performance.now() - started),

@@ -77,6 +77,9 @@ export interface NativeTracer {
   readStackFlags(ids: number[]): Uint32Array | null;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
+  /** A pid target's wait status, recorded in the kernel as its last thread exited; null before,
+   *  or for a command target (its status comes from waitid()). */
+  exitStatus(): number | null;
   /** The events batch in `slot` has been delivered to the listeners (or dropped): the poll thread
    *  may write the slot again (native/event_slots.h). A no-op for -1. */
   eventsDelivered(slot: number): void;
@@ -152,6 +155,10 @@ export interface NativeAddon {
   Tracer: NativeTracerClass;
   HeldProcess: NativeHeldProcessClass;
   readElf(path: string, symbols: readonly string[]): NativeElfInfo;
+  /** A file a traced process names, opened for reading (native/target_file.h): regular files
+   *  only, at most `maxBytes` (default 2 GiB), resolved inside /proc/PID/root when under it. The
+   *  caller closes the fd. Throws with code ELEAK_UNSAFE_FILE when refused. */
+  openTargetFile(path: string, maxBytes?: number): number;
   /** The stack walker's unwind table of a file (native/unwinder.cc). */
   unwindTable(path: string): NativeUnwindTable;
   /** Runs a short-lived program with posix_spawn() on a worker thread (native/run_program.h):

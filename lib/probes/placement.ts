@@ -54,7 +54,7 @@
 //      changes nothing anyway: malloc, calloc and realloc begin with an emulated push.)
 //   6. x86-64 ELF files only; anything else keeps the entry.
 
-import { closeSync, fstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { closeSync, fstatSync, readSync, type Stats } from 'node:fs';
 import { loadNative, type NativeX86Instruction } from '../native/addon.js';
 import type { AllocatorFunction } from '../types.js';
 
@@ -331,7 +331,8 @@ export function placeEntryProbe(
   if (placement === 'entry') return at("probePlacement 'entry': probe at the entry");
   let fd: number | undefined;
   try {
-    fd = openSync(path, 'r');
+    // Not openSync(): a FIFO there would block the event loop (native/target_file.h).
+    fd = loadNative().openTargetFile(path);
     const st = fstatSync(fd);
     const key = cacheKey(st, { fn, functionOffset, size });
     const known = cache.get(key);

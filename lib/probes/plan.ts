@@ -1,8 +1,9 @@
 // Where each allocator function is in the allocator file, and so where the uprobes go.
 import { pauseIfDue } from '../util/cooperative.js';
-import { SymbolNotFoundError } from '../errors.js';
+import { fromNativeError, SymbolNotFoundError } from '../errors.js';
 import { leakFunctions } from '../native/layout.js';
-import { loadNative, type NativeProbe } from '../native/addon.js';
+import { loadNative, type NativeElfInfo, type NativeProbe } from '../native/addon.js';
+import { optionWord } from '../util/option-words.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 
@@ -93,7 +94,12 @@ function findProbedFunctions(
   allocator: AllocatorOptions | undefined,
 ): { functions: ProbedFunction[]; missing: AllocatorFunction[]; aliases: ProbePlan['aliases'] } {
   const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
-  const info = loadNative().readElf(path, leakFunctions.map(symbolOf));
+  let info: NativeElfInfo;
+  try {
+    info = loadNative().readElf(path, leakFunctions.map(symbolOf));
+  } catch (error) {
+    throw fromNativeError(error, `cannot read the allocator library ${path}`);
+  }
   const required = glibc ? requiredInGlibc : requiredFunctions;
   const found = { functions: [] as ProbedFunction[], missing: [] as AllocatorFunction[], aliases: {} as ProbePlan['aliases'] };
   const byOffset = new Map<number, AllocatorFunction>();
@@ -105,7 +111,7 @@ function findProbedFunctions(
         throw new SymbolNotFoundError(
           `${path} has no function ${symbol} (for ${fn}), which ebpf-leak must probe. ` +
             (glibc
-              ? 'This libc is not a glibc ebpf-leak knows; name the allocator with allocator: { path, symbols }.'
+              ? `This libc is not a glibc ebpf-leak knows; name the allocator with ${optionWord('allocatorSymbols')}.`
               : `Check the name with \`nm -D ${path} | grep ${symbol}\` and pass allocator.symbols.${fn}.`),
         );
       }

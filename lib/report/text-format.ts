@@ -2,6 +2,7 @@
 // and the periodic "top stacks" view of `attach --interval` (worded like BCC's memleak).
 // Pure functions of their arguments: no I/O, no clock unless the caller leaves `now` out.
 
+import { optionWord } from '../util/option-words.js';
 import { stackUse, type StackUse } from './snapshot-stacks.js';
 import type { LeakGroup, LeakReport, Snapshot, StackFrame } from '../types.js';
 
@@ -103,6 +104,11 @@ function describeTarget(report: LeakReport, exited: boolean): string[] {
   return lines;
 }
 
+/** Allocations the report does not hold, so a leak among them could be missing. */
+export function untrackedAllocations(report: LeakReport): number {
+  return report.summary.droppedAllocations;
+}
+
 function warnings(report: LeakReport): string[] {
   const s = report.summary;
   const out: string[] = [];
@@ -110,24 +116,44 @@ function warnings(report: LeakReport): string[] {
     out.push(
       `warning: ${formatCount(s.droppedAllocations)} allocations were not tracked because the ` +
         `address map was full; leaks among them are missing from this report. ` +
-        `Raise --max-allocations (the library's maxAllocations).`,
+        `Raise ${optionWord('maxAllocations')}.`,
     );
   }
   if (s.lostEvents > 0) {
     out.push(
       `warning: ${formatCount(s.lostEvents)} alloc/free events were lost because the event ring ` +
-        `buffer was full, so the event stream (--events) is incomplete; the counts and leaks ` +
-        `above are not affected. Use a larger --event-buffer (eventBufferBytes).`,
+        `buffer was full, so the event stream is incomplete; the counts and leaks ` +
+        `above are not affected. Use a larger ${optionWord('eventBuffer')}.`,
     );
   }
-  if (s.unknownFrees > 0) {
-    out.push(
-      `warning: ${formatCount(s.unknownFrees)} frees were of blocks never seen allocated ` +
-        `(allocated before tracing started, or by another allocator); they were ignored. ` +
-        `If the program uses its own allocator, name it with the library's allocator option.`,
-    );
-  }
+  out.push(...unknownFreesNote(report));
   return out;
+}
+
+/**
+ * Frees of blocks the tracer never saw allocated. glibc makes some itself: a thread's exit returns
+ * its tcache (the cache's own block, allocated inside malloc, and every block cached in it, each
+ * freed by the program before), so any program that ends a thread has a few hundred at most per
+ * thread, never more than the frees it made. A program started traced has no block from before
+ * tracing; there, more unknown frees than known ones means allocations that bypass the probed
+ * malloc: another allocator. Attached to a running process, frees of blocks allocated before
+ * the attach are expected.
+ */
+function unknownFreesNote(report: LeakReport): string[] {
+  const s = report.summary;
+  if (s.unknownFrees === 0) return [];
+  if (report.target.command !== undefined) {
+    if (s.unknownFrees <= s.frees) return [];
+    return [
+      `warning: ${formatCount(s.unknownFrees)} frees were of blocks never seen allocated, more than the ` +
+        `${formatCount(s.frees)} frees of blocks that were: the program seems to allocate through another ` +
+        `allocator than ${report.target.allocator}. If it has its own, name it with ${optionWord('allocator')}.`,
+    ];
+  }
+  return [
+    `note: ${formatCount(s.unknownFrees)} frees were of blocks allocated before tracing started ` +
+      `(or returned by glibc's per-thread caches when a thread exited); they were ignored.`,
+  ];
 }
 
 function sortGroups(groups: readonly LeakGroup[]): LeakGroup[] {
@@ -217,7 +243,7 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
 
   lines.push('');
   if (groups.length === 0) {
-    lines.push(paint('bold', 'LEAK SUMMARY: no leaks: all heap blocks were freed'));
+    lines.push(paint('bold', `LEAK SUMMARY: ${noLeaksVerdict(report, exited)}`));
   } else {
     const bytes = groups.reduce((sum, g) => sum + g.bytes, 0);
     const blocks = groups.reduce((sum, g) => sum + g.blocks, 0);
@@ -232,6 +258,20 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
   return lines.join('\n') + '\n';
 }
 
+/** What an empty leak list means, in words that are true of this report. */
+function noLeaksVerdict(report: LeakReport, exited: boolean): string {
+  const s = report.summary;
+  const untracked = untrackedAllocations(report);
+  if (untracked > 0) {
+    return `no leaks listed, but ${formatCount(untracked)} allocations were not tracked, so leaks may be missing (inconclusive)`;
+  }
+  if (s.inUseBlocks === 0) return exited ? 'no leaks: all heap blocks were freed' : 'no leaks: no heap blocks in use';
+  return (
+    `no leaks listed: the ${formatCount(s.inUseBytes)} bytes in ${formatCount(s.inUseBlocks)} blocks still in use ` +
+    `are all suppressed (see below)`
+  );
+}
+
 function pad2(n: number): string {
   return n.toString().padStart(2, '0');
 }
@@ -241,12 +281,16 @@ function pad2(n: number): string {
  *
  * ```
  * [14:03:07] Top 10 stacks with outstanding allocations:
- * 	4,096 bytes in 128 allocations from stack 17
- * 	64 bytes in 2 allocations from stack 3
+ * 	4,096 bytes in 128 allocations from stack
+ * 		0x4011a6: make_node (server.c:12) [/usr/bin/server]
+ * 		0x401230: main (server.c:40) [/usr/bin/server]
+ * 	64 bytes in 2 allocations from stack
+ * 		...
  * 	in use: 4,160 bytes in 130 blocks; 1,200 allocs, 1,070 frees since attach
  * ```
  *
- * Allocations are grouped by stack id (-1: "from an uncaptured stack"), largest bytes first.
+ * Allocations are grouped by stack (-1: "from an uncaptured stack"), largest bytes first, each with
+ * its frames from `opts.frames` (innermost first).
  * Ends with a newline.
  */
 export function formatSnapshotTop(snapshot: Snapshot, opts: FormatSnapshotOptions): string {
@@ -265,10 +309,11 @@ export function formatSnapshotTop(snapshot: Snapshot, opts: FormatSnapshotOption
   const lines = [paint('bold', `[${stamp}] ${title} with outstanding allocations:`)];
   if (stacks.length === 0) lines.push('\t(no outstanding allocations)');
   for (const st of shown) {
-    const from = st.stackId < 0 ? 'from an uncaptured stack' : `from stack ${st.stackId}`;
+    // Stack ids mean nothing to a reader: the frames are the stack (BCC's memleak prints them too).
+    const frames = st.stackId >= 0 ? (opts.frames?.(st.stackId) ?? []) : [];
+    const from = st.stackId < 0 ? 'from an uncaptured stack' : frames.length > 0 ? 'from stack' : 'from a stack whose frames could not be read';
     lines.push(`\t${formatCount(st.bytes)} bytes in ${formatCount(st.count)} allocations ${from}`);
-    const frames = st.stackId >= 0 ? opts.frames?.(st.stackId) : undefined;
-    for (const f of frames ?? []) lines.push(`\t\t${formatFrame(f)}`);
+    for (const f of frames) lines.push(`\t\t${formatFrame(f)}`);
   }
   const rest = stacks.length - shown.length;
   if (rest > 0) lines.push(`\t... ${formatCount(rest)} more ${rest === 1 ? 'stack' : 'stacks'}`);

@@ -1,7 +1,8 @@
 // /proc/PID/maps and /tmp/perf-PID.map parsing: which file (and where in it) an address came from.
 
-import { constants as fsConstants } from 'node:fs';
-import { open, readFile } from 'node:fs/promises';
+import { close, readFile as readFileFd } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { loadNative } from '../native/addon.js';
 
 /** One mapping of a process, as /proc/PID/maps lists it. */
 export interface ProcMapping {
@@ -174,24 +175,25 @@ export class PerfMap {
 
 const maxPerfMapBytes = 512 * 1024 * 1024;
 
-/** Reads a perf map file safely (regular file only, no blocking on a FIFO, size-capped).
+/** Reads a perf map file safely: a regular file only, never a FIFO or device, at most 512 MiB,
+ *  resolved inside /proc/PID/root when under it (a symlink there cannot lead to our files).
  *  Returns null when it does not exist or is not usable. */
 export async function readPerfMapFile(path: string): Promise<PerfMap | null> {
-  let handle;
+  let fd: number;
   try {
-    handle = await open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOCTTY);
+    fd = loadNative().openTargetFile(path, maxPerfMapBytes);
   } catch {
     return null;
   }
   try {
-    const st = await handle.stat();
-    if (!st.isFile() || st.size > maxPerfMapBytes) return null;
-    const text = await handle.readFile('utf8');
+    const text = await new Promise<string>((resolve, reject) =>
+      readFileFd(fd, 'utf8', (error, data) => (error ? reject(error) : resolve(data))),
+    );
     return new PerfMap(parsePerfMap(text));
   } catch {
     return null;
   } finally {
-    await handle.close();
+    close(fd, () => undefined);
   }
 }
 

@@ -1,15 +1,21 @@
 // Which file holds the target's malloc: glibc found in /proc/PID/maps for a running process, or
 // through the dynamic loader's own search for a command we are about to start. Programs whose
 // malloc is not glibc's shared one are refused here, before they could produce an empty report.
-import { accessSync, constants, existsSync, openSync, readFileSync, readSync, closeSync, realpathSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, fstatSync, openSync, readFileSync, readSync, closeSync, realpathSync, statSync } from 'node:fs';
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
 import {
   CommandNotFoundError,
+  EbpfLeakError,
+  fromNativeError,
   InvalidOptionError,
   LibraryNotFoundError,
   NoSuchProcessError,
+  PermissionError,
+  TargetExitedError,
   UnsupportedAllocatorError,
 } from '../errors.js';
+import { kernelDev } from './modules.js';
+import { optionWord } from '../util/option-words.js';
 import { loadNative, type NativeElfInfo } from '../native/addon.js';
 import type { AllocatorOptions } from '../types.js';
 
@@ -40,9 +46,8 @@ function definesMalloc(path: string): boolean {
 function interposerError(who: string, module: string): UnsupportedAllocatorError {
   return new UnsupportedAllocatorError(
     `${who} allocates through ${module}, which defines its own malloc, so glibc's malloc is not ` +
-      `called and tracing it would report nothing. Name that allocator explicitly: ` +
-      `trace({ ..., allocator: { path: '${module}' } }) or \`ebpf-leak ... --allocator ${module}\` ` +
-      `(add symbols: { malloc: 'je_malloc', ... } if its functions have other names).`,
+      `called and tracing it would report nothing. Name that allocator explicitly: ${optionWord('allocator', module)} ` +
+      `(with ${optionWord('allocatorSymbols')} if its functions have other names).`,
   );
 }
 
@@ -50,7 +55,7 @@ function staticError(who: string, exe: string): UnsupportedAllocatorError {
   return new UnsupportedAllocatorError(
     `${who} is statically linked (${exe} has no dynamic loader), so its malloc is inside the ` +
       `executable rather than in glibc's shared libc. If the executable keeps its symbol table, ` +
-      `trace it with allocator: { path: '${exe}' } (CLI: --allocator ${exe}).`,
+      `trace it with ${optionWord('allocator', exe)}.`,
   );
 }
 
@@ -72,6 +77,9 @@ function userAllocator(allocator: AllocatorOptions, root: string): ResolvedAlloc
 export interface MappedFile {
   path: string;
   executable: boolean;
+  /** The file's device (the kernel's encoding, major << 20 | minor) and inode, from the maps line. */
+  dev: number;
+  inode: bigint;
 }
 
 /** File mappings of /proc/PID/maps, executable or not, in address order, without duplicates. */
@@ -79,10 +87,15 @@ export function parseMappedFiles(maps: string): MappedFile[] {
   const seen = new Map<string, MappedFile>();
   for (const line of maps.split('\n')) {
     // start-end perms offset dev inode path
-    const m = /^\S+\s+(\S+)\s+\S+\s+\S+\s+(\d+)\s+(\/.*)$/.exec(line);
-    if (!m || m[2] === '0') continue;
-    const path = m[3]!.replace(/ \(deleted\)$/, '');
-    const entry = seen.get(path) ?? { path, executable: false };
+    const m = /^\S+\s+(\S+)\s+\S+\s+([0-9a-fA-F]+):([0-9a-fA-F]+)\s+(\d+)\s+(\/.*)$/.exec(line);
+    if (!m || m[4] === '0') continue;
+    const path = m[5]!.replace(/ \(deleted\)$/, '');
+    const entry = seen.get(path) ?? {
+      path,
+      executable: false,
+      dev: parseInt(m[2]!, 16) * 2 ** 20 + parseInt(m[3]!, 16),
+      inode: BigInt(m[4]!),
+    };
     if (m[1]!.includes('x')) entry.executable = true;
     seen.set(path, entry);
   }
@@ -93,15 +106,111 @@ export function processExists(pid: number): boolean {
   return existsSync(`/proc/${pid}/stat`);
 }
 
-/** Running, as opposed to gone or a zombie (exited, not yet reaped by its parent). */
-export function processAlive(pid: number): boolean {
+/** Fields of /proc/PID/stat after the command name: state is [0], flags [6]. */
+function statFields(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-    return state !== 'Z' && state !== 'X';
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+/** Running, as opposed to gone or a zombie (exited, not yet reaped by its parent). */
+export function processAlive(pid: number): boolean {
+  const state = statFields(pid)?.[0];
+  return state !== undefined && state !== 'Z' && state !== 'X';
+}
+
+const PF_KTHREAD = 0x00200000;
+
+function processName(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '?';
+  }
+}
+
+/** Why a process with no user-space mappings cannot be traced, or null when it has some. */
+function nothingMappedError(pid: number): EbpfLeakError | null {
+  const fields = statFields(pid);
+  if (fields === null) return new NoSuchProcessError(`no process with pid ${pid}. Check the pid (e.g. with \`pgrep -a NAME\`).`);
+  if (fields[0] === 'Z' || fields[0] === 'X') {
+    return new TargetExitedError(
+      `process ${pid} (${processName(pid)}) has exited: it is a zombie, waiting for its parent to reap it, ` +
+        `and has no memory left to trace. Trace a live process.`,
+    );
+  }
+  if ((Number(fields[6]) & PF_KTHREAD) !== 0) {
+    return new InvalidOptionError(
+      `process ${pid} (${processName(pid)}) is a kernel thread: it has no user-space memory or malloc to trace. ` +
+        `Give the pid of a user-space program.`,
+    );
+  }
+  return null;
+}
+
+function mapsPermissionError(pid: number, error: unknown): PermissionError {
+  let owner = '';
+  try {
+    owner = ` runs as uid ${statSync(`/proc/${pid}`).uid};`;
+  } catch {
+    // gone meanwhile: the sentence below still holds
+  }
+  return new PermissionError(
+    `cannot read /proc/${pid}/maps: permission denied. Process ${pid}${owner} reading the memory map of another ` +
+      `user's process can need CAP_SYS_PTRACE, and this process (uid ${process.getuid?.() ?? '?'}) does not have ` +
+      `it. Run as root (sudo), or give node CAP_SYS_PTRACE as ` +
+      `well as CAP_BPF and CAP_PERFMON: \`sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep "$(command -v node)"\`.`,
+    { cause: error },
+  );
+}
+
+/** The process's root directory is ours (same file), so its paths are valid here as they are. */
+export function sameRootAsOurs(pid: number): boolean {
+  try {
+    const theirs = statSync(`/proc/${pid}/root`);
+    const ours = statSync('/');
+    return theirs.dev === ours.dev && theirs.ino === ours.ino;
   } catch {
     return false;
   }
+}
+
+/** Where this process can read the file a mapping of process `pid` maps, or why not.
+ *
+ *  /proc/PID/maps shows a path as seen from OUR root: inside a container (another mount
+ *  namespace) that is the path in the container's root, which we reach through /proc/PID/root;
+ *  for a process in a plain chroot it is already a path of ours, and prefixing it with
+ *  /proc/PID/root would name a file that does not exist. Both are tried, and a candidate counts
+ *  only when the file opened is the mapped one (device and inode), so a name the process changed
+ *  since, or a symlink it planted, is never taken for it. Files are opened by the addon, which
+ *  resolves /proc/PID/root paths inside that root and refuses anything but a regular file. */
+export function locateMappedFile(pid: number, file: MappedFile): { path: string } | { error: EbpfLeakError } {
+  const inRoot = `/proc/${pid}/root${file.path}`;
+  const candidates = sameRootAsOurs(pid) ? [inRoot] : [inRoot, file.path];
+  let first: EbpfLeakError | undefined;
+  for (const path of candidates) {
+    let fd: number;
+    try {
+      fd = loadNative().openTargetFile(path);
+    } catch (error) {
+      const typed = fromNativeError(error, `process ${pid} maps ${file.path}`);
+      first ??= typed instanceof EbpfLeakError ? typed : new LibraryNotFoundError(String(error), { cause: error });
+      continue;
+    }
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      if (st.ino === file.inode && kernelDev(Number(st.dev)) === file.dev) return { path };
+    } finally {
+      closeSync(fd);
+    }
+    first ??= new LibraryNotFoundError(
+      `process ${pid} maps ${file.path}, but ${path} is another file now (the mapped one was replaced or is not reachable from here)`,
+    );
+  }
+  return { error: first ?? new LibraryNotFoundError(`process ${pid} maps ${file.path}, which cannot be found from here`) };
 }
 
 export function resolvePidAllocator(pid: number, allocator: AllocatorOptions | undefined): ResolvedAllocator {
@@ -114,13 +223,16 @@ export function resolvePidAllocator(pid: number, allocator: AllocatorOptions | u
         cause: error,
       });
     }
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM') throw mapsPermissionError(pid, error);
     throw error;
   }
-  // Paths in maps are in the target's mount namespace: reach them through its root.
-  const root = `/proc/${pid}/root`;
-  const viaRoot = (p: string) => `${root}${p}`;
-  if (allocator) return userAllocator(allocator, root);
+  if (allocator) return userAllocator(allocator, `/proc/${pid}/root`);
   const modules = parseMappedFiles(maps).filter((m) => m.executable);
+  if (modules.length === 0) {
+    const why = nothingMappedError(pid);
+    if (why) throw why;
+  }
   const libc = modules.find((m) => GLIBC_NAME.test(basename(m.path)));
   if (!libc) {
     const exe = modules[0]?.path ?? `/proc/${pid}/exe`;
@@ -128,14 +240,18 @@ export function resolvePidAllocator(pid: number, allocator: AllocatorOptions | u
     if (info && info.interpreter === null) throw staticError(`process ${pid}`, exe);
     throw new UnsupportedAllocatorError(
       `process ${pid} has no glibc libc.so.6 mapped, so there is no glibc malloc to trace. ` +
-        `If it uses another C library or allocator, name it with allocator: { path } (CLI: --allocator PATH).`,
+        `If it uses another C library or allocator, name it with ${optionWord('allocator')}.`,
     );
   }
   for (const m of modules) {
     if (m === libc || LOADER_NAME.test(basename(m.path))) continue;
-    if (definesMalloc(viaRoot(m.path))) throw interposerError(`process ${pid}`, m.path);
+    const located = locateMappedFile(pid, m);
+    // A module we cannot read safely is left out of this check only; the allocator is not.
+    if ('path' in located && definesMalloc(located.path)) throw interposerError(`process ${pid}`, m.path);
   }
-  return { path: viaRoot(libc.path), glibc: true };
+  const located = locateMappedFile(pid, libc);
+  if ('error' in located) throw located.error;
+  return { path: located.path, glibc: true };
 }
 
 // ---- commands we start
@@ -165,9 +281,11 @@ export function resolveCommand(command: string, env: NodeJS.ProcessEnv, cwd: str
     const p = resolve(cwd ?? process.cwd(), command);
     if (isExecutableFile(p)) return p;
     throw new CommandNotFoundError(
-      existsSync(p)
-        ? `cannot run ${command}: it is not an executable file (check its permissions: chmod +x).`
-        : `cannot run ${command}: no such file.`,
+      isDirectory(p)
+        ? `cannot run ${command}: it is a directory. Give the program inside it.`
+        : existsSync(p)
+          ? `cannot run ${command}: it is not an executable file (check its permissions: chmod +x).`
+          : `cannot run ${command}: no such file.`,
     );
   }
   const dirs = (env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(delimiter);
@@ -204,7 +322,7 @@ export async function loaderLibraries(
   const cannot = (why: string, cause?: unknown) =>
     new LibraryNotFoundError(
       `cannot list the libraries of ${exe} with its loader ${interpreter}: ${why}. ` +
-        `Check that the program runs, or name the allocator with allocator: { path }.`,
+        `Check that the program runs, or name the allocator with ${optionWord('allocator')}.`,
       cause === undefined ? undefined : { cause },
     );
   try {
@@ -284,7 +402,7 @@ export async function resolveCommandTarget(
   if (!libcPath) {
     throw new UnsupportedAllocatorError(
       `${command} does not link glibc's libc.so.6, so there is no glibc malloc to trace. ` +
-        `If it uses another C library or allocator, name it with allocator: { path } (CLI: --allocator PATH).`,
+        `If it uses another C library or allocator, name it with ${optionWord('allocator')}.`,
     );
   }
   if (definesMalloc(program)) throw interposerError(command, program);

@@ -1,7 +1,7 @@
 // LeakTracer: one traced process, as an EventEmitter. Owns the native tracer and, for `command`
 // targets, the child process.
 import { EventEmitter } from 'node:events';
-import { realpathSync, statSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { allocationsView } from '../native/allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from '../util/cooperative.js';
@@ -33,7 +33,8 @@ import {
 } from '../report/scope.js';
 import { symbolizeStacks } from '../report/symbolize.js';
 import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats } from '../native/unwind.js';
-import { processAlive } from '../target/resolve.js';
+import { processAlive, sameRootAsOurs } from '../target/resolve.js';
+import { signalNames } from './traced-process.js';
 import type { TracedProcess } from './traced-process.js';
 import type {
   AllocEvent,
@@ -156,7 +157,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (type === 'events') this.#queueEvents(slot >= 0 ? this.#eventSlots[slot]! : data!, length, slot);
       else if (type === 'counters') this.#checkLost(decodeCounters(data!));
       // A child of ours is finished by its 'exit' (which has the status); others by the pidfd.
-      else if (type === 'exit' && !this.process) void this.#finish(null, null);
+      else if (type === 'exit' && !this.process) void this.#finish(...decodeWaitStatus(this.#native.exitStatus()));
     } catch (error) {
       this.emit('error', error instanceof Error ? error : new Error(String(error)));
     }
@@ -213,6 +214,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
     const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
     return { allocations: allocationsView(columns, raw.nowNs), summary };
+  }
+
+  /** Symbolized frames of stack ids (the `stackId` of snapshot() allocations and stackTotals()),
+   *  innermost first, one list per id; empty for -1 (no stack) and when stacks are off. */
+  async stackFrames(stackIds: readonly number[]): Promise<StackFrame[][]> {
+    if (this.#closed) throw new TracerClosedError('stackFrames(): the tracer has stopped');
+    const ids = stackIds.filter((id) => id >= 0);
+    const frames = await this.#stacks(ids.map((stackId) => ({ stackId }) as RawLeakGroup));
+    const byId = new Map(ids.map((id, i) => [id, frames[i] ?? []]));
+    return stackIds.map((id) => byId.get(id) ?? []);
   }
 
   /** The current mark: the value recorded in every block allocated from now on. Starts at 0. */
@@ -435,13 +446,11 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 // The event stream's listeners are looked up again only when they change (#deliverEvents).
 trackListenerChanges(LeakTracer);
 
-/** The process's root directory is ours (same file), so its paths are valid here as they are. */
-function sameRootAsOurs(pid: number): boolean {
-  try {
-    const theirs = statSync(`/proc/${pid}/root`);
-    const ours = statSync('/');
-    return theirs.dev === ours.dev && theirs.ino === ours.ino;
-  } catch {
-    return false;
-  }
+/** A wait status (exit code << 8, or the signal number, with 0x80 when it dumped core) as exit
+ *  code and signal name; both null when unknown. */
+export function decodeWaitStatus(status: number | null): [number | null, NodeJS.Signals | null] {
+  if (status === null) return [null, null];
+  const signal = status & 0x7f;
+  if (signal === 0) return [(status >> 8) & 0xff, null];
+  return [null, signalNames.get(signal) ?? null];
 }

@@ -52,6 +52,7 @@ export type ResolvedOptions =
       cwd: string | undefined;
       env: NodeJS.ProcessEnv;
       stdio: 'inherit' | 'pipe' | 'ignore';
+      user: { uid: number; gid: number } | undefined;
     });
 
 function fail(message: string): never {
@@ -169,9 +170,17 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (stdio !== 'inherit' && stdio !== 'pipe' && stdio !== 'ignore') {
     fail(`options.stdio must be 'inherit', 'pipe' or 'ignore' (got ${describe(stdio)})`);
   }
+  let user: { uid: number; gid: number } | undefined;
+  if (o.user !== undefined) {
+    if (typeof o.user !== 'object' || o.user === null) {
+      fail(`options.user must be an object { uid, gid } (got ${describe(o.user)})`);
+    }
+    user = { uid: integerIn('user.uid', o.user.uid, 0, 2 ** 32 - 2), gid: integerIn('user.gid', o.user.gid, 0, 2 ** 32 - 2) };
+  }
   return {
     ...common,
     kind: 'command',
+    user,
     command: o.command,
     args: [...args],
     cwd: o.cwd,

@@ -11,13 +11,18 @@ import { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './leak-tracer.js';
 import type { AllocatorFunction, TraceOptions } from '../types.js';
 
+const launcherUserVariable = 'EBPF_LEAK_EXEC_USER';
+
 /** Start the program held before exec: our launcher waits on its fd 3 until release(). */
 function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
   const launcher = launcherPath();
+  // The launcher switches to the user right before exec (native/launcher.c), and takes the
+  // variable out of the program's environment.
+  const env = { ...o.env, [launcherUserVariable]: o.user ? `${o.user.uid}:${o.user.gid}` : undefined };
   return TracedProcess.start(native, {
     file: launcher,
     argv: [launcher, exe, o.command, ...o.args],
-    env: environmentStrings(o.env),
+    env: environmentStrings(env),
     ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
     stdio: o.stdio,
   });
@@ -30,6 +35,18 @@ function classicUprobesWanted(): boolean {
 }
 
 export async function trace(options: TraceOptions): Promise<LeakTracer> {
+  // Every way out but success ends the launcher this started: held, it would wait on its fd 3
+  // until this process exits.
+  let started: TracedProcess | undefined;
+  try {
+    return await traceOrThrow(options, (held) => (started = held));
+  } catch (error) {
+    started?.kill('SIGKILL');
+    throw error;
+  }
+}
+
+async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProcess) => void): Promise<LeakTracer> {
   const classicUprobes = classicUprobesWanted();
   const o = resolveOptions(options);
   const support = checkSupport();
@@ -56,6 +73,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     glibc = target.allocator.glibc;
     unwindFiles = target.files;
     held = await startHeld(native, o, target.exe);
+    onStarted(held);
     pid = held.pid;
   }
   const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);

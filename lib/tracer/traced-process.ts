@@ -27,8 +27,13 @@ export interface TracedProcessEvents {
 
 export const tracedProcessEvents = ['exit', 'close'] as const satisfies readonly (keyof TracedProcessEvents)[];
 
-// The first name of each number: later ones are aliases (SIGIOT for SIGABRT, SIGPOLL for SIGIO).
-const signalNames = new Map(Object.entries(constants.signals).reverse().map(([name, n]) => [n, name as NodeJS.Signals]));
+/** Signal number -> name. Several names share a number (SIGIOT is SIGABRT, SIGPOLL is SIGIO): the
+ *  first one listed is the one people know, and a later alias must not replace it. */
+export const signalNames: ReadonlyMap<number, NodeJS.Signals> = (() => {
+  const names = new Map<number, NodeJS.Signals>();
+  for (const [name, n] of Object.entries(constants.signals)) if (!names.has(n)) names.set(n, name as NodeJS.Signals);
+  return names;
+})();
 
 export class TracedProcess extends EventEmitter<TracedProcessEvents> {
   readonly pid: number;
