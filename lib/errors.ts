@@ -14,6 +14,7 @@ export const errorCodes = [
   'ELEAK_BPF',
   'ELEAK_COMMAND_NOT_FOUND',
   'ELEAK_CLOSED',
+  'ELEAK_ADDON',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -72,6 +73,11 @@ export class CommandNotFoundError extends EbpfLeakError {
 /** The tracer was already stopped. */
 export class TracerClosedError extends EbpfLeakError {
   readonly code = 'ELEAK_CLOSED' as const;
+}
+
+/** No native addon fits this platform, or it does not load. */
+export class AddonError extends EbpfLeakError {
+  readonly code = 'ELEAK_ADDON' as const;
 }
 
 export const permissionAdvice =
