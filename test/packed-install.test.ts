@@ -20,7 +20,7 @@ import { repoRoot } from './helpers/fixtures.js';
 import { formatValgrindNumber, runValgrind, type ValgrindHeapSummary } from './helpers/valgrind.js';
 
 /** One environment for ls under the tracer (inside the root) and under valgrind (on the host). */
-const env = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/root', LANG: 'C.UTF-8', TZ: 'UTC' };
+const env = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/root', LANG: 'C', TZ: 'UTC' };
 
 function sh(file: string, args: readonly string[], cwd = repoRoot): string {
   const r = spawnSync(file, args, { cwd, encoding: 'utf8', timeout: 10 * 60_000, maxBuffer: 64 << 20 });

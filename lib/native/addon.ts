@@ -242,8 +242,8 @@ function findAddonDir(): string {
   const known = (prebuiltPlatforms as readonly string[]).includes(platform);
   throw new AddonError(
     (known
-      ? `ebpf-leak's prebuilt addon for ${platform} is missing from ${prebuilt}: reinstall ebpf-leak. `
-      : `ebpf-leak has no native addon for ${platform}: prebuilt binaries exist for ${prebuiltPlatforms.join(', ')} (glibc 2.28 or newer). `) +
+      ? `the prebuilt native addon for ${platform} is missing from ${prebuilt}: reinstall ebpf-leak. `
+      : `no native addon for ${platform}: ebpf-leak has prebuilt binaries for ${prebuiltPlatforms.join(', ')} (glibc 2.28 or newer). `) +
       buildAdvice,
   );
 }
@@ -255,7 +255,7 @@ export function loadNative(): NativeAddon {
     try {
       addon = require(file) as NativeAddon;
     } catch (err) {
-      throw new AddonError(`ebpf-leak's native addon ${file} does not load: ${(err as Error).message}. ${buildAdvice}`, {
+      throw new AddonError(`the native addon ${file} does not load: ${(err as Error).message}. ${buildAdvice}`, {
         cause: err,
       });
     }
