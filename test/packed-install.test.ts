@@ -10,21 +10,21 @@
 // build: scripts/prebuilds.js copies it into prebuilds/), debootstrap, and the Debian mirror the
 // first time the root is made.
 
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ensureDebianRoot, inChroot, installNode } from './helpers/debian-root.js';
 import { repoRoot } from './helpers/fixtures.js';
+import { runAsync } from './helpers/run-async.js';
 import { formatValgrindNumber, runValgrind, type ValgrindHeapSummary } from './helpers/valgrind.js';
 
 /** One environment for ls under the tracer (inside the root) and under valgrind (on the host). */
 const env = { PATH: '/usr/local/bin:/usr/bin:/bin', HOME: '/root', LANG: 'C', TZ: 'UTC' };
 
-function sh(file: string, args: readonly string[], cwd = repoRoot): string {
-  const r = spawnSync(file, args, { cwd, encoding: 'utf8', timeout: 10 * 60_000, maxBuffer: 64 << 20 });
-  if (r.status !== 0) throw new Error(`${file} ${args.join(' ')}: ${r.error?.message ?? r.status}\n${r.stdout}${r.stderr}`);
+async function sh(file: string, args: readonly string[]): Promise<string> {
+  const r = await runAsync(file, args, { cwd: repoRoot, timeoutMs: 10 * 60_000 });
+  if (r.status !== 0) throw new Error(`${file} ${args.join(' ')}: ${r.status}\n${r.stdout}${r.stderr}`);
   return r.stdout;
 }
 
@@ -43,15 +43,15 @@ describe('npm install of the packed tarball on a bare Debian 12 with only Node',
   let work: string;
   let workInside: string;
 
-  beforeAll(() => {
-    root = ensureDebianRoot();
+  beforeAll(async () => {
+    root = await ensureDebianRoot();
     installNode(root);
     work = mkdtempSync(join(root, 'tmp', 'ebpf-leak-install-'));
     workInside = work.slice(root.length);
-    sh('node', ['scripts/prebuilds.js']);
+    await sh('node', ['scripts/prebuilds.js']);
     // Scripts off: `npm run build` (prepack) has made everything already, and the other test files
     // use dist/ meanwhile.
-    const packed = JSON.parse(sh('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work])) as {
+    const packed = JSON.parse(await sh('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work])) as {
       filename: string;
     }[];
     const project = join(work, 'project');
@@ -68,29 +68,28 @@ describe('npm install of the packed tarball on a bare Debian 12 with only Node',
         'console.log(JSON.stringify(report.summary));',
       ].join('\n'),
     );
-    const install = inChroot(
+    const install = await inChroot(
       root,
       `cd ${workInside}/project && npm install --offline --no-audit --no-fund ${workInside}/${packed[0]!.filename}`,
       env,
       5 * 60_000,
     );
     expect(install.status, install.stdout + install.stderr).toBe(0);
-  });
+  }, 30 * 60_000); // making the root the first time: 2.5 min here, more on a slow mirror
 
   afterAll(() => {
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  it('the root is bare: no compiler, no libelf/libdw/libbpf, the same ls and glibc as the host', () => {
+  it('the root is bare: no compiler, no libelf/libdw/libbpf, the same ls and glibc as the host', async () => {
     for (const path of ['usr/bin/cc', 'usr/bin/gcc', 'usr/bin/clang', 'usr/bin/cmake', 'usr/include/libelf.h', 'usr/include/bpf']) {
       expect(existsSync(join(root, path)), path).toBe(false);
     }
     for (const lib of ['libelf.so.1', 'libdw.so.1', 'libbpf.so.1', 'libZydis.so.4.0']) {
       expect(existsSync(join(root, 'usr/lib/x86_64-linux-gnu', lib)), lib).toBe(false);
     }
-    const versions = (args: string[]) => sh(args[0]!, args.slice(1));
     const query = ['-W', '-f=${Package} ${Version}\\n', 'coreutils', 'libc6', 'libselinux1', 'libpcre2-8-0'];
-    expect(versions(['chroot', root, 'dpkg-query', ...query])).toBe(versions(['dpkg-query', ...query]));
+    expect(await sh('chroot', [root, 'dpkg-query', ...query])).toBe(await sh('dpkg-query', query));
   });
 
   it('installs ebpf-leak and nothing else, and runs no build', () => {
@@ -103,7 +102,7 @@ describe('npm install of the packed tarball on a bare Debian 12 with only Node',
   });
 
   it('`npx ebpf-leak run -- /bin/ls`: the HEAP SUMMARY is valgrind\'s for the same ls', async () => {
-    const r = inChroot(root, `cd ${workInside}/project/lsdir && npx --offline ebpf-leak run -- /bin/ls`, env, 5 * 60_000);
+    const r = await inChroot(root, `cd ${workInside}/project/lsdir && npx --offline ebpf-leak run -- /bin/ls`, env, 5 * 60_000);
     expect(r.stderr).not.toMatch(/internal error|warning/);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toBe('a\nb.txt\nc-d\n');
@@ -116,7 +115,7 @@ describe('npm install of the packed tarball on a bare Debian 12 with only Node',
   });
 
   it('a script calling trace(): the summary is valgrind\'s for the same ls', async () => {
-    const r = inChroot(root, `cd ${workInside}/project && node trace-ls.mjs`, env, 5 * 60_000);
+    const r = await inChroot(root, `cd ${workInside}/project && node trace-ls.mjs`, env, 5 * 60_000);
     expect(r.status, r.stderr).toBe(0);
     const summary = JSON.parse(r.stdout) as Record<string, number>;
     const vg = await runValgrind('/bin/ls', [], { cwd: join(work, 'project', 'lsdir'), env, stdio: 'ignore' });

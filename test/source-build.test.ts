@@ -3,19 +3,19 @@
 // `npm install --save-dev cmake-js node-addon-api` would install them), and
 // `npm rebuild ebpf-leak --build-from-source` builds into node_modules/ebpf-leak/build/, which the
 // loader prefers to prebuilds/. A trace with that build must give valgrind's numbers.
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { fixturePath, repoRoot } from './helpers/fixtures.js';
+import { runAsync } from './helpers/run-async.js';
 import { runValgrind } from './helpers/valgrind.js';
 
 const env = { PATH: '/usr/local/bin:/usr/bin:/bin', LANG: 'C', TZ: 'UTC', HOME: '/nonexistent' };
 
 function run(file: string, args: readonly string[], cwd: string, timeoutMs = 60_000) {
-  return spawnSync(file, args, { cwd, encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20, env: { ...process.env, npm_config_loglevel: 'warn' } });
+  return runAsync(file, args, { cwd, timeoutMs });
 }
 
 describe('source build of the installed package', () => {
@@ -23,16 +23,16 @@ describe('source build of the installed package', () => {
   let project: string;
   let pkg: string;
 
-  beforeAll(() => {
+  beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-source-build-'));
     project = join(dir, 'project');
     pkg = join(project, 'node_modules', 'ebpf-leak');
-    const packed = run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], repoRoot);
+    const packed = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], repoRoot);
     expect(packed.status, packed.stderr).toBe(0);
     const tarball = join(dir, (JSON.parse(packed.stdout) as { filename: string }[])[0]!.filename);
     mkdirSync(project);
     writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'user-project', version: '1.0.0', private: true }));
-    const install = run('npm', ['install', '--offline', '--no-audit', '--no-fund', tarball], project);
+    const install = await run('npm', ['install', '--offline', '--no-audit', '--no-fund', tarball], project);
     expect(install.status, install.stderr).toBe(0);
     for (const dep of ['cmake-js', 'node-addon-api']) {
       symlinkSync(join(repoRoot, 'node_modules', dep), join(project, 'node_modules', dep));
@@ -43,14 +43,14 @@ describe('source build of the installed package', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('`npm rebuild ebpf-leak --build-from-source` builds the addon and the launcher', () => {
-    const r = run('npm', ['rebuild', 'ebpf-leak', '--build-from-source'], project, 10 * 60_000);
+  it('`npm rebuild ebpf-leak --build-from-source` builds the addon and the launcher', async () => {
+    const r = await run('npm', ['rebuild', 'ebpf-leak', '--build-from-source'], project, 10 * 60_000);
     expect(r.status, r.stdout + r.stderr).toBe(0);
     expect(existsSync(join(pkg, 'build', 'Release', 'ebpf-leak-exec'))).toBe(true);
     // The system's shared libraries: this is the source build, not a copy of the prebuilt one.
-    const needed = run('readelf', ['-d', join(pkg, 'build', 'Release', 'ebpf_leak.node')], project);
+    const needed = await run('readelf', ['-d', join(pkg, 'build', 'Release', 'ebpf_leak.node')], project);
     expect(needed.stdout).toContain('[libdw.so.1]');
-  });
+  }, 15 * 60_000);
 
   it("a trace() with it gives valgrind's numbers", async () => {
     writeFileSync(
@@ -61,7 +61,7 @@ describe('source build of the installed package', () => {
         'console.log(JSON.stringify((await tracer.done).summary));',
       ].join('\n'),
     );
-    const r = run('node', ['trace.mjs'], project);
+    const r = await run('node', ['trace.mjs'], project);
     expect(r.status, r.stderr).toBe(0);
     const s = JSON.parse(r.stdout) as Record<string, number>;
     const vg = await runValgrind(fixturePath('seed'), [], { env, stdio: 'ignore' });

@@ -11,6 +11,8 @@ import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
+import { runAsync, type RunResult } from './run-async.js';
+
 export const debianRootDir = process.env.EBPF_LEAK_DEBIAN_ROOT ?? '/var/cache/ebpf-leak/debian-bookworm-minbase';
 const completeMarker = '.ebpf-leak-root-complete';
 
@@ -30,17 +32,16 @@ export function debianMirror(): string {
   return 'http://deb.debian.org/debian';
 }
 
-function run(file: string, args: readonly string[], timeoutMs: number): string {
-  const r = spawnSync(file, args, { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 });
-  if (r.error) throw new Error(`${file} ${args.join(' ')}: ${r.error.message}`);
+async function run(file: string, args: readonly string[], timeoutMs: number): Promise<string> {
+  const r = await runAsync(file, args, { timeoutMs });
   if (r.status !== 0) {
-    throw new Error(`${file} ${args.join(' ')} exited with ${r.status ?? r.signal}:\n${(r.stdout + r.stderr).slice(-4000)}`);
+    throw new Error(`${file} ${args.join(' ')} exited with ${r.status}:\n${(r.stdout + r.stderr).slice(-4000)}`);
   }
   return r.stdout;
 }
 
 /** The cached root, made first when it is not there. */
-export function ensureDebianRoot(): string {
+export async function ensureDebianRoot(): Promise<string> {
   if (existsSync(join(debianRootDir, completeMarker))) return debianRootDir;
   mkdirSync(dirname(debianRootDir), { recursive: true });
   const partial = `${debianRootDir}.partial`;
@@ -52,7 +53,7 @@ export function ensureDebianRoot(): string {
     `touch "${partial}/${completeMarker}"`,
     `mv "${partial}" "${debianRootDir}"`,
   ].join('\n');
-  run('flock', [`${debianRootDir}.lock`, 'sh', '-c', script], 20 * 60_000);
+  await run('flock', [`${debianRootDir}.lock`, 'sh', '-c', script], 20 * 60_000);
   return debianRootDir;
 }
 
@@ -76,15 +77,9 @@ export function installNode(root: string): void {
   }
 }
 
-export interface ChrootResult {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 /** Runs `sh -c script` inside the root with `env` only, with /proc and /sys mounted for the run;
  *  they are unmounted afterwards whatever happened. */
-export function inChroot(root: string, script: string, env: Record<string, string>, timeoutMs: number): ChrootResult {
+export async function inChroot(root: string, script: string, env: Record<string, string>, timeoutMs: number): Promise<RunResult> {
   const mounted: string[] = [];
   try {
     for (const [type, dir] of [
@@ -92,16 +87,11 @@ export function inChroot(root: string, script: string, env: Record<string, strin
       ['sysfs', 'sys'],
     ] as const) {
       const target = join(root, dir);
-      run('mount', ['-t', type, type, target], 30_000);
+      await run('mount', ['-t', type, type, target], 30_000);
       mounted.push(target);
     }
-    const r = spawnSync(
-      'chroot',
-      [root, '/usr/bin/env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), '/bin/sh', '-c', script],
-      { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 },
-    );
-    if (r.error) throw new Error(`chroot ${root} ${script}: ${r.error.message}`);
-    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+    const envArgs = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+    return await runAsync('chroot', [root, '/usr/bin/env', '-i', ...envArgs, '/bin/sh', '-c', script], { timeoutMs });
   } finally {
     for (const target of mounted.reverse()) {
       const r = spawnSync('umount', [target]);
