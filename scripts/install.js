@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// npm's install script. The package ships its addon prebuilt (prebuilds/, found by lib/native.ts),
+// npm's install script. The package ships its addon prebuilt (prebuilds/, found by lib/native/addon.ts),
 // so an install has nothing to do and needs no build tools; npm may not even run this script.
-// Asked to, it builds the addon from the packaged sources into build/, which lib/native.ts prefers
+// Asked to, it builds the addon from the packaged sources into build/, which lib/native/addon.ts prefers
 // (docs/install.md):
 //   npm rebuild ebpf-leak --build-from-source
 //   EBPF_LEAK_BUILD_FROM_SOURCE=1 npm rebuild ebpf-leak

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Copies the portable build of the addon and its launcher (`npm run build`, which links with
-// EBPF_LEAK_STATIC: cmake/portable.cmake) into prebuilds/<platform>-<arch>/, where lib/native.ts
+// EBPF_LEAK_STATIC: cmake/portable.cmake) into prebuilds/<platform>-<arch>/, where lib/native/addon.ts
 // finds them in an installed package. Run by `npm pack` and `npm publish` (prepack).
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';

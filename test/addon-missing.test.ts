@@ -45,7 +45,7 @@ describe('no addon for this platform', () => {
   });
 
   it('the CLI prints that message, no stack trace, and exits 2', () => {
-    const r = node(['--import', './as-riscv64.mjs', 'dist/cli.js', 'run', '--', '/bin/true']);
+    const r = node(['--import', './as-riscv64.mjs', 'dist/cli/main.js', 'run', '--', '/bin/true']);
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/^ebpf-leak: no native addon for linux-riscv64: /);
     expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
