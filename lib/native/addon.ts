@@ -262,6 +262,7 @@ export function loadNative(): NativeAddon {
   }
   return addon;
 }
+
 /** The held-before-exec launcher built beside the addon (native/launcher.c). */
 export function launcherPath(): string {
   return join(nativeBuildDir(), 'ebpf-leak-exec');
