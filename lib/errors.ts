@@ -17,6 +17,7 @@ export const errorCodes = [
   'ELEAK_CLOSED',
   'ELEAK_UNSAFE_FILE',
   'ELEAK_PROBE_CONFLICT',
+  'ELEAK_ADDON',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -87,6 +88,11 @@ export class UnsafeFileError extends EbpfLeakError {
  *  reference counter ("ref_ctr_offset mismatch" in the kernel log). */
 export class ProbeConflictError extends EbpfLeakError {
   readonly code = 'ELEAK_PROBE_CONFLICT' as const;
+}
+
+/** No native addon fits this platform, or it does not load. */
+export class AddonError extends EbpfLeakError {
+  readonly code = 'ELEAK_ADDON' as const;
 }
 
 export const permissionAdvice =

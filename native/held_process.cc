@@ -161,7 +161,13 @@ bool HeldProcess::DoStart(std::string* error) {
       posix_spawn_file_actions_addopen(&actions, i, "/dev/null", i == 0 ? O_RDONLY : O_WRONLY, 0);
     }
   }
-  if (!config_.cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, config_.cwd.c_str());
+  if (!config_.cwd.empty()) {
+    // Fails only on glibc < 2.29, which has no way to spawn in another directory.
+    if (int e = posix_spawn_file_actions_addchdir_np(&actions, config_.cwd.c_str())) {
+      posix_spawn_file_actions_destroy(&actions);
+      return fail("posix_spawn_file_actions_addchdir_np (cwd needs glibc 2.29)", e);
+    }
+  }
   // Node ignores SIGPIPE, and an ignored signal stays ignored across exec: every signal goes back
   // to its default, as child_process does, and none is blocked.
   posix_spawnattr_t attr;

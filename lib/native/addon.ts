@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { AddonError } from '../errors.js';
 import type { NativeUnwindTable, UnwindMode, UnwindStats } from './unwind.js';
 
 export interface NativeProbe {
@@ -214,25 +215,57 @@ export interface ProgramResult {
 const here = dirname(fileURLToPath(import.meta.url));
 /** The package root, two up from lib/native/ (from source, in tests) or dist/native/ (installed). */
 const packageRoot = join(here, '..', '..');
+/** A source build first (`npm run build`, or `npm rebuild ebpf-leak --build-from-source`), then the
+ *  binaries the package ships for this platform (docs/install.md). */
 const buildDirs = ['build/Release', 'build/Debug'].map((d) => join(packageRoot, d));
+/** Platforms with binaries in prebuilds/; glibc only (musl has other symbols). */
+export const prebuiltPlatforms = ['linux-x64'] as const;
 
 let addon: NativeAddon | undefined;
 
+function platformName(): string {
+  const glibc = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header
+    ?.glibcVersionRuntime;
+  return `${process.platform}-${process.arch}${process.platform === 'linux' && !glibc ? ' (not glibc)' : ''}`;
+}
+
+const buildAdvice =
+  "To build it from source (clang, bpftool, cmake, g++ and libbpf, libelf, libdw, zlib development files; see the package's docs/install.md): " +
+  '`npm install --save-dev cmake-js node-addon-api && npm rebuild ebpf-leak --build-from-source`.';
+
+let addonDir: string | undefined;
+
 export function nativeBuildDir(): string {
-  const dir = buildDirs.find((d) => existsSync(join(d, 'ebpf_leak.node')));
-  if (!dir) {
-    throw new Error(
-      `ebpf-leak's native addon is not built (looked in ${buildDirs.join(', ')}). ` +
-        `Run 'npm run build' (it needs clang, bpftool, libbpf-dev, libelf-dev, libdw-dev: see scripts/setup.sh).`,
-    );
-  }
-  return dir;
+  addonDir ??= findAddonDir();
+  return addonDir;
+}
+
+function findAddonDir(): string {
+  const built = buildDirs.find((d) => existsSync(join(d, 'ebpf_leak.node')));
+  if (built) return built;
+  const platform = platformName();
+  const prebuilt = join(packageRoot, 'prebuilds', platform);
+  if (existsSync(join(prebuilt, 'ebpf_leak.node'))) return prebuilt;
+  const known = (prebuiltPlatforms as readonly string[]).includes(platform);
+  throw new AddonError(
+    (known
+      ? `the prebuilt native addon for ${platform} is missing from ${prebuilt}: reinstall ebpf-leak. `
+      : `no native addon for ${platform}: ebpf-leak has prebuilt binaries for ${prebuiltPlatforms.join(', ')} (glibc 2.28 or newer). `) +
+      buildAdvice,
+  );
 }
 
 export function loadNative(): NativeAddon {
   if (!addon) {
+    const file = join(nativeBuildDir(), 'ebpf_leak.node');
     const require = createRequire(import.meta.url);
-    addon = require(join(nativeBuildDir(), 'ebpf_leak.node')) as NativeAddon;
+    try {
+      addon = require(file) as NativeAddon;
+    } catch (err) {
+      throw new AddonError(`the native addon ${file} does not load: ${(err as Error).message}. ${buildAdvice}`, {
+        cause: err,
+      });
+    }
   }
   return addon;
 }

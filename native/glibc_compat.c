@@ -1,0 +1,78 @@
+/* Keeps the prebuilt addon loadable on glibc 2.28 (Debian 10, Ubuntu 20.04, RHEL 8) although it is
+ * built on Debian 12's glibc 2.36 (cmake/portable.cmake). Linked only into EBPF_LEAK_STATIC builds.
+ *
+ * A reference to a glibc function binds to the newest version the build's glibc defines. Every
+ * function whose default version is newer than GLIBC_2.28 is renamed at link time (ld --wrap=NAME
+ * sends references to __wrap_NAME) to a function here that calls the same function bound, with
+ * .symver, to the version older glibcs define. Most moved from libpthread or libdl into libc in
+ * 2.34 and keep their old version there as an alias; a process running node has both libraries
+ * loaded on older glibcs. Functions older glibcs do not have at all are looked up when called. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stddef.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#define COMPAT_VERSION(name, version) __asm__(".symver ebpf_leak_old_" #name ", " #name "@" version)
+
+/* libstdc++'s test for "no thread started yet" (2.32): always false here, so it always takes the
+ * atomic paths, which is correct in any process. */
+__attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
+
+#define FORWARD(ret, name, version, params, args)        \
+	COMPAT_VERSION(name, version);                   \
+	extern ret ebpf_leak_old_##name params;          \
+	ret __wrap_##name params;                        \
+	ret __wrap_##name params { return ebpf_leak_old_##name args; }
+
+FORWARD(int, pthread_create, "GLIBC_2.2.5",
+	(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg), (t, a, fn, arg))
+FORWARD(int, pthread_detach, "GLIBC_2.2.5", (pthread_t t), (t))
+FORWARD(int, pthread_join, "GLIBC_2.2.5", (pthread_t t, void **ret), (t, ret))
+FORWARD(int, pthread_once, "GLIBC_2.2.5", (pthread_once_t *o, void (*fn)(void)), (o, fn))
+FORWARD(int, __pthread_key_create, "GLIBC_2.2.5", (pthread_key_t *k, void (*d)(void *)), (k, d))
+FORWARD(int, pthread_setname_np, "GLIBC_2.12", (pthread_t t, const char *name), (t, name))
+FORWARD(int, pthread_rwlock_init, "GLIBC_2.2.5",
+	(pthread_rwlock_t *l, const pthread_rwlockattr_t *a), (l, a))
+FORWARD(int, pthread_rwlock_destroy, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_rdlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_tryrdlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_wrlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_unlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
+FORWARD(void *, dlopen, "GLIBC_2.2.5", (const char *file, int mode), (file, mode))
+FORWARD(void *, dlsym, "GLIBC_2.2.5", (void *handle, const char *name), (handle, name))
+FORWARD(int, dlclose, "GLIBC_2.2.5", (void *handle), (handle))
+
+/* fstat became a symbol of its own in 2.33; before, it was an inline call of __fxstat with the
+ * version of struct stat (1 on x86-64). */
+COMPAT_VERSION(__fxstat, "GLIBC_2.2.5");
+COMPAT_VERSION(__fxstat64, "GLIBC_2.2.5");
+extern int ebpf_leak_old___fxstat(int ver, int fd, struct stat *st);
+extern int ebpf_leak_old___fxstat64(int ver, int fd, struct stat64 *st);
+int __wrap_fstat(int fd, struct stat *st);
+int __wrap_fstat64(int fd, struct stat64 *st);
+int __wrap_fstat(int fd, struct stat *st) { return ebpf_leak_old___fxstat(1, fd, st); }
+int __wrap_fstat64(int fd, struct stat64 *st) { return ebpf_leak_old___fxstat64(1, fd, st); }
+
+/* std::random_device's default source (2.36); getrandom() is 2.25. */
+unsigned int __wrap_arc4random(void);
+unsigned int __wrap_arc4random(void)
+{
+	unsigned int value;
+	while (getrandom(&value, sizeof(value), 0) != (ssize_t)sizeof(value))
+		;
+	return value;
+}
+
+/* 2.29; on older glibcs the spawn fails with ENOSYS (the caller reports it) instead of running the
+ * program in the wrong directory. */
+typedef int addchdir_fn(posix_spawn_file_actions_t *, const char *);
+int __wrap_posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *actions, const char *path);
+int __wrap_posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *actions, const char *path)
+{
+	addchdir_fn *real = (addchdir_fn *)__wrap_dlsym(RTLD_DEFAULT, "posix_spawn_file_actions_addchdir_np");
+	return real ? real(actions, path) : ENOSYS;
+}
