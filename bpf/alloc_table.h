@@ -156,10 +156,10 @@ static __always_inline int table_insert(__u64 address, __u64 size_fn, __u64 time
 	return 0;
 }
 
-/* Removes `address`, keeping `stack_totals`. Returns the block's size, or -1 when it is not there.
- * Of two threads freeing one block (a double free), only the one whose compare-and-swap wins gets
- * its size. */
-static __always_inline __s64 table_remove(__u64 address)
+/* Removes `address`, keeping `stack_totals`. Returns the block's size, or -1 when it is not there;
+ * `*size_fn` and `*stack_id` are the block's (what a heap error names). Of two threads freeing
+ * one block (a double free), only the one whose compare-and-swap wins gets its size. */
+static __always_inline __s64 table_take(__u64 address, __u64 *size_fn, __s64 *stack_id_out)
 {
 	__u32 first, second;
 	struct leak_bucket *a, *b;
@@ -182,12 +182,22 @@ static __always_inline __s64 table_remove(__u64 address)
 	if (i < 0 || i >= LEAK_BUCKET_SLOTS)
 		return -1;
 	/* Read before the slot is released: after that, another allocation may take it. */
-	size = a->values[i].size_fn & LEAK_SIZE_MASK;
+	*size_fn = a->values[i].size_fn;
+	size = *size_fn & LEAK_SIZE_MASK;
 	stack_id = a->values[i].stack_id;
+	*stack_id_out = stack_id;
 	if (__sync_val_compare_and_swap(&a->keys[i], address, 0) != address)
 		return -1;
 	stack_totals_add(stack_id, -(__s64)size, -1);
 	return (__s64)size;
+}
+
+static __always_inline __s64 table_remove(__u64 address)
+{
+	__u64 size_fn;
+	__s64 stack_id;
+
+	return table_take(address, &size_fn, &stack_id);
 }
 
 #endif /* EBPF_LEAK_ALLOC_TABLE_H */

@@ -312,13 +312,25 @@ static __always_inline bool freed_by_realloc(__u64 address)
 	return call && call->active && call->freed_at_entry == address;
 }
 
-static __always_inline void record_free(__u64 fn, __u64 address)
+/* bpf/heap_errors.h, included after alloc_stack(). */
+static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 address,
+					  __u64 size_fn, __s64 alloc_stack_id, bool at_entry);
+static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, __u64 address,
+						 bool at_entry);
+
+/* `at_entry`: ctx is the releasing function's entry (else realloc's return). */
+static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 address, bool at_entry)
 {
 	struct leak_counters *c = counters_cpu();
-	__s64 size = table_remove(address);
+	__u64 size_fn;
+	__s64 alloc_stack_id;
+	__s64 size = table_take(address, &size_fn, &alloc_stack_id);
 
 	if (size < 0) {
-		if (fn == LEAK_FN_FREE && freed_by_realloc(address))
+		/* Also the free() inside operator delete, which released the block at its entry. */
+		if (freed_by_realloc(address))
+			return;
+		if (heap_unknown_release(ctx, fn, address, at_entry))
 			return;
 		/* Sampling mode: most blocks are not recorded, and their frees are still frees. */
 		if (c)
@@ -329,6 +341,7 @@ static __always_inline void record_free(__u64 fn, __u64 address)
 		__sync_fetch_and_add(&c->frees, 1);
 		__sync_fetch_and_add(&c->bytes_freed, size);
 	}
+	heap_released(ctx, fn, address, size_fn, alloc_stack_id, at_entry);
 	if (emit_events)
 		emit(LEAK_EVENT_FREE, fn, address, size, bpf_ktime_get_ns(),
 		     (__u32)bpf_get_current_pid_tgid(), -1);
@@ -472,6 +485,8 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 	return id;
 }
 
+#include "heap_errors.h" /* mismatched, double and invalid frees */
+
 /* Whether an entry at stack pointer `sp` is nested in `call`, this thread's call in flight: a
  * nested call runs deeper in the stack than the outer one (or at the same depth: a tail call). */
 static __always_inline bool nested_in(struct inflight_call *call, __u64 sp)
@@ -520,7 +535,7 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 	 * at the per-thread state unless its block is unknown. p stays allocated until that inner
 	 * free, so no other thread can be handed p meanwhile. */
 	if (old_ptr && size == 0) {
-		record_free(fn, old_ptr);
+		record_free(ctx, fn, old_ptr, true);
 		call->freed_at_entry = old_ptr;
 	}
 }
@@ -585,24 +600,28 @@ static __always_inline int call_return(struct pt_regs *ctx)
 		if (bpf_probe_read_user(&address, sizeof(address), (void *)out_ptr))
 			return 0;
 		break;
+	case LEAK_FN_DELETE:
+	case LEAK_FN_DELETE_ARRAY:
+		return 0; /* released at the entry */
 	case LEAK_FN_REALLOC:
 	case LEAK_FN_REALLOCARRAY:
+	case LEAK_FN_RALLOCX:
 		/* A resize of a live block, moved or in place, is one free plus one alloc, as
 		 * valgrind counts it; NULL is a failure that leaves p alone. (realloc(p, 0) freed p
 		 * at the entry.) */
 		if (old_ptr && address && !freed_at_entry)
-			record_free(fn, old_ptr);
+			record_free(ctx, fn, old_ptr, false);
 		break;
 	}
 	alloc_returned(ctx, fn, address, size, tid, st);
 	return 0;
 }
 
-static __always_inline int free_enter(__u64 ptr)
+static __always_inline int free_enter(struct pt_regs *ctx, __u64 fn, __u64 ptr)
 {
 	if (!ptr || !is_target())
 		return 0;
-	record_free(LEAK_FN_FREE, ptr);
+	record_free(ctx, fn, ptr, true);
 	return 0;
 }
 
@@ -632,12 +651,38 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 		call_begin(ctx, fn, size, old_ptr, out_ptr);
 }
 
+/* operator new and delete (the size or the pointer first in every overload; the size the
+ * program asked for is the block's, as valgrind counts it, whatever alignment new adds), and
+ * jemalloc's own functions. The allocation new makes inside (malloc, aligned_alloc) is a nested
+ * call; operator delete releases at its entry, as realloc(p, 0) does, so that the free() it
+ * calls finds the block gone and knows why. */
+static __always_inline void cxx_or_jemalloc_entry(struct pt_regs *ctx, __u64 fn, __u64 a0, __u64 a1)
+{
+	switch (fn) {
+	case LEAK_FN_NEW ... LEAK_FN_NEW_ARRAY_ALIGNED_NOTHROW:
+	case LEAK_FN_MALLOCX:
+		call_enter(ctx, fn, a0, 0, 0);
+		break;
+	case LEAK_FN_DELETE:
+	case LEAK_FN_DELETE_ARRAY:
+		if (a0)
+			call_enter(ctx, fn, 0, a0, 0);
+		break;
+	case LEAK_FN_RALLOCX:
+		if (a1) /* rallocx(p, 0) is undefined: not a release */
+			call_enter(ctx, fn, a1, a0, 0);
+		break;
+	}
+}
+
 /* The entry of `fn`, with the probed function's first three arguments. */
 static __always_inline void entry_of(struct pt_regs *ctx, __u64 fn, __u64 a0, __u64 a1, __u64 a2)
 {
 	switch (fn) {
 	case LEAK_FN_FREE:
-		free_enter(a0);
+	case LEAK_FN_SDALLOCX:
+	case LEAK_FN_DALLOCX:
+		free_enter(ctx, fn, a0);
 		break;
 	case LEAK_FN_MALLOC:
 		fast_enter(ctx, fn, a0);
@@ -664,6 +709,9 @@ static __always_inline void entry_of(struct pt_regs *ctx, __u64 fn, __u64 a0, __
 	case LEAK_FN_PVALLOC:
 		/* pvalloc hands out whole pages: the block is the size rounded up. */
 		call_enter(ctx, fn, a0 ? (a0 + page_size - 1) & ~(page_size - 1) : page_size, 0, 0);
+		break;
+	default:
+		cxx_or_jemalloc_entry(ctx, fn, a0, a1);
 		break;
 	}
 }
