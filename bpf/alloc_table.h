@@ -192,6 +192,20 @@ static __always_inline __s64 table_take(__u64 address, __u64 *size_fn, __s64 *st
 	return (__s64)size;
 }
 
+/* Whether `address` is an outstanding block. */
+static __always_inline bool table_contains(__u64 address)
+{
+	__u32 first, second;
+	struct leak_bucket *a, *b;
+
+	address_buckets(address, &first, &second);
+	a = table_bucket(first);
+	if (a && bucket_find(a, address) >= 0)
+		return true;
+	b = table_bucket(second);
+	return b && bucket_find(b, address) >= 0;
+}
+
 static __always_inline __s64 table_remove(__u64 address)
 {
 	__u64 size_fn;

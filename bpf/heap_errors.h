@@ -180,7 +180,18 @@ static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, 
 	} else {
 		heap_error(LEAK_ERROR_INVALID_FREE, fn, address, stack, 0, -1, NULL);
 	}
+	/* valgrind counts the call among the frees of its HEAP SUMMARY. */
+	COUNT(frees, 1);
 	return true;
+}
+
+/* realloc & co. of an address that is not an outstanding block: an error at the entry, where the
+ * allocator may abort. Returns whether it was one (the return must then not release it again). */
+static __always_inline bool heap_bad_resize(struct pt_regs *ctx, __u64 fn, __u64 address)
+{
+	if (!report_heap_errors || !address || table_contains(address))
+		return false;
+	return heap_unknown_release(ctx, fn, address, true);
 }
 
 #endif /* EBPF_LEAK_HEAP_ERRORS_H */

@@ -317,6 +317,7 @@ static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 a
 					  __u64 size_fn, __s64 alloc_stack_id, bool at_entry);
 static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, __u64 address,
 						 bool at_entry);
+static __always_inline bool heap_bad_resize(struct pt_regs *ctx, __u64 fn, __u64 address);
 
 /* `at_entry`: ctx is the releasing function's entry (else realloc's return). */
 static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 address, bool at_entry)
@@ -536,6 +537,8 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 	 * free, so no other thread can be handed p meanwhile. */
 	if (old_ptr && size == 0) {
 		record_free(ctx, fn, old_ptr, true);
+		call->freed_at_entry = old_ptr;
+	} else if (heap_bad_resize(ctx, fn, old_ptr)) {
 		call->freed_at_entry = old_ptr;
 	}
 }

@@ -6,6 +6,44 @@ import { loadNative, type NativeProbe } from '../native/addon.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 
+/** The functions of the C allocator interface, looked up in the allocator's file. */
+const cFunctions: readonly AllocatorFunction[] = leakFunctions.slice(0, 10);
+/** jemalloc's own entry points, in any allocator's file that has them. */
+const jemallocFunctions: readonly AllocatorFunction[] = ['mallocx', 'rallocx', 'sdallocx', 'dallocx'];
+
+/** C++'s operators (Itanium ABI, 64-bit size_t), every overload, in the file that defines them
+ *  for the program (libstdc++, libc++, or an allocator that replaces them). */
+export const cxxOperatorSymbols: ReadonlyArray<readonly [string, AllocatorFunction]> = [
+  ['_Znwm', 'operator new'],
+  ['_ZnwmRKSt9nothrow_t', 'operator new(nothrow)'],
+  ['_ZnwmSt11align_val_t', 'operator new(aligned)'],
+  ['_ZnwmSt11align_val_tRKSt9nothrow_t', 'operator new(aligned, nothrow)'],
+  ['_Znam', 'operator new[]'],
+  ['_ZnamRKSt9nothrow_t', 'operator new[](nothrow)'],
+  ['_ZnamSt11align_val_t', 'operator new[](aligned)'],
+  ['_ZnamSt11align_val_tRKSt9nothrow_t', 'operator new[](aligned, nothrow)'],
+  ['_ZdlPv', 'operator delete'],
+  ['_ZdlPvm', 'operator delete'],
+  ['_ZdlPvRKSt9nothrow_t', 'operator delete'],
+  ['_ZdlPvSt11align_val_t', 'operator delete'],
+  ['_ZdlPvmSt11align_val_t', 'operator delete'],
+  ['_ZdlPvSt11align_val_tRKSt9nothrow_t', 'operator delete'],
+  ['_ZdaPv', 'operator delete[]'],
+  ['_ZdaPvm', 'operator delete[]'],
+  ['_ZdaPvRKSt9nothrow_t', 'operator delete[]'],
+  ['_ZdaPvSt11align_val_t', 'operator delete[]'],
+  ['_ZdaPvmSt11align_val_t', 'operator delete[]'],
+  ['_ZdaPvSt11align_val_tRKSt9nothrow_t', 'operator delete[]'],
+];
+
+/** Where a probed function is, for the frame a stack gets on top (the allocating or releasing
+ *  function, as valgrind shows it). */
+export interface FunctionSite {
+  path: string;
+  offset: number;
+  symbol: string;
+}
+
 /** Without these there is no leak report worth the name. */
 const requiredFunctions: readonly AllocatorFunction[] = ['malloc', 'free'];
 /** glibc always has these; their absence means the file is not what we think it is. */
@@ -22,6 +60,8 @@ export interface ProbePlan {
   /** Where each probed function's entry probe went and why (lib/probes/placement.ts), in probe order.
    *  The return probes stay at the function offsets. */
   placements: PlacementDecision[];
+  /** Each function's site (for several symbols of one function, the first). */
+  sites: Partial<Record<AllocatorFunction, FunctionSite>>;
 }
 
 /**
@@ -34,8 +74,9 @@ export function planProbes(
   glibc: boolean,
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement = 'optimized',
+  cxxRuntime?: string,
 ): ProbePlan {
-  const steps = planSteps(path, glibc, allocator, probePlacement);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -49,8 +90,9 @@ export async function planProbesSliced(
   glibc: boolean,
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement = 'optimized',
+  cxxRuntime?: string,
 ): Promise<ProbePlan> {
-  const steps = planSteps(path, glibc, allocator, probePlacement);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -64,15 +106,18 @@ function* planSteps(
   glibc: boolean,
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement,
+  cxxRuntime: string | undefined,
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
-  const plan: ProbePlan = { probes: [], attached: {}, missing: found.missing, aliases: found.aliases, placements: [] };
+  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path));
+  const plan: ProbePlan = { probes: [], attached: {}, missing: found.missing, aliases: found.aliases, placements: [], sites: {} };
   for (const f of found.functions) {
     yield;
-    const placement = placeEntryProbe(path, f.fn, f.offset, f.size, probePlacement);
+    const placement = placeEntryProbe(f.path, f.fn, f.offset, f.size, probePlacement);
     plan.placements.push(placement);
-    plan.attached[f.fn] = f.symbol;
-    plan.probes.push({ fn: f.index, path, entryOffset: placement.entryOffset, returnOffset: f.offset });
+    if (plan.attached[f.fn] === undefined) plan.attached[f.fn] = f.symbol;
+    plan.sites[f.fn] ??= { path: f.path, offset: f.offset, symbol: f.symbol };
+    plan.probes.push({ fn: f.index, path: f.path, entryOffset: placement.entryOffset, returnOffset: f.offset });
   }
   return plan;
 }
@@ -81,9 +126,25 @@ interface ProbedFunction {
   fn: AllocatorFunction;
   /** enum leak_fn */
   index: number;
+  path: string;
   symbol: string;
   offset: number;
   size: number;
+}
+
+/** The C++ operators `file` defines, but those at an address already probed (an allocator whose
+ *  operator new is its malloc). */
+function findCxxOperators(file: string, probed: readonly ProbedFunction[], allocatorPath: string): ProbedFunction[] {
+  const info = loadNative().readElf(file, cxxOperatorSymbols.map(([symbol]) => symbol));
+  const taken = new Set(probed.filter((p) => p.path === allocatorPath && file === allocatorPath).map((p) => p.offset));
+  const out: ProbedFunction[] = [];
+  for (const [symbol, fn] of cxxOperatorSymbols) {
+    const s = info.symbols[symbol];
+    if (!s || taken.has(s.offset)) continue;
+    taken.add(s.offset);
+    out.push({ fn, index: leakFunctions.indexOf(fn), path: file, symbol, offset: s.offset, size: s.size });
+  }
+  return out;
 }
 
 /** The functions to probe, in leak_fn order, and those absent or sharing another's address. */
@@ -93,11 +154,13 @@ function findProbedFunctions(
   allocator: AllocatorOptions | undefined,
 ): { functions: ProbedFunction[]; missing: AllocatorFunction[]; aliases: ProbePlan['aliases'] } {
   const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
-  const info = loadNative().readElf(path, leakFunctions.map(symbolOf));
+  const wanted = glibc ? cFunctions : [...cFunctions, ...jemallocFunctions];
+  const info = loadNative().readElf(path, wanted.map(symbolOf));
   const required = glibc ? requiredInGlibc : requiredFunctions;
   const found = { functions: [] as ProbedFunction[], missing: [] as AllocatorFunction[], aliases: {} as ProbePlan['aliases'] };
   const byOffset = new Map<number, AllocatorFunction>();
-  leakFunctions.forEach((fn, index) => {
+  wanted.forEach((fn) => {
+    const index = leakFunctions.indexOf(fn);
     const symbol = symbolOf(fn);
     const elfSymbol = info.symbols[symbol];
     if (!elfSymbol) {
@@ -109,7 +172,7 @@ function findProbedFunctions(
               : `Check the name with \`nm -D ${path} | grep ${symbol}\` and pass allocator.symbols.${fn}.`),
         );
       }
-      found.missing.push(fn);
+      if (!jemallocFunctions.includes(fn)) found.missing.push(fn);
       return;
     }
     // Aliases (glibc's aligned_alloc is memalign, cfree is free) must be probed once, or every
@@ -120,7 +183,7 @@ function findProbedFunctions(
       return;
     }
     byOffset.set(elfSymbol.offset, fn);
-    found.functions.push({ fn, index, symbol, offset: elfSymbol.offset, size: elfSymbol.size });
+    found.functions.push({ fn, index, path, symbol, offset: elfSymbol.offset, size: elfSymbol.size });
   });
   return found;
 }

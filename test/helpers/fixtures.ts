@@ -62,6 +62,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'exit_immediately', compiler: 'gcc', sources: ['exit_immediately.c'], flags: cFlags },
   { name: 'forever', compiler: 'gcc', sources: ['forever.c'], flags: cFlags },
   { name: 'sampling', compiler: 'gcc', sources: ['sampling.c'], flags: cFlags },
+  { name: 'heap_errors', compiler: 'g++', sources: ['heap_errors.cc'], flags: [...cFlags, '-Wno-mismatched-new-delete'] },
 ];
 
 export type FixtureName =
@@ -76,7 +77,8 @@ export type FixtureName =
   | 'dlopen_main'
   | 'exit_immediately'
   | 'forever'
-  | 'sampling';
+  | 'sampling'
+  | 'heap_errors';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
