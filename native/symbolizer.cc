@@ -341,6 +341,12 @@ const char* DieName(Dwarf_Die* die) {
   return name;
 }
 
+bool HasLinkageName(Dwarf_Die* die) {
+  Dwarf_Attribute attr;
+  return dwarf_attr_integrate(die, DW_AT_linkage_name, &attr) != nullptr ||
+         dwarf_attr_integrate(die, DW_AT_MIPS_linkage_name, &attr) != nullptr;
+}
+
 struct Frame {
   std::string symbol;
   std::string file;
@@ -953,7 +959,15 @@ class Module {
         Frame f;
         Dwarf_Die die = chain[k]->die;
         const char* name = DieName(&die);
-        if (name == nullptr && k + 1 == chain.size()) name = LookupSymbol(addr);
+        if (k + 1 == chain.size()) {
+          // A C++ function with internal linkage has no DW_AT_linkage_name, only its plain name;
+          // its symbol is mangled (_ZL3foov), and that is what valgrind shows ("foo()") and what
+          // suppression files name it by.
+          const char* symbol = LookupSymbol(addr);
+          if (name == nullptr || (!HasLinkageName(&die) && symbol != nullptr && strncmp(symbol, "_Z", 2) == 0 &&
+                                  strncmp(Demangle(symbol).c_str(), name, strlen(name)) == 0))
+            name = symbol != nullptr ? symbol : name;
+        }
         f.symbol = Demangle(name);
         f.inlined = dwarf_tag(&die) == DW_TAG_inlined_subroutine;
         if (k == 0) {

@@ -18,6 +18,7 @@ import type { CheckedLeakReport } from '../report/checked.js';
 import type { LeakTracer, TracerInfo } from '../tracer/leak-tracer.js';
 import type { UnwindStats } from '../native/unwind.js';
 import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot } from '../types.js';
+import { heapErrorTotal } from '../heap-errors.js';
 
 // ---------------------------------------------------------------------------------------------
 // Commands
@@ -593,16 +594,22 @@ export function signalExitStatus(signal: string): number {
   return 128 + (n ?? 0);
 }
 
-/** Exit status of `run`: --error-exitcode when blocks were left, else the program's own. */
+/** Whether the report has anything --error-exitcode fails for: leaks, or heap errors. */
+function failsCheck(report: LeakReport): boolean {
+  return report.leaks.length > 0 || heapErrorTotal(report.summary.errors) > 0;
+}
+
+/** Exit status of `run`: --error-exitcode when blocks were left or heap errors seen, else the
+ *  program's own. */
 export function runExitStatus(report: LeakReport, errorExitcode?: number): number {
-  if (errorExitcode !== undefined && report.leaks.length > 0) return errorExitcode;
+  if (errorExitcode !== undefined && failsCheck(report)) return errorExitcode;
   if (report.target.signal !== null) return signalExitStatus(report.target.signal);
   return report.target.exitCode ?? 0;
 }
 
-/** Exit status of `attach`: --error-exitcode when blocks were left, else 0. */
+/** Exit status of `attach`: --error-exitcode when blocks were left or heap errors seen, else 0. */
 export function attachExitStatus(report: LeakReport, errorExitcode?: number): number {
-  return errorExitcode !== undefined && report.leaks.length > 0 ? errorExitcode : 0;
+  return errorExitcode !== undefined && failsCheck(report) ? errorExitcode : 0;
 }
 
 export interface ProcStat {
