@@ -620,9 +620,23 @@ static __always_inline int call_return(struct pt_regs *ctx)
 	return 0;
 }
 
+/* A release inside a resize of the same block (mimalloc's realloc calls its exported free): the
+ * resize's return releases the block, as one free plus one alloc. Looked up only while some call
+ * of the slow kind is in flight, so a plain free() pays nothing. */
+static __always_inline bool released_by_resize(struct pt_regs *ctx, __u64 address)
+{
+	struct inflight_call *call;
+
+	if (!slow_calls)
+		return false;
+	call = thread_call(0);
+	return call && call->old_ptr == address && nested_in(call, PT_REGS_SP(ctx)) &&
+	       (call->fn == LEAK_FN_REALLOC || call->fn == LEAK_FN_REALLOCARRAY || call->fn == LEAK_FN_RALLOCX);
+}
+
 static __always_inline int free_enter(struct pt_regs *ctx, __u64 fn, __u64 ptr)
 {
-	if (!ptr || !is_target())
+	if (!ptr || !is_target() || released_by_resize(ctx, ptr))
 		return 0;
 	record_free(ctx, fn, ptr, true);
 	return 0;

@@ -59,7 +59,7 @@ export async function heapErrorsOf(raw: readonly RawHeapError[], columns: BlockC
 
 /** Errors by kind; `seen` counts those the kernel had no room to record as well. */
 export function heapErrorCounts(errors: readonly HeapError[], seen: number): HeapErrorCounts {
-  const counts = Object.fromEntries(heapErrorKinds.map((k) => [k, 0])) as HeapErrorCounts;
+  const counts: HeapErrorCounts = { 'invalid-free': 0, 'double-free': 0, 'mismatched-free': 0, notRecorded: 0 };
   for (const e of errors) counts[e.kind]++;
   counts.notRecorded = Math.max(0, seen - errors.length);
   return counts;

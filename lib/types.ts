@@ -68,7 +68,13 @@ export interface HeapError {
 }
 
 /** Heap errors by kind, plus those not recorded (past the kernel's room for them). */
-export type HeapErrorCounts = Record<HeapErrorKind, number> & { notRecorded: number };
+export interface HeapErrorCounts {
+  'invalid-free': number;
+  'double-free': number;
+  'mismatched-free': number;
+  /** Errors past the kernel's room for their records: counted, without stacks. */
+  notRecorded: number;
+}
 
 /** Name a non-glibc allocator (jemalloc, tcmalloc, mimalloc, a static binary) explicitly. */
 export interface AllocatorOptions {

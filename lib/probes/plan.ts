@@ -62,6 +62,29 @@ export interface ProbePlan {
   placements: PlacementDecision[];
   /** Each function's site (for several symbols of one function, the first). */
   sites: Partial<Record<AllocatorFunction, FunctionSite>>;
+  /** Pairs of families (`alloc>release`, see familyPair) a mismatch cannot be told in: an
+   *  allocator whose operator delete is its free, or new[] its new, records both as one. */
+  ambiguousPairs: string[];
+}
+
+type Family = 'malloc' | 'new' | 'new[]';
+
+/** The family of the function that allocated a block. */
+export function allocFamily(fn: AllocatorFunction): Family {
+  if (fn.startsWith('operator new[]')) return 'new[]';
+  if (fn.startsWith('operator new')) return 'new';
+  return 'malloc';
+}
+
+/** The family of blocks a release function is for. */
+export function releaseFamily(fn: AllocatorFunction): Family {
+  if (fn === 'operator delete[]') return 'new[]';
+  if (fn === 'operator delete') return 'new';
+  return 'malloc';
+}
+
+export function familyPair(allocatedBy: AllocatorFunction, releasedBy: AllocatorFunction): string {
+  return `${allocFamily(allocatedBy)}>${releaseFamily(releasedBy)}`;
 }
 
 /**
@@ -109,8 +132,17 @@ function* planSteps(
   cxxRuntime: string | undefined,
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
-  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path));
-  const plan: ProbePlan = { probes: [], attached: {}, missing: found.missing, aliases: found.aliases, placements: [], sites: {} };
+  const ambiguous = new Set<string>();
+  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous));
+  const plan: ProbePlan = {
+    probes: [],
+    attached: {},
+    missing: found.missing,
+    aliases: found.aliases,
+    placements: [],
+    sites: {},
+    ambiguousPairs: [...ambiguous],
+  };
   for (const f of found.functions) {
     yield;
     const placement = placeEntryProbe(f.path, f.fn, f.offset, f.size, probePlacement);
@@ -134,14 +166,26 @@ interface ProbedFunction {
 
 /** The C++ operators `file` defines, but those at an address already probed (an allocator whose
  *  operator new is its malloc). */
-function findCxxOperators(file: string, probed: readonly ProbedFunction[], allocatorPath: string): ProbedFunction[] {
+function findCxxOperators(
+  file: string,
+  probed: readonly ProbedFunction[],
+  allocatorPath: string,
+  ambiguous: Set<string>,
+): ProbedFunction[] {
   const info = loadNative().readElf(file, cxxOperatorSymbols.map(([symbol]) => symbol));
-  const taken = new Set(probed.filter((p) => p.path === allocatorPath && file === allocatorPath).map((p) => p.offset));
+  const taken = new Map(probed.filter((p) => p.path === allocatorPath && file === allocatorPath).map((p) => [p.offset, p.fn]));
   const out: ProbedFunction[] = [];
   for (const [symbol, fn] of cxxOperatorSymbols) {
     const s = info.symbols[symbol];
-    if (!s || taken.has(s.offset)) continue;
-    taken.add(s.offset);
+    if (!s) continue;
+    const twin = taken.get(s.offset);
+    if (twin !== undefined) {
+      // Calls of `symbol` are recorded as `twin`'s.
+      if (fn.startsWith('operator delete')) ambiguous.add(`${releaseFamily(fn)}>${releaseFamily(twin)}`);
+      else ambiguous.add(`${allocFamily(twin)}>${allocFamily(fn)}`);
+      continue;
+    }
+    taken.set(s.offset, fn);
     out.push({ fn, index: leakFunctions.indexOf(fn), path: file, symbol, offset: s.offset, size: s.size });
   }
   return out;

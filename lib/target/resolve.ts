@@ -37,10 +37,12 @@ const knownAllocators: ReadonlyArray<{ name: string; symbol: string }> = [
 /** Which allocator `path` (which defines malloc) is; null when none we know. */
 function allocatorName(path: string): string | null {
   if (GLIBC_NAME.test(basename(path))) return 'glibc';
-  const info = readElfOrNull(path, ['__libc_malloc', ...knownAllocators.map((a) => a.symbol)]);
+  const info = readElfOrNull(path, ['__libc_malloc', '__libc_start_main', ...knownAllocators.map((a) => a.symbol)]);
   if (!info) return null;
-  if (info.symbols.__libc_malloc) return 'glibc';
-  return knownAllocators.find((a) => info.symbols[a.symbol] !== undefined)?.name ?? null;
+  // Checked first: tcmalloc and mimalloc define __libc_malloc too, for programs that call it.
+  const known = knownAllocators.find((a) => info.symbols[a.symbol] !== undefined);
+  if (known) return known.name;
+  return info.symbols.__libc_malloc && info.symbols.__libc_start_main ? 'glibc' : null;
 }
 
 function realPath(path: string | undefined): string | undefined {
@@ -347,7 +349,7 @@ export async function resolveCommandTarget(
   const found = allocatorOf(command, [program, ...objects], false);
   return {
     exe,
-    allocator: { ...found, path: found.glibc && found.path !== program ? realpathSync(found.path) : found.path },
+    allocator: { ...found, path: found.path !== program ? realpathSync(found.path) : found.path },
     files: [program, info.interpreter, ...libs.values()],
   };
 }

@@ -20,7 +20,7 @@ import {
 } from '../native/layout.js';
 import { loadNative, nativeBuildDir, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import type { PlacementDecision } from '../probes/placement.js';
-import type { FunctionSite } from '../probes/plan.js';
+import { familyPair, type FunctionSite } from '../probes/plan.js';
 import { heapErrorCounts, heapErrorsOf } from '../heap-errors.js';
 import { resolveModules } from '../target/modules.js';
 import { readPerfMap } from '../target/proc-maps.js';
@@ -68,6 +68,8 @@ export interface TracerInfo {
   sites?: Partial<Record<AllocatorFunction, FunctionSite>>;
   /** Releases of addresses that are not outstanding blocks are heap errors (run mode). */
   heapErrors?: boolean;
+  /** Family pairs a mismatch cannot be told in (ProbePlan.ambiguousPairs). */
+  ambiguousPairs?: string[];
   maxAllocations: number;
   events: boolean;
   /** Allocation stacks are captured. */
@@ -444,10 +446,14 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
       const report = await this.#scoped(columns, null, counters, { exitCode, signal });
-      const { seen, errors: rawErrors } = decodeHeapErrors(await this.#native.readHeapErrors());
-      const errors = await heapErrorsOf(rawErrors, columns, (groups) => this.#stacks(groups));
+      const { errors: rawErrors, seen } = decodeHeapErrors(await this.#native.readHeapErrors());
+      const ambiguous = new Set(this.info.ambiguousPairs ?? []);
+      const told = rawErrors.filter(
+        (e) => e.kind !== 'mismatched-free' || e.allocFn === undefined || !ambiguous.has(familyPair(e.allocFn, e.releaseFn)),
+      );
+      const errors = await heapErrorsOf(told, columns, (groups) => this.#stacks(groups));
       report.errors = errors;
-      report.summary.errors = heapErrorCounts(errors, seen);
+      report.summary.errors = heapErrorCounts(errors, seen - (rawErrors.length - told.length));
       return report;
     } finally {
       this.#finalUnwindStats = this.#native.unwindStats();

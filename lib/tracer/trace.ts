@@ -136,6 +136,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
         plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
       ) as Partial<Record<AllocatorFunction, number>>,
       sites: plan.sites,
+      ambiguousPairs: plan.ambiguousPairs,
       heapErrors,
       aliases: plan.aliases,
       placements: plan.placements,
