@@ -172,6 +172,8 @@ export interface StackFrame {
   /** Offset of the address in `module`'s file, hex string. */
   offset?: string;
   symbol?: string;
+  /** The C++ symbol `symbol` was demangled from (`_ZL3foov`): what valgrind's suppressions name. */
+  mangled?: string;
   file?: string;
   line?: number;
   inlined?: boolean;

@@ -24,8 +24,9 @@
 //     strings: Uint8Array,      // UTF-8 of each distinct string (symbol, file, error), back to back
 //     stringEnds: Uint32Array,  // string i is strings[stringEnds[i - 1] (0 for i = 0), stringEnds[i])
 //     entries: Int32Array,      // 2 per offset: first frame and frame count, or -1 and error string
-//     frames: Int32Array,       // 4 per frame: symbol string or -1, file string or -1,
-//                               //   line or 0, 1 when inlined into the next frame else 0
+//     frames: Int32Array,       // 5 per frame: symbol string or -1, file string or -1,
+//                               //   line or 0, 1 when inlined into the next frame else 0,
+//                               //   the mangled name (C++) the symbol was demangled from or -1
 //   }
 //
 // Safety: we run as root on files a traced (possibly hostile) process controls.
@@ -349,6 +350,7 @@ bool HasLinkageName(Dwarf_Die* die) {
 
 struct Frame {
   std::string symbol;
+  std::string mangled;  // what `symbol` was demangled from, when it was
   std::string file;
   int line = 0;
   bool inlined = false;
@@ -943,6 +945,7 @@ class Module {
       if (symName != nullptr || !file0.empty()) {
         Frame f;
         f.symbol = Demangle(symName);
+        if (symName != nullptr && f.symbol != symName) f.mangled = symName;
         f.file = file0;
         f.line = line0;
         r.frames.push_back(std::move(f));
@@ -969,6 +972,7 @@ class Module {
             name = symbol != nullptr ? symbol : name;
         }
         f.symbol = Demangle(name);
+        if (name != nullptr && f.symbol != name) f.mangled = name;
         f.inlined = dwarf_tag(&die) == DW_TAG_inlined_subroutine;
         if (k == 0) {
           f.file = file0;
@@ -1191,7 +1195,7 @@ struct EncodedResults {
   std::vector<int32_t> frames;
 };
 
-constexpr size_t kFrameInts = 4;
+constexpr size_t kFrameInts = 5;
 
 EncodedResults Encode(const std::vector<AddrResult>& results) {
   EncodedResults out;
@@ -1223,6 +1227,7 @@ EncodedResults Encode(const std::vector<AddrResult>& results) {
       out.frames.push_back(f.file.empty() ? -1 : intern(f.file));
       out.frames.push_back(f.line > 0 ? f.line : 0);
       out.frames.push_back(f.inlined ? 1 : 0);
+      out.frames.push_back(f.mangled.empty() ? -1 : intern(f.mangled));
     }
   }
   return out;

@@ -86,6 +86,7 @@ function frame(f: StackFrame): JsonStackFrame {
   if (f.buildId !== undefined) out.buildId = f.buildId;
   if (f.offset !== undefined) out.offset = String(f.offset);
   if (f.symbol !== undefined) out.symbol = f.symbol;
+  if (f.mangled !== undefined) out.mangled = f.mangled;
   if (f.file !== undefined) out.file = f.file;
   if (f.line !== undefined) out.line = num(f.line);
   if (f.inlined !== undefined) out.inlined = f.inlined;

@@ -406,6 +406,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
           module: file?.hostPath ?? site.path,
           offset: hex(site.offset),
           symbol: demangledName(site.symbol),
+          ...(site.symbol.startsWith('_Z') ? { mangled: site.symbol } : {}),
         };
         return [top, ...stack];
       }
@@ -417,6 +418,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         offset: hex(offset),
         symbol: demangledName(this.info.probes[g.fn] ?? g.fn),
       };
+      if (top.symbol !== (this.info.probes[g.fn] ?? g.fn)) top.mangled = this.info.probes[g.fn];
       return [top, ...stack];
     });
   }
