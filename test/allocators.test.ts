@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { realpathSync } from 'node:fs';
-import { checkReport } from '../lib/check.js';
-import { defaultSuppressions } from '../lib/default-suppressions.js';
+import { checkReport } from '../lib/report/checked.js';
+import { defaultSuppressions } from '../lib/suppressions/defaults.js';
 import { trace, type LeakGroup, type LeakReport, type LeakTracer } from '../lib/index.js';
 import { fixturePath } from './helpers/fixtures.js';
 

@@ -6,9 +6,9 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { checkReport } from '../lib/check.js';
+import { checkReport } from '../lib/report/checked.js';
 import { trace, type LeakReport } from '../lib/index.js';
-import { generateSuppressions, parseSuppressions } from '../lib/suppressions.js';
+import { generateSuppressions, parseSuppressions } from '../lib/suppressions/rules.js';
 import { fixturePath } from './helpers/fixtures.js';
 import { runValgrind } from './helpers/valgrind.js';
 

@@ -18,7 +18,7 @@ import type { CheckedLeakReport } from '../report/checked.js';
 import type { LeakTracer, TracerInfo } from '../tracer/leak-tracer.js';
 import type { UnwindStats } from '../native/unwind.js';
 import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot } from '../types.js';
-import { heapErrorTotal } from '../heap-errors.js';
+import { heapErrorTotal } from '../report/heap-errors.js';
 
 // ---------------------------------------------------------------------------------------------
 // Commands

@@ -21,7 +21,7 @@ import {
 import { loadNative, nativeBuildDir, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import type { PlacementDecision } from '../probes/placement.js';
 import { familyPair, type FunctionSite } from '../probes/plan.js';
-import { heapErrorCounts, heapErrorsOf } from '../heap-errors.js';
+import { heapErrorCounts, heapErrorsOf } from '../report/heap-errors.js';
 import { resolveModules } from '../target/modules.js';
 import { readPerfMap } from '../target/proc-maps.js';
 import { hex, inUseSliced, summarize, tallyRowsSliced, type RawLeakGroup } from '../report/tally.js';

@@ -1,8 +1,8 @@
 // Heap errors as reports carry them: the kernel's records (bpf/heap_errors.h) with their stacks
 // symbolized, an interior free placed in the block it points into.
-import type { BlockColumns, RawHeapError } from './native/layout.js';
-import { hex, type RawLeakGroup } from './report/tally.js';
-import { heapErrorKinds, type AllocatorFunction, type HeapError, type HeapErrorCounts, type StackFrame } from './types.js';
+import type { BlockColumns, RawHeapError } from '../native/layout.js';
+import { hex, type RawLeakGroup } from './tally.js';
+import { heapErrorKinds, type AllocatorFunction, type HeapError, type HeapErrorCounts, type StackFrame } from '../types.js';
 
 /** Errors past this many are not placed in the blocks (a walk of every block each). */
 const PLACED_ERRORS = 64;
