@@ -250,9 +250,4 @@ static __always_inline __s64 table_take(__u64 address, struct leak_slot *out)
 	return (__s64)size;
 }
 
-static __always_inline __s64 table_remove(__u64 address)
-{
-	return table_take(address, NULL);
-}
-
 #endif /* EBPF_LEAK_ALLOC_TABLE_H */

@@ -330,6 +330,12 @@ static __always_inline bool freed_by_realloc(__u64 address)
 	return call && call->active && call->freed_at_entry == address;
 }
 
+/* bpf/heap_errors.h, included after alloc_stack(). */
+static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 address,
+					  __u64 size_fn, __s64 alloc_stack_id, bool at_entry);
+static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, __u64 address,
+						 bool at_entry);
+
 /* The free of a block that was in `allocs` (`size` >= 0, already removed) or not (-1). */
 static __always_inline void count_free(__u64 fn, __u64 address, __s64 size)
 {
@@ -345,17 +351,27 @@ static __always_inline void count_free(__u64 fn, __u64 address, __s64 size)
 		__sync_fetch_and_add(&c->frees, 1);
 		__sync_fetch_and_add(&c->bytes_freed, size);
 	}
+	heap_released(ctx, fn, address, size_fn, alloc_stack_id, at_entry);
 	if (emit_events)
 		emit(LEAK_EVENT_FREE, fn, address, size, bpf_ktime_get_ns(),
 		     (__u32)bpf_get_current_pid_tgid(), -1);
 }
 
-static __always_inline void record_free(__u64 fn, __u64 address)
+/* `at_entry`: ctx is the releasing function's entry (else realloc's return). */
+static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 address, bool at_entry)
 {
-	__s64 size = table_remove(address);
+	struct leak_slot block;
+	__s64 size = table_take(address, &block);
 
-	if (size < 0 && fn == LEAK_FN_FREE && freed_by_realloc(address))
-		return;
+	if (size < 0) {
+		/* Also the free() inside operator delete, which released the block at its entry. */
+		if (freed_by_realloc(address))
+			return;
+		if (heap_unknown_release(ctx, fn, address, at_entry))
+			return;
+	} else {
+		heap_released(ctx, fn, address, block.size_fn, block.stack_id, at_entry);
+	}
 	count_free(fn, address, size);
 }
 
@@ -497,6 +513,8 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 	return id;
 }
 
+#include "heap_errors.h" /* mismatched, double and invalid frees */
+
 /* Whether an entry at stack pointer `sp` is nested in `call`, this thread's call in flight: a
  * nested call runs deeper in the stack than the outer one (or at the same depth: a tail call). */
 static __always_inline bool nested_in(struct inflight_call *call, __u64 sp)
@@ -548,14 +566,21 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 	 * recorded at the return). Counted here so that free(p) finds it gone: a free does not look
 	 * at the per-thread state unless its block is unknown. */
 	if (size == 0) {
-		record_free(fn, old_ptr);
+		record_free(ctx, fn, old_ptr, true);
 		call->old_state = OLD_FREED;
 		return;
 	}
 	/* A moving realloc frees p inside, and from then on the allocator may hand p to another
 	 * thread, whose block would be the one removed if p left the table at the return. Until the
-	 * return p belongs to this call: taken out now, counted or put back then. */
-	call->old_state = table_take(old_ptr, &call->old_block) >= 0 ? OLD_TAKEN : OLD_UNKNOWN;
+	 * return p belongs to this call: taken out now, counted or put back then. A resize of an
+	 * address that is no block is a heap error at the entry, where the allocator may abort; the
+	 * return must then not release it again. */
+	if (table_take(old_ptr, &call->old_block) >= 0)
+		call->old_state = OLD_TAKEN;
+	else if (heap_unknown_release(ctx, fn, old_ptr, true))
+		call->old_state = OLD_FREED;
+	else
+		call->old_state = OLD_UNKNOWN;
 }
 
 /* An allocation returned `address` (0: it failed): records it, unless its thread is ignored or
@@ -618,8 +643,12 @@ static __always_inline int call_return(struct pt_regs *ctx)
 		if (bpf_probe_read_user(&address, sizeof(address), (void *)out_ptr))
 			return 0;
 		break;
+	case LEAK_FN_DELETE:
+	case LEAK_FN_DELETE_ARRAY:
+		return 0; /* released at the entry */
 	case LEAK_FN_REALLOC:
 	case LEAK_FN_REALLOCARRAY:
+	case LEAK_FN_RALLOCX:
 		/* A resize of a live block, moved or in place, is one free plus one alloc, as
 		 * valgrind counts it. NULL is a failure that left p allocated, so nobody else can
 		 * hold its address: its record goes back as it was. */
@@ -628,9 +657,12 @@ static __always_inline int call_return(struct pt_regs *ctx)
 
 			track_block(old_ptr, o->size_fn, o->timestamp_ns, o->stack_id,
 				      (__u64)o->mark << 32 | o->tid);
-		} else if (address && (old_state == OLD_TAKEN || old_state == OLD_UNKNOWN)) {
-			count_free(fn, old_ptr, old_state == OLD_TAKEN
-				   ? (__s64)(st->old_block.size_fn & LEAK_SIZE_MASK) : -1);
+		} else if (address && old_state == OLD_TAKEN) {
+			heap_released(ctx, fn, old_ptr, st->old_block.size_fn, st->old_block.stack_id,
+				      false);
+			count_free(fn, old_ptr, (__s64)(st->old_block.size_fn & LEAK_SIZE_MASK));
+		} else if (address && old_state == OLD_UNKNOWN) {
+			count_free(fn, old_ptr, -1);
 		}
 		break;
 	}
@@ -638,11 +670,25 @@ static __always_inline int call_return(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline int free_enter(__u64 ptr)
+/* A release inside a resize of the same block (mimalloc's realloc calls its exported free): the
+ * resize's return releases the block, as one free plus one alloc. Looked up only while some call
+ * of the slow kind is in flight, so a plain free() pays nothing. */
+static __always_inline bool released_by_resize(struct pt_regs *ctx, __u64 address)
 {
-	if (!ptr || !is_target())
+	struct inflight_call *call;
+
+	if (!slow_calls)
+		return false;
+	call = thread_call(0);
+	return call && call->old_ptr == address && nested_in(call, PT_REGS_SP(ctx)) &&
+	       (call->fn == LEAK_FN_REALLOC || call->fn == LEAK_FN_REALLOCARRAY || call->fn == LEAK_FN_RALLOCX);
+}
+
+static __always_inline int free_enter(struct pt_regs *ctx, __u64 fn, __u64 ptr)
+{
+	if (!ptr || !is_target() || released_by_resize(ctx, ptr))
 		return 0;
-	record_free(LEAK_FN_FREE, ptr);
+	record_free(ctx, fn, ptr, true);
 	return 0;
 }
 
@@ -672,12 +718,38 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 		call_begin(ctx, fn, size, old_ptr, out_ptr);
 }
 
+/* operator new and delete (the size or the pointer first in every overload; the size the
+ * program asked for is the block's, as valgrind counts it, whatever alignment new adds), and
+ * jemalloc's own functions. The allocation new makes inside (malloc, aligned_alloc) is a nested
+ * call; operator delete releases at its entry, as realloc(p, 0) does, so that the free() it
+ * calls finds the block gone and knows why. */
+static __always_inline void cxx_or_jemalloc_entry(struct pt_regs *ctx, __u64 fn, __u64 a0, __u64 a1)
+{
+	switch (fn) {
+	case LEAK_FN_NEW ... LEAK_FN_NEW_ARRAY_ALIGNED_NOTHROW:
+	case LEAK_FN_MALLOCX:
+		call_enter(ctx, fn, a0, 0, 0);
+		break;
+	case LEAK_FN_DELETE:
+	case LEAK_FN_DELETE_ARRAY:
+		if (a0)
+			call_enter(ctx, fn, 0, a0, 0);
+		break;
+	case LEAK_FN_RALLOCX:
+		if (a1) /* rallocx(p, 0) is undefined: not a release */
+			call_enter(ctx, fn, a1, a0, 0);
+		break;
+	}
+}
+
 /* The entry of `fn`, with the probed function's first three arguments. */
 static __always_inline void entry_of(struct pt_regs *ctx, __u64 fn, __u64 a0, __u64 a1, __u64 a2)
 {
 	switch (fn) {
 	case LEAK_FN_FREE:
-		free_enter(a0);
+	case LEAK_FN_SDALLOCX:
+	case LEAK_FN_DALLOCX:
+		free_enter(ctx, fn, a0);
 		break;
 	case LEAK_FN_MALLOC:
 		fast_enter(ctx, fn, a0);
@@ -704,6 +776,9 @@ static __always_inline void entry_of(struct pt_regs *ctx, __u64 fn, __u64 a0, __
 	case LEAK_FN_PVALLOC:
 		/* pvalloc hands out whole pages: the block is the size rounded up. */
 		call_enter(ctx, fn, a0 ? (a0 + page_size - 1) & ~(page_size - 1) : page_size, 0, 0);
+		break;
+	default:
+		cxx_or_jemalloc_entry(ctx, fn, a0, a1);
 		break;
 	}
 }

@@ -20,8 +20,57 @@ enum leak_fn {
 	LEAK_FN_MEMALIGN = 7,
 	LEAK_FN_VALLOC = 8,
 	LEAK_FN_PVALLOC = 9,
-	LEAK_FN_COUNT = 10,
+	/* C++'s operator new, one value per overload, so that a block's stack starts at the one
+	 * that allocated it; the nothrow and aligned ones have the size first too. */
+	LEAK_FN_NEW = 10,			/* operator new(size_t) */
+	LEAK_FN_NEW_NOTHROW = 11,		/* operator new(size_t, nothrow_t const&) */
+	LEAK_FN_NEW_ALIGNED = 12,		/* operator new(size_t, align_val_t) */
+	LEAK_FN_NEW_ALIGNED_NOTHROW = 13,	/* operator new(size_t, align_val_t, nothrow_t const&) */
+	LEAK_FN_NEW_ARRAY = 14,			/* operator new[], as above */
+	LEAK_FN_NEW_ARRAY_NOTHROW = 15,
+	LEAK_FN_NEW_ARRAY_ALIGNED = 16,
+	LEAK_FN_NEW_ARRAY_ALIGNED_NOTHROW = 17,
+	/* operator delete and delete[], every overload: the pointer is the first argument of all. */
+	LEAK_FN_DELETE = 18,
+	LEAK_FN_DELETE_ARRAY = 19,
+	/* jemalloc's own entry points. */
+	LEAK_FN_MALLOCX = 20,	/* mallocx(size, flags) */
+	LEAK_FN_RALLOCX = 21,	/* rallocx(ptr, size, flags) */
+	LEAK_FN_SDALLOCX = 22,	/* sdallocx(ptr, size, flags) */
+	LEAK_FN_DALLOCX = 23,	/* dallocx(ptr, flags) */
+	LEAK_FN_COUNT = 24,
 };
+
+/* Which allocation a release function pairs with: a block allocated by a function of one family
+ * and released by a function of another is a mismatched free. */
+enum leak_family {
+	LEAK_FAMILY_MALLOC = 0,	   /* malloc & co., released by free, realloc, jemalloc's *dallocx */
+	LEAK_FAMILY_NEW = 1,	   /* operator new, released by operator delete */
+	LEAK_FAMILY_NEW_ARRAY = 2, /* operator new[], released by operator delete[] */
+};
+
+/* A heap error: a release the allocator must not be given. */
+enum leak_error_kind {
+	LEAK_ERROR_INVALID_FREE = 1,	/* an address never handed out, or inside a block */
+	LEAK_ERROR_DOUBLE_FREE = 2,	/* a block already released (still in `freed_blocks`) */
+	LEAK_ERROR_MISMATCHED_FREE = 3, /* released by a function of another family */
+};
+
+/* One heap error, as recorded in `heap_errors`: the slots of that array, in order, up to
+ * `heap_error_count`. Stacks are ids as in leak_slot (-1: none); the release stack starts at the
+ * caller of the releasing function (user space puts that function on top). */
+struct leak_heap_error {
+	__u32 kind;		/* enum leak_error_kind */
+	__u32 tid;
+	__u64 address;
+	__u64 release_fn;	/* enum leak_fn of the release */
+	__s64 release_stack;
+	__u64 alloc_size_fn;	/* the block's size | fn << LEAK_SIZE_BITS; 0: not known */
+	__s64 alloc_stack;
+	__u64 first_free_fn;	/* double free: the release that freed it first */
+	__s64 first_free_stack;
+};
+#define LEAK_MAX_HEAP_ERRORS 4096
 
 /* How the probes are attached: the `attach_mode` knob of bpf/leak.bpf.c. */
 enum leak_attach_mode {

@@ -638,18 +638,19 @@ static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwin
 	return id;
 }
 
-/* Walks the stack of an allocation's return probe. False: not handled here (mode fp), the caller
- * takes bpf_get_stackid(). Otherwise *id is the stack id, or -1 (counted).
+/* Walks the stack from a return address `ip` with the caller's `sp` and `bp` (an allocation's
+ * return probe has them in its registers). False: not handled here (mode fp), the caller takes
+ * bpf_get_stackid(). Otherwise *id is the stack id, or -1 (counted).
  *
  * Every stack is walked, those through code with frame pointers too: with the page copy and the
  * per-CPU rule slots the walk costs less than bpf_get_stackid() (bench/unwind.mjs), and it is
  * right where a frame-pointer walk silently skips or misreads frames. */
-static __always_inline bool unwind_stack(struct pt_regs *ctx, __u32 tid, __s64 *id)
+static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __s64 *id)
 {
 	struct unwind_walk w = {
-		.ip = PT_REGS_IP(ctx),
-		.sp = PT_REGS_SP(ctx),
-		.bp = PT_REGS_FP(ctx),
+		.ip = ip,
+		.sp = sp,
+		.bp = bp,
 	};
 	struct leak_unwind_counters *cnt;
 	struct unwind_scratch *s;
@@ -701,7 +702,17 @@ static __always_inline bool unwind_stack(struct pt_regs *ctx, __u32 tid, __s64 *
 	return true;
 }
 
+static __always_inline bool unwind_stack(struct pt_regs *ctx, __u32 tid, __s64 *id)
+{
+	return unwind_stack_from(PT_REGS_IP(ctx), PT_REGS_SP(ctx), PT_REGS_FP(ctx), tid, id);
+}
+
 #else /* not x86-64: no CFI walker; user space keeps unwind_mode at LEAK_UNWIND_FP */
+
+static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __s64 *id)
+{
+	return false;
+}
 
 static __always_inline bool unwind_stack(struct pt_regs *ctx, __u32 tid, __s64 *id)
 {

@@ -13,8 +13,68 @@ export const allocatorFunctions = [
   'memalign',
   'valloc',
   'pvalloc',
+  // C++'s operators, each overload of new apart (a block's stack starts at the one that
+  // allocated it); every overload of delete and of delete[] as one.
+  'operator new',
+  'operator new(nothrow)',
+  'operator new(aligned)',
+  'operator new(aligned, nothrow)',
+  'operator new[]',
+  'operator new[](nothrow)',
+  'operator new[](aligned)',
+  'operator new[](aligned, nothrow)',
+  'operator delete',
+  'operator delete[]',
+  // jemalloc's own entry points.
+  'mallocx',
+  'rallocx',
+  'sdallocx',
+  'dallocx',
 ] as const;
 export type AllocatorFunction = (typeof allocatorFunctions)[number];
+
+/** Functions that only release a block. */
+export const releaseFunctions = ['free', 'operator delete', 'operator delete[]', 'sdallocx', 'dallocx'] as const;
+export type ReleaseFunction = (typeof releaseFunctions)[number];
+
+/** What a heap error is (valgrind: "Invalid free() / delete / delete[] / realloc()" for the first
+ *  two, "Mismatched free() / delete / delete []" for the third). */
+export const heapErrorKinds = ['invalid-free', 'double-free', 'mismatched-free'] as const;
+export type HeapErrorKind = (typeof heapErrorKinds)[number];
+
+/** A release the allocator must not be given. Invalid and double frees are only known in `run`
+ *  mode (every block was seen allocated); mismatched frees in both modes. */
+export interface HeapError {
+  kind: HeapErrorKind;
+  /** The released address, hex. */
+  address: string;
+  /** The releasing function (free, operator delete, realloc, ...). */
+  releasedBy: AllocatorFunction;
+  tid: number;
+  /** The releasing call's stack, innermost first, the releasing function on top. */
+  stack: StackFrame[];
+  /** The block, when known: mismatched frees, double frees, interior frees of a block still
+   *  allocated at the end. */
+  block?: {
+    size: number;
+    allocatedBy: AllocatorFunction;
+    /** Bytes from the block's start to `address` (0 but for interior frees). */
+    offset: number;
+    /** Where it was allocated, as a leak's stack. */
+    allocationStack: StackFrame[];
+  };
+  /** Double frees: the release that freed the block first. */
+  firstFree?: { releasedBy: AllocatorFunction; stack: StackFrame[] };
+}
+
+/** Heap errors by kind, plus those not recorded (past the kernel's room for them). */
+export interface HeapErrorCounts {
+  'invalid-free': number;
+  'double-free': number;
+  'mismatched-free': number;
+  /** Errors past the kernel's room for their records: counted, without stacks. */
+  notRecorded: number;
+}
 
 /** Name a non-glibc allocator (jemalloc, tcmalloc, mimalloc, a static binary) explicitly. */
 export interface AllocatorOptions {
@@ -101,8 +161,12 @@ export interface HeapSummary {
   lostEvents: number;
   /** Allocations not tracked because the address table was full (raise maxAllocations). */
   droppedAllocations: number;
-  /** Frees of addresses we never saw allocated (allocated before attach, or by another allocator). */
+  /** Frees of addresses we never saw allocated (allocated before attach, or by another allocator).
+   *  In `run` mode, only the allocator's own (glibc's tcache at thread exit): the program's are
+   *  heap errors. */
   unknownFrees: number;
+  /** Heap errors by kind: in final and stop() reports. */
+  errors?: HeapErrorCounts;
 }
 
 export interface StackFrame {
@@ -113,6 +177,8 @@ export interface StackFrame {
   /** Offset of the address in `module`'s file, hex string. */
   offset?: string;
   symbol?: string;
+  /** The C++ symbol `symbol` was demangled from (`_ZL3foov`): what valgrind's suppressions name. */
+  mangled?: string;
   file?: string;
   line?: number;
   inlined?: boolean;
@@ -141,6 +207,9 @@ export interface TargetInfo {
   signal: string | null;
   /** The allocator file whose functions were probed. */
   allocator: string;
+  /** Which allocator that is: 'glibc', 'glibc (static)', 'jemalloc', 'tcmalloc', 'mimalloc', or
+   *  'custom' (named with the allocator option). */
+  allocatorName?: string;
 }
 
 export interface LeakReport {
@@ -154,6 +223,8 @@ export interface LeakReport {
   /** Present in sampling mode: the in-use figures and leak groups are then estimates, scaled
    *  from the sampled blocks; allocs, frees and bytesAllocated stay exact. */
   sampling?: { everyBytes: number };
+  /** Heap errors, in the order they happened (final and stop() reports). */
+  errors?: HeapError[];
 }
 
 export interface OutstandingAllocation {
@@ -173,7 +244,7 @@ export interface Snapshot {
 }
 
 export interface AllocEvent {
-  function: Exclude<AllocatorFunction, 'free'>;
+  function: Exclude<AllocatorFunction, ReleaseFunction>;
   address: bigint;
   size: number;
   tid: number;
@@ -182,8 +253,9 @@ export interface AllocEvent {
 }
 
 export interface FreeEvent {
-  /** `free`, or `realloc`/`reallocarray` when the block was released by a move or a resize to 0. */
-  function: 'free' | 'realloc' | 'reallocarray';
+  /** The releasing function: `free`, `operator delete`, ..., or `realloc`/`reallocarray`/`rallocx`
+   *  when the block was released by a move or a resize to 0. */
+  function: ReleaseFunction | 'realloc' | 'reallocarray' | 'rallocx';
   address: bigint;
   /** Size of the block when it was allocated. */
   size: number;

@@ -36,6 +36,7 @@ Napi::Object Layout(Napi::Env env) {
   layout.Set("counters", static_cast<double>(sizeof(leak_counters)));
   layout.Set("event", static_cast<double>(sizeof(leak_event)));
   layout.Set("module", static_cast<double>(sizeof(leak_module)));
+  layout.Set("heapError", static_cast<double>(sizeof(leak_heap_error)));
   return layout;
 }
 

@@ -24,8 +24,9 @@
 //     strings: Uint8Array,      // UTF-8 of each distinct string (symbol, file, error), back to back
 //     stringEnds: Uint32Array,  // string i is strings[stringEnds[i - 1] (0 for i = 0), stringEnds[i])
 //     entries: Int32Array,      // 2 per offset: first frame and frame count, or -1 and error string
-//     frames: Int32Array,       // 4 per frame: symbol string or -1, file string or -1,
-//                               //   line or 0, 1 when inlined into the next frame else 0
+//     frames: Int32Array,       // 5 per frame: symbol string or -1, file string or -1,
+//                               //   line or 0, 1 when inlined into the next frame else 0,
+//                               //   the mangled name (C++) the symbol was demangled from or -1
 //   }
 //
 // Safety: we run as root on files a traced (possibly hostile) process controls.
@@ -273,8 +274,15 @@ const char* DieName(Dwarf_Die* die) {
   return name;
 }
 
+bool HasLinkageName(Dwarf_Die* die) {
+  Dwarf_Attribute attr;
+  return dwarf_attr_integrate(die, DW_AT_linkage_name, &attr) != nullptr ||
+         dwarf_attr_integrate(die, DW_AT_MIPS_linkage_name, &attr) != nullptr;
+}
+
 struct Frame {
   std::string symbol;
+  std::string mangled;  // what `symbol` was demangled from, when it was
   std::string file;
   int line = 0;
   bool inlined = false;
@@ -869,6 +877,7 @@ class Module {
       if (symName != nullptr || !file0.empty()) {
         Frame f;
         f.symbol = Demangle(symName);
+        if (symName != nullptr && f.symbol != symName) f.mangled = symName;
         f.file = file0;
         f.line = line0;
         r.frames.push_back(std::move(f));
@@ -885,8 +894,17 @@ class Module {
         Frame f;
         Dwarf_Die die = chain[k]->die;
         const char* name = DieName(&die);
-        if (name == nullptr && k + 1 == chain.size()) name = LookupSymbol(addr);
+        if (k + 1 == chain.size()) {
+          // A C++ function with internal linkage has no DW_AT_linkage_name, only its plain name;
+          // its symbol is mangled (_ZL3foov), and that is what valgrind shows ("foo()") and what
+          // suppression files name it by.
+          const char* symbol = LookupSymbol(addr);
+          if (name == nullptr || (!HasLinkageName(&die) && symbol != nullptr && strncmp(symbol, "_Z", 2) == 0 &&
+                                  strncmp(Demangle(symbol).c_str(), name, strlen(name)) == 0))
+            name = symbol != nullptr ? symbol : name;
+        }
         f.symbol = Demangle(name);
+        if (name != nullptr && f.symbol != name) f.mangled = name;
         f.inlined = dwarf_tag(&die) == DW_TAG_inlined_subroutine;
         if (k == 0) {
           f.file = file0;
@@ -1109,7 +1127,7 @@ struct EncodedResults {
   std::vector<int32_t> frames;
 };
 
-constexpr size_t kFrameInts = 4;
+constexpr size_t kFrameInts = 5;
 
 EncodedResults Encode(const std::vector<AddrResult>& results) {
   EncodedResults out;
@@ -1141,6 +1159,7 @@ EncodedResults Encode(const std::vector<AddrResult>& results) {
       out.frames.push_back(f.file.empty() ? -1 : intern(f.file));
       out.frames.push_back(f.line > 0 ? f.line : 0);
       out.frames.push_back(f.inlined ? 1 : 0);
+      out.frames.push_back(f.mangled.empty() ? -1 : intern(f.mangled));
     }
   }
   return out;

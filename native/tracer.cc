@@ -11,6 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -75,6 +76,13 @@ bool GetBool(const Napi::Object& o, const char* key, bool fallback) {
   Napi::Value v = o.Get(key);
   return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : fallback;
 }
+// Release functions have no return probe: they do all their work at the entry. operator delete
+// has one: it releases at the entry and keeps its call in flight, so the free() inside it (and
+// delete[] reaching delete) is known as part of it until it returns.
+bool HasReturnProbe(uint32_t fn) {
+  return fn != LEAK_FN_FREE && fn != LEAK_FN_SDALLOCX && fn != LEAK_FN_DALLOCX;
+}
+
 uint64_t GetU64(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
   if (v.IsBigInt()) {
@@ -196,6 +204,21 @@ class ReadModulesWorker : public TracerWorker {
   std::vector<uint8_t> modules_;
 };
 
+class ReadHeapErrorsWorker : public TracerWorker {
+ public:
+  using TracerWorker::TracerWorker;
+  void Execute() override {
+    NativeError e;
+    if (!tracer_->DoReadHeapErrors(&errors_, &e)) Fail(e);
+  }
+  void OnOK() override {
+    deferred_.Resolve(TakeAsArrayBuffer(Env(), std::move(errors_)));
+  }
+
+ private:
+  std::vector<uint8_t> errors_;
+};
+
 class ReadStacksWorker : public TracerWorker {
  public:
   ReadStacksWorker(Napi::Env env, Tracer* tracer, Napi::Object self, std::vector<int64_t> ids)
@@ -229,6 +252,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::Snapshot>("snapshot"),
                          InstanceMethod<&Tracer::ReadStacks>("readStacks"),
                          InstanceMethod<&Tracer::ReadModules>("readModules"),
+                         InstanceMethod<&Tracer::ReadHeapErrors>("readHeapErrors"),
                          InstanceMethod<&Tracer::Counters>("counters"),
                          InstanceMethod<&Tracer::SetMark>("setMark"),
                          InstanceMethod<&Tracer::ExitStatus>("exitStatus"),
@@ -261,6 +285,9 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.page_size = GetUint(o, "pageSize", 4096);
   config_.sample_every_bytes = GetU64(o, "sampleEveryBytes");
   config_.ignore_own_threads = GetBool(o, "ignoreOwnThreads", config_.pid == getpid());
+  config_.heap_errors = GetBool(o, "heapErrors", false);
+  config_.freed_blocks = GetUint(o, "freedBlocks", config_.freed_blocks);
+  config_.allocator_inode = GetU64(o, "allocatorInode");
   ParseUnwindOptions(o, &config_.unwind);
   Napi::Value btf = o.Get("btfPath");
   if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
@@ -384,6 +411,10 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->page_size = config_.page_size;
   skel_->rodata->filter_threads = config_.ignore_own_threads;
   skel_->rodata->stack_depth = config_.stack_depth;
+  skel_->rodata->report_heap_errors = config_.heap_errors;
+  skel_->rodata->allocator_inode = config_.allocator_inode;
+  bpf_map__set_max_entries(skel_->maps.freed_blocks,
+                           config_.heap_errors ? std::max<uint32_t>(config_.freed_blocks, 1) : 1);
   uint32_t buckets = AllocTableReader::BucketsFor(config_.max_allocations);
   bpf_map__set_max_entries(skel_->maps.allocs, buckets);
   skel_->rodata->table_buckets = buckets;
@@ -448,7 +479,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
       for (bool ret : {true, false}) {
         std::vector<uint64_t> offsets, cookies;
         for (const ProbeSpec* p : probes) {
-          if (ret && p->fn == LEAK_FN_FREE) continue;
+          if (ret && !HasReturnProbe(p->fn)) continue;
           offsets.push_back(ret ? p->return_offset : p->entry_offset);
           cookies.push_back(p->fn);
         }
@@ -469,7 +500,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   } else {
     for (const auto& probe : config_.probes) {
       for (bool ret : {true, false}) {  // return probe first: see above
-        if (ret && probe.fn == LEAK_FN_FREE) continue;
+        if (ret && !HasReturnProbe(probe.fn)) continue;
         LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
         bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
         bpf_link* link = bpf_program__attach_uprobe_opts(
@@ -547,6 +578,30 @@ bool Tracer::DoSnapshot(bool timestamps, PageBuffer* entries, std::vector<uint8_
   if (int e = allocs_table_.Read(timestamps, entries)) {
     *error = {"ELEAK_BPF", "cannot read the table of outstanding blocks: " + ErrnoText(e), e};
     return false;
+  }
+  return true;
+}
+
+// The heap errors recorded: the count seen (u64), then the leak_heap_error records that have a
+// slot (the first LEAK_MAX_HEAP_ERRORS).
+bool Tracer::DoReadHeapErrors(std::vector<uint8_t>* out, NativeError* error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr) {
+    *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
+    return false;
+  }
+  ThreadIgnore ignore(this);
+  uint64_t count = __atomic_load_n(&skel_->bss->heap_error_count, __ATOMIC_ACQUIRE);
+  uint32_t n = static_cast<uint32_t>(std::min<uint64_t>(count, LEAK_MAX_HEAP_ERRORS));
+  out->resize(sizeof(uint64_t) + n * sizeof(leak_heap_error));
+  memcpy(out->data(), &count, sizeof(count));
+  int fd = bpf_map__fd(skel_->maps.heap_errors);
+  for (uint32_t i = 0; i < n; i++) {
+    if (bpf_map_lookup_elem(fd, &i, out->data() + sizeof(uint64_t) + i * sizeof(leak_heap_error))) {
+      int e = errno;
+      *error = {"ELEAK_BPF", "cannot read the heap errors: " + ErrnoText(e), e};
+      return false;
+    }
   }
   return true;
 }
@@ -785,6 +840,10 @@ Napi::Value Tracer::Attach(const Napi::CallbackInfo& info) {
 Napi::Value Tracer::Snapshot(const Napi::CallbackInfo& info) {
   bool timestamps = info.Length() > 0 && info[0].ToBoolean().Value();
   return QueueForPromise(new SnapshotWorker(info.Env(), this, info.This().As<Napi::Object>(), timestamps));
+}
+
+Napi::Value Tracer::ReadHeapErrors(const Napi::CallbackInfo& info) {
+  return QueueForPromise(new ReadHeapErrorsWorker(info.Env(), this, info.This().As<Napi::Object>()));
 }
 
 Napi::Value Tracer::ReadModules(const Napi::CallbackInfo& info) {

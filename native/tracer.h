@@ -52,6 +52,11 @@ struct TracerConfig {
   // tracer's own threads are then kept out of the results in the kernel (see ThreadIgnore).
   bool ignore_own_threads = false;
   bool classic_uprobes = false;  // never multi-uprobe links (EBPF_LEAK_ATTACH=uprobe in lib/)
+  // Run mode: every block was seen allocated, so releasing anything else is a heap error
+  // (bpf/heap_errors.h), and released blocks are remembered to tell double frees.
+  bool heap_errors = false;
+  uint32_t freed_blocks = 65536;  // recently released blocks remembered
+  uint64_t allocator_inode = 0;   // the allocator's file: its own frees are not errors
   UnwindOptions unwind;  // the CFI stack walker (native/unwinder.h)
 };
 
@@ -74,6 +79,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   bool DoSnapshot(bool timestamps, PageBuffer* entries, std::vector<uint8_t>* counters,
                   NativeError* error);
   bool DoReadModules(std::vector<uint8_t>* modules, NativeError* error);
+  bool DoReadHeapErrors(std::vector<uint8_t>* out, NativeError* error);
   bool DoReadStacks(const std::vector<int64_t>& ids, std::vector<std::vector<uint64_t>>* stacks,
                     NativeError* error);
 
@@ -87,6 +93,7 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value Snapshot(const Napi::CallbackInfo& info);
   Napi::Value ReadStacks(const Napi::CallbackInfo& info);
   Napi::Value ReadModules(const Napi::CallbackInfo& info);
+  Napi::Value ReadHeapErrors(const Napi::CallbackInfo& info);
   Napi::Value Counters(const Napi::CallbackInfo& info);
   Napi::Value SetMark(const Napi::CallbackInfo& info);
   Napi::Value ExitStatus(const Napi::CallbackInfo& info);

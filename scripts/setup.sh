@@ -9,11 +9,13 @@ cd "$(dirname "$0")/.."
 # libzydis-dev: the x86-64 decoder of probe placement;
 # cmake/g++/make/pkg-config: the addon; valgrind: the test oracle; binutils (objcopy, strip,
 # addr2line), xz-utils and dwz: the symbolizer's tests build stripped, MiniDebugInfo and dwz files;
-# libjemalloc2: the test of tracing an allocator other than glibc's.
+# libjemalloc2, libtcmalloc-minimal4, libmimalloc2.0: the tests of the allocators traced without
+# being named (the fixtures link them by file name, so no -dev packages).
 # libbz2-dev/liblzma-dev: the static archives of what libdw decompresses with (the portable build,
 # cmake/portable.cmake); debootstrap: the test that installs the packed package into a bare Debian.
 packages=(clang llvm bpftool libbpf-dev libelf-dev libdw-dev libzydis-dev zlib1g-dev libbz2-dev liblzma-dev
-  pkg-config cmake make g++ binutils xz-utils dwz valgrind python3 ca-certificates libjemalloc2 debootstrap)
+  pkg-config cmake make g++ binutils xz-utils dwz valgrind python3 ca-certificates libjemalloc2
+  libtcmalloc-minimal4 libmimalloc2.0 debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -5,7 +5,10 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { trace, type LeakGroup } from '../lib/index.js';
+import { realpathSync } from 'node:fs';
+import { checkReport } from '../lib/report/checked.js';
+import { defaultSuppressions } from '../lib/suppressions/defaults.js';
+import { trace, type LeakGroup, type LeakReport, type LeakTracer } from '../lib/index.js';
 import { fixturePath } from './helpers/fixtures.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ebpf-leak-allocators-'));
@@ -73,5 +76,91 @@ describe('allocators other than glibc shared malloc', () => {
     expect(tracer.info.probes).toMatchObject({ malloc: '__libc_malloc', free: '__libc_free' });
     const report = await tracer.done;
     expect(report.summary).toMatchObject({ allocs: 11, frees: 9, inUseBlocks: 2, inUseBytes: 4104 });
+  });
+});
+
+/** The fixture's own count of what it left allocated ("BYTES BLOCKS"), and the report. */
+async function countedRun(fixture: string, preload?: string): Promise<{ own: { bytes: number; blocks: number }; report: LeakReport; tracer: LeakTracer }> {
+  const tracer = await trace({
+    command: fixturePath(fixture),
+    env: { PATH: '/usr/bin:/bin', ...(preload ? { LD_PRELOAD: preload } : {}) },
+    stdio: 'pipe',
+  });
+  let out = '';
+  tracer.process!.stdout!.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  const report = await tracer.done;
+  const [bytes, blocks] = out.trim().split(' ').map(Number);
+  return { own: { bytes: bytes!, blocks: blocks! }, report, tracer };
+}
+
+/** The blocks the fixture's allocate_all() left, as the report has them. */
+function programsOwn(report: LeakReport): { bytes: number; blocks: number } {
+  const mine = report.leaks.filter((g) => g.stack.some((f) => f.symbol === 'allocate_all()'));
+  return { bytes: mine.reduce((n, g) => n + g.bytes, 0), blocks: mine.reduce((n, g) => n + g.blocks, 0) };
+}
+
+const libs = '/usr/lib/x86_64-linux-gnu';
+
+describe('allocators found without flags', () => {
+  it.each([
+    ['jemalloc', 'alloc_count_jemalloc', `${libs}/libjemalloc.so.2`],
+    ['tcmalloc', 'alloc_count_tcmalloc', `${libs}/libtcmalloc_minimal.so.4`],
+    ['mimalloc', 'alloc_count_mimalloc', `${libs}/libmimalloc.so.2`],
+  ] as const)('%s, linked and preloaded: in-use numbers equal the program\'s own count, no errors', async (name, linked, library) => {
+    for (const [fixture, preload] of [
+      [linked, undefined],
+      ['alloc_count', library],
+    ] as const) {
+      const { own, report, tracer } = await countedRun(fixture, preload);
+      expect(own).toEqual({ bytes: 1085, blocks: 10 });
+      expect(report.target.allocatorName).toBe(name);
+      expect(report.target.allocator).toBe(realpathSync(library));
+      expect(programsOwn(report)).toEqual(own);
+      expect(report.errors).toEqual([]);
+      // The allocator's own entry points and the C++ operators are probed.
+      expect(tracer.info.probes.malloc).toBeDefined();
+      expect(tracer.info.probes['operator new']).toBeDefined();
+      if (name === 'jemalloc') expect(tracer.info.probes).toMatchObject({ mallocx: 'mallocx', rallocx: 'rallocx', sdallocx: 'sdallocx', dallocx: 'dallocx' });
+      // Every allocation and release of allocate_all() was seen once: 18 calls, 8 releases.
+      expect(report.summary.allocs).toBeGreaterThanOrEqual(18);
+      expect(report.summary.frees).toBeGreaterThanOrEqual(8);
+      expect(report.summary.unknownFrees).toBe(0);
+    }
+  });
+
+  it('glibc, shared: the same numbers, and the summary names it', async () => {
+    const { own, report } = await countedRun('alloc_count');
+    expect(report.target.allocatorName).toBe('glibc');
+    expect(programsOwn(report)).toEqual(own);
+    // allocate_all()'s 18 allocations and 8 releases, and libstdc++'s start-up pool.
+    expect(report.summary).toMatchObject({ allocs: 19, frees: 8, unknownFrees: 0 });
+  });
+
+  it('a static glibc executable: its start-up blocks are suppressed like the shared libc\'s', async () => {
+    const { own, report } = await countedRun('alloc_count_static');
+    expect(report.target.allocatorName).toBe('glibc (static)');
+    expect(report.target.allocator).toBe(fixturePath('alloc_count_static'));
+    expect(programsOwn(report)).toEqual(own);
+    // Only the program's blocks are leaks; static glibc's and libstdc++'s own are suppressed.
+    const checked = checkReport(report, [...defaultSuppressions()]);
+    expect(checked.leaks.every((g) => g.stack.some((f) => f.symbol === 'allocate_all()'))).toBe(true);
+    expect(checked.suppressed.map((h) => h.rule).sort()).toEqual(['glibc-static-startup', 'libstdc++-emergency-exception-pool-static']);
+    expect(report.errors).toEqual([]);
+  });
+
+  it('refuses an allocator it does not know, naming the file and --allocator', async () => {
+    const src = join(work, 'bump.c');
+    writeFileSync(
+      src,
+      '#include <stddef.h>\nstatic char heap[1<<20]; static size_t used;\n' +
+        'void *malloc(size_t n){ void *p = heap + used; used += (n + 15) & ~15UL; return p; }\n' +
+        'void free(void *p){ (void)p; }\n',
+    );
+    const lib = join(work, 'libbump.so');
+    execFileSync('gcc', ['-shared', '-fPIC', '-o', lib, src]);
+    await expect(trace({ command: 'true', env: { ...process.env, LD_PRELOAD: lib }, stdio: 'ignore' })).rejects.toMatchObject({
+      code: 'ELEAK_ALLOCATOR',
+      message: expect.stringContaining(`allocates through ${lib}, which defines its own malloc and is not an allocator ebpf-leak knows`),
+    });
   });
 });

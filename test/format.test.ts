@@ -329,7 +329,7 @@ describe('toJsonReport', () => {
     const json = toJsonReport(seedReport());
     expect(json).toEqual({
       version: 1,
-      target: { pid: 4242, command: SEED, args: ['0'], exitCode: 0, signal: null, allocator: LIBC },
+      target: { pid: 4242, command: SEED, args: ['0'], exitCode: 0, signal: null, allocator: LIBC, allocatorName: null },
       durationMs: 12.4,
       summary: {
         allocs: 11,
@@ -340,6 +340,7 @@ describe('toJsonReport', () => {
         lostEvents: 0,
         droppedAllocations: 0,
         unknownFrees: 0,
+        errors: { 'invalid-free': 0, 'double-free': 0, 'mismatched-free': 0, notRecorded: 0 },
       },
       leaks: [
         {
@@ -351,9 +352,10 @@ describe('toJsonReport', () => {
         },
         { bytes: 8, blocks: 1, largestBlock: 8, sampleAddresses: ['0x55d0c0a2b2a0'], stack: seedLeak.stack },
       ],
+      errors: [],
       suppressed: [],
     });
-    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'suppressed']);
+    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'errors', 'suppressed']);
     // Round-trips through JSON unchanged: nothing JSON cannot hold.
     expect(JSON.parse(stringifyJsonReport(seedReport()))).toEqual(json);
   });
@@ -365,7 +367,7 @@ describe('toJsonReport', () => {
         leaks: [{ ...seedLeak, stack: [{ address: '0x10', module: undefined, symbol: 'f' }] }],
       }),
     );
-    expect(json.target).toEqual({ pid: 9, command: null, args: null, exitCode: null, signal: null, allocator: LIBC });
+    expect(json.target).toEqual({ pid: 9, command: null, args: null, exitCode: null, signal: null, allocator: LIBC, allocatorName: null });
     expect(json.leaks[0]?.stack).toEqual([{ address: '0x10', symbol: 'f' }]);
     expect(Object.keys(json.leaks[0]?.stack[0] ?? {})).toEqual(['address', 'symbol']);
   });

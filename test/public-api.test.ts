@@ -15,6 +15,8 @@ import {
   type AllocEvent,
   type ErrorCode,
   type FreeEvent,
+  type HeapError,
+  type HeapErrorCounts,
   type HeapSummary,
   type LeakGroup,
   type LeakReport,
@@ -85,7 +87,16 @@ describe('public API', () => {
       lostEvents: number;
       droppedAllocations: number;
       unknownFrees: number;
+      errors?: HeapErrorCounts;
     }>();
+    expectTypeOf<HeapErrorCounts>().toEqualTypeOf<{
+      'invalid-free': number;
+      'double-free': number;
+      'mismatched-free': number;
+      notRecorded: number;
+    }>();
+    expectTypeOf<HeapError['kind']>().toEqualTypeOf<'invalid-free' | 'double-free' | 'mismatched-free'>();
+    expectTypeOf<LeakReport['errors']>().toEqualTypeOf<HeapError[] | undefined>();
     expectTypeOf<LeakGroup['stack'][number]['address']>().toEqualTypeOf<string>();
   });
 

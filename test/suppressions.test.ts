@@ -268,7 +268,7 @@ describe('on real programs', () => {
     const second = await checkLeaks(fixturePath('entry_points'), { stdio: 'ignore', defaultSuppressions: false, suppressions: rules });
     expect(second.leaks.filter((g) => g.stack.length > 0)).toEqual([]);
     // LSan flavour: one line per distinct innermost function.
-    expect(generateSuppressions(first, { format: 'lsan' })).toMatch(/^# .*\nleak:main\n$/);
+    expect(generateSuppressions(first, { format: 'lsan' })).toMatch(/^# .*\nleak:\^main\$\n$/);
     expect(loadSuppressions(fixtureSource('suppressions/entry_points.supp'))).toHaveLength(3);
   });
 });

@@ -20,6 +20,7 @@ import type { CheckedLeakReport } from '../report/checked.js';
 import type { LeakTracer, TracerInfo } from '../tracer/leak-tracer.js';
 import type { UnwindStats } from '../native/unwind.js';
 import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot, type StackFrame } from '../types.js';
+import { heapErrorTotal } from '../report/heap-errors.js';
 
 // ---------------------------------------------------------------------------------------------
 // Commands
@@ -630,20 +631,26 @@ export const INCONCLUSIVE_EXIT_STATUS = 3;
 
 type Verdict = LeakReport & { inconclusive?: readonly string[] };
 
+/** Whether the report has anything --error-exitcode fails for: leaks, or heap errors. */
+function failsCheck(report: LeakReport): boolean {
+  return report.leaks.length > 0 || heapErrorTotal(report.summary.errors) > 0;
+}
+
 /** Exit status of `run`, first that applies: 128+N when signal N killed the program (a crash is
- *  reported, as valgrind does, whatever else was found); --error-exitcode when blocks were left;
- *  3 when the data is incomplete (unless allowInconclusive); the program's own status. */
+ *  reported, as valgrind does, whatever else was found); --error-exitcode when blocks were left or
+ *  heap errors seen; 3 when the data is incomplete (unless allowInconclusive); the program's own
+ *  status. */
 export function runExitStatus(report: Verdict, errorExitcode?: number, allowInconclusive = false): number {
   if (report.target.signal !== null) return signalExitStatus(report.target.signal);
-  if (errorExitcode !== undefined && report.leaks.length > 0) return errorExitcode;
+  if (errorExitcode !== undefined && failsCheck(report)) return errorExitcode;
   if (!allowInconclusive && (report.inconclusive?.length ?? 0) > 0) return INCONCLUSIVE_EXIT_STATUS;
   return report.target.exitCode ?? 0;
 }
 
-/** Exit status of `attach`: --error-exitcode when blocks were left, 3 when the data is
- *  incomplete (unless allowInconclusive), else 0. */
+/** Exit status of `attach`: --error-exitcode when blocks were left or heap errors seen, 3 when
+ *  the data is incomplete (unless allowInconclusive), else 0. */
 export function attachExitStatus(report: Verdict, errorExitcode?: number, allowInconclusive = false): number {
-  if (errorExitcode !== undefined && report.leaks.length > 0) return errorExitcode;
+  if (errorExitcode !== undefined && failsCheck(report)) return errorExitcode;
   if (!allowInconclusive && (report.inconclusive?.length ?? 0) > 0) return INCONCLUSIVE_EXIT_STATUS;
   return 0;
 }

@@ -43,6 +43,12 @@ export interface NativeTracerConfig {
   unwindTableRows?: number;
   /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals); default true. */
   stackTotals?: boolean;
+  /** Run mode: releases of addresses that are not outstanding blocks are heap errors. */
+  heapErrors?: boolean;
+  /** Recently released blocks remembered to tell a double free (default 65,536). */
+  freedBlocks?: number;
+  /** Inode of the allocator's file: frees it makes itself are not the program's errors. */
+  allocatorInode?: number;
 }
 
 export type NativeMessageType = 'events' | 'counters' | 'exit';
@@ -69,6 +75,8 @@ export interface NativeTracer {
   readStacks(ids: number[]): Promise<BigUint64Array[]>;
   /** struct leak_module records, each after its 8-byte key */
   readModules(): Promise<ArrayBuffer>;
+  /** The count of heap errors seen (u64), then the struct leak_heap_error records kept. */
+  readHeapErrors(): Promise<ArrayBuffer>;
   /** Outstanding bytes and blocks per stack id, kept in the kernel: {s64 stack id, s64 bytes,
    *  s64 blocks} records (lib/native/unwind.ts decodeStackTotals). Null once closed. */
   readStackTotals(): ArrayBuffer | null;
@@ -113,6 +121,7 @@ export interface NativeLayout {
   counters: number;
   event: number;
   module: number;
+  heapError: number;
 }
 
 export interface NativeTracerClass {

@@ -5,7 +5,7 @@
 // decoded record with every u64 field a BigInt made ~9 allocations an event, and the scavenges
 // that followed held the event loop for several milliseconds at a time.
 import { leakFunctions } from './layout.js';
-import type { AllocEvent, AllocatorFunction, FreeEvent } from '../types.js';
+import { releaseFunctions, type AllocEvent, type AllocatorFunction, type FreeEvent, type ReleaseFunction } from '../types.js';
 
 /** struct leak_event: kind, fn, address, size, timestamp_ns, tid (u64 each), stack_id (s64). */
 const WORDS = 7;
@@ -41,14 +41,14 @@ export class EventRecords {
   /** The 'alloc' event of allocation record `i`; undefined when it names `free`. */
   allocEvent(i: number): AllocEvent | undefined {
     const fn = this.#fn(i);
-    if (fn === 'free') return undefined;
+    if (isRelease(fn)) return undefined;
     return this.#event(i, fn);
   }
 
   /** The 'free' event of release record `i`: `free`, or the realloc that released the block. */
   freeEvent(i: number): FreeEvent {
     const fn = this.#fn(i);
-    return this.#event(i, fn === 'realloc' || fn === 'reallocarray' ? fn : 'free');
+    return this.#event(i, isRelease(fn) || fn === 'realloc' || fn === 'reallocarray' || fn === 'rallocx' ? fn : 'free');
   }
 
   #event<F extends AllocatorFunction>(i: number, fn: F) {
@@ -70,4 +70,8 @@ export class EventRecords {
   #u64(w: number): number {
     return this.#halves[2 * w]! + this.#halves[2 * w + 1]! * 0x1_0000_0000;
   }
+}
+
+function isRelease(fn: AllocatorFunction): fn is ReleaseFunction {
+  return (releaseFunctions as readonly string[]).includes(fn);
 }

@@ -29,6 +29,7 @@ const EVENT_BYTES = 56;
 const PATH_PARTS = 12;
 const PATH_PART_BYTES = 64;
 const MODULE_BYTES = 5 * 8 + PATH_PARTS * PATH_PART_BYTES;
+const HEAP_ERROR_BYTES = 64;
 
 export function checkLayout(layout: NativeLayout): void {
   const expected = {
@@ -37,6 +38,7 @@ export function checkLayout(layout: NativeLayout): void {
     timedBlock: TIMED_BLOCK_BYTES,
     event: EVENT_BYTES,
     module: MODULE_BYTES,
+    heapError: HEAP_ERROR_BYTES,
   };
   for (const [name, size] of Object.entries(expected)) {
     if (layout[name as keyof NativeLayout] !== size) {
@@ -160,4 +162,53 @@ export function decodeModules(buffer: ArrayBuffer): KernelModule[] {
     });
   }
   return out;
+}
+
+/** enum leak_error_kind, by value. */
+const errorKinds = [undefined, 'invalid-free', 'double-free', 'mismatched-free'] as const;
+
+/** struct leak_heap_error. Stack ids as in blocks (-1: none). */
+export interface RawHeapError {
+  kind: 'invalid-free' | 'double-free' | 'mismatched-free';
+  tid: number;
+  address: bigint;
+  releaseFn: AllocatorFunction;
+  releaseStack: number;
+  /** The block, when known (size 0 and fn undefined: not known). */
+  allocSize: number;
+  allocFn: AllocatorFunction | undefined;
+  allocStack: number;
+  firstFreeFn: AllocatorFunction;
+  firstFreeStack: number;
+}
+
+function stackIdOf(lo: number, hi: number): number {
+  return hi === 0xffff_ffff ? lo | 0 : lo + hi * 0x1_0000_0000;
+}
+
+/** The addon's readHeapErrors(): how many errors the kernel saw, and those it recorded. */
+export function decodeHeapErrors(buffer: ArrayBuffer): { seen: number; errors: RawHeapError[] } {
+  const h = new Uint32Array(buffer);
+  const u = new BigUint64Array(buffer);
+  const seen = h[0]! + h[1]! * 0x1_0000_0000;
+  const errors: RawHeapError[] = [];
+  const halves = HEAP_ERROR_BYTES / 4;
+  for (let base = 2; base + halves <= h.length; base += halves) {
+    const kind = errorKinds[h[base]!];
+    if (kind === undefined) continue;
+    const sizeFn = u[base / 2 + 4]!;
+    errors.push({
+      kind,
+      tid: h[base + 1]!,
+      address: u[base / 2 + 1]!,
+      releaseFn: leakFunctions[h[base + 4]!] ?? 'free',
+      releaseStack: stackIdOf(h[base + 6]!, h[base + 7]!),
+      allocSize: Number(sizeFn & 0xff_ffff_ffff_ffffn),
+      allocFn: sizeFn === 0n ? undefined : leakFunctions[Number(sizeFn >> 56n)],
+      allocStack: stackIdOf(h[base + 10]!, h[base + 11]!),
+      firstFreeFn: leakFunctions[h[base + 12]!] ?? 'free',
+      firstFreeStack: stackIdOf(h[base + 14]!, h[base + 15]!),
+    });
+  }
+  return { seen, errors };
 }

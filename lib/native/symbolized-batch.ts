@@ -11,7 +11,8 @@ export interface SymbolizedBatch {
   stringEnds: Uint32Array;
   /** 2 per offset: first frame and frame count, or -1 and the error's string. */
   entries: Int32Array;
-  /** 4 per frame: symbol string or -1, file string or -1, line or 0, 1 when inlined. */
+  /** 5 per frame: symbol string or -1, file string or -1, line or 0, 1 when inlined, mangled
+   *  name or -1. */
   frames: Int32Array;
 }
 
@@ -22,12 +23,14 @@ export interface SymbolizedFrame {
   line?: number;
   /** This frame was inlined into the next one in the list. */
   inlined: boolean;
+  /** The C++ name `symbol` was demangled from. */
+  mangled?: string;
 }
 
 /** What is known about one offset: its frames (none when nothing is), or why nothing can be. */
 export type SymbolizeResult = SymbolizedFrame[] | { error: string };
 
-const FRAME_INTS = 4;
+const FRAME_INTS = 5;
 
 /** Entries by index; frames by index in the whole batch (firstFrame(entry) + k). Each string is
  *  decoded once, and shared by every frame naming it. */
@@ -81,6 +84,12 @@ export class SymbolizedBatchReader {
     return this.#batch.frames[FRAME_INTS * frame + 3] === 1;
   }
 
+  /** The mangled name `symbol(frame)` was demangled from, or undefined. */
+  mangled(frame: number): string | undefined {
+    const s = this.#batch.frames[FRAME_INTS * frame + 4]!;
+    return s < 0 ? undefined : this.#string(s);
+  }
+
   /** Entry `entry` as objects. */
   result(entry: number): SymbolizeResult {
     const error = this.error(entry);
@@ -95,6 +104,8 @@ export class SymbolizedBatchReader {
       if (file !== undefined) frame.file = file;
       if (line !== undefined) frame.line = line;
       frame.inlined = this.inlined(first + k);
+      const mangled = this.mangled(first + k);
+      if (mangled !== undefined) frame.mangled = mangled;
       return frame;
     });
   }

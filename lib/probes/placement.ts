@@ -75,7 +75,26 @@ export const argumentRegisters: Readonly<Record<AllocatorFunction, readonly Argu
   memalign: ['rdi', 'rsi'],
   reallocarray: ['rdi', 'rsi', 'rdx'],
   posix_memalign: ['rdi', 'rsi', 'rdx'],
+  'operator new': ['rdi'],
+  'operator new(nothrow)': ['rdi'],
+  'operator new(aligned)': ['rdi'],
+  'operator new(aligned, nothrow)': ['rdi'],
+  'operator new[]': ['rdi'],
+  'operator new[](nothrow)': ['rdi'],
+  'operator new[](aligned)': ['rdi'],
+  'operator new[](aligned, nothrow)': ['rdi'],
+  'operator delete': ['rdi'],
+  'operator delete[]': ['rdi'],
+  mallocx: ['rdi'],
+  rallocx: ['rdi', 'rsi'],
+  sdallocx: ['rdi'],
+  dallocx: ['rdi'],
 };
+
+/** Functions without a return probe: they do all their work at the entry. */
+export function hasReturnProbe(fn: AllocatorFunction): boolean {
+  return fn !== 'free' && fn !== 'sdallocx' && fn !== 'dallocx';
+}
 
 export interface PlacementRule {
   /** Registers that must still hold the arguments where the probe fires. */
@@ -87,7 +106,7 @@ export interface PlacementRule {
 }
 
 export function placementRule(fn: AllocatorFunction): PlacementRule {
-  return { registers: argumentRegisters[fn], returnProbe: fn !== 'free', skipNullExit: fn === 'free' };
+  return { registers: argumentRegisters[fn], returnProbe: hasReturnProbe(fn), skipNullExit: fn === 'free' };
 }
 
 /** Where one function's entry probe goes, and why. */

@@ -7,6 +7,44 @@ import { optionWord } from '../util/option-words.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 
+/** The functions of the C allocator interface, looked up in the allocator's file. */
+const cFunctions: readonly AllocatorFunction[] = leakFunctions.slice(0, 10);
+/** jemalloc's own entry points, in any allocator's file that has them. */
+const jemallocFunctions: readonly AllocatorFunction[] = ['mallocx', 'rallocx', 'sdallocx', 'dallocx'];
+
+/** C++'s operators (Itanium ABI, 64-bit size_t), every overload, in the file that defines them
+ *  for the program (libstdc++, libc++, or an allocator that replaces them). */
+export const cxxOperatorSymbols: ReadonlyArray<readonly [string, AllocatorFunction]> = [
+  ['_Znwm', 'operator new'],
+  ['_ZnwmRKSt9nothrow_t', 'operator new(nothrow)'],
+  ['_ZnwmSt11align_val_t', 'operator new(aligned)'],
+  ['_ZnwmSt11align_val_tRKSt9nothrow_t', 'operator new(aligned, nothrow)'],
+  ['_Znam', 'operator new[]'],
+  ['_ZnamRKSt9nothrow_t', 'operator new[](nothrow)'],
+  ['_ZnamSt11align_val_t', 'operator new[](aligned)'],
+  ['_ZnamSt11align_val_tRKSt9nothrow_t', 'operator new[](aligned, nothrow)'],
+  ['_ZdlPv', 'operator delete'],
+  ['_ZdlPvm', 'operator delete'],
+  ['_ZdlPvRKSt9nothrow_t', 'operator delete'],
+  ['_ZdlPvSt11align_val_t', 'operator delete'],
+  ['_ZdlPvmSt11align_val_t', 'operator delete'],
+  ['_ZdlPvSt11align_val_tRKSt9nothrow_t', 'operator delete'],
+  ['_ZdaPv', 'operator delete[]'],
+  ['_ZdaPvm', 'operator delete[]'],
+  ['_ZdaPvRKSt9nothrow_t', 'operator delete[]'],
+  ['_ZdaPvSt11align_val_t', 'operator delete[]'],
+  ['_ZdaPvmSt11align_val_t', 'operator delete[]'],
+  ['_ZdaPvSt11align_val_tRKSt9nothrow_t', 'operator delete[]'],
+];
+
+/** Where a probed function is, for the frame a stack gets on top (the allocating or releasing
+ *  function, as valgrind shows it). */
+export interface FunctionSite {
+  path: string;
+  offset: number;
+  symbol: string;
+}
+
 /** Without these there is no leak report worth the name. */
 const requiredFunctions: readonly AllocatorFunction[] = ['malloc', 'free'];
 /** glibc always has these; their absence means the file is not what we think it is. */
@@ -23,6 +61,31 @@ export interface ProbePlan {
   /** Where each probed function's entry probe went and why (lib/probes/placement.ts), in probe order.
    *  The return probes stay at the function offsets. */
   placements: PlacementDecision[];
+  /** Each function's site (for several symbols of one function, the first). */
+  sites: Partial<Record<AllocatorFunction, FunctionSite>>;
+  /** Pairs of families (`alloc>release`, see familyPair) a mismatch cannot be told in: an
+   *  allocator whose operator delete is its free, or new[] its new, records both as one. */
+  ambiguousPairs: string[];
+}
+
+type Family = 'malloc' | 'new' | 'new[]';
+
+/** The family of the function that allocated a block. */
+export function allocFamily(fn: AllocatorFunction): Family {
+  if (fn.startsWith('operator new[]')) return 'new[]';
+  if (fn.startsWith('operator new')) return 'new';
+  return 'malloc';
+}
+
+/** The family of blocks a release function is for. */
+export function releaseFamily(fn: AllocatorFunction): Family {
+  if (fn === 'operator delete[]') return 'new[]';
+  if (fn === 'operator delete') return 'new';
+  return 'malloc';
+}
+
+export function familyPair(allocatedBy: AllocatorFunction, releasedBy: AllocatorFunction): string {
+  return `${allocFamily(allocatedBy)}>${releaseFamily(releasedBy)}`;
 }
 
 /**
@@ -35,8 +98,9 @@ export function planProbes(
   glibc: boolean,
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement = 'optimized',
+  cxxRuntime?: string,
 ): ProbePlan {
-  const steps = planSteps(path, glibc, allocator, probePlacement);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -50,8 +114,9 @@ export async function planProbesSliced(
   glibc: boolean,
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement = 'optimized',
+  cxxRuntime?: string,
 ): Promise<ProbePlan> {
-  const steps = planSteps(path, glibc, allocator, probePlacement);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -65,15 +130,27 @@ function* planSteps(
   glibc: boolean,
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement,
+  cxxRuntime: string | undefined,
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
-  const plan: ProbePlan = { probes: [], attached: {}, missing: found.missing, aliases: found.aliases, placements: [] };
+  const ambiguous = new Set<string>();
+  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous));
+  const plan: ProbePlan = {
+    probes: [],
+    attached: {},
+    missing: found.missing,
+    aliases: found.aliases,
+    placements: [],
+    sites: {},
+    ambiguousPairs: [...ambiguous],
+  };
   for (const f of found.functions) {
     yield;
-    const placement = placeEntryProbe(path, f.fn, f.offset, f.size, probePlacement);
+    const placement = placeEntryProbe(f.path, f.fn, f.offset, f.size, probePlacement);
     plan.placements.push(placement);
-    plan.attached[f.fn] = f.symbol;
-    plan.probes.push({ fn: f.index, path, entryOffset: placement.entryOffset, returnOffset: f.offset });
+    if (plan.attached[f.fn] === undefined) plan.attached[f.fn] = f.symbol;
+    plan.sites[f.fn] ??= { path: f.path, offset: f.offset, symbol: f.symbol };
+    plan.probes.push({ fn: f.index, path: f.path, entryOffset: placement.entryOffset, returnOffset: f.offset });
   }
   return plan;
 }
@@ -82,9 +159,37 @@ interface ProbedFunction {
   fn: AllocatorFunction;
   /** enum leak_fn */
   index: number;
+  path: string;
   symbol: string;
   offset: number;
   size: number;
+}
+
+/** The C++ operators `file` defines, but those at an address already probed (an allocator whose
+ *  operator new is its malloc). */
+function findCxxOperators(
+  file: string,
+  probed: readonly ProbedFunction[],
+  allocatorPath: string,
+  ambiguous: Set<string>,
+): ProbedFunction[] {
+  const info = loadNative().readElf(file, cxxOperatorSymbols.map(([symbol]) => symbol));
+  const taken = new Map(probed.filter((p) => p.path === allocatorPath && file === allocatorPath).map((p) => [p.offset, p.fn]));
+  const out: ProbedFunction[] = [];
+  for (const [symbol, fn] of cxxOperatorSymbols) {
+    const s = info.symbols[symbol];
+    if (!s) continue;
+    const twin = taken.get(s.offset);
+    if (twin !== undefined) {
+      // Calls of `symbol` are recorded as `twin`'s.
+      if (fn.startsWith('operator delete')) ambiguous.add(`${releaseFamily(fn)}>${releaseFamily(twin)}`);
+      else ambiguous.add(`${allocFamily(twin)}>${allocFamily(fn)}`);
+      continue;
+    }
+    taken.set(s.offset, fn);
+    out.push({ fn, index: leakFunctions.indexOf(fn), path: file, symbol, offset: s.offset, size: s.size });
+  }
+  return out;
 }
 
 /** The functions to probe, in leak_fn order, and those absent or sharing another's address. */
@@ -94,16 +199,18 @@ function findProbedFunctions(
   allocator: AllocatorOptions | undefined,
 ): { functions: ProbedFunction[]; missing: AllocatorFunction[]; aliases: ProbePlan['aliases'] } {
   const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
+  const wanted = glibc ? cFunctions : [...cFunctions, ...jemallocFunctions];
   let info: NativeElfInfo;
   try {
-    info = loadNative().readElf(path, leakFunctions.map(symbolOf));
+    info = loadNative().readElf(path, wanted.map(symbolOf));
   } catch (error) {
     throw fromNativeError(error, `cannot read the allocator library ${path}`);
   }
   const required = glibc ? requiredInGlibc : requiredFunctions;
   const found = { functions: [] as ProbedFunction[], missing: [] as AllocatorFunction[], aliases: {} as ProbePlan['aliases'] };
   const byOffset = new Map<number, AllocatorFunction>();
-  leakFunctions.forEach((fn, index) => {
+  wanted.forEach((fn) => {
+    const index = leakFunctions.indexOf(fn);
     const symbol = symbolOf(fn);
     const elfSymbol = info.symbols[symbol];
     if (!elfSymbol) {
@@ -115,7 +222,7 @@ function findProbedFunctions(
               : `Check the name with \`nm -D ${path} | grep ${symbol}\` and pass allocator.symbols.${fn}.`),
         );
       }
-      found.missing.push(fn);
+      if (!jemallocFunctions.includes(fn)) found.missing.push(fn);
       return;
     }
     // Aliases (glibc's aligned_alloc is memalign, cfree is free) must be probed once, or every
@@ -126,7 +233,7 @@ function findProbedFunctions(
       return;
     }
     byOffset.set(elfSymbol.offset, fn);
-    found.functions.push({ fn, index, symbol, offset: elfSymbol.offset, size: elfSymbol.size });
+    found.functions.push({ fn, index, path, symbol, offset: elfSymbol.offset, size: elfSymbol.size });
   });
   return found;
 }

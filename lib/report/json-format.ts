@@ -10,13 +10,15 @@
 //     "args": ["0"],                // null when attached by pid
 //     "exitCode": 0,                // null when still running or killed by a signal
 //     "signal": null,               // e.g. "SIGSEGV" when killed by a signal
-//     "allocator": "/usr/lib/x86_64-linux-gnu/libc.so.6"
+//     "allocator": "/usr/lib/x86_64-linux-gnu/libc.so.6",
+//     "allocatorName": "glibc"      // or "glibc (static)", "jemalloc", "tcmalloc", "mimalloc", "custom"
 //   },
 //   "durationMs": 12,               // from attach to the report
 //   "summary": {                    // valgrind's HEAP SUMMARY, plus what could not be seen
 //     "allocs": 11, "frees": 9, "bytesAllocated": 4176,
 //     "inUseBlocks": 2, "inUseBytes": 4104,
-//     "lostEvents": 0, "droppedAllocations": 0, "unknownFrees": 0
+//     "lostEvents": 0, "droppedAllocations": 0, "unknownFrees": 0,
+//     "errors": { "invalid-free": 0, "double-free": 0, "mismatched-free": 0, "notRecorded": 0 }
 //   },
 //   "leaks": [                      // blocks still allocated, grouped by stack, largest bytes first
 //     {
@@ -28,6 +30,13 @@
 //       ]
 //     }
 //   ],
+//   "errors": [                     // heap errors in the order they happened ([] when none)
+//     { "kind": "mismatched-free",  // or "invalid-free", "double-free"
+//       "address": "0x55d0c0a2b2a0", "releasedBy": "free", "tid": 4242,
+//       "stack": [ ... ],           // the release, the releasing function on top
+//       "block": { "size": 10, "allocatedBy": "operator new[]", "offset": 0, "allocationStack": [ ... ] },
+//       "firstFree": { "releasedBy": "free", "stack": [ ... ] } }   // double frees only
+//   ],
 //   "suppressed": [                 // what suppression rules left out of "leaks", per rule
 //     { "rule": "glibc-stdio-buffer", "source": "default", "bytes": 4096, "blocks": 1, "groups": 1 }
 //   ]
@@ -38,7 +47,7 @@
 import { writeFile } from 'node:fs/promises';
 import type { CheckedLeakReport } from './checked.js';
 import type { SuppressionHit } from '../suppressions/rules.js';
-import type { HeapSummary, LeakGroup, LeakReport, StackFrame } from '../types.js';
+import type { HeapError, HeapErrorCounts, HeapSummary, LeakGroup, LeakReport, StackFrame } from '../types.js';
 
 // The JSON shapes are the library's own types: one definition, so the two cannot drift.
 export type JsonStackFrame = StackFrame;
@@ -53,10 +62,12 @@ export interface JsonReport {
     exitCode: number | null;
     signal: string | null;
     allocator: string;
+    allocatorName: string | null;
   };
   durationMs: number;
-  summary: HeapSummary;
+  summary: HeapSummary & { errors: HeapErrorCounts };
   leaks: JsonLeakGroup[];
+  errors: HeapError[];
   /** What suppression rules left out of `leaks`, per rule; [] when none applied. */
   suppressed: SuppressionHit[];
   /** Sampling mode only: in-use figures and groups are estimates. */
@@ -75,6 +86,7 @@ function frame(f: StackFrame): JsonStackFrame {
   if (f.buildId !== undefined) out.buildId = f.buildId;
   if (f.offset !== undefined) out.offset = String(f.offset);
   if (f.symbol !== undefined) out.symbol = f.symbol;
+  if (f.mangled !== undefined) out.mangled = f.mangled;
   if (f.file !== undefined) out.file = f.file;
   if (f.line !== undefined) out.line = num(f.line);
   if (f.inlined !== undefined) out.inlined = f.inlined;
@@ -91,6 +103,20 @@ function group(g: LeakGroup): JsonLeakGroup {
   };
 }
 
+function heapError(e: HeapError): HeapError {
+  const out: HeapError = { kind: e.kind, address: e.address, releasedBy: e.releasedBy, tid: num(e.tid), stack: e.stack.map(frame) };
+  if (e.block) {
+    out.block = {
+      size: num(e.block.size),
+      allocatedBy: e.block.allocatedBy,
+      offset: num(e.block.offset),
+      allocationStack: e.block.allocationStack.map(frame),
+    };
+  }
+  if (e.firstFree) out.firstFree = { releasedBy: e.firstFree.releasedBy, stack: e.firstFree.stack.map(frame) };
+  return out;
+}
+
 /** The report as plain JSON-able data (see the schema at the top of this file). */
 export function toJsonReport(report: LeakReport): JsonReport {
   const t = report.target;
@@ -104,6 +130,7 @@ export function toJsonReport(report: LeakReport): JsonReport {
       exitCode: t.exitCode === null ? null : num(t.exitCode),
       signal: t.signal,
       allocator: t.allocator,
+      allocatorName: t.allocatorName ?? null,
     },
     durationMs: num(report.durationMs),
     summary: {
@@ -115,8 +142,15 @@ export function toJsonReport(report: LeakReport): JsonReport {
       lostEvents: num(s.lostEvents),
       droppedAllocations: num(s.droppedAllocations),
       unknownFrees: num(s.unknownFrees),
+      errors: {
+        'invalid-free': num(s.errors?.['invalid-free'] ?? 0),
+        'double-free': num(s.errors?.['double-free'] ?? 0),
+        'mismatched-free': num(s.errors?.['mismatched-free'] ?? 0),
+        notRecorded: num(s.errors?.notRecorded ?? 0),
+      },
     },
     leaks: [...report.leaks].sort((a, b) => num(b.bytes) - num(a.bytes)).map(group),
+    errors: (report.errors ?? []).map(heapError),
     suppressed: ('suppressed' in report ? (report as CheckedLeakReport).suppressed : []).map((h) => ({
       rule: h.rule,
       source: h.source,

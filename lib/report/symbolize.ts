@@ -229,6 +229,8 @@ function addFrames(out: StackFrame[], address: bigint, site: Site | undefined, p
     if (file !== undefined) frame.file = file;
     if (line !== undefined) frame.line = line;
     frame.inlined = results!.inlined(k);
+    const mangled = results!.mangled(k);
+    if (mangled !== undefined) frame.mangled = mangled;
     out.push(frame);
   }
   return count;

@@ -4,7 +4,7 @@
 
 import { optionWord } from '../util/option-words.js';
 import { stackUse, type StackUse } from './snapshot-stacks.js';
-import type { LeakGroup, LeakReport, Snapshot, StackFrame } from '../types.js';
+import type { HeapError, LeakGroup, LeakReport, Snapshot, StackFrame } from '../types.js';
 
 export interface FormatReportOptions {
   /** Show only the N largest leak groups (by bytes); 0 or undefined shows all. */
@@ -156,6 +156,44 @@ function unknownFreesNote(report: LeakReport): string[] {
   ];
 }
 
+/** valgrind's title for each kind. */
+const errorTitles: Record<HeapError['kind'], string> = {
+  'invalid-free': 'Invalid free() / delete / delete[] / realloc()',
+  'double-free': 'Invalid free() / delete / delete[] / realloc()',
+  'mismatched-free': 'Mismatched free() / delete / delete []',
+};
+
+/** One heap error as valgrind prints it: the title, the releasing stack, then what the address
+ *  is, with the block's stacks. */
+export function formatHeapError(e: HeapError): string[] {
+  const lines = [errorTitles[e.kind], ...formatStack(e.stack)];
+  const b = e.block;
+  if (e.kind === 'double-free' && b) {
+    lines.push(` Address ${e.address} is ${formatCount(b.offset)} bytes inside a block of size ${formatCount(b.size)} free'd`);
+    lines.push(...formatStack(e.firstFree?.stack ?? []));
+    lines.push(' Block was alloc\'d at', ...formatStack(b.allocationStack));
+  } else if (b) {
+    lines.push(` Address ${e.address} is ${formatCount(b.offset)} bytes inside a block of size ${formatCount(b.size)} alloc'd`);
+    lines.push(...formatStack(b.allocationStack));
+  } else {
+    lines.push(` Address ${e.address} is not the start of a block the program was handed (tid ${e.tid})`);
+  }
+  return lines;
+}
+
+/** "ERROR SUMMARY: 3 errors (3 mismatched frees)". */
+function errorSummary(report: LeakReport): string | undefined {
+  const c = report.summary.errors;
+  if (!c) return undefined;
+  const parts: string[] = [];
+  if (c['invalid-free']) parts.push(`${formatCount(c['invalid-free'])} invalid frees`);
+  if (c['double-free']) parts.push(`${formatCount(c['double-free'])} double frees`);
+  if (c['mismatched-free']) parts.push(`${formatCount(c['mismatched-free'])} mismatched frees`);
+  if (c.notRecorded) parts.push(`${formatCount(c.notRecorded)} more not recorded`);
+  const total = c['invalid-free'] + c['double-free'] + c['mismatched-free'] + c.notRecorded;
+  return `ERROR SUMMARY: ${formatCount(total)} errors${parts.length > 0 ? ` (${parts.join(', ')})` : ''}`;
+}
+
 function sortGroups(groups: readonly LeakGroup[]): LeakGroup[] {
   // Array.prototype.sort is stable: ties keep the tracer's order.
   return [...groups].sort((a, b) => b.bytes - a.bytes || b.blocks - a.blocks);
@@ -188,6 +226,11 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
   const lines: string[] = [];
 
   lines.push(...describeTarget(report, exited));
+  for (const e of report.errors ?? []) {
+    lines.push('');
+    const [title, ...rest] = formatHeapError(e);
+    lines.push(paint('red', title!), ...rest);
+  }
   lines.push('');
   lines.push(paint('bold', 'HEAP SUMMARY:'));
   lines.push(
@@ -255,6 +298,8 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
       ),
     );
   }
+  const errors = errorSummary(report);
+  if (errors !== undefined) lines.push(paint('bold', errors));
   return lines.join('\n') + '\n';
 }
 

@@ -67,6 +67,13 @@ export const defaultSuppressionsText = `
    fun:*alloc
    fun:__cxa_thread_atexit_impl
 }
+# A static executable does at start-up what ld.so does for a dynamic one.
+{
+   glibc-static-startup
+   Memcheck:Leak
+   ...
+   fun:_dl_non_dynamic_init
+}
 # ---- the dynamic loader: link maps of loaded libraries, TLS blocks, dl_find_object tables
 {
    ld.so-dl-find-object
@@ -87,6 +94,13 @@ export const defaultSuppressionsText = `
    Memcheck:Leak
    fun:malloc
    fun:*::pool::pool*
+}
+# The same pool linked into a static executable, made by the file's static initialiser.
+{
+   libstdc++-emergency-exception-pool-static
+   Memcheck:Leak
+   fun:malloc
+   fun:_GLOBAL__sub_I_eh_alloc.cc
 }
 # The same pool when libstdc++ has no symbols for it (Debian's): malloc called by libstdc++ code
 # that the dynamic loader runs as a static initialiser. Not "any malloc from libstdc++": that is

@@ -16,16 +16,18 @@
 //   }
 //
 // Frame lines are matched from the innermost frame outwards; the stack may be longer than the
-// rule. As in valgrind, our stacks start at the allocation function (malloc, calloc, ...). Where
-// valgrind shows its replacement (`fun:_Znwm` for operator new, `fun:memalign` +
-// `fun:posix_memalign`), our stack has glibc's function, under libstdc++'s operator new when
-// there is one: the leading allocation-function lines of a rule are compared as a set with the
-// stack's leading allocation frames (see allocatorPrefixMatch), so rules valgrind wrote match.
+// rule. As in valgrind, our stacks start at the allocation function (malloc, calloc, operator
+// new[], ...). Where valgrind shows its replacement of one function that glibc implements with
+// another (`fun:memalign` + `fun:posix_memalign`), the leading allocation-function lines of a
+// rule are compared as a set with the stack's leading allocation frames (see
+// allocatorPrefixMatch), so rules valgrind wrote match.
 //
-// valgrind writes C++ names mangled (`fun:_ZN3foo3barEv`); our stacks carry demangled names. A
-// mangled name without wildcards is demangled (with the C++ runtime's demangler) and compared to
-// the demangled symbol; a mangled prefix with wildcards (`fun:_ZN2v88internal*`) is translated
-// to its demangled form (`v8::internal::*`); anything else is also compared as written.
+// valgrind writes C++ names mangled (`fun:_ZN3foo3barEv`); our stacks carry demangled names, and
+// the mangled one a frame's was demangled from. A mangled name without wildcards is demangled
+// (with the C++ runtime's demangler) and compared to the demangled symbol; a mangled prefix with
+// wildcards (`fun:_ZN2v88internal*`) is translated to its demangled form (`v8::internal::*`);
+// anything else is compared as written, to both names. `fun:(below main)` is the C library's
+// code that calls main.
 //
 // Leak kinds: valgrind sorts leaked blocks into definite, indirect, possible and reachable by
 // scanning memory for pointers to them. ebpf-leak does not scan memory, so it cannot tell the
@@ -300,10 +302,14 @@ function compileFun(pattern: string): (symbol: string) => boolean {
   return test;
 }
 
+/** What valgrind calls `(below main)`: the C library's code that calls main. */
+const belowMain = new Set(['__libc_start_call_main', '__libc_start_main', '__libc_start_main_impl', '__libc_start_main_alias_2', 'generic_start_main']);
+
 function frameMatches(p: Exclude<FramePattern, { type: '...' }>, f: StackFrame): boolean {
   switch (p.type) {
     case 'fun':
-      return compileFun(p.pattern)(f.symbol ?? '???');
+      if (p.pattern === '(below main)') return f.symbol !== undefined && belowMain.has(f.symbol);
+      return compileFun(p.pattern)(f.symbol ?? '???') || (f.mangled !== undefined && globToRegExp(p.pattern).test(f.mangled));
     case 'obj':
       return globToRegExp(p.pattern).test(f.module ?? '???');
     case 'src': {
@@ -313,6 +319,10 @@ function frameMatches(p: Exclude<FramePattern, { type: '...' }>, f: StackFrame):
       return p.line === undefined || f.line === p.line;
     }
   }
+}
+
+function isWildcard(p: FramePattern): boolean {
+  return p.type === '...' || ((p.type === 'obj' || p.type === 'fun') && /^\*+$/.test(p.pattern));
 }
 
 /** valgrind's matcher: patterns from the innermost frame, `...` any frames, a prefix suffices. */
@@ -325,7 +335,10 @@ function framesMatch(patterns: readonly FramePattern[], stack: readonly StackFra
     if (known !== undefined) return known;
     const p = patterns[pi]!;
     let result: boolean;
-    if (p.type === '...') {
+    if (si === stack.length && patterns.slice(pi).every(isWildcard)) {
+      // valgrind's stacks go on past the bottom of ours with frames it cannot name (`obj:*`).
+      result = true;
+    } else if (p.type === '...') {
       result = false;
       for (let s = si; s <= stack.length && !result; s++) result = go(pi + 1, s);
     } else {
@@ -356,7 +369,7 @@ const allocatorSymbols = new Set([
 /** Whether the stack's first frame is the allocation function (added by the tracer). */
 function startsAtAllocator(stack: readonly StackFrame[]): boolean {
   const top = stack[0];
-  return top !== undefined && top.symbol !== undefined && allocatorSymbols.has(top.symbol);
+  return top !== undefined && isAllocatorFrame(top);
 }
 
 /** Allocation-function frames: the allocator's own, and libstdc++'s operator new family. */
@@ -533,16 +546,41 @@ function runsJavaScript(f: StackFrame): boolean {
 }
 
 function frameLine(f: StackFrame): string {
+  if (f.symbol !== undefined && belowMain.has(f.symbol)) return 'fun:(below main)';
+  if (f.mangled !== undefined) return `fun:${f.mangled}`;
   if (f.symbol !== undefined) return `fun:${f.symbol}`;
   if (f.module !== undefined && !f.module.startsWith('[')) return `obj:${f.module}`;
   return 'fun:*';
 }
 
+/** Where a generated rule ends: the program's main, and the loader's runner of constructors
+ *  (what is below them is start-up code valgrind names differently, or not at all). */
+const outermost = new Set(['main', '_dl_init']);
+
+/** Runtime files: frames there are never the program's own code (an LSan rule naming one would
+ *  hide every leak that passes through it). */
+const runtimeModule = /\/(libc\.so|libc-[\d.]+\.so|ld-linux[^/]*|libstdc\+\+\.so|libc\+\+(abi)?\.so|libgcc_s\.so|libjemalloc\.so|libtcmalloc[^/]*|libmimalloc[^/]*)[^/]*$/;
+
+/** The first frame of the program's own code: not an allocation function, not in a runtime
+ *  file, not the C library's start-up code; with a symbol. */
+function firstOwnFrame(stack: readonly StackFrame[]): StackFrame | undefined {
+  return stack.find(
+    (f, i) =>
+      f.symbol !== undefined &&
+      !(i === 0 && startsAtAllocator(stack)) &&
+      !isAllocatorFrame(f) &&
+      !belowMain.has(f.symbol) &&
+      (f.module === undefined || !runtimeModule.test(f.module)),
+  );
+}
+
 /** valgrind-format rules (or LSan lines) that suppress every group of `report`, one per group,
- *  largest first. Frames without a symbol become `obj:` lines (or `fun:*` outside any file);
- *  JIT frames and everything after them are cut (their addresses change from run to run) and
- *  replaced by nothing: a rule matches longer stacks. C++ names are written demangled, which
- *  ebpf-leak reads back; valgrind itself expects mangled names. */
+ *  largest first. Written as valgrind writes them, so valgrind reads them too: C++ names mangled,
+ *  the C library's code that calls main as `(below main)`, and nothing after it. Frames without
+ *  a symbol become `obj:` lines (or `fun:*` outside any file); JIT frames and everything after
+ *  them are cut (their addresses change from run to run): a rule matches longer stacks. LSan
+ *  lines name the first frame of the program's own code, anchored (`leak:^name$`): a rule
+ *  naming operator new or a runtime library would hide every leak of every program. */
 export function generateSuppressions(
   report: { leaks: readonly Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>[] },
   options: GenerateOptions = {},
@@ -553,9 +591,9 @@ export function generateSuppressions(
   report.leaks.forEach((g, i) => {
     if (g.stack.length === 0) return;
     if (options.format === 'lsan') {
-      const f = (startsAtAllocator(g.stack) ? g.stack.slice(1) : g.stack).find((fr) => fr.symbol !== undefined);
+      const f = firstOwnFrame(g.stack);
       if (!f) return;
-      const line = `leak:${f.symbol!.replace(/[*^$]/g, '*')}`;
+      const line = `leak:^${f.symbol!.replace(/[*^$]/g, '*')}$`;
       if (!seen.has(line)) out.push(`# ${g.bytes} bytes in ${g.blocks} blocks`, line);
       seen.add(line);
       return;
@@ -564,6 +602,7 @@ export function generateSuppressions(
     for (const f of g.stack) {
       if (lines.length >= depth || runsJavaScript(f)) break;
       lines.push(frameLine(f));
+      if (f.symbol !== undefined && (outermost.has(f.symbol) || belowMain.has(f.symbol))) break;
     }
     const body = lines.join('\n');
     if (lines.length === 0 || seen.has(body)) return;

@@ -25,8 +25,75 @@ const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
 export interface ResolvedAllocator {
   /** Path as the tracer (in our mount namespace) opens it. */
   path: string;
-  /** True when it is glibc's libc, found by us; false when named by the user. */
+  /** True when it is glibc's malloc (shared or in a static executable), found by us. */
   glibc: boolean;
+  /** Which allocator: 'glibc', 'glibc (static)', 'jemalloc', 'tcmalloc', 'mimalloc', 'custom'. */
+  name: string;
+  /** The file whose C++ operator new the program calls, when it has one. */
+  cxxRuntime?: string;
+}
+
+/** Allocators traced without being named, told apart by their own entry points. */
+const knownAllocators: ReadonlyArray<{ name: string; symbol: string }> = [
+  { name: 'jemalloc', symbol: 'mallocx' },
+  { name: 'tcmalloc', symbol: 'tc_malloc' },
+  { name: 'mimalloc', symbol: 'mi_malloc' },
+];
+
+/** Which allocator `path` (which defines malloc) is; null when none we know. */
+function allocatorName(path: string): string | null {
+  if (GLIBC_NAME.test(basename(path))) return 'glibc';
+  const info = readElfOrNull(path, ['__libc_malloc', '__libc_start_main', ...knownAllocators.map((a) => a.symbol)]);
+  if (!info) return null;
+  // Checked first: tcmalloc and mimalloc define __libc_malloc too, for programs that call it.
+  const known = knownAllocators.find((a) => info.symbols[a.symbol] !== undefined);
+  if (known) return known.name;
+  return info.symbols.__libc_malloc && info.symbols.__libc_start_main ? 'glibc' : null;
+}
+
+function realPath(path: string | undefined): string | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
+}
+
+/** The first of `files` (in the dynamic loader's lookup order) that defines `symbol`. */
+function firstDefining(files: readonly string[], symbol: string): string | undefined {
+  return files.find((f) => {
+    const info = readElfOrNull(f, [symbol]);
+    return info !== null && info.symbols[symbol] !== undefined;
+  });
+}
+
+/** The allocator of a program whose objects, in lookup order, are `files`: the first that
+ *  defines malloc, as the dynamic loader binds it. */
+function allocatorOf(who: string, files: readonly string[], staticExe: boolean): ResolvedAllocator {
+  const path = firstDefining(files, 'malloc');
+  if (path === undefined) {
+    throw new UnsupportedAllocatorError(
+      `${who} has no malloc in ${staticExe ? `${files[0]} (a static executable without its symbol table)` : 'any object it loads'}, ` +
+        `so there is no allocator to trace. Name it with allocator: { path, symbols } (CLI: --allocator PATH).`,
+    );
+  }
+  const name = allocatorName(path);
+  if (name === null) {
+    throw new UnsupportedAllocatorError(
+      `${who} allocates through ${path}, which defines its own malloc and is not an allocator ebpf-leak ` +
+        `knows (glibc, jemalloc, tcmalloc, mimalloc). Name it explicitly: ` +
+        `trace({ ..., allocator: { path: '${path}' } }) or \`ebpf-leak ... --allocator ${path}\` ` +
+        `(add symbols: { malloc: 'my_malloc', ... } if its functions have other names).`,
+    );
+  }
+  const cxxRuntime = realPath(firstDefining(files, '_Znwm'));
+  return {
+    path,
+    glibc: name === 'glibc',
+    name: name === 'glibc' && staticExe ? 'glibc (static)' : name,
+    ...(cxxRuntime !== undefined ? { cxxRuntime } : {}),
+  };
 }
 
 function readElfOrNull(path: string, symbols: readonly string[]): NativeElfInfo | null {
@@ -35,28 +102,6 @@ function readElfOrNull(path: string, symbols: readonly string[]): NativeElfInfo 
   } catch {
     return null;
   }
-}
-
-/** The module defines malloc itself, so calls bind to it and not to glibc (jemalloc, tcmalloc, ...). */
-function definesMalloc(path: string): boolean {
-  const info = readElfOrNull(path, ['malloc']);
-  return info !== null && info.symbols.malloc !== undefined;
-}
-
-function interposerError(who: string, module: string): UnsupportedAllocatorError {
-  return new UnsupportedAllocatorError(
-    `${who} allocates through ${module}, which defines its own malloc, so glibc's malloc is not ` +
-      `called and tracing it would report nothing. Name that allocator explicitly: ${optionWord('allocator', module)} ` +
-      `(with ${optionWord('allocatorSymbols')} if its functions have other names).`,
-  );
-}
-
-function staticError(who: string, exe: string): UnsupportedAllocatorError {
-  return new UnsupportedAllocatorError(
-    `${who} is statically linked (${exe} has no dynamic loader), so its malloc is inside the ` +
-      `executable rather than in glibc's shared libc. If the executable keeps its symbol table, ` +
-      `trace it with ${optionWord('allocator', exe)}.`,
-  );
 }
 
 function userAllocator(allocator: AllocatorOptions, root: string): ResolvedAllocator {
@@ -69,7 +114,7 @@ function userAllocator(allocator: AllocatorOptions, root: string): ResolvedAlloc
         `defines the allocator (a .so from the target's /proc/PID/maps, or the executable).`,
     );
   }
-  return { path, glibc: false };
+  return { path, glibc: false, name: 'custom' };
 }
 
 // ---- running processes
@@ -228,30 +273,42 @@ export function resolvePidAllocator(pid: number, allocator: AllocatorOptions | u
     throw error;
   }
   if (allocator) return userAllocator(allocator, `/proc/${pid}/root`);
-  const modules = parseMappedFiles(maps).filter((m) => m.executable);
+  const modules = parseMappedFiles(maps).filter((m) => m.executable && !LOADER_NAME.test(basename(m.path)));
   if (modules.length === 0) {
     const why = nothingMappedError(pid);
     if (why) throw why;
   }
-  const libc = modules.find((m) => GLIBC_NAME.test(basename(m.path)));
-  if (!libc) {
-    const exe = modules[0]?.path ?? `/proc/${pid}/exe`;
-    const info = readElfOrNull(`/proc/${pid}/exe`, []);
-    if (info && info.interpreter === null) throw staticError(`process ${pid}`, exe);
-    throw new UnsupportedAllocatorError(
-      `process ${pid} has no glibc libc.so.6 mapped, so there is no glibc malloc to trace. ` +
-        `If it uses another C library or allocator, name it with ${optionWord('allocator')}.`,
-    );
+  const exe = readElfOrNull(`/proc/${pid}/exe`, []);
+  // Lookup order: the executable, then LD_PRELOAD's libraries, then the others (in address order,
+  // which puts libc, everyone's dependency, after the libraries that need it in practice).
+  const preload = preloadedNames(pid);
+  const rank = (path: string) => {
+    if (path === modules[0]?.path) return -1;
+    const i = preload.findIndex((p) => p === path || basename(p) === basename(path));
+    return i >= 0 ? i : preload.length + (GLIBC_NAME.test(basename(path)) ? 1 : 0);
+  };
+  const ordered = modules.map((m, i) => ({ m, i })).sort((a, b) => rank(a.m.path) - rank(b.m.path) || a.i - b.i);
+  // Each file is opened safely inside the target's root; one that cannot be is left out of the
+  // lookup, and named when no other file defines malloc.
+  const located = ordered.map(({ m }) => locateMappedFile(pid, m));
+  const files = located.flatMap((l) => ('path' in l ? [l.path] : []));
+  try {
+    return allocatorOf(`process ${pid}`, files, exe !== null && exe.interpreter === null);
+  } catch (error) {
+    const failed = located.find((l): l is { error: EbpfLeakError } => 'error' in l);
+    throw failed ? failed.error : error;
   }
-  for (const m of modules) {
-    if (m === libc || LOADER_NAME.test(basename(m.path))) continue;
-    const located = locateMappedFile(pid, m);
-    // A module we cannot read safely is left out of this check only; the allocator is not.
-    if ('path' in located && definesMalloc(located.path)) throw interposerError(`process ${pid}`, m.path);
+}
+
+/** The LD_PRELOAD entries of a running process. */
+function preloadedNames(pid: number): string[] {
+  try {
+    const env = readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0');
+    const value = env.find((e) => e.startsWith('LD_PRELOAD='))?.slice('LD_PRELOAD='.length) ?? '';
+    return value.split(/[\s:]+/).filter(Boolean);
+  } catch {
+    return [];
   }
-  const located = locateMappedFile(pid, libc);
-  if ('error' in located) throw located.error;
-  return { path: located.path, glibc: true };
 }
 
 // ---- commands we start
@@ -394,25 +451,22 @@ export async function resolveCommandTarget(
     } catch {
       // a program the loader cannot list still runs traced; its tables load when it maps them
     }
-    return { exe, allocator: userAllocator(allocator, '/'), files };
+    const cxxRuntime = realPath(firstDefining(files.filter((f) => !LOADER_NAME.test(basename(f))), '_Znwm'));
+    return { exe, allocator: { ...userAllocator(allocator, '/'), ...(cxxRuntime !== undefined ? { cxxRuntime } : {}) }, files };
   }
-  if (info.interpreter === null) throw staticError(command, program);
+  if (info.interpreter === null) {
+    return { exe, allocator: allocatorOf(command, [program], true), files: [program] };
+  }
   const libs = await loaderLibraries(info.interpreter, program, env);
-  const libcPath = [...libs.entries()].find(([name, path]) => GLIBC_NAME.test(name) || GLIBC_NAME.test(basename(path)))?.[1];
-  if (!libcPath) {
-    throw new UnsupportedAllocatorError(
-      `${command} does not link glibc's libc.so.6, so there is no glibc malloc to trace. ` +
-        `If it uses another C library or allocator, name it with ${optionWord('allocator')}.`,
-    );
-  }
-  if (definesMalloc(program)) throw interposerError(command, program);
-  for (const [name, path] of libs) {
-    if (path === libcPath || LOADER_NAME.test(basename(name)) || LOADER_NAME.test(basename(path))) continue;
-    if (definesMalloc(path)) throw interposerError(command, path);
-  }
+  // ld.so --list prints the objects in load order: preloaded libraries first, then the needed
+  // ones breadth-first, which is the order symbols are looked up in after the executable.
+  const objects = [...libs.entries()]
+    .filter(([name, path]) => !LOADER_NAME.test(basename(name)) && !LOADER_NAME.test(basename(path)))
+    .map(([, path]) => path);
+  const found = allocatorOf(command, [program, ...objects], false);
   return {
     exe,
-    allocator: { path: realpathSync(libcPath), glibc: true },
+    allocator: { ...found, path: found.path !== program ? realpathSync(found.path) : found.path },
     files: [program, info.interpreter, ...libs.values()],
   };
 }

@@ -12,13 +12,16 @@ import { ListenerSnapshot, trackListenerChanges } from './listener-snapshot.js';
 import {
   blockColumns,
   decodeCounters,
+  decodeHeapErrors,
   decodeModules,
   snapshotColumns,
   type BlockColumns,
   type Counters,
 } from '../native/layout.js';
-import { nativeBuildDir, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
+import { loadNative, nativeBuildDir, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import type { PlacementDecision } from '../probes/placement.js';
+import { familyPair, type FunctionSite } from '../probes/plan.js';
+import { heapErrorCounts, heapErrorsOf } from '../report/heap-errors.js';
 import { resolveModules } from '../target/modules.js';
 import { readPerfMap } from '../target/proc-maps.js';
 import { hex, inUseSliced, summarize, tallyRowsSliced, type RawLeakGroup } from '../report/tally.js';
@@ -62,6 +65,12 @@ export interface TracerInfo {
   placements: PlacementDecision[];
   /** File offset of each probed function in `allocator`. */
   functionOffsets: Partial<Record<AllocatorFunction, number>>;
+  /** Where each probed function is (C++'s operators are in the C++ runtime's file). */
+  sites?: Partial<Record<AllocatorFunction, FunctionSite>>;
+  /** Releases of addresses that are not outstanding blocks are heap errors (run mode). */
+  heapErrors?: boolean;
+  /** Family pairs a mismatch cannot be told in (ProbePlan.ambiguousPairs). */
+  ambiguousPairs?: string[];
   maxAllocations: number;
   events: boolean;
   /** Allocation stacks are captured. */
@@ -398,15 +407,29 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       sameRoot && this.info.allocator.startsWith(procRoot) ? this.info.allocator.slice(procRoot.length - 1) : this.info.allocator;
     const allocator = modules.find((m) => m.hostPath === allocatorPath || m.hostPath === this.info.allocator);
     return mapSliced(groups, 256, (g, i) => {
-      const offset = this.info.functionOffsets[g.fn];
       const stack = frames[i] ?? [];
+      const site = this.info.sites?.[g.fn];
+      if (site !== undefined && site.path !== this.info.allocator) {
+        if (stack.length === 0) return stack;
+        const file = modules.find((m) => m.hostPath === site.path);
+        const top: StackFrame = {
+          address: file ? hex(file.start - file.offset + BigInt(site.offset)) : hex(site.offset),
+          module: file?.hostPath ?? site.path,
+          offset: hex(site.offset),
+          symbol: demangledName(site.symbol),
+          ...(site.symbol.startsWith('_Z') ? { mangled: site.symbol } : {}),
+        };
+        return [top, ...stack];
+      }
+      const offset = this.info.functionOffsets[g.fn];
       if (offset === undefined || stack.length === 0) return stack;
       const top: StackFrame = {
         address: allocator ? hex(allocator.start - allocator.offset + BigInt(offset)) : hex(offset),
         module: allocatorPath,
         offset: hex(offset),
-        symbol: this.info.probes[g.fn] ?? g.fn,
+        symbol: demangledName(this.info.probes[g.fn] ?? g.fn),
       };
+      if (top.symbol !== (this.info.probes[g.fn] ?? g.fn)) top.mangled = this.info.probes[g.fn];
       return [top, ...stack];
     });
   }
@@ -435,7 +458,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
-      return await this.#scoped(columns, null, counters, { exitCode, signal });
+      const report = await this.#scoped(columns, null, counters, { exitCode, signal });
+      const { errors: rawErrors, seen } = decodeHeapErrors(await this.#native.readHeapErrors());
+      const ambiguous = new Set(this.info.ambiguousPairs ?? []);
+      const told = rawErrors.filter(
+        (e) => e.kind !== 'mismatched-free' || e.allocFn === undefined || !ambiguous.has(familyPair(e.allocFn, e.releaseFn)),
+      );
+      const errors = await heapErrorsOf(told, columns, (groups) => this.#stacks(groups));
+      report.errors = errors;
+      report.summary.errors = heapErrorCounts(errors, seen - (rawErrors.length - told.length));
+      return report;
     } finally {
       this.#finalUnwindStats = this.#native.unwindStats();
       this.#closed = true;
@@ -453,4 +485,25 @@ export function decodeWaitStatus(status: number | null): [number | null, NodeJS.
   const signal = status & 0x7f;
   if (signal === 0) return [(status >> 8) & 0xff, null];
   return [null, signalNames.get(signal) ?? null];
+}
+
+/** A C++ symbol as the stacks show it (`_Znam` -> `operator new[](unsigned long)`). */
+function demangledName(symbol: string): string {
+  if (!symbol.startsWith('_Z')) return symbol;
+  try {
+    return loadNative().Tracer.demangle(symbol) ?? symbol;
+  } catch {
+    return symbol;
+  }
+}
+
+/** The process's root directory is ours (same file), so its paths are valid here as they are. */
+function sameRootAsOurs(pid: number): boolean {
+  try {
+    const theirs = statSync(`/proc/${pid}/root`);
+    const ours = statSync('/');
+    return theirs.dev === ours.dev && theirs.ino === ours.ino;
+  } catch {
+    return false;
+  }
 }

@@ -1,4 +1,5 @@
 // trace(): validate, check the kernel, find the allocator, start or find the process, attach.
+import { statSync } from 'node:fs';
 import { pauseIfDue } from '../util/cooperative.js';
 import { fromNativeError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
@@ -6,12 +7,20 @@ import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, 
 import { resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbesSliced } from '../probes/plan.js';
 import { checkSupport } from '../target/support.js';
-import { environmentStrings, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
+import { environmentStrings, type ResolvedAllocator, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
 import { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './leak-tracer.js';
 import type { AllocatorFunction, TraceOptions } from '../types.js';
 
 const launcherUserVariable = 'EBPF_LEAK_EXEC_USER';
+
+function fileInode(path: string): number {
+  try {
+    return statSync(path).ino;
+  } catch {
+    return 0;
+  }
+}
 
 /** Start the program held before exec: our launcher waits on its fd 3 until release(). */
 function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
@@ -60,6 +69,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   let pid: number;
   let allocatorPath: string;
   let glibc: boolean;
+  let resolved: ResolvedAllocator;
   let held: TracedProcess | undefined;
   let unwindFiles: string[] | undefined;
   if (o.kind === 'pid') {
@@ -67,16 +77,21 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
     pid = o.pid;
     allocatorPath = allocator.path;
     glibc = allocator.glibc;
+    resolved = allocator;
   } else {
     const target = await resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
     allocatorPath = target.allocator.path;
     glibc = target.allocator.glibc;
+    resolved = target.allocator;
     unwindFiles = target.files;
     held = await startHeld(native, o, target.exe);
     onStarted(held);
     pid = held.pid;
   }
-  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
+  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, resolved.cxxRuntime);
+  // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
+  // so when sampling (most blocks are not recorded).
+  const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
 
   let tracer: LeakTracer | undefined;
   const pending: Parameters<NativeMessageHandler>[] = [];
@@ -98,6 +113,8 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       stackTotals: o.stackTotals,
       sampleEveryBytes: o.sampleEveryBytes,
       ...(unwindFiles ? { unwindFiles } : {}),
+      heapErrors,
+      allocatorInode: fileInode(allocatorPath),
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -127,6 +144,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       pid,
       ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
       allocator: allocatorPath,
+      allocatorName: resolved.name,
     },
     info: {
       allocator: allocatorPath,
@@ -135,6 +153,9 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       functionOffsets: Object.fromEntries(
         plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
       ) as Partial<Record<AllocatorFunction, number>>,
+      sites: plan.sites,
+      ambiguousPairs: plan.ambiguousPairs,
+      heapErrors,
       aliases: plan.aliases,
       placements: plan.placements,
       maxAllocations: o.maxAllocations,

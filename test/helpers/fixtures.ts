@@ -67,6 +67,13 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'realloc_fail', compiler: 'gcc', sources: ['realloc_fail.c'], flags: cFlags },
   { name: 'crash', compiler: 'gcc', sources: ['crash.c'], flags: cFlags },
   { name: 'gate', compiler: 'gcc', sources: ['gate.c'], flags: cFlags },
+  { name: 'heap_errors', compiler: 'g++', sources: ['heap_errors.cc'], flags: [...cFlags, '-Wno-mismatched-new-delete'] },
+  // The same program on each allocator: plain (for LD_PRELOAD), linked with one, static.
+  { name: 'alloc_count', compiler: 'g++', sources: ['alloc_count.cc'], flags: cFlags },
+  { name: 'alloc_count_jemalloc', compiler: 'g++', sources: ['alloc_count.cc'], flags: cFlags, libs: ['-l:libjemalloc.so.2'] },
+  { name: 'alloc_count_tcmalloc', compiler: 'g++', sources: ['alloc_count.cc'], flags: cFlags, libs: ['-l:libtcmalloc_minimal.so.4'] },
+  { name: 'alloc_count_mimalloc', compiler: 'g++', sources: ['alloc_count.cc'], flags: cFlags, libs: ['-l:libmimalloc.so.2'] },
+  { name: 'alloc_count_static', compiler: 'g++', sources: ['alloc_count.cc'], flags: [...cFlags, '-static'] },
 ];
 
 export type FixtureName =
@@ -86,7 +93,13 @@ export type FixtureName =
   | 'realloc_stress'
   | 'realloc_fail'
   | 'crash'
-  | 'gate';
+  | 'gate'
+  | 'heap_errors'
+  | 'alloc_count'
+  | 'alloc_count_jemalloc'
+  | 'alloc_count_tcmalloc'
+  | 'alloc_count_mimalloc'
+  | 'alloc_count_static';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
