@@ -351,7 +351,6 @@ static __always_inline void count_free(__u64 fn, __u64 address, __s64 size)
 		__sync_fetch_and_add(&c->frees, 1);
 		__sync_fetch_and_add(&c->bytes_freed, size);
 	}
-	heap_released(ctx, fn, address, size_fn, alloc_stack_id, at_entry);
 	if (emit_events)
 		emit(LEAK_EVENT_FREE, fn, address, size, bpf_ktime_get_ns(),
 		     (__u32)bpf_get_current_pid_tgid(), -1);

@@ -497,13 +497,3 @@ function demangledName(symbol: string): string {
   }
 }
 
-/** The process's root directory is ours (same file), so its paths are valid here as they are. */
-function sameRootAsOurs(pid: number): boolean {
-  try {
-    const theirs = statSync(`/proc/${pid}/root`);
-    const ours = statSync('/');
-    return theirs.dev === ours.dev && theirs.ino === ours.ino;
-  } catch {
-    return false;
-  }
-}
