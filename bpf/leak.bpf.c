@@ -9,6 +9,7 @@
 #include "leak.h"
 #include "unwind.h"	  /* the CFI stack walker: stacks through code without frame pointers */
 #include "stack_totals.h" /* outstanding bytes and blocks per stack */
+#include "traced_processes.h" /* follow_forks: a key and counters per process */
 #include "alloc_table.h"  /* the outstanding blocks: `allocs` */
 #include "calls_in_flight.h" /* malloc and calloc calls between entry and return */
 
@@ -47,6 +48,9 @@ const volatile __u8 fn_at_page_offset[LEAK_PAGE_OFFSETS] = {};
 
 /* Written by user space through the skeleton's .bss while running. */
 bool armed = false;
+/* Entry probes are told apart by their attach cookie only: set once probes on a second allocator
+ * file (a new image's) are attached, whose functions sit at other offsets within a page. */
+bool cookies_only = false;
 __u64 mark = 0;
 /* CLOCK_MONOTONIC in ns, updated every few milliseconds by the tracer's poll thread: the time
  * blocks are stamped with. Reading the clock in the probe cost a tenth of its work, and
@@ -228,6 +232,8 @@ static __always_inline bool sampled(struct inflight_call *thread, __u64 size)
  * threads only; classic uprobes are checked here. */
 static __always_inline bool is_target(void)
 {
+	if (follow_forks) /* links for every process: the traced ones are in `traced_procs` */
+		return armed && process_traced();
 	if (attach_mode != LEAK_ATTACH_UPROBE)
 		return armed;
 	return (bpf_get_current_pid_tgid() >> 32) == target_tgid && armed;
@@ -238,12 +244,18 @@ static __always_inline __u64 probe_fn(struct pt_regs *ctx)
 {
 	__u8 fn = fn_at_page_offset[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)];
 
+	if (cookies_only)
+		return bpf_get_attach_cookie(ctx);
 	return fn ? fn - 1 : bpf_get_attach_cookie(ctx);
 }
 
 static __always_inline struct leak_counters *counters_cpu(void)
 {
+	struct leak_counters *own = process_counters_cpu();
 	__u32 zero = 0;
+
+	if (own)
+		return own;
 	return bpf_map_lookup_elem(&counters, &zero);
 }
 
@@ -295,7 +307,7 @@ static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __
 		__sync_fetch_and_add(&c->allocs, 1);
 		__sync_fetch_and_add(&c->bytes_allocated, size);
 	}
-	if (table_insert(address, size | fn << LEAK_SIZE_BITS, now_ns, stack_id,
+	if (table_insert(process_key(address), size | fn << LEAK_SIZE_BITS, now_ns, stack_id,
 			 (__u64)(__u32)mark << 32 | tid) && c)
 		__sync_fetch_and_add(&c->dropped_allocs, 1);
 	if (emit_events)
@@ -315,7 +327,7 @@ static __always_inline bool freed_by_realloc(__u64 address)
 static __always_inline void record_free(__u64 fn, __u64 address)
 {
 	struct leak_counters *c = counters_cpu();
-	__s64 size = table_remove(address);
+	__s64 size = table_remove(process_key(address));
 
 	if (size < 0) {
 		if (fn == LEAK_FN_FREE && freed_by_realloc(address))
@@ -611,7 +623,8 @@ static __always_inline void fast_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 {
 	if (!is_target() || size > LEAK_SIZE_MASK) /* a size that large fails */
 		return;
-	if (!slow_calls) {
+	/* Slots are keyed by stack pointer, which a fork's child shares with its parent. */
+	if (!slow_calls && !follow_forks) {
 		switch (call_slot_claim(PT_REGS_SP(ctx), size | fn << LEAK_SIZE_BITS, now_ns)) {
 		case SLOT_STALE:
 			COUNT(inflight_failures, 1);
@@ -681,8 +694,11 @@ int BPF_KPROBE(alloc_entry, __u64 a0, __u64 a1, __u64 a2)
 SEC("uretprobe")
 int BPF_KRETPROBE(alloc_exit)
 {
-	__u64 size_fn = call_slot_take(PT_REGS_SP(ctx));
+	__u64 size_fn;
 
+	if (follow_forks)
+		return call_return(ctx);
+	size_fn = call_slot_take(PT_REGS_SP(ctx));
 	if (size_fn == CALL_SLOT_NESTED)
 		return 0;
 	if (size_fn == CALL_SLOT_NONE)

@@ -238,6 +238,9 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::ReadStackTotals>("readStackTotals"),
                          InstanceMethod<&Tracer::UnwindStats>("unwindStats"),
                          InstanceMethod<&Tracer::ReadStackFlags>("readStackFlags"),
+                         InstanceMethod<&Tracer::ResumeProcess>("resumeProcess"),
+                         InstanceMethod<&Tracer::AddProbes>("addProbes"),
+                         InstanceMethod<&Tracer::ProcessStats>("processStats"),
                      });
 }
 
@@ -259,6 +262,8 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.page_size = GetUint(o, "pageSize", 4096);
   config_.sample_every_bytes = GetU64(o, "sampleEveryBytes");
   config_.ignore_own_threads = GetBool(o, "ignoreOwnThreads", config_.pid == getpid());
+  config_.supervise = GetBool(o, "supervise", false);
+  config_.follow_forks = config_.supervise && GetBool(o, "followForks", false);
   ParseUnwindOptions(o, &config_.unwind);
   Napi::Value btf = o.Get("btfPath");
   if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
@@ -396,6 +401,10 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   }
 
   unwind_ = Unwinder::Create(skel_, config_, this);  // tables and map sizes (native/unwinder.cc)
+  skel_->rodata->follow_forks = config_.follow_forks;
+  // Stack totals are one sum over every process; with several, blocks taken out at an exit or an
+  // exec could not be taken out of them consistently.
+  if (config_.follow_forks) skel_->rodata->keep_stack_totals = false;
   int err = leak_bpf__load(skel_);
   if (err) {
     int e = -err;
@@ -410,54 +419,11 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   SetThreadIgnored(CurrentTid(), true);  // until DoAttach is done: see there
   unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
-  auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
-    return fail(CodeForErrno(e, e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF"),
-                std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path,
-                e);
-  };
-  if (multi) {
-    // One entry link and one return link per file (in practice: one file, the allocator).
-    std::map<std::string, std::vector<const ProbeSpec*>> by_path;
-    for (const auto& p : config_.probes) by_path[p.path].push_back(&p);
-    for (const auto& [path, probes] : by_path) {
-      // Return probes first: a call already inside an allocator function when its entry probe
-      // appears would otherwise leave its thread's `inflight` entry behind forever (no return
-      // probe to take it), and that thread's allocations would all count as nested calls. A
-      // return without an entry is skipped by the program.
-      for (bool ret : {true, false}) {
-        std::vector<uint64_t> offsets, cookies;
-        for (const ProbeSpec* p : probes) {
-          if (ret && p->fn == LEAK_FN_FREE) continue;
-          offsets.push_back(ret ? p->return_offset : p->entry_offset);
-          cookies.push_back(p->fn);
-        }
-        if (offsets.empty()) continue;
-        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
-        int fd = create_uprobe_multi_link(bpf_program__fd(prog), path.c_str(), offsets.data(),
-                                          cookies.data(), static_cast<uint32_t>(offsets.size()),
-                                          ret, config_.pid);
-        if (fd < 0) {
-          int e = -fd;
-          if (e == EINVAL || e == EOPNOTSUPP || e == ENOTSUPP_ERRNO)
-            return fail("ELEAK_NO_MULTI", "no multi-uprobe links", e);
-          return attach_error(e, *probes.front(), ret);
-        }
-        multi_links_.push_back(fd);
-      }
-    }
-  } else {
-    for (const auto& probe : config_.probes) {
-      for (bool ret : {true, false}) {  // return probe first: see above
-        if (ret && probe.fn == LEAK_FN_FREE) continue;
-        LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
-        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
-        bpf_link* link = bpf_program__attach_uprobe_opts(
-            prog, config_.pid, probe.path.c_str(), ret ? probe.return_offset : probe.entry_offset,
-            &opts);
-        if (link == nullptr) return attach_error(errno, probe, ret);
-        links_.push_back(link);
-      }
-    }
+  if (!AttachLinks(config_.probes, multi, error)) {
+    std::string tail = log.Tail();
+    if (!tail.empty()) error->message += "\nlibbpf log:\n" + tail;
+    DetachAll();
+    return false;
   }
   if (config_.wait_for_exec) {
     bpf_link* link = bpf_program__attach(skel_->progs.target_exec);
@@ -476,6 +442,10 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
 }
 
 bool Tracer::FinishAttach(NativeError* error) {
+  if (config_.supervise && !StartSupervisor(error)) {
+    DetachAll();
+    return false;
+  }
   pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, config_.pid, 0));
   if (pidfd_ < 0) {
     int e = errno;
@@ -734,6 +704,7 @@ void Tracer::PollLoop() {
 
 void Tracer::Close() {
   if (closed_.exchange(true)) return;
+  StopSupervisor();  // before mu_: its handlers take mu_
   std::lock_guard<std::mutex> lock(mu_);  // waits for a running attach or snapshot
   if (stop_fd_ >= 0) {
     uint64_t one = 1;
