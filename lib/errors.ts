@@ -14,6 +14,7 @@ export const errorCodes = [
   'ELEAK_BPF',
   'ELEAK_COMMAND_NOT_FOUND',
   'ELEAK_CLOSED',
+  'ELEAK_PTRACE',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -84,6 +85,11 @@ interface NativeErrorShape {
   message?: unknown;
 }
 
+/** The process cannot be followed with ptrace (needed to see its exec()s and forks). */
+export class PtraceError extends EbpfLeakError {
+  readonly code = 'ELEAK_PTRACE' as const;
+}
+
 /** Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
 export function fromNativeError(error: unknown, context: string): EbpfLeakError | unknown {
   if (!(error instanceof Error)) return error;
@@ -102,6 +108,12 @@ export function fromNativeError(error: unknown, context: string): EbpfLeakError 
       return new BpfError(text, { cause: error });
     case 'ELEAK_CLOSED':
       return new TracerClosedError(text, { cause: error });
+    case 'ELEAK_PTRACE':
+      return new PtraceError(
+        `${text}\nA process can have one tracer: detach the debugger (gdb, strace) first, or run as root ` +
+          `(CAP_SYS_PTRACE) if /proc/sys/kernel/yama/ptrace_scope forbids it.`,
+        { cause: error },
+      );
     default:
       return error;
   }

@@ -241,6 +241,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::ResumeProcess>("resumeProcess"),
                          InstanceMethod<&Tracer::AddProbes>("addProbes"),
                          InstanceMethod<&Tracer::ProcessStats>("processStats"),
+                         InstanceMethod<&Tracer::ProcessCounters>("processCounters"),
                      });
 }
 

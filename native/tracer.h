@@ -115,6 +115,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   Napi::Value ResumeProcess(const Napi::CallbackInfo& info);
   Napi::Value AddProbes(const Napi::CallbackInfo& info);
   Napi::Value ProcessStats(const Napi::CallbackInfo& info);
+  Napi::Value ProcessCounters(const Napi::CallbackInfo& info);
   bool StartSupervisor(NativeError* error);
   void StopSupervisor();
   bool AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error);

@@ -5,7 +5,7 @@
 //   "exec"     u32 pid, u32 0, struct leak_counters of the image that ended, u64 its blocks,
 //              u64 their bytes. The process stays stopped until resumeProcess(pid) (JS checks the
 //              new image's allocator first), or kResumeTimeout.
-//   "fork"     u32 child, u32 parent: a child is traced (follow_forks).
+//   "fork"     u32 child, u32 parent, u32 its index: a child is traced (follow_forks).
 //   "process"  u32 pid, i32 wait status, u32 flags (1: seen at its exit stop), u32 command line
 //              bytes, struct leak_counters, u64 blocks; the command line (NUL-separated, padded to
 //              8 bytes); then the blocks as leak_block records: a traced process exited
@@ -318,6 +318,7 @@ bool Tracer::OnFork(const process::Event& event) {
   std::vector<uint8_t> message;
   Put(&message, child);
   Put(&message, static_cast<uint32_t>(event.pid));
+  Put(&message, index);
   Post("fork", std::move(message));
   return true;
 }
@@ -391,7 +392,20 @@ Napi::Value Tracer::AddProbes(const Napi::CallbackInfo& info) {
   return promise;
 }
 
-// processStats(): { untracedChildren, lostChildren, live }.
+// processCounters(index): struct leak_counters of a traced process now, or null.
+Napi::Value Tracer::ProcessCounters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(mu_);
+  leak_counters c{};
+  if (skel_ == nullptr || info.Length() < 1 || !info[0].IsNumber() ||
+      !ReadProcessCounters(info[0].As<Napi::Number>().Uint32Value(), &c))
+    return env.Null();
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, sizeof c);
+  memcpy(buffer.Data(), &c, sizeof c);
+  return buffer;
+}
+
+// processStats(): { untracedChildren, lostChildren, supervised }.
 Napi::Value Tracer::ProcessStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);

@@ -48,6 +48,11 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Room for at least N block
   --no-stacks            Do not record allocation stacks (lowest overhead;
                          the blocks still allocated form one group).
   --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
+  --follow-forks         Trace every child and grandchild process too, each
+                         with a report of its own (valgrind's
+                         --trace-children=yes); with attach, the children
+                         the process starts from now on. Default: off (the
+                         report counts the children that ran untraced).
   --sample-every BYTES   Sampling mode: record one allocation per BYTES bytes
                          on average (Poisson), much cheaper on busy programs;
                          in-use figures become estimates. Default: off.
@@ -111,6 +116,8 @@ export interface CommonFlags {
   unwind?: 'auto' | 'dwarf' | 'fp';
   /** --sample-every BYTES. */
   sampleEveryBytes?: number;
+  /** --follow-forks. */
+  followForks: boolean;
 }
 
 export interface RunCommand extends CommonFlags {
@@ -325,6 +332,7 @@ const commonOptions = {
   'debug-dir': { type: 'string', multiple: true },
   unwind: { type: 'string' },
   'sample-every': { type: 'string' },
+  'follow-forks': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -443,6 +451,7 @@ function commonFlags(values: Values): CommonFlags {
     events: values.get('events') === true,
     verbose: values.get('verbose') === true,
     stacks: values.get('no-stacks') !== true,
+    followForks: values.get('follow-forks') === true,
     suppressions: (() => {
       const v = values.get('suppressions');
       return Array.isArray(v) ? v : [];
@@ -855,6 +864,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
     ...(cmd.debugDirs.length > 0 ? { debugDirs: cmd.debugDirs } : {}),
     ...(cmd.unwind ? { unwind: cmd.unwind } : {}),
     ...(cmd.sampleEveryBytes !== undefined ? { sampleEveryBytes: cmd.sampleEveryBytes } : {}),
+    ...(cmd.followForks ? { followForks: true } : {}),
   };
 }
 

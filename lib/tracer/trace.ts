@@ -1,5 +1,7 @@
 // trace(): validate, check the kernel, find the allocator, start or find the process, attach.
+import { readFileSync } from 'node:fs';
 import { pauseIfDue } from '../util/cooperative.js';
+import { splitCommandLine } from '../native/process-messages.js';
 import { fromNativeError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
@@ -21,6 +23,14 @@ function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'com
     ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
     stdio: o.stdio,
   });
+}
+
+function commandLineOf(pid: number): string[] {
+  try {
+    return splitCommandLine(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+  } catch {
+    return [];
+  }
 }
 
 /** EBPF_LEAK_ATTACH=uprobe: one classic uprobe per function even where the kernel has multi-uprobe
@@ -80,6 +90,10 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       stackTotals: o.stackTotals,
       sampleEveryBytes: o.sampleEveryBytes,
       ...(unwindFiles ? { unwindFiles } : {}),
+      // A command is followed through its execs (and children are counted); a running process
+      // only when its children are to be traced.
+      supervise: o.kind === 'command' || o.followForks,
+      followForks: o.followForks,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -129,6 +143,16 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       attachMs: Math.round(performance.now() - attachStarted),
     },
     ...(held ? { child: held } : {}),
+    countersBytes: native.layout.counters,
+    ...(o.kind === 'command' || o.followForks
+      ? {
+          supervision: {
+            followForks: o.followForks,
+            probePlacement: o.probePlacement,
+            commandLine: o.kind === 'command' ? [o.command, ...o.args] : commandLineOf(pid),
+          },
+        }
+      : {}),
   };
   tracer = new LeakTracer(parts);
   for (const message of pending) tracer.handleNativeMessage(...message);

@@ -62,6 +62,9 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'exit_immediately', compiler: 'gcc', sources: ['exit_immediately.c'], flags: cFlags },
   { name: 'forever', compiler: 'gcc', sources: ['forever.c'], flags: cFlags },
   { name: 'sampling', compiler: 'gcc', sources: ['sampling.c'], flags: cFlags },
+  { name: 'malloc_exec', compiler: 'gcc', sources: ['malloc_exec.c'], flags: cFlags },
+  { name: 'fork_children', compiler: 'gcc', sources: ['fork_children.c'], flags: cFlags },
+  { name: 'prefork_server', compiler: 'gcc', sources: ['prefork_server.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -76,7 +79,10 @@ export type FixtureName =
   | 'dlopen_main'
   | 'exit_immediately'
   | 'forever'
-  | 'sampling';
+  | 'sampling'
+  | 'malloc_exec'
+  | 'fork_children'
+  | 'prefork_server';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
