@@ -6,10 +6,11 @@
 //
 // Both runs get one explicit environment and stdio 'ignore', as in test/oracle.test.ts: valgrind
 // is run as valgrind.bin, so it adds only LD_PRELOAD (its preload libraries) to the environment,
-// and the traced run gets an LD_PRELOAD too, empty: a shell or make keeps a record per variable
-// of its environment (dash: 32 bytes each), which would otherwise differ by one.
-import { spawn } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+// and the traced run gets an LD_PRELOAD too, of the same length, made of separators the dynamic
+// loader skips: a shell keeps a record per variable of its environment (dash: 32 bytes each),
+// and make a copy of each value, which would otherwise differ.
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -24,6 +25,15 @@ import { runValgrindTree, type ValgrindTree } from './helpers/valgrind-children.
 
 const env: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const fields = ['inUseBytes', 'inUseBlocks', 'allocs', 'frees', 'bytesAllocated'] as const;
+
+/** valgrind's LD_PRELOAD (its two preload libraries), as the programs see it. */
+function valgrindPreload(): string {
+  const dirs = ['/usr/libexec/valgrind', '/usr/lib/x86_64-linux-gnu/valgrind', '/usr/lib/valgrind'];
+  const dir = dirs.find((d) => existsSync(join(d, 'vgpreload_core-amd64-linux.so')));
+  if (!dir) throw new Error(`valgrind's preload libraries are not in ${dirs.join(', ')}`);
+  return `${dir}/vgpreload_core-amd64-linux.so:${dir}/vgpreload_memcheck-amd64-linux.so`;
+}
+const preloadStandIn = ':'.repeat(valgrindPreload().length);
 
 function tuple(s: HeapSummary | ValgrindHeapSummary): string {
   return fields.map((f) => s[f]).join('/');
@@ -53,7 +63,7 @@ async function traced(
   const tracer = await trace({
     command,
     args,
-    env: { ...(options.env ?? env), LD_PRELOAD: '' },
+    env: { ...(options.env ?? env), LD_PRELOAD: preloadStandIn },
     stdio: 'ignore',
     followForks: options.followForks ?? false,
     ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
@@ -151,8 +161,9 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
     expect(report.processes).toHaveLength(3);
     expect(report.target.commandLine).toEqual(['/bin/sh', '-c', script]);
     expect(report.processes!.slice(1).map((p) => p.target.commandLine)).toEqual([[fixturePath('seed')], ['/bin/true']]);
-    // The second ran malloc_exec before /bin/true: its 999 bytes are no leak.
-    expect(report.processes![2]!.previousImages![0]!.inUseBytes).toBe(999);
+    // The second was the shell's fork, then malloc_exec, then /bin/true: the 999 bytes are no leak.
+    expect(report.processes![2]!.previousImages!.map((i) => i.commandLine[0])).toEqual(['/bin/sh', fixturePath('malloc_exec')]);
+    expect(report.processes![2]!.previousImages![1]!.inUseBytes).toBe(999);
   });
 
   it('make running two leaking programs', async () => {
@@ -183,7 +194,7 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
       `spawnSync(${JSON.stringify(fixturePath('seed'))}, [], { stdio: 'ignore' });` +
       `spawnSync(${JSON.stringify(fixturePath('fork_children'))}, ['1'], { stdio: 'ignore' });`;
     const nodeEnv = { ...env, PATH: `${dirname(process.execPath)}:${env.PATH}` };
-    const tracer = await trace({ command: process.execPath, args: ['-e', script], env: { ...nodeEnv, LD_PRELOAD: '' }, stdio: 'ignore', followForks: true });
+    const tracer = await trace({ command: process.execPath, args: ['-e', script], env: { ...nodeEnv, LD_PRELOAD: preloadStandIn }, stdio: 'ignore', followForks: true });
     const report = await tracer.done;
     expectClean(report);
     const byProgram = (path: string) => report.processes!.filter((p) => p.target.commandLine?.[0] === path);
@@ -255,7 +266,12 @@ describe('another root (chroot) with its own libc', () => {
 
 describe('attach -p PID with followForks: a pre-fork server', () => {
   it("follows the workers it forks from then on", async () => {
-    const server = spawn(fixturePath('prefork_server'), [], { env, stdio: ['pipe', 'pipe', 'inherit'] });
+    // Through setsid -f: a child of this process could not be followed (trace() refuses it). Its
+    // commands come through a FIFO: setsid exits at once, and with it our end of its stdin.
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-server-'));
+    const fifo = join(dir, 'commands');
+    execFileSync('/usr/bin/mkfifo', [fifo]);
+    const server = spawn('/usr/bin/setsid', ['-f', fixturePath('prefork_server'), fifo], { env, stdio: ['ignore', 'pipe', 'inherit'] });
     const lines: string[] = [];
     let waiting: (() => void) | undefined;
     let buffered = '';
@@ -266,23 +282,24 @@ describe('attach -p PID with followForks: a pre-fork server', () => {
       lines.push(...parts);
       waiting?.();
     });
+    let serverPid = 0;
     const line = async (n: number): Promise<string> => {
       while (lines.length < n) await new Promise<void>((r) => (waiting = r));
       return lines[n - 1]!;
     };
     try {
       const pid = Number((await line(1)).split(' ')[1]);
-      console.error('got pid', pid);
+      serverPid = pid;
       const tracer = await trace({ pid, followForks: true });
-      console.error('attached');
-      server.stdin!.write('f\n');
+      const commands = openSync(fifo, 'w'); // the server waits in its open() for this
+      writeSync(commands, 'f\n');
       await line(2);
-      server.stdin!.write('f\n');
+      writeSync(commands, 'f\n');
       await line(3);
-      console.error('lines', lines);
-      server.stdin!.write('q\n');
+      writeSync(commands, 'q\n');
+      closeSync(commands);
       const report = await tracer.done;
-      console.error('done');
+
       expectClean(report);
       expect(report.processes).toHaveLength(3);
       const workers = report.processes!.slice(1);
@@ -290,14 +307,34 @@ describe('attach -p PID with followForks: a pre-fork server', () => {
       for (const w of workers) {
         expect(w.target.exitCode).toBe(3);
         expect(w.target.parentPid).toBe(pid);
-        // Its 64 bytes and the request block it inherited from the server (live at the fork).
-        expect(w.summary).toMatchObject({ inUseBytes: 96, inUseBlocks: 2 });
-        expect(w.leaks.map((g) => g.bytes).sort((a, b) => a - b)).toEqual([32, 64]);
+        // Its 64 bytes, and what it inherited from the server, allocated since the attach and live
+        // at the fork: the request block and the command stream's 4,096-byte buffer.
+        expect(w.summary).toMatchObject({ inUseBytes: 4192, inUseBlocks: 3 });
+        expect(w.leaks.map((g) => g.bytes).sort((a, b) => a - b)).toEqual([32, 64, 4096]);
       }
       expect(report.target.exitCode).toBe(0); // seen at its exit stop
-      expect(report.summary.inUseBytes).toBe(0);
+      expect(report.summary).toMatchObject({ inUseBytes: 4096, inUseBlocks: 1 }); // the stream's buffer
     } finally {
-      server.kill('SIGKILL');
+      if (serverPid) {
+        try {
+          process.kill(serverPid, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a child of the tracing process itself, saying why', async () => {
+    const child = spawn(fixturePath('forever'), ['1000'], { env, stdio: 'ignore' });
+    try {
+      await expect(trace({ pid: child.pid!, followForks: true })).rejects.toMatchObject({
+        code: 'ELEAK_PTRACE',
+        message: expect.stringContaining('it is a child of this process'),
+      });
+    } finally {
+      child.kill('SIGKILL');
     }
   });
 });

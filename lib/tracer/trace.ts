@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { pauseIfDue } from '../util/cooperative.js';
 import { splitCommandLine } from '../native/process-messages.js';
-import { fromNativeError, TargetExitedError } from '../errors.js';
+import { fromNativeError, PtraceError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
@@ -23,6 +23,15 @@ function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'com
     ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
     stdio: o.stdio,
   });
+}
+
+function parentOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return null;
+  }
 }
 
 function commandLineOf(pid: number): string[] {
@@ -56,6 +65,15 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
   let held: TracedProcess | undefined;
   let unwindFiles: string[] | undefined;
   if (o.kind === 'pid') {
+    if (o.followForks && parentOf(o.pid) === process.pid) {
+      // Its stops under ptrace would be reported to this process's own waitpid() for it (libuv's,
+      // child_process's), which takes them: the process would stay stopped.
+      throw new PtraceError(
+        `cannot follow the forks of process ${o.pid}: it is a child of this process, whose child_process ` +
+          `handling waits for it. Start it through another process (e.g. \`setsid -f PROGRAM\`), or ` +
+          `trace it as a command: trace({ command, followForks: true }).`,
+      );
+    }
     const allocator = resolvePidAllocator(o.pid, o.allocator);
     pid = o.pid;
     allocatorPath = allocator.path;
