@@ -270,6 +270,16 @@ describe('parseCliArgs: attach', () => {
     });
   });
 
+  it('--follow-forks, for run and attach', () => {
+    expect(parseCliArgs(['attach', '-p', '7', '--follow-forks'])).toEqual({ ...attachDefaults, pid: 7, followForks: true });
+    expect(parseCliArgs(['run', '--follow-forks', '--', 'make', '-j2'])).toEqual({
+      ...runDefaults,
+      command: 'make',
+      args: ['-j2'],
+      followForks: true,
+    });
+  });
+
   it('--interval 0 turns the periodic output off', () => {
     expect(parseCliArgs(['attach', '-p', '1', '--interval', '0'])).toMatchObject({ intervalS: 0 });
   });

@@ -235,7 +235,8 @@ describe('run', () => {
     const pid = Number(/^pid :(\d+)\n$/.exec(r.stdout)?.[1]);
     const json = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
 
-    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'suppressed']);
+    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'suppressed', 'untracedChildren']);
+    expect(json.untracedChildren).toBe(0);
     expect(json.suppressed).toEqual([{ rule: 'glibc-stdio-buffer', source: 'default', bytes: 4096, blocks: 1, groups: 1 }]);
     expect(json.version).toBe(1);
     expect(json.target).toEqual({
@@ -245,6 +246,7 @@ describe('run', () => {
       exitCode: 0,
       signal: null,
       allocator: expect.stringMatching(/^\/.*libc\.so\.6$/),
+      commandLine: [seed, '0'],
     });
     expect(json.durationMs).toEqual(expect.any(Number));
     expect(json.summary).toEqual(seedSummary);

@@ -135,6 +135,54 @@ describe('exec: the report covers the image that exits', () => {
   });
 });
 
+describe('exec into another allocator: attached before the image runs', () => {
+  const symbols = (g: LeakReport['leaks'][number]) => g.stack.map((f) => f.symbol);
+
+  it('a static binary (its malloc inside the executable)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-static-'));
+    try {
+      const exe = join(dir, 'seed_static');
+      execFileSync('gcc', ['-static', '-O0', '-g', '-fno-builtin', '-o', exe, join(fixturesDir, 'seed.c')]);
+      const report = await traced(fixturePath('malloc_exec'), [exe]);
+      expect(report.untraced).toBeUndefined();
+      expect(report.target.commandLine).toEqual([exe]);
+      // The seed's 10 x 8 bytes, 9 freed, seen through the executable's own malloc and free.
+      const eight = report.leaks.find((g) => g.bytes === 8 && g.blocks === 1);
+      expect(eight, JSON.stringify(report.leaks, null, 1)).toBeDefined();
+      expect(symbols(eight!)).toContain('main');
+      expect(report.summary.frees).toBeGreaterThanOrEqual(9);
+      expect(report.previousImages![0]!.inUseBytes).toBe(999);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a preloaded allocator (jemalloc through env LD_PRELOAD=...)', async () => {
+    const jemalloc = '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2';
+    const report = await traced('/usr/bin/env', [`LD_PRELOAD=${jemalloc}`, fixturePath('seed')]);
+    expect(report.untraced).toBeUndefined();
+    const eight = report.leaks.find((g) => g.bytes === 8 && g.blocks === 1);
+    expect(eight, JSON.stringify(report.leaks, null, 1)).toBeDefined();
+    expect(symbols(eight!)).toContain('main');
+    // glibc's malloc is never called: every count is jemalloc's.
+    expect(report.summary).toMatchObject({ frees: 9, unknownFrees: 0 });
+  });
+
+  it("an image that cannot be traced is reported as such, never as an empty report", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-stripped-'));
+    try {
+      const exe = join(dir, 'seed_stripped');
+      execFileSync('gcc', ['-static', '-O0', '-s', '-o', exe, join(fixturesDir, 'seed.c')]);
+      const report = await traced(fixturePath('malloc_exec'), [exe]);
+      expect(report.untraced).toMatch(/seed_stripped cannot be traced: .* statically linked without a symbol table/);
+      expect(checkReport(report, []).inconclusive).toContain(report.untraced);
+      expect(() => assertReport(checkReport(report, []))).toThrow(/inconclusive|cannot be traced/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('followForks: one report per process, as valgrind --trace-children=yes', () => {
   it("forked children that leak and leave with _exit, each with what it inherited", async () => {
     const { report } = await compareTree(fixturePath('fork_children'), ['3']);

@@ -117,7 +117,7 @@ export interface CommonFlags {
   /** --sample-every BYTES. */
   sampleEveryBytes?: number;
   /** --follow-forks. */
-  followForks: boolean;
+  followForks?: true;
 }
 
 export interface RunCommand extends CommonFlags {
@@ -451,7 +451,7 @@ function commonFlags(values: Values): CommonFlags {
     events: values.get('events') === true,
     verbose: values.get('verbose') === true,
     stacks: values.get('no-stacks') !== true,
-    followForks: values.get('follow-forks') === true,
+    ...(values.get('follow-forks') === true ? { followForks: true as const } : {}),
     suppressions: (() => {
       const v = values.get('suppressions');
       return Array.isArray(v) ? v : [];
