@@ -15,9 +15,10 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { assertReport, checkReport, formatCheckedReport } from '../lib/check.js';
+import { assertReport } from '../lib/harness/program-check.js';
+import { checkReport, formatCheckedReport } from '../lib/report/checked.js';
 import { LeakError, trace } from '../lib/index.js';
-import { toJsonReport } from '../lib/json-report.js';
+import { toJsonReport } from '../lib/report/json-format.js';
 import type { HeapSummary, LeakReport } from '../lib/types.js';
 import { fixturePath, fixturesDir } from './helpers/fixtures.js';
 import { runValgrind, type ValgrindHeapSummary } from './helpers/valgrind.js';
