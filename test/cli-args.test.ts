@@ -419,6 +419,14 @@ describe('exit statuses', () => {
     expect(attachExitStatus(report({ exitCode: null }), 5)).toBe(0);
   });
 
+  it('--follow-forks: --error-exitcode when any process leaked, the first or another', () => {
+    const clean = report({ exitCode: 0 });
+    const leaking = report({ pid: 2, exitCode: 0 }, 1);
+    expect(runExitStatus({ ...clean, processes: [clean, leaking] }, 7)).toBe(7);
+    expect(attachExitStatus({ ...clean, processes: [clean, leaking] }, 5)).toBe(5);
+    expect(runExitStatus({ ...clean, processes: [clean, report({ pid: 2, exitCode: 0 })] }, 7)).toBe(0);
+  });
+
   it('signal numbers', () => {
     expect(signalExitStatus('SIGINT')).toBe(130);
     expect(signalExitStatus('SIGHUP')).toBe(129);

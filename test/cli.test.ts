@@ -281,6 +281,24 @@ describe('run', () => {
     expect(r.stderr).toContain('    in use at exit: 4,104 bytes in 2 blocks');
   }, 60_000);
 
+  it('--follow-forks: one section per process, processes[] in the JSON, and a leaking child fails the run', async () => {
+    const r = await runCli(['run', '--follow-forks', '--error-exitcode', '9', '--json', '-', '--', fixturePath('fork_children'), '1']);
+    expect(r.code).toBe(9);
+    const sections = r.stderr.split('\n').filter((l) => l.startsWith('== process '));
+    expect(sections).toHaveLength(2);
+    expect(sections[0]).toMatch(/^== process (\d+): \S*fork_children 1 \(exit status 0\) ==$/);
+    expect(sections[1]).toMatch(/^== process \d+: \S*fork_children 1 \(exit status 0, child of \d+\) ==$/);
+    const json = JSON.parse(r.stdout) as { target: { pid: number }; processes: Array<{ target: { pid: number; parentPid?: number }; summary: Record<string, number> }> };
+    expect(json.processes.map((p) => p.target.parentPid)).toEqual([undefined, json.target.pid]);
+    expect(json.processes[1]!.summary).toMatchObject({ inUseBytes: 110, inUseBlocks: 2, allocs: 2, frees: 0 });
+  }, 60_000);
+
+  it('without --follow-forks, the report counts the children and names the option', async () => {
+    const r = await runCli(['run', '--', fixturePath('fork_children'), '2']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('note: 2 child processes ran untraced; trace them with --follow-forks');
+  }, 60_000);
+
   it('--error-exitcode 7 exits 7 when blocks leaked', async () => {
     const r = await runCli(['run', '--error-exitcode', '7', '--', fixturePath('seed')]);
     expect(r.code).toBe(7);

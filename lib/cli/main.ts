@@ -604,14 +604,19 @@ export function signalExitStatus(signal: string): number {
 
 /** Exit status of `run`: --error-exitcode when blocks were left, else the program's own. */
 export function runExitStatus(report: LeakReport, errorExitcode?: number): number {
-  if (errorExitcode !== undefined && report.leaks.length > 0) return errorExitcode;
+  if (errorExitcode !== undefined && anyLeaks(report)) return errorExitcode;
   if (report.target.signal !== null) return signalExitStatus(report.target.signal);
   return report.target.exitCode ?? 0;
 }
 
 /** Exit status of `attach`: --error-exitcode when blocks were left, else 0. */
 export function attachExitStatus(report: LeakReport, errorExitcode?: number): number {
-  return errorExitcode !== undefined && report.leaks.length > 0 ? errorExitcode : 0;
+  return errorExitcode !== undefined && anyLeaks(report) ? errorExitcode : 0;
+}
+
+/** Blocks left by the process, or with --follow-forks by any of its processes. */
+function anyLeaks(report: LeakReport): boolean {
+  return report.leaks.length > 0 || (report.processes ?? []).some((p) => p.leaks.length > 0);
 }
 
 export interface ProcStat {
