@@ -9,6 +9,7 @@
 #include "leak.h"
 #include "unwind.h"	  /* the CFI stack walker: stacks through code without frame pointers */
 #include "stack_totals.h" /* outstanding bytes and blocks per stack */
+#include "traced_processes.h" /* follow_forks: a key and counters per process */
 #include "alloc_table.h"  /* the outstanding blocks: `allocs` */
 #include "calls_in_flight.h" /* malloc and calloc calls between entry and return */
 
@@ -47,6 +48,9 @@ const volatile __u8 fn_at_page_offset[LEAK_PAGE_OFFSETS] = {};
 
 /* Written by user space through the skeleton's .bss while running. */
 bool armed = false;
+/* Entry probes are told apart by their attach cookie only: set once probes on a second allocator
+ * file (a new image's) are attached, whose functions sit at other offsets within a page. */
+bool cookies_only = false;
 __u64 mark = 0;
 /* CLOCK_MONOTONIC in ns, updated every few milliseconds by the tracer's poll thread: the time
  * blocks are stamped with. Reading the clock in the probe cost a tenth of its work, and
@@ -238,6 +242,8 @@ static __always_inline bool sampled(struct inflight_call *thread, __u64 size)
  * threads only; classic uprobes are checked here. */
 static __always_inline bool is_target(void)
 {
+	if (follow_forks) /* links for every process: the traced ones are in `traced_procs` */
+		return armed && process_traced();
 	if (attach_mode != LEAK_ATTACH_UPROBE)
 		return armed;
 	return (bpf_get_current_pid_tgid() >> 32) == target_tgid && armed;
@@ -248,12 +254,18 @@ static __always_inline __u64 probe_fn(struct pt_regs *ctx)
 {
 	__u8 fn = fn_at_page_offset[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)];
 
+	if (cookies_only)
+		return bpf_get_attach_cookie(ctx);
 	return fn ? fn - 1 : bpf_get_attach_cookie(ctx);
 }
 
 static __always_inline struct leak_counters *counters_cpu(void)
 {
+	struct leak_counters *own = process_counters_cpu();
 	__u32 zero = 0;
+
+	if (own)
+		return own;
 	return bpf_map_lookup_elem(&counters, &zero);
 }
 
@@ -300,7 +312,7 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 static __always_inline void track_block(__u64 address, __u64 size_fn, __u64 timestamp_ns,
 					  __s64 stack_id, __u64 tid_mark)
 {
-	if (table_insert(address, size_fn, timestamp_ns, stack_id, tid_mark))
+	if (table_insert(process_key(address), size_fn, timestamp_ns, stack_id, tid_mark))
 		COUNT(dropped_allocs, 1);
 }
 
@@ -360,7 +372,7 @@ static __always_inline void count_free(__u64 fn, __u64 address, __s64 size)
 static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 address, bool at_entry)
 {
 	struct leak_slot block;
-	__s64 size = table_take(address, &block);
+	__s64 size = table_take(process_key(address), &block);
 
 	if (size < 0) {
 		/* Also the free() inside operator delete, which released the block at its entry. */
@@ -574,7 +586,7 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 	 * return p belongs to this call: taken out now, counted or put back then. A resize of an
 	 * address that is no block is a heap error at the entry, where the allocator may abort; the
 	 * return must then not release it again. */
-	if (table_take(old_ptr, &call->old_block) >= 0)
+	if (table_take(process_key(old_ptr), &call->old_block) >= 0)
 		call->old_state = OLD_TAKEN;
 	else if (heap_unknown_release(ctx, fn, old_ptr, true))
 		call->old_state = OLD_FREED;
@@ -696,7 +708,8 @@ static __always_inline void fast_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 {
 	if (!is_target() || size > LEAK_SIZE_MASK) /* a size that large fails */
 		return;
-	if (!slow_calls) {
+	/* Slots are keyed by stack pointer, which a fork's child shares with its parent. */
+	if (!slow_calls && !follow_forks) {
 		switch (call_slot_claim(PT_REGS_SP(ctx), size | fn << LEAK_SIZE_BITS, now_ns)) {
 		case SLOT_STALE:
 			COUNT(inflight_failures, 1);
@@ -795,8 +808,11 @@ int BPF_KPROBE(alloc_entry, __u64 a0, __u64 a1, __u64 a2)
 SEC("uretprobe")
 int BPF_KRETPROBE(alloc_exit)
 {
-	__u64 size_fn = call_slot_take(PT_REGS_SP(ctx));
+	__u64 size_fn;
 
+	if (follow_forks)
+		return call_return(ctx);
+	size_fn = call_slot_take(PT_REGS_SP(ctx));
 	if (size_fn == CALL_SLOT_NESTED)
 		return 0;
 	if (size_fn == CALL_SLOT_NONE)

@@ -160,6 +160,12 @@ struct leak_module {
  * inside one of its native calls at the same time. */
 #define LEAK_MAX_IGNORED_THREADS 1024
 
+/* Processes traced at once with follow_forks (bpf/traced_processes.h): a block's key in `allocs`
+ * is its address | the process's index << LEAK_PROCESS_SHIFT. Index 0 is never given out. */
+#define LEAK_PROCESS_SHIFT 48
+#define LEAK_MAX_PROCESSES 4096
+#define LEAK_ADDRESS_MASK ((1ULL << LEAK_PROCESS_SHIFT) - 1)
+
 /* Per-event record of the optional ring buffer stream. */
 struct leak_event {
 	__u64 kind;	/* LEAK_EVENT_ALLOC or LEAK_EVENT_FREE */

@@ -18,6 +18,7 @@ export const errorCodes = [
   'ELEAK_UNSAFE_FILE',
   'ELEAK_PROBE_CONFLICT',
   'ELEAK_ADDON',
+  'ELEAK_PTRACE',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -105,6 +106,11 @@ interface NativeErrorShape {
   message?: unknown;
 }
 
+/** The process cannot be followed with ptrace (needed to see its exec()s and forks). */
+export class PtraceError extends EbpfLeakError {
+  readonly code = 'ELEAK_PTRACE' as const;
+}
+
 /** Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
 export function fromNativeError(error: unknown, context: string): EbpfLeakError | unknown {
   if (!(error instanceof Error)) return error;
@@ -136,6 +142,12 @@ export function fromNativeError(error: unknown, context: string): EbpfLeakError 
       return new UnsafeFileError(
         `${text}\nebpf-leak runs as root and reads only regular files, inside the traced process's root. ` +
           `If this is the allocator, name a file you trust with ${optionWord('allocator')}.`,
+        { cause: error },
+      );
+    case 'ELEAK_PTRACE':
+      return new PtraceError(
+        `${text}\nA process can have one tracer: detach the debugger (gdb, strace) first, or run as root ` +
+          `(CAP_SYS_PTRACE) if /proc/sys/kernel/yama/ptrace_scope forbids it.`,
         { cause: error },
       );
     default:

@@ -122,6 +122,12 @@ export interface CommonTraceOptions {
   /** Directories searched for separate debug files (`.build-id/xx/yyyy.debug`, `.gnu_debuglink`
    *  targets) before /usr/lib/debug. */
   debugDirs?: readonly string[];
+  /** Trace every child and grandchild process too (fork, vfork, clone without CLONE_VM,
+   *  posix_spawn), each with a report of its own in `report.processes`, as valgrind's
+   *  --trace-children=yes. A child starts with the blocks it inherited from its parent. Default
+   *  false: children run untraced and `report.untracedChildren` counts them. With a `pid`
+   *  target, the children it starts from now on (a pre-fork server's workers). */
+  followForks?: boolean;
 }
 
 /** Attach to a running process. */
@@ -210,6 +216,21 @@ export interface TargetInfo {
   /** Which allocator that is: 'glibc', 'glibc (static)', 'jemalloc', 'tcmalloc', 'mimalloc', or
    *  'custom' (named with the allocator option). */
   allocatorName?: string;
+  /** The command line of the image that exited (after any exec), when known. */
+  commandLine?: string[];
+  /** The process that started this one, for a followed child. */
+  parentPid?: number;
+}
+
+/** An image a process ran before it exec'd another: its totals, apart from the report's. */
+export interface PreviousImage {
+  commandLine: string[];
+  allocs: number;
+  frees: number;
+  bytesAllocated: number;
+  /** What it still had allocated when it exec'd: gone with its address space, not leaks. */
+  inUseBlocks: number;
+  inUseBytes: number;
 }
 
 export interface LeakReport {
@@ -225,6 +246,18 @@ export interface LeakReport {
   sampling?: { everyBytes: number };
   /** Heap errors, in the order they happened (final and stop() reports). */
   errors?: HeapError[];
+  /** Images the process ran before its last exec (a wrapper script, `env`, `nice`), oldest
+   *  first. The report itself covers the image that exited, as valgrind's does. */
+  previousImages?: PreviousImage[];
+  /** Why the image that exited could not be traced (another C library, a stripped static
+   *  binary); absent when it was. Its summary then shows nothing of its allocations. */
+  untraced?: string;
+  /** With followForks: one report per traced process, this process's first, then the others
+   *  in the order they started. */
+  processes?: LeakReport[];
+  /** Child processes that ran untraced: started without followForks, or not followed for lack
+   *  of room (more than 4,095 traced at once). */
+  untracedChildren?: number;
 }
 
 export interface OutstandingAllocation {

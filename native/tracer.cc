@@ -76,12 +76,17 @@ bool GetBool(const Napi::Object& o, const char* key, bool fallback) {
   Napi::Value v = o.Get(key);
   return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : fallback;
 }
+
+}  // namespace
+
 // Release functions have no return probe: they do all their work at the entry. operator delete
 // has one: it releases at the entry and keeps its call in flight, so the free() inside it (and
 // delete[] reaching delete) is known as part of it until it returns.
 bool HasReturnProbe(uint32_t fn) {
   return fn != LEAK_FN_FREE && fn != LEAK_FN_SDALLOCX && fn != LEAK_FN_DALLOCX;
 }
+
+namespace {
 
 uint64_t GetU64(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
@@ -264,6 +269,10 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::ReadStackTotals>("readStackTotals"),
                          InstanceMethod<&Tracer::UnwindStats>("unwindStats"),
                          InstanceMethod<&Tracer::ReadStackFlags>("readStackFlags"),
+                         InstanceMethod<&Tracer::ResumeProcess>("resumeProcess"),
+                         InstanceMethod<&Tracer::AddProbes>("addProbes"),
+                         InstanceMethod<&Tracer::ProcessStats>("processStats"),
+                         InstanceMethod<&Tracer::ProcessCounters>("processCounters"),
                      });
 }
 
@@ -288,6 +297,8 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.heap_errors = GetBool(o, "heapErrors", false);
   config_.freed_blocks = GetUint(o, "freedBlocks", config_.freed_blocks);
   config_.allocator_inode = GetU64(o, "allocatorInode");
+  config_.supervise = GetBool(o, "supervise", false);
+  config_.follow_forks = config_.supervise && GetBool(o, "followForks", false);
   ParseUnwindOptions(o, &config_.unwind);
   Napi::Value btf = o.Get("btfPath");
   if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
@@ -378,19 +389,10 @@ void Tracer::DetachAll() {
 
 bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   LibbpfLogCapture log;
-  // Attaching: only libbpf's lines that say what failed (the rest is how the program loaded).
-  bool only_failures = false;
   auto fail = [&](const std::string& code, const std::string& what, int err) {
     std::string message = what;
     if (err) message += ": " + ErrnoText(err);
     std::string tail = log.Tail();
-    if (only_failures) {
-      std::string kept;
-      std::istringstream lines(tail);
-      for (std::string line; std::getline(lines, line);)
-        if (line.find("failed") != std::string::npos) kept += line + "\n";
-      tail = kept;
-    }
     if (!tail.empty()) message += "\nlibbpf log:\n" + tail;
     *error = {code, message, err};
     DetachAll();
@@ -441,6 +443,10 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   }
 
   unwind_ = Unwinder::Create(skel_, config_, this);  // tables and map sizes (native/unwinder.cc)
+  skel_->rodata->follow_forks = config_.follow_forks;
+  // Stack totals are one sum over every process; with several, blocks taken out at an exit or an
+  // exec could not be taken out of them consistently.
+  if (config_.follow_forks) skel_->rodata->keep_stack_totals = false;
   int err = leak_bpf__load(skel_);
   if (err) {
     int e = -err;
@@ -456,60 +462,15 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   SetThreadIgnored(CurrentTid(), true);  // until DoAttach is done: see there
   unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
-  auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
-    only_failures = true;
-    char at[48];
-    snprintf(at, sizeof at, " at offset 0x%llx",
-             static_cast<unsigned long long>(ret ? p.return_offset : p.entry_offset));
-    // EINVAL from a uprobe on a valid offset: another uprobe holds that spot with another
-    // reference counter (the kernel logs "ref_ctr_offset mismatch").
-    const char* code = e == EINVAL ? "ELEAK_PROBE_CONFLICT" : e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF";
-    return fail(CodeForErrno(e, code),
-                std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path + at, e);
-  };
-  if (multi) {
-    // One entry link and one return link per file (in practice: one file, the allocator).
-    std::map<std::string, std::vector<const ProbeSpec*>> by_path;
-    for (const auto& p : config_.probes) by_path[p.path].push_back(&p);
-    for (const auto& [path, probes] : by_path) {
-      // Return probes first: a call already inside an allocator function when its entry probe
-      // appears would otherwise leave its thread's `inflight` entry behind forever (no return
-      // probe to take it), and that thread's allocations would all count as nested calls. A
-      // return without an entry is skipped by the program.
-      for (bool ret : {true, false}) {
-        std::vector<uint64_t> offsets, cookies;
-        for (const ProbeSpec* p : probes) {
-          if (ret && !HasReturnProbe(p->fn)) continue;
-          offsets.push_back(ret ? p->return_offset : p->entry_offset);
-          cookies.push_back(p->fn);
-        }
-        if (offsets.empty()) continue;
-        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
-        int fd = create_uprobe_multi_link(bpf_program__fd(prog), path.c_str(), offsets.data(),
-                                          cookies.data(), static_cast<uint32_t>(offsets.size()),
-                                          ret, config_.pid);
-        if (fd < 0) {
-          int e = -fd;
-          if (e == EINVAL || e == EOPNOTSUPP || e == ENOTSUPP_ERRNO)
-            return fail("ELEAK_NO_MULTI", "no multi-uprobe links", e);
-          return attach_error(e, *probes.front(), ret);
-        }
-        multi_links_.push_back(fd);
-      }
-    }
-  } else {
-    for (const auto& probe : config_.probes) {
-      for (bool ret : {true, false}) {  // return probe first: see above
-        if (ret && !HasReturnProbe(probe.fn)) continue;
-        LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
-        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
-        bpf_link* link = bpf_program__attach_uprobe_opts(
-            prog, config_.pid, probe.path.c_str(), ret ? probe.return_offset : probe.entry_offset,
-            &opts);
-        if (link == nullptr) return attach_error(errno, probe, ret);
-        links_.push_back(link);
-      }
-    }
+  if (!AttachLinks(config_.probes, multi, error)) {
+    // Only libbpf's lines that say what failed (the rest is how the program loaded).
+    std::string kept, tail = log.Tail();
+    std::istringstream lines(tail);
+    for (std::string line; std::getline(lines, line);)
+      if (line.find("failed") != std::string::npos) kept += line + "\n";
+    if (!kept.empty()) error->message += "\nlibbpf log:\n" + kept;
+    DetachAll();
+    return false;
   }
   if (config_.wait_for_exec) {
     bpf_link* link = bpf_program__attach(skel_->progs.target_exec);
@@ -532,6 +493,10 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
 }
 
 bool Tracer::FinishAttach(NativeError* error) {
+  if (config_.supervise && !StartSupervisor(error)) {
+    DetachAll();
+    return false;
+  }
   pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, config_.pid, 0));
   if (pidfd_ < 0) {
     int e = errno;
@@ -814,6 +779,7 @@ void Tracer::PollLoop() {
 
 void Tracer::Close() {
   if (closed_.exchange(true)) return;
+  StopSupervisor();  // before mu_: its handlers take mu_
   std::lock_guard<std::mutex> lock(mu_);  // waits for a running attach or snapshot
   if (stop_fd_ >= 0) {
     uint64_t one = 1;

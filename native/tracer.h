@@ -7,7 +7,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -18,13 +21,18 @@
 #include "errors.h"
 #include "event_slots.h"
 #include "page_buffer.h"
+#include "process/supervisor.h"
 #include "unwinder.h"
 
 struct leak_bpf;
+struct leak_counters;
 struct bpf_link;
 struct ring_buffer;
 
 namespace ebpf_leak {
+
+// Whether the allocator function `fn` (enum leak_fn) gets a return probe.
+bool HasReturnProbe(uint32_t fn);
 
 struct AddonData;
 
@@ -57,10 +65,15 @@ struct TracerConfig {
   bool heap_errors = false;
   uint32_t freed_blocks = 65536;  // recently released blocks remembered
   uint64_t allocator_inode = 0;   // the allocator's file: its own frees are not errors
+  // Follow the process with ptrace (native/process/): its exec()s start a new image's blocks and
+  // wait for JS to check its allocator (resumeProcess()); its children are counted, or traced
+  // each with blocks and counters of its own with `follow_forks`.
+  bool supervise = false;
+  bool follow_forks = false;
   UnwindOptions unwind;  // the CFI stack walker (native/unwinder.h)
 };
 
-class Tracer : public Napi::ObjectWrap<Tracer> {
+class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
  public:
   static Napi::Function Define(Napi::Env env);
   explicit Tracer(const Napi::CallbackInfo& info);
@@ -88,6 +101,10 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   // hold mu_, or are the poll thread (which runs only while skel_ lives).
   void SetThreadIgnored(int tid, bool ignored);
 
+  // process::Handler (native/tracer_processes.cc), on the supervisor's thread.
+  bool OnEvent(const process::Event& event) override;
+  bool DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error);
+
  private:
   Napi::Value Attach(const Napi::CallbackInfo& info);
   Napi::Value Snapshot(const Napi::CallbackInfo& info);
@@ -105,6 +122,21 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value UnwindStats(const Napi::CallbackInfo& info);
   Napi::Value ReadStackFlags(const Napi::CallbackInfo& info);
   static Napi::Value Demangle(const Napi::CallbackInfo& info);
+  // Defined in native/tracer_processes.cc.
+  Napi::Value ResumeProcess(const Napi::CallbackInfo& info);
+  Napi::Value AddProbes(const Napi::CallbackInfo& info);
+  Napi::Value ProcessStats(const Napi::CallbackInfo& info);
+  Napi::Value ProcessCounters(const Napi::CallbackInfo& info);
+  bool StartSupervisor(NativeError* error);
+  void StopSupervisor();
+  bool AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error);
+  uint64_t ProcessBits(pid_t pid);
+  bool ReadProcessCounters(uint32_t index, leak_counters* out);
+  void WriteProcessCounters(uint32_t index, const leak_counters& value);
+  void OnExec(const process::Event& event);
+  bool OnFork(const process::Event& event);
+  void OnExit(const process::Event& event);
+  void WaitForResume(pid_t pid);
 
   bool LoadAndAttach(bool multi, NativeError* error);
   static void SetProbeFunctions(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
@@ -148,6 +180,19 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   size_t slot_used_ = 0;
   std::chrono::steady_clock::time_point slot_started_;  // its first event's arrival
   std::vector<uint8_t> overflow_;
+
+  // Processes (native/tracer_processes.cc). Indexes and execs: supervisor thread only.
+  std::unique_ptr<process::Supervisor> supervisor_;
+  std::map<pid_t, uint32_t> process_index_;  // traced process -> its index (follow_forks)
+  std::vector<uint32_t> free_indexes_;
+  uint32_t next_index_ = 1;
+  std::atomic<uint64_t> lost_children_{0};  // not followed: no index left
+  bool first_exec_seen_ = false;
+  // resumeProcess() from JS ends the wait of an exec stop.
+  std::mutex resume_mu_;
+  std::condition_variable resume_cv_;
+  std::set<pid_t> resumed_;
+  bool stopping_ = false;
 };
 
 }  // namespace ebpf_leak

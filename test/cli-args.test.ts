@@ -279,6 +279,16 @@ describe('parseCliArgs: attach', () => {
     });
   });
 
+  it('--follow-forks, for run and attach', () => {
+    expect(parseCliArgs(['attach', '-p', '7', '--follow-forks'])).toEqual({ ...attachDefaults, pid: 7, followForks: true });
+    expect(parseCliArgs(['run', '--follow-forks', '--', 'make', '-j2'])).toEqual({
+      ...runDefaults,
+      command: 'make',
+      args: ['-j2'],
+      followForks: true,
+    });
+  });
+
   it('--interval 0 turns the periodic output off', () => {
     expect(parseCliArgs(['attach', '-p', '1', '--interval', '0'])).toMatchObject({ intervalS: 0 });
   });
@@ -427,6 +437,14 @@ describe('exit statuses', () => {
     expect(attachExitStatus(report({ exitCode: null }, 1))).toBe(0);
     expect(attachExitStatus(report({ exitCode: null }, 1), 5)).toBe(5);
     expect(attachExitStatus(report({ exitCode: null }), 5)).toBe(0);
+  });
+
+  it('--follow-forks: --error-exitcode when any process leaked, the first or another', () => {
+    const clean = report({ exitCode: 0 });
+    const leaking = report({ pid: 2, exitCode: 0 }, 1);
+    expect(runExitStatus({ ...clean, processes: [clean, leaking] }, 7)).toBe(7);
+    expect(attachExitStatus({ ...clean, processes: [clean, leaking] }, 5)).toBe(5);
+    expect(runExitStatus({ ...clean, processes: [clean, report({ pid: 2, exitCode: 0 })] }, 7)).toBe(0);
   });
 
   it('signal numbers', () => {

@@ -235,7 +235,8 @@ describe('run', () => {
     const pid = Number(/^pid :(\d+)\n$/.exec(r.stdout)?.[1]);
     const json = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
 
-    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'suppressed']);
+    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'suppressed', 'untracedChildren']);
+    expect(json.untracedChildren).toBe(0);
     expect(json.suppressed).toEqual([{ rule: 'glibc-stdio-buffer', source: 'default', bytes: 4096, blocks: 1, groups: 1 }]);
     expect(json.version).toBe(1);
     expect(json.target).toEqual({
@@ -245,6 +246,7 @@ describe('run', () => {
       exitCode: 0,
       signal: null,
       allocator: expect.stringMatching(/^\/.*libc\.so\.6$/),
+      commandLine: [seed, '0'],
     });
     expect(json.durationMs).toEqual(expect.any(Number));
     expect(json.summary).toEqual(seedSummary);
@@ -277,6 +279,24 @@ describe('run', () => {
     expect(json.summary).toEqual(seedSummary);
     // The human report still goes to stderr.
     expect(r.stderr).toContain('    in use at exit: 4,104 bytes in 2 blocks');
+  }, 60_000);
+
+  it('--follow-forks: one section per process, processes[] in the JSON, and a leaking child fails the run', async () => {
+    const r = await runCli(['run', '--follow-forks', '--error-exitcode', '9', '--json', '-', '--', fixturePath('fork_children'), '1']);
+    expect(r.code).toBe(9);
+    const sections = r.stderr.split('\n').filter((l) => l.startsWith('== process '));
+    expect(sections).toHaveLength(2);
+    expect(sections[0]).toMatch(/^== process (\d+): \S*fork_children 1 \(exit status 0\) ==$/);
+    expect(sections[1]).toMatch(/^== process \d+: \S*fork_children 1 \(exit status 0, child of \d+\) ==$/);
+    const json = JSON.parse(r.stdout) as { target: { pid: number }; processes: Array<{ target: { pid: number; parentPid?: number }; summary: Record<string, number> }> };
+    expect(json.processes.map((p) => p.target.parentPid)).toEqual([undefined, json.target.pid]);
+    expect(json.processes[1]!.summary).toMatchObject({ inUseBytes: 110, inUseBlocks: 2, allocs: 2, frees: 0 });
+  }, 60_000);
+
+  it('without --follow-forks, the report counts the children and names the option', async () => {
+    const r = await runCli(['run', '--', fixturePath('fork_children'), '2']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('note: 2 child processes ran untraced; trace them with --follow-forks');
   }, 60_000);
 
   it('--error-exitcode 7 exits 7 when blocks leaked', async () => {

@@ -186,7 +186,8 @@ afterEach(() => {
 async function waitStopped(pid: number): Promise<void> {
   for (let i = 0; i < 500; i++) {
     const tasks = readdirTasks(pid);
-    if (tasks.length > 0 && tasks.every((t) => taskState(pid, t) === 'T')) return;
+    // 't' for a process followed with ptrace (a `command` target): stopped all the same.
+    if (tasks.length > 0 && tasks.every((t) => taskState(pid, t) === 'T' || taskState(pid, t) === 't')) return;
     await new Promise((r) => setTimeout(r, 10));
   }
   throw new Error(`process ${pid} did not stop`);

@@ -54,6 +54,11 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Room for at least N block
   --no-stacks            Do not record allocation stacks (lowest overhead;
                          the blocks still allocated form one group).
   --stack-depth N        Frames recorded per stack, 1-127. Default: 32.
+  --follow-forks         Trace every child and grandchild process too, each
+                         with a report of its own (valgrind's
+                         --trace-children=yes); with attach, the children
+                         the process starts from now on. Default: off (the
+                         report counts the children that ran untraced).
   --sample-every BYTES   Sampling mode: record one allocation per BYTES bytes
                          on average (Poisson), much cheaper on busy programs;
                          in-use figures become estimates. Default: off.
@@ -119,6 +124,8 @@ export interface CommonFlags {
   unwind?: 'auto' | 'dwarf' | 'fp';
   /** --sample-every BYTES. */
   sampleEveryBytes?: number;
+  /** --follow-forks. */
+  followForks?: true;
 }
 
 export interface RunCommand extends CommonFlags {
@@ -352,6 +359,7 @@ const commonOptions = {
   'debug-dir': { type: 'string', multiple: true },
   unwind: { type: 'string' },
   'sample-every': { type: 'string' },
+  'follow-forks': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -475,6 +483,7 @@ function commonFlags(values: Values): CommonFlags {
     events: values.get('events') === true,
     verbose: values.get('verbose') === true,
     stacks: values.get('no-stacks') !== true,
+    ...(values.get('follow-forks') === true ? { followForks: true as const } : {}),
     suppressions: (() => {
       const v = values.get('suppressions');
       return Array.isArray(v) ? v : [];
@@ -631,9 +640,11 @@ export const INCONCLUSIVE_EXIT_STATUS = 3;
 
 type Verdict = LeakReport & { inconclusive?: readonly string[] };
 
-/** Whether the report has anything --error-exitcode fails for: leaks, or heap errors. */
+/** Whether the report has anything --error-exitcode fails for: leaks or heap errors, of the
+ *  process or, with --follow-forks, of any of its processes. */
 function failsCheck(report: LeakReport): boolean {
-  return report.leaks.length > 0 || heapErrorTotal(report.summary.errors) > 0;
+  const failed = (r: LeakReport) => r.leaks.length > 0 || heapErrorTotal(r.summary.errors) > 0;
+  return failed(report) || (report.processes ?? []).some(failed);
 }
 
 /** Exit status of `run`, first that applies: 128+N when signal N killed the program (a crash is
@@ -922,6 +933,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
     ...(cmd.debugDirs.length > 0 ? { debugDirs: cmd.debugDirs } : {}),
     ...(cmd.unwind ? { unwind: cmd.unwind } : {}),
     ...(cmd.sampleEveryBytes !== undefined ? { sampleEveryBytes: cmd.sampleEveryBytes } : {}),
+    ...(cmd.followForks ? { followForks: true } : {}),
   };
 }
 

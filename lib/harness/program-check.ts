@@ -46,8 +46,9 @@ export async function checkLeaks(command: string, options: CheckLeaksOptions = {
 }
 
 /** Throws LeakInconclusiveError, or LeakError when more than `maxBytes` leaked; returns the
- *  checked report otherwise. */
+ *  checked report otherwise. With several processes (followForks), when any of them does. */
 export function assertReport(report: CheckedLeakReport, options: Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'top'> = {}): CheckedLeakReport {
+  if (report.processes && report.processes.length > 0) return assertProcesses(report, report.processes, options);
   if (report.inconclusive.length > 0 && !options.allowInconclusive) {
     throw new LeakInconclusiveError(report.inconclusive, report, `the leak check of ${describe(report)}`);
   }
@@ -63,8 +64,34 @@ export function assertReport(report: CheckedLeakReport, options: Pick<AssertNoLe
   return report;
 }
 
+/** Every process's check: the error names each process that leaked. */
+function assertProcesses(
+  report: CheckedLeakReport,
+  processes: readonly CheckedLeakReport[],
+  options: Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'top'>,
+): CheckedLeakReport {
+  const maxBytes = options.maxBytes ?? 0;
+  const inconclusive = processes.flatMap((p) => p.inconclusive.map((r) => `process ${p.target.pid}: ${r}`));
+  if (inconclusive.length > 0 && !options.allowInconclusive) {
+    throw new LeakInconclusiveError(inconclusive, report, `the leak check of ${describe(report)}`);
+  }
+  const leaking = processes.filter((p) => p.leakedBytes > maxBytes);
+  if (leaking.length === 0) return report;
+  const names = leaking.map(
+    (p) => `   process ${p.target.pid} (${describe(p)}): ${formatCount(p.leakedBytes)} bytes in ${formatCount(p.leakedBlocks)} blocks`,
+  );
+  const head =
+    `ebpf-leak: ${leaking.length} of ${processes.length} processes of ${describe(report)} leaked` +
+    (maxBytes > 0 ? ` more than ${formatCount(maxBytes)} bytes` : '') +
+    ':\n' +
+    names.join('\n') +
+    '\n\n';
+  throw new LeakError(head + formatCheckedReport(report, options.top !== undefined ? { top: options.top } : {}), report);
+}
+
 function describe(report: LeakReport): string {
   const t = report.target;
+  if (t.commandLine && t.commandLine.length > 0) return t.commandLine.join(' ');
   return t.command !== undefined ? [t.command, ...(t.args ?? [])].join(' ') : `process ${t.pid}`;
 }
 

@@ -49,9 +49,14 @@ export interface NativeTracerConfig {
   freedBlocks?: number;
   /** Inode of the allocator's file: frees it makes itself are not the program's errors. */
   allocatorInode?: number;
+  /** Follow the process with ptrace (native/process/): exec()s start a new image, children are
+   *  counted ('exec' messages wait for resumeProcess()). */
+  supervise?: boolean;
+  /** With `supervise`: trace every child process too, each with its own blocks. */
+  followForks?: boolean;
 }
 
-export type NativeMessageType = 'events' | 'counters' | 'exit';
+export type NativeMessageType = 'events' | 'counters' | 'exit' | 'exec' | 'fork' | 'process';
 
 /** A message from the poll thread: `data` holds `length` bytes, or for an events batch written
  *  into an event slot (`slot` >= 0; see eventSlots()), `data` is null. */
@@ -94,6 +99,13 @@ export interface NativeTracer {
   eventsDelivered(slot: number): void;
   /** The ArrayBuffers events batches are written into, by slot (none with events off). */
   eventSlots(): ArrayBuffer[];
+  /** A process stopped at its exec ('exec' message) may run on. */
+  resumeProcess(pid: number): void;
+  /** Attaches probes on another allocator file (an exec'd image's). */
+  addProbes(probes: NativeProbe[]): Promise<void>;
+  processStats(): { untracedChildren: number; lostChildren: number; supervised: boolean };
+  /** struct leak_counters of the traced process with this index (followForks); null if none. */
+  processCounters(index: number): ArrayBuffer | null;
   close(): void;
   /** close() on the threadpool: detaching waits for other CPUs to leave the probes. */
   closeAsync(): Promise<void>;

@@ -17,6 +17,8 @@ import type { LeakGroup, LeakReport } from '../types.js';
 /** A LeakReport whose `leaks` are what no suppression covers, plus what was suppressed and
  *  whether the trace can vouch for the answer. `summary` stays the whole program's. */
 export interface CheckedLeakReport extends LeakReport {
+  /** followForks: each process's checked report, the first process's first. */
+  processes?: CheckedLeakReport[];
   /** Per rule: how much it suppressed. */
   suppressed: SuppressionHit[];
   /** Why the answer cannot be trusted (events lost, map full, stacks missing); empty if it can. */
@@ -36,7 +38,11 @@ export function checkReport(
   rules: ReturnType<typeof resolveSuppressions>,
   options: CheckOptions = {},
 ): CheckedLeakReport {
-  return checked(report, applySuppressions(report.leaks, rules, matchOptions(options)), options);
+  const out = checked(report, applySuppressions(report.leaks, rules, matchOptions(options)), options);
+  if (report.processes) {
+    out.processes = report.processes.map((p) => checked(p, applySuppressions(p.leaks, rules, matchOptions(options)), options));
+  }
+  return out;
 }
 
 /** checkReport() with the suppressions matched in slices, the event loop served between them:
@@ -46,7 +52,15 @@ export async function checkReportSliced(
   rules: ReturnType<typeof resolveSuppressions>,
   options: CheckOptions = {},
 ): Promise<CheckedLeakReport> {
-  return checked(report, await applySuppressionsSliced(report.leaks, rules, matchOptions(options)), options);
+  const out = checked(report, await applySuppressionsSliced(report.leaks, rules, matchOptions(options)), options);
+  if (report.processes) {
+    const processes: CheckedLeakReport[] = [];
+    for (const p of report.processes) {
+      processes.push(checked(p, await applySuppressionsSliced(p.leaks, rules, matchOptions(options)), options));
+    }
+    out.processes = processes;
+  }
+  return out;
 }
 
 function matchOptions(options: CheckOptions): MatchOptions {
@@ -62,6 +76,7 @@ function checked(report: LeakReport, { kept, suppressed }: AppliedSuppressions<L
     );
   }
   if (s.lostEvents > 0) inconclusive.push(`${formatCount(s.lostEvents)} events were lost (event ring buffer full)`);
+  if (report.untraced !== undefined) inconclusive.push(report.untraced);
   if (options.stacks !== false) {
     const stackless = kept.filter((g) => g.stack.length === 0);
     if (stackless.length > 0) {
@@ -78,8 +93,9 @@ function checked(report: LeakReport, { kept, suppressed }: AppliedSuppressions<L
       );
     }
   }
+  const { processes: _processes, ...rest } = report;
   const out: CheckedLeakReport = {
-    ...report,
+    ...rest,
     leaks: kept,
     suppressed,
     inconclusive,
@@ -106,9 +122,29 @@ function suppressedLines(hits: readonly SuppressionHit[]): string[] {
 /** The readable form of a checked report: valgrind-style loss records, then what was
  *  suppressed and why the result may be inconclusive. */
 export function formatCheckedReport(report: CheckedLeakReport, options: FormatReportOptions = {}): string {
+  if (report.processes && report.processes.length > 0) {
+    const sections = report.processes.map(
+      (p) => `${processHeading(p)}\n` + formatCheckedReport(p, options),
+    );
+    return sections.join('\n') + processFooter(report);
+  }
   let text = formatReport(report, { ...options, top: options.top ?? 10 });
   const extra = [...suppressedLines(report.suppressed)];
   if (report.inconclusive.length > 0) extra.push('inconclusive:', ...report.inconclusive.map((r) => `   ${r}`));
   if (extra.length > 0) text += extra.join('\n') + '\n';
   return text;
+}
+
+/** "== process 1234: ./prog arg (exit status 0) ==". */
+function processHeading(report: LeakReport): string {
+  const t = report.target;
+  const line = t.commandLine ?? (t.command !== undefined ? [t.command, ...(t.args ?? [])] : []);
+  const status = t.signal !== null ? `killed by ${t.signal}` : t.exitCode !== null ? `exit status ${t.exitCode}` : 'still running';
+  const parent = t.parentPid !== undefined ? `, child of ${t.parentPid}` : '';
+  return `== process ${t.pid}: ${line.join(' ') || '(command line unknown)'} (${status}${parent}) ==`;
+}
+
+function processFooter(report: LeakReport): string {
+  const n = report.untracedChildren ?? 0;
+  return n > 0 ? `${formatCount(n)} child processes could not be followed (more than 4,095 traced at once)\n` : '';
 }

@@ -39,15 +39,24 @@
 //   ],
 //   "suppressed": [                 // what suppression rules left out of "leaks", per rule
 //     { "rule": "glibc-stdio-buffer", "source": "default", "bytes": 4096, "blocks": 1, "groups": 1 }
-//   ]
+//   ],
+//   "previousImages": [             // images before the last exec (a wrapper, env): totals only
+//     { "commandLine": ["/bin/sh", "./wrapper.sh"], "allocs": 40, "frees": 3, "bytesAllocated": 1788,
+//       "inUseBlocks": 37, "inUseBytes": 1700 }
+//   ],
+//   "untraced": "...",              // why the image that exited could not be traced, if so
+//   "untracedChildren": 2,          // children that ran untraced (no followForks)
+//   "processes": [ { ... } ]        // followForks: one report like this one per process, this first
 // }
+//
+// target also has "commandLine" (the image that exited) and, for a followed child, "parentPid".
 //
 // In a frame every key but "address" is left out when unknown.
 
 import { writeFile } from 'node:fs/promises';
 import type { CheckedLeakReport } from './checked.js';
 import type { SuppressionHit } from '../suppressions/rules.js';
-import type { HeapError, HeapErrorCounts, HeapSummary, LeakGroup, LeakReport, StackFrame } from '../types.js';
+import type { HeapError, HeapErrorCounts, HeapSummary, LeakGroup, LeakReport, PreviousImage, StackFrame } from '../types.js';
 
 // The JSON shapes are the library's own types: one definition, so the two cannot drift.
 export type JsonStackFrame = StackFrame;
@@ -63,6 +72,10 @@ export interface JsonReport {
     signal: string | null;
     allocator: string;
     allocatorName: string | null;
+    /** The command line of the image that exited, when known. */
+    commandLine?: string[];
+    /** The process that started this one (followForks). */
+    parentPid?: number;
   };
   durationMs: number;
   summary: HeapSummary & { errors: HeapErrorCounts };
@@ -72,6 +85,14 @@ export interface JsonReport {
   suppressed: SuppressionHit[];
   /** Sampling mode only: in-use figures and groups are estimates. */
   sampling?: { everyBytes: number };
+  /** Images the process ran before its last exec, oldest first (their totals only). */
+  previousImages?: PreviousImage[];
+  /** Why the image that exited could not be traced. */
+  untraced?: string;
+  /** Child processes that ran untraced. */
+  untracedChildren?: number;
+  /** followForks: one report per traced process, with these same fields, this one's first. */
+  processes?: JsonReport[];
 }
 
 // The types say number, but a count that came through the native layer as a bigint must not make
@@ -131,6 +152,8 @@ export function toJsonReport(report: LeakReport): JsonReport {
       signal: t.signal,
       allocator: t.allocator,
       allocatorName: t.allocatorName ?? null,
+      ...(t.commandLine ? { commandLine: [...t.commandLine] } : {}),
+      ...(t.parentPid !== undefined ? { parentPid: t.parentPid } : {}),
     },
     durationMs: num(report.durationMs),
     summary: {
@@ -159,6 +182,10 @@ export function toJsonReport(report: LeakReport): JsonReport {
       groups: num(h.groups),
     })),
     ...(report.sampling ? { sampling: { everyBytes: num(report.sampling.everyBytes) } } : {}),
+    ...(report.previousImages ? { previousImages: report.previousImages.map((i) => ({ ...i, commandLine: [...i.commandLine] })) } : {}),
+    ...(report.untraced !== undefined ? { untraced: report.untraced } : {}),
+    ...(report.untracedChildren !== undefined ? { untracedChildren: num(report.untracedChildren) } : {}),
+    ...(report.processes ? { processes: report.processes.map(toJsonReport) } : {}),
   };
 }
 

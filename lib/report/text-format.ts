@@ -95,6 +95,8 @@ function describeTarget(report: LeakReport, exited: boolean): string[] {
   const lines: string[] = [];
   const cmd = t.command !== undefined ? [t.command, ...(t.args ?? [])].map(shellQuote).join(' ') : undefined;
   lines.push(cmd !== undefined ? `pid ${t.pid}: ${cmd}` : `pid ${t.pid}`);
+  const image = t.commandLine?.map(shellQuote).join(' ');
+  if (report.previousImages && report.previousImages.length > 0 && image) lines.push(`exec'd: ${image}`);
   let end: string;
   if (t.signal !== null) end = `killed by ${t.signal}`;
   else if (t.exitCode !== null) end = `exited with status ${t.exitCode}`;
@@ -112,6 +114,22 @@ export function untrackedAllocations(report: LeakReport): number {
 function warnings(report: LeakReport): string[] {
   const s = report.summary;
   const out: string[] = [];
+  if (report.untraced !== undefined) {
+    out.push(`warning: not traced: ${report.untraced}. The summary above shows none of its allocations.`);
+  }
+  for (const image of report.previousImages ?? []) {
+    out.push(
+      `before exec: ${image.commandLine.map(shellQuote).join(' ') || '(unknown)'}: ${formatCount(image.allocs)} allocs, ` +
+        `${formatCount(image.frees)} frees, ${formatCount(image.bytesAllocated)} bytes allocated; its ` +
+        `${formatCount(image.inUseBytes)} bytes in ${formatCount(image.inUseBlocks)} blocks went with its address space (not leaks)`,
+    );
+  }
+  if ((report.untracedChildren ?? 0) > 0 && !report.processes) {
+    out.push(
+      `note: ${formatCount(report.untracedChildren!)} child processes ran untraced; ` +
+        `trace them with --follow-forks (the library's followForks: true).`,
+    );
+  }
   if (s.droppedAllocations > 0) {
     out.push(
       `warning: ${formatCount(s.droppedAllocations)} allocations were not tracked because the ` +

@@ -41,7 +41,7 @@ const knownAllocators: ReadonlyArray<{ name: string; symbol: string }> = [
 ];
 
 /** Which allocator `path` (which defines malloc) is; null when none we know. */
-function allocatorName(path: string): string | null {
+export function allocatorName(path: string): string | null {
   if (GLIBC_NAME.test(basename(path))) return 'glibc';
   const info = readElfOrNull(path, ['__libc_malloc', '__libc_start_main', ...knownAllocators.map((a) => a.symbol)]);
   if (!info) return null;

@@ -38,6 +38,9 @@ import { symbolizeStacks } from '../report/symbolize.js';
 import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats } from '../native/unwind.js';
 import { processAlive, sameRootAsOurs } from '../target/resolve.js';
 import { signalNames } from './traced-process.js';
+import { exitStatus, ProcessTracker, type TracedProcessInfo } from './processes.js';
+import type { ProcessExitMessage } from '../native/process-messages.js';
+import type { ProbePlacement } from '../probes/placement.js';
 import type { TracedProcess } from './traced-process.js';
 import type {
   AllocEvent,
@@ -94,6 +97,10 @@ export interface TracerParts {
   info: TracerInfo;
   /** The started program, for `command` targets. */
   child?: TracedProcess;
+  /** sizeof(struct leak_counters), from the addon's layout. */
+  countersBytes?: number;
+  /** The process is followed with ptrace: its execs, and its children with followForks. */
+  supervision?: { followForks: boolean; probePlacement: ProbePlacement; commandLine: string[] };
 }
 
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
@@ -121,6 +128,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  threads are kept out in the kernel (native/tracer.cc, ThreadIgnore). */
   #ownModule: string | undefined;
   #finalUnwindStats: UnwindStats | null = null;
+  /** Execs and children (lib/processes.ts); undefined when the process is not followed. */
+  #processes: ProcessTracker | undefined;
+  #followForks = false;
   /** The event stream, delivered in slices. */
   readonly #events = new EventQueue(
     (batch, from, to) => this.#deliverEvents(batch, from, to),
@@ -144,6 +154,21 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     this.#native = parts.native;
     this.#eventSlots = parts.native.eventSlots();
     this.#target = parts.target;
+    if (parts.supervision) {
+      this.#followForks = parts.supervision.followForks;
+      this.#processes = new ProcessTracker({
+        native: parts.native,
+        rootPid: parts.pid,
+        rootCommandLine: parts.supervision.commandLine,
+        followForks: parts.supervision.followForks,
+        probePlacement: parts.supervision.probePlacement,
+        allocators: [parts.info.allocator],
+        countersBytes: parts.countersBytes ?? 88,
+        blockBytes: 32,
+        buildReport: (exit, info) => this.#processReport(exit, info),
+        onError: (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
+      });
+    }
     if (this.pid === process.pid) {
       try {
         this.#ownModule = realpathSync(join(nativeBuildDir(), 'ebpf_leak.node'));
@@ -164,6 +189,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   handleNativeMessage(...[type, data, length, slot]: Parameters<NativeMessageHandler>): void {
     try {
       if (type === 'events') this.#queueEvents(slot >= 0 ? this.#eventSlots[slot]! : data!, length, slot);
+      else if (this.#processes && data && this.#processes.handle(type, data)) return;
       else if (type === 'counters') this.#checkLost(decodeCounters(data!));
       // A child of ours is finished by its 'exit' (which has the status); others by the pidfd.
       else if (type === 'exit' && !this.process) void this.#finish(...decodeWaitStatus(this.#native.exitStatus()));
@@ -310,6 +336,62 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule });
   }
 
+  /** The previous images and the verdict on the last one, when there is something to say. */
+  #addProcessFields(report: LeakReport, info: TracedProcessInfo): void {
+    if (info.previousImages.length > 0) report.previousImages = info.previousImages;
+    if (info.untraced !== undefined) report.untraced = info.untraced;
+  }
+
+  #processTarget(info: TracedProcessInfo): Omit<TargetInfo, 'exitCode' | 'signal'> {
+    if (info.pid === this.pid) return { ...this.#target, commandLine: info.commandLine };
+    return {
+      pid: info.pid,
+      ...(info.commandLine.length > 0 ? { command: info.commandLine[0]!, args: info.commandLine.slice(1) } : {}),
+      allocator: this.info.allocator,
+      commandLine: info.commandLine,
+      ...(info.parent !== null ? { parentPid: info.parent } : {}),
+    };
+  }
+
+  /** A followed process's report, from what it had at its exit. */
+  async #processReport(exit: ProcessExitMessage, info: TracedProcessInfo): Promise<LeakReport> {
+    const columns = blockColumns(exit.blocks, this.info.sampleEveryBytes);
+    const report = await this.#scoped(columns, null, exit.counters, exitStatus(exit.waitStatus), {}, this.#processTarget(info));
+    this.#addProcessFields(report, info);
+    return report;
+  }
+
+  /** followForks: every process's report, the first process's at the top. Processes still
+   *  running (stop()) are reported as they are now. */
+  async #followedReport(stopped: boolean): Promise<ScopedLeakReport> {
+    const tracker = this.#processes!;
+    if (!stopped) await tracker.allExited;
+    await tracker.settled();
+    const extra = new Map<number, LeakReport>();
+    const live = tracker.live();
+    if (live.length > 0) {
+      const raw = await this.#native.snapshot(false);
+      const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
+      for (const info of live) {
+        const index = BigInt(info.index);
+        const rows = await keptRowsSliced(columns, null, (row) => columns.address(row) >> 48n === index);
+        const counterBytes = this.#native.processCounters(info.index);
+        const counters = counterBytes ? decodeCounters(counterBytes) : decodeCounters(raw.counters);
+        const report = await this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, {}, this.#processTarget(info));
+        this.#addProcessFields(report, info);
+        extra.set(info.pid, report);
+      }
+    }
+    const all = await tracker.reports(extra);
+    const first = (all.find((r) => r.target.pid === this.pid) ?? all[0]) as ScopedLeakReport | undefined;
+    if (!first) throw new TracerClosedError('no process was traced');
+    // Plain copies in `processes`: the first report holds the list, and must not hold itself.
+    const stats = this.#native.processStats();
+    first.processes = all.map((r) => ({ ...r, target: { ...r.target } }));
+    first.untracedChildren = stats.lostChildren;
+    return first;
+  }
+
   /** Symbolizes the groups of `rows` (every row when null) and builds the report of the blocks
    *  whose stacks pass `stackFilter` and are not the tracer's own. Every loop over the blocks runs
    *  in slices (lib/util/cooperative.ts). */
@@ -319,6 +401,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     counters: Counters,
     status: Pick<TargetInfo, 'exitCode' | 'signal'>,
     stackFilter: Pick<ScopeFilter, 'module' | 'excludeModule'> = {},
+    target: Omit<TargetInfo, 'exitCode' | 'signal'> = this.#target,
   ): Promise<ScopedLeakReport> {
     let tally = await tallyRowsSliced(columns, rows);
     const frames = await this.#stacks(tally.groups);
@@ -334,7 +417,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const source: ReportSource = {
       base: {
         version: 1,
-        target: { ...this.#target, ...status },
+        target: { ...target, ...status },
         durationMs: Math.round(performance.now() - this.#startedAt),
         ...(this.info.sampleEveryBytes > 0 ? { sampling: { everyBytes: this.info.sampleEveryBytes } } : {}),
       },
@@ -357,7 +440,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
    *  every call returns the same promise as `done`. */
   stop(): Promise<LeakReport> {
-    void this.#finish(null, null);
+    void this.#finish(null, null, true);
     return this.done;
   }
 
@@ -434,8 +517,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     });
   }
 
-  #finish(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
-    this.#finishing ??= this.#buildFinalReport(exitCode, signal).then(
+  #finish(exitCode: number | null, signal: NodeJS.Signals | null, stopped = false): Promise<ScopedLeakReport> {
+    this.#finishing ??= this.#buildFinalReport(exitCode, signal, stopped).then(
       async (report) => {
         // Listeners see every alloc and free still queued before 'leak' and 'exit'.
         await this.#events.drained();
@@ -452,8 +535,10 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     return this.#finishing;
   }
 
-  async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
+  async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null, stopped: boolean): Promise<ScopedLeakReport> {
     try {
+      if (this.#processes && this.#followForks) return await this.#followedReport(stopped);
+      await this.#processes?.settled();
       const raw = await this.#native.snapshot(false);
       const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
       const counters = decodeCounters(raw.counters);
@@ -467,6 +552,12 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const errors = await heapErrorsOf(told, columns, (groups) => this.#stacks(groups));
       report.errors = errors;
       report.summary.errors = heapErrorCounts(errors, seen - (rawErrors.length - told.length));
+      const root = this.#processes?.info(this.pid);
+      if (root) {
+        Object.assign(report.target, { commandLine: root.commandLine });
+        this.#addProcessFields(report, root);
+        report.untracedChildren = this.#native.processStats().untracedChildren;
+      }
       return report;
     } finally {
       this.#finalUnwindStats = this.#native.unwindStats();

@@ -42,6 +42,7 @@ export interface ResolvedCommon {
   /** 0: off. */
   sampleEveryBytes: number;
   debugDirs: string[];
+  followForks: boolean;
 }
 export type ResolvedOptions =
   | (ResolvedCommon & { kind: 'pid'; pid: number })
@@ -125,7 +126,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.debugDirs !== undefined && (!Array.isArray(o.debugDirs) || o.debugDirs.some((d) => typeof d !== 'string' || d === ''))) {
     fail(`options.debugDirs must be an array of directory paths (got ${describe(o.debugDirs)})`);
   }
-  for (const flag of ['events', 'stacks', 'stackTotals'] as const) {
+  for (const flag of ['events', 'stacks', 'stackTotals', 'followForks'] as const) {
     if (o[flag] !== undefined && typeof o[flag] !== 'boolean') {
       fail(`options.${flag} must be a boolean (got ${describe(o[flag])})`);
     }
@@ -145,6 +146,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     sampleEveryBytes:
       o.sampleEveryBytes === undefined ? 0 : integerIn('sampleEveryBytes', o.sampleEveryBytes, 1, 2 ** 40),
     debugDirs: [...(o.debugDirs ?? [])],
+    followForks: o.followForks ?? false,
     stackDepth:
       o.stackDepth === undefined
         ? defaults.stackDepth

@@ -1,7 +1,8 @@
 // trace(): validate, check the kernel, find the allocator, start or find the process, attach.
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { pauseIfDue } from '../util/cooperative.js';
-import { fromNativeError, TargetExitedError } from '../errors.js';
+import { splitCommandLine } from '../native/process-messages.js';
+import { fromNativeError, PtraceError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import { resolveOptions, type ResolvedOptions } from './options.js';
@@ -35,6 +36,23 @@ function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'com
     ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
     stdio: o.stdio,
   });
+}
+
+function parentOf(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return null;
+  }
+}
+
+function commandLineOf(pid: number): string[] {
+  try {
+    return splitCommandLine(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+  } catch {
+    return [];
+  }
 }
 
 /** EBPF_LEAK_ATTACH=uprobe: one classic uprobe per function even where the kernel has multi-uprobe
@@ -73,6 +91,15 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   let held: TracedProcess | undefined;
   let unwindFiles: string[] | undefined;
   if (o.kind === 'pid') {
+    if (o.followForks && parentOf(o.pid) === process.pid) {
+      // Its stops under ptrace would be reported to this process's own waitpid() for it (libuv's,
+      // child_process's), which takes them: the process would stay stopped.
+      throw new PtraceError(
+        `cannot follow the forks of process ${o.pid}: it is a child of this process, whose child_process ` +
+          `handling waits for it. Start it through another process (e.g. \`setsid -f PROGRAM\`), or ` +
+          `trace it as a command: trace({ command, followForks: true }).`,
+      );
+    }
     const allocator = resolvePidAllocator(o.pid, o.allocator);
     pid = o.pid;
     allocatorPath = allocator.path;
@@ -115,6 +142,10 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       ...(unwindFiles ? { unwindFiles } : {}),
       heapErrors,
       allocatorInode: fileInode(allocatorPath),
+      // A command is followed through its execs (and children are counted); a running process
+      // only when its children are to be traced.
+      supervise: o.kind === 'command' || o.followForks,
+      followForks: o.followForks,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -168,6 +199,16 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       attachMs: Math.round(performance.now() - attachStarted),
     },
     ...(held ? { child: held } : {}),
+    countersBytes: native.layout.counters,
+    ...(o.kind === 'command' || o.followForks
+      ? {
+          supervision: {
+            followForks: o.followForks,
+            probePlacement: o.probePlacement,
+            commandLine: o.kind === 'command' ? [o.command, ...o.args] : commandLineOf(pid),
+          },
+        }
+      : {}),
   };
   tracer = new LeakTracer(parts);
   for (const message of pending) tracer.handleNativeMessage(...message);

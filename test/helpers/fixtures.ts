@@ -74,6 +74,9 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'alloc_count_tcmalloc', compiler: 'g++', sources: ['alloc_count.cc'], flags: cFlags, libs: ['-l:libtcmalloc_minimal.so.4'] },
   { name: 'alloc_count_mimalloc', compiler: 'g++', sources: ['alloc_count.cc'], flags: cFlags, libs: ['-l:libmimalloc.so.2'] },
   { name: 'alloc_count_static', compiler: 'g++', sources: ['alloc_count.cc'], flags: [...cFlags, '-static'] },
+  { name: 'malloc_exec', compiler: 'gcc', sources: ['malloc_exec.c'], flags: cFlags },
+  { name: 'fork_children', compiler: 'gcc', sources: ['fork_children.c'], flags: cFlags },
+  { name: 'prefork_server', compiler: 'gcc', sources: ['prefork_server.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -99,7 +102,10 @@ export type FixtureName =
   | 'alloc_count_jemalloc'
   | 'alloc_count_tcmalloc'
   | 'alloc_count_mimalloc'
-  | 'alloc_count_static';
+  | 'alloc_count_static'
+  | 'malloc_exec'
+  | 'fork_children'
+  | 'prefork_server';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);

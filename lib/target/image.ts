@@ -1,0 +1,110 @@
+// The allocator of an image a traced process has just exec'd, found while it is stopped before
+// its first instruction: its libraries are not mapped yet, so they are found as the dynamic loader
+// will find them (`ld.so --list` with the process's own environment), or, for a process in
+// another root (chroot), in that root's library directories.
+import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { UnsupportedAllocatorError } from '../errors.js';
+import { loadNative, type NativeElfInfo } from '../native/addon.js';
+import { allocatorName, loaderLibraries, type ResolvedAllocator } from './resolve.js';
+
+const GLIBC_NAME = /^libc(\.so\.6|-2\.\d+\.so)$/;
+const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
+/** Where a root's glibc is looked for when the loader cannot be asked (another root). */
+const LIBRARY_DIRS = ['/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu', '/lib/aarch64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/lib64', '/usr/lib64', '/lib', '/usr/lib'];
+
+function readElf(path: string, symbols: readonly string[]): NativeElfInfo | null {
+  try {
+    return loadNative().readElf(path, symbols);
+  } catch {
+    return null;
+  }
+}
+
+function definesMalloc(path: string): boolean {
+  return readElf(path, ['malloc'])?.symbols.malloc !== undefined;
+}
+
+function environment(pid: number): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const entry of readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0')) {
+    const eq = entry.indexOf('=');
+    if (eq > 0) env[entry.slice(0, eq)] = entry.slice(eq + 1);
+  }
+  return env;
+}
+
+function sameRoot(pid: number): boolean {
+  try {
+    const theirs = statSync(`/proc/${pid}/root`);
+    const ours = statSync('/');
+    return theirs.dev === ours.dev && theirs.ino === ours.ino;
+  } catch {
+    return false;
+  }
+}
+
+/** A file's identity, to tell whether an allocator is one already probed. */
+export function fileIdentity(path: string): string {
+  const s = statSync(path);
+  return `${s.dev}:${s.ino}`;
+}
+
+const cache = new Map<string, ResolvedAllocator>();
+
+/** The allocator of the image process `pid` exec'd (stopped at its exec), as a path we can
+ *  attach to. Throws UnsupportedAllocatorError, saying why, when there is none to trace. */
+export async function resolveImageAllocator(pid: number): Promise<ResolvedAllocator> {
+  const exe = realpathSync(`/proc/${pid}/exe`);
+  const env = environment(pid);
+  const root = sameRoot(pid) ? '/' : realpathSync(`/proc/${pid}/root`);
+  const exeStat = statSync(exe);
+  const key = [exe, exeStat.ino, exeStat.mtimeMs, root, env.LD_PRELOAD ?? '', env.LD_LIBRARY_PATH ?? ''].join('\0');
+  const known = cache.get(key);
+  if (known) return known;
+  const info = readElf(exe, ['malloc', 'free']);
+  if (!info) throw new UnsupportedAllocatorError(`${exe} is not an ELF program this tracer can read.`);
+  let found: ResolvedAllocator;
+  if (info.interpreter === null) {
+    if (info.symbols.malloc === undefined || info.symbols.free === undefined) {
+      throw new UnsupportedAllocatorError(
+        `${exe} is statically linked without a symbol table (stripped): its malloc cannot be found, ` +
+          `so its allocations cannot be traced. Build it with symbols, or link it dynamically.`,
+      );
+    }
+    found = { path: exe, glibc: true, name: 'glibc (static)' };
+  } else if (root === '/') {
+    const libs = await loaderLibraries(info.interpreter, exe, env);
+    const libc = [...libs.entries()].find(([name, path]) => GLIBC_NAME.test(name) || GLIBC_NAME.test(basename(path)))?.[1];
+    // An allocator preloaded or linked ahead of libc takes every call: it is the one to probe.
+    const interposer = [exe, ...libs.values()].find(
+      (p) => p !== libc && !LOADER_NAME.test(basename(p)) && definesMalloc(p),
+    );
+    if (interposer) {
+      const name = allocatorName(interposer) ?? 'custom';
+      found = { path: realpathSync(interposer), glibc: name === 'glibc', name };
+    } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc' };
+    else {
+      throw new UnsupportedAllocatorError(
+        `${exe} does not link glibc's libc.so.6 and no library of it defines malloc: nothing to trace.`,
+      );
+    }
+  } else {
+    const libc = LIBRARY_DIRS.map((dir) => join(root, dir, 'libc.so.6')).find((p) => {
+      try {
+        return statSync(p).isFile();
+      } catch {
+        return false;
+      }
+    });
+    if (!libc || !definesMalloc(libc)) {
+      throw new UnsupportedAllocatorError(
+        `${exe} runs in another root (${root}) whose libc.so.6 was not found in its library ` +
+          `directories (${LIBRARY_DIRS.join(', ')}): its allocations cannot be traced.`,
+      );
+    }
+    found = { path: realpathSync(libc), glibc: true, name: 'glibc' };
+  }
+  cache.set(key, found);
+  return found;
+}

@@ -1,0 +1,196 @@
+// The processes of one trace: the traced process's exec()s (each new image's allocator checked
+// while the process waits at its exec) and, with followForks, its children, each reported on its
+// own when it exits. Fed by the supervisor's messages (lib/process-messages.ts).
+import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
+import type { NativeTracer } from '../native/addon.js';
+import type { ProbePlacement } from '../probes/placement.js';
+import { fileIdentity, resolveImageAllocator } from '../target/image.js';
+import {
+  decodeExec,
+  decodeFork,
+  decodeProcessExit,
+  decodeWaitStatus,
+  splitCommandLine,
+  type ProcessExitMessage,
+} from '../native/process-messages.js';
+import { planProbesSliced } from '../probes/plan.js';
+import type { LeakReport, PreviousImage } from '../types.js';
+
+const signalNames = new Map(Object.entries(constants.signals).map(([name, n]) => [n as number, name]));
+
+export function signalName(n: number): string | null {
+  return signalNames.get(n) ?? null;
+}
+
+/** What is known of one traced process. */
+export interface TracedProcessInfo {
+  pid: number;
+  parent: number | null;
+  /** Its index in the kernel's tables (followForks), 0 when it has none. */
+  index: number;
+  commandLine: string[];
+  previousImages: PreviousImage[];
+  /** Why its current image cannot be traced. */
+  untraced?: string;
+}
+
+export interface ProcessTrackerOptions {
+  native: NativeTracer;
+  rootPid: number;
+  rootCommandLine: string[];
+  followForks: boolean;
+  probePlacement: ProbePlacement;
+  /** The allocator files already probed. */
+  allocators: readonly string[];
+  countersBytes: number;
+  blockBytes: number;
+  /** Builds the report of a followed process that exited. */
+  buildReport: (exit: ProcessExitMessage, info: TracedProcessInfo) => Promise<LeakReport>;
+  onError: (error: unknown) => void;
+}
+
+function readCommandLine(pid: number): string[] | null {
+  try {
+    return splitCommandLine(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
+export class ProcessTracker {
+  readonly #o: ProcessTrackerOptions;
+  readonly #infos = new Map<number, TracedProcessInfo>();
+  /** Start order: the reports' order. */
+  readonly #order: number[] = [];
+  readonly #live = new Set<number>();
+  readonly #reports = new Map<number, Promise<LeakReport>>();
+  readonly #allocators = new Set<string>();
+  /** Exec checks under way: a report waits for them. */
+  readonly #pending = new Set<Promise<void>>();
+  #resolveAllExited!: () => void;
+  /** Resolves when every followed process has exited (followForks). */
+  readonly allExited: Promise<void>;
+
+  constructor(options: ProcessTrackerOptions) {
+    this.#o = options;
+    for (const path of options.allocators) {
+      try {
+        this.#allocators.add(fileIdentity(path));
+      } catch {
+        // gone: an exec'd image's allocator is then attached again, which is harmless
+      }
+    }
+    this.allExited = new Promise((resolve) => (this.#resolveAllExited = resolve));
+    this.#add({ pid: options.rootPid, parent: null, index: 1, commandLine: options.rootCommandLine, previousImages: [] });
+  }
+
+  #add(info: TracedProcessInfo): void {
+    this.#infos.set(info.pid, info);
+    this.#order.push(info.pid);
+    this.#live.add(info.pid);
+  }
+
+  info(pid: number): TracedProcessInfo | undefined {
+    return this.#infos.get(pid);
+  }
+
+  /** Processes still running, with their index (followForks). */
+  live(): TracedProcessInfo[] {
+    return [...this.#live].map((pid) => this.#infos.get(pid)!);
+  }
+
+  /** Handles a supervisor message; false when `type` is not one. */
+  handle(type: string, data: ArrayBuffer): boolean {
+    switch (type) {
+      case 'exec':
+        this.#track(this.#onExec(data));
+        return true;
+      case 'fork':
+        this.#onFork(data);
+        return true;
+      case 'process':
+        this.#onExit(data);
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  #track(work: Promise<void>): void {
+    this.#pending.add(work);
+    void work.catch(this.#o.onError).finally(() => this.#pending.delete(work));
+  }
+
+  /** Waits for the exec checks under way. */
+  async settled(): Promise<void> {
+    while (this.#pending.size > 0) await Promise.allSettled([...this.#pending]);
+  }
+
+  /** The old image is gone (its totals kept, labelled); the new one's allocator is found and
+   *  attached to when it is another file. The process runs on once this is done. */
+  async #onExec(data: ArrayBuffer): Promise<void> {
+    const m = decodeExec(data, this.#o.countersBytes);
+    const info = this.#infos.get(m.pid) ?? { pid: m.pid, parent: null, index: 0, commandLine: [], previousImages: [] };
+    info.previousImages.push({
+      commandLine: info.commandLine,
+      allocs: m.counters.allocs,
+      frees: m.counters.frees,
+      bytesAllocated: m.counters.bytesAllocated,
+      inUseBlocks: m.inUseBlocks,
+      inUseBytes: m.inUseBytes,
+    });
+    info.commandLine = readCommandLine(m.pid) ?? [];
+    delete info.untraced;
+    try {
+      const allocator = await resolveImageAllocator(m.pid);
+      const id = fileIdentity(allocator.path);
+      if (!this.#allocators.has(id)) {
+        const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement);
+        await this.#o.native.addProbes(plan.probes);
+        this.#allocators.add(id);
+      }
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      info.untraced = `${info.commandLine.join(' ') || `process ${m.pid}`} cannot be traced: ${why}`;
+    } finally {
+      this.#o.native.resumeProcess(m.pid);
+    }
+  }
+
+  #onFork(data: ArrayBuffer): void {
+    const m = decodeFork(data);
+    const parent = this.#infos.get(m.parent);
+    const index = new DataView(data).getUint32(8, true);
+    this.#add({ pid: m.pid, parent: m.parent, index, commandLine: parent ? [...parent.commandLine] : [], previousImages: [] });
+  }
+
+  #onExit(data: ArrayBuffer): void {
+    const m = decodeProcessExit(data, this.#o.countersBytes, this.#o.blockBytes);
+    const info = this.#infos.get(m.pid);
+    if (!info) return;
+    if (m.commandLine.length > 0) info.commandLine = m.commandLine;
+    // An exec check still under way finishes first: its verdict belongs in the report.
+    const report = this.settled().then(() => this.#o.buildReport(m, info));
+    report.catch(() => {});
+    this.#reports.set(m.pid, report);
+    this.#live.delete(m.pid);
+    if (this.#live.size === 0) this.#resolveAllExited();
+  }
+
+  /** The reports of the processes that exited, in start order, with `extra` for the others. */
+  async reports(extra: Map<number, LeakReport>): Promise<LeakReport[]> {
+    const out: LeakReport[] = [];
+    for (const pid of this.#order) {
+      const report = this.#reports.get(pid);
+      if (report) out.push(await report);
+      else if (extra.has(pid)) out.push(extra.get(pid)!);
+    }
+    return out;
+  }
+}
+
+/** exitCode and signal of a followed process's exit. */
+export function exitStatus(waitStatus: number): { exitCode: number | null; signal: string | null } {
+  return decodeWaitStatus(waitStatus, signalName);
+}

@@ -1,0 +1,93 @@
+#include "process/process_blocks.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace ebpf_leak::process {
+namespace {
+
+// The two candidate buckets of a key: address_buckets() of bpf/alloc_table.h.
+void KeyBuckets(uint64_t key, uint32_t buckets, uint32_t* first, uint32_t* second) {
+  uint64_t h = (key ^ (key >> 29)) * 0x9e3779b97f4a7c15ULL;
+  *first = static_cast<uint32_t>(((h >> 32) * static_cast<uint64_t>(buckets)) >> 32);
+  *second = static_cast<uint32_t>(((h & 0xffffffffULL) * static_cast<uint64_t>(buckets)) >> 32);
+}
+
+int UsedSlots(const leak_bucket& b) {
+  int n = 0;
+  for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) n += __atomic_load_n(&b.keys[i], __ATOMIC_RELAXED) != 0;
+  return n;
+}
+
+bool Claim(leak_bucket* b, uint64_t key, const leak_slot& value) {
+  for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
+    uint64_t expected = 0;
+    if (__atomic_load_n(&b->keys[i], __ATOMIC_RELAXED) != 0) continue;
+    if (!__atomic_compare_exchange_n(&b->keys[i], &expected, LEAK_SLOT_BUSY, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_RELAXED))
+      continue;
+    b->values[i] = value;
+    __atomic_store_n(&b->keys[i], key, __ATOMIC_RELEASE);  // value first, then the key
+    return true;
+  }
+  return false;
+}
+
+bool OfProcess(uint64_t key, uint64_t bits) {
+  return key > LEAK_SLOT_BUSY && (key & ~LEAK_ADDRESS_MASK) == bits;
+}
+
+}  // namespace
+
+leak_bucket* ProcessBlocks::Map(size_t* bytes) const {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  *bytes = (static_cast<size_t>(buckets_) * sizeof(leak_bucket) + page - 1) / page * page;
+  void* p = mmap(nullptr, *bytes, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd_, 0);
+  return p == MAP_FAILED ? nullptr : static_cast<leak_bucket*>(p);
+}
+
+int64_t ProcessBlocks::Copy(uint64_t from_bits, uint64_t to_bits) const {
+  size_t bytes = 0;
+  leak_bucket* table = Map(&bytes);
+  if (table == nullptr) return -1;
+  // The blocks to copy first: inserting while scanning could meet a copy again.
+  std::vector<std::pair<uint64_t, leak_slot>> found;
+  for (uint32_t b = 0; b < buckets_; b++)
+    for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
+      uint64_t key = __atomic_load_n(&table[b].keys[i], __ATOMIC_ACQUIRE);
+      if (OfProcess(key, from_bits)) found.emplace_back(key & LEAK_ADDRESS_MASK, table[b].values[i]);
+    }
+  int64_t lost = 0;
+  for (const auto& [address, value] : found) {
+    uint64_t key = address | to_bits;
+    uint32_t first, second;
+    KeyBuckets(key, buckets_, &first, &second);
+    leak_bucket* a = &table[first];
+    leak_bucket* b = &table[second];
+    if (UsedSlots(*b) < UsedSlots(*a)) std::swap(a, b);
+    if (!Claim(a, key, value) && !Claim(b, key, value)) lost++;
+  }
+  munmap(table, bytes);
+  return lost;
+}
+
+int64_t ProcessBlocks::Take(uint64_t bits, std::vector<leak_block>* out) const {
+  size_t bytes = 0;
+  leak_bucket* table = Map(&bytes);
+  if (table == nullptr) return -1;
+  int64_t n = 0;
+  for (uint32_t b = 0; b < buckets_; b++)
+    for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
+      uint64_t key = __atomic_load_n(&table[b].keys[i], __ATOMIC_ACQUIRE);
+      if (!OfProcess(key, bits)) continue;
+      leak_slot slot = table[b].values[i];
+      if (!__atomic_compare_exchange_n(&table[b].keys[i], &key, 0, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        continue;
+      n++;
+      if (out) out->push_back({key & LEAK_ADDRESS_MASK, slot.size_fn, slot.stack_id, slot.tid, slot.mark});
+    }
+  munmap(table, bytes);
+  return n;
+}
+
+}  // namespace ebpf_leak::process

@@ -1,0 +1,38 @@
+// The blocks of one traced process in the kernel's table (`allocs`, bpf/alloc_table.h), edited
+// from user space while that process is stopped: copied to a fork's child, taken out at an exec
+// or an exit. Blocks of a process carry its index in the top bits of their key
+// (bpf/traced_processes.h); `bits` below is that index << LEAK_PROCESS_SHIFT, 0 for a tracer
+// that follows one process (then every block is the process's).
+//
+// Other processes keep allocating and freeing meanwhile: slots are claimed and released with the
+// same compare-and-swap protocol as the BPF side, and only slots of the stopped process are
+// written, except empty ones claimed for its child.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "leak.h"
+
+namespace ebpf_leak::process {
+
+class ProcessBlocks {
+ public:
+  // `map_fd`: the table map (the caller keeps it open); `buckets`: its max_entries.
+  ProcessBlocks(int map_fd, uint32_t buckets) : map_fd_(map_fd), buckets_(buckets) {}
+
+  // Copies every block of `from_bits` to `to_bits`. Returns the blocks that found no room.
+  int64_t Copy(uint64_t from_bits, uint64_t to_bits) const;
+  // Removes every block of `bits`; appends them to `out` (addresses without the bits) if given.
+  // Returns how many, or -1 when the table cannot be mapped.
+  int64_t Take(uint64_t bits, std::vector<leak_block>* out) const;
+
+ private:
+  leak_bucket* Map(size_t* bytes) const;
+
+  int map_fd_;
+  uint32_t buckets_;
+};
+
+}  // namespace ebpf_leak::process

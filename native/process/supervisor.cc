@@ -1,0 +1,315 @@
+#include "process/supervisor.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <elf.h>
+#include <fstream>
+#include <vector>
+
+namespace ebpf_leak::process {
+namespace {
+
+constexpr long kOptions = PTRACE_O_TRACEEXEC | PTRACE_O_TRACEEXIT | PTRACE_O_TRACEFORK |
+                          PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE;
+// Nothing to wait for: sleep this long before looking again. waitpid() has no descriptor to
+// poll, and a blocking one could not be woken by Stop().
+constexpr auto kIdleSleep = std::chrono::microseconds(300);
+
+long Trace(int request, pid_t tid, uintptr_t addr = 0, uintptr_t data = 0) {
+  return ptrace(static_cast<__ptrace_request>(request), tid, reinterpret_cast<void*>(addr),
+                reinterpret_cast<void*>(data));
+}
+
+// The process a task belongs to (Tgid in /proc/TID/status), or 0 when it is gone.
+pid_t TgidOf(pid_t tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/status", tid);
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.compare(0, 5, "Tgid:") == 0) return static_cast<pid_t>(atoi(line.c_str() + 5));
+  return 0;
+}
+
+std::vector<pid_t> ThreadsOf(pid_t pid) {
+  std::vector<pid_t> out;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task", pid);
+  DIR* d = opendir(path);
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] >= '0' && e->d_name[0] <= '9') out.push_back(static_cast<pid_t>(atoi(e->d_name)));
+  closedir(d);
+  return out;
+}
+
+bool IsGroupStop(int sig) { return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU; }
+
+}  // namespace
+
+bool Supervisor::ReadRegisters(pid_t tid, void* regs, size_t size) {
+  iovec iov{regs, size};
+  return Trace(PTRACE_GETREGSET, tid, NT_PRSTATUS, reinterpret_cast<uintptr_t>(&iov)) == 0;
+}
+
+bool Supervisor::Start(pid_t pid, std::string* error) {
+  root_ = pid;
+  thread_ = std::thread(&Supervisor::Run, this, pid);
+  std::unique_lock<std::mutex> lock(start_mu_);
+  start_cv_.wait(lock, [this] { return started_; });
+  if (start_error_.empty()) return true;
+  *error = start_error_;
+  lock.unlock();
+  thread_.join();
+  return false;
+}
+
+void Supervisor::Stop() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+// Every thread, again until no new one appeared meanwhile: a thread created between the listing
+// and its seizing is seized with the next listing (threads made by seized ones are auto-attached).
+bool Supervisor::SeizeAll(pid_t pid, std::string* error) {
+  for (bool added = true; added;) {
+    added = false;
+    for (pid_t tid : ThreadsOf(pid)) {
+      if (tasks_.count(tid)) continue;
+      if (Trace(PTRACE_SEIZE, tid, 0, kOptions) != 0) {
+        int e = errno;
+        if (e == ESRCH && tid != pid) continue;  // a thread that ended meanwhile
+        *error = "cannot follow process " + std::to_string(pid) + " with ptrace: " + strerror(e) +
+                 (e == EPERM ? " (it is being debugged or traced already, or ptrace is not permitted)" : "");
+        return false;
+      }
+      tasks_[tid] = pid;
+      added = true;
+    }
+  }
+  processes_.insert(pid);
+  live_ = processes_.size();
+  return true;
+}
+
+void Supervisor::Run(pid_t pid) {
+  pthread_setname_np(pthread_self(), "ebpf-leak-ptrace");
+  std::string error;
+  bool ok = SeizeAll(pid, &error);
+  if (!ok) DetachAll();
+  {
+    std::lock_guard<std::mutex> lock(start_mu_);
+    start_error_ = ok ? "" : error;
+    started_ = true;
+  }
+  start_cv_.notify_all();
+  if (!ok) return;
+  while (!stop_) {
+    if (!Poll()) std::this_thread::sleep_for(kIdleSleep);
+  }
+  DetachAll();
+}
+
+bool Supervisor::Poll() {
+  // Looked at first without reaping: the root is a child of this process (started by another of
+  // its threads), whose exit status is its owner's to reap. Only this thread's tracees are seen.
+  siginfo_t si{};
+  if (waitid(P_ALL, 0, &si, WEXITED | WSTOPPED | WNOHANG | WNOWAIT | __WALL | __WNOTHREAD) != 0 ||
+      si.si_pid == 0)
+    return false;
+  pid_t tid = si.si_pid;
+  bool dead = si.si_code == CLD_EXITED || si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;
+  if (dead && tid == root_) {
+    // Killed without an exit stop: let its owner reap it, and stop looking at it.
+    int status = si.si_code == CLD_EXITED ? W_EXITCODE(si.si_status, 0) : si.si_status;
+    if (tasks_.count(tid)) Gone(tid, status);
+    // Until the owner reaps it, waitid() keeps answering with it: wait for the others by pid.
+    for (auto it = tasks_.begin(); it != tasks_.end();) {
+      pid_t t = (it++)->first;
+      int st = 0;
+      if (waitpid(t, &st, WNOHANG | __WALL | __WNOTHREAD) > 0) Handle(t, st);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return true;
+  }
+  int status = 0;
+  if (waitpid(tid, &status, WNOHANG | __WALL | __WNOTHREAD) <= 0) return false;
+  Handle(tid, status);
+  return true;
+}
+
+void Supervisor::Gone(pid_t tid, int status) {
+  auto it = tasks_.find(tid);
+  pid_t pid = it == tasks_.end() ? tid : it->second;
+  if (it != tasks_.end()) tasks_.erase(it);
+  if (tid == pid && processes_.erase(pid)) {
+    live_ = processes_.size();
+    Event e;
+    e.kind = EventKind::kExit;
+    e.pid = pid;
+    e.tid = tid;
+    e.wait_status = status;
+    e.stopped = false;
+    handler_->OnEvent(e);
+  }
+}
+
+void Supervisor::Handle(pid_t tid, int status) {
+  if (WIFEXITED(status) || WIFSIGNALED(status)) {
+    Gone(tid, status);
+    return;
+  }
+  if (!WIFSTOPPED(status)) return;
+  int sig = WSTOPSIG(status);
+  int event = status >> 16;
+  auto known = tasks_.find(tid);
+  if (known == tasks_.end()) {
+    // A new task auto-attached at its parent's fork or clone, whose stop came before the
+    // parent's event: held until that event says what it is.
+    early_stops_.insert(tid);
+    return;
+  }
+  pid_t pid = known->second;
+  switch (event) {
+    case PTRACE_EVENT_FORK:
+    case PTRACE_EVENT_VFORK:
+    case PTRACE_EVENT_CLONE:
+      OnNewTask(tid, event);
+      Trace(PTRACE_CONT, tid);
+      return;
+    case PTRACE_EVENT_EXEC: {
+      // Every other thread is gone; the exec'ing one now has the process's id.
+      unsigned long former = 0;
+      Trace(PTRACE_GETEVENTMSG, tid, 0, reinterpret_cast<uintptr_t>(&former));
+      if (static_cast<pid_t>(former) != tid) tasks_.erase(static_cast<pid_t>(former));
+      Event e;
+      e.kind = EventKind::kExec;
+      e.pid = pid;
+      e.tid = tid;
+      handler_->OnEvent(e);
+      Trace(PTRACE_CONT, tid);
+      return;
+    }
+    case PTRACE_EVENT_EXIT: {
+      unsigned long wait_status = 0;
+      Trace(PTRACE_GETEVENTMSG, tid, 0, reinterpret_cast<uintptr_t>(&wait_status));
+      if (tid == pid && processes_.erase(pid)) {
+        live_ = processes_.size();
+        Event e;
+        e.kind = EventKind::kExit;
+        e.pid = pid;
+        e.tid = tid;
+        e.wait_status = static_cast<int>(wait_status);
+        handler_->OnEvent(e);
+      }
+      // Let go: its zombie is then its parent's alone to reap.
+      Trace(PTRACE_DETACH, tid);
+      tasks_.erase(tid);
+      return;
+    }
+    case PTRACE_EVENT_STOP:
+      if (IsGroupStop(sig)) {
+        Trace(PTRACE_LISTEN, tid);  // stays stopped (SIGSTOP, ^Z) until SIGCONT, as untraced
+      } else if (detach_at_stop_.erase(tid)) {
+        Trace(PTRACE_DETACH, tid);
+        tasks_.erase(tid);
+      } else {
+        Trace(PTRACE_CONT, tid);
+      }
+      return;
+    default:
+      // A signal on its way: delivered as it would be untraced.
+      Trace(PTRACE_CONT, tid, 0, static_cast<uintptr_t>(sig));
+      return;
+  }
+}
+
+// The parent `parent_tid` is stopped at a fork, vfork or clone event; the new task is stopped too
+// (it starts in a stop of its own, reported separately, maybe already).
+void Supervisor::OnNewTask(pid_t parent_tid, int event) {
+  unsigned long msg = 0;
+  if (Trace(PTRACE_GETEVENTMSG, parent_tid, 0, reinterpret_cast<uintptr_t>(&msg)) != 0) return;
+  pid_t child = static_cast<pid_t>(msg);
+  pid_t pid = tasks_[parent_tid];
+  bool stopped_already = early_stops_.erase(child) > 0;
+  if (event == PTRACE_EVENT_CLONE && TgidOf(child) == pid) {  // a thread
+    tasks_[child] = pid;
+    if (stopped_already) Trace(PTRACE_CONT, child);
+    return;
+  }
+  bool follow = false;
+  if (options_.follow_forks) {
+    Event e;
+    e.kind = EventKind::kFork;
+    e.pid = pid;
+    e.tid = parent_tid;
+    e.child = child;
+    e.vfork = event == PTRACE_EVENT_VFORK;
+    follow = handler_->OnEvent(e);
+  }
+  tasks_[child] = child;
+  if (follow) {
+    processes_.insert(child);
+    live_ = processes_.size();
+    if (stopped_already) Trace(PTRACE_CONT, child);
+    return;
+  }
+  untraced_++;
+  if (stopped_already) {
+    Trace(PTRACE_DETACH, child);
+    tasks_.erase(child);
+  } else {
+    detach_at_stop_.insert(child);
+  }
+}
+
+// Each tracee is interrupted, waited for (a stop, or its end), and detached with the signal it
+// was about to get, if any.
+void Supervisor::DetachAll() {
+  for (auto& [tid, pid] : tasks_) Trace(PTRACE_INTERRUPT, tid);
+  for (pid_t tid : early_stops_) Trace(PTRACE_DETACH, tid);
+  early_stops_.clear();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
+  while (!tasks_.empty() && std::chrono::steady_clock::now() < deadline) {
+    bool any = false;
+    for (auto it = tasks_.begin(); it != tasks_.end();) {
+      pid_t tid = it->first;
+      int status = 0;
+      pid_t r = waitpid(tid, &status, WNOHANG | __WALL | __WNOTHREAD);
+      if (r == 0) {
+        ++it;
+        continue;
+      }
+      any = true;
+      if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) {
+        it = tasks_.erase(it);
+        continue;
+      }
+      int sig = WSTOPSIG(status);
+      int event = status >> 16;
+      uintptr_t deliver = (event == 0 && sig != SIGTRAP) ? static_cast<uintptr_t>(sig) : 0;
+      if (event == PTRACE_EVENT_STOP && IsGroupStop(sig)) deliver = 0;
+      Trace(PTRACE_DETACH, tid, 0, deliver);
+      it = tasks_.erase(it);
+    }
+    if (!any) std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  // Any left did not stop in time (in an uninterruptible wait): the kernel lets them go with us.
+  for (auto& [tid, pid] : tasks_) Trace(PTRACE_DETACH, tid);
+  tasks_.clear();
+  processes_.clear();
+  detach_at_stop_.clear();
+}
+
+}  // namespace ebpf_leak::process

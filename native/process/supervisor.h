@@ -1,0 +1,113 @@
+// The one place this addon uses ptrace: a dedicated thread that follows a process tree through its
+// exec()s, fork()s and exits, and stops each process at those moments long enough for the tracer
+// to bring its own bookkeeping up to date.
+//
+// Why ptrace, when the probes are BPF: an exec must be seen before the new image runs (its blocks
+// start from nothing, and its allocator may be another file to attach to), and a fork's child must
+// start with a copy of its parent's blocks taken at the fork, while the parent keeps running. The
+// tracepoints are asynchronous to user space; a ptrace event stop holds the process (and, at a
+// fork, the child too, which starts stopped) until the handler returns. All ptrace calls come from
+// the supervisor's own thread, as ptrace requires. If this process dies, the kernel detaches every
+// tracee: nothing is left stopped (no PTRACE_O_EXITKILL).
+//
+// API (also meant for a memory scan at a process's exit):
+//   Supervisor(handler, options); Start(pid, &error) seizes every thread of pid; Stop() detaches.
+//   Handler::OnEvent(event) runs on the supervisor thread while the event's thread is stopped:
+//     kExec after the new image is mapped, before it runs; kFork with parent and child stopped
+//     (return false to let the child run untraced); kExit at PTRACE_EVENT_EXIT, the address space
+//     still there (`stopped` false when the process vanished without that stop: SIGKILL).
+//   ReadRegisters(tid, ...) inside a handler reads a stopped thread's registers.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <unordered_map>
+
+namespace ebpf_leak::process {
+
+enum class EventKind { kExec, kFork, kExit };
+
+struct Event {
+  EventKind kind = EventKind::kExec;
+  pid_t pid = 0;          // the process (tgid)
+  pid_t tid = 0;          // its stopped thread
+  pid_t child = 0;        // kFork: the new process, stopped until the handler returns
+  bool vfork = false;     // kFork: vfork() or clone(CLONE_VFORK) (posix_spawn): shares the memory
+  int wait_status = 0;    // kExit: as waitpid() reports it
+  bool stopped = true;    // kExit: false when it exited without an exit stop (memory is gone)
+};
+
+class Handler {
+ public:
+  virtual ~Handler() = default;
+  // On the supervisor thread; the process stays stopped until this returns. kFork: true to trace
+  // the child, false to let it run untraced.
+  virtual bool OnEvent(const Event& event) = 0;
+};
+
+struct Options {
+  bool follow_forks = false;
+};
+
+class Supervisor {
+ public:
+  Supervisor(Handler* handler, Options options) : handler_(handler), options_(options) {}
+  ~Supervisor() { Stop(); }
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Starts the thread and seizes every thread of `pid` from it. False with `error` set when the
+  // process cannot be traced (gone, already traced by a debugger, not permitted).
+  bool Start(pid_t pid, std::string* error);
+  // Detaches from every tracee (each is interrupted, then let go) and joins the thread.
+  void Stop();
+
+  // Children that were not followed (options.follow_forks off), and children lost because the
+  // tracer could not keep them (the handler refused them for lack of room).
+  uint64_t untraced_children() const { return untraced_.load(); }
+  // Processes traced now.
+  size_t live_processes() const { return live_.load(); }
+
+  // Inside a handler: the registers of a stopped thread (struct user_regs_struct, `size` bytes).
+  static bool ReadRegisters(pid_t tid, void* regs, size_t size);
+
+ private:
+  void Run(pid_t pid);
+  bool SeizeAll(pid_t pid, std::string* error);
+  bool Poll();  // one event handled: true; nothing waiting: false
+  void Handle(pid_t tid, int status);
+  void OnNewTask(pid_t parent_tid, int event);
+  void Gone(pid_t tid, int status);
+  void DetachAll();
+
+  Handler* handler_;
+  Options options_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> untraced_{0};
+  std::atomic<size_t> live_{0};
+  pid_t root_ = 0;
+
+  // Start()'s answer from the thread.
+  std::mutex start_mu_;
+  std::condition_variable start_cv_;
+  bool started_ = false;
+  std::string start_error_;
+
+  // Supervisor thread only.
+  std::unordered_map<pid_t, pid_t> tasks_;  // traced thread -> its process
+  std::set<pid_t> processes_;               // traced processes (tgids) whose exit is not seen yet
+  std::set<pid_t> early_stops_;             // new tasks stopped before their parent's event
+  std::set<pid_t> detach_at_stop_;          // untraced children, let go at their first stop
+  std::set<pid_t> announced_;               // new tasks their parent's event has told us about
+};
+
+}  // namespace ebpf_leak::process

@@ -1,0 +1,395 @@
+// Processes as they really run: an exec starts the new image's report, and with followForks every
+// child and grandchild gets a report of its own. The oracle is valgrind --trace-children=yes: each
+// process's HEAP SUMMARY (in use at exit, total heap usage) must equal the report of the process
+// it ran as. Pids differ between the two runs, so the processes of a tree are compared as a
+// multiset of summaries, and the first process by its own.
+//
+// Both runs get one explicit environment and stdio 'ignore', as in test/oracle.test.ts: valgrind
+// is run as valgrind.bin, so it adds only LD_PRELOAD (its preload libraries) to the environment,
+// and the traced run gets an LD_PRELOAD too, of the same length, made of separators the dynamic
+// loader skips: a shell keeps a record per variable of its environment (dash: 32 bytes each),
+// and make a copy of each value, which would otherwise differ.
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { assertReport } from '../lib/harness/program-check.js';
+import { checkReport, formatCheckedReport } from '../lib/report/checked.js';
+import { LeakError, trace } from '../lib/index.js';
+import { toJsonReport } from '../lib/report/json-format.js';
+import type { HeapSummary, LeakReport } from '../lib/types.js';
+import { fixturePath, fixturesDir } from './helpers/fixtures.js';
+import { runValgrind, type ValgrindHeapSummary } from './helpers/valgrind.js';
+import { runValgrindTree, type ValgrindTree } from './helpers/valgrind-children.js';
+
+const env: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
+const fields = ['inUseBytes', 'inUseBlocks', 'allocs', 'frees', 'bytesAllocated'] as const;
+
+/** valgrind's LD_PRELOAD (its two preload libraries), as the programs see it. */
+function valgrindPreload(): string {
+  const dirs = ['/usr/libexec/valgrind', '/usr/lib/x86_64-linux-gnu/valgrind', '/usr/lib/valgrind'];
+  const dir = dirs.find((d) => existsSync(join(d, 'vgpreload_core-amd64-linux.so')));
+  if (!dir) throw new Error(`valgrind's preload libraries are not in ${dirs.join(', ')}`);
+  return `${dir}/vgpreload_core-amd64-linux.so:${dir}/vgpreload_memcheck-amd64-linux.so`;
+}
+const preloadStandIn = ':'.repeat(valgrindPreload().length);
+
+function tuple(s: HeapSummary | ValgrindHeapSummary): string {
+  return fields.map((f) => s[f]).join('/');
+}
+
+/** Each process's summary, sorted: the tree as a multiset. */
+function ours(report: LeakReport): string[] {
+  return (report.processes ?? [report]).map((p) => tuple(p.summary)).sort();
+}
+function theirs(tree: ValgrindTree): string[] {
+  return [...tree.processes.values()].map((p) => tuple(p.summary)).sort();
+}
+
+function expectClean(report: LeakReport): void {
+  for (const p of report.processes ?? [report]) {
+    expect(p.summary.droppedAllocations, `process ${p.target.pid}`).toBe(0);
+    expect(p.summary.lostEvents, `process ${p.target.pid}`).toBe(0);
+    expect(p.untraced, `process ${p.target.pid}`).toBeUndefined();
+  }
+}
+
+async function traced(
+  command: string,
+  args: string[],
+  options: { followForks?: boolean; cwd?: string; maxAllocations?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<LeakReport> {
+  const tracer = await trace({
+    command,
+    args,
+    env: { ...(options.env ?? env), LD_PRELOAD: preloadStandIn },
+    stdio: 'ignore',
+    followForks: options.followForks ?? false,
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
+    ...(options.maxAllocations !== undefined ? { maxAllocations: options.maxAllocations } : {}),
+  });
+  return tracer.done;
+}
+
+async function compareTree(command: string, args: string[], options: { cwd?: string; maxAllocations?: number } = {}) {
+  const vg = await runValgrindTree(command, args, { env, ...(options.cwd !== undefined ? { cwd: options.cwd } : {}) });
+  const report = await traced(command, args, { followForks: true, ...options });
+  expectClean(report);
+  expect(ours(report)).toEqual(theirs(vg));
+  // The top-level report is the first process's.
+  expect(tuple(report.summary)).toBe(tuple(vg.processes.get(vg.rootPid)!.summary));
+  expect(report.processes![0]!.target.pid).toBe(report.target.pid);
+  return { vg, report };
+}
+
+describe('exec: the report covers the image that exits', () => {
+  it('a wrapper script that execs the program', async () => {
+    const wrapper = join(fixturesDir, 'exec_wrapper.sh');
+    const vg = await runValgrindTree(wrapper, [fixturePath('seed')], { env });
+    const report = await traced(wrapper, [fixturePath('seed')]);
+    expectClean(report);
+    expect(vg.processes.size).toBe(1);
+    expect(tuple(report.summary)).toBe(tuple(vg.processes.get(vg.rootPid)!.summary));
+    expect(report.summary.inUseBytes).toBe(4104);
+    expect(report.target.commandLine).toEqual([fixturePath('seed')]);
+    // The shell's own blocks are labelled as the image before the exec, apart from the summary.
+    expect(report.previousImages).toHaveLength(1);
+    expect(report.previousImages![0]!.commandLine).toEqual([wrapper, fixturePath('seed')]);
+    expect(report.previousImages![0]!.inUseBlocks).toBeGreaterThan(10);
+    expect(report.untracedChildren).toBe(0);
+  });
+
+  it('env and nice in front of the program', async () => {
+    const args = ['X=1', '/usr/bin/nice', '-n', '1', fixturePath('seed')];
+    const vg = await runValgrindTree('/usr/bin/env', args, { env });
+    const report = await traced('/usr/bin/env', args);
+    expectClean(report);
+    expect(tuple(report.summary)).toBe(tuple(vg.processes.get(vg.rootPid)!.summary));
+    expect(report.previousImages!.map((i) => i.commandLine[0])).toEqual(['/usr/bin/env', '/usr/bin/nice']);
+    // Not one of env's or nice's blocks is blamed on the program.
+    expect(report.leaks.reduce((n, g) => n + g.blocks, 0)).toBe(2);
+  });
+
+  it('a program that mallocs and then execs: its block is no leak of either', async () => {
+    for (const next of ['/bin/true', fixturePath('seed')]) {
+      const vg = await runValgrindTree(fixturePath('malloc_exec'), [next], { env });
+      const report = await traced(fixturePath('malloc_exec'), [next]);
+      expectClean(report);
+      expect(tuple(report.summary), next).toBe(tuple(vg.processes.get(vg.rootPid)!.summary));
+      expect(report.leaks.some((g) => g.bytes === 999)).toBe(false);
+      expect(report.previousImages).toEqual([
+        { commandLine: [fixturePath('malloc_exec'), next], allocs: 1, frees: 0, bytesAllocated: 999, inUseBlocks: 1, inUseBytes: 999 },
+      ]);
+    }
+  });
+
+  it('without followForks, the report counts the children that ran untraced and names the option', async () => {
+    const report = await traced(fixturePath('fork_children'), ['3']);
+    expect(report.untracedChildren).toBe(3);
+    expect(report.processes).toBeUndefined();
+    // The parent alone: its 7 bytes; the 100 it freed; nothing of its children.
+    expect(report.summary).toMatchObject({ inUseBytes: 7, inUseBlocks: 1, allocs: 2, frees: 1 });
+    const text = formatCheckedReport(checkReport(report, []));
+    expect(text).toContain('3 child processes ran untraced; trace them with --follow-forks (the library\'s followForks: true)');
+  });
+});
+
+describe('exec into another allocator: attached before the image runs', () => {
+  const symbols = (g: LeakReport['leaks'][number]) => g.stack.map((f) => f.symbol);
+
+  it('a static binary (its malloc inside the executable)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-static-'));
+    try {
+      const exe = join(dir, 'seed_static');
+      execFileSync('gcc', ['-static', '-O0', '-g', '-fno-builtin', '-o', exe, join(fixturesDir, 'seed.c')]);
+      const report = await traced(fixturePath('malloc_exec'), [exe]);
+      expect(report.untraced).toBeUndefined();
+      expect(report.target.commandLine).toEqual([exe]);
+      // The seed's 10 x 8 bytes, 9 freed, seen through the executable's own malloc and free.
+      const eight = report.leaks.find((g) => g.bytes === 8 && g.blocks === 1);
+      expect(eight, JSON.stringify(report.leaks, null, 1)).toBeDefined();
+      expect(symbols(eight!)).toContain('main');
+      expect(report.summary.frees).toBeGreaterThanOrEqual(9);
+      expect(report.previousImages![0]!.inUseBytes).toBe(999);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a preloaded allocator (jemalloc through env LD_PRELOAD=...)', async () => {
+    const jemalloc = '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2';
+    const report = await traced('/usr/bin/env', [`LD_PRELOAD=${jemalloc}`, fixturePath('seed')]);
+    expect(report.untraced).toBeUndefined();
+    const eight = report.leaks.find((g) => g.bytes === 8 && g.blocks === 1);
+    expect(eight, JSON.stringify(report.leaks, null, 1)).toBeDefined();
+    expect(symbols(eight!)).toContain('main');
+    // glibc's malloc is never called: every count is jemalloc's.
+    expect(report.summary).toMatchObject({ frees: 9, unknownFrees: 0 });
+  });
+
+  it("an image that cannot be traced is reported as such, never as an empty report", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-stripped-'));
+    try {
+      const exe = join(dir, 'seed_stripped');
+      execFileSync('gcc', ['-static', '-O0', '-s', '-o', exe, join(fixturesDir, 'seed.c')]);
+      const report = await traced(fixturePath('malloc_exec'), [exe]);
+      expect(report.untraced).toMatch(/seed_stripped cannot be traced: .* statically linked without a symbol table/);
+      expect(checkReport(report, []).inconclusive).toContain(report.untraced);
+      expect(() => assertReport(checkReport(report, []))).toThrow(/inconclusive|cannot be traced/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('followForks: one report per process, as valgrind --trace-children=yes', () => {
+  it("forked children that leak and leave with _exit, each with what it inherited (10 runs)", async () => {
+    const { vg, report } = await compareTree(fixturePath('fork_children'), ['3']);
+    // Copies at each fork race the parent and child running on: the same answer every time.
+    for (let run = 0; run < 9; run++) {
+      const again = await traced(fixturePath('fork_children'), ['3'], { followForks: true });
+      expectClean(again);
+      expect(ours(again), `run ${run + 2}`).toEqual(theirs(vg));
+    }
+    expect(report.processes).toHaveLength(4);
+    const children = report.processes!.slice(1);
+    expect(children.map((c) => c.target.exitCode)).toEqual([0, 1, 2]);
+    expect(children.map((c) => c.target.parentPid)).toEqual([report.target.pid, report.target.pid, report.target.pid]);
+    // Each child: the 100 bytes it inherited, and its own 10 * (i + 1).
+    expect(children.map((c) => c.leaks.map((g) => g.bytes).sort((a, b) => a - b))).toEqual([[10, 100], [20, 100], [30, 100]]);
+  });
+
+  it('a child that forks a grandchild', async () => {
+    const { report } = await compareTree(fixturePath('fork_children'), ['2', 'grand']);
+    expect(report.processes).toHaveLength(5);
+    const grandchildren = report.processes!.filter((p) => p.target.exitCode === 7);
+    expect(grandchildren).toHaveLength(2);
+    for (const g of grandchildren) expect(g.summary).toMatchObject({ inUseBytes: 133, inUseBlocks: 2 });
+  });
+
+  it("sh -c 'a; b'", async () => {
+    const script = `${fixturePath('seed')}; ${fixturePath('malloc_exec')} /bin/true`;
+    const { report } = await compareTree('/bin/sh', ['-c', script]);
+    // dash forks for each command and waits: the shell, then the two programs.
+    expect(report.processes).toHaveLength(3);
+    expect(report.target.commandLine).toEqual(['/bin/sh', '-c', script]);
+    expect(report.processes!.slice(1).map((p) => p.target.commandLine)).toEqual([[fixturePath('seed')], ['/bin/true']]);
+    // The second was the shell's fork, then malloc_exec, then /bin/true: the 999 bytes are no leak.
+    expect(report.processes![2]!.previousImages!.map((i) => i.commandLine[0])).toEqual(['/bin/sh', fixturePath('malloc_exec')]);
+    expect(report.processes![2]!.previousImages![1]!.inUseBytes).toBe(999);
+  });
+
+  it('make running two leaking programs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-make-'));
+    try {
+      writeFileSync(join(dir, 'Makefile'), `all:\n\t${fixturePath('seed')}\n\t${fixturePath('fork_children')} 1\n`);
+      const { report } = await compareTree('/usr/bin/make', ['-s'], { cwd: dir });
+      const programs = report.processes!.map((p) => p.target.commandLine?.[0]);
+      expect(programs).toContain(fixturePath('seed'));
+      expect(programs.filter((p) => p === fixturePath('fork_children'))).toHaveLength(2); // it and its child
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('200 short-lived children: none lost, the kernel table no larger than the live processes need', async () => {
+    // Room for 64 blocks (80 slots): the 200 children hold 400 blocks between them, so each
+    // process's blocks must leave the table at its exit, or allocations would be dropped.
+    const { report } = await compareTree(fixturePath('fork_children'), ['200'], { maxAllocations: 64 });
+    expect(report.processes).toHaveLength(201);
+    expect(report.untracedChildren).toBe(0);
+    expect(new Set(report.processes!.map((p) => p.target.pid)).size).toBe(201);
+  });
+
+  it('a Node script that spawns two leaking C programs, as a test runner does', async () => {
+    const script =
+      `const { spawnSync } = require('node:child_process');` +
+      `spawnSync(${JSON.stringify(fixturePath('seed'))}, [], { stdio: 'ignore' });` +
+      `spawnSync(${JSON.stringify(fixturePath('fork_children'))}, ['1'], { stdio: 'ignore' });`;
+    const nodeEnv = { ...env, PATH: `${dirname(process.execPath)}:${env.PATH}` };
+    const tracer = await trace({ command: process.execPath, args: ['-e', script], env: { ...nodeEnv, LD_PRELOAD: preloadStandIn }, stdio: 'ignore', followForks: true });
+    const report = await tracer.done;
+    expectClean(report);
+    const byProgram = (path: string) => report.processes!.filter((p) => p.target.commandLine?.[0] === path);
+    const seedVg = await runValgrind(fixturePath('seed'), [], { env: nodeEnv });
+    expect(byProgram(fixturePath('seed')).map((p) => tuple(p.summary))).toEqual([tuple(seedVg.summary)]);
+    const forkVg = await runValgrindTree(fixturePath('fork_children'), ['1'], { env: nodeEnv });
+    expect(byProgram(fixturePath('fork_children')).map((p) => tuple(p.summary)).sort()).toEqual(theirs(forkVg));
+    // An assertion fails for any leaking process, and names it.
+    const checked = checkReport(report, []);
+    expect(() => assertReport(checked)).toThrowError(LeakError);
+    try {
+      assertReport(checked);
+    } catch (error) {
+      expect((error as Error).message).toMatch(new RegExp(`process \\d+ \\(${fixturePath('seed').replace(/[/.]/g, '\\$&')}\\): 4,104 bytes in 2 blocks`));
+    }
+  });
+
+  it('JSON: processes[] holds one report per process with the top-level fields', async () => {
+    const report = await traced(fixturePath('fork_children'), ['1'], { followForks: true });
+    const json = toJsonReport(checkReport(report, []));
+    expect(json.processes).toHaveLength(2);
+    const top = Object.keys(json).filter((k) => k !== 'processes' && k !== 'untracedChildren');
+    for (const p of json.processes!) for (const key of top.filter((k) => k !== 'previousImages')) expect(p).toHaveProperty(key);
+    expect(json.processes![0]!.target.pid).toBe(json.target.pid);
+    expect(json.processes![1]!.target.parentPid).toBe(json.target.pid);
+    expect(json.processes![1]!.summary).toMatchObject({ inUseBytes: 110, inUseBlocks: 2 });
+    JSON.stringify(json); // no cycle
+    const text = formatCheckedReport(checkReport(report, []));
+    expect(text).toMatch(new RegExp(`^== process ${json.target.pid}: .*fork_children 1 \\(exit status 0\\) ==$`, 'm'));
+    expect(text).toMatch(/^== process \d+: .*fork_children 1 \(exit status 0, child of \d+\) ==$/m);
+  });
+});
+
+describe('another root (chroot) with its own libc', () => {
+  let root: string;
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'ebpf-leak-chroot-'));
+    const seedLibs = ['/lib/x86_64-linux-gnu/libc.so.6', '/lib64/ld-linux-x86-64.so.2'];
+    for (const lib of seedLibs) {
+      mkdirSync(join(root, dirname(lib)), { recursive: true });
+      copyFileSync(lib, join(root, lib)); // a file of its own: another inode than ours
+    }
+    copyFileSync(fixturePath('seed'), join(root, 'seed'));
+    // A second root whose libc is only found through LD_LIBRARY_PATH.
+    mkdirSync(join(root, 'hidden/opt'), { recursive: true });
+    mkdirSync(join(root, 'hidden/lib64'), { recursive: true });
+    copyFileSync('/lib/x86_64-linux-gnu/libc.so.6', join(root, 'hidden/opt/libc.so.6'));
+    copyFileSync('/lib64/ld-linux-x86-64.so.2', join(root, 'hidden/lib64/ld-linux-x86-64.so.2'));
+    copyFileSync(fixturePath('seed'), join(root, 'hidden/seed'));
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('is traced through the libc inside the root', async () => {
+    const vg = await runValgrind(fixturePath('seed'), [], { env });
+    const report = await traced('/usr/sbin/chroot', [root, '/seed']);
+    expectClean(report);
+    expect(tuple(report.summary)).toBe(tuple(vg.summary));
+    expect(report.target.commandLine).toEqual(['/seed']);
+  });
+
+  it('or clearly refused, saying why, when its libc cannot be found', async () => {
+    const report = await traced('/usr/sbin/chroot', [join(root, 'hidden'), '/seed'], { env: { ...env, LD_LIBRARY_PATH: '/opt' } });
+    expect(report.untraced).toMatch(/^\/seed cannot be traced: .* runs in another root .* whose libc\.so\.6 was not found/);
+    const checked = checkReport(report, []);
+    expect(checked.inconclusive).toContain(report.untraced);
+    expect(formatCheckedReport(checked)).toContain('warning: not traced: /seed cannot be traced');
+  });
+});
+
+describe('attach -p PID with followForks: a pre-fork server', () => {
+  it("follows the workers it forks from then on", async () => {
+    // Through setsid -f: a child of this process could not be followed (trace() refuses it). Its
+    // commands come through a FIFO: setsid exits at once, and with it our end of its stdin.
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-server-'));
+    const fifo = join(dir, 'commands');
+    execFileSync('/usr/bin/mkfifo', [fifo]);
+    const server = spawn('/usr/bin/setsid', ['-f', fixturePath('prefork_server'), fifo], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+    const lines: string[] = [];
+    let waiting: (() => void) | undefined;
+    let buffered = '';
+    server.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      buffered += d;
+      const parts = buffered.split('\n');
+      buffered = parts.pop()!;
+      lines.push(...parts);
+      waiting?.();
+    });
+    let serverPid = 0;
+    const line = async (n: number): Promise<string> => {
+      while (lines.length < n) await new Promise<void>((r) => (waiting = r));
+      return lines[n - 1]!;
+    };
+    try {
+      const pid = Number((await line(1)).split(' ')[1]);
+      serverPid = pid;
+      const tracer = await trace({ pid, followForks: true });
+      const commands = openSync(fifo, 'w'); // the server waits in its open() for this
+      writeSync(commands, 'f\n');
+      await line(2);
+      writeSync(commands, 'f\n');
+      await line(3);
+      writeSync(commands, 'q\n');
+      closeSync(commands);
+      const report = await tracer.done;
+
+      expectClean(report);
+      expect(report.processes).toHaveLength(3);
+      const workers = report.processes!.slice(1);
+      expect(workers.map((w) => `worker ${w.target.pid}`)).toEqual([lines[1], lines[2]]);
+      for (const w of workers) {
+        expect(w.target.exitCode).toBe(3);
+        expect(w.target.parentPid).toBe(pid);
+        // Its 64 bytes, and what it inherited from the server, allocated since the attach and live
+        // at the fork: the request block and the command stream's 4,096-byte buffer.
+        expect(w.summary).toMatchObject({ inUseBytes: 4192, inUseBlocks: 3 });
+        expect(w.leaks.map((g) => g.bytes).sort((a, b) => a - b)).toEqual([32, 64, 4096]);
+      }
+      expect(report.target.exitCode).toBe(0); // seen at its exit stop
+      expect(report.summary).toMatchObject({ inUseBytes: 4096, inUseBlocks: 1 }); // the stream's buffer
+    } finally {
+      if (serverPid) {
+        try {
+          process.kill(serverPid, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a child of the tracing process itself, saying why', async () => {
+    const child = spawn(fixturePath('forever'), ['1000'], { env, stdio: 'ignore' });
+    try {
+      await expect(trace({ pid: child.pid!, followForks: true })).rejects.toMatchObject({
+        code: 'ELEAK_PTRACE',
+        message: expect.stringContaining('it is a child of this process'),
+      });
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});
