@@ -1,6 +1,6 @@
 // Error classes with a literal `code`, so callers can switch on `err.code` with type narrowing.
 // Every message says what went wrong and what to do about it.
-import { optionWord } from './util/option-words.js';
+import { optionWord } from './option-words.js';
 
 export const errorCodes = [
   'ELEAK_PERM',

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { formatCount, formatSnapshotTop, shellQuote } from '../report/text-format.js';
 import { writeJsonReport } from '../report/json-format.js';
 import { stackUseSliced } from '../report/snapshot-stacks.js';
-import { useCliWords } from '../util/option-words.js';
+import { useCliWords } from '../option-words.js';
 import { invokingUser, jsonDestinationProblem } from './preflight.js';
 import { defaults, limits } from '../tracer/options.js';
 import type { CheckedLeakReport } from '../report/checked.js';
