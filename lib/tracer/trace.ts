@@ -3,7 +3,7 @@ import { pauseIfDue } from '../util/cooperative.js';
 import { fromNativeError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
-import { resolveOptions, type ResolvedOptions } from './options.js';
+import { defaults, resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbesSliced } from '../probes/plan.js';
 import { checkSupport } from '../target/support.js';
 import { environmentStrings, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
@@ -78,6 +78,9 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   }
   const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
 
+  // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
+  // kept out, in the kernel and in the reports. Decided here only.
+  const ownProcess = pid === process.pid;
   let tracer: LeakTracer | undefined;
   const pending: Parameters<NativeMessageHandler>[] = [];
   const nativeTracer: NativeTracer = new native.Tracer(
@@ -90,14 +93,16 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       eventBufferBytes: o.eventBufferBytes,
       stacks: o.stacks,
       stackDepth: o.stackDepth,
-      stackMapEntries: 65536,
-      pageSize: 4096,
+      stackMapEntries: defaults.stackMapEntries,
+      pageSize: defaults.pageSize,
+      ignoreOwnThreads: ownProcess,
       ...(support.btfPath ? { btfPath: support.btfPath } : {}),
       probes: plan.probes,
       unwind: o.unwind,
       stackTotals: o.stackTotals,
       sampleEveryBytes: o.sampleEveryBytes,
-      ...(unwindFiles ? { unwindFiles } : {}),
+      unwindFiles: unwindFiles ?? [],
+      unwindTableRows: defaults.unwindTableRows,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -123,6 +128,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   const parts: TracerParts = {
     native: nativeTracer,
     pid,
+    ownProcess,
     target: {
       pid,
       ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
