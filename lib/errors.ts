@@ -1,6 +1,6 @@
 // Error classes with a literal `code`, so callers can switch on `err.code` with type narrowing.
 // Every message says what went wrong and what to do about it.
-import { optionWord } from './util/option-words.js';
+import { optionWord } from './option-words.js';
 
 export const errorCodes = [
   'ELEAK_PERM',
@@ -17,8 +17,12 @@ export const errorCodes = [
   'ELEAK_CLOSED',
   'ELEAK_UNSAFE_FILE',
   'ELEAK_PROBE_CONFLICT',
-  'ELEAK_ADDON',
   'ELEAK_PTRACE',
+  'ELEAK_STATE',
+  'ELEAK_NO_MULTI',
+  'ELEAK_ADDON',
+  'ELEAK_NO_GC',
+  'ELEAK_SUPPRESSION_SYNTAX',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -91,11 +95,31 @@ export class ProbeConflictError extends EbpfLeakError {
   readonly code = 'ELEAK_PROBE_CONFLICT' as const;
 }
 
-/** No native addon fits this platform, or it does not load. */
+/** A call at a time it cannot be made: a tracer attached twice, a measurement started on a
+ *  tracer that is already measuring. */
+export class StateError extends EbpfLeakError {
+  readonly code = 'ELEAK_STATE' as const;
+}
+/** The kernel has no multi-uprobe links. trace() falls back to one classic uprobe per function on
+ *  its own, so this reaches callers only from a kernel that refuses both. */
+export class MultiUprobeUnsupportedError extends EbpfLeakError {
+  readonly code = 'ELEAK_NO_MULTI' as const;
+}
+/** No native addon fits this platform, it does not load, or it was built from other sources than
+ *  lib/ (rebuild it). */
 export class AddonError extends EbpfLeakError {
   readonly code = 'ELEAK_ADDON' as const;
 }
+/** measure() needs a gc() function and could not get one from V8. */
+export class GcUnavailableError extends EbpfLeakError {
+  readonly code = 'ELEAK_NO_GC' as const;
+}
+/** A suppressions file or text that cannot be parsed; the message names the file and line. */
+export class SuppressionSyntaxError extends EbpfLeakError {
+  readonly code = 'ELEAK_SUPPRESSION_SYNTAX' as const;
+}
 
+/** @internal What to do about ELEAK_PERM, in every message that reports it. */
 export const permissionAdvice =
   'Run as root (sudo), or give node the capabilities CAP_BPF and CAP_PERFMON ' +
   '(plus CAP_SYS_PTRACE to trace another user\'s process), e.g. ' +
@@ -111,7 +135,7 @@ export class PtraceError extends EbpfLeakError {
   readonly code = 'ELEAK_PTRACE' as const;
 }
 
-/** Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
+/** @internal Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
 export function fromNativeError(error: unknown, context: string): EbpfLeakError | unknown {
   if (!(error instanceof Error)) return error;
   const { code, message } = error as NativeErrorShape;
@@ -150,6 +174,10 @@ export function fromNativeError(error: unknown, context: string): EbpfLeakError 
           `(CAP_SYS_PTRACE) if /proc/sys/kernel/yama/ptrace_scope forbids it.`,
         { cause: error },
       );
+    case 'ELEAK_STATE':
+      return new StateError(text, { cause: error });
+    case 'ELEAK_NO_MULTI':
+      return new MultiUprobeUnsupportedError(text, { cause: error });
     default:
       return error;
   }

@@ -104,7 +104,7 @@ describe('commands', () => {
 
 describe('option words', () => {
   it('the library names its options; after useCliWords(), the CLI flags', async () => {
-    const { optionWord, useCliWords } = await import('../lib/util/option-words.js');
+    const { optionWord, useCliWords } = await import('../lib/option-words.js');
     expect(formatReport(report({ droppedAllocations: 1 }))).toContain('Raise maxAllocations.');
     expect(optionWord('allocator', '/x.so')).toBe("allocator: { path: '/x.so' }");
     useCliWords();

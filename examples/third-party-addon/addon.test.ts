@@ -60,7 +60,7 @@ describe('an addon that leaks one global handle per call, first', () => {
     expect(sites.length).toBeGreaterThan(0);
     expect(sites.every((s) => s.reason === undefined && s.growing)).toBe(true);
     expect(sites[0]!.stack.some((f) => /Keep/.test(f.symbol ?? ''))).toBe(true);
-  });
+  }, 300_000);
 
 });
 
@@ -76,14 +76,14 @@ describe('better-sqlite3@12 used correctly', () => {
     expect(grew.length).toBeGreaterThan(0);
     for (const site of grew) expect(site.reason).toMatch(/^V8's global-handle blocks, allocated as more handles were alive at once/);
     expect(report.globalHandlesGrowth).toBeLessThan(1000 * 8);
-  });
+  }, 300_000);
 
   it('leaks nothing over 1,000 iterations, with the module filter on better_sqlite3.node', async () => {
     const report = await measure(useSqlite, { iterations: 1000, module: /better_sqlite3\.node$/ });
     expect(report.inconclusive).toEqual([]);
     expect(report.leaks).toEqual([]);
     expect(report.globalHandlesGrowth).toBeLessThan(1000 * 8);
-  });
+  }, 300_000);
 });
 
 describe('an addon that leaks one global handle per call', () => {
@@ -94,7 +94,7 @@ describe('an addon that leaks one global handle per call', () => {
     expect(report.leaks).toHaveLength(1);
     expect(report.leaks[0]).toMatchObject({ bytesPerIteration: report.globalHandlesGrowth / 1000, growing: true, stack: [] });
     expect(report.leaks[0]!.reason).toMatch(/^V8's live global handles grew by 10\d\d \(\d+ bytes\) over 1000 iterations/);
-  });
+  }, 300_000);
 
   it('is caught beside better-sqlite3 used correctly', async () => {
     const report = await measure(
@@ -107,5 +107,5 @@ describe('an addon that leaks one global handle per call', () => {
     // At the pool's blocks when it had to grow, else as the growth of live handles.
     expect(report.leaks.some((s) => inV8Pool(s) || /^V8's live global handles grew by/.test(s.reason ?? ''))).toBe(true);
     expect(report.bytesPerIteration).toBeGreaterThanOrEqual(32);
-  });
+  }, 300_000);
 });

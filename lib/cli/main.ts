@@ -13,12 +13,13 @@ import { parseArgs } from 'node:util';
 import { formatCount, formatSnapshotTop, shellQuote } from '../report/text-format.js';
 import { writeJsonReport } from '../report/json-format.js';
 import { stackUseSliced } from '../report/snapshot-stacks.js';
-import { useCliWords } from '../util/option-words.js';
+import { useCliWords } from '../option-words.js';
 import { invokingUser, jsonDestinationProblem } from './preflight.js';
 import { defaults, limits } from '../tracer/options.js';
 import type { CheckedLeakReport } from '../report/checked.js';
 import type { LeakTracer, TracerInfo } from '../tracer/leak-tracer.js';
 import type { UnwindStats } from '../native/unwind.js';
+import type { ScopedLeakReport } from '../report/scope.js';
 import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot, type StackFrame } from '../types.js';
 import { heapErrorTotal } from '../report/heap-errors.js';
 
@@ -822,7 +823,7 @@ export function formatStackProblems(stats: UnwindStats | null, stackFailures: nu
 
 /** Prints (and writes) the report after suppressions; returns it for the exit status. */
 async function finish(
-  report: LeakReport,
+  report: ScopedLeakReport,
   cmd: CommonFlags,
   io: CliIo,
   tracer: LeakTracer,
@@ -843,16 +844,7 @@ async function finish(
   io.stderr.write(
     formatCheckedReport(checked, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
   );
-  if (stacks) {
-    const { asScoped } = await import('../report/scope.js');
-    let failures = 0;
-    try {
-      failures = asScoped(report).counters.stackFailures;
-    } catch {
-      // a report without per-block data: only the walker's own counts
-    }
-    io.stderr.write(formatStackProblems(tracer.unwindStats(), failures));
-  }
+  if (stacks) io.stderr.write(formatStackProblems(tracer.unwindStats(), report.counters.stackFailures));
   if (cmd.genSuppressions) {
     io.stderr.write(generateSuppressions(checked, { format: cmd.genSuppressions }));
   }

@@ -3,7 +3,7 @@ import { pauseIfDue } from '../util/cooperative.js';
 import { fromNativeError, SymbolNotFoundError } from '../errors.js';
 import { leakFunctions } from '../native/layout.js';
 import { loadNative, type NativeElfInfo, type NativeProbe } from '../native/addon.js';
-import { optionWord } from '../util/option-words.js';
+import { optionWord } from '../option-words.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 

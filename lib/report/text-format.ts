@@ -2,7 +2,7 @@
 // and the periodic "top stacks" view of `attach --interval` (worded like BCC's memleak).
 // Pure functions of their arguments: no I/O, no clock unless the caller leaves `now` out.
 
-import { optionWord } from '../util/option-words.js';
+import { optionWord } from '../option-words.js';
 import { stackUse, type StackUse } from './snapshot-stacks.js';
 import type { HeapError, LeakGroup, LeakReport, Snapshot, StackFrame } from '../types.js';
 

@@ -15,7 +15,7 @@ import {
   UnsupportedAllocatorError,
 } from '../errors.js';
 import { kernelDev } from './modules.js';
-import { optionWord } from '../util/option-words.js';
+import { optionWord } from '../option-words.js';
 import { loadNative, type NativeElfInfo } from '../native/addon.js';
 import type { AllocatorOptions } from '../types.js';
 

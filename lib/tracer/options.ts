@@ -20,6 +20,16 @@ export const defaults = {
   unwind: 'auto',
   stackTotals: true,
   stdio: 'inherit',
+  /** Distinct stacks the kernel's stack map holds. */
+  stackMapEntries: 65_536,
+  /** The targets' page size: x86-64 and the arm64 kernels Debian ships use 4 KiB pages. */
+  pageSize: 4096,
+  /** Rows of the stack walker's unwind table (8 bytes each): the tables loaded at attach plus
+   *  room for modules mapped later (a C++ program's modules have ~75,000 rows, node's ~400,000). */
+  unwindTableRows: 1 << 22,
+  /** Recently released blocks remembered to tell a double free from an invalid free (run mode),
+   *  as valgrind's --freelist-vol bounds its queue. */
+  freedBlocks: 65_536,
 } as const;
 
 export const limits = {

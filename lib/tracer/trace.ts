@@ -5,7 +5,7 @@ import { splitCommandLine } from '../native/process-messages.js';
 import { fromNativeError, PtraceError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
-import { resolveOptions, type ResolvedOptions } from './options.js';
+import { defaults, resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbesSliced } from '../probes/plan.js';
 import { checkSupport } from '../target/support.js';
 import { environmentStrings, type ResolvedAllocator, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
@@ -120,6 +120,9 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   // so when sampling (most blocks are not recorded).
   const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
 
+  // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
+  // kept out, in the kernel and in the reports. Decided here only.
+  const ownProcess = pid === process.pid;
   let tracer: LeakTracer | undefined;
   const pending: Parameters<NativeMessageHandler>[] = [];
   const nativeTracer: NativeTracer = new native.Tracer(
@@ -132,20 +135,23 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       eventBufferBytes: o.eventBufferBytes,
       stacks: o.stacks,
       stackDepth: o.stackDepth,
-      stackMapEntries: 65536,
-      pageSize: 4096,
+      stackMapEntries: defaults.stackMapEntries,
+      pageSize: defaults.pageSize,
+      ignoreOwnThreads: ownProcess,
       ...(support.btfPath ? { btfPath: support.btfPath } : {}),
       probes: plan.probes,
       unwind: o.unwind,
       stackTotals: o.stackTotals,
       sampleEveryBytes: o.sampleEveryBytes,
-      ...(unwindFiles ? { unwindFiles } : {}),
+      unwindFiles: unwindFiles ?? [],
+      unwindTableRows: defaults.unwindTableRows,
       heapErrors,
+      freedBlocks: defaults.freedBlocks,
       allocatorInode: fileInode(allocatorPath),
       // A command is followed through its execs (and children are counted); a running process
       // only when its children are to be traced.
-      supervise: o.kind === 'command' || o.followForks,
-      followForks: o.followForks,
+      supervise: o.kind === 'command' || o.followForks === true,
+      followForks: o.followForks === true,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -171,6 +177,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   const parts: TracerParts = {
     native: nativeTracer,
     pid,
+    ownProcess,
     target: {
       pid,
       ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
