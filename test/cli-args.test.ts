@@ -155,7 +155,7 @@ describe('parseCliArgs: run', () => {
     expect(usageError(['run', '--allocator-symbol', 'malloc=je_malloc', 'p']).message).toBe(
       "option '--allocator-symbol' needs '--allocator PATH' (the file that defines the symbols)",
     );
-    expect(usageError(['run', '--allocator', '/x.so', '--allocator-symbol', 'mallocx=m', 'p']).message).toContain(
+    expect(usageError(['run', '--allocator', '/x.so', '--allocator-symbol', 'mallocz=m', 'p']).message).toContain(
       "FUNCTION=SYMBOL with FUNCTION one of malloc, calloc",
     );
   });

@@ -92,6 +92,7 @@ const seedSummary = {
   lostEvents: 0,
   droppedAllocations: 0,
   unknownFrees: 0,
+  errors: { 'invalid-free': 0, 'double-free': 0, 'mismatched-free': 0, notRecorded: 0 },
 };
 
 let tmp: string;
@@ -235,7 +236,8 @@ describe('run', () => {
     const pid = Number(/^pid :(\d+)\n$/.exec(r.stdout)?.[1]);
     const json = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
 
-    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'suppressed', 'untracedChildren']);
+    expect(Object.keys(json)).toEqual(['version', 'target', 'durationMs', 'summary', 'leaks', 'errors', 'suppressed', 'untracedChildren']);
+    expect(json.errors).toEqual([]);
     expect(json.untracedChildren).toBe(0);
     expect(json.suppressed).toEqual([{ rule: 'glibc-stdio-buffer', source: 'default', bytes: 4096, blocks: 1, groups: 1 }]);
     expect(json.version).toBe(1);
@@ -247,6 +249,7 @@ describe('run', () => {
       signal: null,
       allocator: expect.stringMatching(/^\/.*libc\.so\.6$/),
       commandLine: [seed, '0'],
+      allocatorName: 'glibc',
     });
     expect(json.durationMs).toEqual(expect.any(Number));
     expect(json.summary).toEqual(seedSummary);
@@ -304,6 +307,23 @@ describe('run', () => {
     expect(r.code).toBe(7);
     expect(r.stderr).toContain('LEAK SUMMARY: leaked: 8 bytes in 1 blocks in 1 groups');
   }, 60_000);
+
+  it('--error-exitcode fires on heap errors, printed as valgrind prints them', async () => {
+    // No leak of its own (the C++ runtime's start-up pool is suppressed by default): the three
+    // mismatched frees alone set the status. valgrind's wording, the release stack, the block.
+    const r = await runCli(['run', '--error-exitcode', '9', '--', fixturePath('heap_errors'), 'mismatch'], 60_000);
+    expect(r.code).toBe(9);
+    const first = groupLines(r.stderr, 'Mismatched free() / delete / delete []');
+    expect(first[1]).toMatch(/^ {3}at 0x[0-9a-f]+: free \[/);
+    expect(first[2]).toMatch(/^ {3}by 0x[0-9a-f]+: mismatches\(\) \(.*heap_errors\.cc:\d+\)/);
+    expect(first.find((l) => l.startsWith(' Address '))).toMatch(/^ Address 0x[0-9a-f]+ is 0 bytes inside a block of size 10 alloc'd$/);
+    expect(first).toContainEqual(expect.stringMatching(/^ {3}at 0x[0-9a-f]+: operator new\[\]\(unsigned long\) \[/));
+    expect(r.stderr).toContain('ERROR SUMMARY: 3 errors (3 mismatched frees)');
+    const stack = await runCli(['run', '--error-exitcode', '9', '--', fixturePath('heap_errors'), 'stack'], 60_000);
+    expect(stack.code).toBe(9); // not the 134 of glibc's abort
+    expect(stack.stderr).toContain('Invalid free() / delete / delete[] / realloc()');
+    expect(stack.stderr).toContain('ERROR SUMMARY: 1 errors (1 invalid frees)');
+  }, 120_000);
 
   it('--top 1 shows the largest group and counts the rest', async () => {
     const r = await runCli(['run', '--top', '1', '--no-default-suppressions', '--', fixturePath('seed')]);

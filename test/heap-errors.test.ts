@@ -172,7 +172,7 @@ describe('what is not a heap error', () => {
       // glibc's tcache frees from inside libc: still counted, as frees of blocks never seen.
       expect(report.summary.unknownFrees).toBeGreaterThan(0);
     }
-  });
+  }, 600_000);
 
   it('frees of blocks allocated before an attach', async () => {
     const work = mkdtempSync(join(tmpdir(), 'ebpf-leak-heap-errors-'));

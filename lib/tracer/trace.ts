@@ -115,7 +115,11 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
     onStarted(held);
     pid = held.pid;
   }
-  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, resolved.cxxRuntime);
+  // A process tracing itself (the in-process harness) is Node.js, whose V8 calls operator new and
+  // delete all the time: probing them would slow every measurement for no difference in what
+  // grows (their blocks are counted through malloc, once, as before C++'s operators were probed).
+  const selfTrace = o.kind === 'pid' && o.pid === process.pid;
+  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, selfTrace ? undefined : resolved.cxxRuntime);
   // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
   // so when sampling (most blocks are not recorded).
   const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
