@@ -205,6 +205,7 @@ describe('pvalloc (valgrind 3.19 cannot run it)', () => {
       lostEvents: 0,
       droppedAllocations: 0,
       unknownFrees: 0,
+      errors: { 'invalid-free': 0, 'double-free': 0, 'mismatched-free': 0, notRecorded: 0 },
     };
     expect(report.target.exitCode, 'pvalloc exits 0 when every call behaved').toBe(0);
     expect(report.summary, JSON.stringify(report.summary)).toEqual(expected);
