@@ -15,6 +15,8 @@ export {
   type CommandTraceOptions,
   type TraceOptions,
   type HeapSummary,
+  type HeapError,
+  type HeapErrorCounts,
   type StackFrame,
   type LeakGroup,
   type TargetInfo,
