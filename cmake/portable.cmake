@@ -1,6 +1,6 @@
 # How the addon links the libraries it uses. With EBPF_LEAK_STATIC (how `npm run build` and the
 # prebuilt binaries in prebuilds/ are made, on Debian 12 with scripts/setup.sh's packages) the .node
-# needs nothing from the user's system but glibc, and no glibc symbol version newer than 2.28
+# needs nothing from the user's system but glibc and libgcc_s, and no glibc symbol version newer than 2.28
 # (native/glibc_compat.c; docs/install.md). Without it the shared libraries found by pkg-config and
 # find_package are linked: fine for a build that only runs where it was built (a source build).
 # Sets EBPF_LEAK_ELF_LIBS and X86_DECODER.
