@@ -2,7 +2,7 @@
 // the test that installs the packed package as a user with only Node would.
 //
 // The root is made once and kept in a cache directory outside the repository (CI runs on the same
-// machine each time): $EBPF_LEAK_DEBIAN_ROOT, default /var/cache/ebpf-leak/debian-bookworm-minbase.
+// machine each time): $EBPF_LEAK_CACHE/debian-SUITE-minbase, by default under /var/cache/ebpf-leak.
 // It is made again when absent or incomplete (the marker file is written last), under flock so two
 // test runs never build it at once. debootstrap fetches from the Debian mirror apt uses here.
 // Measured on the 2-vCPU machine: 2 min 24 s to make it, 206 MB.
@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 
 import { runAsync, type RunResult } from './run-async.js';
 
-export const debianRootDir = process.env.EBPF_LEAK_DEBIAN_ROOT ?? '/var/cache/ebpf-leak/debian-bookworm-minbase';
+const cacheDir = process.env.EBPF_LEAK_CACHE ?? '/var/cache/ebpf-leak';
 const completeMarker = '.ebpf-leak-root-complete';
 
 /** The Debian mirror apt is configured with (deb822 `URIs:` or one-line `deb` entries). */
@@ -41,7 +41,8 @@ async function run(file: string, args: readonly string[], timeoutMs: number): Pr
 }
 
 /** The cached root, made first when it is not there. */
-export async function ensureDebianRoot(): Promise<string> {
+export async function ensureDebianRoot(suite: 'bookworm' | 'bullseye' = 'bookworm'): Promise<string> {
+  const debianRootDir = join(cacheDir, `debian-${suite}-minbase`);
   if (existsSync(join(debianRootDir, completeMarker))) return debianRootDir;
   mkdirSync(dirname(debianRootDir), { recursive: true });
   const partial = `${debianRootDir}.partial`;
@@ -49,7 +50,7 @@ export async function ensureDebianRoot(): Promise<string> {
     'set -e',
     `[ -e "${debianRootDir}/${completeMarker}" ] && exit 0`,
     `rm -rf "${partial}" "${debianRootDir}"`,
-    `debootstrap --variant=minbase bookworm "${partial}" "${debianMirror()}"`,
+    `debootstrap --variant=minbase ${suite} "${partial}" "${debianMirror()}"`,
     `touch "${partial}/${completeMarker}"`,
     `mv "${partial}" "${debianRootDir}"`,
   ].join('\n');
