@@ -21,8 +21,6 @@ export {
   type LeakGroup,
   type TargetInfo,
   type LeakReport,
-  type HeapError,
-  type HeapErrorCounts,
   type PreviousImage,
   type OutstandingAllocation,
   type Snapshot,

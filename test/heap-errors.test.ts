@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
-import { runExitStatus } from '../lib/cli/main.js';
+import { runExitStatus } from '../lib/cli/signals.js';
 import { trace } from '../lib/index.js';
 import type { HeapError, LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';

@@ -37,6 +37,9 @@ export const limits = {
   maxAllocations: { min: 1, max: 20_000_000 },
   eventBufferBytes: { min: 4096, max: 1024 * 1024 * 1024 },
   stackDepth: { min: 1, max: 127 },
+  sampleEveryBytes: { min: 1, max: 2 ** 40 },
+  /** The kernel's PID_MAX_LIMIT. */
+  pid: { min: 1, max: 2 ** 22 },
 };
 
 export interface ResolvedCommon {
@@ -154,7 +157,9 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     unwind: o.unwind ?? defaults.unwind,
     stackTotals: o.stackTotals ?? defaults.stackTotals,
     sampleEveryBytes:
-      o.sampleEveryBytes === undefined ? 0 : integerIn('sampleEveryBytes', o.sampleEveryBytes, 1, 2 ** 40),
+      o.sampleEveryBytes === undefined
+        ? 0
+        : integerIn('sampleEveryBytes', o.sampleEveryBytes, limits.sampleEveryBytes.min, limits.sampleEveryBytes.max),
     debugDirs: [...(o.debugDirs ?? [])],
     followForks: o.followForks ?? false,
     stackDepth:
@@ -163,7 +168,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
         : integerIn('stackDepth', o.stackDepth, limits.stackDepth.min, limits.stackDepth.max),
   };
   if (hasPid) {
-    return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, 1, 2 ** 22) };
+    return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, limits.pid.min, limits.pid.max) };
   }
   if (typeof o.command !== 'string' || o.command === '') {
     fail(`options.command must be a non-empty string: the program to run (got ${describe(o.command)})`);
