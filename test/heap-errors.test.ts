@@ -154,7 +154,6 @@ describe('heap errors against valgrind', () => {
       sameStack(e.firstFree!.stack, theirs[0]!.more[0]!);
       sameStack(e.block!.allocationStack, theirs[0]!.more[1]!);
     }
-    // glibc aborted the program after the probe saw the call.
     // glibc aborts (SIGABRT, also named SIGIOT) or, reading a header that is not there, faults.
     expect(['SIGABRT', 'SIGIOT', 'SIGSEGV']).toContain(report.target.signal);
     expect(runExitStatus(report, 7)).toBe(7);
