@@ -3,7 +3,7 @@
 //
 // Runs bench/workload.c's workloads (pair, batch, mixed, threads: see the header of workload.c)
 // under each config, RUNS times each (default 5, runs interleaved), and prints the median ns per
-// pair (min-max), then the overheads (traced minus untraced) as ratios against issue 5's targets,
+// pair (min-max), then the overheads (traced minus untraced) as ratios against the performance targets,
 // then the tracer's own costs:
 //   untraced         the workload alone
 //   floor            empty BPF programs at exactly the sites ebpf-leak uses (bench/floor.c):
@@ -728,7 +728,7 @@ async function main() {
     ['attach < 300 ms', attach.length ? Math.max(...attach) : undefined, (v) => v < 300, (v) => `${fmt(v)} ms`],
   ];
   log('');
-  log('targets (issue 5), from this one run:');
+  log('targets, from this one run:');
   const targetResults = [];
   for (const [name, value, ok, show] of targets) {
     if (value === undefined) continue;

@@ -123,7 +123,7 @@ function parseRun(argv: readonly string[]): RunCommand | HelpCommand {
   const [command, ...args] = rest;
   if (command === undefined) throw new Usage('missing the command to run (put it after --)');
   if (command === '') throw new Usage('the command to run is an empty string');
-  return { kind: 'run', ...flags, command, args };
+  return { kind: 'run', ...flags, command, args, asRoot: flags.asRoot === true };
 }
 
 function parseAttach(argv: readonly string[]): AttachCommand | HelpCommand {

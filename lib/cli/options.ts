@@ -45,7 +45,7 @@ export interface CommonFlags {
   /** --follow-forks. */
   followForks?: true;
   /** --as-root (run): under sudo, the program runs as root rather than as the invoking user. */
-  asRoot?: true;
+  asRoot?: boolean;
 }
 
 /** What `attach` adds. */

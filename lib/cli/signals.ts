@@ -27,11 +27,18 @@ function failsCheck(report: LeakReport): boolean {
 }
 
 /** Exit status of `run`, first that applies: 128+N when signal N killed the program (a crash is
- *  reported, as valgrind does, whatever else was found); --error-exitcode when blocks were left or
+ *  reported, as valgrind does, whatever else was found), unless heap errors were seen and
+ *  --error-exitcode is set; --error-exitcode when blocks were left or
  *  heap errors seen; 3 when the data is incomplete (unless allowInconclusive); the program's own
  *  status. */
 export function runExitStatus(report: Verdict, errorExitcode?: number, allowInconclusive = false): number {
-  if (report.target.signal !== null) return signalExitStatus(report.target.signal);
+  if (report.target.signal !== null) {
+    // glibc aborts on the bad free it detects, where valgrind's free reports it and goes on: that
+    // death is the heap error's, which --error-exitcode is for.
+    const heapErrorDeath = heapErrorTotal(report.summary.errors) > 0;
+    if (errorExitcode !== undefined && heapErrorDeath) return errorExitcode;
+    return signalExitStatus(report.target.signal);
+  }
   if (errorExitcode !== undefined && failsCheck(report)) return errorExitcode;
   if (!allowInconclusive && (report.inconclusive?.length ?? 0) > 0) return INCONCLUSIVE_EXIT_STATUS;
   return report.target.exitCode ?? 0;

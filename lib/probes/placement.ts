@@ -3,7 +3,7 @@
 // A uprobe costs a breakpoint trap plus whatever the kernel does with the instruction it replaced.
 // On x86-64 the kernel emulates a few instructions (arch/x86/kernel/uprobes.c,
 // branch_setup_xol_ops() and push_setup_xol_ops()); every other one is copied to a page of the
-// process and single-stepped there, which costs a second trap: on the machine issue 5 measured,
+// process and single-stepped there, which costs a second trap: on the machine the bench measured,
 // ~0.8 us for an emulated instruction against ~9.8 us for a single-stepped one. glibc's free()
 // begins with `test %rdi,%rdi`, single-stepped; the `je` right after it is emulated. So this
 // module decodes the first instructions of each probed function and moves the entry probe to the

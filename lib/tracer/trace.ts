@@ -121,8 +121,9 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   const selfTrace = o.kind === 'pid' && o.pid === process.pid;
   const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, selfTrace ? undefined : resolved.cxxRuntime);
   // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
-  // so when sampling (most blocks are not recorded).
-  const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
+  // so when sampling (most blocks are not recorded), nor across forks: the queue of released
+  // blocks is keyed by address alone, which a fork's child shares with its parent.
+  const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0 && o.followForks !== true;
 
   // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
   // kept out, in the kernel and in the reports. Decided here only.

@@ -1,6 +1,6 @@
 // Long loops on the JS thread (a million blocks to group, thousands of stacks to turn into
 // frames) cut into slices of a few milliseconds, with the event loop served between them: the
-// application that traces must keep answering (issue 5: no event-loop stall over 10 ms).
+// application that traces must keep answering (the target: no event-loop stall over 10 ms).
 //
 // Loops call `await pauseIfDue()` every few hundred or thousand iterations (whatever takes well
 // under a millisecond). It yields only when the current slice has run for SLICE_MS; otherwise it
