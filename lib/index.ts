@@ -58,6 +58,7 @@ export {
   SuppressionSyntaxError,
   UnsafeFileError,
   ProbeConflictError,
+  PtraceError,
 } from './errors.js';
 
 // Checked reports and leak checks for test suites

@@ -142,6 +142,7 @@ describe('public API', () => {
         'NoSuchProcessError',
         'PermissionError',
         'ProbeConflictError',
+        'PtraceError',
         'StateError',
         'SuppressionSyntaxError',
         'SymbolNotFoundError',
