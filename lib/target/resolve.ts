@@ -75,16 +75,15 @@ function allocatorOf(who: string, files: readonly string[], staticExe: boolean):
   if (path === undefined) {
     throw new UnsupportedAllocatorError(
       `${who} has no malloc in ${staticExe ? `${files[0]} (a static executable without its symbol table)` : 'any object it loads'}, ` +
-        `so there is no allocator to trace. Name it with allocator: { path, symbols } (CLI: --allocator PATH).`,
+        `so there is no allocator to trace. Name it with ${optionWord('allocatorSymbols')}.`,
     );
   }
   const name = allocatorName(path);
   if (name === null) {
     throw new UnsupportedAllocatorError(
       `${who} allocates through ${path}, which defines its own malloc and is not an allocator ebpf-leak ` +
-        `knows (glibc, jemalloc, tcmalloc, mimalloc). Name it explicitly: ` +
-        `trace({ ..., allocator: { path: '${path}' } }) or \`ebpf-leak ... --allocator ${path}\` ` +
-        `(add symbols: { malloc: 'my_malloc', ... } if its functions have other names).`,
+        `knows (glibc, jemalloc, tcmalloc, mimalloc). Name it explicitly: ${optionWord('allocator', path)} ` +
+        `(with ${optionWord('allocatorSymbols')} if its functions have other names).`,
     );
   }
   const cxxRuntime = realPath(firstDefining(files, '_Znwm'));
