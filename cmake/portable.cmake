@@ -134,6 +134,7 @@ set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/native/glibc_compat.c PR
 foreach(fn pthread_create pthread_detach pthread_join pthread_once __pthread_key_create
     pthread_setname_np pthread_rwlock_init pthread_rwlock_destroy pthread_rwlock_rdlock
     pthread_rwlock_tryrdlock pthread_rwlock_wrlock pthread_rwlock_unlock dlopen dlsym dlclose
-    fstat fstat64 arc4random posix_spawn_file_actions_addchdir_np)
+    fstat fstat64 arc4random posix_spawn_file_actions_addchdir_np pthread_key_create pthread_key_delete
+    pthread_getspecific pthread_setspecific pthread_cond_clockwait)
   target_link_options(ebpf_leak PRIVATE -Wl,--wrap=${fn})
 endforeach()

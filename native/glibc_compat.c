@@ -42,6 +42,10 @@ FORWARD(int, pthread_rwlock_rdlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
 FORWARD(int, pthread_rwlock_tryrdlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
 FORWARD(int, pthread_rwlock_wrlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
 FORWARD(int, pthread_rwlock_unlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_key_create, "GLIBC_2.2.5", (pthread_key_t *k, void (*d)(void *)), (k, d))
+FORWARD(int, pthread_key_delete, "GLIBC_2.2.5", (pthread_key_t k), (k))
+FORWARD(void *, pthread_getspecific, "GLIBC_2.2.5", (pthread_key_t k), (k))
+FORWARD(int, pthread_setspecific, "GLIBC_2.2.5", (pthread_key_t k, const void *v), (k, v))
 FORWARD(void *, dlopen, "GLIBC_2.2.5", (const char *file, int mode), (file, mode))
 FORWARD(void *, dlsym, "GLIBC_2.2.5", (void *handle, const char *name), (handle, name))
 FORWARD(int, dlclose, "GLIBC_2.2.5", (void *handle), (handle))
@@ -75,4 +79,29 @@ int __wrap_posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *acti
 {
 	addchdir_fn *real = (addchdir_fn *)__wrap_dlsym(RTLD_DEFAULT, "posix_spawn_file_actions_addchdir_np");
 	return real ? real(actions, path) : ENOSYS;
+}
+
+/* pthread_cond_clockwait (2.30), which libstdc++'s condition_variable uses for steady-clock
+ * waits, has no older version: the wait is made with pthread_cond_timedwait on the realtime
+ * clock, for the same time left. A jump of the realtime clock during the wait shortens or
+ * lengthens it, as it did for every wait before glibc 2.30. */
+COMPAT_VERSION(pthread_cond_timedwait, "GLIBC_2.3.2");
+extern int ebpf_leak_old_pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *abstime);
+int __wrap_pthread_cond_clockwait(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clock, const struct timespec *abstime);
+int __wrap_pthread_cond_clockwait(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clock, const struct timespec *abstime)
+{
+	struct timespec now, real, until;
+	long long left_ns;
+
+	if (clock == CLOCK_REALTIME)
+		return ebpf_leak_old_pthread_cond_timedwait(c, m, abstime);
+	clock_gettime(clock, &now);
+	clock_gettime(CLOCK_REALTIME, &real);
+	left_ns = (long long)(abstime->tv_sec - now.tv_sec) * 1000000000LL + (abstime->tv_nsec - now.tv_nsec);
+	if (left_ns < 0)
+		left_ns = 0;
+	left_ns += real.tv_nsec;
+	until.tv_sec = real.tv_sec + left_ns / 1000000000LL;
+	until.tv_nsec = left_ns % 1000000000LL;
+	return ebpf_leak_old_pthread_cond_timedwait(c, m, &until);
 }
