@@ -142,7 +142,7 @@ describe('error codes', () => {
     const error = await rejection({ command: exe });
     expect(error).toBeInstanceOf(UnsupportedAllocatorError);
     expect(error.message).toContain('a static executable without its symbol table');
-    expect(error.message).toContain('allocator: { path, symbols }');
+    expect(error.message).toContain('allocator: { path, symbols: {');
   });
 
   it('ELEAK_ALLOCATOR: a malloc interposed by another library (jemalloc-like) is refused', async () => {
