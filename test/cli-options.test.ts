@@ -51,6 +51,7 @@ describe('the option table', () => {
       '--allocator-symbol', 'malloc=x_malloc',
       '--probe-placement', 'entry',
       '--debug-dir', '/d1',
+      '--follow-forks',
       '--',
       'prog',
     ]) as RunCommand;
@@ -65,6 +66,7 @@ describe('the option table', () => {
       allocator: { path: '/lib/x.so', symbols: { malloc: 'x_malloc' } },
       probePlacement: 'entry',
       debugDirs: ['/d1'],
+      followForks: true,
     });
     const mapped = cliOptions.filter((o) => o.traceOption !== undefined).map((o) => o.traceOption);
     expect(new Set(Object.keys(traceOptions(cmd)))).toEqual(new Set(mapped));
