@@ -375,8 +375,10 @@ static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 add
 	__s64 size = table_take(process_key(address), &block);
 
 	if (size < 0) {
-		/* Also the free() inside operator delete, which released the block at its entry. */
-		if (freed_by_realloc(address))
+		/* The free() a realloc(p, 0) or an operator delete makes inside, of the block it
+		 * released at its entry. (Not that entry's own release: in sampling mode its block is
+		 * mostly not recorded, and still a free.) */
+		if (fn == LEAK_FN_FREE && freed_by_realloc(address))
 			return;
 		if (heap_unknown_release(ctx, fn, address, at_entry))
 			return;
