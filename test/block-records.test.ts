@@ -9,7 +9,7 @@ import { blockBuffer, snapshotBuffer, type SyntheticBlock } from './helpers/snap
 const blocks: SyntheticBlock[] = allocatorFunctions.map((fn, i) => ({
   address: 0x7fff_ffff_f000n - BigInt(i * 64),
   size: [0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 3, 2 ** 53 - 1][i % 6]!,
-  timestampNs: 0xffff_ffff_ffff_fff0n + BigInt(i),
+  timestampNs: 0xffff_ffff_ffff_ff00n + BigInt(i),
   tid: [1, 4_194_304, 0xffff_ffff][i % 3]!,
   stackId: [-1, 0, 65_535, 2 ** 52 + 0x1_0000_0001, 2 ** 53 - 1][i % 5]!,
   mark: [0, 1, 0xffff_ffff][i % 3]!,
