@@ -114,6 +114,11 @@ describe('the held launcher (native HeldProcess)', () => {
       () => {},
     );
     const { pid } = await held.start();
+    // Right after the spawn the launcher may still be inside its exec, whose new command line
+    // reads empty for a moment.
+    for (let i = 0; i < 100 && readFileSync(`/proc/${pid}/cmdline`, 'utf8') === ''; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
     expect(readFileSync(`/proc/${pid}/cmdline`, 'utf8')).toContain('ebpf-leak-exec');
     held.close();
     // The launcher reads EOF on its fd 3 and exits (a zombie: the closed watch no longer reaps).
