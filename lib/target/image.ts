@@ -6,7 +6,7 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { UnsupportedAllocatorError } from '../errors.js';
 import { loadNative, type NativeElfInfo } from '../native/addon.js';
-import { allocatorName, loaderLibraries, type ResolvedAllocator } from './resolve.js';
+import { allocatorName, loaderLibraries, sameRootAsOurs, type ResolvedAllocator } from './resolve.js';
 
 const GLIBC_NAME = /^libc(\.so\.6|-2\.\d+\.so)$/;
 const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
@@ -34,16 +34,6 @@ function environment(pid: number): NodeJS.ProcessEnv {
   return env;
 }
 
-function sameRoot(pid: number): boolean {
-  try {
-    const theirs = statSync(`/proc/${pid}/root`);
-    const ours = statSync('/');
-    return theirs.dev === ours.dev && theirs.ino === ours.ino;
-  } catch {
-    return false;
-  }
-}
-
 /** A file's identity, to tell whether an allocator is one already probed. */
 export function fileIdentity(path: string): string {
   const s = statSync(path);
@@ -57,7 +47,7 @@ const cache = new Map<string, ResolvedAllocator>();
 export async function resolveImageAllocator(pid: number): Promise<ResolvedAllocator> {
   const exe = realpathSync(`/proc/${pid}/exe`);
   const env = environment(pid);
-  const root = sameRoot(pid) ? '/' : realpathSync(`/proc/${pid}/root`);
+  const root = sameRootAsOurs(pid) ? '/' : realpathSync(`/proc/${pid}/root`);
   const exeStat = statSync(exe);
   const key = [exe, exeStat.ino, exeStat.mtimeMs, root, env.LD_PRELOAD ?? '', env.LD_LIBRARY_PATH ?? ''].join('\0');
   const known = cache.get(key);
