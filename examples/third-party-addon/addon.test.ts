@@ -27,9 +27,9 @@ type DatabaseClass = new (file: string) => Database;
 let Sqlite: DatabaseClass;
 let handles: GlobalHandleLeak;
 
-beforeAll(() => {
-  Sqlite = createRequire(import.meta.url)(buildBetterSqlite((line) => console.log(line))) as DatabaseClass;
-  handles = loadGlobalHandleLeak();
+beforeAll(async () => {
+  Sqlite = createRequire(import.meta.url)(await buildBetterSqlite((line) => console.log(line))) as DatabaseClass;
+  handles = await loadGlobalHandleLeak();
 }, 1_200_000);
 
 /** The workload of a correct program: open, insert in a transaction, all(), iterate() with a

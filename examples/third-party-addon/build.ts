@@ -6,13 +6,15 @@
 // - global_handle_leak.node (global_handle_leak.cc here): a V8-API addon that leaks one global
 //   handle per call and allocates nothing else, the leak the global-handle rule must still catch.
 //
-// Each is skipped when its stamp (what went into it) matches.
-import { execFileSync } from 'node:child_process';
+// Each is skipped when its stamp (what went into it) matches. The npm build runs asynchronously:
+// blocking a vitest worker for minutes times out its calls to the main process.
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 export const exampleDir = dirname(fileURLToPath(import.meta.url));
 const repoRoot = join(exampleDir, '..', '..');
@@ -30,44 +32,50 @@ function nodeHeaders(): string {
   return prefix;
 }
 
-function stamped(file: string, stamp: string, build: () => void): void {
+async function stamped(file: string, stamp: string, build: () => void | Promise<void>): Promise<void> {
   const stampFile = `${file}.stamp`;
   if (existsSync(file) && existsSync(stampFile) && readFileSync(stampFile, 'utf8').trim() === stamp) return;
-  build();
+  await build();
   if (!existsSync(file)) throw new Error(`the build finished but ${file} does not exist`);
   writeFileSync(stampFile, `${stamp}\n`);
 }
 
 /** Installs better-sqlite3 (a source build: several minutes on two cores). Returns its module. */
-export function buildBetterSqlite(log: (line: string) => void = () => {}): string {
+export async function buildBetterSqlite(log: (line: string) => void = () => {}): Promise<string> {
   const dir = join(outDir, 'sqlite');
   const output = join(dir, 'node_modules', 'better-sqlite3', 'build', 'Release', 'better_sqlite3.node');
   const stamp = `better-sqlite3@${betterSqliteVersion} ${process.version}`;
-  stamped(output, stamp, () => {
+  await stamped(output, stamp, async () => {
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'package.json'), '{ "name": "third-party-addon-test", "private": true }\n');
     log(`building better-sqlite3@${betterSqliteVersion} from source (npm install --build-from-source)`);
-    execFileSync(
+    const npm = promisify(execFile)(
       'npm',
       ['install', '--no-audit', '--no-fund', '--no-save', `better-sqlite3@${betterSqliteVersion}`],
       {
         cwd: dir,
-        stdio: ['ignore', 'ignore', 'inherit'],
+        maxBuffer: 64 * 1024 * 1024,
         env: { ...process.env, npm_config_nodedir: nodeHeaders(), npm_config_build_from_source: 'true' },
       },
     );
+    try {
+      await npm;
+    } catch (err) {
+      const { stderr } = err as { stderr?: string };
+      throw new Error(`npm install better-sqlite3@${betterSqliteVersion} failed:\n${stderr ?? String(err)}`);
+    }
   });
   return join(dir, 'node_modules', 'better-sqlite3');
 }
 
 /** Compiles global_handle_leak.cc. Returns the .node file. */
-export function buildGlobalHandleLeak(): string {
+export async function buildGlobalHandleLeak(): Promise<string> {
   const source = join(exampleDir, 'global_handle_leak.cc');
   const output = join(outDir, 'global_handle_leak.node');
   const stamp = createHash('sha256').update(readFileSync(source)).update(process.version).digest('hex');
-  stamped(output, stamp, () => {
+  await stamped(output, stamp, async () => {
     mkdirSync(outDir, { recursive: true });
-    execFileSync('c++', [
+    await promisify(execFile)('c++', [
       '-std=c++20', '-shared', '-fPIC', '-g', '-O1', '-fno-omit-frame-pointer',
       `-I${join(nodeHeaders(), 'include', 'node')}`, '-o', output, source,
     ]);
@@ -80,6 +88,6 @@ export interface GlobalHandleLeak {
   keep(value: unknown): number;
 }
 
-export function loadGlobalHandleLeak(): GlobalHandleLeak {
-  return createRequire(import.meta.url)(buildGlobalHandleLeak()) as GlobalHandleLeak;
+export async function loadGlobalHandleLeak(): Promise<GlobalHandleLeak> {
+  return createRequire(import.meta.url)(await buildGlobalHandleLeak()) as GlobalHandleLeak;
 }
