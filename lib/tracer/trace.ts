@@ -26,7 +26,7 @@ function fileInode(path: string): number {
 /** Start the program held before exec: our launcher waits on its fd 3 until release(). */
 function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
   const launcher = launcherPath();
-  // The launcher switches to the user right before exec (native/launcher.c), and takes the
+  // The launcher switches to the user right before exec (native/process/launcher.c), and takes the
   // variable out of the program's environment.
   const env = { ...o.env, [launcherUserVariable]: o.user ? `${o.user.uid}:${o.user.gid}` : undefined };
   return TracedProcess.start(native, {
