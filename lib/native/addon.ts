@@ -165,6 +165,8 @@ export interface NativeHeldProcessConfig {
   env: readonly string[];
   cwd?: string;
   stdio: 'inherit' | 'pipe' | 'ignore';
+  /** Run the program as this user, with its groups and HOME, USER, LOGNAME. */
+  user?: { uid: number; gid: number };
 }
 
 export interface NativeHeldProcessClass {

@@ -1,6 +1,7 @@
 #include "process/held_process.h"
 #include "addon/errors.h"
 #include "addon/queued_promise.h"
+#include "process/run_as_user.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -115,6 +116,12 @@ HeldProcess::HeldProcess(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Held
   if (c.Get("cwd").IsString()) config_.cwd = c.Get("cwd").ToString().Utf8Value();
   std::string stdio = c.Get("stdio").IsString() ? c.Get("stdio").ToString().Utf8Value() : "inherit";
   config_.stdio = stdio == "pipe" ? StdioMode::kPipe : stdio == "ignore" ? StdioMode::kIgnore : StdioMode::kInherit;
+  if (c.Get("user").IsObject()) {
+    Napi::Object user = c.Get("user").As<Napi::Object>();
+    config_.has_user = true;
+    config_.uid = static_cast<uid_t>(user.Get("uid").ToNumber().Int64Value());
+    config_.gid = static_cast<gid_t>(user.Get("gid").ToNumber().Int64Value());
+  }
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   on_exit_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "ebpf-leak exit", 0, 1);
   addon_data_ = AddonData::From(env);
@@ -136,6 +143,7 @@ bool HeldProcess::DoStart(std::string* error) {
     *error = std::string("cannot start ") + config_.file + ": " + what + ": " + ErrnoText(e);
     return false;
   };
+  if (config_.has_user && !AddRunAsUser(config_.uid, config_.gid, &config_.env, error)) return false;
   SpawnFds fds;
   if (pipe2(fds.go, O_CLOEXEC)) return fail("pipe", errno);
   fds.child_side[3] = fcntl(fds.go[0], F_DUPFD_CLOEXEC, kFirstHighFd);

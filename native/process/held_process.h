@@ -7,7 +7,7 @@
 // CLONE_VFORK) copies none, and runs here on a worker thread. The exit is read from a pidfd by a
 // thread of ours, which reaps the child: libuv reaps only the children it started itself.
 //
-// JS: new HeldProcess({ file, argv, env, cwd, stdio }, onExit(code, signal))
+// JS: new HeldProcess({ file, argv, env, cwd, stdio, user?: { uid, gid } }, onExit(code, signal))
 //   start()        => Promise<{ pid, stdio: [fd, fd, fd] }>  (the parent's pipe ends; -1 if none)
 //   release()      the launcher execs the program; false when it is already gone
 //   kill(signal)   pidfd_send_signal(); false once the process has exited
@@ -17,6 +17,7 @@
 #pragma once
 
 #include <napi.h>
+#include <sys/types.h>
 
 #include <atomic>
 #include <mutex>
@@ -35,6 +36,9 @@ struct HeldProcessConfig {
   std::vector<std::string> argv, env;
   std::string cwd;  // empty: ours
   StdioMode stdio = StdioMode::kInherit;
+  bool has_user = false;  // run the program as uid:gid (native/process/run_as_user.h)
+  uid_t uid = 0;
+  gid_t gid = 0;
 };
 
 class HeldProcess : public Napi::ObjectWrap<HeldProcess> {

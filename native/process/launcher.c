@@ -4,17 +4,21 @@
  * then we exec PATH. Nothing here allocates after the tracer starts counting (and the BPF side
  * only counts after the exec anyway), so the report covers exactly the program.
  *
- * EBPF_LEAK_EXEC_USER=UID:GID in our environment: the program runs as that user, with the
- * user's supplementary groups and HOME, USER and LOGNAME; the variable itself is not passed on.
- * The tracer runs as root, and `sudo ebpf-leak run -- CMD` means CMD as the one who typed it. */
+ * EBPF_LEAK_EXEC_USER=UID:GID:GROUP,GROUP,... in our environment: the program runs as that user
+ * with those supplementary groups; the variable itself is not passed on. The addon looked the user
+ * up (native/process/run_as_user.h) and set HOME, USER and LOGNAME: a static executable cannot load
+ * glibc's name service modules, so nothing here asks the user database. The tracer runs as root,
+ * and `sudo ebpf-leak run -- CMD` means CMD as the one who typed it. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <grp.h>
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* The kernel's NGROUPS_MAX. Static: no allocation before exec. */
+static gid_t groups[65536];
 
 static void cannot_switch(unsigned long uid, unsigned long gid, const char *what)
 {
@@ -23,33 +27,37 @@ static void cannot_switch(unsigned long uid, unsigned long gid, const char *what
 	_exit(126);
 }
 
-static void become_user(const char *spec)
+static int parse_id(const char **spec, char stop, unsigned long *id)
 {
 	char *end;
-	unsigned long uid, gid;
-	struct passwd *pw;
-	gid_t group;
 
 	errno = 0;
-	uid = strtoul(spec, &end, 10);
-	if (errno || end == spec || *end != ':')
+	*id = strtoul(*spec, &end, 10);
+	if (errno || end == *spec || *end != stop || *id > (gid_t)-2)
+		return -1;
+	*spec = end + (stop != '\0');
+	return 0;
+}
+
+static void become_user(const char *spec)
+{
+	const char *p = spec;
+	unsigned long uid, gid, group;
+	size_t count = 0;
+
+	if (parse_id(&p, ':', &uid) || parse_id(&p, ':', &gid))
 		goto bad;
-	spec = end + 1;
-	gid = strtoul(spec, &end, 10);
-	if (errno || end == spec || *end != '\0')
-		goto bad;
-	group = (gid_t)gid;
-	pw = getpwuid((uid_t)uid);
-	if (pw) {
-		if (initgroups(pw->pw_name, group))
-			cannot_switch(uid, gid, "initgroups");
-		setenv("HOME", pw->pw_dir, 1);
-		setenv("USER", pw->pw_name, 1);
-		setenv("LOGNAME", pw->pw_name, 1);
-	} else if (setgroups(1, &group)) {
-		cannot_switch(uid, gid, "setgroups");
+	for (;;) {
+		const char *comma = strchr(p, ',');
+		if (count == sizeof groups / sizeof groups[0] || parse_id(&p, comma ? ',' : '\0', &group))
+			goto bad;
+		groups[count++] = (gid_t)group;
+		if (!comma)
+			break;
 	}
-	if (setgid(group))
+	if (setgroups(count, groups))
+		cannot_switch(uid, gid, "setgroups");
+	if (setgid((gid_t)gid))
 		cannot_switch(uid, gid, "setgid");
 	if (setuid((uid_t)uid))
 		cannot_switch(uid, gid, "setuid");
@@ -59,7 +67,7 @@ static void become_user(const char *spec)
 	}
 	return;
 bad:
-	fprintf(stderr, "ebpf-leak: EBPF_LEAK_EXEC_USER must be UID:GID (got %s)\n", spec);
+	fprintf(stderr, "ebpf-leak: EBPF_LEAK_EXEC_USER must be UID:GID:GROUP,... (got %s)\n", spec);
 	_exit(126);
 }
 
@@ -81,10 +89,9 @@ int main(int argc, char **argv)
 		_exit(125);
 	user = getenv("EBPF_LEAK_EXEC_USER");
 	if (user) {
-		char spec[64];
-		snprintf(spec, sizeof spec, "%s", user);
+		/* unsetenv() only takes the pointer out of environ: the string, on our initial stack, stays. */
 		unsetenv("EBPF_LEAK_EXEC_USER");
-		become_user(spec);
+		become_user(user);
 	}
 	execv(argv[1], argv + 2);
 	fprintf(stderr, "ebpf-leak: cannot execute %s: %s\n", argv[1], strerror(errno));
