@@ -27,7 +27,7 @@ function fileInode(path: string): number {
 function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
   const launcher = launcherPath();
   // The addon looks the user up and tells the launcher, which switches to it right before exec
-  // (native/run_as_user.h, native/launcher.c); a variable of that name from elsewhere never does.
+  // (native/process/run_as_user.h, native/process/launcher.c); a variable of that name from elsewhere never does.
   const env = { ...o.env, [launcherUserVariable]: undefined };
   return TracedProcess.start(native, {
     file: launcher,
