@@ -81,7 +81,7 @@ export {
   type NativeLeakReport,
 } from './harness/measure.js';
 export { collectGarbage } from './harness/gc.js';
-export { LeakError, LeakInconclusiveError } from './harness/leak-errors.js';
+export { HeapErrorsError, LeakError, LeakInconclusiveError } from './harness/leak-errors.js';
 export { tracingSupport, type TracingSupport } from './target/tracing-support.js';
 
 // Suppressions

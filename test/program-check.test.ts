@@ -6,12 +6,20 @@ import {
   checkLeaks,
   checkReport,
   formatCheckedReport,
+  HeapErrorsError,
   LeakError,
   LeakInconclusiveError,
   tracingSupport,
 } from '../lib/harness/index.js';
 import type { LeakReport } from '../lib/types.js';
+import type { CheckedLeakReport } from '../lib/report/checked.js';
 import { fixturePath } from './helpers/fixtures.js';
+import { runValgrind } from './helpers/valgrind.js';
+import * as nodeTest from '../lib/harness/node-test.js';
+import * as vitestMatchers from '../lib/harness/vitest.js';
+
+// As valgrind runs it (test/helpers/valgrind.ts): its oracle counts are for this environment.
+const heapErrorEnv: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', HOME: '/nonexistent' };
 
 describe('assertNoLeaks', () => {
   it('throws a LeakError whose message is the readable report', async () => {
@@ -47,6 +55,75 @@ describe('assertNoLeaks', () => {
     expect(e.message).toContain('allowInconclusive: true');
     // Opting out: the verdict on what was seen.
     await expect(assertNoLeaks(fixturePath('many_outstanding'), { ...options, allowInconclusive: true })).rejects.toBeInstanceOf(LeakError);
+  });
+});
+
+describe('assertNoLeaks on heap errors', () => {
+  it('fails on mismatched frees as valgrind counts them, with each error and its stacks in the message', async () => {
+    const vg = await runValgrind(fixturePath('heap_errors'), ['mismatch'], { env: heapErrorEnv, stdio: 'ignore' });
+    expect(vg.errorSummary?.errors).toBe(3);
+    const error = await assertNoLeaks(fixturePath('heap_errors'), { args: ['mismatch'], env: heapErrorEnv, stdio: 'ignore' }).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(HeapErrorsError);
+    const e = error as HeapErrorsError<CheckedLeakReport>;
+    expect(e.code).toBe('ELEAK_HEAP_ERRORS');
+    expect(e.message).toMatch(/^ebpf-leak: .*\/heap_errors mismatch made 3 heap errors \(3 mismatched frees\)\n/);
+    expect(e.message.match(/^Mismatched free\(\) \/ delete \/ delete \[\]$/gm)).toHaveLength(vg.errorSummary!.errors);
+    // Each error: the releasing stack, then the block's allocation stack, both through mismatches().
+    expect(e.message.match(/by 0x[0-9a-f]+: mismatches\(\)/g)!.length).toBeGreaterThanOrEqual(6);
+    expect(e.message).toContain("bytes inside a block of size");
+    expect(e.message).toContain('allowHeapErrors: true');
+    expect(e.report.summary.errors).toMatchObject({ 'mismatched-free': vg.errorSummary!.errors, 'invalid-free': 0, 'double-free': 0 });
+    // Allowed, the verdict is on the leaks alone: cxx_leaks() leaks.
+    const leak = await assertNoLeaks(fixturePath('heap_errors'), { args: ['mismatch'], env: heapErrorEnv, stdio: 'ignore', allowHeapErrors: true }).catch(
+      (x: unknown) => x,
+    );
+    expect(leak).toBeInstanceOf(LeakError);
+  });
+
+  it('fails on a double free, with the stacks of both frees and of the allocation; allowed, a program that leaks nothing passes', async () => {
+    const vg = await runValgrind(fixturePath('heap_errors'), ['double'], { env: heapErrorEnv, stdio: 'ignore' });
+    expect(vg.errorSummary?.errors).toBe(1);
+    const options = { args: ['double'], env: heapErrorEnv, stdio: 'ignore' as const, maxBytes: 16 };
+    const error = await assertNoLeaks(fixturePath('heap_errors'), options).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HeapErrorsError);
+    const e = error as HeapErrorsError<CheckedLeakReport>;
+    expect(e.message).toMatch(/made 1 heap error \(1 double free\)\n/);
+    const [, afterTitle] = e.message.split(/^Invalid free\(\) \/ delete \/ delete\[\] \/ realloc\(\)\n/m);
+    expect(afterTitle).toBeDefined();
+    // the second free, the first free, the allocation: each through free_twice() and main.
+    const [second, first, alloc] = afterTitle!.split(/^ (?:Address .*|Block was alloc'd at)$/m);
+    for (const stack of [second, first, alloc]) {
+      expect(stack).toMatch(/by 0x[0-9a-f]+: free_twice\(\)/);
+      expect(stack).toMatch(/by 0x[0-9a-f]+: main /);
+    }
+    expect(alloc).toMatch(/at 0x[0-9a-f]+: malloc /);
+    expect(e.report.summary.errors?.['double-free']).toBe(vg.errorSummary!.errors);
+    // glibc aborts on the second free; the 16-byte block kept alive is all that is left.
+    const allowed = await assertNoLeaks(fixturePath('heap_errors'), { ...options, allowHeapErrors: true });
+    expect(allowed.errors).toHaveLength(1);
+    expect(allowed.leakedBytes).toBeLessThanOrEqual(16);
+  });
+
+  it('fails on an invalid free of a stack address; checkLeaks returns the error in the report', async () => {
+    const report = await checkLeaks(fixturePath('heap_errors'), { args: ['stack'], env: heapErrorEnv, stdio: 'ignore' });
+    expect(report.errors?.map((x) => x.kind)).toEqual(['invalid-free']);
+    expect(report.errors![0]!.stack.map((f) => f.symbol)).toContain('free_stack_address()');
+    const error = await assertNoLeaks(fixturePath('heap_errors'), { args: ['stack'], env: heapErrorEnv, stdio: 'ignore' }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(HeapErrorsError);
+    expect((error as Error).message).toMatch(/made 1 heap error \(1 invalid free\)\n/);
+    expect((error as Error).message).toMatch(/^Invalid free\(\) \/ delete \/ delete\[\] \/ realloc\(\)\n(?: {3}at| {3}by) /m);
+    expect((error as Error).message).toMatch(/by 0x[0-9a-f]+: free_stack_address\(\)/);
+    expect((error as Error).message).toContain('is not the start of a block the program was handed');
+  });
+
+  it('a program without heap errors never gets one, and the harness entry points export the error', async () => {
+    const report = await assertNoLeaks('true', { stdio: 'ignore' });
+    expect(report.summary.errors).toMatchObject({ 'invalid-free': 0, 'double-free': 0, 'mismatched-free': 0, notRecorded: 0 });
+    expect(nodeTest.HeapErrorsError).toBe(HeapErrorsError);
+    expect(vitestMatchers.HeapErrorsError).toBe(HeapErrorsError);
+    expect(nodeTest.assertNoLeaks).toBe(assertNoLeaks);
   });
 });
 

@@ -132,6 +132,7 @@ describe('public API', () => {
         'CommandNotFoundError',
         'EbpfLeakError',
         'GcUnavailableError',
+        'HeapErrorsError',
         'InvalidOptionError',
         'LeakError',
         'LeakInconclusiveError',
