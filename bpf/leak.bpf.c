@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
+/* One file by design: the probe programs and the static helpers they share form one BPF object; its parts with maps of their own are the .bpf.h headers beside it. */
 /* Allocation tracking for one process: uprobes on the allocator's entry points record
  * address -> {size, time, thread, stack} in `allocs`; what is still there when the process
  * exits leaked. See bpf/abi/leak.h for the records shared with user space. */

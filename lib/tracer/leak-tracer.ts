@@ -1,3 +1,4 @@
+// One file by design: LeakTracer is one public class whose methods share one tracing session's private state; the parts without that state are beside it (event-queue, processes, options).
 // LeakTracer: one traced process, as an EventEmitter. Owns the native tracer and, for `command`
 // targets, the child process.
 import { EventEmitter } from 'node:events';

@@ -1,3 +1,4 @@
+// One file by design: the Tracer ObjectWrap's load, attach, poll thread and snapshot share one lock and one BPF skeleton; processes and per-stack reads are tracer_processes.cc and tracer_stacks.cc.
 #include "tracer/tracer.h"
 #include "addon/errors.h"
 #include "symbols/demangle.h"
