@@ -103,7 +103,7 @@ export interface TracerParts {
   /** sizeof(struct leak_counters), from the addon's layout. */
   countersBytes?: number;
   /** The process is followed with ptrace: its execs, and its children with followForks. */
-  supervision?: { followForks: boolean; probePlacement: ProbePlacement; commandLine: string[] };
+  supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; commandLine: string[] };
 }
 
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
@@ -164,6 +164,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         rootPid: parts.pid,
         rootCommandLine: parts.supervision.commandLine,
         followForks: parts.supervision.followForks,
+        supervised: parts.supervision.supervised,
         probePlacement: parts.supervision.probePlacement,
         allocators: [parts.info.allocator],
         countersBytes: parts.countersBytes ?? 88,
@@ -343,6 +344,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #addProcessFields(report: LeakReport, info: TracedProcessInfo): void {
     if (info.previousImages.length > 0) report.previousImages = info.previousImages;
     if (info.untraced !== undefined) report.untraced = info.untraced;
+    else if (info.unchecked !== undefined && report.summary.allocs === 0) report.untraced = info.unchecked;
   }
 
   #processTarget(info: TracedProcessInfo): Omit<TargetInfo, 'exitCode' | 'signal'> {
@@ -559,7 +561,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (root) {
         Object.assign(report.target, { commandLine: root.commandLine });
         this.#addProcessFields(report, root);
-        report.untracedChildren = this.#native.processStats().untracedChildren;
+        // Children are seen (and counted) only under ptrace.
+        const stats = this.#native.processStats();
+        if (stats.supervised) report.untracedChildren = stats.untracedChildren;
       }
       return report;
     } finally {
