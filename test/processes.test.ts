@@ -393,3 +393,64 @@ describe('attach -p PID with followForks: a pre-fork server', () => {
     }
   });
 });
+
+describe('attach -p PID without followForks: the attached process execs', () => {
+  /** Starts attach_exec with `next`, attaches to it at "ready", lets it go on, and returns the
+   *  report of the image that exits. */
+  async function attachedExec(next: string[]): Promise<{ report: LeakReport; pid: number }> {
+    const child = spawn(fixturePath('attach_exec'), next, { env: { ...env, LD_PRELOAD: preloadStandIn }, stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      child.stdout!.setEncoding('utf8');
+      await new Promise<void>((resolve, reject) => {
+        child.stdout!.once('data', () => resolve());
+        child.once('error', reject);
+      });
+      child.stdout!.resume();
+      const tracer = await trace({ pid: child.pid! });
+      child.stdin!.end('go\n');
+      return { report: await tracer.done, pid: child.pid! };
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }
+
+  it("drops the old image's blocks and reports the new one as valgrind does", async () => {
+    const vg = await runValgrind(fixturePath('seed'), [], { env });
+    for (let run = 0; run < 3; run++) {
+      const { report, pid } = await attachedExec([fixturePath('seed')]);
+      expectClean(report);
+      // Traced from its exec on: every count of the new image, as valgrind's for the program alone.
+      expect(tuple(report.summary), `run ${run + 1}`).toBe(tuple(vg.summary));
+      expect(report.leaks.some((g) => g.bytes === 300)).toBe(false);
+      expect(report.target.pid).toBe(pid);
+      expect(report.target.commandLine).toEqual([fixturePath('seed')]);
+      expect(report.target.exitCode).toBe(0);
+      expect(report.previousImages).toEqual([
+        { commandLine: [fixturePath('attach_exec'), fixturePath('seed')], allocs: 2, frees: 1, bytesAllocated: 350, inUseBlocks: 1, inUseBytes: 300 },
+      ]);
+      // Children are not watched without ptrace: no count is claimed.
+      expect(report.untracedChildren).toBeUndefined();
+    }
+  });
+
+  it('a new image with another allocator is attached, and the report says from when', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-static-'));
+    try {
+      const exe = join(dir, 'seed_static');
+      execFileSync('gcc', ['-static', '-O0', '-g', '-fno-builtin', '-o', exe, join(fixturesDir, 'seed.c')]);
+      // It sleeps 3 s before it allocates: its probes are attached by then.
+      const { report } = await attachedExec([exe, '3']);
+      expect(report.target.commandLine).toEqual([exe, '3']);
+      expect(report.previousImages![0]!.inUseBytes).toBe(300);
+      expect(report.leaks.some((g) => g.bytes === 300)).toBe(false);
+      expect(report.leaks.find((g) => g.bytes === 8 && g.blocks === 1), JSON.stringify(report.leaks)).toBeDefined();
+      expect(report.untraced).toMatch(/seed_static 3 was traced only from a moment after its exec: its allocator \(.*seed_static\) is another file/);
+      expect(checkReport(report, []).inconclusive).toContain(report.untraced);
+      // Gone at once, maybe before it could be looked at: never a clean report either way.
+      const quick = (await attachedExec([exe])).report;
+      expect(quick.untraced).toMatch(/seed_static (was traced only from a moment after its exec|exited before its allocator could be checked)/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -165,6 +165,11 @@ struct leak_module {
  * is its address | the process's index << LEAK_PROCESS_SHIFT. Index 0 is never given out. */
 #define LEAK_PROCESS_SHIFT 48
 #define LEAK_MAX_PROCESSES 4096
+/* An attached process's exec (image_keys): the new image's command line as the exec left it on
+ * its stack (NUL-separated, cut at LEAK_IMAGE_COMMAND_BYTES - 1), for the last few execs, by
+ * image index % LEAK_IMAGE_COMMANDS. User space reads it when the process is gone already. */
+#define LEAK_IMAGE_COMMAND_BYTES 512
+#define LEAK_IMAGE_COMMANDS 8
 #define LEAK_ADDRESS_MASK ((1ULL << LEAK_PROCESS_SHIFT) - 1)
 
 /* Per-event record of the optional ring buffer stream. */

@@ -1,3 +1,4 @@
+// One file by design: LeakTracer is one public class whose methods share one tracing session's private state; the parts without that state are beside it (event-queue, processes, options).
 // LeakTracer: one traced process, as an EventEmitter. Owns the native tracer and, for `command`
 // targets, the child process.
 import { EventEmitter } from 'node:events';
@@ -104,7 +105,7 @@ export interface TracerParts {
   /** sizeof(struct leak_counters), from the addon's layout. */
   countersBytes?: number;
   /** The process is followed with ptrace: its execs, and its children with followForks. */
-  supervision?: { followForks: boolean; probePlacement: ProbePlacement; commandLine: string[] };
+  supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; commandLine: string[] };
 }
 
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
@@ -165,6 +166,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         rootPid: parts.pid,
         rootCommandLine: parts.supervision.commandLine,
         followForks: parts.supervision.followForks,
+        supervised: parts.supervision.supervised,
         probePlacement: parts.supervision.probePlacement,
         allocators: [parts.info.allocator],
         countersBytes: parts.countersBytes ?? 88,
@@ -344,6 +346,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #addProcessFields(report: LeakReport, info: TracedProcessInfo): void {
     if (info.previousImages.length > 0) report.previousImages = info.previousImages;
     if (info.untraced !== undefined) report.untraced = info.untraced;
+    else if (info.unchecked !== undefined && report.summary.allocs === 0) report.untraced = info.unchecked;
   }
 
   #processTarget(info: TracedProcessInfo): Omit<TargetInfo, 'exitCode' | 'signal'> {
@@ -571,7 +574,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (root) {
         Object.assign(report.target, { commandLine: root.commandLine });
         this.#addProcessFields(report, root);
-        report.untracedChildren = this.#native.processStats().untracedChildren;
+        // Children are seen (and counted) only under ptrace.
+        const stats = this.#native.processStats();
+        if (stats.supervised) report.untracedChildren = stats.untracedChildren;
       }
       return report;
     } finally {

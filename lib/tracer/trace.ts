@@ -125,6 +125,9 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   // so when sampling (most blocks are not recorded), nor across forks: the queue of released
   // blocks is keyed by address alone, which a fork's child shares with its parent.
   const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0 && o.followForks !== true;
+  // A command is followed with ptrace through its execs (and children are counted); a running
+  // process only when its children are to be traced (its execs are seen without ptrace).
+  const supervised = o.kind === 'command' || o.followForks === true;
 
   // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
   // kept out, in the kernel and in the reports. Decided here only.
@@ -154,9 +157,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       heapErrors,
       freedBlocks: defaults.freedBlocks,
       allocatorInode: fileInode(allocatorPath),
-      // A command is followed through its execs (and children are counted); a running process
-      // only when its children are to be traced.
-      supervise: o.kind === 'command' || o.followForks === true,
+      supervise: supervised,
       followForks: o.followForks === true,
     },
     (...message) => {
@@ -214,10 +215,12 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
     },
     ...(held ? { child: held } : {}),
     countersBytes: native.layout.counters,
-    ...(o.kind === 'command' || o.followForks
+    // Every target but this process itself: a running one's execs are seen without ptrace.
+    ...(!ownProcess
       ? {
           supervision: {
-            followForks: o.followForks,
+            followForks: o.followForks === true,
+            supervised,
             probePlacement: o.probePlacement,
             commandLine: o.kind === 'command' ? [o.command, ...o.args] : commandLineOf(pid),
           },

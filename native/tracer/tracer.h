@@ -72,6 +72,9 @@ struct TracerConfig {
   // each with blocks and counters of its own with `follow_forks`.
   bool supervise = false;
   bool follow_forks = false;
+  // A running process not followed with ptrace: the BPF program starts a new image's blocks and
+  // counters at each exec (bpf/traced_processes.bpf.h), and SyncImages() takes the old ones out.
+  bool image_keys = false;
   UnwindOptions unwind;  // the CFI stack walker (native/unwind/unwinder.h)
 };
 
@@ -138,6 +141,10 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   bool OnFork(const process::Event& event);
   void OnExit(const process::Event& event);
   void WaitForResume(pid_t pid);
+  // image_keys: the execs the BPF program saw since the last call, each posted as an "exec"
+  // message with the blocks and counters of the image that ended, which leave the maps.
+  void SyncImages();
+  uint32_t CurrentImage() const;
 
   bool LoadAndAttach(bool multi, NativeError* error);
   static void SetProbeFunctions(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
@@ -194,6 +201,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   std::condition_variable resume_cv_;
   std::set<pid_t> resumed_;
   bool stopping_ = false;
+  std::mutex images_mu_;                    // SyncImages(): poll thread and snapshots
+  std::atomic<uint64_t> images_synced_{0};  // execs whose image SyncImages() took out
 };
 
 }  // namespace ebpf_leak

@@ -1,3 +1,4 @@
+// One file by design: the command line without a kernel, one module's cases each (lib/cli/args.ts parsing, help, exit statuses, signals, events lines).
 import { describe, expect, it } from 'vitest';
 
 import { parseCliArgs } from '../../lib/cli/args.js';
