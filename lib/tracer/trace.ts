@@ -199,6 +199,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
         plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
       ) as Partial<Record<AllocatorFunction, number>>,
       sites: plan.sites,
+      overloads: plan.overloads,
       ambiguousPairs: plan.ambiguousPairs,
       heapErrors,
       aliases: plan.aliases,
