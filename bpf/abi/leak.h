@@ -63,11 +63,12 @@ struct leak_heap_error {
 	__u32 kind;		/* enum leak_error_kind */
 	__u32 tid;
 	__u64 address;
-	__u64 release_fn;	/* enum leak_fn of the release */
+	__u64 release_fn;	/* enum leak_fn of the release; at an entry, high half: the entry
+				 * probe's offset in its page + 1 (which overload), else 0 */
 	__s64 release_stack;
 	__u64 alloc_size_fn;	/* the block's size | fn << LEAK_SIZE_BITS; 0: not known */
 	__s64 alloc_stack;
-	__u64 first_free_fn;	/* double free: the release that freed it first */
+	__u64 first_free_fn;	/* double free: the release that freed it first (as release_fn) */
 	__s64 first_free_stack;
 };
 #define LEAK_MAX_HEAP_ERRORS 4096

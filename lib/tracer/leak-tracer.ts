@@ -21,7 +21,7 @@ import {
 } from '../native/layout.js';
 import { loadNative, nativeBuildDir, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import type { PlacementDecision } from '../probes/placement.js';
-import { familyPair, type FunctionSite } from '../probes/plan.js';
+import { familyPair, type FunctionSite, type OverloadSite } from '../probes/plan.js';
 import { heapErrorCounts, heapErrorsOf } from '../report/heap-errors.js';
 import { resolveModules } from '../target/modules.js';
 import { readPerfMap } from '../target/proc-maps.js';
@@ -71,6 +71,8 @@ export interface TracerInfo {
   functionOffsets: Partial<Record<AllocatorFunction, number>>;
   /** Where each probed function is (C++'s operators are in the C++ runtime's file). */
   sites?: Partial<Record<AllocatorFunction, FunctionSite>>;
+  /** Every symbol probed for each function, with its entry probe (ProbePlan.overloads). */
+  overloads?: Partial<Record<AllocatorFunction, OverloadSite[]>>;
   /** Releases of addresses that are not outstanding blocks are heap errors (run mode). */
   heapErrors?: boolean;
   /** Family pairs a mismatch cannot be told in (ProbePlan.ambiguousPairs). */
@@ -496,8 +498,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const allocator = modules.find((m) => m.hostPath === allocatorPath || m.hostPath === this.info.allocator);
     return mapSliced(groups, 256, (g, i) => {
       const stack = frames[i] ?? [];
-      const site = this.info.sites?.[g.fn];
-      if (site !== undefined && site.path !== this.info.allocator) {
+      const overload = this.#overload(g);
+      const site = overload ?? this.info.sites?.[g.fn];
+      if (site !== undefined && (overload !== undefined || site.path !== this.info.allocator)) {
         if (stack.length === 0) return stack;
         const file = modules.find((m) => m.hostPath === site.path);
         const top: StackFrame = {
@@ -520,6 +523,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (top.symbol !== (this.info.probes[g.fn] ?? g.fn)) top.mangled = this.info.probes[g.fn];
       return [top, ...stack];
     });
+  }
+
+  /** The overload a release came through, by its entry probe's offset in the page (the kernel
+   *  records it with heap errors); undefined for a function of one symbol, or when no single
+   *  symbol of the function has it. */
+  #overload(g: RawLeakGroup): FunctionSite | undefined {
+    const overloads = this.info.overloads?.[g.fn] ?? [];
+    if (g.entryPage === undefined || overloads.length < 2) return undefined;
+    const matching = overloads.filter((o) => (o.entryOffset % 4096) + 1 === g.entryPage);
+    return matching.length === 1 ? matching[0] : undefined;
   }
 
   #finish(exitCode: number | null, signal: NodeJS.Signals | null, stopped = false): Promise<ScopedLeakReport> {

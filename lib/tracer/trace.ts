@@ -198,6 +198,7 @@ function run(native: NativeAddon, o: ResolvedOptions, target: TraceTarget, plann
         plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
       ) as Partial<Record<AllocatorFunction, number>>,
       sites: plan.sites,
+      overloads: plan.overloads,
       ambiguousPairs: plan.ambiguousPairs,
       heapErrors,
       aliases: plan.aliases,
