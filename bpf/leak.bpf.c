@@ -303,6 +303,8 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 	e->size = size;
 	e->timestamp_ns = ts;
 	e->tid = tid;
+	if (follow_forks) /* which process: tid | tgid << 32 (bpf/abi/leak.h) */
+		e->tid |= bpf_get_current_pid_tgid() & 0xffffffff00000000ULL;
 	e->stack_id = stack_id;
 	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
 				      ? BPF_RB_FORCE_WAKEUP

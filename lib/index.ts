@@ -24,6 +24,7 @@ export {
   type PreviousImage,
   type OutstandingAllocation,
   type Snapshot,
+  type ProcessSnapshot,
   type AllocEvent,
   type FreeEvent,
   type LostInfo,

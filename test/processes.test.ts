@@ -19,7 +19,7 @@ import { assertReport } from '../lib/harness/program-check.js';
 import { checkReport, formatCheckedReport } from '../lib/report/checked.js';
 import { LeakError, trace } from '../lib/index.js';
 import { toJsonReport } from '../lib/report/json-format.js';
-import type { HeapSummary, LeakReport } from '../lib/types.js';
+import type { AllocEvent, HeapSummary, LeakReport, ProcessSnapshot } from '../lib/types.js';
 import { fixturePath, fixturesDir } from './helpers/fixtures.js';
 import { runValgrind, type ValgrindHeapSummary } from './helpers/valgrind.js';
 import { runValgrindTree, type ValgrindTree } from './helpers/valgrind-children.js';
@@ -280,6 +280,52 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
     const text = formatCheckedReport(checkReport(report, []));
     expect(text).toMatch(new RegExp(`^== process ${json.target.pid}: .*fork_children 1 \\(exit status 0\\) ==$`, 'm'));
     expect(text).toMatch(/^== process \d+: .*fork_children 1 \(exit status 0, child of \d+\) ==$/m);
+  });
+});
+
+describe('followForks: live views per process while it runs', () => {
+  it('snapshot(), report() and the event stream each say which process', async () => {
+    const tracer = await trace({ command: fixturePath('fork_wait'), env: { ...env, LD_PRELOAD: preloadStandIn }, stdio: 'pipe', followForks: true, events: true });
+    const allocs: AllocEvent[] = [];
+    tracer.on('alloc', (e) => allocs.push(e));
+    try {
+      await new Promise<void>((resolve) => tracer.process!.stdout!.once('data', () => resolve()));
+      tracer.process!.stdout!.resume();
+      const snap = await tracer.snapshot();
+      expect(snap.processes).toHaveLength(2);
+      const [parent, child] = snap.processes!;
+      expect(parent!.pid).toBe(tracer.pid);
+      expect(child!.pid).not.toBe(tracer.pid);
+      const sizes = (p: ProcessSnapshot) => p.allocations.map((a) => a.size).sort((a, b) => a - b);
+      expect(sizes(parent!)).toEqual([100]);
+      expect(sizes(child!)).toEqual([10, 100]);
+      expect(parent!.summary).toMatchObject({ inUseBytes: 100, inUseBlocks: 1, allocs: 1 });
+      expect(child!.summary).toMatchObject({ inUseBytes: 110, inUseBlocks: 2, allocs: 2 });
+      // The inherited block at the address both processes see, without the table's process bits.
+      const inherited = child!.allocations.find((a) => a.size === 100)!;
+      expect(inherited.address).toBe(parent!.allocations[0]!.address);
+      expect(inherited.address < 1n << 47n).toBe(true);
+      // The top level is the first process's.
+      expect(snap.summary).toEqual(parent!.summary);
+
+      const live = await tracer.report();
+      expect(live.processes!.map((p) => p.target.pid)).toEqual([parent!.pid, child!.pid]);
+      expect(live.summary.inUseBytes).toBe(100);
+      expect(live.processes![1]!.leaks.map((g) => g.bytes).sort((a, b) => a - b)).toEqual([10, 100]);
+      for (const g of live.processes![1]!.leaks) for (const a of g.sampleAddresses ?? []) expect(BigInt(a) < 1n << 47n).toBe(true);
+      // Asked again, the same: a report is not changed by the ones made before it.
+      expect((await tracer.report()).processes).toHaveLength(2);
+
+      tracer.process!.stdin!.end('go\n');
+      const report = await tracer.done;
+      expect(report.processes).toHaveLength(2);
+      expect(report.processes![1]!.summary).toMatchObject({ inUseBytes: 110, inUseBlocks: 2 });
+      // Each event names its process.
+      expect(allocs.filter((e) => e.size === 100).map((e) => e.pid)).toEqual([parent!.pid]);
+      expect(allocs.filter((e) => e.size === 10).map((e) => e.pid)).toEqual([child!.pid]);
+    } finally {
+      tracer.process?.kill('SIGKILL');
+    }
   });
 });
 

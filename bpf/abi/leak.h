@@ -179,7 +179,7 @@ struct leak_event {
 	__u64 address;
 	__u64 size;
 	__u64 timestamp_ns;
-	__u64 tid;
+	__u64 tid;	/* following forks: | the process's tgid << 32 */
 	__s64 stack_id;
 };
 

@@ -40,6 +40,7 @@ import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats }
 import { processAlive, sameRootAsOurs } from '../target/resolve.js';
 import { signalNames } from './traced-process.js';
 import { exitStatus, ProcessTracker, type TracedProcessInfo } from './processes.js';
+import { processRows, rowsColumns } from './process-views.js';
 import type { ProcessExitMessage } from '../native/process-messages.js';
 import type { ProbePlacement } from '../probes/placement.js';
 import type { TracedProcess } from './traced-process.js';
@@ -49,6 +50,7 @@ import type {
   FreeEvent,
   LeakReport,
   LeakTracerEvents,
+  ProcessSnapshot,
   Snapshot,
   StackFrame,
   TargetInfo,
@@ -253,6 +255,19 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
     const raw = await this.#native.snapshot(true);
     const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
+    if (this.#followForks && this.#processes) {
+      const processes: ProcessSnapshot[] = [];
+      for (const info of this.#processes.live()) {
+        const own = rowsColumns(columns, await processRows(columns, info.index));
+        const counters = this.#native.processCounters(info.index);
+        if (!counters) continue; // it exited meanwhile
+        const summary = summarize(decodeCounters(counters), await inUseSliced(own));
+        processes.push({ pid: info.pid, commandLine: info.commandLine, allocations: allocationsView(own, raw.nowNs), summary });
+      }
+      const first = processes.find((p) => p.pid === this.pid) ?? processes[0];
+      const empty = summarize(decodeCounters(new ArrayBuffer(raw.counters.byteLength)), { blocks: 0, bytes: 0 });
+      return { allocations: first?.allocations ?? [], summary: first?.summary ?? empty, processes };
+    }
     const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
     return { allocations: allocationsView(columns, raw.nowNs), summary };
   }
@@ -332,6 +347,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  (cheaper than narrowing the result, which stays possible). */
   async report(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
     if (this.#closed) throw new TracerClosedError('report(): the tracer has stopped; use the report from stop() or done');
+    if (this.#followForks && this.#processes) return this.#followedReport(true, filter);
     const raw = await this.#native.snapshot(false);
     const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
     const counters = decodeCounters(raw.counters);
@@ -370,30 +386,34 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   /** followForks: every process's report, the first process's at the top. Processes still
    *  running (stop()) are reported as they are now. */
-  async #followedReport(stopped: boolean): Promise<ScopedLeakReport> {
+  async #followedReport(stopped: boolean, filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
     const tracker = this.#processes!;
     if (!stopped) await tracker.allExited;
     await tracker.settled();
     const extra = new Map<number, LeakReport>();
     const live = tracker.live();
+    const { module, excludeModule, ...cheap } = filter;
     if (live.length > 0) {
       const raw = await this.#native.snapshot(false);
       const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
       for (const info of live) {
-        const index = BigInt(info.index);
-        const rows = await keptRowsSliced(columns, null, (row) => columns.address(row) >> 48n === index);
+        const own = rowsColumns(columns, await processRows(columns, info.index));
+        const keep = rowFilter(own, cheap);
+        const rows = keep === null ? null : await keptRowsSliced(own, null, keep);
         const counterBytes = this.#native.processCounters(info.index);
-        const counters = counterBytes ? decodeCounters(counterBytes) : decodeCounters(raw.counters);
-        const report = await this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, {}, this.#processTarget(info));
+        if (!counterBytes) continue; // it exited meanwhile: its report comes with its exit
+        const report = await this.#scoped(own, rows, decodeCounters(counterBytes), { exitCode: null, signal: null }, { module, excludeModule }, this.#processTarget(info));
         this.#addProcessFields(report, info);
         extra.set(info.pid, report);
       }
     }
     const all = await tracker.reports(extra);
-    const first = (all.find((r) => r.target.pid === this.pid) ?? all[0]) as ScopedLeakReport | undefined;
-    if (!first) throw new TracerClosedError('no process was traced');
-    // Plain copies in `processes`: the first report holds the list, and must not hold itself.
+    const found = (all.find((r) => r.target.pid === this.pid) ?? all[0]) as ScopedLeakReport | undefined;
+    if (!found) throw new TracerClosedError('no process was traced');
+    // Plain copies in `processes`: the first report holds the list, and must not hold itself; a
+    // copy of the first, as a process's report is kept for later reports too.
     const stats = this.#native.processStats();
+    const first: ScopedLeakReport = { ...found, target: { ...found.target } };
     first.processes = all.map((r) => ({ ...r, target: { ...r.target } }));
     first.untracedChildren = stats.lostChildren;
     return first;
