@@ -171,6 +171,19 @@ class SnapshotWorker : public TracerWorker {
   uint64_t now_ns_ = 0;
 };
 
+class ScanWorker : public TracerWorker {
+ public:
+  using TracerWorker::TracerWorker;
+  void Execute() override {
+    NativeError e;
+    if (!tracer_->DoScan(&outcome_, &e)) Fail(e);
+  }
+  void OnOK() override { deferred_.Resolve(outcome_.ToJs(Env())); }
+
+ private:
+  ScanOutcome outcome_;
+};
+
 // close() off the JS thread: closing a uprobe link waits for other CPUs to leave its probes
 // (~30-40 ms a link), which would stall the event loop.
 class CloseWorker : public TracerWorker {
@@ -226,6 +239,8 @@ Napi::Function Tracer::Define(Napi::Env env) {
                      {
                          InstanceMethod<&Tracer::Attach>("attach"),
                          InstanceMethod<&Tracer::Snapshot>("snapshot"),
+                         InstanceMethod<&Tracer::Scan>("scan"),
+                         InstanceMethod<&Tracer::TakeExitScan>("takeExitScan"),
                          InstanceMethod<&Tracer::ReadStacks>("readStacks"),
                          InstanceMethod<&Tracer::ReadModules>("readModules"),
                          InstanceMethod<&Tracer::Counters>("counters"),
@@ -250,6 +265,8 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.pid = static_cast<int32_t>(GetUint(o, "pid", 0));
   config_.wait_for_exec = GetBool(o, "waitForExec", false);
   config_.classic_uprobes = GetBool(o, "classicUprobes", false);
+  config_.scan_at_exit = GetBool(o, "scanAtExit", false);
+  config_.glibc = GetBool(o, "glibc", true);
   config_.max_allocations = GetUint(o, "maxAllocations", config_.max_allocations);
   config_.events = GetBool(o, "events", false);
   config_.event_buffer_bytes = GetUint(o, "eventBufferBytes", config_.event_buffer_bytes);
@@ -320,7 +337,45 @@ bool Tracer::DoAttach(NativeError* error) {
   // LoadAndAttach ignored this thread from the moment the program was loaded (its libbpf link
   // objects and the poll thread's start are the tracer's); from now on it may run user work.
   if (ok) SetThreadIgnored(CurrentTid(), false);
+  if (ok && config_.scan_at_exit && config_.pid != getpid()) {
+    std::string why;
+    ScanSession* session = Session();
+    if (!session->FollowForExit(&why)) {
+      *error = {"ELEAK_SCAN", "cannot hold the target at its exit: " + why, 0};
+      DetachAll();
+      return false;
+    }
+  }
   return ok;
+}
+
+ScanSession* Tracer::Session() {
+  std::lock_guard<std::mutex> lock(scan_mu_);
+  if (!scan_) {
+    ScanOptions options;
+    options.glibc = config_.glibc;
+    scan_ = std::make_unique<ScanSession>(config_.pid, options, [this](PageBuffer* out) { return ReadBlocks(out); });
+  }
+  return scan_.get();
+}
+
+bool Tracer::ReadBlocks(PageBuffer* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!allocs_table_.IsOpen()) return false;
+  return allocs_table_.Read(false, out) == 0;
+}
+
+bool Tracer::DoScan(ScanOutcome* out, NativeError* error) {
+  if (config_.pid == getpid()) {
+    *error = {"ELEAK_SCAN", "a process cannot stop itself to be scanned", 0};
+    return false;
+  }
+  std::string why;
+  if (!Session()->ScanNow(out, &why)) {
+    *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(config_.pid) + ": " + why, 0};
+    return false;
+  }
+  return true;
 }
 
 void Tracer::SetThreadIgnored(int tid, bool ignored) {
@@ -734,6 +789,11 @@ void Tracer::PollLoop() {
 
 void Tracer::Close() {
   if (closed_.exchange(true)) return;
+  {
+    // Before mu_: a hold in progress reads the table under it.
+    std::lock_guard<std::mutex> lock(scan_mu_);
+    if (scan_) scan_->Stop();
+  }
   std::lock_guard<std::mutex> lock(mu_);  // waits for a running attach or snapshot
   if (stop_fd_ >= 0) {
     uint64_t one = 1;
@@ -750,6 +810,30 @@ void Tracer::Close() {
     tsfn_released_ = true;
     on_message_.Release();
   }
+}
+
+// scan(): stops the target's threads, scans, resumes => Promise<scan outcome>
+Napi::Value Tracer::Scan(const Napi::CallbackInfo& info) {
+  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>()));
+}
+
+// takeExitScan() => the scan made at the target's exit, or { notScanned: reason }. Once the
+// target is gone.
+Napi::Value Tracer::TakeExitScan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::unique_ptr<ScanOutcome> outcome;
+  std::string reason = "the exit scan is off";
+  {
+    std::lock_guard<std::mutex> lock(scan_mu_);
+    if (scan_) {
+      outcome = scan_->TakeExitOutcome();
+      if (!outcome) reason = scan_->NotScannedReason();
+    }
+  }
+  if (outcome) return outcome->ToJs(env);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("notScanned", reason);
+  return o;
 }
 
 Napi::Value Tracer::Attach(const Napi::CallbackInfo& info) {

@@ -18,6 +18,7 @@
 #include "errors.h"
 #include "event_slots.h"
 #include "page_buffer.h"
+#include "scan/scan_session.h"
 #include "unwinder.h"
 
 struct leak_bpf;
@@ -53,6 +54,9 @@ struct TracerConfig {
   bool ignore_own_threads = false;
   bool classic_uprobes = false;  // never multi-uprobe links (EBPF_LEAK_ATTACH=uprobe in lib/)
   UnwindOptions unwind;  // the CFI stack walker (native/unwinder.h)
+  // Hold the target at its exit and scan its memory for the leak kinds (a program we start).
+  bool scan_at_exit = false;
+  bool glibc = true;  // the probed allocator is glibc's (native/scan/heap_scan.h)
 };
 
 class Tracer : public Napi::ObjectWrap<Tracer> {
@@ -82,6 +86,9 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   // hold mu_, or are the poll thread (which runs only while skel_ lives).
   void SetThreadIgnored(int tid, bool ignored);
 
+  // Stops every thread of the target, scans its memory for the leak kinds, resumes it.
+  bool DoScan(ScanOutcome* out, NativeError* error);
+
  private:
   Napi::Value Attach(const Napi::CallbackInfo& info);
   Napi::Value Snapshot(const Napi::CallbackInfo& info);
@@ -92,6 +99,10 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   Napi::Value EventsDelivered(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
   Napi::Value CloseAsync(const Napi::CallbackInfo& info);
+  Napi::Value Scan(const Napi::CallbackInfo& info);
+  Napi::Value TakeExitScan(const Napi::CallbackInfo& info);
+  bool ReadBlocks(PageBuffer* out);
+  ScanSession* Session();
   // Defined in native/unwinder.cc.
   Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);
   Napi::Value UnwindStats(const Napi::CallbackInfo& info);
@@ -140,6 +151,8 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   size_t slot_used_ = 0;
   std::chrono::steady_clock::time_point slot_started_;  // its first event's arrival
   std::vector<uint8_t> overflow_;
+  std::mutex scan_mu_;  // guards scan_ (not mu_: a scan at exit reads the table under mu_)
+  std::unique_ptr<ScanSession> scan_;
 };
 
 }  // namespace ebpf_leak
