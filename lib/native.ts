@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { NativeExitScan, NativeScan } from './leak-kinds.js';
 import type { NativeUnwindTable, UnwindMode, UnwindStats } from './unwind.js';
 
 export interface NativeProbe {
@@ -42,6 +43,10 @@ export interface NativeTracerConfig {
   unwindTableRows?: number;
   /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals); default true. */
   stackTotals?: boolean;
+  /** Hold the target at its exit and scan its memory (native/scan/); a program we start. */
+  scanAtExit?: boolean;
+  /** The probed allocator is glibc's: its arenas are told apart from the program's memory. */
+  glibc?: boolean;
 }
 
 export type NativeMessageType = 'events' | 'counters' | 'exit';
@@ -65,6 +70,10 @@ export interface NativeTracer {
   /** The outstanding blocks; with `timestamps`, each one's allocation time too (8 more bytes a
    *  block: only Snapshot.allocations shows it). */
   snapshot(timestamps: boolean): Promise<NativeSnapshot>;
+  /** Stops every thread of the target, scans its memory for the leak kinds, resumes it. */
+  scan(): Promise<NativeScan>;
+  /** Once the target is gone: the scan made at its exit, or why there is none. */
+  takeExitScan(): NativeExitScan;
   readStacks(ids: number[]): Promise<BigUint64Array[]>;
   /** struct leak_module records, each after its 8-byte key */
   readModules(): Promise<ArrayBuffer>;

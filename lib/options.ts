@@ -20,6 +20,7 @@ export const defaults = {
   unwind: 'auto',
   stackTotals: true,
   stdio: 'inherit',
+  leakKinds: true,
 } as const;
 
 export const limits = {
@@ -52,6 +53,7 @@ export type ResolvedOptions =
       cwd: string | undefined;
       env: NodeJS.ProcessEnv;
       stdio: 'inherit' | 'pipe' | 'ignore';
+      leakKinds: boolean;
     });
 
 function fail(message: string): never {
@@ -165,6 +167,9 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.env !== undefined && (typeof o.env !== 'object' || o.env === null)) {
     fail(`options.env must be an object of environment variables (got ${describe(o.env)})`);
   }
+  if (o.leakKinds !== undefined && typeof o.leakKinds !== 'boolean') {
+    fail(`options.leakKinds must be a boolean (got ${describe(o.leakKinds)})`);
+  }
   const stdio = o.stdio ?? defaults.stdio;
   if (stdio !== 'inherit' && stdio !== 'pipe' && stdio !== 'ignore') {
     fail(`options.stdio must be 'inherit', 'pipe' or 'ignore' (got ${describe(stdio)})`);
@@ -177,5 +182,6 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     cwd: o.cwd,
     env: o.env ?? process.env,
     stdio,
+    leakKinds: o.leakKinds ?? defaults.leakKinds,
   };
 }

@@ -80,6 +80,8 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       stackTotals: o.stackTotals,
       sampleEveryBytes: o.sampleEveryBytes,
       ...(unwindFiles ? { unwindFiles } : {}),
+      scanAtExit: o.kind === 'command' && o.leakKinds,
+      glibc,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -127,6 +129,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       sampleEveryBytes: o.sampleEveryBytes,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
+      leakKinds: o.kind === 'command' && o.leakKinds,
     },
     ...(held ? { child: held } : {}),
   };

@@ -5,9 +5,10 @@ import { realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { allocationsView } from './allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from './cooperative.js';
-import { TracerClosedError } from './errors.js';
+import { fromNativeError, TracerClosedError } from './errors.js';
 import { EventQueue } from './event-queue.js';
 import type { EventRecords } from './event-records.js';
+import { scanInfo, withKinds } from './leak-kinds.js';
 import { ListenerSnapshot, trackListenerChanges } from './listener-snapshot.js';
 import {
   blockColumns,
@@ -41,6 +42,7 @@ import type {
   FreeEvent,
   LeakReport,
   LeakTracerEvents,
+  ScanInfo,
   Snapshot,
   StackFrame,
   TargetInfo,
@@ -74,6 +76,8 @@ export interface TracerInfo {
   /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
   attachMode: 'uprobe_multi' | 'uprobe';
   attachMs: number;
+  /** The target is held at its exit and scanned for the leak kinds. */
+  leakKinds: boolean;
 }
 
 /** @internal: how trace() hands a freshly attached tracer over. */
@@ -299,6 +303,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     counters: Counters,
     status: Pick<TargetInfo, 'exitCode' | 'signal'>,
     stackFilter: Pick<ScopeFilter, 'module' | 'excludeModule'> = {},
+    scan?: ScanInfo,
   ): Promise<ScopedLeakReport> {
     let tally = await tallyRowsSliced(columns, rows);
     const frames = await this.#stacks(tally.groups);
@@ -317,6 +322,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         target: { ...this.#target, ...status },
         durationMs: Math.round(performance.now() - this.#startedAt),
         ...(this.info.sampleEveryBytes > 0 ? { sampling: { everyBytes: this.info.sampleEveryBytes } } : {}),
+        ...(scan ? { scan } : {}),
       },
       summary: summarize(counters, tally.inUse),
       counters,
@@ -332,6 +338,25 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (this.#ownModule !== undefined && stackPassesThrough(stack, this.#ownModule)) return false;
     if (module !== undefined && !stackPassesThrough(stack, module)) return false;
     return excludeModule === undefined || !stackPassesThrough(stack, excludeModule);
+  }
+
+  /** Stops every thread of the target briefly, scans its memory, and reports what is
+   *  outstanding now split into valgrind's leak kinds (`kind` of each group, the LEAK SUMMARY
+   *  fields of the summary); `report.scan.pauseMs` is how long the target stood still. */
+  async scan(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
+    if (this.#closed) throw new TracerClosedError('scan(): the tracer has stopped');
+    let raw;
+    try {
+      raw = await this.#native.scan();
+    } catch (error) {
+      throw fromNativeError(error, `cannot scan process ${this.pid}`);
+    }
+    const counters = decodeCounters((await this.#native.snapshot(false)).counters);
+    const columns = withKinds(blockColumns(raw.entries, this.info.sampleEveryBytes), raw);
+    const { module, excludeModule, ...cheap } = filter;
+    const keep = rowFilter(columns, cheap);
+    const rows = keep === null ? null : await keptRowsSliced(columns, null, keep);
+    return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule }, scanInfo(raw));
   }
 
   /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
@@ -421,10 +446,21 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
     try {
       const raw = await this.#native.snapshot(false);
-      const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
+      let columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
-      return await this.#scoped(columns, null, counters, { exitCode, signal });
+      let scan: ScanInfo | undefined;
+      if (this.info.leakKinds) {
+        // Held at its exit: the blocks the scan saw are the ones left (nothing runs after it).
+        const exitScan = this.#native.takeExitScan();
+        if ('notScanned' in exitScan) {
+          scan = { scanned: false, reason: exitScan.notScanned };
+        } else {
+          columns = withKinds(blockColumns(exitScan.entries, this.info.sampleEveryBytes), exitScan);
+          scan = scanInfo(exitScan);
+        }
+      }
+      return await this.#scoped(columns, null, counters, { exitCode, signal }, {}, scan);
     } finally {
       this.#finalUnwindStats = this.#native.unwindStats();
       this.#closed = true;

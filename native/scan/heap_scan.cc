@@ -108,7 +108,7 @@ class Scanner {
     for (const Range& r : roots) ScanRoot(r);
     for (const ScanThread& t : threads) {
       result->stats.threads++;
-      if (!t.has_regs) continue;
+      if (!t.has_regs || !t.regs_are_roots) continue;
       result->stats.threads_with_regs++;
       const user_regs_struct& g = t.regs;
       for (uint64_t v : {g.rax, g.rbx, g.rcx, g.rdx, g.rsi, g.rdi, g.rbp, g.rsp, g.r8, g.r9, g.r10, g.r11,

@@ -2,7 +2,7 @@
 // its memory for pointers, with memcheck's rules (valgrind's LEAK SUMMARY is the oracle):
 //  - roots: every readable and writable mapping that is not the allocator's (its arenas, its
 //    mmap()ed chunks) nor a device; a thread's stack only from its stack pointer up; the
-//    general-purpose registers of the threads we hold;
+//    general-purpose registers of the threads we hold (not at exit);
 //  - a block reached through a pointer to its start from a root or a reachable block is
 //    reachable; through a pointer into its middle, possibly lost, unless one of the heuristics
 //    (stdstring, length64, newarray, multipleinheritance) explains that pointer; anything reached
@@ -35,6 +35,9 @@ struct ScanBlock {
 struct ScanThread {
   pid_t tid = 0;
   bool has_regs = false;  // stopped by us: its registers and stack pointer are known
+  // Its general-purpose registers are roots. Not for a thread in exit_group(): memcheck checks
+  // after every thread is gone, and counts no register then.
+  bool regs_are_roots = true;
   user_regs_struct regs{};
 };
 

@@ -229,13 +229,14 @@ void StopWorld::HoldExit(pid_t tid) {
   // A thread's own exit() ends the process only when it is the last one.
   bool process_exit = nr == SYS_exit_group || (nr == SYS_exit && ListThreads(pid_).size() <= 1);
   if (!process_exit || exit_held_) return;
+  exiting.regs_are_roots = false;
   HeldWorld world;
   world.pid = pid_;
   world.threads.push_back(exiting);
   // The other threads are being killed by exit_group(): their memory stays, their registers
   // are gone, as for valgrind.
   for (pid_t t : threads_)
-    if (t != tid) world.threads.push_back(ScanThread{t, false, {}});
+    if (t != tid) world.threads.push_back(ScanThread{t, false, false, {}});
   world.stopped_ns = MonotonicNs();
   at_exit_(world);
   exit_held_ = true;

@@ -62,6 +62,14 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'exit_immediately', compiler: 'gcc', sources: ['exit_immediately.c'], flags: cFlags },
   { name: 'forever', compiler: 'gcc', sources: ['forever.c'], flags: cFlags },
   { name: 'sampling', compiler: 'gcc', sources: ['sampling.c'], flags: cFlags },
+  { name: 'leak_kinds', compiler: 'gcc', sources: ['leak_kinds.c'], flags: [...cFlags, '-pthread'] },
+  // The old (copy-on-write) std::string: the layout memcheck's stdstring heuristic knows.
+  {
+    name: 'leak_kinds_cpp',
+    compiler: 'g++',
+    sources: ['leak_kinds_cpp.cc'],
+    flags: [...cFlags, '-D_GLIBCXX_USE_CXX11_ABI=0'],
+  },
 ];
 
 export type FixtureName =
@@ -76,7 +84,9 @@ export type FixtureName =
   | 'dlopen_main'
   | 'exit_immediately'
   | 'forever'
-  | 'sampling';
+  | 'sampling'
+  | 'leak_kinds'
+  | 'leak_kinds_cpp';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
