@@ -454,7 +454,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         // Held at its exit: the blocks the scan saw are the ones left (nothing runs after it).
         const exitScan = this.#native.takeExitScan();
         if ('notScanned' in exitScan) {
-          scan = { scanned: false, reason: exitScan.notScanned };
+          // A signal that killed it is the reason, whichever of its parent and its tracer saw it.
+          scan = { scanned: false, reason: signal ? `killed by signal ${signal}` : exitScan.notScanned };
         } else {
           columns = withKinds(blockColumns(exitScan.entries, this.info.sampleEveryBytes), exitScan);
           scan = scanInfo(exitScan);

@@ -38,7 +38,7 @@ struct ScanThread {
   // Its general-purpose registers are roots. Not for a thread in exit_group(): memcheck checks
   // after every thread is gone, and counts no register then.
   bool regs_are_roots = true;
-  user_regs_struct regs{};
+  user_regs_struct regs{};  // without them, its whole stack is read
 };
 
 struct ScanOptions {

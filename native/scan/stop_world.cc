@@ -96,6 +96,9 @@ bool WaitStop(pid_t tid) {
   }
 }
 
+// Longest wait for the threads exit_group() kills to reach their exit event.
+constexpr int kExitWaitMs = 1000;
+
 // Test-only: EBPF_LEAK_TEST_HOLD_DELAY_MS keeps the target held that much longer, so a test can
 // kill the tracer in the middle of a hold.
 void TestDelay() {
@@ -229,18 +232,52 @@ void StopWorld::HoldExit(pid_t tid) {
   // A thread's own exit() ends the process only when it is the last one.
   bool process_exit = nr == SYS_exit_group || (nr == SYS_exit && ListThreads(pid_).size() <= 1);
   if (!process_exit || exit_held_) return;
+  const uint64_t held_at = MonotonicNs();
   exiting.regs_are_roots = false;
   HeldWorld world;
   world.pid = pid_;
   world.threads.push_back(exiting);
-  // The other threads are being killed by exit_group(): their memory stays, their registers
-  // are gone, as for valgrind.
+  // The others are being killed by exit_group(), and each stops in its own exit event (the
+  // kernel takes SIGKILL off a dying thread before it gets there): held there too, so that its
+  // stack is read from its stack pointer. Their registers are not roots, as for valgrind, which
+  // checks once every thread is gone.
+  std::vector<pid_t> waiting, held;
   for (pid_t t : threads_)
-    if (t != tid) world.threads.push_back(ScanThread{t, false, false, {}});
-  world.stopped_ns = MonotonicNs();
+    if (t != tid) waiting.push_back(t);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kExitWaitMs);
+  while (!waiting.empty() && std::chrono::steady_clock::now() < deadline) {
+    for (size_t i = 0; i < waiting.size();) {
+      pid_t t = waiting[i];
+      siginfo_t si{};
+      int r = waitid(P_PID, static_cast<id_t>(t), &si, WSTOPPED | WNOHANG | __WALL | __WNOTHREAD);
+      if (r < 0 && errno != EINTR) {  // gone already
+        waiting.erase(waiting.begin() + static_cast<long>(i));
+        continue;
+      }
+      StopKind kind;
+      if (r == 0 && si.si_pid == t && ReadStop(t, &kind)) {
+        if (kind.event == PTRACE_EVENT_EXIT) {
+          ScanThread dying;
+          dying.tid = t;
+          dying.regs_are_roots = false;
+          dying.has_regs = Ptrace(PTRACE_GETREGS, t, 0, reinterpret_cast<unsigned long>(&dying.regs)) == 0;
+          world.threads.push_back(dying);
+          held.push_back(t);
+          waiting.erase(waiting.begin() + static_cast<long>(i));
+          continue;
+        }
+        Ptrace(PTRACE_CONT, t, 0, 0);  // on its way to its exit event
+      }
+      i++;
+    }
+    if (!waiting.empty()) usleep(100);
+  }
+  for (pid_t t : waiting) world.threads.push_back(ScanThread{t, false, false, {}});
+  world.stopped_ns = held_at;
   at_exit_(world);
   exit_held_ = true;
   TestDelay();
+  for (pid_t t : held) Ptrace(PTRACE_CONT, t, 0, 0);
 }
 
 void StopWorld::Loop(pid_t pid, std::string* error, std::mutex* started_mu, std::condition_variable* started_cv,
@@ -286,7 +323,10 @@ void StopWorld::Loop(pid_t pid, std::string* error, std::mutex* started_mu, std:
     siginfo_t si{};
     if (waitid(P_ALL, 0, &si, WEXITED | WSTOPPED | __WALL | __WNOTHREAD | WNOWAIT) != 0) {
       if (errno == EINTR) continue;
-      break;  // ECHILD: nothing left of it
+      // ECHILD: its parent reaped it first.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!exit_held_ && not_held_.empty()) not_held_ = "it ended without passing the exit hold";
+      break;
     }
     pid_t tid = si.si_pid;
     if (si.si_code == CLD_EXITED || si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) {

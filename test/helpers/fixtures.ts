@@ -62,6 +62,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'exit_immediately', compiler: 'gcc', sources: ['exit_immediately.c'], flags: cFlags },
   { name: 'forever', compiler: 'gcc', sources: ['forever.c'], flags: cFlags },
   { name: 'sampling', compiler: 'gcc', sources: ['sampling.c'], flags: cFlags },
+  { name: 'exit_status', compiler: 'gcc', sources: ['exit_status.c'], flags: [...cFlags, '-pthread'] },
   { name: 'leak_kinds', compiler: 'gcc', sources: ['leak_kinds.c'], flags: [...cFlags, '-pthread'] },
   // The old (copy-on-write) std::string: the layout memcheck's stdstring heuristic knows.
   {
@@ -85,6 +86,7 @@ export type FixtureName =
   | 'exit_immediately'
   | 'forever'
   | 'sampling'
+  | 'exit_status'
   | 'leak_kinds'
   | 'leak_kinds_cpp';
 
