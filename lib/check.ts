@@ -4,6 +4,7 @@ import { defaultSuppressions } from './default-suppressions.js';
 import { definedProperties } from './defined.js';
 import { formatCount, formatReport, type FormatReportOptions } from './format.js';
 import { LeakError, LeakInconclusiveError } from './leak-errors.js';
+import { defaultShownKinds, kindSelected, leakKindsOption } from './leak-kinds.js';
 import { asScoped } from './scope.js';
 import {
   applySuppressions,
@@ -25,6 +26,10 @@ export interface CheckLeaksOptions extends Omit<CommandTraceOptions, 'command'> 
   defaultSuppressions?: boolean;
   /** See lib/suppressions.ts (match-leak-kinds). */
   assumeLeakKinds?: readonly LeakKind[];
+  /** The leak kinds that count as leaks (valgrind's --errors-for-leak-kinds): a list, or
+   *  valgrind's text ('definite,possible', 'all', 'none'). Default definite and possible.
+   *  Without a scan (leakKinds: false, or a program killed by a signal) every block counts. */
+  errorsForLeakKinds?: readonly LeakKind[] | string;
   /** Kill the program (SIGKILL) if it runs longer than this, milliseconds. Default: no limit. */
   timeoutMs?: number;
 }
@@ -45,6 +50,8 @@ export interface CheckedLeakReport extends LeakReport {
   suppressed: SuppressionHit[];
   /** Why the answer cannot be trusted (events lost, map full, stacks missing); empty if it can. */
   inconclusive: string[];
+  /** Every group no suppression covers, whatever its kind (`leaks` has the error kinds only). */
+  unsuppressed: LeakGroup[];
   /** Sum over `leaks`. */
   leakedBytes: number;
   leakedBlocks: number;
@@ -52,7 +59,9 @@ export interface CheckedLeakReport extends LeakReport {
 
 /** Runs `command` under the tracer until it exits, and reports what it left allocated. */
 export async function checkLeaks(command: string, options: CheckLeaksOptions = {}): Promise<CheckedLeakReport> {
-  const { suppressions, defaultSuppressions: useDefaults, assumeLeakKinds, timeoutMs, ...traceOptions } = options;
+  const { suppressions, defaultSuppressions: useDefaults, assumeLeakKinds, errorsForLeakKinds, timeoutMs, ...traceOptions } =
+    options;
+  const errorKinds = leakKindsOption(errorsForLeakKinds, 'errorsForLeakKinds');
   const rules = [...(useDefaults === false ? [] : defaultSuppressions()), ...resolveSuppressions(suppressions)];
   const tracer = await trace({ ...traceOptions, command });
   let timer: NodeJS.Timeout | undefined;
@@ -63,11 +72,16 @@ export async function checkLeaks(command: string, options: CheckLeaksOptions = {
   } finally {
     if (timer) clearTimeout(timer);
   }
-  return checkReportSliced(report, rules, { stacks: tracer.info.stacks, ...(assumeLeakKinds ? { assumeLeakKinds } : {}) });
+  return checkReportSliced(report, rules, {
+    stacks: tracer.info.stacks,
+    ...(assumeLeakKinds ? { assumeLeakKinds } : {}),
+    ...(errorKinds ? { errorsForLeakKinds: errorKinds } : {}),
+  });
 }
 
-/** `stacks`: whether the tracer captured stacks (stackless groups are then inconclusive). */
-type CheckOptions = { stacks?: boolean; assumeLeakKinds?: readonly LeakKind[] };
+/** `stacks`: whether the tracer captured stacks (stackless groups are then inconclusive).
+ *  `errorsForLeakKinds`: the kinds that count as leaks (default definite and possible). */
+type CheckOptions = { stacks?: boolean; assumeLeakKinds?: readonly LeakKind[]; errorsForLeakKinds?: readonly LeakKind[] };
 
 /** Suppressions and the inconclusive check applied to a finished report (exported for reports
  *  obtained with trace() directly). */
@@ -93,7 +107,11 @@ function matchOptions(options: CheckOptions): MatchOptions {
   return options.assumeLeakKinds ? { assumeLeakKinds: options.assumeLeakKinds } : {};
 }
 
-function checked(report: LeakReport, { kept, suppressed }: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
+function checked(report: LeakReport, applied: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
+  const { suppressed } = applied;
+  // Blocks of the kinds that are not errors (still reachable, by default) are no leaks.
+  const errorKinds = options.errorsForLeakKinds ?? defaultShownKinds;
+  const kept = applied.kept.filter((g) => kindSelected(g.kind, errorKinds));
   const inconclusive: string[] = [];
   const s = report.summary;
   if (s.droppedAllocations > 0) {
@@ -121,6 +139,7 @@ function checked(report: LeakReport, { kept, suppressed }: AppliedSuppressions<L
   const out: CheckedLeakReport = {
     ...report,
     leaks: kept,
+    unsuppressed: applied.kept,
     suppressed,
     inconclusive,
     leakedBytes: kept.reduce((n, g) => n + g.bytes, 0),
@@ -146,7 +165,12 @@ function suppressedLines(hits: readonly SuppressionHit[]): string[] {
 /** The readable form of a checked report: valgrind-style loss records, then what was
  *  suppressed and why the result may be inconclusive. */
 export function formatCheckedReport(report: CheckedLeakReport, options: FormatReportOptions = {}): string {
-  let text = formatReport(report, { ...options, top: options.top ?? 10 });
+  // Without showLeakKinds: its leaks, the error kinds; with it, the groups of those kinds.
+  const shown =
+    options.showLeakKinds !== undefined && report.unsuppressed !== undefined
+      ? { ...report, leaks: report.unsuppressed }
+      : report;
+  let text = formatReport(shown, { showLeakKinds: ['definite', 'indirect', 'possible', 'reachable'], ...options, top: options.top ?? 10 });
   const extra = [...suppressedLines(report.suppressed)];
   if (report.inconclusive.length > 0) extra.push('inconclusive:', ...report.inconclusive.map((r) => `   ${r}`));
   if (extra.length > 0) text += extra.join('\n') + '\n';

@@ -10,14 +10,15 @@ import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { formatCount, formatSnapshotTop, shellQuote } from './format.js';
+import { formatCount, formatScanLines, formatSnapshotTop, shellQuote } from './format.js';
+import { defaultShownKinds, parseLeakKindList } from './leak-kinds.js';
 import { writeJsonReport } from './json-report.js';
 import { stackUseSliced } from './snapshot-stacks.js';
 import { defaults, limits } from './options.js';
 import type { CheckedLeakReport } from './check.js';
 import type { LeakTracer, TracerInfo } from './tracer.js';
 import type { UnwindStats } from './unwind.js';
-import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakReport, type LostInfo, type Snapshot } from './types.js';
+import { allocatorFunctions, type AllocatorFunction, type AllocEvent, type CommonTraceOptions, type FreeEvent, type LeakKind, type LeakReport, type LostInfo, type Snapshot } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
 // Commands
@@ -70,6 +71,14 @@ const TRACING_OPTIONS_HELP = `  --max-allocations N    Room for at least N block
   --debug-dir DIR        Also look for separate debug files (.build-id/xx/
                          yyyy.debug, .gnu_debuglink targets) under DIR, before
                          /usr/lib/debug. Repeatable.
+  --show-leak-kinds=K    Leak kinds whose loss records are printed: a list of
+                         definite, indirect, possible, reachable, or all or
+                         none (valgrind's option). Default: definite,possible.
+  --errors-for-leak-kinds=K
+                         Leak kinds that count as leaks (--error-exitcode,
+                         the JSON's "leaks"). Default: definite,possible.
+                         Without a scan of the program's memory (see run's
+                         --no-leak-kinds, attach's --scan) every block counts.
   --suppressions FILE    Leave out of the leak list what the rules in FILE
                          match: valgrind .supp or LSan 'leak:' files.
                          Repeatable. The HEAP SUMMARY still counts all.
@@ -111,6 +120,12 @@ export interface CommonFlags {
   unwind?: 'auto' | 'dwarf' | 'fp';
   /** --sample-every BYTES. */
   sampleEveryBytes?: number;
+  /** --show-leak-kinds: loss records printed (default definite,possible). */
+  showLeakKinds?: LeakKind[];
+  /** --errors-for-leak-kinds: kinds that count as leaks (default definite,possible). */
+  errorsForLeakKinds?: LeakKind[];
+  /** false with --no-leak-kinds (run: no exit hold, no scan). */
+  leakKinds: boolean;
 }
 
 export interface RunCommand extends CommonFlags {
@@ -126,6 +141,9 @@ export interface AttachCommand extends CommonFlags {
   intervalS: number;
   /** Stop after this many seconds; undefined: until exit or a signal. */
   durationS?: number;
+  /** --scan: stop the process briefly at each interval and at the end, and sort its blocks
+   *  into leak kinds. */
+  scan: boolean;
 }
 
 export type HelpTopic = 'main' | 'run' | 'attach';
@@ -223,9 +241,18 @@ Signals: SIGINT, SIGTERM and SIGHUP sent to ebpf-leak are passed on to the
 program (a Ctrl-C in the terminal reaches both already, so it is not sent
 twice); the report is printed when the program exits.
 
-Every block still allocated at exit counts, including ones a program keeps
-until exit on purpose: printf() to a pipe or a file, for one, allocates a
-4,096-byte stdout buffer that glibc never frees.
+The program is held when it exits (after atexit handlers and static
+destructors, before its memory goes), and its memory is scanned for pointers
+to the blocks still allocated, which splits them into valgrind's leak kinds:
+definitely lost (nothing points at it), indirectly lost (only lost blocks do),
+possibly lost (only pointers into its middle do) and still reachable (a
+global, a stack or thread-local storage does: glibc's stdout buffer, a static
+cache). Only the definitely and possibly lost count as leaks by default
+(--errors-for-leak-kinds). A program killed by a signal is not held: then
+every block still allocated counts, and the report says why.
+
+  --no-leak-kinds        Do not hold the program at exit nor scan it: every
+                         block still allocated counts as leaked.
 
 Exit status:
   the program's exit status, or 128+N when signal N killed it (like a shell);
@@ -263,6 +290,11 @@ Options:
                          standard output), with every group. Default: none.
   --error-exitcode N     Exit with N (1-255) when blocks were still allocated
                          when tracing stopped. Default: off.
+  --scan                 At each --interval and when tracing stops, stop the
+                         process's threads briefly (the pause is printed) and
+                         scan its memory, to split the blocks still allocated
+                         into valgrind's leak kinds (definitely lost, ...).
+                         Default: off (every block still allocated counts).
 ${TRACING_OPTIONS_HELP}
 
 The periodic output and the report go to stderr. A second SIGINT, SIGTERM or
@@ -325,6 +357,9 @@ const commonOptions = {
   'debug-dir': { type: 'string', multiple: true },
   unwind: { type: 'string' },
   'sample-every': { type: 'string' },
+  'show-leak-kinds': { type: 'string' },
+  'errors-for-leak-kinds': { type: 'string' },
+  'no-leak-kinds': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -335,6 +370,7 @@ const attachOptions = {
   pid: { type: 'string', short: 'p' },
   interval: { type: 'string' },
   duration: { type: 'string' },
+  scan: { type: 'boolean' },
 } as const satisfies Record<string, OptionSpec>;
 
 type Values = Map<string, string | true | string[]>;
@@ -448,6 +484,7 @@ function commonFlags(values: Values): CommonFlags {
       return Array.isArray(v) ? v : [];
     })(),
     defaultSuppressions: values.get('no-default-suppressions') !== true,
+    leakKinds: values.get('no-leak-kinds') !== true,
     debugDirs: (() => {
       const v = values.get('debug-dir');
       return Array.isArray(v) ? v : [];
@@ -497,6 +534,18 @@ function commonFlags(values: Values): CommonFlags {
     }
     flags.allocator = { path: allocator, symbols };
   }
+  for (const [option, key] of [
+    ['show-leak-kinds', 'showLeakKinds'],
+    ['errors-for-leak-kinds', 'errorsForLeakKinds'],
+  ] as const) {
+    const raw = str(values, option);
+    if (raw === undefined) continue;
+    try {
+      flags[key] = parseLeakKindList(raw, `option '--${option}'`);
+    } catch (err) {
+      throw new Usage((err as Error).message);
+    }
+  }
   const json = str(values, 'json');
   if (json !== undefined) {
     if (json === '') throw new Usage(`option '--json' needs a file name ('-' for standard output)`);
@@ -539,7 +588,7 @@ function parseAttach(argv: readonly string[]): AttachCommand | HelpCommand {
   const pid = parseIntegerOption('pid', pidRaw, 1, PID_LIMIT);
   const intervalRaw = str(values, 'interval');
   const intervalS = intervalRaw === undefined ? DEFAULT_INTERVAL_S : parseSecondsOption('interval', intervalRaw, true);
-  const cmd: AttachCommand = { kind: 'attach', ...flags, pid, intervalS };
+  const cmd: AttachCommand = { kind: 'attach', ...flags, pid, intervalS, scan: values.get('scan') === true };
   const durationRaw = str(values, 'duration');
   if (durationRaw !== undefined) cmd.durationS = parseSecondsOption('duration', durationRaw, false);
   return cmd;
@@ -777,10 +826,19 @@ async function finish(
   } catch (err) {
     throw new CliFailure(`cannot read the suppressions: ${(err as Error).message}`);
   }
-  const checked = await checkReportSliced(report, rules, { stacks });
+  const checked = await checkReportSliced(report, rules, {
+    stacks,
+    ...(cmd.errorsForLeakKinds ? { errorsForLeakKinds: cmd.errorsForLeakKinds } : {}),
+  });
   const color = useColor(io.stderr, io.env);
   io.stderr.write(
-    formatCheckedReport(checked, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
+    formatCheckedReport(checked, {
+      top: cmd.top,
+      color,
+      verbose: cmd.verbose,
+      ...(exited !== undefined ? { exited } : {}),
+      showLeakKinds: cmd.showLeakKinds ?? defaultShownKinds,
+    }),
   );
   if (stacks) {
     const { asScoped } = await import('./scope.js');
@@ -855,12 +913,13 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
     ...(cmd.debugDirs.length > 0 ? { debugDirs: cmd.debugDirs } : {}),
     ...(cmd.unwind ? { unwind: cmd.unwind } : {}),
     ...(cmd.sampleEveryBytes !== undefined ? { sampleEveryBytes: cmd.sampleEveryBytes } : {}),
+    ...(cmd.leakKinds ? {} : { leakKinds: false }),
   };
 }
 
 async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
   const { trace } = await import('./trace.js');
-  const tracer = await trace({ pid: cmd.pid, ...traceOptions(cmd) });
+  const tracer = await trace({ pid: cmd.pid, ...traceOptions(cmd), leakKinds: cmd.scan });
   watchTracer(tracer, cmd, io);
 
   const color = useColor(io.stderr, io.env);
@@ -889,7 +948,9 @@ async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
         .snapshot()
         .then(async (snap: Snapshot) => {
           const byStack = await stackUseSliced(snap);
-          if (!stopping) io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color, byStack }) + '\n');
+          let text = formatSnapshotTop(snap, { top: cmd.top, color, byStack });
+          if (cmd.scan) text += formatScanLines(await tracer.scan());
+          if (!stopping) io.stderr.write(text + '\n');
         })
         .catch((err: unknown) => {
           // The process exiting between ticks is not news: `done` reports it.

@@ -16,11 +16,20 @@
 //   "summary": {                    // valgrind's HEAP SUMMARY, plus what could not be seen
 //     "allocs": 11, "frees": 9, "bytesAllocated": 4176,
 //     "inUseBlocks": 2, "inUseBytes": 4104,
-//     "lostEvents": 0, "droppedAllocations": 0, "unknownFrees": 0
+//     "lostEvents": 0, "droppedAllocations": 0, "unknownFrees": 0,
+//     // valgrind's LEAK SUMMARY, only when the target's memory was scanned (see "scan"):
+//     "definitelyLost": { "bytes": 8, "blocks": 1 }, "indirectlyLost": { "bytes": 0, "blocks": 0 },
+//     "possiblyLost": { "bytes": 0, "blocks": 0 }, "stillReachable": { "bytes": 4096, "blocks": 1 },
+//     "reachableViaHeuristic": { "stdstring": { "bytes": 225, "blocks": 1 } }   // when any
 //   },
+//   "scan": { "scanned": true, "atExit": true, "pauseMs": 3.2, "scanMs": 3.1, "rootBytes": 123896,
+//             "heapBytes": 79936, "threads": 1 },   // or { "scanned": false, "reason": "..." };
+//                                                   // absent when no scan was asked for
 //   "leaks": [                      // blocks still allocated, grouped by stack, largest bytes first
 //     {
 //       "bytes": 8, "blocks": 1, "largestBlock": 8,
+//       "kind": "definite",         // when scanned: definite, indirect, possible or reachable
+//       "indirectBytes": 16,        // definite groups only: bytes lost through them
 //       "sampleAddresses": ["0x55d0c0a2b2a0"],
 //       "stack": [                  // innermost first; [] when stacks were not captured
 //         { "address": "0x401136", "module": "/work/seed", "buildId": "ab12...", "offset": "0x1136",
@@ -38,7 +47,7 @@
 import { writeFile } from 'node:fs/promises';
 import type { CheckedLeakReport } from './check.js';
 import type { SuppressionHit } from './suppressions.js';
-import type { HeapSummary, LeakGroup, LeakReport, StackFrame } from './types.js';
+import type { BytesBlocks, HeapSummary, LeakGroup, LeakReport, ScanInfo, StackFrame } from './types.js';
 
 // The JSON shapes are the library's own types: one definition, so the two cannot drift.
 export type JsonStackFrame = StackFrame;
@@ -61,6 +70,12 @@ export interface JsonReport {
   suppressed: SuppressionHit[];
   /** Sampling mode only: in-use figures and groups are estimates. */
   sampling?: { everyBytes: number };
+  /** Whether the blocks were sorted into leak kinds. */
+  scan?: ScanInfo;
+}
+
+function bytesBlocks(v: BytesBlocks): BytesBlocks {
+  return { bytes: num(v.bytes), blocks: num(v.blocks) };
 }
 
 // The types say number, but a count that came through the native layer as a bigint must not make
@@ -88,6 +103,8 @@ function group(g: LeakGroup): JsonLeakGroup {
     largestBlock: num(g.largestBlock),
     sampleAddresses: g.sampleAddresses.map(String),
     stack: g.stack.map(frame),
+    ...(g.kind !== undefined ? { kind: g.kind } : {}),
+    ...(g.indirectBytes !== undefined ? { indirectBytes: num(g.indirectBytes) } : {}),
   };
 }
 
@@ -115,6 +132,17 @@ export function toJsonReport(report: LeakReport): JsonReport {
       lostEvents: num(s.lostEvents),
       droppedAllocations: num(s.droppedAllocations),
       unknownFrees: num(s.unknownFrees),
+      ...(s.definitelyLost ? { definitelyLost: bytesBlocks(s.definitelyLost) } : {}),
+      ...(s.indirectlyLost ? { indirectlyLost: bytesBlocks(s.indirectlyLost) } : {}),
+      ...(s.possiblyLost ? { possiblyLost: bytesBlocks(s.possiblyLost) } : {}),
+      ...(s.stillReachable ? { stillReachable: bytesBlocks(s.stillReachable) } : {}),
+      ...(s.reachableViaHeuristic
+        ? {
+            reachableViaHeuristic: Object.fromEntries(
+              Object.entries(s.reachableViaHeuristic).map(([h, v]) => [h, bytesBlocks(v)]),
+            ),
+          }
+        : {}),
     },
     leaks: [...report.leaks].sort((a, b) => num(b.bytes) - num(a.bytes)).map(group),
     suppressed: ('suppressed' in report ? (report as CheckedLeakReport).suppressed : []).map((h) => ({
@@ -125,6 +153,7 @@ export function toJsonReport(report: LeakReport): JsonReport {
       groups: num(h.groups),
     })),
     ...(report.sampling ? { sampling: { everyBytes: num(report.sampling.everyBytes) } } : {}),
+    ...(report.scan ? { scan: { ...report.scan } } : {}),
   };
 }
 

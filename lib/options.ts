@@ -20,7 +20,6 @@ export const defaults = {
   unwind: 'auto',
   stackTotals: true,
   stdio: 'inherit',
-  leakKinds: true,
 } as const;
 
 export const limits = {
@@ -43,6 +42,7 @@ export interface ResolvedCommon {
   /** 0: off. */
   sampleEveryBytes: number;
   debugDirs: string[];
+  leakKinds: boolean;
 }
 export type ResolvedOptions =
   | (ResolvedCommon & { kind: 'pid'; pid: number })
@@ -53,7 +53,6 @@ export type ResolvedOptions =
       cwd: string | undefined;
       env: NodeJS.ProcessEnv;
       stdio: 'inherit' | 'pipe' | 'ignore';
-      leakKinds: boolean;
     });
 
 function fail(message: string): never {
@@ -126,7 +125,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.debugDirs !== undefined && (!Array.isArray(o.debugDirs) || o.debugDirs.some((d) => typeof d !== 'string' || d === ''))) {
     fail(`options.debugDirs must be an array of directory paths (got ${describe(o.debugDirs)})`);
   }
-  for (const flag of ['events', 'stacks', 'stackTotals'] as const) {
+  for (const flag of ['events', 'stacks', 'stackTotals', 'leakKinds'] as const) {
     if (o[flag] !== undefined && typeof o[flag] !== 'boolean') {
       fail(`options.${flag} must be a boolean (got ${describe(o[flag])})`);
     }
@@ -146,6 +145,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     sampleEveryBytes:
       o.sampleEveryBytes === undefined ? 0 : integerIn('sampleEveryBytes', o.sampleEveryBytes, 1, 2 ** 40),
     debugDirs: [...(o.debugDirs ?? [])],
+    leakKinds: o.leakKinds ?? hasCommand,
     stackDepth:
       o.stackDepth === undefined
         ? defaults.stackDepth
@@ -167,9 +167,6 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.env !== undefined && (typeof o.env !== 'object' || o.env === null)) {
     fail(`options.env must be an object of environment variables (got ${describe(o.env)})`);
   }
-  if (o.leakKinds !== undefined && typeof o.leakKinds !== 'boolean') {
-    fail(`options.leakKinds must be a boolean (got ${describe(o.leakKinds)})`);
-  }
   const stdio = o.stdio ?? defaults.stdio;
   if (stdio !== 'inherit' && stdio !== 'pipe' && stdio !== 'ignore') {
     fail(`options.stdio must be 'inherit', 'pipe' or 'ignore' (got ${describe(stdio)})`);
@@ -182,6 +179,5 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     cwd: o.cwd,
     env: o.env ?? process.env,
     stdio,
-    leakKinds: o.leakKinds ?? defaults.leakKinds,
   };
 }

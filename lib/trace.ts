@@ -129,7 +129,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       sampleEveryBytes: o.sampleEveryBytes,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
-      leakKinds: o.kind === 'command' && o.leakKinds,
+      leakKinds: o.leakKinds,
     },
     ...(held ? { child: held } : {}),
   };

@@ -76,7 +76,8 @@ export interface TracerInfo {
   /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
   attachMode: 'uprobe_multi' | 'uprobe';
   attachMs: number;
-  /** The target is held at its exit and scanned for the leak kinds. */
+  /** The final report sorts blocks into leak kinds: a command held at its exit, a pid target
+   *  stopped briefly when tracing stops. */
   leakKinds: boolean;
 }
 
@@ -450,7 +451,20 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
       let scan: ScanInfo | undefined;
-      if (this.info.leakKinds) {
+      if (this.info.leakKinds && this.process === undefined) {
+        // A process we attached to: stopped for a scan now, if it still runs.
+        if (!processAlive(this.pid)) {
+          scan = { scanned: false, reason: 'it exited; only a program ebpf-leak starts is held at its exit' };
+        } else {
+          try {
+            const now = await this.#native.scan();
+            columns = withKinds(blockColumns(now.entries, this.info.sampleEveryBytes), now);
+            scan = scanInfo(now);
+          } catch (error) {
+            scan = { scanned: false, reason: (error as Error).message };
+          }
+        }
+      } else if (this.info.leakKinds) {
         // Held at its exit: the blocks the scan saw are the ones left (nothing runs after it).
         const exitScan = this.#native.takeExitScan();
         if ('notScanned' in exitScan) {

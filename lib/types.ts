@@ -61,6 +61,11 @@ export interface CommonTraceOptions {
   /** Directories searched for separate debug files (`.build-id/xx/yyyy.debug`, `.gnu_debuglink`
    *  targets) before /usr/lib/debug. */
   debugDirs?: readonly string[];
+  /** Scan the target's memory to split what is still allocated into valgrind's leak kinds
+   *  (LeakGroup.kind, HeapSummary.definitelyLost...). A `command` is held when it exits (after
+   *  atexit handlers and static destructors) for the scan: default true. A `pid` target is
+   *  stopped briefly for a scan when tracing stops while it still runs: default false. */
+  leakKinds?: boolean;
 }
 
 /** Attach to a running process. */
@@ -77,10 +82,6 @@ export interface CommandTraceOptions extends CommonTraceOptions {
   env?: NodeJS.ProcessEnv;
   /** stdio of the program, as for child_process.spawn. Default 'inherit'. */
   stdio?: 'inherit' | 'pipe' | 'ignore';
-  /** Hold the program when it exits (after atexit handlers and static destructors) and scan its
-   *  memory, to split what is still allocated into valgrind's leak kinds (LeakGroup.kind,
-   *  HeapSummary.definitelyLost...). Default true. */
-  leakKinds?: boolean;
 }
 
 export type TraceOptions = PidTraceOptions | CommandTraceOptions;
