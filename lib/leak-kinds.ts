@@ -65,6 +65,8 @@ export function scanInfo(scan: NativeScan): ScanInfo {
     atExit: s.atExit,
     pauseMs: Math.round(s.pauseNs / 1e4) / 100,
     scanMs: Math.round(s.scanNs / 1e4) / 100,
+    readMs: Math.round(s.readNs / 1e4) / 100,
+    markMs: Math.round(s.markNs / 1e4) / 100,
     rootBytes: s.rootBytes,
     heapBytes: s.heapBytes,
     threads: s.threads,

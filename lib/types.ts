@@ -137,6 +137,9 @@ export type ScanInfo =
       /** How long every thread of the target stood still, and how long the scan took, ms. */
       pauseMs: number;
       scanMs: number;
+      /** Of the scan: copying the target's memory, and the walk over its blocks, ms. */
+      readMs: number;
+      markMs: number;
       /** Bytes of roots (globals, stacks, thread-local storage) and of blocks read. */
       rootBytes: number;
       heapBytes: number;

@@ -45,7 +45,7 @@ async function run(args: string[], leakKinds: boolean): Promise<Outcome> {
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   if (args[0] === 'stopped') {
     // Stopped by its own SIGSTOP ('T'; 't' under ptrace): continue it as a shell would.
-    await waitFor('the job-control stop', () => ['T', 't'].includes(processState(tracer.pid) ?? ''));
+    await waitFor('the job-control stop', () => ['T', 't'].includes(processState(tracer.pid) ?? ''), 120_000);
     process.kill(tracer.pid, 'SIGCONT');
   }
   const report = await tracer.done;
@@ -73,22 +73,22 @@ describe('the exit hold leaves the target unchanged', () => {
     }
     // Same blocks either way.
     expect(on.report.summary.inUseBytes).toBe(off.report.summary.inUseBytes);
-  });
+  }, 300_000);
 
   it('a held target runs on and exits when the tracer is killed in the middle of the hold', async () => {
     const viteNode = join(repoRoot, 'node_modules', '.bin', 'vite-node');
     const tracerProcess = spawn(viteNode, [join(repoRoot, 'test', 'helpers', 'hold-tracer.ts'), fixturePath('exit_status'), 'code', '0'], {
       cwd: repoRoot,
-      env: { ...process.env, EBPF_LEAK_TEST_HOLD_DELAY_MS: '60000' },
+      env: { ...process.env, EBPF_LEAK_TEST_HOLD_DELAY_MS: '600000' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
     tracerProcess.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     try {
-      await waitFor('the target pid', () => out.includes('\n'), 60_000);
+      await waitFor('the target pid', () => out.includes('\n'), 120_000);
       const { pid } = JSON.parse(out.split('\n')[0]!) as { pid: number };
       // Held in its exit: a tracing stop, the scan done, the test delay running.
-      await waitFor('the hold at exit', () => processState(pid) === 't');
+      await waitFor('the hold at exit', () => processState(pid) === 't', 120_000);
       await sleep(200);
       expect(processState(pid)).toBe('t');
       tracerProcess.kill('SIGKILL');
@@ -97,5 +97,5 @@ describe('the exit hold leaves the target unchanged', () => {
     } finally {
       tracerProcess.kill('SIGKILL');
     }
-  }, 90_000);
+  }, 300_000);
 });

@@ -13,12 +13,16 @@ import {
   trace,
   tracedProcessEvents,
   type AllocEvent,
+  type BytesBlocks,
   type ErrorCode,
   type FreeEvent,
   type HeapSummary,
   type LeakGroup,
+  type LeakHeuristic,
+  type LeakKind,
   type LeakReport,
   type LostInfo,
+  type ScanInfo,
   type Snapshot,
   type TraceOptions,
   type TracedProcess,
@@ -85,7 +89,15 @@ describe('public API', () => {
       lostEvents: number;
       droppedAllocations: number;
       unknownFrees: number;
+      definitelyLost?: BytesBlocks;
+      indirectlyLost?: BytesBlocks;
+      possiblyLost?: BytesBlocks;
+      stillReachable?: BytesBlocks;
+      reachableViaHeuristic?: Partial<Record<LeakHeuristic, BytesBlocks>>;
     }>();
+    expectTypeOf<LeakGroup['kind']>().toEqualTypeOf<LeakKind | undefined>();
+    expectTypeOf<LeakKind>().toEqualTypeOf<'definite' | 'indirect' | 'possible' | 'reachable'>();
+    expectTypeOf<LeakReport['scan']>().toEqualTypeOf<ScanInfo | undefined>();
     expectTypeOf<LeakGroup['stack'][number]['address']>().toEqualTypeOf<string>();
   });
 

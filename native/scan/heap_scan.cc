@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <numeric>
+#include <utility>
 
 #include "target_memory.h"
 
@@ -24,33 +24,28 @@ constexpr uint64_t kChunkHeader = 16;
 constexpr uint64_t kMmappedBit = 2;
 constexpr uint64_t kArenaHeapBytes = 64ull << 20;
 constexpr uint64_t kPage = 4096;
-// Bytes of a root read at once.
-constexpr size_t kRootWindow = 1u << 20;
-// Blocks closer than this share one copy of the heap.
+// Bytes of the target's memory read at once: a window that stays in cache while it is scanned.
+constexpr size_t kWindow = 2u << 20;
+// Blocks closer than this are read in one piece.
 constexpr uint64_t kSpanGap = 64 * 1024;
 constexpr int kVtableWords = 20;
 
 enum class State : uint8_t { kUnreached, kIndirect, kPossible, kReachable };
 
-// A copy of the target's memory that an anonymous mapping holds, so that a gigabyte is not
-// zeroed before it is overwritten.
+// The window: an anonymous mapping of our own.
 class Buffer {
  public:
   Buffer() = default;
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
-  Buffer(Buffer&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr, o.size_ = 0; }
   ~Buffer() {
     if (data_) munmap(data_, size_);
   }
   bool Allocate(size_t size) {
-    size_ = (size + kPage - 1) / kPage * kPage;
-    void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) {
-      size_ = 0;
-      return false;
-    }
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
     data_ = static_cast<uint8_t*>(p);
+    size_ = size;
     return true;
   }
   uint8_t* data() const { return data_; }
@@ -60,33 +55,39 @@ class Buffer {
   size_t size_ = 0;
 };
 
-struct Span {
-  uint64_t base = 0, end = 0;
-  Buffer copy;
-};
-
 struct Range {
   uint64_t start, end;
+};
+
+// What the walk needs of a block besides its pointers, read once: its chunk's size word (glibc
+// keeps it just before the block) and its first three words (where the heuristics look).
+struct BlockHead {
+  uint64_t size_word = 0;
+  uint64_t words[3] = {0, 0, 0};
 };
 
 class Scanner {
  public:
   Scanner(pid_t pid, const std::vector<ScanBlock>& blocks, const ScanOptions& options)
       : pid_(pid), options_(options), n_(blocks.size()) {
+    // Sorted as (address, index) pairs: an index sort comparing through `blocks` took most of
+    // the setup for a million blocks, a cache miss per comparison.
+    std::vector<std::pair<uint64_t, uint32_t>> sorted(n_);
+    for (size_t i = 0; i < n_; i++) sorted[i] = {blocks[i].address, static_cast<uint32_t>(i)};
+    std::sort(sorted.begin(), sorted.end());
     order_.resize(n_);
-    std::iota(order_.begin(), order_.end(), 0u);
-    std::sort(order_.begin(), order_.end(),
-              [&](uint32_t a, uint32_t b) { return blocks[a].address < blocks[b].address; });
     start_.resize(n_);
     size_.resize(n_);
     for (size_t i = 0; i < n_; i++) {
-      start_[i] = blocks[order_[i]].address;
+      order_[i] = sorted[i].second;
+      start_[i] = sorted[i].first;
       size_[i] = blocks[order_[i]].size;
     }
     state_.assign(n_, State::kUnreached);
     heuristic_.assign(n_, Heuristic::kNone);
     indirect_.assign(n_, 0);
-    data_.assign(n_, nullptr);
+    head_.assign(n_, BlockHead{});
+    edge_begin_.assign(n_ + 1, 0);
     pending_.assign(n_, false);
     if (n_ > 0) {
       lowest_ = start_[0];
@@ -100,8 +101,12 @@ class Scanner {
       *error = "cannot read the memory map of process " + std::to_string(pid_);
       return false;
     }
-    CopyHeap();
-    std::vector<Range> roots = Roots(threads);
+    if (!window_.Allocate(kWindow)) {
+      *error = "cannot map a buffer for the scan";
+      return false;
+    }
+    ReadBlocks();
+    const std::vector<Range> roots = Roots(threads);
     result->stats.read_ns = NsSince(t0);
     auto t1 = Clock::now();
 
@@ -113,7 +118,7 @@ class Scanner {
       const user_regs_struct& g = t.regs;
       for (uint64_t v : {g.rax, g.rbx, g.rcx, g.rdx, g.rsi, g.rdi, g.rbp, g.rsp, g.r8, g.r9, g.r10, g.r11,
                          g.r12, g.r13, g.r14, g.r15})
-        Reach(v, /*prior_definite=*/true);
+        Reach(v, Find(v), /*prior_definite=*/true);
     }
     Drain(-1);
     // Cliques: every block nothing reached leads the unclaimed ones it reaches.
@@ -143,57 +148,91 @@ class Scanner {
   }
 
  private:
-  // One copy per run of nearby blocks, from the chunk header of the first.
-  void CopyHeap() {
+  // Reads every block once, in address order, a window of neighbours at a time, and keeps of it
+  // only what the walk needs: its head, and its pointers to blocks (the graph's edges). Nothing
+  // the size of the heap is copied.
+  void ReadBlocks() {
+    uint8_t* w = window_.data();
     size_t i = 0;
     while (i < n_) {
-      Span span;
-      span.base = start_[i] >= kChunkHeader ? start_[i] - kChunkHeader : 0;
-      span.end = start_[i] + size_[i];
+      const uint64_t base = start_[i] >= kChunkHeader ? start_[i] - kChunkHeader : 0;
+      uint64_t end = start_[i] + size_[i];
       size_t j = i + 1;
-      while (j < n_ && start_[j] - kChunkHeader <= span.end + kSpanGap) {
-        span.end = std::max(span.end, start_[j] + size_[j]);
+      while (j < n_ && start_[j] + size_[j] <= base + kWindow && start_[j] - kChunkHeader <= end + kSpanGap) {
+        end = std::max(end, start_[j] + size_[j]);
         j++;
       }
-      span.end = (span.end + 7) / 8 * 8;
-      if (span.copy.Allocate(span.end - span.base)) {
-        heap_bytes_ += span.end - span.base;
-        ReadRemote(pid_, span.base, span.end - span.base, span.copy.data());
-        for (size_t k = i; k < j; k++) data_[k] = span.copy.data() + (start_[k] - span.base);
+      if (end - base <= kWindow) {
+        ReadRemote(pid_, base, static_cast<size_t>(end - base), w);
+        heap_bytes_ += end - base;
+        for (size_t k = i; k < j; k++) {
+          const uint8_t* data = w + (start_[k] - base);
+          SetHead(k, data - kChunkHeader, data, size_[k]);
+          Extract(data, static_cast<size_t>(size_[k]));
+          edge_begin_[k + 1] = edge_to_.size();
+        }
+      } else {
+        // Larger than a window: its head first, then its words a window at a time.
+        uint8_t head[kChunkHeader + 24] = {};
+        ReadRemote(pid_, base, sizeof head, head);
+        SetHead(i, head, head + kChunkHeader, size_[i]);
+        for (uint64_t at = 0; at < size_[i]; at += kWindow) {
+          size_t len = static_cast<size_t>(std::min<uint64_t>(kWindow, size_[i] - at));
+          ReadRemote(pid_, start_[i] + at, len, w);
+          heap_bytes_ += len;
+          Extract(w, len);
+        }
+        edge_begin_[i + 1] = edge_to_.size();
       }
-      spans_.push_back(std::move(span));
       i = j;
     }
   }
 
-  // A word of a block's copy (or of its chunk header), or 0 when outside the copy.
-  uint64_t BlockWord(size_t i, int64_t offset) const {
-    if (!data_[i]) return 0;
-    uint64_t v;
-    memcpy(&v, data_[i] + offset, sizeof v);
-    return v;
+  void SetHead(size_t i, const uint8_t* header, const uint8_t* data, uint64_t size) {
+    BlockHead& h = head_[i];
+    memcpy(&h.size_word, header + 8, 8);
+    memcpy(h.words, data, static_cast<size_t>(std::min<uint64_t>(size, 24) / 8 * 8));
+  }
+
+  // Whole words only (a pointer is 8-byte aligned, and so is every block): those that point
+  // into a block become edges of the block being read.
+  void Extract(const uint8_t* data, size_t bytes) {
+    const size_t words = bytes / 8;
+    const uint64_t lo = lowest_, hi = highest_;
+    for (size_t k = 0; k < words; k++) {
+      uint64_t v;
+      memcpy(&v, data + k * 8, sizeof v);
+      if (v < lo || v >= hi) continue;
+      int64_t t = FindAny(v);
+      if (t < 0) continue;
+      edge_ptr_.push_back(v);
+      edge_to_.push_back(static_cast<uint32_t>(t));
+    }
   }
 
   std::vector<Range> Roots(const std::vector<ScanThread>& threads) {
     std::vector<Range> skip;
     // The allocator's memory is not a root: its arenas hold its own pointers to chunks.
     for (size_t i = 0; i < n_; i++) {
-      if (options_.glibc && data_[i]) {
-        uint64_t chunk = start_[i] - kChunkHeader;
-        uint64_t size_word = BlockWord(i, -8);
+      if (options_.glibc) {
+        const uint64_t chunk = start_[i] - kChunkHeader;
+        const uint64_t size_word = head_[i].size_word;
         if (size_word & kMmappedBit) {
-          uint64_t before = BlockWord(i, -16);  // an mmap()ed chunk's offset into its mapping
+          uint64_t before = 0;  // an mmap()ed chunk's offset into its mapping
+          ReadRemoteWord(pid_, chunk, &before);
           skip.push_back({chunk - before, chunk + (size_word & ~7ull)});
           continue;
         }
         const Mapping* m = MappingAt(maps_, start_[i]);
         if (m && m->path == "[heap]") continue;  // skipped whole below
         uint64_t heap = start_[i] & ~(kArenaHeapBytes - 1);
+        if (!skip.empty() && skip.back().start == heap) continue;
         skip.push_back({heap, heap + kArenaHeapBytes});
       } else if (const Mapping* m = MappingAt(maps_, start_[i])) {
         skip.push_back({m->start, m->end});
       }
     }
+    // A stack below its thread's stack pointer is dead.
     for (const ScanThread& t : threads) {
       if (!t.has_regs) continue;
       uint64_t sp = t.regs.rsp & ~7ull;
@@ -219,34 +258,41 @@ class Scanner {
   }
 
   void ScanRoot(const Range& r) {
-    if (!window_.data() && !window_.Allocate(kRootWindow)) return;
     for (uint64_t at = r.start; at < r.end;) {
-      size_t len = static_cast<size_t>(std::min<uint64_t>(kRootWindow, r.end - at));
+      size_t len = static_cast<size_t>(std::min<uint64_t>(kWindow, r.end - at));
       ReadRemote(pid_, at, len, window_.data());
       root_bytes_ += len;
       const auto* w = reinterpret_cast<const uint64_t*>(window_.data());
       for (size_t k = 0; k < len / 8; k++) {
         uint64_t v = w[k];
-        if (v >= lowest_ && v < highest_) Reach(v, true);
+        if (v >= lowest_ && v < highest_) Reach(v, Find(v), true);
       }
       at += len;
     }
   }
 
-  // The block `p` points into, or -1. Pointers to the chunk after a block (glibc's arena keeps
-  // those: bins, top) are the allocator's, not the program's.
-  int64_t Find(uint64_t p) const {
+  // The block `p` points into, or -1.
+  int64_t FindAny(uint64_t p) const {
     if (p < lowest_ || p >= highest_) return -1;
     auto it = std::upper_bound(start_.begin(), start_.end(), p);
     if (it == start_.begin()) return -1;
     size_t i = static_cast<size_t>(it - start_.begin()) - 1;
     // A block of 0 bytes counts as 1, so that a pointer to it reaches it.
     if (p >= start_[i] + std::max<uint64_t>(size_[i], 1)) return -1;
-    if (options_.glibc && p != start_[i]) {
-      uint64_t size_word = BlockWord(i, -8);
-      if (!(size_word & kMmappedBit) && p == start_[i] - kChunkHeader + (size_word & ~7ull)) return -1;
-    }
     return static_cast<int64_t>(i);
+  }
+
+  // Whether `p`, into block `i`, is glibc's pointer to the chunk after it (its arena keeps those:
+  // bins, top): the allocator's, not the program's.
+  bool NextChunk(uint64_t p, size_t i) const {
+    if (!options_.glibc || p == start_[i]) return false;
+    const uint64_t size_word = head_[i].size_word;
+    return !(size_word & kMmappedBit) && p == start_[i] - kChunkHeader + (size_word & ~7ull);
+  }
+
+  int64_t Find(uint64_t p) const {
+    int64_t i = FindAny(p);
+    return i >= 0 && NextChunk(p, static_cast<size_t>(i)) ? -1 : i;
   }
 
   bool Has(uint32_t h) const { return options_.heuristics & (1u << h); }
@@ -269,30 +315,36 @@ class Scanner {
     return false;
   }
 
+  // A word of block `i` at `a`: its head when there, else read from the target.
+  uint64_t WordOf(size_t i, uint64_t a) const {
+    if (a >= start_[i] && a + 8 <= start_[i] + std::min<uint64_t>(size_[i], 24)) return head_[i].words[(a - start_[i]) / 8];
+    uint64_t v = 0;
+    ReadRemoteWord(pid_, a, &v);
+    return v;
+  }
+
   Heuristic HeuristicFor(uint64_t p, size_t i) const {
     const uint64_t start = start_[i], size = size_[i];
-    if (!data_[i]) return Heuristic::kNone;
-    auto word_at = [&](uint64_t a) { return BlockWord(i, static_cast<int64_t>(a - start)); };
     // libstdc++'s old (COW) std::string: length, capacity, refcount, then the characters.
     if (Has(1) && p == start + 24 && size >= 16) {
-      uint64_t capacity = word_at(start + 8);
-      if (24 + capacity + 1 == size && word_at(start) <= capacity) return Heuristic::kStdString;
+      uint64_t capacity = WordOf(i, start + 8);
+      if (24 + capacity + 1 == size && WordOf(i, start) <= capacity) return Heuristic::kStdString;
     }
     // A 64-bit length of the rest of the block before it (sqlite).
     if (Has(2) && p == start + 8 && size >= 8) {
-      uint64_t length = word_at(start);
+      uint64_t length = WordOf(i, start);
       if (length > 0 && size - 8 == length) return Heuristic::kLength64;
     }
     // new[] of objects with a destructor: the count, then the objects.
     if (Has(3) && p == start + 8 && size >= 8) {
-      uint64_t count = word_at(start);
+      uint64_t count = WordOf(i, start);
       if (count > 0 && (size - 8) % count == 0) return Heuristic::kNewArray;
     }
     // A second base class: a vtable pointer where it points, and one at the block's start.
     if (Has(4) && p % 8 == 0 && p + 8 <= start + size && size >= 8) {
-      uint64_t inner = word_at(p);
+      uint64_t inner = WordOf(i, p);
       if (inner % 8 == 0 && inner >= kPage) {
-        uint64_t first = word_at(start);
+        uint64_t first = WordOf(i, start);
         if (first % 8 == 0 && first >= kPage && LooksLikeVtable(inner) && LooksLikeVtable(first))
           return Heuristic::kMultipleInheritance;
       }
@@ -300,9 +352,9 @@ class Scanner {
     return Heuristic::kNone;
   }
 
-  // A pointer seen in a root (prior_definite) or in a block being marked.
-  void Reach(uint64_t p, bool prior_definite) {
-    int64_t found = Find(p);
+  // A pointer `p` into block `found` (-1: none), seen in a root (prior_definite) or in a block
+  // being marked.
+  void Reach(uint64_t p, int64_t found, bool prior_definite) {
     if (found < 0) return;
     size_t i = static_cast<size_t>(found);
     if (state_[i] == State::kReachable) {
@@ -330,11 +382,8 @@ class Scanner {
     stack_.push_back(static_cast<uint32_t>(i));
   }
 
-  // A pointer seen in a lost block of clique `leader`.
-  void Claim(uint64_t p, size_t leader) {
-    int64_t found = Find(p);
-    if (found < 0) return;
-    size_t i = static_cast<size_t>(found);
+  // A pointer into block `i` seen in a lost block of the clique `leader` leads.
+  void Claim(size_t i, size_t leader) {
     if (state_[i] != State::kUnreached || i == leader) return;
     Push(i);
     indirect_[leader] += size_[i] + indirect_[i];
@@ -342,26 +391,23 @@ class Scanner {
     state_[i] = State::kIndirect;
   }
 
-  // Scans the blocks on the stack until it is empty; `leader` < 0 while marking from the roots.
+  // Walks the edges of the blocks on the stack until it is empty; `leader` < 0 while marking
+  // from the roots.
   void Drain(int64_t leader) {
     while (!stack_.empty()) {
       size_t i = stack_.back();
       stack_.pop_back();
       pending_[i] = false;
       scanned_blocks_++;
-      if (!data_[i]) continue;
       bool definite = state_[i] != State::kPossible;
-      // Whole words of the block only: a pointer is 8-byte aligned, and the block starts aligned.
-      const uint8_t* d = data_[i];
-      size_t words = static_cast<size_t>(size_[i] / 8);
-      for (size_t k = 0; k < words; k++) {
-        uint64_t v;
-        memcpy(&v, d + k * 8, sizeof v);
-        if (v < lowest_ || v >= highest_) continue;
+      for (size_t e = edge_begin_[i]; e < edge_begin_[i + 1]; e++) {
+        const uint64_t p = edge_ptr_[e];
+        const size_t to = edge_to_[e];
+        if (NextChunk(p, to)) continue;
         if (leader < 0)
-          Reach(v, definite);
+          Reach(p, static_cast<int64_t>(to), definite);
         else
-          Claim(v, static_cast<size_t>(leader));
+          Claim(to, static_cast<size_t>(leader));
       }
     }
   }
@@ -374,10 +420,14 @@ class Scanner {
   std::vector<State> state_;
   std::vector<Heuristic> heuristic_;
   std::vector<uint64_t> indirect_;
-  std::vector<const uint8_t*> data_;
+  std::vector<BlockHead> head_;
+  // Block i's pointers to blocks: edge_ptr_ and edge_to_ (the block) from edge_begin_[i] to
+  // edge_begin_[i + 1].
+  std::vector<size_t> edge_begin_;
+  std::vector<uint64_t> edge_ptr_;
+  std::vector<uint32_t> edge_to_;
   std::vector<uint32_t> stack_;
   std::vector<bool> pending_;
-  std::vector<Span> spans_;
   std::vector<Mapping> maps_;
   Buffer window_;
   uint64_t lowest_ = 1, highest_ = 0;

@@ -109,6 +109,8 @@ void TestDelay() {
 // Stops the threads `tids` (attached, running or stopped): interrupts each and waits for each to
 // stop, noting how it must go on. Threads it creates meanwhile are stopped too. Fills `world`.
 void StopThreads(std::vector<pid_t>* tids, HeldWorld* world, std::vector<Resume>* resume) {
+  // The pause counts from the first thread asked to stop.
+  world->stopped_ns = MonotonicNs();
   for (pid_t t : *tids) Ptrace(PTRACE_INTERRUPT, t, 0, 0);
   for (size_t i = 0; i < tids->size(); i++) {
     pid_t t = (*tids)[i];
@@ -132,7 +134,6 @@ void StopThreads(std::vector<pid_t>* tids, HeldWorld* world, std::vector<Resume>
     world->threads.push_back(thread);
     resume->push_back(r);
   }
-  world->stopped_ns = MonotonicNs();
 }
 
 void ResumeThreads(const std::vector<Resume>& resume) {
@@ -223,27 +224,39 @@ void StopWorld::RunPause() {
   cv_.notify_all();
 }
 
-void StopWorld::HoldExit(pid_t tid) {
+void StopWorld::OnExitEvent(pid_t tid) {
   ScanThread exiting;
   exiting.tid = tid;
+  exiting.regs_are_roots = false;
   exiting.has_regs = Ptrace(PTRACE_GETREGS, tid, 0, reinterpret_cast<unsigned long>(&exiting.regs)) == 0;
-  if (!exiting.has_regs) return;
+  if (!exiting.has_regs || exit_held_) return;
   long nr = static_cast<long>(exiting.regs.orig_rax);
   // A thread's own exit() ends the process only when it is the last one.
-  bool process_exit = nr == SYS_exit_group || (nr == SYS_exit && ListThreads(pid_).size() <= 1);
-  if (!process_exit || exit_held_) return;
+  if (nr == SYS_exit_group || (nr == SYS_exit && ListThreads(pid_).size() <= 1)) {
+    HoldExit(exiting);
+  } else if (nr != SYS_exit) {
+    // Killed (by exit_group() in another thread, exec, or a fatal signal), maybe before that
+    // thread reached its own exit event: where its stack ended is kept for the hold.
+    killed_.push_back(exiting);
+  }
+}
+
+void StopWorld::HoldExit(const ScanThread& exiting) {
+  const pid_t tid = exiting.tid;
   const uint64_t held_at = MonotonicNs();
-  exiting.regs_are_roots = false;
   HeldWorld world;
   world.pid = pid_;
   world.threads.push_back(exiting);
   // The others are being killed by exit_group(), and each stops in its own exit event (the
-  // kernel takes SIGKILL off a dying thread before it gets there): held there too, so that its
-  // stack is read from its stack pointer. Their registers are not roots, as for valgrind, which
+  // kernel takes SIGKILL off a dying thread before it gets there): those that came first are in
+  // killed_, the rest are held there too, so that each stack is read from its stack pointer. Their registers are not roots, as for valgrind, which
   // checks once every thread is gone.
   std::vector<pid_t> waiting, held;
-  for (pid_t t : threads_)
-    if (t != tid) waiting.push_back(t);
+  for (const ScanThread& k : killed_) world.threads.push_back(k);
+  for (pid_t t : threads_) {
+    bool gone = std::any_of(killed_.begin(), killed_.end(), [t](const ScanThread& k) { return k.tid == t; });
+    if (t != tid && !gone) waiting.push_back(t);
+  }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kExitWaitMs);
   while (!waiting.empty() && std::chrono::steady_clock::now() < deadline) {
     for (size_t i = 0; i < waiting.size();) {
@@ -364,9 +377,10 @@ void StopWorld::Loop(pid_t pid, std::string* error, std::mutex* started_mu, std:
       }
       case PTRACE_EVENT_EXEC:
         threads_.assign(1, pid_);  // exec leaves one thread, with the process's id
+        killed_.clear();
         break;
       case PTRACE_EVENT_EXIT:
-        HoldExit(tid);
+        OnExitEvent(tid);
         break;
       case PTRACE_EVENT_STOP:
         if (kind.signal != SIGTRAP) request = PTRACE_LISTEN;  // a group-stop stays one

@@ -31,7 +31,7 @@ namespace ebpf_leak {
 struct HeldWorld {
   pid_t pid = 0;
   std::vector<ScanThread> threads;
-  uint64_t stopped_ns = 0;  // CLOCK_MONOTONIC when every thread was stopped
+  uint64_t stopped_ns = 0;  // CLOCK_MONOTONIC when the first thread was stopped
 };
 using HoldWork = std::function<void(const HeldWorld&)>;
 
@@ -61,7 +61,9 @@ class StopWorld {
   void RunPause();
   bool StopAll(HeldWorld* world);
   void ResumeAll(const HeldWorld& world, pid_t except);
-  void HoldExit(pid_t tid);
+  // A thread's exit event: holds the process when it is the process's exit.
+  void OnExitEvent(pid_t tid);
+  void HoldExit(const ScanThread& exiting);
 
   pid_t pid_ = 0;
   HoldWork at_exit_;
@@ -71,6 +73,9 @@ class StopWorld {
   std::atomic<bool> detach_{false};
   std::atomic<bool> exit_held_{false};
   std::vector<pid_t> threads_;  // tracer thread only
+  // Threads killed while the process exits that went through their exit event before the
+  // thread that called exit_group(): their registers there (tracer thread only).
+  std::vector<ScanThread> killed_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -164,7 +164,7 @@ const leakSummaryRe = new RegExp(
 const heuristicRe = new RegExp(`^(stdstring|length64|newarray|multipleinheritance) *: ${N} bytes in ${N} blocks$`);
 const errorSummaryRe = new RegExp(`^ERROR SUMMARY: ${N} errors from ${N} contexts \\(suppressed: ${N} from ${N}\\)$`);
 
-const leakSummaryKeys: Record<string, keyof ValgrindLeakSummary> = {
+const leakSummaryKeys: Record<string, Exclude<keyof ValgrindLeakSummary, 'reachableViaHeuristic'>> = {
   'definitely lost': 'definitelyLost',
   'indirectly lost': 'indirectlyLost',
   'possibly lost': 'possiblyLost',
@@ -275,7 +275,7 @@ export function parseValgrindLog(text: string): ParsedValgrindLog {
       };
       lossRecords.push(record);
     } else if ((m = leakSummaryRe.exec(t))) {
-      leakSummary[leakSummaryKeys[m[1]!]!] = {
+      leakSummary[leakSummaryKeys[m[1]!]! as Exclude<keyof ValgrindLeakSummary, 'reachableViaHeuristic'>] = {
         bytes: parseValgrindNumber(m[2]!),
         blocks: parseValgrindNumber(m[3]!),
       };
