@@ -7,7 +7,7 @@
 // then the tracer's own costs:
 //   untraced         the workload alone
 //   floor            empty BPF programs at exactly the sites ebpf-leak uses (bench/floor.c):
-//                    entry probes where lib/placement.ts puts them, return probes at the entries
+//                    entry probes where lib/probes/placement.ts puts them, return probes at the entries
 //   entry-floor      empty BPF programs, every entry probe at its function's first instruction
 //   bpftrace         the seed's script: uprobe malloc records the size by tid, uretprobe malloc
 //                    stores @[retval] = size, uprobe free deletes @[arg0]
@@ -515,7 +515,7 @@ function textSegment(path) {
 
 /** 10,000 distinct addresses spread over a file's code, symbolized as 100 stacks of 100 frames. */
 async function measureSymbolization(path, frames = 10_000) {
-  const { symbolizeStacks } = await import('../dist/symbolize.js');
+  const { symbolizeStacks } = await import('../dist/report/symbolize.js');
   const seg = textSegment(path);
   const start = 0x7f0000000000n + (seg.offset & ~0xfffn);
   const mapping = {
@@ -565,9 +565,9 @@ async function main() {
   build();
   const bpftraceOk = configs.some((c) => c.startsWith('bpftrace')) ? ensureBpftrace() : false;
   const leak = await import('../dist/index.js');
-  const { planProbes } = await import('../dist/probes.js');
-  const { resolveCommandTarget } = await import('../dist/target.js');
-  const { leakFunctions } = await import('../dist/native-layout.js');
+  const { planProbes } = await import('../dist/probes/plan.js');
+  const { resolveCommandTarget } = await import('../dist/target/resolve.js');
+  const { leakFunctions } = await import('../dist/native/layout.js');
   const libc = (await resolveCommandTarget(workloadPath, process.env, root, undefined)).allocator.path;
   const plan = planProbes(libc, true, undefined, 'optimized');
   const entryPlan = planProbes(libc, true, undefined, 'entry');
@@ -576,7 +576,7 @@ async function main() {
   const machine = machineInfo();
   log(`ebpf-leak bench: ${machine.cpu}, ${machine.cores} cores, kernel ${os.release()}, ${machine.glibc}, node ${machine.node}` +
     `${machine.bpftrace ? `, ${machine.bpftrace}` : ''}; ${runs} runs per cell, median (min-max) ns per pair`);
-  log(`allocator ${libc}; entry probes (lib/placement.ts):`);
+  log(`allocator ${libc}; entry probes (lib/probes/placement.ts):`);
   for (const p of plan.placements) {
     const moved = p.entryOffset !== p.functionOffset;
     log(`  ${p.function.padEnd(15)} ${moved ? `+0x${(p.entryOffset - p.functionOffset).toString(16)}` : 'entry'} ${p.instruction.padEnd(22)} ${p.emulated ? 'emulated' : 'single-stepped'}`);

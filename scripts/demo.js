@@ -13,7 +13,7 @@ const exe = join(out, 'seed-leak');
 execFileSync('cc', ['-O0', '-g', '-fno-omit-frame-pointer', '-o', exe, join(root, 'examples/seed/leak.c')], {
   stdio: 'inherit',
 });
-const cli = join(root, 'dist', 'cli.js');
+const cli = join(root, 'dist', 'cli', 'main.js');
 console.error(`$ ebpf-leak run -- ${exe}`);
 const result = spawnSync(process.execPath, [cli, 'run', '--', exe], { stdio: 'inherit' });
 process.exit(result.status ?? 1);

@@ -1,9 +1,9 @@
-// Snapshot.allocations as a view over the snapshot's buffer (lib/allocation-view.ts): it must
+// Snapshot.allocations as a view over the snapshot's buffer (lib/native/allocation-view.ts): it must
 // behave as the array of objects it replaced, without building a million of them up front.
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { allocationsView, viewColumns } from '../lib/allocation-view.js';
-import { snapshotColumns } from '../lib/native-layout.js';
+import { allocationsView, viewColumns } from '../lib/native/allocation-view.js';
+import { snapshotColumns } from '../lib/native/layout.js';
 import type { OutstandingAllocation } from '../lib/types.js';
 import { snapshotBuffer, type SyntheticBlock } from './helpers/snapshot-buffer.js';
 

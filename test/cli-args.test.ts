@@ -17,9 +17,9 @@ import {
   shouldForwardSignal,
   signalExitStatus,
   type CliIo,
-} from '../lib/cli.js';
+} from '../lib/cli/main.js';
 import type { LeakReport } from '../lib/types.js';
-import type { UnwindStats } from '../lib/unwind.js';
+import type { UnwindStats } from '../lib/native/unwind.js';
 
 const runDefaults = {
   kind: 'run',

@@ -1,4 +1,4 @@
-// End to end: the built CLI (dist/cli.js) against real programs, traced for real. Needs what the
+// End to end: the built CLI (dist/cli/main.js) against real programs, traced for real. Needs what the
 // tracer needs (root or CAP_BPF+CAP_PERFMON, BTF, uprobes), the native addon built
 // (`npm run build:native`) and the C fixtures (test/helpers/fixtures.ts).
 //
@@ -22,7 +22,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixturePath } from './helpers/fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const cli = join(root, 'dist', 'cli.js');
+const cli = join(root, 'dist', 'cli', 'main.js');
 const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
 
 interface Result {
@@ -105,7 +105,7 @@ beforeAll(() => {
     // Type errors still emit; only a missing output is fatal here (the type check is elsewhere).
     if (!existsSync(cli)) {
       const out = (err as { stdout?: Buffer }).stdout?.toString() ?? String(err);
-      throw new Error(`tsc -p tsconfig.build.json did not produce dist/cli.js:\n${out}`);
+      throw new Error(`tsc -p tsconfig.build.json did not produce dist/cli/main.js:\n${out}`);
     }
   }
   for (const name of ['seed', 'exit_immediately', 'forever']) {

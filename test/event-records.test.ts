@@ -1,8 +1,8 @@
-// struct leak_event records read in place into 'alloc'/'free' events (lib/event-records.ts).
+// struct leak_event records read in place into 'alloc'/'free' events (lib/native/event-records.ts).
 // Synthetic buffers, no kernel.
 import { describe, expect, it } from 'vitest';
-import { EventRecords } from '../lib/event-records.js';
-import { leakFunctions } from '../lib/native-layout.js';
+import { EventRecords } from '../lib/native/event-records.js';
+import { leakFunctions } from '../lib/native/layout.js';
 
 type Record = { kind: bigint; fn: bigint; address: bigint; size: bigint; timestampNs: bigint; tid: bigint; stackId: bigint };
 

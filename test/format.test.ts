@@ -6,8 +6,8 @@ import {
   formatFrame,
   formatReport,
   formatSnapshotTop,
-} from '../lib/format.js';
-import { stringifyJsonReport, toJsonReport } from '../lib/json-report.js';
+} from '../lib/report/text-format.js';
+import { stringifyJsonReport, toJsonReport } from '../lib/report/json-format.js';
 import type { HeapSummary, LeakGroup, LeakReport, OutstandingAllocation, Snapshot } from '../lib/types.js';
 
 const LIBC = '/usr/lib/x86_64-linux-gnu/libc.so.6';

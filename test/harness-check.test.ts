@@ -9,7 +9,7 @@ import {
   LeakError,
   LeakInconclusiveError,
   tracingSupport,
-} from '../lib/harness.js';
+} from '../lib/harness/index.js';
 import type { LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
 

@@ -1,8 +1,8 @@
-// lib/listener-snapshot.ts on a plain EventEmitter subclass: the snapshot follows every way of
+// lib/tracer/listener-snapshot.ts on a plain EventEmitter subclass: the snapshot follows every way of
 // adding and removing listeners, and patches of EventEmitter.prototype made later still apply.
 import { EventEmitter } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ListenerSnapshot, trackListenerChanges } from '../lib/listener-snapshot.js';
+import { ListenerSnapshot, trackListenerChanges } from '../lib/tracer/listener-snapshot.js';
 
 class Tracked extends EventEmitter {}
 trackListenerChanges(Tracked);

@@ -19,10 +19,10 @@ import {
   LeakInconclusiveError,
   measure,
   parseSuppressions,
-} from '../lib/harness.js';
+} from '../lib/harness/index.js';
 import { trace } from '../lib/index.js';
-import { assertNativeLeaksAtMost, assertNoNativeLeaks, skipIfUnsupported as nodeTestSkip } from '../lib/node-test.js';
-import '../lib/vitest.js';
+import { assertNativeLeaksAtMost, assertNoNativeLeaks, skipIfUnsupported as nodeTestSkip } from '../lib/harness/node-test.js';
+import '../lib/harness/vitest.js';
 import { repoRoot } from './helpers/fixtures.js';
 
 let addon: ExampleAddon;
@@ -282,7 +282,7 @@ describe('node:test helpers', () => {
 describe('node:test', () => {
   // Runs the example as a user would: `node --test`, importing ebpf-leak/node-test, which the
   // package's exports map to dist/ (built by `npm run build`, which CI runs first).
-  it.skipIf(!existsSync(join(repoRoot, 'dist', 'node-test.js')))('examples/native-addon/addon.node-test.mjs passes', () => {
+  it.skipIf(!existsSync(join(repoRoot, 'dist', 'harness', 'node-test.js')))('examples/native-addon/addon.node-test.mjs passes', () => {
     const child = spawnSync(process.execPath, ['--test', join(exampleDir, 'addon.node-test.mjs')], {
       cwd: repoRoot,
       encoding: 'utf8',

@@ -1,18 +1,18 @@
-// Entry-probe placement (lib/placement.ts): which instructions the kernel emulates, the walk over a
+// Entry-probe placement (lib/probes/placement.ts): which instructions the kernel emulates, the walk over a
 // prologue on byte sequences, glibc 2.36's real prologues, and planProbes() on this machine's libc.
 // End to end, the oracle tests (test/oracle.test.ts) run with the default placement, 'optimized'.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
-import { loadNative } from '../lib/native.js';
+import { loadNative } from '../lib/native/addon.js';
 import {
   decidePlacement,
   isEmulatedByKernel,
   placeEntryProbe,
   placementRule,
   type PlacementRule,
-} from '../lib/placement.js';
-import { planProbes, planProbesSliced } from '../lib/probes.js';
+} from '../lib/probes/placement.js';
+import { planProbes, planProbesSliced } from '../lib/probes/plan.js';
 import type { AllocatorFunction } from '../lib/types.js';
 
 const bytes = (hex: string) => Uint8Array.from(hex.replace(/\s+/g, '').match(/../g)!.map((b) => parseInt(b, 16)));

@@ -2,8 +2,8 @@
 // (native/run_program.h), not child_process, whose fork of this process stalls the event loop.
 import { describe, expect, it } from 'vitest';
 import { LibraryNotFoundError } from '../lib/errors.js';
-import { loadNative } from '../lib/native.js';
-import { loaderLibraries } from '../lib/target.js';
+import { loadNative } from '../lib/native/addon.js';
+import { loaderLibraries } from '../lib/target/resolve.js';
 
 const loader = '/lib64/ld-linux-x86-64.so.2';
 

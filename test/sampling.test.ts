@@ -3,9 +3,9 @@
 // of what is in use, saying that it did.
 import { describe, expect, it } from 'vitest';
 import { trace, type LeakReport } from '../lib/index.js';
-import { formatReport } from '../lib/format.js';
-import { toJsonReport } from '../lib/json-report.js';
-import { sampleWeight } from '../lib/native-layout.js';
+import { formatReport } from '../lib/report/text-format.js';
+import { toJsonReport } from '../lib/report/json-format.js';
+import { sampleWeight } from '../lib/native/layout.js';
 import { fixturePath } from './helpers/fixtures.js';
 
 const SMALL_KEPT = 100_000 * 64;

@@ -12,8 +12,8 @@ import {
   ruleMatches,
   SuppressionSyntaxError,
   type SuppressionRule,
-} from '../lib/harness.js';
-import { applySuppressionsSliced, mangledGlobToDemangled } from '../lib/suppressions.js';
+} from '../lib/harness/index.js';
+import { applySuppressionsSliced, mangledGlobToDemangled } from '../lib/suppressions/rules.js';
 import type { StackFrame } from '../lib/types.js';
 import { fixturePath, fixtureSource } from './helpers/fixtures.js';
 

@@ -1,5 +1,5 @@
 // Symbolizer tests: real programs and a shared library compiled here (gcc/g++ -g), run to get
-// their real addresses and /proc/self/maps, then symbolized through lib/symbolize.ts and the
+// their real addresses and /proc/self/maps, then symbolized through lib/report/symbolize.ts and the
 // native addon. Also: stripped binaries with debug files found by build ID and .gnu_debuglink,
 // MiniDebugInfo, truncated/corrupt ELF files, cache invalidation, and the maps/perf-map parsers.
 
@@ -20,7 +20,7 @@ import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { nativeBuildDir } from '../lib/native.js';
+import { nativeBuildDir } from '../lib/native/addon.js';
 import {
   PerfMap,
   findMapping,
@@ -29,13 +29,13 @@ import {
   readPerfMap,
   readProcMaps,
   type ProcMapping,
-} from '../lib/proc-maps.js';
-import { symbolizeStacks, type NativeSymbolizer, type SymbolizedBatch, type SymbolizeResult } from '../lib/symbolize.js';
-import { expandBatch } from '../lib/symbolized-batch.js';
+} from '../lib/target/proc-maps.js';
+import { symbolizeStacks, type NativeSymbolizer, type SymbolizedBatch, type SymbolizeResult } from '../lib/report/symbolize.js';
+import { expandBatch } from '../lib/native/symbolized-batch.js';
 
 const execFileAsync = promisify(execFile);
 
-// The addon as lib/native.ts finds it (build/Release or build/Debug), or EBPF_LEAK_ADDON: any
+// The addon as lib/native/addon.ts finds it (build/Release or build/Debug), or EBPF_LEAK_ADDON: any
 // .node that registers the symbolizer (used for sanitizer builds). A missing addon fails the tests.
 function addonPath(): string {
   return process.env.EBPF_LEAK_ADDON ?? join(nativeBuildDir(), 'ebpf_leak.node');

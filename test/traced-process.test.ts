@@ -1,4 +1,4 @@
-// The program a `command` trace starts (lib/traced-process.ts, native/held_process.cc): spawned
+// The program a `command` trace starts (lib/tracer/traced-process.ts, native/held_process.cc): spawned
 // with posix_spawn() instead of child_process, so everything ChildProcess did for us is checked
 // here: stdio in each mode, the working directory, signal dispositions, exit status, kill().
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { afterAll, describe, expect, it } from 'vitest';
-import { launcherPath, loadNative } from '../lib/native.js';
+import { launcherPath, loadNative } from '../lib/native/addon.js';
 import { trace } from '../lib/index.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-process-'));

@@ -91,7 +91,7 @@ describe('event stream', () => {
   });
 
   it('calls listeners as emit() does while listeners come and go mid-stream', async () => {
-    // Events skip emit() (lib/listener-snapshot.ts); its semantics must hold across 200,000
+    // Events skip emit() (lib/tracer/listener-snapshot.ts); its semantics must hold across 200,000
     // events in many batches: `once`, removal by the listener itself or by another, additions.
     const tracer = await trace({ command: fixturePath('many_outstanding'), stdio: 'ignore', events: true, eventBufferBytes: 32 << 20 });
     let counted = 0;

@@ -8,9 +8,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { trace, type LeakGroup, type LeakReport, type StackFrame } from '../lib/index.js';
-import type { LeakTracer } from '../lib/tracer.js';
-import { loadNative } from '../lib/native.js';
-import { cfaTypes, isUnwoundStackId, rbpTypes, type NativeUnwindTable, type UnwindStats } from '../lib/unwind.js';
+import type { LeakTracer } from '../lib/tracer/leak-tracer.js';
+import { loadNative } from '../lib/native/addon.js';
+import { cfaTypes, isUnwoundStackId, rbpTypes, type NativeUnwindTable, type UnwindStats } from '../lib/native/unwind.js';
 import { fixturePath, fixtureSource } from './helpers/fixtures.js';
 import { runValgrind, type ValgrindLossRecord } from './helpers/valgrind.js';
 

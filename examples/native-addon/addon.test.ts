@@ -5,7 +5,7 @@
 // In your own project the first import is `import 'ebpf-leak/vitest';` (and
 // `import { skipIfUnsupported } from 'ebpf-leak/vitest';`): it registers the matchers.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { skipIfUnsupported } from '../../lib/vitest.js';
+import { skipIfUnsupported } from '../../lib/harness/vitest.js';
 import { loadExampleAddon, type ExampleAddon } from './build.js';
 
 // Machines that cannot trace (no root / CAP_BPF + CAP_PERFMON, no BTF) skip, saying why.

@@ -1,8 +1,8 @@
 // Run without capabilities by test/native-addon.test.ts (setpriv ... vite-node this-file): prints
 // what the harness says about support, the node:test skip option, and the error a measurement
 // throws, as JSON.
-import { measure, tracingSupport } from '../../lib/harness.js';
-import { skipIfUnsupported } from '../../lib/node-test.js';
+import { measure, tracingSupport } from '../../lib/harness/index.js';
+import { skipIfUnsupported } from '../../lib/harness/node-test.js';
 
 const support = tracingSupport();
 let error: { name: string; code?: string; message: string } | null = null;

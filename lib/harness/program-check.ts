@@ -1,0 +1,87 @@
+// Leak checks of a program run under the tracer, for test suites: checkLeaks() reports,
+// assertNoLeaks() throws a LeakError whose message is the readable report.
+import { defaultSuppressions } from '../suppressions/defaults.js';
+import { definedProperties } from '../util/defined.js';
+import { formatCheckedReport, checkReportSliced, type CheckedLeakReport } from '../report/checked.js';
+import { leakKindsOption } from '../report/leak-kinds.js';
+import { formatCount } from '../report/text-format.js';
+import { LeakError, LeakInconclusiveError } from './leak-errors.js';
+import { resolveSuppressions, type LeakKind, type SuppressionInput } from '../suppressions/rules.js';
+import { trace } from '../tracer/trace.js';
+import type { CommandTraceOptions, LeakReport } from '../types.js';
+
+export interface CheckLeaksOptions extends Omit<CommandTraceOptions, 'command'> {
+  /** Suppression files (valgrind .supp or LSan), text, or parsed rules. */
+  suppressions?: SuppressionInput | readonly SuppressionInput[];
+  /** Apply the shipped rules for one-time glibc/libstdc++/libuv/V8 allocations. Default true. */
+  defaultSuppressions?: boolean;
+  /** See lib/suppressions/rules.ts (match-leak-kinds). */
+  assumeLeakKinds?: readonly LeakKind[];
+  /** The leak kinds that count as leaks (valgrind's --errors-for-leak-kinds): a list, or
+   *  valgrind's text ('definite,possible', 'all', 'none'). Default definite and possible.
+   *  Without a scan (leakKinds: false, or a program killed by a signal) every block counts. */
+  errorsForLeakKinds?: readonly LeakKind[] | string;
+  /** Kill the program (SIGKILL) if it runs longer than this, milliseconds. Default: no limit. */
+  timeoutMs?: number;
+}
+
+export interface AssertNoLeaksOptions extends CheckLeaksOptions {
+  /** Bytes that may leak without failing (after suppressions). Default 0. */
+  maxBytes?: number;
+  /** Do not fail when the result is inconclusive (see CheckedLeakReport.inconclusive). */
+  allowInconclusive?: boolean;
+  /** Loss records printed in the error message. Default 10. */
+  top?: number;
+}
+
+/** Runs `command` under the tracer until it exits, and reports what it left allocated. */
+export async function checkLeaks(command: string, options: CheckLeaksOptions = {}): Promise<CheckedLeakReport> {
+  const { suppressions, defaultSuppressions: useDefaults, assumeLeakKinds, errorsForLeakKinds, timeoutMs, ...traceOptions } =
+    options;
+  const errorKinds = leakKindsOption(errorsForLeakKinds, 'errorsForLeakKinds');
+  const rules = [...(useDefaults === false ? [] : defaultSuppressions()), ...resolveSuppressions(suppressions)];
+  const tracer = await trace({ ...traceOptions, command });
+  let timer: NodeJS.Timeout | undefined;
+  if (timeoutMs !== undefined) timer = setTimeout(() => tracer.process?.kill('SIGKILL'), timeoutMs);
+  let report: LeakReport;
+  try {
+    report = await tracer.done;
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+  return checkReportSliced(report, rules, {
+    stacks: tracer.info.stacks,
+    ...(assumeLeakKinds ? { assumeLeakKinds } : {}),
+    ...(errorKinds ? { errorsForLeakKinds: errorKinds } : {}),
+  });
+}
+
+/** Throws LeakInconclusiveError, or LeakError when more than `maxBytes` leaked; returns the
+ *  checked report otherwise. */
+export function assertReport(report: CheckedLeakReport, options: Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'top'> = {}): CheckedLeakReport {
+  if (report.inconclusive.length > 0 && !options.allowInconclusive) {
+    throw new LeakInconclusiveError(report.inconclusive, report, `the leak check of ${describe(report)}`);
+  }
+  const maxBytes = options.maxBytes ?? 0;
+  if (report.leakedBytes > maxBytes) {
+    const head =
+      `ebpf-leak: ${describe(report)} leaked ${formatCount(report.leakedBytes)} bytes in ` +
+      `${formatCount(report.leakedBlocks)} blocks` +
+      (maxBytes > 0 ? ` (at most ${formatCount(maxBytes)} allowed)` : '') +
+      '\n\n';
+    throw new LeakError(head + formatCheckedReport(report, options.top !== undefined ? { top: options.top } : {}), report);
+  }
+  return report;
+}
+
+function describe(report: LeakReport): string {
+  const t = report.target;
+  return t.command !== undefined ? [t.command, ...(t.args ?? [])].join(' ') : `process ${t.pid}`;
+}
+
+/** checkLeaks(), then assertReport(): throws a LeakError whose message is the readable report. */
+export async function assertNoLeaks(command: string, options: AssertNoLeaksOptions = {}): Promise<CheckedLeakReport> {
+  const { maxBytes, allowInconclusive, top, ...check } = options;
+  const report = await checkLeaks(command, check);
+  return assertReport(report, definedProperties({ maxBytes, allowInconclusive, top }));
+}

@@ -1,0 +1,245 @@
+// Loads the addon and describes its (deliberately thin) interface. Everything here mirrors
+// native/*.cc; validation and policy live in the other lib/ files.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { NativeExitScan, NativeScan } from './scan-records.js';
+import type { NativeUnwindTable, UnwindMode, UnwindStats } from './unwind.js';
+
+export interface NativeProbe {
+  /** enum leak_fn */
+  fn: number;
+  path: string;
+  entryOffset: number;
+  returnOffset: number;
+}
+
+export interface NativeTracerConfig {
+  pid: number;
+  waitForExec: boolean;
+  /** Never multi-uprobe links: one classic uprobe per function. */
+  classicUprobes?: boolean;
+  maxAllocations: number;
+  events: boolean;
+  eventBufferBytes: number;
+  stacks: boolean;
+  stackDepth: number;
+  stackMapEntries: number;
+  pageSize: number;
+  /** Sampling mode: mean bytes between samples; 0 or absent records every allocation. */
+  sampleEveryBytes?: number;
+  btfPath?: string;
+  probes: NativeProbe[];
+  /** Keep the tracer's own threads (poll thread; workers inside its native calls) out of the
+   *  results, in the kernel. Default: true when `pid` is this process. */
+  ignoreOwnThreads?: boolean;
+  /** Stack walker (lib/native/unwind.ts); default 'auto'. */
+  unwind?: UnwindMode;
+  /** Files whose unwind tables are loaded before a `command` target runs (its program and the
+   *  libraries it links); default: found from the held launcher with `ld.so --list`. */
+  unwindFiles?: string[];
+  /** Most unwind table rows (8 bytes each); default 4,194,304 (sized to the tables loaded). */
+  unwindTableRows?: number;
+  /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals); default true. */
+  stackTotals?: boolean;
+  /** Hold the target at its exit and scan its memory (native/scan/); a program we start. */
+  scanAtExit?: boolean;
+  /** The probed allocator is glibc's: its arenas are told apart from the program's memory. */
+  glibc?: boolean;
+}
+
+export type NativeMessageType = 'events' | 'counters' | 'exit';
+
+/** A message from the poll thread: `data` holds `length` bytes, or for an events batch written
+ *  into an event slot (`slot` >= 0; see eventSlots()), `data` is null. */
+export type NativeMessageHandler = (type: NativeMessageType, data: ArrayBuffer | null, length: number, slot: number) => void;
+
+export interface NativeSnapshot {
+  /** leak_block records, or leak_timed_block records when asked for timestamps */
+  entries: ArrayBuffer;
+  /** struct leak_counters, summed over CPUs */
+  counters: ArrayBuffer;
+  /** CLOCK_MONOTONIC when the walk finished */
+  nowNs: bigint;
+}
+
+export interface NativeTracer {
+  /** Resolves with how the probes were attached: one multi-uprobe link, or one uprobe each. */
+  attach(): Promise<{ mode: 'uprobe_multi' | 'uprobe' }>;
+  /** The outstanding blocks; with `timestamps`, each one's allocation time too (8 more bytes a
+   *  block: only Snapshot.allocations shows it). */
+  snapshot(timestamps: boolean): Promise<NativeSnapshot>;
+  /** Stops every thread of the target, scans its memory for the leak kinds, resumes it. */
+  scan(): Promise<NativeScan>;
+  /** Once the target is gone: the scan made at its exit, or why there is none. */
+  takeExitScan(): NativeExitScan;
+  readStacks(ids: number[]): Promise<BigUint64Array[]>;
+  /** struct leak_module records, each after its 8-byte key */
+  readModules(): Promise<ArrayBuffer>;
+  /** Outstanding bytes and blocks per stack id, kept in the kernel: {s64 stack id, s64 bytes,
+   *  s64 blocks} records (lib/native/unwind.ts decodeStackTotals). Null once closed. */
+  readStackTotals(): ArrayBuffer | null;
+  /** The stack walker's counters and tables; null once closed. */
+  unwindStats(): UnwindStats | null;
+  /** Flags of CFI-walked stacks (1: incomplete, 2: truncated; lib/native/unwind.ts); 0 for other ids. */
+  readStackFlags(ids: number[]): Uint32Array | null;
+  counters(): ArrayBuffer | null;
+  setMark(mark: number): void;
+  /** The events batch in `slot` has been delivered to the listeners (or dropped): the poll thread
+   *  may write the slot again (native/event_slots.h). A no-op for -1. */
+  eventsDelivered(slot: number): void;
+  /** The ArrayBuffers events batches are written into, by slot (none with events off). */
+  eventSlots(): ArrayBuffer[];
+  close(): void;
+  /** close() on the threadpool: detaching waits for other CPUs to leave the probes. */
+  closeAsync(): Promise<void>;
+}
+
+export interface NativeElfSymbol {
+  /** st_value */
+  address: number;
+  /** file offset, what a uprobe takes */
+  offset: number;
+  size: number;
+}
+
+export interface NativeElfInfo {
+  type: 'exec' | 'dyn' | 'other';
+  interpreter: string | null;
+  soname: string | null;
+  needed: string[];
+  symbols: Record<string, NativeElfSymbol>;
+}
+
+export interface NativeLayout {
+  block: number;
+  timedBlock: number;
+  counters: number;
+  event: number;
+  module: number;
+}
+
+export interface NativeTracerClass {
+  new (config: NativeTracerConfig, onMessage: NativeMessageHandler): NativeTracer;
+  /** C++ (Itanium ABI) demangling; null when `name` is not a mangled name. */
+  demangle(name: string): string | null;
+}
+
+/** A program started held before exec (native/held_process.h). */
+export interface NativeHeldProcess {
+  /** Spawns the launcher (posix_spawn, on a worker thread). `stdio`: the parent's pipe ends for the
+   *  program's fds 0-2 with stdio 'pipe', else -1. */
+  start(): Promise<{ pid: number; stdio: [number, number, number] }>;
+  /** The launcher execs the program; false when it is gone already. */
+  release(): boolean;
+  /** pidfd_send_signal(); false once the process has exited. */
+  kill(signal: number): boolean;
+  ref(): void;
+  unref(): void;
+  /** Idempotent. Ends the exit watch; a launcher not yet released exits without running anything. */
+  close(): void;
+}
+
+export interface NativeHeldProcessConfig {
+  /** The launcher. */
+  file: string;
+  /** argv[0] included. */
+  argv: readonly string[];
+  /** NAME=value strings. */
+  env: readonly string[];
+  cwd?: string;
+  stdio: 'inherit' | 'pipe' | 'ignore';
+}
+
+export interface NativeHeldProcessClass {
+  /** `onExit` runs once, with the exit status or the number of the signal that killed it. */
+  new (config: NativeHeldProcessConfig, onExit: (code: number | null, signal: number | null) => void): NativeHeldProcess;
+}
+
+export interface NativeAddon {
+  Tracer: NativeTracerClass;
+  HeldProcess: NativeHeldProcessClass;
+  readElf(path: string, symbols: readonly string[]): NativeElfInfo;
+  /** The stack walker's unwind table of a file (native/unwinder.cc). */
+  unwindTable(path: string): NativeUnwindTable;
+  /** Runs a short-lived program with posix_spawn() on a worker thread (native/run_program.h):
+   *  child_process would fork this whole process on the JS thread. `argv[0]` included; `env` as
+   *  NAME=value strings. A timeout kills the program with SIGKILL. */
+  runProgram(file: string, argv: readonly string[], env: readonly string[], timeoutMs: number): Promise<ProgramResult>;
+  /** x86-64 instructions of `code`, which starts at `address` (native/x86_decoder.h): every one
+   *  that starts in the first `detailBytes`, then only those that do not fall through. Absent
+   *  from builds for other architectures. */
+  decodeX86?(code: Uint8Array, address: number, detailBytes: number): NativeX86Instruction[];
+  layout: NativeLayout;
+}
+
+/** How an instruction leaves: 'next' falls through to the following one. */
+export type X86Flow =
+  | 'next'
+  | 'jump'
+  | 'conditional-jump'
+  | 'indirect-jump'
+  | 'call'
+  | 'indirect-call'
+  | 'return'
+  | 'interrupt'
+  | 'exception'
+  | 'other';
+
+export interface NativeX86Instruction {
+  /** `address` plus its offset in `code`. */
+  offset: number;
+  length: number;
+  /** AT&T syntax; '(bad)' when invalid. */
+  text: string;
+  flow: X86Flow;
+  /** A direct branch's or call's target. */
+  target?: number;
+  /** Does not decode (only reported in the detailed part, where decoding stops). */
+  invalid: boolean;
+  /** 64-bit names of the registers it writes, implicitly or conditionally included. */
+  writes: string[];
+  /** `test %rdi,%rdi` or `cmp $0,%rdi`: ZF set exactly when the first argument is NULL. */
+  testsFirstArgForNull: boolean;
+  /** je/jz. */
+  jumpsIfZero: boolean;
+}
+
+export interface ProgramResult {
+  status: number | null;
+  signal: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+const here = dirname(fileURLToPath(import.meta.url));
+/** The package root, two up from lib/native/ (from source, in tests) or dist/native/ (installed). */
+const packageRoot = join(here, '..', '..');
+const buildDirs = ['build/Release', 'build/Debug'].map((d) => join(packageRoot, d));
+
+let addon: NativeAddon | undefined;
+
+export function nativeBuildDir(): string {
+  const dir = buildDirs.find((d) => existsSync(join(d, 'ebpf_leak.node')));
+  if (!dir) {
+    throw new Error(
+      `ebpf-leak's native addon is not built (looked in ${buildDirs.join(', ')}). ` +
+        `Run 'npm run build' (it needs clang, bpftool, libbpf-dev, libelf-dev, libdw-dev: see scripts/setup.sh).`,
+    );
+  }
+  return dir;
+}
+
+export function loadNative(): NativeAddon {
+  if (!addon) {
+    const require = createRequire(import.meta.url);
+    addon = require(join(nativeBuildDir(), 'ebpf_leak.node')) as NativeAddon;
+  }
+  return addon;
+}
+
+/** The held-before-exec launcher built beside the addon (native/launcher.c). */
+export function launcherPath(): string {
+  return join(nativeBuildDir(), 'ebpf-leak-exec');
+}

@@ -1,0 +1,498 @@
+// LeakTracer: one traced process, as an EventEmitter. Owns the native tracer and, for `command`
+// targets, the child process.
+import { EventEmitter } from 'node:events';
+import { realpathSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { allocationsView } from '../native/allocation-view.js';
+import { forEachRange, mapSliced, ROWS_PER_STEP } from '../util/cooperative.js';
+import { fromNativeError, TracerClosedError } from '../errors.js';
+import { EventQueue } from './event-queue.js';
+import type { EventRecords } from '../native/event-records.js';
+import { scanInfo, withKinds } from '../native/scan-records.js';
+import { ListenerSnapshot, trackListenerChanges } from './listener-snapshot.js';
+import {
+  blockColumns,
+  decodeCounters,
+  decodeModules,
+  snapshotColumns,
+  type BlockColumns,
+  type Counters,
+} from '../native/layout.js';
+import { nativeBuildDir, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
+import type { PlacementDecision } from '../probes/placement.js';
+import { resolveModules } from '../target/modules.js';
+import { readPerfMap } from '../target/proc-maps.js';
+import { hex, inUseSliced, summarize, tallyRowsSliced, type RawLeakGroup } from '../report/tally.js';
+import {
+  keptRowsSliced,
+  rowFilter,
+  scopedReportSliced,
+  stackPassesThrough,
+  type ReportSource,
+  type ScopeFilter,
+  type ScopedLeakReport,
+} from '../report/scope.js';
+import { symbolizeStacks } from '../report/symbolize.js';
+import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats } from '../native/unwind.js';
+import { processAlive } from '../target/resolve.js';
+import type { TracedProcess } from './traced-process.js';
+import type {
+  AllocEvent,
+  AllocatorFunction,
+  FreeEvent,
+  LeakReport,
+  LeakTracerEvents,
+  ScanInfo,
+  Snapshot,
+  StackFrame,
+  TargetInfo,
+} from '../types.js';
+
+export const leakTracerEvents = ['alloc', 'free', 'leak', 'exit', 'lost', 'error'] as const satisfies readonly (keyof LeakTracerEvents)[];
+
+/** What the tracer resolved and attached, for diagnostics (`--verbose`). */
+export interface TracerInfo {
+  allocator: string;
+  /** Function -> symbol probed. */
+  probes: Partial<Record<AllocatorFunction, string>>;
+  /** Optional functions absent from the allocator. */
+  missing: AllocatorFunction[];
+  /** Functions covered by another's probe because they share its address. */
+  aliases: Partial<Record<AllocatorFunction, AllocatorFunction>>;
+  /** Where each entry probe went, and why. */
+  placements: PlacementDecision[];
+  /** File offset of each probed function in `allocator`. */
+  functionOffsets: Partial<Record<AllocatorFunction, number>>;
+  maxAllocations: number;
+  events: boolean;
+  /** Allocation stacks are captured. */
+  stacks: boolean;
+  /** Extra directories searched for separate debug files (build-id and .gnu_debuglink). */
+  debugDirs: string[];
+  /** The stack walker in use ('fp' with stacks off or off x86-64). */
+  unwind: UnwindMode;
+  /** Sampling mode: mean bytes between samples; 0 when every allocation is recorded. */
+  sampleEveryBytes: number;
+  /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
+  attachMode: 'uprobe_multi' | 'uprobe';
+  attachMs: number;
+  /** The final report sorts blocks into leak kinds: a command held at its exit, a pid target
+   *  stopped briefly when tracing stops. */
+  leakKinds: boolean;
+}
+
+/** @internal: how trace() hands a freshly attached tracer over. */
+export interface TracerParts {
+  native: NativeTracer;
+  pid: number;
+  target: Omit<TargetInfo, 'exitCode' | 'signal'>;
+  info: TracerInfo;
+  /** The started program, for `command` targets. */
+  child?: TracedProcess;
+}
+
+export class LeakTracer extends EventEmitter<LeakTracerEvents> {
+  /** Process being traced. */
+  readonly pid: number;
+  /** Resolves with the final report when the target exits or stop() is called. (At run time it is
+   *  a ScopedLeakReport: `asScoped(report).since(mark)` narrows it.) */
+  readonly done: Promise<LeakReport>;
+  /** What was attached where. */
+  readonly info: TracerInfo;
+  /** The started program, for `command` targets (its stdio when stdio: 'pipe'). */
+  readonly process: TracedProcess | undefined;
+
+  #native: NativeTracer;
+  #target: Omit<TargetInfo, 'exitCode' | 'signal'>;
+  #startedAt = performance.now();
+  #finishing: Promise<ScopedLeakReport> | undefined;
+  #resolveDone!: (report: ScopedLeakReport) => void;
+  #rejectDone!: (error: unknown) => void;
+  #closed = false;
+  #lostReported = { events: 0, allocations: 0 };
+  #mark = 0;
+  /** When the tracer traces its own process: its addon's file, whose stacks are the tracer's own
+   *  allocations (N-API calls on the JS thread) and are left out of every report. Its other
+   *  threads are kept out in the kernel (native/tracer.cc, ThreadIgnore). */
+  #ownModule: string | undefined;
+  #finalUnwindStats: UnwindStats | null = null;
+  /** The event stream, delivered in slices. */
+  readonly #events = new EventQueue(
+    (batch, from, to) => this.#deliverEvents(batch, from, to),
+    (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
+    (slot) => this.#native.eventsDelivered(slot),
+  );
+  /** The buffers events batches arrive in, by slot (native/event_slots.h). */
+  readonly #eventSlots: ArrayBuffer[];
+  /** Events go straight to the listeners (lib/tracer/listener-snapshot.ts), unless rejections of async
+   *  listeners are to be captured, which emit() does. */
+  readonly #directDispatch = !EventEmitter.captureRejections;
+  readonly #allocListeners = new ListenerSnapshot<AllocEvent>(this, 'alloc');
+  readonly #freeListeners = new ListenerSnapshot<FreeEvent>(this, 'free');
+
+  /** @internal Use trace(). */
+  constructor(parts: TracerParts) {
+    super();
+    this.pid = parts.pid;
+    this.info = parts.info;
+    this.process = parts.child;
+    this.#native = parts.native;
+    this.#eventSlots = parts.native.eventSlots();
+    this.#target = parts.target;
+    if (this.pid === process.pid) {
+      try {
+        this.#ownModule = realpathSync(join(nativeBuildDir(), 'ebpf_leak.node'));
+      } catch {
+        this.#ownModule = undefined;
+      }
+    }
+    this.done = new Promise<LeakReport>((resolve, reject) => {
+      this.#resolveDone = resolve;
+      this.#rejectDone = reject;
+    });
+    // A rejection of `done` nobody awaits must not crash the process: 'error' carries it too.
+    this.done.catch(() => {});
+    void parts.child?.exited.then(({ code, signal }) => this.#finish(code, signal));
+  }
+
+  /** @internal Messages from the native poll thread. */
+  handleNativeMessage(...[type, data, length, slot]: Parameters<NativeMessageHandler>): void {
+    try {
+      if (type === 'events') this.#queueEvents(slot >= 0 ? this.#eventSlots[slot]! : data!, length, slot);
+      else if (type === 'counters') this.#checkLost(decodeCounters(data!));
+      // A child of ours is finished by its 'exit' (which has the status); others by the pidfd.
+      else if (type === 'exit' && !this.process) void this.#finish(null, null);
+    } catch (error) {
+      this.emit('error', error instanceof Error ? error : new Error(String(error)));
+    }
+  }
+
+  /** A batch nobody listens to is dropped at once; the others are delivered in slices. Either
+   *  way the poll thread hears when it is done with (its backpressure, lib/tracer/event-queue.ts). */
+  #queueEvents(buffer: ArrayBuffer, length: number, slot: number): void {
+    if (this.listenerCount('alloc') > 0 || this.listenerCount('free') > 0) this.#events.push(buffer, length, slot);
+    else this.#native.eventsDelivered(slot);
+  }
+
+  #deliverEvents(batch: EventRecords, from: number, to: number): void {
+    if (!this.#directDispatch) return this.#emitEvents(batch, from, to);
+    for (let i = from; i < to; i++) {
+      if (batch.isAlloc(i)) {
+        const listeners = this.#allocListeners.current();
+        const event = listeners.length > 0 ? batch.allocEvent(i) : undefined;
+        if (event) for (let j = 0; j < listeners.length; j++) listeners[j]!.call(this, event);
+      } else {
+        const listeners = this.#freeListeners.current();
+        if (listeners.length === 0) continue;
+        const event = batch.freeEvent(i);
+        for (let j = 0; j < listeners.length; j++) listeners[j]!.call(this, event);
+      }
+    }
+  }
+
+  /** emit() itself, for when it must handle what listeners return (captureRejections). */
+  #emitEvents(batch: EventRecords, from: number, to: number): void {
+    for (let i = from; i < to; i++) {
+      if (batch.isAlloc(i)) {
+        const event = this.listenerCount('alloc') > 0 ? batch.allocEvent(i) : undefined;
+        if (event) this.emit('alloc', event);
+      } else if (this.listenerCount('free') > 0) {
+        this.emit('free', batch.freeEvent(i));
+      }
+    }
+  }
+
+  #checkLost(counters: Counters): void {
+    const events = counters.lostEvents - this.#lostReported.events;
+    const allocations = counters.droppedAllocations - this.#lostReported.allocations;
+    if (events <= 0 && allocations <= 0) return;
+    this.#lostReported = { events: counters.lostEvents, allocations: counters.droppedAllocations };
+    this.emit('lost', { events: Math.max(events, 0), allocations: Math.max(allocations, 0) });
+  }
+
+  /** Outstanding allocations now, with the running totals. `allocations` is a view of the
+   *  snapshot's buffer: its elements are built when read (lib/native/allocation-view.ts). */
+  async snapshot(): Promise<Snapshot> {
+    if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
+    const raw = await this.#native.snapshot(true);
+    const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
+    const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
+    return { allocations: allocationsView(columns, raw.nowNs), summary };
+  }
+
+  /** The current mark: the value recorded in every block allocated from now on. Starts at 0. */
+  get currentMark(): number {
+    return this.#mark;
+  }
+
+  /** Starts a new window: every block allocated from now on records the returned mark (one more
+   *  than the last), until the next call. Narrow a report to it with `report.since(mark)`. Marks
+   *  are exact, not timestamps: the value is written into the BPF program and stored with each
+   *  allocation, whichever thread makes it. Synchronous and cheap (one store to mapped memory). */
+  mark(): number {
+    if (this.#closed) throw new TracerClosedError('mark(): the tracer has stopped');
+    this.#mark += 1;
+    this.#native.setMark(this.#mark);
+    return this.#mark;
+  }
+
+  /** The kernel-side counters now (summed over CPUs): the summary's totals plus stackFailures,
+   *  inflightFailures and ignoredAllocations. Synchronous (one small map read). */
+  counters(): Counters {
+    if (this.#closed) throw new TracerClosedError('counters(): the tracer has stopped');
+    const raw = this.#native.counters();
+    if (!raw) throw new TracerClosedError('counters(): the tracer is not attached');
+    return decodeCounters(raw);
+  }
+
+  /** Outstanding bytes and blocks per stack id (the `stackId` of snapshot() allocations; -1: no
+   *  stack), from totals the kernel keeps as blocks come and go: no walk of the blocks.
+   *  Synchronous (one map read). */
+  stackTotals(): StackTotal[] {
+    if (this.#closed) throw new TracerClosedError('stackTotals(): the tracer has stopped');
+    const raw = this.#native.readStackTotals();
+    if (!raw) throw new TracerClosedError('stackTotals(): the tracer is not attached');
+    return decodeStackTotals(raw);
+  }
+
+  /** The stack walker's counters (walks, frames, incomplete or truncated walks, collisions,
+   *  failures) and the unwind tables it has (lib/native/unwind.ts); once stopped, as they were at the
+   *  end. Null when stacks are off. */
+  unwindStats(): UnwindStats | null {
+    return this.#closed ? this.#finalUnwindStats : this.#native.unwindStats();
+  }
+
+  /** Count of outstanding blocks and their bytes that pass `filter` (marks and threads only: no
+   *  stacks are read), without symbolizing anything: cheap enough to poll. */
+  async outstanding(filter: Omit<ScopeFilter, 'module' | 'excludeModule'> = {}): Promise<{ blocks: number; bytes: number }> {
+    if (this.#closed) throw new TracerClosedError('outstanding(): the tracer has stopped');
+    const raw = await this.#native.snapshot(false);
+    const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
+    const keep = rowFilter(columns, filter) ?? (() => true);
+    let blocks = 0;
+    let bytes = 0;
+    await forEachRange(columns.count, ROWS_PER_STEP, (start, end) => {
+      for (let i = start; i < end; i++) {
+        if (!keep(i)) continue;
+        blocks++;
+        bytes += columns.size(i);
+      }
+    });
+    return { blocks, bytes };
+  }
+
+  /** What is outstanding now, symbolized, without stopping. `filter` narrows before symbolizing
+   *  (cheaper than narrowing the result, which stays possible). */
+  async report(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
+    if (this.#closed) throw new TracerClosedError('report(): the tracer has stopped; use the report from stop() or done');
+    const raw = await this.#native.snapshot(false);
+    const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
+    const counters = decodeCounters(raw.counters);
+    this.#checkLost(counters);
+    const { module, excludeModule, ...cheap } = filter;
+    const keep = rowFilter(columns, cheap);
+    const rows = keep === null ? null : await keptRowsSliced(columns, null, keep);
+    return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule });
+  }
+
+  /** Symbolizes the groups of `rows` (every row when null) and builds the report of the blocks
+   *  whose stacks pass `stackFilter` and are not the tracer's own. Every loop over the blocks runs
+   *  in slices (lib/util/cooperative.ts). */
+  async #scoped(
+    columns: BlockColumns,
+    rows: Uint32Array | null,
+    counters: Counters,
+    status: Pick<TargetInfo, 'exitCode' | 'signal'>,
+    stackFilter: Pick<ScopeFilter, 'module' | 'excludeModule'> = {},
+    scan?: ScanInfo,
+  ): Promise<ScopedLeakReport> {
+    let tally = await tallyRowsSliced(columns, rows);
+    const frames = await this.#stacks(tally.groups);
+    const stacks = new Map<number, StackFrame[]>();
+    tally.groups.forEach((g, i) => stacks.set(g.stackId, frames[i] ?? []));
+    let kept = rows;
+    const dropped = new Set<number>();
+    for (const [id, stack] of stacks) if (!this.#keepsStack(stack, stackFilter)) dropped.add(id);
+    if (dropped.size > 0) {
+      kept = await keptRowsSliced(columns, rows, (row) => !dropped.has(columns.stackId(row)));
+      tally = await tallyRowsSliced(columns, kept);
+    }
+    const source: ReportSource = {
+      base: {
+        version: 1,
+        target: { ...this.#target, ...status },
+        durationMs: Math.round(performance.now() - this.#startedAt),
+        ...(this.info.sampleEveryBytes > 0 ? { sampling: { everyBytes: this.info.sampleEveryBytes } } : {}),
+        ...(scan ? { scan } : {}),
+      },
+      summary: summarize(counters, tally.inUse),
+      counters,
+      columns,
+      stacks,
+    };
+    return scopedReportSliced(source, kept, tally);
+  }
+
+  /** Whether a report keeps the blocks of `stack`: it passes the module filters, and it is not
+   *  the tracer's own (self-tracing). */
+  #keepsStack(stack: readonly StackFrame[], { module, excludeModule }: Pick<ScopeFilter, 'module' | 'excludeModule'>): boolean {
+    if (this.#ownModule !== undefined && stackPassesThrough(stack, this.#ownModule)) return false;
+    if (module !== undefined && !stackPassesThrough(stack, module)) return false;
+    return excludeModule === undefined || !stackPassesThrough(stack, excludeModule);
+  }
+
+  /** Stops every thread of the target briefly, scans its memory, and reports what is
+   *  outstanding now split into valgrind's leak kinds (`kind` of each group, the LEAK SUMMARY
+   *  fields of the summary); `report.scan.pauseMs` is how long the target stood still. */
+  async scan(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
+    if (this.#closed) throw new TracerClosedError('scan(): the tracer has stopped');
+    let raw;
+    try {
+      raw = await this.#native.scan();
+    } catch (error) {
+      throw fromNativeError(error, `cannot scan process ${this.pid}`);
+    }
+    const counters = decodeCounters((await this.#native.snapshot(false)).counters);
+    const columns = withKinds(blockColumns(raw.entries, this.info.sampleEveryBytes), raw);
+    const { module, excludeModule, ...cheap } = filter;
+    const keep = rowFilter(columns, cheap);
+    const rows = keep === null ? null : await keptRowsSliced(columns, null, keep);
+    return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule }, scanInfo(raw));
+  }
+
+  /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
+   *  every call returns the same promise as `done`. */
+  stop(): Promise<LeakReport> {
+    void this.#finish(null, null);
+    return this.done;
+  }
+
+  #fail(error: unknown): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#native.close();
+    this.#rejectDone(error);
+    this.emit('error', error instanceof Error ? error : new Error(String(error)));
+  }
+
+  /** Symbolized stacks of the groups, innermost first, topped by the allocator function as
+   *  valgrind shows it ("at malloc ... by main"). A failure to symbolize keeps raw addresses. */
+  async #stacks(groups: readonly RawLeakGroup[]): Promise<StackFrame[][]> {
+    if (!this.info.stacks || groups.length === 0) return groups.map(() => []);
+    const ids = groups.map((g) => g.stackId);
+    const raw = await this.#native.readStacks(ids);
+    // The target's own root first (a container's files), unless it is ours: then the paths we
+    // can open are the paths it sees, and reports show them without a /proc/PID/root prefix.
+    const sameRoot = sameRootAsOurs(this.pid);
+    const modules = resolveModules(decodeModules(await this.#native.readModules()), {
+      extraRoots: processAlive(this.pid) && !sameRoot ? [`/proc/${this.pid}/root`] : [],
+    });
+    let frames: StackFrame[][];
+    try {
+      // Every frame is a return address, the innermost too: the stack is taken in the return
+      // probe, where the allocator has returned into its caller. symbolizeStacks() looks up
+      // `address - 1` (the call) for all frames but the first, so each stack gets a placeholder
+      // first frame (address 0, in no mapping: one frame out), dropped after. Without it, the
+      // caller's line is the line after the call whenever the compiler put other code there.
+      const padded = await symbolizeStacks(
+        await mapSliced(raw, 256, (stack) => (stack.length > 0 ? [0n, ...stack] : [])),
+        modules,
+        {
+          perfMap: await readPerfMap(this.pid).catch(() => null),
+          ...(this.info.debugDirs.length > 0 ? { debugDirs: this.info.debugDirs } : {}),
+        },
+      );
+      frames = await mapSliced(padded, 256, (stack) => stack.slice(1));
+    } catch {
+      frames = await mapSliced(raw, 256, (stack) => Array.from(stack, (a) => ({ address: hex(a) })));
+    }
+    // trace() names the allocator of a pid target through /proc/PID/root; with the same root
+    // that prefix is noise, and the modules above are resolved without it.
+    const procRoot = `/proc/${this.pid}/root/`;
+    const allocatorPath =
+      sameRoot && this.info.allocator.startsWith(procRoot) ? this.info.allocator.slice(procRoot.length - 1) : this.info.allocator;
+    const allocator = modules.find((m) => m.hostPath === allocatorPath || m.hostPath === this.info.allocator);
+    return mapSliced(groups, 256, (g, i) => {
+      const offset = this.info.functionOffsets[g.fn];
+      const stack = frames[i] ?? [];
+      if (offset === undefined || stack.length === 0) return stack;
+      const top: StackFrame = {
+        address: allocator ? hex(allocator.start - allocator.offset + BigInt(offset)) : hex(offset),
+        module: allocatorPath,
+        offset: hex(offset),
+        symbol: this.info.probes[g.fn] ?? g.fn,
+      };
+      return [top, ...stack];
+    });
+  }
+
+  #finish(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
+    this.#finishing ??= this.#buildFinalReport(exitCode, signal).then(
+      async (report) => {
+        // Listeners see every alloc and free still queued before 'leak' and 'exit'.
+        await this.#events.drained();
+        for (const group of report.leaks) this.emit('leak', group);
+        this.emit('exit', report);
+        this.#resolveDone(report);
+        return report;
+      },
+      (error: unknown) => {
+        this.#fail(error);
+        throw error;
+      },
+    );
+    return this.#finishing;
+  }
+
+  async #buildFinalReport(exitCode: number | null, signal: NodeJS.Signals | null): Promise<ScopedLeakReport> {
+    try {
+      const raw = await this.#native.snapshot(false);
+      let columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
+      const counters = decodeCounters(raw.counters);
+      this.#checkLost(counters);
+      let scan: ScanInfo | undefined;
+      if (this.info.leakKinds && this.process === undefined) {
+        // A process we attached to: stopped for a scan now, if it still runs.
+        if (!processAlive(this.pid)) {
+          scan = { scanned: false, reason: 'it exited; only a program ebpf-leak starts is held at its exit' };
+        } else {
+          try {
+            const now = await this.#native.scan();
+            columns = withKinds(blockColumns(now.entries, this.info.sampleEveryBytes), now);
+            scan = scanInfo(now);
+          } catch (error) {
+            scan = { scanned: false, reason: (error as Error).message };
+          }
+        }
+      } else if (this.info.leakKinds) {
+        // Held at its exit: the blocks the scan saw are the ones left (nothing runs after it).
+        const exitScan = this.#native.takeExitScan();
+        if ('notScanned' in exitScan) {
+          // A signal that killed it is the reason, whichever of its parent and its tracer saw it.
+          scan = { scanned: false, reason: signal ? `killed by signal ${signal}` : exitScan.notScanned };
+        } else {
+          columns = withKinds(blockColumns(exitScan.entries, this.info.sampleEveryBytes), exitScan);
+          scan = scanInfo(exitScan);
+        }
+      }
+      return await this.#scoped(columns, null, counters, { exitCode, signal }, {}, scan);
+    } finally {
+      this.#finalUnwindStats = this.#native.unwindStats();
+      this.#closed = true;
+      await this.#native.closeAsync();
+    }
+  }
+}
+// The event stream's listeners are looked up again only when they change (#deliverEvents).
+trackListenerChanges(LeakTracer);
+
+/** The process's root directory is ours (same file), so its paths are valid here as they are. */
+function sameRootAsOurs(pid: number): boolean {
+  try {
+    const theirs = statSync(`/proc/${pid}/root`);
+    const ours = statSync('/');
+    return theirs.dev === ours.dev && theirs.ino === ours.ino;
+  } catch {
+    return false;
+  }
+}
