@@ -451,9 +451,10 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
       let scan: ScanInfo | undefined;
-      if (this.info.leakKinds && this.process === undefined) {
-        // A process we attached to: stopped for a scan now, if it still runs.
-        if (!processAlive(this.pid)) {
+      const running = exitCode === null && signal === null && processAlive(this.pid);
+      if (this.info.leakKinds && (this.process === undefined || running)) {
+        // Tracing stops while it runs (or a process we attached to ended): stopped for a scan now.
+        if (!running) {
           scan = { scanned: false, reason: 'it exited; only a program ebpf-leak starts is held at its exit' };
         } else {
           try {
