@@ -29,6 +29,7 @@ const runDefaults = {
   stacks: true,
   suppressions: [],
   defaultSuppressions: true,
+  leakKinds: true,
   debugDirs: [],
 } as const;
 
@@ -129,6 +130,7 @@ describe('parseCliArgs: run', () => {
       allocator: { path: '/lib/libjemalloc.so.2', symbols: { malloc: 'je_malloc', free: 'je_free' } },
       suppressions: ['a.supp', 'b.supp'],
       defaultSuppressions: false,
+      leakKinds: true,
       genSuppressions: 'lsan',
       probePlacement: 'entry',
       debugDirs: ['/tmp/dbg'],
@@ -219,7 +221,7 @@ describe('parseCliArgs: run', () => {
 });
 
 describe('parseCliArgs: attach', () => {
-  const attachDefaults = { ...runDefaults, kind: 'attach', intervalS: 5 } as const;
+  const attachDefaults = { ...runDefaults, kind: 'attach', intervalS: 5, scan: false } as const;
 
   it('needs only -p', () => {
     expect(parseCliArgs(['attach', '-p', '1234'])).toEqual({ ...attachDefaults, pid: 1234 });
@@ -266,6 +268,8 @@ describe('parseCliArgs: attach', () => {
       stacks: true,
       suppressions: [],
       defaultSuppressions: true,
+      leakKinds: true,
+      scan: false,
       debugDirs: [],
     });
   });

@@ -186,7 +186,8 @@ afterEach(() => {
 async function waitStopped(pid: number): Promise<void> {
   for (let i = 0; i < 500; i++) {
     const tasks = readdirTasks(pid);
-    if (tasks.length > 0 && tasks.every((t) => taskState(pid, t) === 'T')) return;
+    // 't' when the program is followed for the exit hold: a job-control stop under ptrace.
+    if (tasks.length > 0 && tasks.every((t) => ['T', 't'].includes(taskState(pid, t) ?? ''))) return;
     await new Promise((r) => setTimeout(r, 10));
   }
   throw new Error(`process ${pid} did not stop`);
