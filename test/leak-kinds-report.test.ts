@@ -14,7 +14,7 @@ import type { LeakReport } from '../lib/types.js';
 import { fixturePath, repoRoot } from './helpers/fixtures.js';
 import { runValgrind, valgrindEnvironment } from './helpers/valgrind.js';
 
-const cli = join(repoRoot, 'dist', 'cli.js');
+const cli = join(repoRoot, 'dist', 'cli', 'main.js');
 const base: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const { forValgrind, forTracer } = valgrindEnvironment(base);
 let tmp: string;
