@@ -22,6 +22,7 @@
 #include "event_slots.h"
 #include "page_buffer.h"
 #include "process/supervisor.h"
+#include "scan/scan_session.h"
 #include "unwinder.h"
 
 struct leak_bpf;
@@ -73,6 +74,9 @@ struct TracerConfig {
   bool supervise = false;
   bool follow_forks = false;
   UnwindOptions unwind;  // the CFI stack walker (native/unwinder.h)
+  // Hold the target at its exit and scan its memory for the leak kinds (a program we start).
+  bool scan_at_exit = false;
+  bool glibc = true;  // the probed allocator is glibc's (native/scan/heap_scan.h)
 };
 
 class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
@@ -106,6 +110,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   // process::Handler (native/tracer_processes.cc), on the supervisor's thread.
   bool OnEvent(const process::Event& event) override;
   bool DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error);
+  // Stops every thread of the target, scans its memory for the leak kinds, resumes it.
+  bool DoScan(ScanOutcome* out, NativeError* error);
 
  private:
   Napi::Value Attach(const Napi::CallbackInfo& info);
@@ -119,6 +125,10 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   Napi::Value EventsDelivered(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
   Napi::Value CloseAsync(const Napi::CallbackInfo& info);
+  Napi::Value Scan(const Napi::CallbackInfo& info);
+  Napi::Value TakeExitScan(const Napi::CallbackInfo& info);
+  bool ReadBlocks(PageBuffer* out);
+  ScanSession* Session();
   // Defined in native/unwinder.cc.
   Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);
   Napi::Value UnwindStats(const Napi::CallbackInfo& info);
@@ -194,6 +204,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   std::condition_variable resume_cv_;
   std::set<pid_t> resumed_;
   bool stopping_ = false;
+  std::mutex scan_mu_;  // guards scan_ (not mu_: a scan at exit reads the table under mu_)
+  std::unique_ptr<ScanSession> scan_;
 };
 
 }  // namespace ebpf_leak

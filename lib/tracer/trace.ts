@@ -157,6 +157,10 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       // only when its children are to be traced.
       supervise: o.kind === 'command' || o.followForks === true,
       followForks: o.followForks === true,
+      // The scan runs in the supervisor's stop at a command's exit. Sampling records too few
+      // blocks for a scan to mean anything; following forks, each process's report has no kinds.
+      scanAtExit: o.kind === 'command' && o.leakKinds && o.sampleEveryBytes === 0 && o.followForks !== true,
+      glibc,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -209,6 +213,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       sampleEveryBytes: o.sampleEveryBytes,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
+      leakKinds: o.leakKinds,
     },
     ...(held ? { child: held } : {}),
     countersBytes: native.layout.counters,

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,6 +56,34 @@ std::vector<pid_t> ThreadsOf(pid_t pid) {
 }
 
 bool IsGroupStop(int sig) { return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU; }
+
+// Longest wait, at a process's exit, for its other threads to reach their exit stops.
+constexpr auto kExitGatherWait = std::chrono::seconds(1);
+
+// A thread at its exit stop, with its registers.
+ExitedThread AtExit(pid_t tid) {
+  ExitedThread t;
+  t.tid = tid;
+  iovec iov{&t.regs, sizeof t.regs};
+  t.has_regs = Trace(PTRACE_GETREGSET, tid, NT_PRSTATUS, reinterpret_cast<uintptr_t>(&iov)) == 0;
+  return t;
+}
+
+// Whether a thread at its exit stop got there by its own exit() (a thread ending, not its
+// process), rather than exit_group() or being killed.
+bool EndsByExit(const ExitedThread& t) {
+#if defined(__x86_64__)
+  return t.has_regs && static_cast<long>(t.regs.orig_rax) == SYS_exit;
+#elif defined(__aarch64__)
+  int nr = -1;
+  iovec iov{&nr, sizeof nr};
+  return Trace(PTRACE_GETREGSET, t.tid, NT_ARM_SYSTEM_CALL, reinterpret_cast<uintptr_t>(&iov)) == 0 &&
+         nr == SYS_exit;
+#else
+  (void)t;
+  return false;
+#endif
+}
 
 }  // namespace
 
@@ -193,6 +222,7 @@ void Supervisor::Handle(pid_t tid, int status) {
       unsigned long former = 0;
       Trace(PTRACE_GETEVENTMSG, tid, 0, reinterpret_cast<uintptr_t>(&former));
       if (static_cast<pid_t>(former) != tid) tasks_.erase(static_cast<pid_t>(former));
+      exited_threads_.erase(pid);  // the threads exec killed
       Event e;
       e.kind = EventKind::kExec;
       e.pid = pid;
@@ -204,6 +234,7 @@ void Supervisor::Handle(pid_t tid, int status) {
     case PTRACE_EVENT_EXIT: {
       unsigned long wait_status = 0;
       Trace(PTRACE_GETEVENTMSG, tid, 0, reinterpret_cast<uintptr_t>(&wait_status));
+      std::vector<pid_t> held;
       if (tid == pid && processes_.erase(pid)) {
         live_ = processes_.size();
         Event e;
@@ -211,9 +242,17 @@ void Supervisor::Handle(pid_t tid, int status) {
         e.pid = pid;
         e.tid = tid;
         e.wait_status = static_cast<int>(wait_status);
+        if (options_.exit_threads) GatherExit(pid, &e, &held);
         handler_->OnEvent(e);
+        exited_threads_.erase(pid);
+      } else if (tid != pid && options_.exit_threads) {
+        NoteExitingThread(tid, pid);
       }
       // Let go: its zombie is then its parent's alone to reap.
+      for (pid_t t : held) {
+        Trace(PTRACE_DETACH, t);
+        tasks_.erase(t);
+      }
       Trace(PTRACE_DETACH, tid);
       tasks_.erase(tid);
       return;
@@ -271,6 +310,58 @@ void Supervisor::OnNewTask(pid_t parent_tid, int event) {
     tasks_.erase(child);
   } else {
     detach_at_stop_.insert(child);
+  }
+}
+
+void Supervisor::NoteExitingThread(pid_t tid, pid_t pid) {
+  ExitedThread t = AtExit(tid);
+  // A thread that ends by itself leaves nothing behind for a scan at the process's exit (its
+  // stack is no longer its); one killed on the way out does: its stack is as it was.
+  if (!EndsByExit(t)) exited_threads_[pid].push_back(t);
+}
+
+void Supervisor::GatherExit(pid_t pid, Event* event, std::vector<pid_t>* held) {
+  ExitedThread leader = AtExit(pid);
+  std::vector<pid_t> others;
+  for (const auto& [t, owner] : tasks_)
+    if (owner == pid && t != pid) others.push_back(t);
+  // The first thread gone by pthread_exit() while others run on: not the process's end.
+  if (EndsByExit(leader) && !others.empty()) return;
+  event->whole = true;
+  event->threads.push_back(leader);
+  for (const ExitedThread& t : exited_threads_[pid]) event->threads.push_back(t);
+  // The others are being killed: each comes to its exit stop and waits there.
+  auto deadline = std::chrono::steady_clock::now() + kExitGatherWait;
+  while (!others.empty() && std::chrono::steady_clock::now() < deadline) {
+    bool any = false;
+    for (auto it = others.begin(); it != others.end();) {
+      pid_t t = *it;
+      int status = 0;
+      pid_t r = waitpid(t, &status, WNOHANG | __WALL | __WNOTHREAD);
+      if (r == 0) {
+        ++it;
+        continue;
+      }
+      any = true;
+      if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) {
+        tasks_.erase(t);
+        it = others.erase(it);
+      } else if (WIFSTOPPED(status) && (status >> 16) == PTRACE_EVENT_EXIT) {
+        event->threads.push_back(AtExit(t));
+        held->push_back(t);
+        it = others.erase(it);
+      } else {
+        Trace(PTRACE_CONT, t);  // on its way to its exit stop
+        ++it;
+      }
+    }
+    if (!any) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  // Still running after that long: their stacks are read whole.
+  for (pid_t t : others) {
+    ExitedThread unknown;
+    unknown.tid = t;
+    event->threads.push_back(unknown);
   }
 }
 

@@ -17,9 +17,13 @@
 //     (return false to let the child run untraced); kExit at PTRACE_EVENT_EXIT, the address space
 //     still there (`stopped` false when the process vanished without that stop: SIGKILL).
 //   ReadRegisters(tid, ...) inside a handler reads a stopped thread's registers.
+//   With options.exit_threads, a kExit of a process that ends as a whole (exit_group(), its last
+//   thread's exit(), a fatal signal) carries every thread's registers at its own exit stop: the
+//   others are held in theirs until the handler returns, so each stack is still where it ended.
 #pragma once
 
 #include <sys/types.h>
+#include <sys/user.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -30,10 +34,18 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 namespace ebpf_leak::process {
 
 enum class EventKind { kExec, kFork, kExit };
+
+// A thread at its exit stop.
+struct ExitedThread {
+  pid_t tid = 0;
+  bool has_regs = false;
+  user_regs_struct regs{};
+};
 
 struct Event {
   EventKind kind = EventKind::kExec;
@@ -43,6 +55,10 @@ struct Event {
   bool vfork = false;     // kFork: vfork() or clone(CLONE_VFORK) (posix_spawn): shares the memory
   int wait_status = 0;    // kExit: as waitpid() reports it
   bool stopped = true;    // kExit: false when it exited without an exit stop (memory is gone)
+  // kExit with options.exit_threads: the process ends as a whole (not only its first thread,
+  // gone by pthread_exit() while others run), and its threads at their exit stops, this one first.
+  bool whole = false;
+  std::vector<ExitedThread> threads;
 };
 
 class Handler {
@@ -55,6 +71,7 @@ class Handler {
 
 struct Options {
   bool follow_forks = false;
+  bool exit_threads = false;  // see kExit above
 };
 
 class Supervisor {
@@ -87,6 +104,11 @@ class Supervisor {
   void OnNewTask(pid_t parent_tid, int event);
   void Gone(pid_t tid, int status);
   void DetachAll();
+  // options.exit_threads: a thread of `pid` at its exit stop.
+  void NoteExitingThread(pid_t tid, pid_t pid);
+  // The leader of `pid` at its exit stop: whether the process ends as a whole; if so, the other
+  // threads are waited for at their exit stops (held there: `held`) and all go into `event`.
+  void GatherExit(pid_t pid, Event* event, std::vector<pid_t>* held);
 
   Handler* handler_;
   Options options_;
@@ -108,6 +130,8 @@ class Supervisor {
   std::set<pid_t> early_stops_;             // new tasks stopped before their parent's event
   std::set<pid_t> detach_at_stop_;          // untraced children, let go at their first stop
   std::set<pid_t> announced_;               // new tasks their parent's event has told us about
+  // options.exit_threads: threads that passed their exit stop while their process was ending.
+  std::unordered_map<pid_t, std::vector<ExitedThread>> exited_threads_;
 };
 
 }  // namespace ebpf_leak::process
