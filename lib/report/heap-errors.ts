@@ -11,7 +11,7 @@ const PLACED_ERRORS = 64;
 export type StackReader = (groups: readonly RawLeakGroup[]) => Promise<StackFrame[][]>;
 
 function stackGroup(stackId: number, fn: AllocatorFunction): RawLeakGroup {
-  return { stackId, fn, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
+  return { stackId, fn, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [], indirectBytes: 0 };
 }
 
 /** The outstanding block `address` points into (not at its start), as a row of `columns`. */

@@ -69,21 +69,25 @@ ExitedThread AtExit(pid_t tid) {
   return t;
 }
 
-// Whether a thread at its exit stop got there by its own exit() (a thread ending, not its
-// process), rather than exit_group() or being killed.
-bool EndsByExit(const ExitedThread& t) {
+// The syscall a thread at its exit stop was in: -1 when unknown or none.
+long ExitSyscall(const ExitedThread& t) {
 #if defined(__x86_64__)
-  return t.has_regs && static_cast<long>(t.regs.orig_rax) == SYS_exit;
+  return t.has_regs ? static_cast<long>(t.regs.orig_rax) : -1;
 #elif defined(__aarch64__)
   int nr = -1;
   iovec iov{&nr, sizeof nr};
-  return Trace(PTRACE_GETREGSET, t.tid, NT_ARM_SYSTEM_CALL, reinterpret_cast<uintptr_t>(&iov)) == 0 &&
-         nr == SYS_exit;
+  return Trace(PTRACE_GETREGSET, t.tid, NT_ARM_SYSTEM_CALL, reinterpret_cast<uintptr_t>(&iov)) == 0 ? nr : -1;
 #else
   (void)t;
-  return false;
+  return -1;
 #endif
 }
+
+bool CallsExitGroup(const ExitedThread& t) { return ExitSyscall(t) == SYS_exit_group; }
+
+// Whether a thread at its exit stop got there by its own exit() (a thread ending, not its
+// process), rather than exit_group() or being killed.
+bool EndsByExit(const ExitedThread& t) { return ExitSyscall(t) == SYS_exit; }
 
 }  // namespace
 
@@ -235,18 +239,23 @@ void Supervisor::Handle(pid_t tid, int status) {
       unsigned long wait_status = 0;
       Trace(PTRACE_GETEVENTMSG, tid, 0, reinterpret_cast<uintptr_t>(&wait_status));
       std::vector<pid_t> held;
-      if (tid == pid && processes_.erase(pid)) {
+      // The process ends at its first thread's exit stop, or, when the scan needs every thread,
+      // at the stop of the thread that called exit_group(), whichever comes first: a thread
+      // killed on the way out may pass its exit without stopping.
+      ExitedThread self = AtExit(tid);
+      bool ends = tid == pid || (options_.exit_threads && CallsExitGroup(self));
+      if (ends && processes_.erase(pid)) {
         live_ = processes_.size();
         Event e;
         e.kind = EventKind::kExit;
         e.pid = pid;
         e.tid = tid;
         e.wait_status = static_cast<int>(wait_status);
-        if (options_.exit_threads) GatherExit(pid, &e, &held);
+        if (options_.exit_threads) GatherExit(pid, self, &e, &held);
         handler_->OnEvent(e);
         exited_threads_.erase(pid);
       } else if (tid != pid && options_.exit_threads) {
-        NoteExitingThread(tid, pid);
+        NoteExitingThread(self, pid);
       }
       // Let go: its zombie is then its parent's alone to reap.
       for (pid_t t : held) {
@@ -313,22 +322,20 @@ void Supervisor::OnNewTask(pid_t parent_tid, int event) {
   }
 }
 
-void Supervisor::NoteExitingThread(pid_t tid, pid_t pid) {
-  ExitedThread t = AtExit(tid);
+void Supervisor::NoteExitingThread(const ExitedThread& t, pid_t pid) {
   // A thread that ends by itself leaves nothing behind for a scan at the process's exit (its
   // stack is no longer its); one killed on the way out does: its stack is as it was.
   if (!EndsByExit(t)) exited_threads_[pid].push_back(t);
 }
 
-void Supervisor::GatherExit(pid_t pid, Event* event, std::vector<pid_t>* held) {
-  ExitedThread leader = AtExit(pid);
+void Supervisor::GatherExit(pid_t pid, const ExitedThread& self, Event* event, std::vector<pid_t>* held) {
   std::vector<pid_t> others;
   for (const auto& [t, owner] : tasks_)
-    if (owner == pid && t != pid) others.push_back(t);
+    if (owner == pid && t != self.tid) others.push_back(t);
   // The first thread gone by pthread_exit() while others run on: not the process's end.
-  if (EndsByExit(leader) && !others.empty()) return;
+  if (self.tid == pid && EndsByExit(self) && !others.empty()) return;
   event->whole = true;
-  event->threads.push_back(leader);
+  event->threads.push_back(self);
   for (const ExitedThread& t : exited_threads_[pid]) event->threads.push_back(t);
   // The others are being killed: each comes to its exit stop and waits there.
   auto deadline = std::chrono::steady_clock::now() + kExitGatherWait;

@@ -105,10 +105,11 @@ class Supervisor {
   void Gone(pid_t tid, int status);
   void DetachAll();
   // options.exit_threads: a thread of `pid` at its exit stop.
-  void NoteExitingThread(pid_t tid, pid_t pid);
-  // The leader of `pid` at its exit stop: whether the process ends as a whole; if so, the other
-  // threads are waited for at their exit stops (held there: `held`) and all go into `event`.
-  void GatherExit(pid_t pid, Event* event, std::vector<pid_t>* held);
+  void NoteExitingThread(const ExitedThread& t, pid_t pid);
+  // A thread of `pid` at its exit stop that ends it (`self`): whether the process ends as a
+  // whole; if so, the other threads are waited for at their exit stops (held there: `held`) and
+  // all go into `event`.
+  void GatherExit(pid_t pid, const ExitedThread& self, Event* event, std::vector<pid_t>* held);
 
   Handler* handler_;
   Options options_;

@@ -100,7 +100,9 @@ void ScanSession::ScanAtExit(const process::Event& event) {
     }
     auto out = std::make_unique<ScanOutcome>();
     out->at_exit = true;
-    bool ok = Scan(event.pid, threads, held_at, out.get());
+    // Read through the thread held at its exit stop: the first thread may have let go of the
+    // memory already (killed on the way out without a stop), and /proc/PID/maps is then empty.
+    bool ok = Scan(event.tid, threads, held_at, out.get());
     TestDelay();
     std::lock_guard<std::mutex> lock(mu_);
     if (ok) {
