@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
 /* Allocation tracking for one process: uprobes on the allocator's entry points record
  * address -> {size, time, thread, stack} in `allocs`; what is still there when the process
- * exits leaked. See bpf/leak.h for the records shared with user space. */
+ * exits leaked. See bpf/abi/leak.h for the records shared with user space. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
-#include "leak.h"
-#include "unwind.h"	  /* the CFI stack walker: stacks through code without frame pointers */
-#include "stack_totals.h" /* outstanding bytes and blocks per stack */
-#include "traced_processes.h" /* follow_forks: a key and counters per process */
-#include "alloc_table.h"  /* the outstanding blocks: `allocs` */
-#include "calls_in_flight.h" /* malloc and calloc calls between entry and return */
+#include "abi/leak.h"
+#include "unwind.bpf.h"	  /* the CFI stack walker: stacks through code without frame pointers */
+#include "stack_totals.bpf.h" /* outstanding bytes and blocks per stack */
+#include "traced_processes.bpf.h" /* follow_forks: a key and counters per process */
+#include "alloc_table.bpf.h"  /* the outstanding blocks: `allocs` */
+#include "calls_in_flight.bpf.h" /* malloc and calloc calls between entry and return */
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -56,13 +56,13 @@ __u64 mark = 0;
  * blocks are stamped with. Reading the clock in the probe cost a tenth of its work, and
  * bpf_ktime_get_coarse_ns() is not allowed in uprobe programs. */
 __u64 now_ns = 0;
-/* Calls in flight that keep their state in `inflight` (bpf/calls_in_flight.h: every function but
+/* Calls in flight that keep their state in `inflight` (bpf/calls_in_flight.bpf.h: every function but
  * malloc and calloc, and those when their slot is taken), over all threads. While there are
  * none, a malloc cannot be nested in another allocator call, and need not look up whether it is. */
 __s64 slow_calls = 0;
 
 /* What an allocation call passed on entry, kept until its return: for every function but malloc and
- * calloc, which keep theirs in `calls_in_flight` when they can (bpf/calls_in_flight.h). `depth`
+ * calloc, which keep theirs in `calls_in_flight` when they can (bpf/calls_in_flight.bpf.h). `depth`
  * counts nested calls into probed functions (realloc(NULL, n) reaching malloc, memalign reaching
  * malloc, reallocarray reaching realloc): only the outermost call is the user's allocation. */
 struct inflight_call {
@@ -342,7 +342,7 @@ static __always_inline bool freed_by_realloc(__u64 address)
 	return call && call->active && call->freed_at_entry == address;
 }
 
-/* bpf/heap_errors.h, included after alloc_stack(). */
+/* bpf/heap_errors.bpf.h, included after alloc_stack(). */
 static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 address,
 					  __u64 size_fn, __s64 alloc_stack_id, bool at_entry);
 static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, __u64 address,
@@ -509,7 +509,7 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 
 	if (!capture_stacks)
 		return -1;
-	if (unwind_stack(ctx, tid, &id)) { /* the CFI walk (bpf/unwind.h) took it */
+	if (unwind_stack(ctx, tid, &id)) { /* the CFI walk (bpf/unwind.bpf.h) took it */
 		if (id < 0)
 			COUNT(stack_failures, 1);
 		return id;
@@ -526,7 +526,7 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 	return id;
 }
 
-#include "heap_errors.h" /* mismatched, double and invalid frees */
+#include "heap_errors.bpf.h" /* mismatched, double and invalid frees */
 
 /* Whether an entry at stack pointer `sp` is nested in `call`, this thread's call in flight: a
  * nested call runs deeper in the stack than the outer one (or at the same depth: a tail call). */
@@ -705,7 +705,7 @@ static __always_inline int free_enter(struct pt_regs *ctx, __u64 fn, __u64 ptr)
 	return 0;
 }
 
-/* malloc and calloc: the fast way when it is free (bpf/calls_in_flight.h), else as the others. */
+/* malloc and calloc: the fast way when it is free (bpf/calls_in_flight.bpf.h), else as the others. */
 static __always_inline void fast_enter(struct pt_regs *ctx, __u64 fn, __u64 size)
 {
 	if (!is_target() || size > LEAK_SIZE_MASK) /* a size that large fails */

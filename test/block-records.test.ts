@@ -1,4 +1,4 @@
-// The records snapshot() hands over (bpf/leak.h leak_block, leak_timed_block) decode to every
+// The records snapshot() hands over (bpf/abi/leak.h leak_block, leak_timed_block) decode to every
 // value the kernel's slot can hold: the size and the function share a word, stack ids are -1,
 // small, or hashes past 2^32, tids and marks are 32 bits.
 import { describe, expect, it } from 'vitest';

@@ -1,4 +1,4 @@
-// One events batch from the poll thread (struct leak_event records, bpf/leak.h), read in place
+// One events batch from the poll thread (struct leak_event records, bpf/abi/leak.h), read in place
 // into the public 'alloc'/'free' events. A batch holds up to ~4,700 records and a busy target
 // sends hundreds of thousands a second, so each record costs one object and the two BigInts the
 // API hands out (address, timestamp): small fields are read as 32-bit halves. Going through a

@@ -1,10 +1,10 @@
-// Decoders for the records in bpf/leak.h. Field order must match the structs there; the addon
+// Decoders for the records in bpf/abi/leak.h. Field order must match the structs there; the addon
 // reports its struct sizes (`layout`) and checkLayout() refuses to run on a mismatch.
 import { allocatorFunctions, type AllocatorFunction } from '../types.js';
 import type { NativeLayout } from './addon.js';
 import { AddonError } from '../errors.js';
 
-/** enum leak_fn, by value: bpf/leak.h numbers the functions in allocatorFunctions' order. */
+/** enum leak_fn, by value: bpf/abi/leak.h numbers the functions in allocatorFunctions' order. */
 export const leakFunctions: readonly AllocatorFunction[] = allocatorFunctions;
 
 export const counterFields = [
@@ -113,7 +113,7 @@ function recordColumns(buffer: ArrayBuffer, bytes: number, sampleEveryBytes: num
     address: (i) => u[i * words]!,
     size,
     fn: (i) => leakFunctions[h[i * halves + 3]! >>> 24] ?? 'malloc',
-    // Stack ids are small, or hashes below 2^53 marked by a high bit (see bpf/leak.h); -1 is none.
+    // Stack ids are small, or hashes below 2^53 marked by a high bit (see bpf/abi/leak.h); -1 is none.
     stackId: (i) => {
       const lo = h[i * halves + 4]!;
       const hi = h[i * halves + 5]!;

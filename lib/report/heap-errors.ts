@@ -1,4 +1,4 @@
-// Heap errors as reports carry them: the kernel's records (bpf/heap_errors.h) with their stacks
+// Heap errors as reports carry them: the kernel's records (bpf/heap_errors.bpf.h) with their stacks
 // symbolized, an interior free placed in the block it points into.
 import type { BlockColumns, RawHeapError } from '../native/layout.js';
 import { hex, type RawLeakGroup } from './tally.js';

@@ -132,7 +132,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #mark = 0;
   /** When the tracer traces its own process: its addon's file, whose stacks are the tracer's own
    *  allocations (N-API calls on the JS thread) and are left out of every report. Its other
-   *  threads are kept out in the kernel (native/tracer.cc, ThreadIgnore). */
+   *  threads are kept out in the kernel (native/tracer/tracer.cc, ThreadIgnore). */
   #ownModule: string | undefined;
   #finalUnwindStats: UnwindStats | null = null;
   /** Execs and children (lib/processes.ts); undefined when the process is not followed. */
@@ -144,7 +144,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
     (slot) => this.#native.eventsDelivered(slot),
   );
-  /** The buffers events batches arrive in, by slot (native/event_slots.h). */
+  /** The buffers events batches arrive in, by slot (native/tracer/event_slots.h). */
   readonly #eventSlots: ArrayBuffer[];
   /** Events go straight to the listeners (lib/tracer/listener-snapshot.ts), unless rejections of async
    *  listeners are to be captured, which emit() does. */

@@ -26,15 +26,16 @@ function fileInode(path: string): number {
 /** Start the program held before exec: our launcher waits on its fd 3 until release(). */
 function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
   const launcher = launcherPath();
-  // The launcher switches to the user right before exec (native/launcher.c), and takes the
-  // variable out of the program's environment.
-  const env = { ...o.env, [launcherUserVariable]: o.user ? `${o.user.uid}:${o.user.gid}` : undefined };
+  // The addon looks the user up and tells the launcher, which switches to it right before exec
+  // (native/process/run_as_user.h, native/process/launcher.c); a variable of that name from elsewhere never does.
+  const env = { ...o.env, [launcherUserVariable]: undefined };
   return TracedProcess.start(native, {
     file: launcher,
     argv: [launcher, exe, o.command, ...o.args],
     env: environmentStrings(env),
     ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
     stdio: o.stdio,
+    ...(o.user ? { user: o.user } : {}),
   });
 }
 

@@ -1,4 +1,4 @@
-#include "heap_scan.h"
+#include "scan/heap_scan.h"
 
 #include <sys/mman.h>
 
@@ -8,7 +8,7 @@
 #include <iterator>
 #include <utility>
 
-#include "target_memory.h"
+#include "scan/target_memory.h"
 
 namespace ebpf_leak {
 namespace {

@@ -1,4 +1,4 @@
-#include "scan_session.h"
+#include "scan/scan_session.h"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "leak.h"
-#include "stop_world.h"
+#include "abi/leak.h"
+#include "scan/stop_world.h"
 
 namespace ebpf_leak {
 namespace {

@@ -11,9 +11,9 @@
 #include <mutex>
 #include <string>
 
-#include "../page_buffer.h"
-#include "../process/supervisor.h"
-#include "heap_scan.h"
+#include "addon/page_buffer.h"
+#include "process/supervisor.h"
+#include "scan/heap_scan.h"
 
 namespace ebpf_leak {
 

@@ -1,4 +1,4 @@
-#include "stop_world.h"
+#include "scan/stop_world.h"
 
 #include <dirent.h>
 #include <signal.h>

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "heap_scan.h"
+#include "scan/heap_scan.h"
 
 namespace ebpf_leak {
 

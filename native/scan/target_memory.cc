@@ -1,4 +1,4 @@
-#include "target_memory.h"
+#include "scan/target_memory.h"
 
 #include <sys/stat.h>
 #include <sys/uio.h>
