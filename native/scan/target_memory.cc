@@ -1,6 +1,8 @@
 #include "scan/target_memory.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -63,9 +65,12 @@ bool ReadMappings(pid_t pid, std::vector<Mapping>* out) {
     }
     m.file = inode != 0;
     if (m.file && m.path.rfind("/dev/", 0) == 0 && m.path != "/dev/zero") {
+      // Reading a device's mapping can hang or have effects: valgrind skips them too. (fstat(),
+      // not stat(): the addon keeps to glibc 2.28's symbols, native/compat/glibc_compat.c.)
       struct stat st;
-      // Reading a device's mapping can hang or have effects: valgrind skips them too.
-      if (stat(m.path.c_str(), &st) != 0 || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) m.device = true;
+      int fd = open(m.path.c_str(), O_PATH | O_CLOEXEC);
+      if (fd < 0 || fstat(fd, &st) != 0 || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) m.device = true;
+      if (fd >= 0) close(fd);
     }
     out->push_back(std::move(m));
   }
