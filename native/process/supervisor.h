@@ -17,6 +17,8 @@
 //     (return false to let the child run untraced); kExit at PTRACE_EVENT_EXIT, the address space
 //     still there (`stopped` false when the process vanished without that stop: SIGKILL).
 //   ReadRegisters(tid, ...) inside a handler reads a stopped thread's registers.
+//   Pause(pid, work) from any thread: every thread of a traced process stopped, `work` run on the
+//   supervisor thread with their registers, the threads resumed as they were.
 //   With options.exit_threads, a kExit of a process that ends as a whole (exit_group(), its last
 //   thread's exit(), a fatal signal) carries every thread's registers at its own exit stop: the
 //   others are held in theirs until the handler returns, so each stack is still where it ended.
@@ -29,6 +31,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -40,8 +43,8 @@ namespace ebpf_leak::process {
 
 enum class EventKind { kExec, kFork, kExit };
 
-// A thread at its exit stop.
-struct ExitedThread {
+// A thread in a ptrace stop (its exit stop, or a pause), with its registers.
+struct StoppedThread {
   pid_t tid = 0;
   bool has_regs = false;
   user_regs_struct regs{};
@@ -58,7 +61,7 @@ struct Event {
   // kExit with options.exit_threads: the process ends as a whole (not only its first thread,
   // gone by pthread_exit() while others run), and its threads at their exit stops, this one first.
   bool whole = false;
-  std::vector<ExitedThread> threads;
+  std::vector<StoppedThread> threads;
 };
 
 class Handler {
@@ -96,6 +99,12 @@ class Supervisor {
   // Inside a handler: the registers of a stopped thread (struct user_regs_struct, `size` bytes).
   static bool ReadRegisters(pid_t tid, void* regs, size_t size);
 
+  // Stops every thread of the traced process `pid`, runs `work` on the supervisor thread with
+  // their registers (`stopped_ns`: CLOCK_MONOTONIC when the first was asked to stop), and resumes
+  // them. False with `error` when the process is not traced, is exiting, or the tracer stops.
+  using PauseWork = std::function<void(const std::vector<StoppedThread>& threads, uint64_t stopped_ns)>;
+  bool Pause(pid_t pid, const PauseWork& work, std::string* error);
+
  private:
   void Run(pid_t pid);
   bool SeizeAll(pid_t pid, std::string* error);
@@ -104,12 +113,15 @@ class Supervisor {
   void OnNewTask(pid_t parent_tid, int event);
   void Gone(pid_t tid, int status);
   void DetachAll();
+  void RunPause();
+  // One attempt: false with `error` (and `busy` when another attempt may succeed).
+  bool PauseOnce(pid_t pid, const PauseWork& work, std::string* error, bool* busy);
   // options.exit_threads: a thread of `pid` at its exit stop.
-  void NoteExitingThread(const ExitedThread& t, pid_t pid);
+  void NoteExitingThread(const StoppedThread& t, pid_t pid);
   // A thread of `pid` at its exit stop that ends it (`self`): whether the process ends as a
   // whole; if so, the other threads are waited for at their exit stops (held there: `held`) and
   // all go into `event`.
-  void GatherExit(pid_t pid, const ExitedThread& self, Event* event, std::vector<pid_t>* held);
+  void GatherExit(pid_t pid, const StoppedThread& self, Event* event, std::vector<pid_t>* held);
 
   Handler* handler_;
   Options options_;
@@ -125,6 +137,16 @@ class Supervisor {
   bool started_ = false;
   std::string start_error_;
 
+  // Pause(): one request at a time, run by the supervisor thread.
+  std::mutex pause_mu_;
+  std::condition_variable pause_cv_;
+  std::mutex pause_call_mu_;
+  const PauseWork* pause_work_ = nullptr;
+  pid_t pause_pid_ = 0;
+  bool pause_done_ = false;
+  bool pause_ok_ = false;
+  std::string pause_error_;
+
   // Supervisor thread only.
   std::unordered_map<pid_t, pid_t> tasks_;  // traced thread -> its process
   std::set<pid_t> processes_;               // traced processes (tgids) whose exit is not seen yet
@@ -132,7 +154,7 @@ class Supervisor {
   std::set<pid_t> detach_at_stop_;          // untraced children, let go at their first stop
   std::set<pid_t> announced_;               // new tasks their parent's event has told us about
   // options.exit_threads: threads that passed their exit stop while their process was ending.
-  std::unordered_map<pid_t, std::vector<ExitedThread>> exited_threads_;
+  std::unordered_map<pid_t, std::vector<StoppedThread>> exited_threads_;
 };
 
 }  // namespace ebpf_leak::process

@@ -89,7 +89,7 @@ void ScanSession::ScanAtExit(const process::Event& event) {
   } else {
     uint64_t held_at = MonotonicNs();
     std::vector<ScanThread> threads;
-    for (const process::ExitedThread& t : event.threads) {
+    for (const process::StoppedThread& t : event.threads) {
       ScanThread s;
       s.tid = t.tid;
       s.has_regs = t.has_regs;
@@ -138,10 +138,27 @@ bool ScanSession::Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64
   return out->result.kind.size() == n;
 }
 
-bool ScanSession::ScanNow(ScanOutcome* out, std::string* error) {
+bool ScanSession::ScanNow(process::Supervisor* supervisor, ScanOutcome* out, std::string* error) {
   bool scanned = false;
-  auto work = [&](const HeldWorld& world) { scanned = Scan(world.pid, world.threads, world.stopped_ns, out); };
-  if (!StopOnce(pid_, work, error)) return false;
+  if (supervisor != nullptr) {
+    // Followed from its start: its supervisor holds it, and is the only one that may.
+    auto work = [&](const std::vector<process::StoppedThread>& stopped, uint64_t stopped_ns) {
+      std::vector<ScanThread> threads;
+      for (const process::StoppedThread& t : stopped) {
+        ScanThread s;
+        s.tid = t.tid;
+        s.has_regs = t.has_regs;
+        s.regs = t.regs;
+        threads.push_back(s);
+      }
+      scanned = Scan(pid_, threads, stopped_ns, out);
+      TestDelay();
+    };
+    if (!supervisor->Pause(pid_, work, error)) return false;
+  } else {
+    auto work = [&](const HeldWorld& world) { scanned = Scan(world.pid, world.threads, world.stopped_ns, out); };
+    if (!StopOnce(pid_, work, error)) return false;
+  }
   if (!scanned) *error = "its memory could not be read";
   return scanned;
 }

@@ -1,6 +1,5 @@
 // The leak-kind scans of one traced process: in the supervisor's stop at its exit
-// (native/process/supervisor.h), and on demand for a process nobody else traces (a brief stop of
-// every thread).
+// (native/process/supervisor.h), and on demand (a brief stop of every thread).
 #pragma once
 
 #include <napi.h>
@@ -39,8 +38,9 @@ class ScanSession {
   // why there is none.
   void ScanAtExit(const process::Event& event);
 
-  // Stops every thread of a process nobody traces, scans, resumes. False with `error`.
-  bool ScanNow(ScanOutcome* out, std::string* error);
+  // Stops every thread (through `supervisor` when it traces the process, else with a ptrace
+  // attach of its own), scans, resumes. False with `error`.
+  bool ScanNow(process::Supervisor* supervisor, ScanOutcome* out, std::string* error);
 
   // Once the process is gone: the scan made at its exit (null when there is none), and why not.
   std::unique_ptr<ScanOutcome> TakeExitOutcome();

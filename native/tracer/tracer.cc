@@ -430,16 +430,12 @@ bool Tracer::DoScan(ScanOutcome* out, NativeError* error) {
     *error = {"ELEAK_SCAN", "a process cannot stop itself to be scanned", 0};
     return false;
   }
-  if (supervisor_) {
-    *error = {"ELEAK_SCAN",
-              "process " + std::to_string(config_.pid) +
-                  " is followed with ptrace (a started program, or followForks): it is scanned at its exit, "
-                  "not while it runs; trace a running process by pid without followForks to scan it on demand",
-              0};
+  if (config_.follow_forks) {
+    *error = {"ELEAK_SCAN", "scan() is not available with followForks: trace one process to scan it", 0};
     return false;
   }
   std::string why;
-  if (!Session()->ScanNow(out, &why)) {
+  if (!Session()->ScanNow(supervisor_.get(), out, &why)) {
     *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(config_.pid) + ": " + why, 0};
     return false;
   }
