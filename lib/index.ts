@@ -62,6 +62,7 @@ export {
   UnsafeFileError,
   ProbeConflictError,
   PtraceError,
+  ScanError,
 } from './errors.js';
 
 // Checked reports and leak checks for test suites

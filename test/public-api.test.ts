@@ -155,6 +155,7 @@ describe('public API', () => {
         'PermissionError',
         'ProbeConflictError',
         'PtraceError',
+        'ScanError',
         'StateError',
         'SuppressionSyntaxError',
         'SymbolNotFoundError',
