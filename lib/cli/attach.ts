@@ -82,6 +82,10 @@ export async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<numb
     clearInterval(interval);
     clearTimeout(duration);
     const checked = await finish(report, cmd, io, tracer, exited);
+    if (report.scan === undefined) {
+      // Never a silent verdict: without a scan nothing here is known to be lost or reachable.
+      io.stderr.write('leak kinds: not scanned (--scan stops the process briefly to scan its memory); every block still allocated is listed\n');
+    }
     return attachExitStatus(checked, cmd.errorExitcode, cmd.allowInconclusive);
   } finally {
     stopping = true;
