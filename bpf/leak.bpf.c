@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
+/* One file by design: the probe programs and the static helpers they share form one BPF object; its parts with maps of their own are the .bpf.h headers beside it. */
 /* Allocation tracking for one process: uprobes on the allocator's entry points record
  * address -> {size, time, thread, stack} in `allocs`; what is still there when the process
  * exits leaked. See bpf/abi/leak.h for the records shared with user space. */
@@ -302,18 +303,27 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 	e->size = size;
 	e->timestamp_ns = ts;
 	e->tid = tid;
+	if (follow_forks) /* which process: tid | tgid << 32 (bpf/abi/leak.h) */
+		e->tid |= bpf_get_current_pid_tgid() & 0xffffffff00000000ULL;
 	e->stack_id = stack_id;
 	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
 				      ? BPF_RB_FORCE_WAKEUP
 				      : BPF_RB_NO_WAKEUP);
 }
 
+/* Some block had no room in `allocs` (read by bpf/heap_errors.bpf.h). Set before the block's
+ * address reaches the program, so every free of it sees it set. */
+bool blocks_dropped = false;
+
 /* Into `allocs`, or counted as dropped. */
 static __always_inline void track_block(__u64 address, __u64 size_fn, __u64 timestamp_ns,
 					  __s64 stack_id, __u64 tid_mark)
 {
-	if (table_insert(process_key(address), size_fn, timestamp_ns, stack_id, tid_mark))
+	if (table_insert(process_key(address), size_fn, timestamp_ns, stack_id, tid_mark)) {
 		COUNT(dropped_allocs, 1);
+		if (!blocks_dropped)
+			blocks_dropped = true;
+	}
 }
 
 static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id,
@@ -847,12 +857,46 @@ int BPF_PROG(target_exit, struct task_struct *p)
 	return 0;
 }
 
-/* `command` targets: the process is ours from fork to exec; only the exec'd program counts. */
+static long drop_stack_total(struct bpf_map *map, __s64 *stack_id, void *value, void *data)
+{
+	bpf_map_delete_elem(map, stack_id);
+	return 0;
+}
+
+/* image_keys: the process has exec'd. It is one thread here, in the kernel, and the only one
+ * traced: nothing else writes what is reset below. */
+static __always_inline void next_image(void)
+{
+	__u64 n = images + 1;
+	__u32 slot = n % LEAK_IMAGE_COMMANDS;
+	struct mm_struct *mm = bpf_get_current_task_btf()->mm;
+	__u64 start = BPF_CORE_READ(mm, arg_start), bytes = BPF_CORE_READ(mm, arg_end) - start;
+
+	if (bytes > LEAK_IMAGE_COMMAND_BYTES - 1)
+		bytes = LEAK_IMAGE_COMMAND_BYTES - 1;
+	/* Just copied there by the exec: resident. */
+	if (bytes == 0 || bpf_probe_read_user(image_commands[slot], bytes, (void *)start))
+		bytes = 0;
+	image_command_bytes[slot] = bytes;
+	image_bits = (n % LEAK_MAX_PROCESSES) << LEAK_PROCESS_SHIFT;
+	/* Threads the exec ended inside an allocator call left it counted as in flight. */
+	slow_calls = 0;
+	if (keep_stack_totals)
+		bpf_for_each_map_elem(&stack_totals, drop_stack_total, NULL, 0);
+	__sync_fetch_and_add(&images, 1); /* a full barrier: the index is published first */
+}
+
+/* `command` targets: the process is ours from fork to exec; only the exec'd program counts.
+ * Attached ones (image_keys): each exec starts a new image. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(target_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	if (BPF_CORE_READ(p, tgid) != target_tgid)
 		return 0;
+	if (image_keys) {
+		next_image();
+		return 0;
+	}
 	COUNT(execs, 1);
 	armed = true;
 	return 0;

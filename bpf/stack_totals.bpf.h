@@ -3,7 +3,7 @@
  * stack is one small map read instead of a walk of every outstanding block.
  *
  * Included by bpf/leak.bpf.c after bpf/unwind.bpf.h (for UNWIND_COUNT). Read by user space with
- * Tracer.readStackTotals() (native/unwind_tracer.cc). */
+ * Tracer.readStackTotals() (native/tracer/tracer_stacks.cc). */
 #ifndef EBPF_LEAK_STACK_TOTALS_H
 #define EBPF_LEAK_STACK_TOTALS_H
 

@@ -16,6 +16,16 @@
 /* Off (one process), every lookup below compiles away: the verifier prunes it. */
 const volatile bool follow_forks = false;
 
+/* A running process traced without ptrace (attach, no follow_forks): each image it execs keys its
+ * blocks and keeps its counters under an index of its own, switched by the exec tracepoint
+ * (next_image() in leak.bpf.c), so the blocks of the image before stay apart from the new one's
+ * until user space takes them out (native/tracer_processes.cc, SyncImages). */
+const volatile bool image_keys = false;
+__u64 image_bits = 0; /* the current image's index << LEAK_PROCESS_SHIFT */
+__u64 images = 0;     /* execs seen: the current image's index is images % LEAK_MAX_PROCESSES */
+char image_commands[LEAK_IMAGE_COMMANDS][LEAK_IMAGE_COMMAND_BYTES] = {};
+__u32 image_command_bytes[LEAK_IMAGE_COMMANDS] = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, __u32);   /* tgid */
@@ -34,6 +44,8 @@ static __always_inline __u64 *process_bits(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
+	if (image_keys) /* one process: the probes keep to it already */
+		return &image_bits;
 	return bpf_map_lookup_elem(&traced_procs, &tgid);
 }
 
@@ -48,7 +60,7 @@ static __always_inline __u64 process_key(__u64 address)
 {
 	__u64 *bits;
 
-	if (!follow_forks)
+	if (!follow_forks && !image_keys)
 		return address;
 	bits = process_bits();
 	return bits ? address | *bits : address;
@@ -60,7 +72,7 @@ static __always_inline struct leak_counters *process_counters_cpu(void)
 	__u64 *bits;
 	__u32 index;
 
-	if (!follow_forks)
+	if (!follow_forks && !image_keys)
 		return NULL;
 	bits = process_bits();
 	if (!bits)

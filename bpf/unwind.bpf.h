@@ -1,3 +1,4 @@
+/* One file by design: the walker's maps and the bounded loop that reads them are verified together; the records shared with user space are bpf/abi/unwind_types.h. */
 /* The CFI stack walker: user stacks through code built without frame pointers.
  *
  * Included by bpf/leak.bpf.c, right after bpf/abi/leak.h; alloc_stack() there calls unwind_stack().

@@ -63,11 +63,12 @@ struct leak_heap_error {
 	__u32 kind;		/* enum leak_error_kind */
 	__u32 tid;
 	__u64 address;
-	__u64 release_fn;	/* enum leak_fn of the release */
+	__u64 release_fn;	/* enum leak_fn of the release; at an entry, high half: the entry
+				 * probe's offset in its page + 1 (which overload), else 0 */
 	__s64 release_stack;
 	__u64 alloc_size_fn;	/* the block's size | fn << LEAK_SIZE_BITS; 0: not known */
 	__s64 alloc_stack;
-	__u64 first_free_fn;	/* double free: the release that freed it first */
+	__u64 first_free_fn;	/* double free: the release that freed it first (as release_fn) */
 	__s64 first_free_stack;
 };
 #define LEAK_MAX_HEAP_ERRORS 4096
@@ -164,6 +165,11 @@ struct leak_module {
  * is its address | the process's index << LEAK_PROCESS_SHIFT. Index 0 is never given out. */
 #define LEAK_PROCESS_SHIFT 48
 #define LEAK_MAX_PROCESSES 4096
+/* An attached process's exec (image_keys): the new image's command line as the exec left it on
+ * its stack (NUL-separated, cut at LEAK_IMAGE_COMMAND_BYTES - 1), for the last few execs, by
+ * image index % LEAK_IMAGE_COMMANDS. User space reads it when the process is gone already. */
+#define LEAK_IMAGE_COMMAND_BYTES 512
+#define LEAK_IMAGE_COMMANDS 8
 #define LEAK_ADDRESS_MASK ((1ULL << LEAK_PROCESS_SHIFT) - 1)
 
 /* Per-event record of the optional ring buffer stream. */
@@ -173,7 +179,7 @@ struct leak_event {
 	__u64 address;
 	__u64 size;
 	__u64 timestamp_ns;
-	__u64 tid;
+	__u64 tid;	/* following forks: | the process's tgid << 32 */
 	__s64 stack_id;
 };
 

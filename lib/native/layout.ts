@@ -174,12 +174,15 @@ export interface RawHeapError {
   tid: number;
   address: bigint;
   releaseFn: AllocatorFunction;
+  /** At an entry: the entry probe's offset in its page + 1 (which overload); 0 elsewhere. */
+  releaseEntryPage: number;
   releaseStack: number;
   /** The block, when known (size 0 and fn undefined: not known). */
   allocSize: number;
   allocFn: AllocatorFunction | undefined;
   allocStack: number;
   firstFreeFn: AllocatorFunction;
+  firstFreeEntryPage: number;
   firstFreeStack: number;
 }
 
@@ -203,11 +206,13 @@ export function decodeHeapErrors(buffer: ArrayBuffer): { seen: number; errors: R
       tid: h[base + 1]!,
       address: u[base / 2 + 1]!,
       releaseFn: leakFunctions[h[base + 4]!] ?? 'free',
+      releaseEntryPage: h[base + 5]!,
       releaseStack: stackIdOf(h[base + 6]!, h[base + 7]!),
       allocSize: Number(sizeFn & 0xff_ffff_ffff_ffffn),
       allocFn: sizeFn === 0n ? undefined : leakFunctions[Number(sizeFn >> 56n)],
       allocStack: stackIdOf(h[base + 10]!, h[base + 11]!),
       firstFreeFn: leakFunctions[h[base + 12]!] ?? 'free',
+      firstFreeEntryPage: h[base + 13]!,
       firstFreeStack: stackIdOf(h[base + 14]!, h[base + 15]!),
     });
   }

@@ -37,7 +37,7 @@ void AppendBlock(uint64_t address, const leak_slot& slot, bool timestamps, PageB
 }
 
 // Appends the blocks of `buckets` buckets from `first`.
-void ReadBuckets(const leak_bucket* first, size_t buckets, bool timestamps, PageBuffer* out) {
+void ReadBuckets(const leak_bucket* first, size_t buckets, uint64_t mask, bool timestamps, PageBuffer* out) {
   for (size_t b = 0; b < buckets; b++) {
     const leak_bucket& bucket = first[b];
     for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
@@ -48,7 +48,7 @@ void ReadBuckets(const leak_bucket* first, size_t buckets, bool timestamps, Page
       memcpy(&slot, &bucket.values[i], sizeof(slot));
       __atomic_thread_fence(__ATOMIC_ACQUIRE);
       if (__atomic_load_n(&bucket.keys[i], __ATOMIC_RELAXED) != key) continue;  // freed meanwhile
-      AppendBlock(key, slot, timestamps, out);
+      AppendBlock(key & mask, slot, timestamps, out);
     }
   }
 }
@@ -105,7 +105,7 @@ int AllocTableReader::Read(bool timestamps, PageBuffer* out) const {
     void* p = mmap(nullptr, end - begin, PROT_READ, MAP_SHARED, map_fd_, static_cast<off_t>(begin));
     if (p == MAP_FAILED) return errno;
     const auto* at = static_cast<const uint8_t*>(p) + (first * sizeof(leak_bucket) - begin);
-    ReadBuckets(reinterpret_cast<const leak_bucket*>(at), last - first, timestamps, out);
+    ReadBuckets(reinterpret_cast<const leak_bucket*>(at), last - first, address_mask_, timestamps, out);
     munmap(p, end - begin);
     first = last;
   }
@@ -126,7 +126,7 @@ int AllocTableReader::ReadSpill(bool timestamps, PageBuffer* out) const {
                                    &count, nullptr);
     first = false;
     int e = err ? errno : 0;
-    for (uint32_t i = 0; i < count; i++) AppendBlock(keys[i], values[i], timestamps, out);
+    for (uint32_t i = 0; i < count; i++) AppendBlock(keys[i] & address_mask_, values[i], timestamps, out);
     read += count;
     if (e == ENOENT) return 0;  // the end
     if (e) return e;

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "abi/leak.h"
 #include "addon/page_buffer.h"
 
 namespace ebpf_leak {
@@ -34,6 +35,9 @@ class AllocTableReader {
   int Open(int map_fd, uint32_t buckets, int spill_fd, uint32_t spill_entries);
   void Close();
   bool IsOpen() const { return map_fd_ >= 0; }
+  // Blocks are read with the process index of their key (bpf/traced_processes.bpf.h) cleared: one
+  // process, whose images each have an index.
+  void StripProcessBits(bool on) { address_mask_ = on ? LEAK_ADDRESS_MASK : ~0ULL; }
 
   // A leak_block (bpf/abi/leak.h) for every block in the table, or a leak_timed_block when
   // `timestamps`, into `out` (reserved here). Blocks come and go while it reads; each one read is
@@ -47,6 +51,7 @@ class AllocTableReader {
   uint32_t buckets_ = 0;
   int spill_fd_ = -1;
   uint32_t spill_entries_ = 0;
+  uint64_t address_mask_ = ~0ULL;
 };
 
 }  // namespace ebpf_leak

@@ -1,3 +1,4 @@
+// One file by design: the Tracer ObjectWrap's load, attach, poll thread and snapshot share one lock and one BPF skeleton; processes and per-stack reads are tracer_processes.cc and tracer_stacks.cc.
 #include "tracer/tracer.h"
 #include "addon/errors.h"
 #include "symbols/demangle.h"
@@ -346,6 +347,7 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.follow_forks = config_.supervise && GetBool(o, "followForks");
   config_.scan_at_exit = config_.supervise && GetBool(o, "scanAtExit");
   config_.glibc = GetBool(o, "glibc");
+  config_.image_keys = !config_.supervise && !config_.wait_for_exec;
   Napi::Value btf = o.Get("btfPath");
   if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
   Napi::Value probes = o.Get("probes");
@@ -511,7 +513,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   bpf_map__set_max_entries(skel_->maps.stack_traces, stack_entries);
   bpf_map__set_max_entries(skel_->maps.overflow_stacks, stack_entries);
   bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
-  bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec);
+  bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec || config_.image_keys);
   bpf_program__set_autoload(skel_->progs.target_exit, !config_.wait_for_exec);
   skel_->rodata->attach_mode = multi ? LEAK_ATTACH_MULTI : LEAK_ATTACH_UPROBE;
   SetProbeFunctions(skel_->rodata->fn_at_page_offset, config_.probes);
@@ -523,6 +525,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
 
   unwind_ = Unwinder::Create(skel_, config_, this);  // tables and map sizes (native/unwind/unwinder.cc)
   skel_->rodata->follow_forks = config_.follow_forks;
+  skel_->rodata->image_keys = config_.image_keys;
   // Stack totals are one sum over every process; with several, blocks taken out at an exit or an
   // exec could not be taken out of them consistently.
   if (config_.follow_forks) skel_->rodata->keep_stack_totals = false;
@@ -538,6 +541,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
   if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets,
                                    bpf_map__fd(skel_->maps.spilled_allocs), spill_entries))
     return fail("ELEAK_BPF", "cannot map the table of outstanding blocks", e);
+  allocs_table_.StripProcessBits(config_.image_keys);
   SetThreadIgnored(CurrentTid(), true);  // until DoAttach is done: see there
   unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
@@ -551,12 +555,13 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
     DetachAll();
     return false;
   }
-  if (config_.wait_for_exec) {
+  if (config_.wait_for_exec || config_.image_keys) {
     bpf_link* link = bpf_program__attach(skel_->progs.target_exec);
     if (link == nullptr)
       return fail(CodeForErrno(errno, "ELEAK_BPF"), "cannot attach to sched_process_exec", errno);
     links_.push_back(link);
-  } else {
+  }
+  if (!config_.wait_for_exec) {
     bpf_link* link = bpf_program__attach(skel_->progs.target_exit);
     if (link == nullptr)
       return fail(CodeForErrno(errno, "ELEAK_BPF"), "cannot attach to sched_process_exit", errno);
@@ -595,8 +600,13 @@ bool Tracer::ReadCounters(std::vector<uint8_t>* out) {
   // (summing through a cast struct pointer would break strict aliasing).
   constexpr size_t kWords = sizeof(leak_counters) / sizeof(uint64_t);
   std::vector<uint64_t> per_cpu(static_cast<size_t>(ncpu) * kWords);
-  uint32_t zero = 0;
-  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.counters), &zero, per_cpu.data())) return false;
+  uint32_t key = 0;
+  int fd = bpf_map__fd(skel_->maps.counters);
+  if (config_.image_keys) {  // the current image's
+    key = CurrentImage();
+    fd = bpf_map__fd(skel_->maps.process_counters);
+  }
+  if (bpf_map_lookup_elem(fd, &key, per_cpu.data())) return false;
   std::vector<uint64_t> sum(kWords, 0);
   for (size_t cpu = 0; cpu < static_cast<size_t>(ncpu); cpu++)
     for (size_t i = 0; i < kWords; i++) sum[i] += per_cpu[cpu * kWords + i];
@@ -613,6 +623,7 @@ bool Tracer::DoSnapshot(bool timestamps, PageBuffer* entries, std::vector<uint8_
     return false;
   }
   ThreadIgnore ignore(this);
+  SyncImages();
   // Counters first: a block allocated between the two reads then shows in the map but not yet
   // in the totals, never the other way round.
   if (!ReadCounters(counters)) {
@@ -825,6 +836,7 @@ void Tracer::PollLoop() {
     // Also the clock the probes stamp blocks with (`now_ns`) ticks here.
     int n = epoll_wait(ep, evs, 4, kClockTickMs);
     skel_->bss->now_ns = MonotonicNs();
+    SyncImages();  // an exec's message before the exit's
     bool exited = false;
     for (int i = 0; i < n; i++) {
       if (evs[i].data.u64 == kStop) stopping = true;

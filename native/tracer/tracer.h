@@ -73,6 +73,9 @@ struct TracerConfig {
   // each with blocks and counters of its own with `follow_forks`.
   bool supervise = false;
   bool follow_forks = false;
+  // A running process not followed with ptrace: the BPF program starts a new image's blocks and
+  // counters at each exec (bpf/traced_processes.bpf.h), and SyncImages() takes the old ones out.
+  bool image_keys = false;
   UnwindOptions unwind;  // the CFI stack walker (native/unwind/unwinder.h)
   // Scan the target's memory for the leak kinds in the supervisor's stop at its exit.
   bool scan_at_exit = false;
@@ -148,6 +151,10 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   bool OnFork(const process::Event& event);
   void OnExit(const process::Event& event);
   void WaitForResume(pid_t pid);
+  // image_keys: the execs the BPF program saw since the last call, each posted as an "exec"
+  // message with the blocks and counters of the image that ended, which leave the maps.
+  void SyncImages();
+  uint32_t CurrentImage() const;
 
   bool LoadAndAttach(bool multi, NativeError* error);
   static void SetProbeFunctions(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
@@ -206,6 +213,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   bool stopping_ = false;
   std::mutex scan_mu_;  // guards scan_ (not mu_: a scan at exit reads the table under mu_)
   std::unique_ptr<ScanSession> scan_;
+  std::mutex images_mu_;                    // SyncImages(): poll thread and snapshots
+  std::atomic<uint64_t> images_synced_{0};  // execs whose image SyncImages() took out
 };
 
 }  // namespace ebpf_leak

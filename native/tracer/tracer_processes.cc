@@ -3,8 +3,10 @@
 //
 // Messages (onMessage(type, ArrayBuffer)), little-endian, decoded by lib/native-layout.ts:
 //   "exec"     u32 pid, u32 0, struct leak_counters of the image that ended, u64 its blocks,
-//              u64 their bytes. The process stays stopped until resumeProcess(pid) (JS checks the
-//              new image's allocator first), or kResumeTimeout.
+//              u64 their bytes. A supervised process stays stopped until resumeProcess(pid) (JS
+//              checks the new image's allocator first), or kResumeTimeout; one traced without
+//              ptrace (image_keys) has run on. Then u32 the new image's command line bytes, u32 0,
+//              and that command line (NUL-separated; image_keys only, maybe cut short).
 //   "fork"     u32 child, u32 parent, u32 its index: a child is traced (follow_forks).
 //   "process"  u32 pid, i32 wait status, u32 flags (1: seen at its exit stop), u32 command line
 //              bytes, struct leak_counters, u64 blocks; the command line (NUL-separated, padded to
@@ -273,12 +275,55 @@ void Tracer::OnExec(const process::Event& event) {
   Put(&message, old);
   Put(&message, blocks);
   Put(&message, bytes);
+  Put(&message, static_cast<uint64_t>(0));  // no command line: /proc has it while it waits
   {
     std::lock_guard<std::mutex> lock(resume_mu_);
     resumed_.erase(event.pid);
   }
   Post("exec", std::move(message));
   WaitForResume(event.pid);
+}
+
+uint32_t Tracer::CurrentImage() const {
+  return static_cast<uint32_t>(images_synced_.load() % LEAK_MAX_PROCESSES);
+}
+
+// A process traced without ptrace runs on past its exec: the BPF program has moved its new image
+// to an index of its own, and the image before's blocks and counters, which nothing writes any
+// more, leave the maps here (poll thread, or a snapshot under mu_; both while skel_ lives).
+void Tracer::SyncImages() {
+  if (!config_.image_keys) return;
+  std::lock_guard<std::mutex> lock(images_mu_);
+  uint64_t seen = __atomic_load_n(&skel_->bss->images, __ATOMIC_ACQUIRE);
+  while (images_synced_.load() < seen) {
+    uint32_t index = CurrentImage();
+    std::vector<leak_block> taken;
+    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    table.Take(static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT, &taken);
+    uint64_t bytes = 0;
+    for (const auto& b : taken) bytes += b.size_fn & LEAK_SIZE_MASK;
+    leak_counters old{};
+    ReadProcessCounters(index, &old);
+    WriteProcessCounters(index, leak_counters{});  // clean for the image that gets it next
+    images_synced_++;
+    std::vector<uint8_t> message;
+    Put(&message, static_cast<uint32_t>(config_.pid));
+    Put(&message, static_cast<uint32_t>(0));
+    Put(&message, old);
+    Put(&message, static_cast<uint64_t>(taken.size()));
+    Put(&message, bytes);
+    // The new image's command line, which /proc may no longer have: a short program can exit
+    // before this runs. Only while its slot was not written by a later exec.
+    std::string command;
+    uint32_t slot = static_cast<uint32_t>(images_synced_.load() % LEAK_IMAGE_COMMANDS);
+    if (seen - images_synced_.load() < LEAK_IMAGE_COMMANDS)
+      command.assign(skel_->bss->image_commands[slot],
+                     std::min<uint32_t>(skel_->bss->image_command_bytes[slot], LEAK_IMAGE_COMMAND_BYTES - 1));
+    Put(&message, static_cast<uint32_t>(command.size()));
+    Put(&message, static_cast<uint32_t>(0));
+    message.insert(message.end(), command.begin(), command.end());
+    Post("exec", std::move(message));
+  }
 }
 
 void Tracer::WaitForResume(pid_t pid) {

@@ -86,6 +86,8 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
     sources: ['leak_kinds_cpp.cc'],
     flags: [...cFlags, '-D_GLIBCXX_USE_CXX11_ABI=0'],
   },
+  { name: 'attach_exec', compiler: 'gcc', sources: ['attach_exec.c'], flags: cFlags },
+  { name: 'fork_wait', compiler: 'gcc', sources: ['fork_wait.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -117,7 +119,9 @@ export type FixtureName =
   | 'prefork_server'
   | 'exit_status'
   | 'leak_kinds'
-  | 'leak_kinds_cpp';
+  | 'leak_kinds_cpp'
+  | 'attach_exec'
+  | 'fork_wait';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);

@@ -1,5 +1,5 @@
 // The package's entry points as users import them, by name (resolved through package.json
-// "exports" to the built dist/, which `npm run build` makes before the tests).
+// "exports" to the built dist/, which `npm test` builds before it runs the tests).
 import 'ebpf-leak/vitest';
 import { describe, expect, it } from 'vitest';
 

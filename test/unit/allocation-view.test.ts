@@ -2,10 +2,10 @@
 // behave as the array of objects it replaced, without building a million of them up front.
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { allocationsView, viewColumns } from '../lib/native/allocation-view.js';
-import { snapshotColumns } from '../lib/native/layout.js';
-import type { OutstandingAllocation } from '../lib/types.js';
-import { snapshotBuffer, type SyntheticBlock } from './helpers/snapshot-buffer.js';
+import { allocationsView, viewColumns } from '../../lib/native/allocation-view.js';
+import { snapshotColumns } from '../../lib/native/layout.js';
+import type { OutstandingAllocation } from '../../lib/types.js';
+import { snapshotBuffer, type SyntheticBlock } from '../helpers/snapshot-buffer.js';
 
 const blocks: SyntheticBlock[] = [
   { address: 0x1000n, size: 32, timestampNs: 1_000_000_000n, tid: 7, stackId: 3 },

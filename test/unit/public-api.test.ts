@@ -3,7 +3,7 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { describe, expect, expectTypeOf, it } from 'vitest';
-import * as api from '../lib/index.js';
+import * as api from '../../lib/index.js';
 import {
   EbpfLeakError,
   LeakTracer,
@@ -31,7 +31,7 @@ import {
   type TracedProcess,
   type ProcessExit,
   type ScopedLeakReport,
-} from '../lib/index.js';
+} from '../../lib/index.js';
 
 describe('public API', () => {
   it('trace() takes pid or command options and resolves to a LeakTracer', () => {
@@ -144,6 +144,7 @@ describe('public API', () => {
         'CommandNotFoundError',
         'EbpfLeakError',
         'GcUnavailableError',
+        'HeapErrorsError',
         'InvalidOptionError',
         'LeakError',
         'LeakInconclusiveError',
@@ -188,7 +189,7 @@ describe('public API', () => {
         'tracingSupport',
       ].sort(),
     );
-    const index = readFileSync(new URL('../lib/index.ts', import.meta.url), 'utf8');
+    const index = readFileSync(new URL('../../lib/index.ts', import.meta.url), 'utf8');
     expect(index).not.toMatch(/export \*/);
   });
 });
@@ -209,10 +210,10 @@ function exportedNames(file: string): string[] {
 }
 
 describe('docs/api.md', () => {
-  const docs = readFileSync(new URL('../docs/api.md', import.meta.url), 'utf8');
+  const docs = readFileSync(new URL('../../docs/api.md', import.meta.url), 'utf8');
   const documented = (name: string) => new RegExp('`' + name + '(?![\\w])').test(docs);
 
-  it.each([['../lib/index.ts'], ['../lib/harness/vitest.ts'], ['../lib/harness/node-test.ts']])(
+  it.each([['../../lib/index.ts'], ['../../lib/harness/vitest.ts'], ['../../lib/harness/node-test.ts']])(
     'documents every name %s exports',
     (file) => {
       const names = exportedNames(file);

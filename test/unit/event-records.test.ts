@@ -1,8 +1,8 @@
 // struct leak_event records read in place into 'alloc'/'free' events (lib/native/event-records.ts).
 // Synthetic buffers, no kernel.
 import { describe, expect, it } from 'vitest';
-import { EventRecords } from '../lib/native/event-records.js';
-import { leakFunctions } from '../lib/native/layout.js';
+import { EventRecords } from '../../lib/native/event-records.js';
+import { leakFunctions } from '../../lib/native/layout.js';
 
 type Record = { kind: bigint; fn: bigint; address: bigint; size: bigint; timestampNs: bigint; tid: bigint; stackId: bigint };
 
@@ -43,7 +43,7 @@ describe('EventRecords', () => {
   it('numbers past 32 bits, unknown functions and odd records', () => {
     const batch = new EventRecords(
       records([
-        { ...base, kind: 1n, fn: 999n, size: 2n ** 40n + 3n, tid: 2n ** 33n },
+        { ...base, kind: 1n, fn: 999n, size: 2n ** 40n + 3n, tid: (4_194_000n << 32n) | 4_194_001n },
         { ...base, kind: 1n, fn: fn('malloc'), size: 2n ** 64n - 1n },
         { ...base, kind: 1n, fn: fn('free') },
         { ...base, kind: 1n + 2n ** 32n, fn: fn('malloc') },
@@ -52,7 +52,10 @@ describe('EventRecords', () => {
     const first = batch.allocEvent(0)!;
     expect(first.function).toBe('malloc'); // unknown fn, as the native layout decoder does
     expect(first.size).toBe(2 ** 40 + 3);
-    expect(first.tid).toBe(2 ** 33);
+    // Following forks, the tid word carries the process in its high half.
+    expect(first.tid).toBe(4_194_001);
+    expect(first.pid).toBe(4_194_000);
+    expect(batch.allocEvent(1)).not.toHaveProperty('pid'); // one process: no pid
     expect(batch.allocEvent(1)!.size).toBe(Number(2n ** 64n - 1n));
     expect(batch.allocEvent(2)).toBeUndefined(); // an allocation record naming free: no event
     expect(batch.isAlloc(3)).toBe(false); // kind compared on all 64 bits

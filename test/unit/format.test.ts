@@ -6,9 +6,9 @@ import {
   formatFrame,
   formatReport,
   formatSnapshotTop,
-} from '../lib/report/text-format.js';
-import { stringifyJsonReport, toJsonReport } from '../lib/report/json-format.js';
-import type { HeapSummary, LeakGroup, LeakReport, OutstandingAllocation, Snapshot } from '../lib/types.js';
+} from '../../lib/report/text-format.js';
+import { stringifyJsonReport, toJsonReport } from '../../lib/report/json-format.js';
+import type { HeapSummary, LeakGroup, LeakReport, OutstandingAllocation, Snapshot } from '../../lib/types.js';
 
 const LIBC = '/usr/lib/x86_64-linux-gnu/libc.so.6';
 const SEED = '/work/test/.build/seed';

@@ -1,13 +1,14 @@
+// One file by design: the command line without a kernel, one module's cases each (lib/cli/args.ts parsing, help, exit statuses, signals, events lines).
 import { describe, expect, it } from 'vitest';
 
-import { parseCliArgs } from '../lib/cli/args.js';
-import { ATTACH_HELP, formatUsageError, MAIN_HELP, RUN_HELP } from '../lib/cli/help.js';
-import { main } from '../lib/cli/main.js';
-import { parseBufferSizeOption } from '../lib/cli/options.js';
-import { formatAllocEvent, formatFreeEvent, formatStackProblems, type CliIo } from '../lib/cli/output.js';
-import { attachExitStatus, parseProcStat, runExitStatus, shouldForwardSignal, signalExitStatus } from '../lib/cli/signals.js';
-import type { LeakReport } from '../lib/types.js';
-import type { UnwindStats } from '../lib/native/unwind.js';
+import { parseCliArgs } from '../../lib/cli/args.js';
+import { ATTACH_HELP, formatUsageError, MAIN_HELP, RUN_HELP } from '../../lib/cli/help.js';
+import { main } from '../../lib/cli/main.js';
+import { parseBufferSizeOption } from '../../lib/cli/options.js';
+import { formatAllocEvent, formatFreeEvent, formatStackProblems, type CliIo } from '../../lib/cli/output.js';
+import { attachExitStatus, parseProcStat, runExitStatus, shouldForwardSignal, signalExitStatus } from '../../lib/cli/signals.js';
+import type { LeakReport } from '../../lib/types.js';
+import type { UnwindStats } from '../../lib/native/unwind.js';
 
 const runDefaults = {
   kind: 'run',

@@ -3,10 +3,10 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
-import { parseCliArgs, type RunCommand } from '../lib/cli/args.js';
-import { ATTACH_HELP, optionsMarkdown, optionSpelling, RUN_HELP } from '../lib/cli/help.js';
-import { cliOptions, traceOptions } from '../lib/cli/options.js';
-import { defaults, limits } from '../lib/tracer/options.js';
+import { parseCliArgs, type RunCommand } from '../../lib/cli/args.js';
+import { ATTACH_HELP, optionsMarkdown, optionSpelling, RUN_HELP } from '../../lib/cli/help.js';
+import { cliOptions, traceOptions } from '../../lib/cli/options.js';
+import { defaults, limits } from '../../lib/tracer/options.js';
 
 describe('the option table', () => {
   it('every option is in the help of each command it belongs to, and only there', () => {
@@ -18,7 +18,7 @@ describe('the option table', () => {
   });
 
   it('docs/cli.md lists the table as it is (regenerate with `node scripts/cli-docs.js`)', () => {
-    const doc = readFileSync(new URL('../docs/cli.md', import.meta.url), 'utf8');
+    const doc = readFileSync(new URL('../../docs/cli.md', import.meta.url), 'utf8');
     const begin = '<!-- options: generated from lib/cli/options.ts -->\n';
     const end = '<!-- end of options -->';
     const at = doc.indexOf(begin);

@@ -2,9 +2,9 @@
 // value the kernel's slot can hold: the size and the function share a word, stack ids are -1,
 // small, or hashes past 2^32, tids and marks are 32 bits.
 import { describe, expect, it } from 'vitest';
-import { blockColumns, snapshotColumns, type BlockColumns } from '../lib/native/layout.js';
-import { allocatorFunctions } from '../lib/types.js';
-import { blockBuffer, snapshotBuffer, type SyntheticBlock } from './helpers/snapshot-buffer.js';
+import { blockColumns, snapshotColumns, type BlockColumns } from '../../lib/native/layout.js';
+import { allocatorFunctions } from '../../lib/types.js';
+import { blockBuffer, snapshotBuffer, type SyntheticBlock } from '../helpers/snapshot-buffer.js';
 
 const blocks: SyntheticBlock[] = allocatorFunctions.map((fn, i) => ({
   address: 0x7fff_ffff_f000n - BigInt(i * 64),

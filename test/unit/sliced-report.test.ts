@@ -1,13 +1,13 @@
 // Reports built in slices (lib/util/cooperative.ts): the same result as in one go, with the event
 // loop served in between. Synthetic snapshot buffers, no kernel.
 import { describe, expect, it } from 'vitest';
-import { forEachRange, SLICE_MS } from '../lib/util/cooperative.js';
-import { EventQueue } from '../lib/tracer/event-queue.js';
-import type { EventRecords } from '../lib/native/event-records.js';
-import { blockColumns, type Counters } from '../lib/native/layout.js';
-import { inUseSliced, summarize, tallyRows, tallyRowsSliced } from '../lib/report/tally.js';
-import { keptRows, keptRowsSliced, scopedReport, scopedReportSliced, type ReportSource } from '../lib/report/scope.js';
-import { blockBuffer, manyBlocks } from './helpers/snapshot-buffer.js';
+import { forEachRange, SLICE_MS } from '../../lib/util/cooperative.js';
+import { EventQueue } from '../../lib/tracer/event-queue.js';
+import type { EventRecords } from '../../lib/native/event-records.js';
+import { blockColumns, type Counters } from '../../lib/native/layout.js';
+import { inUseSliced, summarize, tallyRows, tallyRowsSliced } from '../../lib/report/tally.js';
+import { keptRows, keptRowsSliced, scopedReport, scopedReportSliced, type ReportSource } from '../../lib/report/scope.js';
+import { blockBuffer, manyBlocks } from '../helpers/snapshot-buffer.js';
 
 /** Runs `work` with a 1 ms timer going; how often the timer ran meanwhile, and its longest wait. */
 async function timerDuring(work: () => Promise<unknown>): Promise<{ ticks: number; longestGapMs: number }> {

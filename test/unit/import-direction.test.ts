@@ -6,7 +6,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
-const lib = fileURLToPath(new URL('../lib', import.meta.url));
+const lib = fileURLToPath(new URL('../../lib', import.meta.url));
 
 /** Lower imports nothing higher. Files at lib/'s top level: the shared vocabulary (types.ts,
  *  errors.ts) sits at the bottom, the package entry (index.ts) at the top. */

@@ -2,7 +2,7 @@
 // adding and removing listeners, and patches of EventEmitter.prototype made later still apply.
 import { EventEmitter } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ListenerSnapshot, trackListenerChanges } from '../lib/tracer/listener-snapshot.js';
+import { ListenerSnapshot, trackListenerChanges } from '../../lib/tracer/listener-snapshot.js';
 
 class Tracked extends EventEmitter {}
 trackListenerChanges(Tracked);
