@@ -20,7 +20,8 @@ export interface CheckLeaksOptions extends Omit<CommandTraceOptions, 'command'> 
   assumeLeakKinds?: readonly LeakKind[];
   /** The leak kinds that count as leaks (valgrind's --errors-for-leak-kinds): a list, or
    *  valgrind's text ('definite,possible', 'all', 'none'). Default definite and possible.
-   *  Without a scan (leakKinds: false, or a program killed by a signal) every block counts. */
+   *  Without a scan (leakKinds: false, or a program that ended without its exit stop) every
+   *  block counts. */
   errorsForLeakKinds?: readonly LeakKind[] | string;
   /** Kill the program (SIGKILL) if it runs longer than this, milliseconds. Default: no limit. */
   timeoutMs?: number;
