@@ -79,6 +79,37 @@ void TestDelay() {
 
 }  // namespace
 
+std::vector<ScanThread> ExitThreads(const process::Event& event) {
+  std::vector<ScanThread> threads;
+  for (const process::StoppedThread& t : event.threads) {
+    ScanThread s;
+    s.tid = t.tid;
+    s.has_regs = t.has_regs;
+    s.regs = t.regs;
+    s.regs_are_roots = false;
+    threads.push_back(s);
+  }
+  return threads;
+}
+
+bool ScanAtProcessExit(const process::Event& event, const leak_block* blocks, size_t count,
+                       const ScanOptions& options, ScanResult* result, uint64_t* scan_ns, std::string* error) {
+  if (!event.stopped || !event.whole) {
+    *error = event.stopped ? "its first thread ended while others ran" : "it ended without an exit stop";
+    return false;
+  }
+  uint64_t t0 = MonotonicNs();
+  std::vector<ScanBlock> scan(count);
+  for (size_t i = 0; i < count; i++) {
+    scan[i].address = blocks[i].address;
+    scan[i].size = blocks[i].size_fn & LEAK_SIZE_MASK;
+  }
+  // Through the held thread: the first one may have let go of the memory already.
+  bool ok = ScanHeap(event.tid, scan, ExitThreads(event), options, result, error) && result->kind.size() == count;
+  *scan_ns = MonotonicNs() - t0;
+  return ok;
+}
+
 void ScanSession::ScanAtExit(const process::Event& event) {
   std::string why;
   if (!event.stopped) {
@@ -88,16 +119,7 @@ void ScanSession::ScanAtExit(const process::Event& event) {
     why = "its first thread ended (pthread_exit) while others ran: the process's end was not held";
   } else {
     uint64_t held_at = MonotonicNs();
-    std::vector<ScanThread> threads;
-    for (const process::StoppedThread& t : event.threads) {
-      ScanThread s;
-      s.tid = t.tid;
-      s.has_regs = t.has_regs;
-      s.regs = t.regs;
-      // memcheck checks once every thread is gone, and counts no register then.
-      s.regs_are_roots = false;
-      threads.push_back(s);
-    }
+    std::vector<ScanThread> threads = ExitThreads(event);
     auto out = std::make_unique<ScanOutcome>();
     out->at_exit = true;
     // Read through the thread held at its exit stop: the first thread may have let go of the
