@@ -58,6 +58,8 @@ class ScanSession {
 
  private:
   bool Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out);
+  bool Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out,
+            const ScanOptions& options);
 
   pid_t pid_;
   ScanOptions options_;
