@@ -49,8 +49,8 @@ for (const w of workloads) if (!allWorkloads.includes(w)) throw new Error(`unkno
 for (const c of configs) if (!allConfigs.includes(c)) throw new Error(`unknown config '${c}' (${allConfigs.join(', ')})`);
 
 const log = (...a) => console.log(...a);
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
+const median = (all) => {
+  const s = all.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length === 0 ? NaN : s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
@@ -438,7 +438,7 @@ function table(results, clean, metric = 'wallMs') {
   const header = ['workload', 'untraced', ...cols];
   const rows = [header, header.map(() => '---')];
   for (const w of workloads) {
-    const base = median(results[w].untraced.map((r) => r[metric]).filter((_, i) => clean[i]));
+    const base = median((results[w].untraced ?? []).map((r) => r[metric]).filter((_, i) => clean[i]));
     const cells = [w, `${(base / 1000).toFixed(2)} s`];
     for (const c of cols) {
       const t = median((results[w][c] ?? []).map((r) => r[metric]).filter((_, i) => clean[i]));
@@ -469,8 +469,16 @@ async function main() {
     const info = { round, clean: true, stealMs: 0, disturbed: [] };
     for (const [w, c] of order) {
       const watch = cpuWatch();
-      await runOnce(c, commands[w]);
+      let failed;
+      try {
+        await runOnce(c, commands[w]);
+      } catch (e) {
+        // One failed run (a peer's own failure) leaves a hole in its cell, not the whole bench.
+        failed = String(e.message).split('\n').slice(0, 3).join(' / ');
+        log(`  ${w}/${c} failed: ${failed}`);
+      }
       const r = watch();
+      if (failed) (r.failed = failed), (r.wallMs = NaN), (r.cpuMs = NaN);
       results[w][c][round] = r;
       info.stealMs += r.stealMs;
       if (r.otherCpus > maxOtherCpu) {
