@@ -4,7 +4,8 @@
 // 1. Probe kinds (bench/probe_kinds.c under bench/floor.c's empty programs): CPU ns per call of a
 //    function whose probed first instruction is a 5-byte nop (an optimized uprobe on kernels that
 //    have them), an emulated push, or a single-stepped load; with an entry probe, and with an
-//    entry probe and a return probe. Median of --runs runs (default 5), interleaved.
+//    entry probe and a return probe, and with a uprobe session whose entry keeps or declines the
+//    return (kernel >= 6.13). Median of --runs runs (default 5), interleaved.
 // 2. Kernel entries and BPF time per call under ebpf-leak (bench/entries.c): on bench/workload.c's
 //    `pair` (malloc(64); free) and on python3 with PYTHONMALLOC=malloc (bench/peers/workload.py),
 //    without and with stacks: system calls (uretprobe syscalls among them) per pair, and each
@@ -45,7 +46,7 @@ function probeKinds() {
   const prog = join(bench, 'ebpf-leak-probe-kinds');
   const floor = join(bench, 'ebpf-leak-floor');
   const kinds = ['nop5', 'push', 'step'];
-  const configs = ['none', 'entry', 'entry+return'];
+  const configs = ['none', 'entry', 'entry+return', 'session-keep', 'session-decline'];
   const calls = { nop5: 300_000, push: 300_000, step: 30_000 };
   const cpu = {};
   for (let r = 0; r < runs; r++) {
@@ -53,22 +54,28 @@ function probeKinds() {
       const off = '0x' + fileOffset(prog, `kind_${kind}`).toString(16);
       for (const config of configs) {
         const args = [kind, String(calls[kind])];
-        const out =
-          config === 'none'
-            ? run(prog, args)
-            : run(floor, ['--path', prog, '--entry', off, ...(config === 'entry+return' ? ['--return', off] : []), '--', prog, ...args]);
+        const probes = {
+          entry: ['--entry', off],
+          'entry+return': ['--entry', off, '--return', off],
+          'session-keep': ['--session-keep', off],
+          'session-decline': ['--session-decline', off],
+        }[config];
+        const out = config === 'none' ? run(prog, args) : run(floor, ['--path', prog, ...probes, '--', prog, ...args]);
         ((cpu[kind] ??= {})[config] ??= []).push(Number(/cpuNsPerCall=([\d.]+)/.exec(out)[1]));
       }
     }
   }
   log(`Probe kinds: CPU ns per call, median of ${runs} (empty BPF programs; bench/probe_kinds.c)`);
-  log('| first instruction | no probe | entry probe | entry + return probe | the return alone |');
-  log('|---|---|---|---|---|');
+  log('| first instruction | no probe | entry probe | entry + return probe | the return alone | session, return kept | session, return declined |');
+  log('|---|---|---|---|---|---|---|');
   const result = {};
   for (const kind of kinds) {
     const m = Object.fromEntries(configs.map((c) => [c, median(cpu[kind][c])]));
     result[kind] = m;
-    log(`| ${kind} | ${m.none.toFixed(0)} | ${m.entry.toFixed(0)} | ${m['entry+return'].toFixed(0)} | ${(m['entry+return'] - m.entry).toFixed(0)} |`);
+    log(
+      `| ${kind} | ${m.none.toFixed(0)} | ${m.entry.toFixed(0)} | ${m['entry+return'].toFixed(0)} | ${(m['entry+return'] - m.entry).toFixed(0)} | ` +
+        `${m['session-keep'].toFixed(0)} | ${m['session-decline'].toFixed(0)} |`,
+    );
   }
   return result;
 }
