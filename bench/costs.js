@@ -12,7 +12,7 @@
 //    program's runs and ns per run (kernel.bpf_stats). Entry programs run once per breakpoint hit.
 
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -82,7 +82,7 @@ function probeKinds() {
 
 function entriesPerCall() {
   const entries = join(bench, 'ebpf-leak-entries');
-  const cli = join(root, 'dist', 'cli.js');
+  const cli = join(root, JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).bin['ebpf-leak']);
   const pairs = 100_000;
   const workloads = [
     { name: 'pair (malloc(64); free)', comm: 'ebpf-leak-workl', cmd: [join(bench, 'ebpf-leak-workload'), 'pair', String(pairs), '--out', '/dev/null'], env: {} },

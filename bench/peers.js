@@ -33,6 +33,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
+/** The CLI as installed: package.json's bin. */
+const cli = join(root, JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).bin['ebpf-leak']);
 const cacheDir = '/var/tmp/ebpf-leak-bench';
 const python = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 const libc = '/lib/x86_64-linux-gnu/libc.so.6';
@@ -115,7 +117,7 @@ function run(cmd, args, opts = {}) {
 }
 
 function buildEbpfLeak() {
-  if (!existsSync(join(root, 'dist', 'cli.js')) || !existsSync(join(root, 'build', 'Release', 'ebpf_leak.node'))) {
+  if (!existsSync(cli) || !existsSync(join(root, 'build', 'Release', 'ebpf_leak.node'))) {
     log('Building ebpf-leak (npm run build)...');
     run('npm', ['run', 'build']);
   }
@@ -396,7 +398,6 @@ function seedScript() {
 }
 
 async function runOnce(config, w) {
-  const cli = join(root, 'dist', 'cli.js');
   const leak = (flags) => start(process.execPath, [cli, 'run', ...flags, '--', w.cmd, ...w.args], w.env).exited;
   let r;
   switch (config) {
