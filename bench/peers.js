@@ -24,7 +24,8 @@
 // tracer holds one. On a machine shared with other tracers, leave it out (--configs without it).
 //
 // Options: --rounds N (clean rounds wanted, default 5), --max-rounds N (default 3 x rounds),
-// --workloads a,b --configs a,b (subsets), --max-other-cpu X (default 0.15), --json FILE.
+// --workloads a,b --configs a,b (subsets), --max-other-cpu X (default 0.15), --json FILE,
+// --from FILE (print the tables of a JSON written earlier).
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -459,7 +460,22 @@ function table(results, clean, metric = 'wallMs') {
   return rows.map((r) => `| ${r.join(' | ')} |`).join('\n');
 }
 
+/** --from FILE: the tables of a JSON written earlier (also a partial one, after any round). */
+function printSaved(file) {
+  const saved = JSON.parse(readFileSync(file, 'utf8'));
+  const clean = saved.rounds.map((r) => saved.disturbedRoundsIncluded || r.clean || saved.cleanRounds === 0);
+  const results = saved.runs;
+  for (const w of Object.keys(results)) for (const c of Object.keys(results[w])) results[w][c] = results[w][c].map((r) => ({ wallMs: r?.wallMs ?? NaN, cpuMs: r?.cpuMs ?? NaN }));
+  workloads.splice(0, workloads.length, ...Object.keys(results));
+  configs.splice(0, configs.length, ...Object.keys(results[workloads[0]]));
+  log(`${file}: ${saved.rounds.length} rounds${saved.partial ? ' (partial)' : ''}, ${saved.cleanRounds} clean; steal ${(saved.stealMs / 1000).toFixed(1)} s`);
+  log(table(results, clean));
+  log('');
+  log(table(results, clean, 'cpuMs'));
+}
+
 async function main() {
+  if (option('--from')) return printSaved(option('--from'));
   if (process.getuid?.() !== 0) throw new Error('the bench traces with eBPF: run it as root');
   ensurePeers();
   ensureKernelHeadersForBcc();
