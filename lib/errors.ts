@@ -14,6 +14,11 @@ export const errorCodes = [
   'ELEAK_BPF',
   'ELEAK_COMMAND_NOT_FOUND',
   'ELEAK_CLOSED',
+  'ELEAK_STATE',
+  'ELEAK_NO_MULTI',
+  'ELEAK_ADDON',
+  'ELEAK_NO_GC',
+  'ELEAK_SUPPRESSION_SYNTAX',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -74,6 +79,30 @@ export class TracerClosedError extends EbpfLeakError {
   readonly code = 'ELEAK_CLOSED' as const;
 }
 
+/** A call at a time it cannot be made: a tracer attached twice, a measurement started on a
+ *  tracer that is already measuring. */
+export class StateError extends EbpfLeakError {
+  readonly code = 'ELEAK_STATE' as const;
+}
+/** The kernel has no multi-uprobe links. trace() falls back to one classic uprobe per function on
+ *  its own, so this reaches callers only from a kernel that refuses both. */
+export class MultiUprobeUnsupportedError extends EbpfLeakError {
+  readonly code = 'ELEAK_NO_MULTI' as const;
+}
+/** The native addon is not built, or was built from other sources than lib/ (rebuild it). */
+export class AddonError extends EbpfLeakError {
+  readonly code = 'ELEAK_ADDON' as const;
+}
+/** measure() needs a gc() function and could not get one from V8. */
+export class GcUnavailableError extends EbpfLeakError {
+  readonly code = 'ELEAK_NO_GC' as const;
+}
+/** A suppressions file or text that cannot be parsed; the message names the file and line. */
+export class SuppressionSyntaxError extends EbpfLeakError {
+  readonly code = 'ELEAK_SUPPRESSION_SYNTAX' as const;
+}
+
+/** @internal What to do about ELEAK_PERM, in every message that reports it. */
 export const permissionAdvice =
   'Run as root (sudo), or give node the capabilities CAP_BPF and CAP_PERFMON ' +
   '(plus CAP_SYS_PTRACE to trace another user\'s process), e.g. ' +
@@ -84,7 +113,7 @@ interface NativeErrorShape {
   message?: unknown;
 }
 
-/** Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
+/** @internal Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
 export function fromNativeError(error: unknown, context: string): EbpfLeakError | unknown {
   if (!(error instanceof Error)) return error;
   const { code, message } = error as NativeErrorShape;
@@ -102,6 +131,10 @@ export function fromNativeError(error: unknown, context: string): EbpfLeakError 
       return new BpfError(text, { cause: error });
     case 'ELEAK_CLOSED':
       return new TracerClosedError(text, { cause: error });
+    case 'ELEAK_STATE':
+      return new StateError(text, { cause: error });
+    case 'ELEAK_NO_MULTI':
+      return new MultiUprobeUnsupportedError(text, { cause: error });
     default:
       return error;
   }

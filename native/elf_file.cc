@@ -66,7 +66,7 @@ bool Inspect(const std::string& path, const std::vector<std::string>& names, Elf
   if (fd < 0) {
     int err = errno;
     *error = {err == ENOENT ? "ELEAK_LIB_NOT_FOUND" : CodeForErrno(err, "ELEAK_LIB_NOT_FOUND"),
-              "cannot open " + path + ": " + strerror(err), err};
+              "cannot open " + path + ": " + ErrnoText(err), err};
     return false;
   }
   std::unique_ptr<Elf, ElfCloser> elf(elf_begin(fd, ELF_C_READ_MMAP, nullptr));

@@ -5,8 +5,11 @@
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 
 namespace ebpf_leak {
+
+std::string ErrnoText(int err) { return std::string(strerror(err)); }
 
 namespace {
 thread_local std::string* g_log_sink = nullptr;

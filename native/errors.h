@@ -16,6 +16,9 @@ struct NativeError {
 
 Napi::Error ToJsError(Napi::Env env, const NativeError& e);
 
+// The text of a positive errno value, for messages.
+std::string ErrnoText(int err);
+
 // The code for a failed system call or libbpf call, from its errno.
 std::string CodeForErrno(int err, const char* fallback);
 

@@ -1,4 +1,5 @@
 #include "event_slots.h"
+#include "errors.h"
 
 #include "page_buffer.h"
 
@@ -18,7 +19,7 @@ void EventSlots::Create(Napi::Env env, int count, size_t bytes) {
   // JS thread (calloc from the heap would clear every byte), and the slots a trace never needs
   // cost nothing. Each ArrayBuffer unmaps its own part when collected.
   void* region = mmap(nullptr, count * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (region == MAP_FAILED) throw Napi::Error::New(env, "cannot map the event buffers: " + std::string(strerror(errno)));
+  if (region == MAP_FAILED) throw Napi::Error::New(env, "cannot map the event buffers: " + ErrnoText(errno));
   for (int i = 0; i < count; i++) {
     auto* data = static_cast<uint8_t*>(region) + i * bytes;
     Napi::ArrayBuffer buffer = PagesAsArrayBuffer(env, data, bytes, bytes);

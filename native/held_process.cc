@@ -1,4 +1,5 @@
 #include "held_process.h"
+#include "errors.h"
 #include "queued_promise.h"
 
 #include <fcntl.h>
@@ -132,7 +133,7 @@ bool HeldProcess::DoStart(std::string* error) {
     return false;
   }
   auto fail = [&](const char* what, int e) {
-    *error = std::string("cannot start ") + config_.file + ": " + what + ": " + std::strerror(e);
+    *error = std::string("cannot start ") + config_.file + ": " + what + ": " + ErrnoText(e);
     return false;
   };
   SpawnFds fds;

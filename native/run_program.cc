@@ -1,4 +1,5 @@
 #include "run_program.h"
+#include "errors.h"
 #include "queued_promise.h"
 
 #include <fcntl.h>
@@ -77,7 +78,7 @@ class RunProgramWorker : public Napi::AsyncWorker {
   void Fail(const char* what, int e, int* out, int* err) {
     for (int fd : {out[0], out[1], err[0], err[1]})
       if (fd >= 0) close(fd);
-    SetError(std::string("cannot run ") + file_ + ": " + what + ": " + std::strerror(e));
+    SetError(std::string("cannot run ") + file_ + ": " + what + ": " + ErrnoText(e));
   }
 
   // Reads both pipes until they close (the program and whatever it started exited), or kills the

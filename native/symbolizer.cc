@@ -5,9 +5,7 @@
 //
 //   symbolize(modulePath: string, offsets: BigUint64Array | Array<number | bigint>,
 //             options?: { debugDirs?: string[] }) : Promise<SymbolizedBatch>
-//   symbolizeSync(...same arguments...) : SymbolizedBatch
 //   readBuildId(path: string) : string | null        // lowercase hex of NT_GNU_BUILD_ID
-//   clearSymbolizerCache() : undefined
 //
 // The result has one entry per offset, in order: a list of frames (function, source file, line,
 // inlined or not), innermost first. An offset is a file offset in modulePath (what /proc/PID/maps
@@ -17,7 +15,7 @@
 // no PT_LOAD segment. Bad argument types throw a TypeError; nothing else throws.
 //
 // The result is compact, so that the JS thread does not build thousands of objects in one task
-// (lib/symbolize.ts reads it in place, through lib/symbolized-batch.ts, and makes its frames in
+// (lib/report/symbolize.ts reads it in place, through lib/native/symbolized-batch.ts, and makes its frames in
 // slices):
 //
 //   SymbolizedBatch = {
@@ -64,9 +62,10 @@
 // kMaxModules modules, least recently used evicted. Each module keeps a per-offset result cache.
 
 #include "symbolizer.h"
+#include "demangle.h"
+#include "errors.h"
 #include "queued_promise.h"
 
-#include <cxxabi.h>
 #include <dwarf.h>
 #include <elfutils/libdw.h>
 #include <elfutils/libdwelf.h>
@@ -112,12 +111,11 @@ constexpr size_t kMaxCachedOffsetsPerModule = 1u << 20;
 constexpr size_t kMaxOffsetsPerCall = 1u << 24;
 constexpr size_t kMaxSections = 1u << 20;
 constexpr size_t kMaxInlineDepth = 256;
-constexpr size_t kMaxDemangleInput = 1u << 16;
 constexpr size_t kMaxDiesPerCu = 1u << 25;       // a CU walk stops here (corrupt/cyclic DWARF)
 constexpr size_t kMaxRangesPerDie = 1u << 16;
 constexpr size_t kMaxBackwardScan = 1u << 16;   // interval lookups give up after this many steps
 
-std::string ErrnoText(int err) { return std::error_code(err, std::generic_category()).message(); }
+using ebpf_leak::ErrnoText;
 
 std::string Hex(const void* data, size_t len) {
   static const char digits[] = "0123456789abcdef";
@@ -313,22 +311,6 @@ bool ReadAltLink(Elf* elf, AltLink* out) {
   return false;
 }
 
-std::string Demangle(const char* name) {
-  if (name == nullptr) return "";
-  size_t len = strnlen(name, kMaxDemangleInput + 1);
-  if (len > kMaxDemangleInput) return std::string(name, kMaxDemangleInput);
-  if (len > 2 && name[0] == '_' && name[1] == 'Z') {
-    int status = -1;
-    char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
-    if (status == 0 && out != nullptr) {
-      std::string s(out);
-      free(out);
-      return s;
-    }
-    free(out);
-  }
-  return std::string(name, len);
-}
 
 const char* DieName(Dwarf_Die* die) {
   Dwarf_Attribute attr;
@@ -936,7 +918,7 @@ class Module {
       const char* symName = LookupSymbol(addr);
       if (symName != nullptr || !file0.empty()) {
         Frame f;
-        f.symbol = Demangle(symName);
+        f.symbol = ebpf_leak::DemangleForDisplay(symName);
         f.file = file0;
         f.line = line0;
         r.frames.push_back(std::move(f));
@@ -954,7 +936,7 @@ class Module {
         Dwarf_Die die = chain[k]->die;
         const char* name = DieName(&die);
         if (name == nullptr && k + 1 == chain.size()) name = LookupSymbol(addr);
-        f.symbol = Demangle(name);
+        f.symbol = ebpf_leak::DemangleForDisplay(name);
         f.inlined = dwarf_tag(&die) == DW_TAG_inlined_subroutine;
         if (k == 0) {
           f.file = file0;
@@ -1267,17 +1249,6 @@ Napi::Value Symbolize(const Napi::CallbackInfo& info) {
   return ebpf_leak::QueueForPromise(new SymbolizeWorker(info.Env(), std::move(req)));
 }
 
-Napi::Value SymbolizeSync(const Napi::CallbackInfo& info) {
-  Request req = ParseRequest(info);
-  EncodedResults encoded;
-  try {
-    encoded = Encode(RunRequest(req));
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(info.Env(), std::string("symbolize failed: ") + e.what());
-  }
-  return EncodedToJs(info.Env(), std::move(encoded));
-}
-
 Napi::Value ReadBuildId(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = StringArg(info[0], "path");
@@ -1296,18 +1267,9 @@ Napi::Value ReadBuildId(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, id);
 }
 
-Napi::Value ClearSymbolizerCache(const Napi::CallbackInfo& info) {
-  std::lock_guard<std::mutex> lock(gMutex);
-  gModules.clear();
-  return info.Env().Undefined();
-}
-
 }  // namespace
 
 void InitSymbolizer(Napi::Env env, Napi::Object exports) {
   exports.Set("symbolize", Napi::Function::New(env, Symbolize, "symbolize"));
-  exports.Set("symbolizeSync", Napi::Function::New(env, SymbolizeSync, "symbolizeSync"));
   exports.Set("readBuildId", Napi::Function::New(env, ReadBuildId, "readBuildId"));
-  exports.Set("clearSymbolizerCache",
-              Napi::Function::New(env, ClearSymbolizerCache, "clearSymbolizerCache"));
 }

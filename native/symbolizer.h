@@ -6,7 +6,5 @@
 
 // Registers on `exports`:
 //   symbolize(modulePath, offsets, options?) -> Promise<SymbolizedBatch>
-//   symbolizeSync(modulePath, offsets, options?) -> SymbolizedBatch
 //   readBuildId(path) -> string | null
-//   clearSymbolizerCache() -> undefined
 void InitSymbolizer(Napi::Env env, Napi::Object exports);

@@ -1,9 +1,10 @@
 #include "tracer.h"
+#include "errors.h"
+#include "demangle.h"
 #include "queued_promise.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <cxxabi.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sys/epoll.h>
@@ -59,20 +60,25 @@ struct Message {
   size_t length;
 };
 
-std::string ErrnoText(int err) { return std::string(strerror(err)); }
-
 int CurrentTid() { return static_cast<int>(syscall(SYS_gettid)); }
 
 // The kernel's ENOTSUPP (not in user-space errno.h), returned for unsupported link types.
 constexpr int ENOTSUPP_ERRNO = 524;
 
-uint32_t GetUint(const Napi::Object& o, const char* key, uint32_t fallback) {
-  Napi::Value v = o.Get(key);
-  return v.IsNumber() ? v.As<Napi::Number>().Uint32Value() : fallback;
+// The config's fields are all given by lib/ (which owns every default and limit); a missing or
+// mistyped one is a bug there, reported as such instead of replaced by a value of our own.
+[[noreturn]] void MissingField(const Napi::Object& o, const char* key, const char* type) {
+  throw Napi::TypeError::New(o.Env(), std::string("new Tracer(config): config.") + key + " must be " + type);
 }
-bool GetBool(const Napi::Object& o, const char* key, bool fallback) {
+uint32_t GetUint(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
-  return v.IsBoolean() ? v.As<Napi::Boolean>().Value() : fallback;
+  if (!v.IsNumber()) MissingField(o, key, "a number");
+  return v.As<Napi::Number>().Uint32Value();
+}
+bool GetBool(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsBoolean()) MissingField(o, key, "a boolean");
+  return v.As<Napi::Boolean>().Value();
 }
 uint64_t GetU64(const Napi::Object& o, const char* key) {
   Napi::Value v = o.Get(key);
@@ -80,7 +86,28 @@ uint64_t GetU64(const Napi::Object& o, const char* key) {
     bool lossless = true;
     return v.As<Napi::BigInt>().Uint64Value(&lossless);
   }
-  return v.IsNumber() ? static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue()) : 0;
+  if (!v.IsNumber()) MissingField(o, key, "a number or a bigint");
+  return static_cast<uint64_t>(v.As<Napi::Number>().DoubleValue());
+}
+std::vector<std::string> GetStrings(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsArray()) MissingField(o, key, "an array of strings");
+  Napi::Array list = v.As<Napi::Array>();
+  std::vector<std::string> out;
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value item = list.Get(i);
+    if (!item.IsString()) MissingField(o, key, "an array of strings");
+    out.push_back(item.As<Napi::String>());
+  }
+  return out;
+}
+uint32_t UnwindModeOf(const Napi::Object& o) {
+  Napi::Value v = o.Get("unwind");
+  std::string m = v.IsString() ? std::string(v.As<Napi::String>()) : "";
+  if (m == "fp") return LEAK_UNWIND_FP;
+  if (m == "dwarf") return LEAK_UNWIND_DWARF;
+  if (m == "auto") return LEAK_UNWIND_AUTO;
+  MissingField(o, "unwind", "'auto', 'dwarf' or 'fp'");
 }
 
 // While alive, the calling thread's allocations are not recorded (when the tracer traces its own
@@ -237,7 +264,6 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          StaticMethod<&Tracer::Demangle>("demangle"),
                          InstanceMethod<&Tracer::ReadStackTotals>("readStackTotals"),
                          InstanceMethod<&Tracer::UnwindStats>("unwindStats"),
-                         InstanceMethod<&Tracer::ReadStackFlags>("readStackFlags"),
                      });
 }
 
@@ -247,19 +273,22 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction())
     throw Napi::TypeError::New(env, "new Tracer(config: object, onMessage: function)");
   Napi::Object o = info[0].As<Napi::Object>();
-  config_.pid = static_cast<int32_t>(GetUint(o, "pid", 0));
-  config_.wait_for_exec = GetBool(o, "waitForExec", false);
-  config_.classic_uprobes = GetBool(o, "classicUprobes", false);
-  config_.max_allocations = GetUint(o, "maxAllocations", config_.max_allocations);
-  config_.events = GetBool(o, "events", false);
-  config_.event_buffer_bytes = GetUint(o, "eventBufferBytes", config_.event_buffer_bytes);
-  config_.stacks = GetBool(o, "stacks", false);
-  config_.stack_depth = GetUint(o, "stackDepth", config_.stack_depth);
-  config_.stack_map_entries = GetUint(o, "stackMapEntries", config_.stack_map_entries);
-  config_.page_size = GetUint(o, "pageSize", 4096);
+  config_.pid = static_cast<int32_t>(GetUint(o, "pid"));
+  config_.wait_for_exec = GetBool(o, "waitForExec");
+  config_.classic_uprobes = GetBool(o, "classicUprobes");
+  config_.max_allocations = GetUint(o, "maxAllocations");
+  config_.events = GetBool(o, "events");
+  config_.event_buffer_bytes = GetUint(o, "eventBufferBytes");
+  config_.stacks = GetBool(o, "stacks");
+  config_.stack_depth = GetUint(o, "stackDepth");
+  config_.stack_map_entries = GetUint(o, "stackMapEntries");
+  config_.page_size = GetUint(o, "pageSize");
   config_.sample_every_bytes = GetU64(o, "sampleEveryBytes");
-  config_.ignore_own_threads = GetBool(o, "ignoreOwnThreads", config_.pid == getpid());
-  ParseUnwindOptions(o, &config_.unwind);
+  config_.ignore_own_threads = GetBool(o, "ignoreOwnThreads");
+  config_.unwind.mode = UnwindModeOf(o);
+  config_.unwind.files = GetStrings(o, "unwindFiles");
+  config_.unwind.table_rows = GetUint(o, "unwindTableRows");
+  config_.unwind.stack_totals = GetBool(o, "stackTotals");
   Napi::Value btf = o.Get("btfPath");
   if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
   Napi::Value probes = o.Get("probes");
@@ -268,7 +297,7 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
     for (uint32_t i = 0; i < list.Length(); i++) {
       Napi::Object p = list.Get(i).As<Napi::Object>();
       ProbeSpec spec;
-      spec.fn = GetUint(p, "fn", LEAK_FN_COUNT);
+      spec.fn = GetUint(p, "fn");
       spec.path = p.Get("path").ToString();
       spec.entry_offset = GetU64(p, "entryOffset");
       spec.return_offset = GetU64(p, "returnOffset");
@@ -800,11 +829,9 @@ Napi::Value Tracer::Demangle(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) return env.Null();
   std::string name = info[0].As<Napi::String>();
-  int status = -1;
-  std::unique_ptr<char, void (*)(void*)> out(
-      abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), std::free);
-  if (status != 0 || !out) return env.Null();
-  return Napi::String::New(env, out.get());
+  std::optional<std::string> demangled = DemangleMangled(name.c_str());
+  if (!demangled) return env.Null();
+  return Napi::String::New(env, *demangled);
 }
 
 Napi::Value Tracer::CloseAsync(const Napi::CallbackInfo& info) {

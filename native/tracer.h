@@ -35,21 +35,23 @@ struct ProbeSpec {
   uint64_t return_offset = 0;  // function entry, for the uretprobe (not used for free)
 };
 
+// Every field comes from lib/ (lib/tracer/options.ts owns the defaults and limits).
 struct TracerConfig {
   int32_t pid = 0;
   bool wait_for_exec = false;
-  uint32_t max_allocations = 1000000;
+  uint32_t max_allocations = 0;
   bool events = false;
-  uint32_t event_buffer_bytes = 8u << 20;
+  uint32_t event_buffer_bytes = 0;
   bool stacks = false;
-  uint32_t stack_depth = 32;
-  uint32_t stack_map_entries = 65536;
-  uint64_t page_size = 4096;
+  uint32_t stack_depth = 0;
+  uint32_t stack_map_entries = 0;
+  uint64_t page_size = 0;
   uint64_t sample_every_bytes = 0;  // 0: every allocation is recorded
   std::string btf_path;  // empty: the running kernel's
   std::vector<ProbeSpec> probes;
-  // The target is this very process (a test harness measuring native code in-process): the
-  // tracer's own threads are then kept out of the results in the kernel (see ThreadIgnore).
+  // The target is this very process (a test harness measuring native code in-process), as lib/
+  // decides: the tracer's own threads are then kept out of the results in the kernel (see
+  // ThreadIgnore).
   bool ignore_own_threads = false;
   bool classic_uprobes = false;  // never multi-uprobe links (EBPF_LEAK_ATTACH=uprobe in lib/)
   UnwindOptions unwind;  // the CFI stack walker (native/unwinder.h)
@@ -95,7 +97,6 @@ class Tracer : public Napi::ObjectWrap<Tracer> {
   // Defined in native/unwinder.cc.
   Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);
   Napi::Value UnwindStats(const Napi::CallbackInfo& info);
-  Napi::Value ReadStackFlags(const Napi::CallbackInfo& info);
   static Napi::Value Demangle(const Napi::CallbackInfo& info);
 
   bool LoadAndAttach(bool multi, NativeError* error);

@@ -1,4 +1,5 @@
 #include "unwinder.h"
+#include "errors.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -7,7 +8,6 @@
 #include <libelf.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -21,7 +21,6 @@
 #include <cstring>
 #include <fstream>
 #include <set>
-#include <sstream>
 #include <algorithm>
 
 #include "leak.h"
@@ -45,120 +44,6 @@ uint64_t PackRule(const leak_unwind_rule& r) {
   static_assert(sizeof r == sizeof v, "leak_unwind_rule is 8 bytes");
   memcpy(&v, &r, sizeof r);
   return v;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::vector<std::string> SplitNul(const std::string& text) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t end = text.find('\0', start);
-    if (end == std::string::npos) end = text.size();
-    out.push_back(text.substr(start, end - start));
-    start = end + 1;
-  }
-  return out;
-}
-
-std::string Basename(const std::string& path) {
-  size_t slash = path.rfind('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-// PT_INTERP of an ELF file; empty when it has none or is no ELF file.
-std::string ReadInterpreter(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return "";
-  elf_version(EV_CURRENT);
-  std::string interp;
-  Elf* elf = elf_begin(fd, ELF_C_READ, nullptr);
-  size_t phnum = 0;
-  if (elf != nullptr && elf_kind(elf) == ELF_K_ELF && elf_getphdrnum(elf, &phnum) == 0) {
-    for (size_t i = 0; i < phnum; i++) {
-      GElf_Phdr ph;
-      if (gelf_getphdr(elf, static_cast<int>(i), &ph) == nullptr || ph.p_type != PT_INTERP) continue;
-      if (ph.p_filesz == 0 || ph.p_filesz > 4096) break;
-      std::string buf(ph.p_filesz, '\0');
-      if (pread(fd, buf.data(), buf.size(), static_cast<off_t>(ph.p_offset)) == static_cast<ssize_t>(buf.size()))
-        interp = std::string(buf.c_str());
-      break;
-    }
-  }
-  if (elf != nullptr) elf_end(elf);
-  close(fd);
-  return interp;
-}
-
-// `interp --list exe` in environment `env` (what the loader will map): the paths it prints.
-std::vector<std::string> LoaderList(const std::string& interp, const std::string& exe,
-                                    const std::vector<std::string>& env) {
-  int out[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return {};
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-  std::vector<char*> argv = {const_cast<char*>(interp.c_str()), const_cast<char*>("--list"),
-                             const_cast<char*>(exe.c_str()), nullptr};
-  std::vector<char*> envp;
-  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  pid_t child = -1;
-  int err = posix_spawn(&child, interp.c_str(), &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  close(out[1]);
-  std::string text;
-  if (err == 0) {
-    char buf[4096];
-    ssize_t n;
-    while ((n = read(out[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-      if (n > 0) text.append(buf, static_cast<size_t>(n));
-    int status;
-    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
-    }
-  }
-  close(out[0]);
-  // "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "\t/lib64/ld-linux... (0x...)"
-  std::vector<std::string> paths;
-  std::istringstream lines(text);
-  for (std::string line; std::getline(lines, line);) {
-    size_t arrow = line.find(" => ");
-    size_t from = arrow == std::string::npos ? line.find_first_not_of(" \t") : arrow + 4;
-    if (from == std::string::npos || from >= line.size() || line[from] != '/') continue;
-    size_t to = line.find(" (0x", from);
-    if (to == std::string::npos) continue;
-    paths.push_back(line.substr(from, to - from));
-  }
-  return paths;
-}
-
-// What a held `command` target will map: our launcher (native/launcher.c) runs argv[1] with its
-// own environment once released.
-std::vector<std::string> LauncherTargetFiles(int pid) {
-  std::string proc = "/proc/" + std::to_string(pid);
-  std::vector<std::string> args = SplitNul(ReadFile(proc + "/cmdline"));
-  if (args.size() < 2 || Basename(args[0]) != "ebpf-leak-exec") return {};
-  std::string exe = args[1];
-  if (exe.empty()) return {};
-  if (exe[0] != '/') {
-    char cwd[4096];
-    ssize_t n = readlink((proc + "/cwd").c_str(), cwd, sizeof cwd - 1);
-    if (n <= 0) return {};
-    exe = std::string(cwd, static_cast<size_t>(n)) + "/" + exe;
-  }
-  std::vector<std::string> files = {exe};
-  std::string interp = ReadInterpreter(exe);
-  if (interp.empty()) return files;  // static, or a script (its interpreter is loaded lazily)
-  files.push_back(interp);
-  for (auto& p : LoaderList(interp, exe, SplitNul(ReadFile(proc + "/environ")))) files.push_back(p);
-  return files;
 }
 
 struct MapsLine {
@@ -197,31 +82,6 @@ int OpenMapping(int pid, const MapsLine& m) {
 }
 
 }  // namespace
-
-void ParseUnwindOptions(const Napi::Object& config, UnwindOptions* out) {
-  Napi::Value mode = config.Get("unwind");
-  std::string m;
-  if (mode.IsString()) m = mode.As<Napi::String>();
-  if (m == "fp") out->mode = LEAK_UNWIND_FP;
-  else if (m == "dwarf") out->mode = LEAK_UNWIND_DWARF;
-  else if (m == "auto") out->mode = LEAK_UNWIND_AUTO;
-  Napi::Value files = config.Get("unwindFiles");
-  if (files.IsArray()) {
-    Napi::Array list = files.As<Napi::Array>();
-    out->files_given = true;
-    for (uint32_t i = 0; i < list.Length(); i++) {
-      Napi::Value v = list.Get(i);
-      if (v.IsString()) out->files.push_back(v.As<Napi::String>());
-    }
-  }
-  Napi::Value totals = config.Get("stackTotals");
-  if (totals.IsBoolean()) out->stack_totals = totals.As<Napi::Boolean>().Value();
-  Napi::Value rows = config.Get("unwindTableRows");
-  if (rows.IsNumber()) {
-    uint32_t n = rows.As<Napi::Number>().Uint32Value();
-    if (n >= 1024) out->table_rows = n;
-  }
-}
 
 static uint32_t EffectiveMode(const TracerConfig& config) {
 #if defined(__x86_64__)
@@ -366,7 +226,6 @@ void Unwinder::CollectPreload() {
   }
   // A `command` target is still our launcher: what the program will map once it execs.
   if (!wait_for_exec_) return;
-  if (!options_.files_given) options_.files = LauncherTargetFiles(pid_);
   for (const std::string& path : options_.files) {
     int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;
@@ -617,7 +476,7 @@ Napi::Value UnwindTableJs(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "unwindTable(path: string)");
   std::string path = info[0].As<Napi::String>();
   std::shared_ptr<const UnwindTable> table = GetUnwindTable(path);
-  if (!table) throw Napi::Error::New(env, "cannot open " + path + ": " + strerror(errno));
+  if (!table) throw Napi::Error::New(env, "cannot open " + path + ": " + ErrnoText(errno));
   Napi::Object o = Napi::Object::New(env);
   o.Set("fdes", static_cast<double>(table->fdes));
   o.Set("rbpFdes", static_cast<double>(table->rbp_fdes));
@@ -661,27 +520,6 @@ Napi::Value Tracer::ReadStackTotals(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, out.size());
   if (!out.empty()) memcpy(buffer.Data(), out.data(), out.size());
   return buffer;
-}
-
-// readStackFlags(ids): Uint32Array of each CFI-walked stack's flags (LEAK_UNWIND_INCOMPLETE 1,
-// LEAK_UNWIND_TRUNCATED 2); 0 for other ids. Null once closed.
-Napi::Value Tracer::ReadStackFlags(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::lock_guard<std::mutex> lock(mu_);
-  if (skel_ == nullptr || !unwind_) return env.Null();
-  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "readStackFlags(ids: number[])");
-  Napi::Array ids = info[0].As<Napi::Array>();
-  Napi::Uint32Array out = Napi::Uint32Array::New(env, ids.Length());
-  int tid = CurrentTid();
-  SetThreadIgnored(tid, true);
-  for (uint32_t i = 0; i < ids.Length(); i++) {
-    std::vector<uint64_t> frames;
-    uint32_t flags = 0;
-    unwind_->ReadStack(ids.Get(i).As<Napi::Number>().Int64Value(), &frames, &flags);
-    out[i] = flags;
-  }
-  SetThreadIgnored(tid, false);
-  return out;
 }
 
 // unwindStats(): the walker's counters and tables; null once closed.

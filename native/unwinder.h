@@ -26,25 +26,19 @@ class Tracer;
 struct TracerConfig;
 struct UnwindTable;  // native/unwind_table.h
 
+// Given by lib/ (lib/tracer/options.ts owns the defaults).
 struct UnwindOptions {
-  // enum leak_unwind_mode. 'auto' by default: the CFI walk for stacks that need it.
+  // enum leak_unwind_mode.
   uint32_t mode = LEAK_UNWIND_AUTO;
   // Files whose tables are loaded before a `command` target runs (its executable, its loader and
-  // the libraries the loader will map). When not given, they are found from the held launcher
-  // (native/launcher.c: argv[1] is the program) and `ld.so --list`.
+  // the libraries the loader will map: lib/target/resolve.ts asks `ld.so --list`).
   std::vector<std::string> files;
-  bool files_given = false;
   // Most rows `unwind_rows` may hold (8 bytes each). It is sized for the tables loaded at attach
   // plus room for later modules (a C++ program's modules have ~75,000 rows, node's ~400,000).
-  uint32_t table_rows = 1u << 22;
+  uint32_t table_rows = 0;
   // Keep outstanding bytes and blocks per stack in the kernel (bpf/stack_totals.h).
-  bool stack_totals = true;
+  bool stack_totals = false;
 };
-
-// `unwind` ('auto' | 'fp' | 'dwarf'), `unwindFiles` (string[]), `unwindTableRows` and
-// `stackTotals` (boolean) of the JS config; absent ones keep their defaults (`unwind` and
-// `stackTotals` then come from EBPF_LEAK_UNWIND and EBPF_LEAK_STACK_TOTALS=0 when set).
-void ParseUnwindOptions(const Napi::Object& config, UnwindOptions* out);
 
 // The addon's unwindTable(path) (registered by native/addon.cc).
 Napi::Value UnwindTableJs(const Napi::CallbackInfo& info);

@@ -1,23 +1,11 @@
 import { describe, expect, it } from 'vitest';
 
-import {
-  ATTACH_HELP,
-  MAIN_HELP,
-  RUN_HELP,
-  attachExitStatus,
-  formatAllocEvent,
-  formatFreeEvent,
-  formatUsageError,
-  main,
-  parseBufferSizeOption,
-  formatStackProblems,
-  parseCliArgs,
-  parseProcStat,
-  runExitStatus,
-  shouldForwardSignal,
-  signalExitStatus,
-  type CliIo,
-} from '../lib/cli/main.js';
+import { parseCliArgs } from '../lib/cli/args.js';
+import { ATTACH_HELP, formatUsageError, MAIN_HELP, RUN_HELP } from '../lib/cli/help.js';
+import { main } from '../lib/cli/main.js';
+import { parseBufferSizeOption } from '../lib/cli/options.js';
+import { formatAllocEvent, formatFreeEvent, formatStackProblems, type CliIo } from '../lib/cli/output.js';
+import { attachExitStatus, parseProcStat, runExitStatus, shouldForwardSignal, signalExitStatus } from '../lib/cli/signals.js';
 import type { LeakReport } from '../lib/types.js';
 import type { UnwindStats } from '../lib/native/unwind.js';
 

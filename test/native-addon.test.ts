@@ -10,7 +10,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { exampleDir, loadExampleAddon, type ExampleAddon } from '../examples/native-addon/build.js';
 import {
-  asScoped,
   currentThreadId,
   formatNativeLeakReport,
   generateSuppressions,
@@ -196,7 +195,7 @@ describe('tracer marks and the tracer\'s own allocations', () => {
       // Narrowed before symbolizing: the same answer.
       expect(greeting(await tracer.report({ since: mark }))).toBe(3);
       // The final report narrows the same way.
-      const final = asScoped(await tracer.stop());
+      const final = await tracer.stop();
       expect(greeting(final.since(mark))).toBe(3);
     } finally {
       await tracer.stop();
@@ -231,7 +230,7 @@ describe('tracer marks and the tracer\'s own allocations', () => {
       await sleep(5);
     }
     const counters = tracer.counters();
-    const report = asScoped(await tracer.stop());
+    const report = await tracer.stop();
     expect(counters.ignoredAllocations).toBeGreaterThan(0);
     expect(report.blocks().some((b) => b.tid === pollTid)).toBe(false);
     const ownFrames = report.leaks.flatMap((g) => g.stack).filter((f) => f.module?.endsWith('ebpf_leak.node') || f.symbol?.startsWith('ebpf_leak::'));

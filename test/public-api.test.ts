@@ -1,6 +1,7 @@
 // The public API's types, pinned. `npm test` type-checks this file (tsc --noEmit) before vitest
 // runs it, so a type that drifts fails the suite; the runtime part checks the exported values.
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { describe, expect, expectTypeOf, it } from 'vitest';
 import * as api from '../lib/index.js';
 import {
@@ -23,6 +24,7 @@ import {
   type TraceOptions,
   type TracedProcess,
   type ProcessExit,
+  type ScopedLeakReport,
 } from '../lib/index.js';
 
 describe('public API', () => {
@@ -37,8 +39,9 @@ describe('public API', () => {
 
   it('LeakTracer is a typed EventEmitter', () => {
     expectTypeOf<LeakTracer>().toMatchTypeOf<EventEmitter>();
-    expectTypeOf<LeakTracer['done']>().toEqualTypeOf<Promise<LeakReport>>();
-    expectTypeOf<LeakTracer['stop']>().returns.toEqualTypeOf<Promise<LeakReport>>();
+    expectTypeOf<LeakTracer['done']>().toEqualTypeOf<Promise<ScopedLeakReport>>();
+    expectTypeOf<LeakTracer['stop']>().returns.toEqualTypeOf<Promise<ScopedLeakReport>>();
+    expectTypeOf<ScopedLeakReport>().toMatchTypeOf<LeakReport>();
     expectTypeOf<LeakTracer['snapshot']>().returns.toEqualTypeOf<Promise<Snapshot>>();
     // Listeners get the event's payload type.
     const check = (t: LeakTracer) => {
@@ -109,4 +112,91 @@ describe('public API', () => {
     expect(allocatorFunctions).toContain('posix_memalign');
     expectTypeOf(leakTracerEvents).toEqualTypeOf<readonly ['alloc', 'free', 'leak', 'exit', 'lost', 'error']>();
   });
+
+  it('exports exactly these values, by name', () => {
+    expect(Object.keys(api).sort()).toEqual(
+      [
+        'AddonError',
+        'BpfError',
+        'CommandNotFoundError',
+        'EbpfLeakError',
+        'GcUnavailableError',
+        'InvalidOptionError',
+        'LeakError',
+        'LeakInconclusiveError',
+        'LeakTracer',
+        'LibraryNotFoundError',
+        'MultiUprobeUnsupportedError',
+        'NoBtfError',
+        'NoSuchProcessError',
+        'PermissionError',
+        'StateError',
+        'SuppressionSyntaxError',
+        'SymbolNotFoundError',
+        'TargetExitedError',
+        'TracerClosedError',
+        'UnsupportedAllocatorError',
+        'UprobesUnsupportedError',
+        'allocatorFunctions',
+        'assertNoLeaks',
+        'assertReport',
+        'checkLeaks',
+        'checkReport',
+        'collectGarbage',
+        'currentThreadId',
+        'defaultSuppressions',
+        'errorCodes',
+        'formatCheckedReport',
+        'formatNativeLeakReport',
+        'generateSuppressions',
+        'leakCheck',
+        'leakKinds',
+        'leakTracerEvents',
+        'loadSuppressions',
+        'measure',
+        'parseSuppressions',
+        'resolveSuppressions',
+        'trace',
+        'tracedProcessEvents',
+        'tracingSupport',
+      ].sort(),
+    );
+    const index = readFileSync(new URL('../lib/index.ts', import.meta.url), 'utf8');
+    expect(index).not.toMatch(/export \*/);
+  });
 });
+
+/** The names an entry module exports, types included, from its `export { ... }` lists and
+ *  `export function|class|const` declarations. */
+function exportedNames(file: string): string[] {
+  const text = readFileSync(new URL(file, import.meta.url), 'utf8');
+  const names = new Set<string>();
+  for (const m of text.matchAll(/export\s+(?:type\s+)?\{([^}]*)\}/g)) {
+    for (const part of m[1]!.split(',')) {
+      const name = part.replace(/^\s*type\s+/, '').split(/\s+as\s+/).pop()!.trim();
+      if (name !== '') names.add(name);
+    }
+  }
+  for (const m of text.matchAll(/export\s+(?:async\s+)?(?:function|class|const|interface|type)\s+(\w+)/g)) names.add(m[1]!);
+  return [...names];
+}
+
+describe('docs/api.md', () => {
+  const docs = readFileSync(new URL('../docs/api.md', import.meta.url), 'utf8');
+  const documented = (name: string) => new RegExp('`' + name + '(?![\\w])').test(docs);
+
+  it.each([['../lib/index.ts'], ['../lib/harness/vitest.ts'], ['../lib/harness/node-test.ts']])(
+    'documents every name %s exports',
+    (file) => {
+      const names = exportedNames(file);
+      expect(names.length).toBeGreaterThan(5);
+      expect(names.filter((n) => !documented(n))).toEqual([]);
+    },
+  );
+
+  it('documents every error code, and the verdicts of the leak assertions', () => {
+    const codes = [...errorCodes, 'ELEAK_LEAKED', 'ELEAK_INCONCLUSIVE'];
+    expect(codes.filter((c) => !docs.includes('`' + c + '`'))).toEqual([]);
+  });
+});
+

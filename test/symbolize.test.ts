@@ -44,15 +44,10 @@ function addonPath(): string {
 /** The addon's symbolizer with its compact results expanded into objects, for assertions. */
 type Addon = {
   symbolize(path: string, offsets: BigUint64Array | Array<number | bigint>, o?: { debugDirs?: string[] }): Promise<SymbolizeResult[]>;
-  symbolizeSync(path: string, offsets: BigUint64Array | Array<number | bigint>, o?: { debugDirs?: string[] }): SymbolizeResult[];
   readBuildId(path: string): string | null;
-  clearSymbolizerCache(): void;
 };
 
-type RawAddon = NativeSymbolizer & {
-  symbolizeSync(path: string, offsets: BigUint64Array | Array<number | bigint>, o?: { debugDirs?: string[] }): SymbolizedBatch;
-  clearSymbolizerCache(): void;
-};
+type RawAddon = NativeSymbolizer;
 
 function loadRawAddon(): RawAddon {
   return createRequire(import.meta.url)(addonPath()) as RawAddon;
@@ -63,9 +58,7 @@ function loadAddon(): Addon {
   return {
     // Not async: bad arguments throw at the call.
     symbolize: (path, offsets, o) => raw.symbolize(path, offsets, o).then(expandBatch),
-    symbolizeSync: (path, offsets, o) => expandBatch(raw.symbolizeSync(path, offsets, o)),
     readBuildId: (path) => raw.readBuildId(path),
-    clearSymbolizerCache: () => raw.clearSymbolizerCache(),
   };
 }
 
@@ -383,10 +376,10 @@ describe('native symbolize on a PIE C program', () => {
     expect(inlinedSeen).toBeGreaterThan(0);
   });
 
-  it('accepts number[] offsets and returns the same as for a BigUint64Array', () => {
+  it('accepts number[] offsets and returns the same as for a BigUint64Array', async () => {
     const off = fileOffset(progRun, progRun.addrs.caller_fn!);
-    const a = addon.symbolizeSync(prog, [Number(off)]);
-    const b = addon.symbolizeSync(prog, BigUint64Array.of(off));
+    const a = await addon.symbolize(prog, [Number(off)]);
+    const b = await addon.symbolize(prog, BigUint64Array.of(off));
     expect(a).toEqual(b);
     expect(frames(a[0])[0]!.symbol).toBe('caller_fn');
   });
@@ -851,7 +844,7 @@ describe('timing', () => {
     for (let i = 0; i < n; i++) offsets[i] = textOff + BigInt(Math.floor((i * textSize) / n));
     expect(new Set(offsets).size).toBe(n);
 
-    addon.clearSymbolizerCache();
+    // A library built just now: nothing of it is cached yet.
     let t = performance.now();
     const cold = await addon.symbolize(lib, offsets);
     const coldMs = performance.now() - t;

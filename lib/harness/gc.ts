@@ -4,6 +4,7 @@
 import { setImmediate as immediate, setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
+import { GcUnavailableError } from '../errors.js';
 
 let cached: (() => void) | undefined;
 
@@ -19,7 +20,7 @@ export function getGc(): () => void {
   }
   v8.setFlagsFromString('--expose-gc');
   const gc = vm.runInNewContext('gc') as unknown;
-  if (typeof gc !== 'function') throw new Error('ebpf-leak: cannot get a gc() function (v8 --expose-gc did not take effect)');
+  if (typeof gc !== 'function') throw new GcUnavailableError('ebpf-leak: cannot get a gc() function (v8 --expose-gc did not take effect); run node with --expose-gc');
   cached = () => (gc as () => void)();
   return cached;
 }

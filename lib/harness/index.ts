@@ -30,7 +30,6 @@ export {
   type NativeLeakReport,
 } from './measure.js';
 export {
-  asScoped,
   type LeakBlock,
   type ModuleFilter,
   type ScopedLeakReport,
@@ -46,7 +45,6 @@ export {
   parseSuppressions,
   resolveSuppressions,
   ruleMatches,
-  SuppressionSyntaxError,
   type FramePattern,
   type GenerateOptions,
   type LeakKind,
@@ -57,4 +55,5 @@ export {
   type SuppressionRule,
   type ValgrindSuppression,
 } from '../suppressions/rules.js';
+export { SuppressionSyntaxError } from '../errors.js';
 export { tracingSupport, type TracingSupport } from '../target/tracing-support.js';

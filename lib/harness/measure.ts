@@ -40,6 +40,8 @@ import {
 import { trace } from '../tracer/trace.js';
 import type { LeakTracer } from '../tracer/leak-tracer.js';
 import type { StackFrame } from '../types.js';
+import { InvalidOptionError, StateError } from '../errors.js';
+import { inconclusiveReasons } from '../report/checked.js';
 
 export interface MeasureOptions {
   /** Measured runs of the function. Default 100. Growth needs a few (10 or more). */
@@ -141,7 +143,7 @@ function threadFilterOf(option: MeasureOptions['threads']): ThreadFilter | undef
 
 function positiveInteger(name: string, value: unknown, min: number): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
-    throw new RangeError(`ebpf-leak: options.${name} must be an integer >= ${min} (got ${String(value)})`);
+    throw new InvalidOptionError(`ebpf-leak: options.${name} must be an integer >= ${min} (got ${String(value)})`);
   }
   return value;
 }
@@ -294,7 +296,7 @@ function delta(after: Counters, before: Counters, field: keyof Counters): number
  * this process cannot trace (PermissionError names the capabilities) or when `fn` throws.
  */
 export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}): Promise<NativeLeakReport> {
-  if (typeof fn !== 'function') throw new TypeError('ebpf-leak: measure(fn): fn must be a function');
+  if (typeof fn !== 'function') throw new InvalidOptionError('ebpf-leak: measure(fn): fn must be a function');
   const iterations = positiveInteger('iterations', options.iterations ?? 100, 1);
   const warmup = positiveInteger('warmup', options.warmup ?? Math.min(10, iterations), 0);
   const maxRounds = positiveInteger('maxSettleRounds', options.maxSettleRounds ?? 10, 1);
@@ -308,11 +310,11 @@ export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}
 
   const own = options.tracer === undefined;
   if (options.tracer && options.tracer.pid !== process.pid) {
-    throw new Error(`ebpf-leak: measure(): options.tracer traces process ${options.tracer.pid}, not this one (${process.pid})`);
+    throw new InvalidOptionError(`ebpf-leak: measure(): options.tracer traces process ${options.tracer.pid}, not this one (${process.pid})`);
   }
   if (options.tracer && measuring.has(options.tracer)) {
     // Its marks number the iterations: two measurements at once would interleave them.
-    throw new Error('ebpf-leak: measure(): options.tracer is already measuring; run measurements on one tracer one after another');
+    throw new StateError('ebpf-leak: measure(): options.tracer is already measuring; run measurements on one tracer one after another');
   }
   const tracer =
     options.tracer ??
@@ -367,18 +369,15 @@ export async function measure(fn: MeasuredFunction, options: MeasureOptions = {}
     const inconclusive: string[] = [];
     const dropped = delta(after, before, 'droppedAllocations');
     if (dropped > 0) {
-      inconclusive.push(
-        `${dropped} allocations were not tracked because the address map was full; raise maxAllocations`,
-      );
+      inconclusive.push(inconclusiveReasons.dropped(dropped));
     }
     const lost = delta(after, before, 'lostEvents');
-    if (lost > 0) inconclusive.push(`${lost} events were lost (ring buffer full)`);
+    if (lost > 0) inconclusive.push(inconclusiveReasons.lost(lost));
     const inflight = delta(after, before, 'inflightFailures');
-    if (inflight > 0) inconclusive.push(`${inflight} allocation calls could not be followed (per-thread state map full)`);
+    if (inflight > 0) inconclusive.push(inconclusiveReasons.inflight(inflight));
     if (analysis.noStack.blocks > 0) {
       inconclusive.push(
-        `${analysis.noStack.blocks} blocks (${analysis.noStack.bytes} bytes) left by the iterations have no stack ` +
-          `(${delta(after, before, 'stackFailures')} stack walks failed), so they cannot be placed or suppressed`,
+        inconclusiveReasons.noStack(analysis.noStack.bytes, analysis.noStack.blocks, delta(after, before, 'stackFailures')),
       );
     }
     if (!stable) {

@@ -15,6 +15,7 @@ import { formatNativeLeakReport } from './in-process-check.js';
 import { LeakInconclusiveError } from './leak-errors.js';
 import { measure, type MeasuredFunction, type MeasureOptions, type NativeLeakReport } from './measure.js';
 import { tracingSupport } from '../target/tracing-support.js';
+import { InvalidOptionError } from '../errors.js';
 
 export interface NativeLeakMatcherOptions extends MeasureOptions {
   /** Pass an inconclusive measurement on to the verdict instead of failing. */
@@ -30,7 +31,7 @@ interface MatcherResult {
 
 function received(value: unknown, matcher: string): MeasuredFunction {
   if (typeof value !== 'function') {
-    throw new TypeError(`${matcher}: expect() must be given the function to measure (got ${typeof value})`);
+    throw new InvalidOptionError(`${matcher}: expect() must be given the function to measure (got ${typeof value})`);
   }
   return value as MeasuredFunction;
 }
@@ -61,7 +62,7 @@ export const nativeLeakMatchers = {
 
   async toLeakAtMost(value: unknown, bytesPerIteration: number, options?: NativeLeakMatcherOptions): Promise<MatcherResult> {
     if (typeof bytesPerIteration !== 'number' || !(bytesPerIteration >= 0)) {
-      throw new TypeError(`toLeakAtMost(bytesPerIteration): expected a number >= 0 (got ${String(bytesPerIteration)})`);
+      throw new InvalidOptionError(`toLeakAtMost(bytesPerIteration): expected a number >= 0 (got ${String(bytesPerIteration)})`);
     }
     const report = await run(value, 'toLeakAtMost', options);
     const pass = report.bytesPerIteration <= bytesPerIteration;

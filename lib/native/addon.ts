@@ -5,6 +5,8 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { NativeUnwindTable, UnwindMode, UnwindStats } from './unwind.js';
+import type { SymbolizedBatch } from './symbolized-batch.js';
+import { AddonError } from '../errors.js';
 
 export interface NativeProbe {
   /** enum leak_fn */
@@ -18,7 +20,7 @@ export interface NativeTracerConfig {
   pid: number;
   waitForExec: boolean;
   /** Never multi-uprobe links: one classic uprobe per function. */
-  classicUprobes?: boolean;
+  classicUprobes: boolean;
   maxAllocations: number;
   events: boolean;
   eventBufferBytes: number;
@@ -26,22 +28,22 @@ export interface NativeTracerConfig {
   stackDepth: number;
   stackMapEntries: number;
   pageSize: number;
-  /** Sampling mode: mean bytes between samples; 0 or absent records every allocation. */
-  sampleEveryBytes?: number;
+  /** Sampling mode: mean bytes between samples; 0 records every allocation. */
+  sampleEveryBytes: number;
   btfPath?: string;
   probes: NativeProbe[];
   /** Keep the tracer's own threads (poll thread; workers inside its native calls) out of the
-   *  results, in the kernel. Default: true when `pid` is this process. */
-  ignoreOwnThreads?: boolean;
-  /** Stack walker (lib/native/unwind.ts); default 'auto'. */
-  unwind?: UnwindMode;
+   *  results, in the kernel: `pid` is this process. */
+  ignoreOwnThreads: boolean;
+  /** Stack walker (lib/native/unwind.ts). */
+  unwind: UnwindMode;
   /** Files whose unwind tables are loaded before a `command` target runs (its program and the
-   *  libraries it links); default: found from the held launcher with `ld.so --list`. */
-  unwindFiles?: string[];
-  /** Most unwind table rows (8 bytes each); default 4,194,304 (sized to the tables loaded). */
-  unwindTableRows?: number;
-  /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals); default true. */
-  stackTotals?: boolean;
+   *  libraries it links, from `ld.so --list`); empty for pid targets. */
+  unwindFiles: string[];
+  /** Most unwind table rows (8 bytes each). */
+  unwindTableRows: number;
+  /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals). */
+  stackTotals: boolean;
 }
 
 export type NativeMessageType = 'events' | 'counters' | 'exit';
@@ -73,8 +75,6 @@ export interface NativeTracer {
   readStackTotals(): ArrayBuffer | null;
   /** The stack walker's counters and tables; null once closed. */
   unwindStats(): UnwindStats | null;
-  /** Flags of CFI-walked stacks (1: incomplete, 2: truncated; lib/native/unwind.ts); 0 for other ids. */
-  readStackFlags(ids: number[]): Uint32Array | null;
   counters(): ArrayBuffer | null;
   setMark(mark: number): void;
   /** The events batch in `slot` has been delivered to the listeners (or dropped): the poll thread
@@ -148,7 +148,25 @@ export interface NativeHeldProcessClass {
   new (config: NativeHeldProcessConfig, onExit: (code: number | null, signal: number | null) => void): NativeHeldProcess;
 }
 
-export interface NativeAddon {
+export interface NativeSymbolizeOptions {
+  /** Extra roots searched for `.build-id/xx/yyyy.debug` and `.gnu_debuglink` files, before
+   *  `/proc/PID/root/usr/lib/debug` (for modules under a /proc/PID/root) and `/usr/lib/debug`. */
+  debugDirs?: string[];
+}
+
+/** The addon's symbolizer (native/symbolizer.cc), what lib/report/symbolize.ts uses. */
+export interface NativeSymbolizer {
+  /** File offsets in `modulePath` -> frames, one entry per offset, compact
+   *  (lib/native/symbolized-batch.ts). Runs off the JS thread. */
+  symbolize(
+    modulePath: string,
+    offsets: BigUint64Array | Array<number | bigint>,
+    options?: NativeSymbolizeOptions,
+  ): Promise<SymbolizedBatch>;
+  readBuildId(path: string): string | null;
+}
+
+export interface NativeAddon extends NativeSymbolizer {
   Tracer: NativeTracerClass;
   HeldProcess: NativeHeldProcessClass;
   readElf(path: string, symbols: readonly string[]): NativeElfInfo;
@@ -214,7 +232,7 @@ let addon: NativeAddon | undefined;
 export function nativeBuildDir(): string {
   const dir = buildDirs.find((d) => existsSync(join(d, 'ebpf_leak.node')));
   if (!dir) {
-    throw new Error(
+    throw new AddonError(
       `ebpf-leak's native addon is not built (looked in ${buildDirs.join(', ')}). ` +
         `Run 'npm run build' (it needs clang, bpftool, libbpf-dev, libelf-dev, libdw-dev: see scripts/setup.sh).`,
     );

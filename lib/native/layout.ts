@@ -2,6 +2,7 @@
 // reports its struct sizes (`layout`) and checkLayout() refuses to run on a mismatch.
 import { allocatorFunctions, type AllocatorFunction } from '../types.js';
 import type { NativeLayout } from './addon.js';
+import { AddonError } from '../errors.js';
 
 /** enum leak_fn, by value: bpf/leak.h numbers the functions in allocatorFunctions' order. */
 export const leakFunctions: readonly AllocatorFunction[] = allocatorFunctions;
@@ -40,7 +41,7 @@ export function checkLayout(layout: NativeLayout): void {
   };
   for (const [name, size] of Object.entries(expected)) {
     if (layout[name as keyof NativeLayout] !== size) {
-      throw new Error(
+      throw new AddonError(
         `ebpf-leak: the native addon's ${name} record is ${layout[name as keyof NativeLayout]} bytes, ` +
           `lib/ expects ${size}: rebuild with 'npm run build'`,
       );

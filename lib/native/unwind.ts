@@ -1,8 +1,7 @@
 // The CFI stack walker (bpf/unwind.h, native/unwinder.cc) and the per-stack totals, as lib/ sees
 // them: the modes, the stack ids the walker hands out, and decoders for what the addon returns.
 //
-// Modes (`unwind` in the native config; EBPF_LEAK_UNWIND in the environment until trace() has an
-// option for it):
+// Modes (trace()'s `unwind` option):
 //   'auto'  (default) stacks are walked in the kernel with unwind tables built from each module's
 //           .eh_frame (DWARF CFI), so code built without frame pointers (Debian's libstdc++,
 //           -O2 -fomit-frame-pointer programs) is walked right: `new` -> malloc names the function
@@ -14,7 +13,6 @@
 
 export const unwindModes = ['auto', 'dwarf', 'fp'] as const;
 export type UnwindMode = (typeof unwindModes)[number];
-export const defaultUnwindMode: UnwindMode = 'auto';
 
 export function isUnwindMode(value: unknown): value is UnwindMode {
   return typeof value === 'string' && (unwindModes as readonly string[]).includes(value);

@@ -57,6 +57,7 @@
 import { closeSync, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { loadNative, type NativeX86Instruction } from '../native/addon.js';
 import type { AllocatorFunction } from '../types.js';
+import { AddonError } from '../errors.js';
 
 export type ProbePlacement = 'optimized' | 'entry';
 export const probePlacements: readonly ProbePlacement[] = ['optimized', 'entry'];
@@ -171,7 +172,7 @@ type Decoded = NativeX86Instruction & { bytes: Uint8Array };
  *  start in the first `detailBytes`, then only the branches, calls and other non-fall-throughs. */
 function decodeAll(code: Uint8Array, offset: number, detailBytes: number): Decoded[] {
   const decode = loadNative().decodeX86;
-  if (!decode) throw new Error('this build has no x86-64 decoder');
+  if (!decode) throw new AddonError("this build of the addon has no x86-64 decoder; use probePlacement: 'entry'");
   return decode(code, offset, detailBytes).map((d) => {
     const at = d.offset - offset;
     return { ...d, bytes: code.subarray(at, at + d.length) };

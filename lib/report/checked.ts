@@ -2,7 +2,7 @@
 // map, stackless blocks) it cannot vouch for its answer. The CLI prints it and the test harness
 // asserts on it.
 import { formatCount, formatReport, type FormatReportOptions } from './text-format.js';
-import { asScoped } from './scope.js';
+import type { Counters } from '../native/layout.js';
 import {
   applySuppressions,
   applySuppressionsSliced,
@@ -13,6 +13,10 @@ import {
   type SuppressionHit,
 } from '../suppressions/rules.js';
 import type { LeakGroup, LeakReport } from '../types.js';
+
+/** A report to check: a tracer's report carries the tracer's counters (stack walks that failed
+ *  are then counted in the verdict); one read back from JSON has none. */
+export type ReportInput = LeakReport & { counters?: Counters };
 
 /** A LeakReport whose `leaks` are what no suppression covers, plus what was suppressed and
  *  whether the trace can vouch for the answer. `summary` stays the whole program's. */
@@ -32,7 +36,7 @@ export type CheckOptions = { stacks?: boolean; assumeLeakKinds?: readonly LeakKi
 /** Suppressions and the inconclusive check applied to a finished report (exported for reports
  *  obtained with trace() directly). */
 export function checkReport(
-  report: LeakReport,
+  report: ReportInput,
   rules: ReturnType<typeof resolveSuppressions>,
   options: CheckOptions = {},
 ): CheckedLeakReport {
@@ -42,7 +46,7 @@ export function checkReport(
 /** checkReport() with the suppressions matched in slices, the event loop served between them:
  *  thousands of deep stacks against the rules take most of a second. */
 export async function checkReportSliced(
-  report: LeakReport,
+  report: ReportInput,
   rules: ReturnType<typeof resolveSuppressions>,
   options: CheckOptions = {},
 ): Promise<CheckedLeakReport> {
@@ -53,29 +57,33 @@ function matchOptions(options: CheckOptions): MatchOptions {
   return options.assumeLeakKinds ? { assumeLeakKinds: options.assumeLeakKinds } : {};
 }
 
-function checked(report: LeakReport, { kept, suppressed }: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
+/** Why a result cannot be trusted, in the words of every verdict (the checked report's and
+ *  measure()'s). */
+export const inconclusiveReasons = {
+  dropped: (allocations: number): string =>
+    `${formatCount(allocations)} allocations were not tracked because the address map was full; raise maxAllocations`,
+  lost: (events: number): string => `${formatCount(events)} events were lost (event ring buffer full)`,
+  inflight: (calls: number): string =>
+    `${formatCount(calls)} allocation calls could not be followed (per-thread state map full)`,
+  noStack: (bytes: number, blocks: number, stackFailures?: number): string =>
+    `${formatCount(bytes)} bytes in ${formatCount(blocks)} blocks have no stack` +
+    (stackFailures !== undefined ? ` (${formatCount(stackFailures)} stack walks failed)` : '') +
+    ', so they cannot be placed or suppressed',
+};
+
+function checked(report: ReportInput, { kept, suppressed }: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
   const inconclusive: string[] = [];
   const s = report.summary;
   if (s.droppedAllocations > 0) {
-    inconclusive.push(
-      `${formatCount(s.droppedAllocations)} allocations were not tracked because the address map was full; raise maxAllocations`,
-    );
+    inconclusive.push(inconclusiveReasons.dropped(s.droppedAllocations));
   }
-  if (s.lostEvents > 0) inconclusive.push(`${formatCount(s.lostEvents)} events were lost (event ring buffer full)`);
+  if (s.lostEvents > 0) inconclusive.push(inconclusiveReasons.lost(s.lostEvents));
   if (options.stacks !== false) {
     const stackless = kept.filter((g) => g.stack.length === 0);
     if (stackless.length > 0) {
       const bytes = stackless.reduce((n, g) => n + g.bytes, 0);
       const blocks = stackless.reduce((n, g) => n + g.blocks, 0);
-      let failures = '';
-      try {
-        failures = ` (${formatCount(asScoped(report).counters.stackFailures)} stack walks failed)`;
-      } catch {
-        // a report not made by a tracer: no counters
-      }
-      inconclusive.push(
-        `${formatCount(bytes)} bytes in ${formatCount(blocks)} blocks have no stack${failures}, so they cannot be placed or suppressed`,
-      );
+      inconclusive.push(inconclusiveReasons.noStack(bytes, blocks, report.counters?.stackFailures));
     }
   }
   const out: CheckedLeakReport = {

@@ -232,13 +232,3 @@ export function subsetColumns(columns: BlockColumns, rows: Uint32Array): BlockCo
     weight: (i) => columns.weight(rows[i]!),
   };
 }
-
-/** The scoped view of a report from `tracer.done` / `stop()` / `report()` (they all are one at
- *  run time); throws for a report that was not made by a tracer (e.g. parsed from JSON). */
-export function asScoped(report: LeakReport): ScopedLeakReport {
-  const r = report as Partial<ScopedLeakReport>;
-  if (typeof r.since !== 'function' || typeof r.blocks !== 'function') {
-    throw new TypeError('this report has no per-block data (it was not made by a LeakTracer, or was copied)');
-  }
-  return report as ScopedLeakReport;
-}

@@ -8,30 +8,13 @@
 // each frame once.
 
 import { pauseIfDue } from '../util/cooperative.js';
-import { loadNative } from '../native/addon.js';
+import { loadNative, type NativeSymbolizeOptions, type NativeSymbolizer } from '../native/addon.js';
 import { findMapping, type PerfMap, type ProcMapping } from '../target/proc-maps.js';
 import { SymbolizedBatchReader, type SymbolizedBatch } from '../native/symbolized-batch.js';
 import type { StackFrame } from '../types.js';
 
 export type { SymbolizedBatch, SymbolizedFrame, SymbolizeResult } from '../native/symbolized-batch.js';
-
-export interface NativeSymbolizeOptions {
-  /** Extra roots searched for `.build-id/xx/yyyy.debug` and `.gnu_debuglink` files, before
-   *  `/proc/PID/root/usr/lib/debug` (for modules under a /proc/PID/root) and `/usr/lib/debug`. */
-  debugDirs?: string[];
-}
-
-/** What lib/report/symbolize.ts needs from the native addon (native/symbolizer.cc). */
-export interface NativeSymbolizer {
-  /** File offsets in `modulePath` -> frames, one entry per offset, compact
-   *  (lib/native/symbolized-batch.ts). Runs off the JS thread. */
-  symbolize(
-    modulePath: string,
-    offsets: BigUint64Array | Array<number | bigint>,
-    options?: NativeSymbolizeOptions,
-  ): Promise<SymbolizedBatch>;
-  readBuildId(path: string): string | null;
-}
+export type { NativeSymbolizeOptions, NativeSymbolizer } from '../native/addon.js';
 
 export interface SymbolizeStacksOptions extends NativeSymbolizeOptions {
   /** JIT symbols (from readPerfMap) for addresses outside any file mapping. */
@@ -45,10 +28,7 @@ export interface SymbolizeStacksOptions extends NativeSymbolizeOptions {
 
 /** The addon's symbolizer (native/symbolizer.cc, registered by native/addon.cc). */
 export function loadNativeSymbolizer(): NativeSymbolizer {
-  const addon = loadNative() as unknown as Partial<NativeSymbolizer>;
-  if (typeof addon.symbolize !== 'function' || typeof addon.readBuildId !== 'function')
-    throw new Error('this build of the ebpf-leak addon has no symbolizer (native/symbolizer.cc)');
-  return addon as NativeSymbolizer;
+  return loadNative();
 }
 
 const hex = (v: bigint | number): string => '0x' + v.toString(16);

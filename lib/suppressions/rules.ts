@@ -40,6 +40,7 @@ import { readFileSync } from 'node:fs';
 import { forEachRange } from '../util/cooperative.js';
 import { loadNative } from '../native/addon.js';
 import type { LeakGroup, StackFrame } from '../types.js';
+import { SuppressionSyntaxError } from '../errors.js';
 
 export const leakKinds = ['definite', 'indirect', 'possible', 'reachable'] as const;
 export type LeakKind = (typeof leakKinds)[number];
@@ -83,12 +84,6 @@ export interface ParseOptions {
   source?: string;
 }
 
-export class SuppressionSyntaxError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'SuppressionSyntaxError';
-  }
-}
 
 function guessFormat(text: string): 'valgrind' | 'lsan' {
   for (const raw of text.split('\n')) {

@@ -2,6 +2,7 @@
 
 import { constants as fsConstants } from 'node:fs';
 import { open, readFile } from 'node:fs/promises';
+import { InvalidOptionError } from '../errors.js';
 
 /** One mapping of a process, as /proc/PID/maps lists it. */
 export interface ProcMapping {
@@ -81,7 +82,7 @@ export function parseProcMaps(text: string, options: ParseProcMapsOptions = {}):
 
 /** Reads and parses /proc/PID/maps (executable mappings unless `all`). */
 export async function readProcMaps(pid: number, options: { all?: boolean } = {}): Promise<ProcMapping[]> {
-  if (!Number.isInteger(pid) || pid <= 0) throw new RangeError(`bad pid ${pid}`);
+  if (!Number.isInteger(pid) || pid <= 0) throw new InvalidOptionError(`bad pid ${pid}: a pid is an integer >= 1`);
   const text = await readFile(`/proc/${pid}/maps`, 'utf8');
   return parseProcMaps(text, { pid, all: options.all ?? false });
 }

@@ -80,6 +80,8 @@ export interface TracerInfo {
 export interface TracerParts {
   native: NativeTracer;
   pid: number;
+  /** `pid` is this process (decided by trace()): the tracer's own allocations are left out. */
+  ownProcess: boolean;
   target: Omit<TargetInfo, 'exitCode' | 'signal'>;
   info: TracerInfo;
   /** The started program, for `command` targets. */
@@ -89,9 +91,9 @@ export interface TracerParts {
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** Process being traced. */
   readonly pid: number;
-  /** Resolves with the final report when the target exits or stop() is called. (At run time it is
-   *  a ScopedLeakReport: `asScoped(report).since(mark)` narrows it.) */
-  readonly done: Promise<LeakReport>;
+  /** Resolves with the final report when the target exits or stop() is called; `since(mark)`
+   *  and the other scopes narrow it. */
+  readonly done: Promise<ScopedLeakReport>;
   /** What was attached where. */
   readonly info: TracerInfo;
   /** The started program, for `command` targets (its stdio when stdio: 'pipe'). */
@@ -134,14 +136,14 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     this.#native = parts.native;
     this.#eventSlots = parts.native.eventSlots();
     this.#target = parts.target;
-    if (this.pid === process.pid) {
+    if (parts.ownProcess) {
       try {
         this.#ownModule = realpathSync(join(nativeBuildDir(), 'ebpf_leak.node'));
       } catch {
         this.#ownModule = undefined;
       }
     }
-    this.done = new Promise<LeakReport>((resolve, reject) => {
+    this.done = new Promise<ScopedLeakReport>((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
     });
@@ -336,7 +338,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
    *  every call returns the same promise as `done`. */
-  stop(): Promise<LeakReport> {
+  stop(): Promise<ScopedLeakReport> {
     void this.#finish(null, null);
     return this.done;
   }

@@ -20,6 +20,13 @@ export const defaults = {
   unwind: 'auto',
   stackTotals: true,
   stdio: 'inherit',
+  /** Distinct stacks the kernel's stack map holds. */
+  stackMapEntries: 65_536,
+  /** The targets' page size: x86-64 and the arm64 kernels Debian ships use 4 KiB pages. */
+  pageSize: 4096,
+  /** Rows of the stack walker's unwind table (8 bytes each): the tables loaded at attach plus
+   *  room for modules mapped later (a C++ program's modules have ~75,000 rows, node's ~400,000). */
+  unwindTableRows: 1 << 22,
 } as const;
 
 export const limits = {
@@ -27,6 +34,9 @@ export const limits = {
   maxAllocations: { min: 1, max: 20_000_000 },
   eventBufferBytes: { min: 4096, max: 1024 * 1024 * 1024 },
   stackDepth: { min: 1, max: 127 },
+  sampleEveryBytes: { min: 1, max: 2 ** 40 },
+  /** The kernel's PID_MAX_LIMIT. */
+  pid: { min: 1, max: 2 ** 22 },
 };
 
 export interface ResolvedCommon {
@@ -142,7 +152,9 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     unwind: o.unwind ?? defaults.unwind,
     stackTotals: o.stackTotals ?? defaults.stackTotals,
     sampleEveryBytes:
-      o.sampleEveryBytes === undefined ? 0 : integerIn('sampleEveryBytes', o.sampleEveryBytes, 1, 2 ** 40),
+      o.sampleEveryBytes === undefined
+        ? 0
+        : integerIn('sampleEveryBytes', o.sampleEveryBytes, limits.sampleEveryBytes.min, limits.sampleEveryBytes.max),
     debugDirs: [...(o.debugDirs ?? [])],
     stackDepth:
       o.stackDepth === undefined
@@ -150,7 +162,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
         : integerIn('stackDepth', o.stackDepth, limits.stackDepth.min, limits.stackDepth.max),
   };
   if (hasPid) {
-    return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, 1, 2 ** 22) };
+    return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, limits.pid.min, limits.pid.max) };
   }
   if (typeof o.command !== 'string' || o.command === '') {
     fail(`options.command must be a non-empty string: the program to run (got ${describe(o.command)})`);

@@ -1,10 +1,14 @@
-// trace(): validate, check the kernel, find the allocator, start or find the process, attach.
+// trace(): validate, check the kernel, then three steps, each owning what it starts:
+//   resolve: find the process (or start the program held before exec) and its allocator;
+//   plan:    where each allocator function's probes go;
+//   attach:  load the BPF program and attach the probes, then release the held program.
+// A failure after the program was started kills it and waits until it is reaped.
 import { pauseIfDue } from '../util/cooperative.js';
 import { fromNativeError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
 import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
-import { resolveOptions, type ResolvedOptions } from './options.js';
-import { planProbesSliced } from '../probes/plan.js';
+import { defaults, resolveOptions, type ResolvedOptions } from './options.js';
+import { planProbesSliced, type ProbePlan } from '../probes/plan.js';
 import { checkSupport } from '../target/support.js';
 import { environmentStrings, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
 import { TracedProcess } from './traced-process.js';
@@ -29,37 +33,48 @@ function classicUprobesWanted(): boolean {
   return process.env.EBPF_LEAK_ATTACH === 'uprobe';
 }
 
-export async function trace(options: TraceOptions): Promise<LeakTracer> {
-  const classicUprobes = classicUprobesWanted();
-  const o = resolveOptions(options);
-  const support = checkSupport();
-  // A fresh process's first trace() reads the kernel's facts, loads the addon and decodes the
-  // allocator: a few ms each, with the event loop served between them (lib/util/cooperative.ts).
-  await pauseIfDue();
-  const native = loadNative();
-  checkLayout(native.layout);
-  await pauseIfDue();
+/** What trace() traces: the pid, its allocator, and for a `command` the program held before exec
+ *  (whoever holds a ResolvedTarget owns that process: it must be released or discarded). */
+interface ResolvedTarget {
+  pid: number;
+  allocatorPath: string;
+  glibc: boolean;
+  held?: TracedProcess;
+  /** The program's files and the libraries the loader will map (`ld.so --list`). */
+  unwindFiles?: string[];
+}
 
-  let pid: number;
-  let allocatorPath: string;
-  let glibc: boolean;
-  let held: TracedProcess | undefined;
-  let unwindFiles: string[] | undefined;
+async function resolveTarget(native: NativeAddon, o: ResolvedOptions): Promise<ResolvedTarget> {
   if (o.kind === 'pid') {
     const allocator = resolvePidAllocator(o.pid, o.allocator);
-    pid = o.pid;
-    allocatorPath = allocator.path;
-    glibc = allocator.glibc;
-  } else {
-    const target = await resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
-    allocatorPath = target.allocator.path;
-    glibc = target.allocator.glibc;
-    unwindFiles = target.files;
-    held = await startHeld(native, o, target.exe);
-    pid = held.pid;
+    return { pid: o.pid, allocatorPath: allocator.path, glibc: allocator.glibc };
   }
-  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement);
+  const target = await resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
+  const held = await startHeld(native, o, target.exe);
+  return { pid: held.pid, allocatorPath: target.allocator.path, glibc: target.allocator.glibc, held, unwindFiles: target.files };
+}
 
+/** A held program that will never run: killed, and waited for until it is reaped. */
+async function discardHeld(held: TracedProcess): Promise<void> {
+  held.kill('SIGKILL');
+  await held.exited;
+}
+
+interface AttachContext {
+  native: NativeAddon;
+  o: ResolvedOptions;
+  target: ResolvedTarget;
+  plan: ProbePlan;
+  btfPath: string | undefined;
+  classicUprobes: boolean;
+}
+
+/** Loads the BPF program and attaches the probes; the native tracer is closed if that fails. */
+async function attachProbes({ native, o, target, plan, btfPath, classicUprobes }: AttachContext): Promise<LeakTracer> {
+  const { pid, allocatorPath } = target;
+  // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
+  // kept out, in the kernel and in the reports. Decided here only.
+  const ownProcess = pid === process.pid;
   let tracer: LeakTracer | undefined;
   const pending: Parameters<NativeMessageHandler>[] = [];
   const nativeTracer: NativeTracer = new native.Tracer(
@@ -72,14 +87,16 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       eventBufferBytes: o.eventBufferBytes,
       stacks: o.stacks,
       stackDepth: o.stackDepth,
-      stackMapEntries: 65536,
-      pageSize: 4096,
-      ...(support.btfPath ? { btfPath: support.btfPath } : {}),
+      stackMapEntries: defaults.stackMapEntries,
+      pageSize: defaults.pageSize,
+      ignoreOwnThreads: ownProcess,
+      ...(btfPath ? { btfPath } : {}),
       probes: plan.probes,
       unwind: o.unwind,
       stackTotals: o.stackTotals,
       sampleEveryBytes: o.sampleEveryBytes,
-      ...(unwindFiles ? { unwindFiles } : {}),
+      unwindFiles: target.unwindFiles ?? [],
+      unwindTableRows: defaults.unwindTableRows,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -92,7 +109,6 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
     ({ mode: attachMode } = await nativeTracer.attach());
   } catch (error) {
     nativeTracer.close();
-    held?.kill('SIGKILL');
     if (o.kind === 'pid' && !processExists(pid)) {
       throw new TargetExitedError(`process ${pid} exited before the probes were attached.`, { cause: error });
     }
@@ -105,6 +121,7 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
   const parts: TracerParts = {
     native: nativeTracer,
     pid,
+    ownProcess,
     target: {
       pid,
       ...(o.kind === 'command' ? { command: o.command, args: o.args } : {}),
@@ -128,10 +145,32 @@ export async function trace(options: TraceOptions): Promise<LeakTracer> {
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
     },
-    ...(held ? { child: held } : {}),
+    ...(target.held ? { child: target.held } : {}),
   };
   tracer = new LeakTracer(parts);
   for (const message of pending) tracer.handleNativeMessage(...message);
-  held?.release();
+  return tracer;
+}
+
+export async function trace(options: TraceOptions): Promise<LeakTracer> {
+  const classicUprobes = classicUprobesWanted();
+  const o = resolveOptions(options);
+  const support = checkSupport();
+  // A fresh process's first trace() reads the kernel's facts, loads the addon and decodes the
+  // allocator: a few ms each, with the event loop served between them (lib/util/cooperative.ts).
+  await pauseIfDue();
+  const native = loadNative();
+  checkLayout(native.layout);
+  await pauseIfDue();
+
+  const target = await resolveTarget(native, o);
+  let tracer: LeakTracer | undefined;
+  try {
+    const plan = await planProbesSliced(target.allocatorPath, target.glibc, o.allocator, o.probePlacement);
+    tracer = await attachProbes({ native, o, target, plan, btfPath: support.btfPath, classicUprobes });
+  } finally {
+    if (tracer === undefined && target.held) await discardHeld(target.held);
+  }
+  target.held?.release();
   return tracer;
 }

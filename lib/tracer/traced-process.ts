@@ -10,6 +10,7 @@ import { Socket } from 'node:net';
 import { constants } from 'node:os';
 import type { Readable, Writable } from 'node:stream';
 import type { NativeAddon, NativeHeldProcess, NativeHeldProcessConfig } from '../native/addon.js';
+import { InvalidOptionError } from '../errors.js';
 
 export interface ProcessExit {
   /** Exit status; null when a signal ended the program. */
@@ -86,7 +87,7 @@ export class TracedProcess extends EventEmitter<TracedProcessEvents> {
   /** Sends a signal (default SIGTERM); false when the program has already ended. */
   kill(signal: NodeJS.Signals | number = 'SIGTERM'): boolean {
     const number = typeof signal === 'number' ? signal : constants.signals[signal];
-    if (number === undefined) throw new TypeError(`kill(): unknown signal ${String(signal)}`);
+    if (number === undefined) throw new InvalidOptionError(`kill(): unknown signal ${String(signal)}; use a name from os.constants.signals or its number`);
     const sent = this.#native.kill(number);
     if (sent) this.killed = true;
     return sent;
