@@ -23,6 +23,10 @@
 // configs ran them together (the stalls the machine makes with no tracer), and the hypervisor's
 // steal time over the run. Not a test: numbers from one run.
 //
+// With --peers: bench/peers.js instead, ebpf-leak against heaptrack, valgrind, BCC's memleak and
+// bpftrace on real programs (see its header). With --costs: bench/costs.js, the cost of each kind
+// of probe and the kernel entries and BPF time per malloc+free, counted rather than timed.
+//
 // Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
 // smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
 // --extras-only (only the extra measurements: 1,000,000 outstanding blocks, symbolization),
@@ -782,6 +786,10 @@ try {
         ...(await measureOutstanding(Number(outstandingChild))),
       }),
     );
+  } else if (flag('--peers')) {
+    await import('./peers.js');
+  } else if (flag('--costs')) {
+    await import('./costs.js');
   } else if (machineStallsSeconds) {
     await machineStalls(Number(machineStallsSeconds) * 1000);
   } else if (soakSeconds) {
