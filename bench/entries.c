@@ -8,6 +8,8 @@
  *   PROGRAM runs N ns/run T                         each uprobe BPF program that ran meanwhile
  *                                                   (kernel.bpf_stats: runs are breakpoint hits
  *                                                   for entry programs, returns for the others)
+ *   cpu_ms                                          user + system CPU time of CMD and the
+ *                                                   processes it waited for
  * Program stats are polled every 20 ms while CMD runs (a tracer unloads its programs at exit);
  * programs loaded before CMD started are other tracers', left out. */
 #define _GNU_SOURCE
@@ -15,6 +17,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -126,6 +129,14 @@ int main(int argc, char **argv)
 		if (runs && !progs[i].baseline)
 			printf("%s runs %llu ns/run %.1f\n", progs[i].name, (unsigned long long)runs,
 			       (double)ns / (double)runs);
+	}
+	{
+		/* CMD and everything it waited for (the traced program): user + system. */
+		struct rusage ru;
+
+		getrusage(RUSAGE_CHILDREN, &ru);
+		printf("cpu_ms %.1f\n", (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+					       (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3);
 	}
 	entries_bpf__destroy(skel);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

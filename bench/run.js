@@ -790,6 +790,8 @@ try {
     await import('./peers.js');
   } else if (flag('--costs')) {
     await import('./costs.js');
+  } else if (flag('--stacks')) {
+    await import('./stacks.js');
   } else if (machineStallsSeconds) {
     await machineStalls(Number(machineStallsSeconds) * 1000);
   } else if (soakSeconds) {
