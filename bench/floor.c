@@ -28,7 +28,7 @@
 #include <bpf/libbpf.h>
 
 #include "floor.skel.h"
-#include "uprobe_multi.h"
+#include "tracer/uprobe_multi.h"
 
 #define MAX_OFFSETS 64
 static int parse_offsets(const char *list, uint64_t *out)

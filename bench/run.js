@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// One file by design: one script that runs every configuration the same way and prints one table; each configuration is a case of its loop.
 // ebpf-leak's bench (`npm run bench [-- --json FILE]`; root, like ebpf-leak itself; ~4 minutes).
 //
 // Runs bench/workload.c's workloads (pair, batch, mixed, threads: see the header of workload.c)

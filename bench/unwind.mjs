@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Cost of the CFI stack walker (bpf/unwind.h) against the frame-pointer walk, per allocation.
+// Cost of the CFI stack walker (bpf/unwind.bpf.h) against the frame-pointer walk, per allocation.
 //
 //   node bench/unwind.mjs [--runs N] [--pairs N]     (root; needs `npm run build`)
 //

@@ -1,17 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0 OR MIT
+/* One file by design: the probe programs and the static helpers they share form one BPF object; its parts with maps of their own are the .bpf.h headers beside it. */
 /* Allocation tracking for one process: uprobes on the allocator's entry points record
  * address -> {size, time, thread, stack} in `allocs`; what is still there when the process
- * exits leaked. See bpf/leak.h for the records shared with user space. */
+ * exits leaked. See bpf/abi/leak.h for the records shared with user space. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
-#include "leak.h"
-#include "unwind.h"	  /* the CFI stack walker: stacks through code without frame pointers */
-#include "stack_totals.h" /* outstanding bytes and blocks per stack */
-#include "traced_processes.h" /* follow_forks: a key and counters per process */
-#include "alloc_table.h"  /* the outstanding blocks: `allocs` */
-#include "calls_in_flight.h" /* malloc and calloc calls between entry and return */
+#include "abi/leak.h"
+#include "unwind.bpf.h"	  /* the CFI stack walker: stacks through code without frame pointers */
+#include "stack_totals.bpf.h" /* outstanding bytes and blocks per stack */
+#include "traced_processes.bpf.h" /* follow_forks: a key and counters per process */
+#include "alloc_table.bpf.h"  /* the outstanding blocks: `allocs` */
+#include "calls_in_flight.bpf.h" /* malloc and calloc calls between entry and return */
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -56,13 +57,13 @@ __u64 mark = 0;
  * blocks are stamped with. Reading the clock in the probe cost a tenth of its work, and
  * bpf_ktime_get_coarse_ns() is not allowed in uprobe programs. */
 __u64 now_ns = 0;
-/* Calls in flight that keep their state in `inflight` (bpf/calls_in_flight.h: every function but
+/* Calls in flight that keep their state in `inflight` (bpf/calls_in_flight.bpf.h: every function but
  * malloc and calloc, and those when their slot is taken), over all threads. While there are
  * none, a malloc cannot be nested in another allocator call, and need not look up whether it is. */
 __s64 slow_calls = 0;
 
 /* What an allocation call passed on entry, kept until its return: for every function but malloc and
- * calloc, which keep theirs in `calls_in_flight` when they can (bpf/calls_in_flight.h). `depth`
+ * calloc, which keep theirs in `calls_in_flight` when they can (bpf/calls_in_flight.bpf.h). `depth`
  * counts nested calls into probed functions (realloc(NULL, n) reaching malloc, memalign reaching
  * malloc, reallocarray reaching realloc): only the outermost call is the user's allocation. */
 struct inflight_call {
@@ -302,6 +303,8 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 	e->size = size;
 	e->timestamp_ns = ts;
 	e->tid = tid;
+	if (follow_forks) /* which process: tid | tgid << 32 (bpf/abi/leak.h) */
+		e->tid |= bpf_get_current_pid_tgid() & 0xffffffff00000000ULL;
 	e->stack_id = stack_id;
 	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
 				      ? BPF_RB_FORCE_WAKEUP
@@ -342,7 +345,7 @@ static __always_inline bool freed_by_realloc(__u64 address)
 	return call && call->active && call->freed_at_entry == address;
 }
 
-/* bpf/heap_errors.h, included after alloc_stack(). */
+/* bpf/heap_errors.bpf.h, included after alloc_stack(). */
 static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 address,
 					  __u64 size_fn, __s64 alloc_stack_id, bool at_entry);
 static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, __u64 address,
@@ -509,7 +512,7 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 
 	if (!capture_stacks)
 		return -1;
-	if (unwind_stack(ctx, tid, &id)) { /* the CFI walk (bpf/unwind.h) took it */
+	if (unwind_stack(ctx, tid, &id)) { /* the CFI walk (bpf/unwind.bpf.h) took it */
 		if (id < 0)
 			COUNT(stack_failures, 1);
 		return id;
@@ -526,7 +529,7 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 	return id;
 }
 
-#include "heap_errors.h" /* mismatched, double and invalid frees */
+#include "heap_errors.bpf.h" /* mismatched, double and invalid frees */
 
 /* Whether an entry at stack pointer `sp` is nested in `call`, this thread's call in flight: a
  * nested call runs deeper in the stack than the outer one (or at the same depth: a tail call). */
@@ -705,7 +708,7 @@ static __always_inline int free_enter(struct pt_regs *ctx, __u64 fn, __u64 ptr)
 	return 0;
 }
 
-/* malloc and calloc: the fast way when it is free (bpf/calls_in_flight.h), else as the others. */
+/* malloc and calloc: the fast way when it is free (bpf/calls_in_flight.bpf.h), else as the others. */
 static __always_inline void fast_enter(struct pt_regs *ctx, __u64 fn, __u64 size)
 {
 	if (!is_target() || size > LEAK_SIZE_MASK) /* a size that large fails */
@@ -847,12 +850,46 @@ int BPF_PROG(target_exit, struct task_struct *p)
 	return 0;
 }
 
-/* `command` targets: the process is ours from fork to exec; only the exec'd program counts. */
+static long drop_stack_total(struct bpf_map *map, __s64 *stack_id, void *value, void *data)
+{
+	bpf_map_delete_elem(map, stack_id);
+	return 0;
+}
+
+/* image_keys: the process has exec'd. It is one thread here, in the kernel, and the only one
+ * traced: nothing else writes what is reset below. */
+static __always_inline void next_image(void)
+{
+	__u64 n = images + 1;
+	__u32 slot = n % LEAK_IMAGE_COMMANDS;
+	struct mm_struct *mm = bpf_get_current_task_btf()->mm;
+	__u64 start = BPF_CORE_READ(mm, arg_start), bytes = BPF_CORE_READ(mm, arg_end) - start;
+
+	if (bytes > LEAK_IMAGE_COMMAND_BYTES - 1)
+		bytes = LEAK_IMAGE_COMMAND_BYTES - 1;
+	/* Just copied there by the exec: resident. */
+	if (bytes == 0 || bpf_probe_read_user(image_commands[slot], bytes, (void *)start))
+		bytes = 0;
+	image_command_bytes[slot] = bytes;
+	image_bits = (n % LEAK_MAX_PROCESSES) << LEAK_PROCESS_SHIFT;
+	/* Threads the exec ended inside an allocator call left it counted as in flight. */
+	slow_calls = 0;
+	if (keep_stack_totals)
+		bpf_for_each_map_elem(&stack_totals, drop_stack_total, NULL, 0);
+	__sync_fetch_and_add(&images, 1); /* a full barrier: the index is published first */
+}
+
+/* `command` targets: the process is ours from fork to exec; only the exec'd program counts.
+ * Attached ones (image_keys): each exec starts a new image. */
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(target_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	if (BPF_CORE_READ(p, tgid) != target_tgid)
 		return 0;
+	if (image_keys) {
+		next_image();
+		return 0;
+	}
 	COUNT(execs, 1);
 	armed = true;
 	return 0;

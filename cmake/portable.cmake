@@ -1,7 +1,7 @@
 # How the addon links the libraries it uses. With EBPF_LEAK_STATIC (how `npm run build` and the
 # prebuilt binaries in prebuilds/ are made, on Debian 12 with scripts/setup.sh's packages) the .node
 # needs nothing from the user's system but glibc and libgcc_s, and no glibc symbol version newer than 2.28
-# (native/glibc_compat.c; docs/install.md). Without it the shared libraries found by pkg-config and
+# (native/compat/glibc_compat.c; docs/install.md). Without it the shared libraries found by pkg-config and
 # find_package are linked: fine for a build that only runs where it was built (a source build).
 # Sets EBPF_LEAK_ELF_LIBS and X86_DECODER.
 option(EBPF_LEAK_STATIC "Link libelf, libdw, Zydis, their compression libraries and libstdc++ statically" OFF)
@@ -96,7 +96,7 @@ foreach(lib dw elf)
     COMMENT "Preparing lib${lib}.a for a shared object")
   list(APPEND ELFUTILS_ARCHIVES ${copy})
 endforeach()
-# libbz2.a's standard streams point at hidden variables of ours (native/bz2_stdio.cc), as libbpf's
+# libbz2.a's standard streams point at hidden variables of ours (native/compat/bz2_stdio.cc), as libbpf's
 # stderr does (CMakeLists.txt).
 set(LIBBZ2_LINKABLE ${CMAKE_CURRENT_BINARY_DIR}/libbz2_linkable.a)
 add_custom_command(OUTPUT ${LIBBZ2_LINKABLE}
@@ -127,10 +127,10 @@ endif()
 # libstdc++ is linked statically (its symbol versions follow GCC 12); libgcc_s stays shared, as the
 # unwinder of the user's system knows how to find the frames of its glibc.
 target_link_options(ebpf_leak PRIVATE -static-libstdc++)
-# glibc functions whose default version is newer than GLIBC_2.28 (native/glibc_compat.c);
+# glibc functions whose default version is newer than GLIBC_2.28 (native/compat/glibc_compat.c);
 # test/portable-binaries.test.ts fails when a new one appears.
-target_sources(ebpf_leak PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/native/glibc_compat.c)
-set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/native/glibc_compat.c PROPERTIES COMPILE_OPTIONS -fvisibility=hidden)
+target_sources(ebpf_leak PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/native/compat/glibc_compat.c)
+set_source_files_properties(${CMAKE_CURRENT_SOURCE_DIR}/native/compat/glibc_compat.c PROPERTIES COMPILE_OPTIONS -fvisibility=hidden)
 foreach(fn pthread_create pthread_detach pthread_join pthread_once __pthread_key_create
     pthread_setname_np pthread_rwlock_init pthread_rwlock_destroy pthread_rwlock_rdlock
     pthread_rwlock_tryrdlock pthread_rwlock_wrlock pthread_rwlock_unlock dlopen dlsym dlclose

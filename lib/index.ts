@@ -1,6 +1,6 @@
 // ebpf-leak: find native memory leaks by tracing malloc/free with eBPF uprobes.
 // The package's public surface, by name; every name here is documented in docs/api.md
-// (test/public-api.test.ts pins the list and checks the documentation).
+// (test/unit/public-api.test.ts pins the list and checks the documentation).
 
 // Tracing
 export { trace } from './tracer/trace.js';
@@ -24,6 +24,7 @@ export {
   type PreviousImage,
   type OutstandingAllocation,
   type Snapshot,
+  type ProcessSnapshot,
   type AllocEvent,
   type FreeEvent,
   type LostInfo,
@@ -81,7 +82,7 @@ export {
   type NativeLeakReport,
 } from './harness/measure.js';
 export { collectGarbage } from './harness/gc.js';
-export { LeakError, LeakInconclusiveError } from './harness/leak-errors.js';
+export { HeapErrorsError, LeakError, LeakInconclusiveError } from './harness/leak-errors.js';
 export { tracingSupport, type TracingSupport } from './target/tracing-support.js';
 
 // Suppressions

@@ -271,8 +271,21 @@ export interface OutstandingAllocation {
 }
 
 export interface Snapshot {
-  /** Outstanding allocations now, unordered. */
+  /** Outstanding allocations now, unordered. followForks: the first traced process's still
+   *  running (the one traced first, while it runs). */
   allocations: OutstandingAllocation[];
+  summary: HeapSummary;
+  /** followForks: one view per traced process still running, in the order they started. */
+  processes?: ProcessSnapshot[];
+}
+
+/** One process's part of a followForks snapshot. */
+export interface ProcessSnapshot {
+  pid: number;
+  commandLine: string[];
+  /** Its outstanding allocations, addresses as it sees them. */
+  allocations: OutstandingAllocation[];
+  /** Its own counters and what it has in use. */
   summary: HeapSummary;
 }
 
@@ -281,6 +294,8 @@ export interface AllocEvent {
   address: bigint;
   size: number;
   tid: number;
+  /** followForks: the process the thread belongs to (absent otherwise). */
+  pid?: number;
   /** CLOCK_MONOTONIC nanoseconds. */
   timestampNs: bigint;
 }
@@ -293,6 +308,8 @@ export interface FreeEvent {
   /** Size of the block when it was allocated. */
   size: number;
   tid: number;
+  /** followForks: the process the thread belongs to (absent otherwise). */
+  pid?: number;
   timestampNs: bigint;
 }
 

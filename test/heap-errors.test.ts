@@ -81,8 +81,9 @@ describe('heap errors against valgrind', () => {
     expect(report.summary.errors).toEqual({ 'invalid-free': 0, 'double-free': 0, 'mismatched-free': 3, notRecorded: 0 });
     ours.forEach((e, i) => {
       const t = theirs[i]!;
-      // Release: free / operator delete, then the program's frames.
-      expect(ourNames(e.stack, 1)[0]).toMatch(t.stack[0]!.function.startsWith('free') ? /^free$/ : /^operator delete\(void\*/);
+      // Release: free / operator delete by the overload the program called (here the sized
+      // one, operator delete(void*, unsigned long)), then the program's frames.
+      expect(ourNames(e.stack, 1)[0]).toBe(t.stack[0]!.function);
       expect(ourNames(e.stack.slice(1), names(t.stack).length - 1)).toEqual(names(t.stack).slice(1));
       // The block: valgrind's size, and its allocation stack from operator new[] / malloc down.
       const size = Number(/block of size ([\d,]+)/.exec(t.address)![1]!.replace(/,/g, ''));
@@ -127,6 +128,7 @@ describe('heap errors against valgrind', () => {
     ['interior', 'invalid-free'],
     ['double', 'double-free'],
     ['realloc', 'double-free'],
+    ['delete_twice', 'double-free'],
   ] as const)('%s: one %s, with the release stack valgrind shows', async (scenario, kind) => {
     const { report, vg } = await both(scenario);
     const theirs = valgrindErrors(vg.log);
@@ -150,9 +152,16 @@ describe('heap errors against valgrind', () => {
       // valgrind: "is 0 bytes inside a block of size N free'd", the first free's stack, then
       // "Block was alloc'd at" and the allocation's.
       const size = Number(/block of size ([\d,]+) free'd/.exec(theirs[0]!.address)![1]!.replace(/,/g, ''));
-      expect(e.block).toMatchObject({ size, offset: 0, allocatedBy: 'malloc' });
+      expect(e.block).toMatchObject({ size, offset: 0, allocatedBy: scenario === 'delete_twice' ? 'operator new' : 'malloc' });
       sameStack(e.firstFree!.stack, theirs[0]!.more[0]!);
       sameStack(e.block!.allocationStack, theirs[0]!.more[1]!);
+    }
+    if (scenario === 'delete_twice') {
+      // Both releases went through the sized overload: valgrind names it, and so do we.
+      expect(theirs[0]!.stack[0]!.function).toBe('operator delete(void*, unsigned long)');
+      expect(theirs[0]!.more[0]![0]!.function).toBe('operator delete(void*, unsigned long)');
+      expect(e.stack[0]).toMatchObject({ symbol: 'operator delete(void*, unsigned long)', mangled: '_ZdlPvm' });
+      expect(e.firstFree!.stack[0]).toMatchObject({ symbol: 'operator delete(void*, unsigned long)', mangled: '_ZdlPvm' });
     }
     // glibc aborts (SIGABRT, also named SIGIOT) or, reading a header that is not there, faults.
     expect(['SIGABRT', 'SIGIOT', 'SIGSEGV']).toContain(report.target.signal);

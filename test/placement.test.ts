@@ -23,7 +23,7 @@ const malloc = placementRule('malloc');
 /** free's registers and NULL rule, as if it had no return probe and no NULL exemption. */
 const strict: PlacementRule = { registers: ['rdi'], returnProbe: false, skipNullExit: false };
 
-describe('the x86-64 decoder (native/x86_decoder.cc, Zydis)', () => {
+describe('the x86-64 decoder (native/x86/x86_decoder.cc, Zydis)', () => {
   const decodeOne = (hex: string) => loadNative().decodeX86!(bytes(hex), base, 64)[0]!;
 
   it.each([

@@ -31,9 +31,7 @@ function userWithSupplementaryGroup(): { name: string; uid: number; gid: number;
 const script = 'id -u; id -g; id -G; echo "$HOME"; echo "$USER"; echo "$LOGNAME"; echo "${EBPF_LEAK_EXEC_USER-unset}"';
 
 describe('options.user', () => {
-  // Known failure on main: a program run as another user with stdio 'pipe' does not run to
-  // its end (no output, no exit code); with inherited stdio it does (the CLI's case).
-  it.skip('runs the program as the user, with the groups and HOME of the user database', async () => {
+  it('runs the program as the user, with the groups and HOME of the user database', async () => {
     const user = userWithSupplementaryGroup();
     const tracer = await trace({
       command: 'sh',
@@ -65,18 +63,14 @@ describe('options.user', () => {
     expect(Number(uid)).toBe(process.getuid!());
   });
 
-  // Known failure on main: a program run as another user with stdio 'pipe' does not run to
-  // its end (no output, no exit code); with inherited stdio it does (the CLI's case).
-  it.skip('a uid with no passwd entry gets just the gid as its group', async () => {
+  it('a uid with no passwd entry gets just the gid as its group', async () => {
     const tracer = await trace({ command: 'sh', args: ['-c', 'id -u; id -g; id -G'], stdio: 'pipe', user: { uid: 54321, gid: 54322 } });
     const out = readAll(tracer.process!.stdout);
     await tracer.done;
     expect((await out).trim().split('\n')).toEqual(['54321', '54322', '54322']);
   });
 
-  // Known failure on main: a program run as another user with stdio 'pipe' does not run to
-  // its end (no output, no exit code); with inherited stdio it does (the CLI's case).
-  it.skip("counts the program's blocks exactly as under root", async () => {
+  it("counts the program's blocks exactly as under root", async () => {
     const user = userWithSupplementaryGroup();
     const asRoot = await (await trace({ command: fixturePath('seed'), stdio: 'ignore' })).done;
     const asUser = await (await trace({ command: fixturePath('seed'), stdio: 'ignore', user: { uid: user.uid, gid: user.gid } })).done;

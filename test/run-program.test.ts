@@ -1,5 +1,5 @@
 // The loader's library list runs through the addon's posix_spawn() on a worker thread
-// (native/run_program.h), not child_process, whose fork of this process stalls the event loop.
+// (native/process/run_program.h), not child_process, whose fork of this process stalls the event loop.
 import { describe, expect, it } from 'vitest';
 import { LibraryNotFoundError } from '../lib/errors.js';
 import { loadNative } from '../lib/native/addon.js';

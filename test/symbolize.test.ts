@@ -1,3 +1,4 @@
+// One file by design: every case symbolizes the programs compiled once by its top-level beforeAll.
 // Symbolizer tests: real programs and a shared library compiled here (gcc/g++ -g), run to get
 // their real addresses and /proc/self/maps, then symbolized through lib/report/symbolize.ts and the
 // native addon. Also: stripped binaries with debug files found by build ID and .gnu_debuglink,

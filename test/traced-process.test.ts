@@ -1,4 +1,4 @@
-// The program a `command` trace starts (lib/tracer/traced-process.ts, native/held_process.cc): spawned
+// The program a `command` trace starts (lib/tracer/traced-process.ts, native/process/held_process.cc): spawned
 // with posix_spawn() instead of child_process, so everything ChildProcess did for us is checked
 // here: stdio in each mode, the working directory, signal dispositions, exit status, kill().
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';

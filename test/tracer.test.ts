@@ -221,7 +221,7 @@ describe('data that could not be kept is counted and reported', () => {
 describe('event stream backpressure', () => {
   it('loses nothing when the ring buffer has room, though the listener holds every batch when the program exits', async () => {
     // 200,000 allocations in a fraction of a second, a listener at ~4 us an event: when the
-    // program exits, JS still has every event slot (native/event_slots.h) and ~20,000 events wait
+    // program exits, JS still has every event slot (native/tracer/event_slots.h) and ~20,000 events wait
     // in the 32 MB ring buffer; the final drain hands them over past the slots.
     const tracer = await trace({ command: fixturePath('many_outstanding'), stdio: 'ignore', events: true, eventBufferBytes: 32 << 20 });
     let delivered = 0;

@@ -1,4 +1,4 @@
-// The CFI stack walker (bpf/unwind.h) against real processes: stacks through code without frame
+// The CFI stack walker (bpf/unwind.bpf.h) against real processes: stacks through code without frame
 // pointers name the function and line that called `new`, as valgrind does, whatever the program
 // was built with; a dlopen()ed library's frames are named after it was closed; nothing is left
 // half-walked; and the per-stack totals the kernel keeps equal a walk of the outstanding blocks.
@@ -359,7 +359,7 @@ function ruleAt(table: NativeUnwindTable, off: bigint): { cfa: string; rbp: stri
   return { cfa, rbp };
 }
 
-describe('unwind tables (native/unwind_table.cc) against readelf --debug-dump=frames-interp', () => {
+describe('unwind tables (native/unwind/unwind_table.cc) against readelf --debug-dump=frames-interp', () => {
   const files = [
     ['libstdc++', '/usr/lib/x86_64-linux-gnu/libstdc++.so.6'],
     ['libc', '/usr/lib/x86_64-linux-gnu/libc.so.6'],

@@ -13,7 +13,7 @@ import { fixturePath, repoRoot } from './helpers/fixtures.js';
 const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-user-errors-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** Our children that are still the held launcher (native/launcher.c). */
+/** Our children that are still the held launcher (native/process/launcher.c). */
 function ourLaunchers(): number[] {
   const found: number[] = [];
   for (const entry of readdirSync('/proc')) {

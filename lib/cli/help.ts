@@ -183,7 +183,7 @@ export function formatUsageError(err: UsageError): string {
   return `ebpf-leak: ${err.message}\n${usageLine(err.topic)}\ntry '${help}'\n`;
 }
 
-/** The option table as Markdown, for docs/cli.md (test/cli-options.test.ts keeps it current). */
+/** The option table as Markdown, for docs/cli.md (test/unit/cli-options.test.ts keeps it current). */
 export function optionsMarkdown(): string {
   const cell = (s: string) => s.replace(/\|/g, '\\|');
   const rows = cliOptions.map((o) => {

@@ -18,7 +18,7 @@ export {
   type FormatNativeOptions,
   type LeakCheckOptions,
 } from './in-process-check.js';
-export { LeakError, LeakInconclusiveError } from './leak-errors.js';
+export { HeapErrorsError, LeakError, LeakInconclusiveError } from './leak-errors.js';
 export {
   currentThreadId,
   isGrowing,

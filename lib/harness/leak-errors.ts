@@ -31,3 +31,16 @@ export class LeakInconclusiveError<R = unknown> extends Error {
     this.report = report;
   }
 }
+
+/** The code under test released memory wrongly (an invalid, double or mismatched free), as
+ *  valgrind's memcheck reports it and its --error-exitcode fails on: `message` carries each error
+ *  with its stacks, `report` the data. Opt out with `allowHeapErrors: true`. */
+export class HeapErrorsError<R = unknown> extends Error {
+  readonly code = 'ELEAK_HEAP_ERRORS' as const;
+  readonly report: R;
+  constructor(message: string, report: R) {
+    super(message);
+    this.name = 'HeapErrorsError';
+    this.report = report;
+  }
+}

@@ -38,7 +38,7 @@ export function skipIfUnsupported<T extends object>(options?: T): T & { skip?: s
 export { tracingSupport };
 export { assertNoLeaks, checkLeaks } from './program-check.js';
 export { formatCheckedReport } from '../report/checked.js';
-export { LeakError, LeakInconclusiveError } from './leak-errors.js';
+export { HeapErrorsError, LeakError, LeakInconclusiveError } from './leak-errors.js';
 export { formatNativeLeakReport, leakCheck, type LeakCheckOptions } from './in-process-check.js';
 export { measure, type MeasureOptions, type NativeLeakReport } from './measure.js';
 export { generateSuppressions, loadSuppressions, parseSuppressions } from '../suppressions/rules.js';

@@ -4,7 +4,8 @@ import { defaultSuppressions } from '../suppressions/defaults.js';
 import { definedProperties } from '../util/defined.js';
 import { formatCheckedReport, checkReportSliced, type CheckedLeakReport } from '../report/checked.js';
 import { formatCount } from '../report/text-format.js';
-import { LeakError, LeakInconclusiveError } from './leak-errors.js';
+import { HeapErrorsError, LeakError, LeakInconclusiveError } from './leak-errors.js';
+import { heapErrorTotal } from '../report/heap-errors.js';
 import { resolveSuppressions, type LeakKind, type SuppressionInput } from '../suppressions/rules.js';
 import { trace } from '../tracer/trace.js';
 import type { CommandTraceOptions, LeakReport } from '../types.js';
@@ -25,6 +26,9 @@ export interface AssertNoLeaksOptions extends CheckLeaksOptions {
   maxBytes?: number;
   /** Do not fail when the result is inconclusive (see CheckedLeakReport.inconclusive). */
   allowInconclusive?: boolean;
+  /** Do not fail on heap errors (invalid, double and mismatched frees: report.errors); only
+   *  leaks then fail. */
+  allowHeapErrors?: boolean;
   /** Loss records printed in the error message. Default 10. */
   top?: number;
 }
@@ -45,9 +49,14 @@ export async function checkLeaks(command: string, options: CheckLeaksOptions = {
   return checkReportSliced(report, rules, { stacks: tracer.info.stacks, ...(assumeLeakKinds ? { assumeLeakKinds } : {}) });
 }
 
-/** Throws LeakInconclusiveError, or LeakError when more than `maxBytes` leaked; returns the
- *  checked report otherwise. With several processes (followForks), when any of them does. */
-export function assertReport(report: CheckedLeakReport, options: Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'top'> = {}): CheckedLeakReport {
+type AssertOptions = Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'allowHeapErrors' | 'top'>;
+
+/** Throws HeapErrorsError when the program freed wrongly, LeakInconclusiveError, or LeakError
+ *  when more than `maxBytes` leaked; returns the checked report otherwise. With several processes
+ *  (followForks), when any of them does. Heap errors come first: they are facts whatever else
+ *  the trace missed, and valgrind fails a run on them too. */
+export function assertReport(report: CheckedLeakReport, options: AssertOptions = {}): CheckedLeakReport {
+  if (!options.allowHeapErrors) assertNoHeapErrors(report, options);
   if (report.processes && report.processes.length > 0) return assertProcesses(report, report.processes, options);
   if (report.inconclusive.length > 0 && !options.allowInconclusive) {
     throw new LeakInconclusiveError(report.inconclusive, report, `the leak check of ${describe(report)}`);
@@ -68,7 +77,7 @@ export function assertReport(report: CheckedLeakReport, options: Pick<AssertNoLe
 function assertProcesses(
   report: CheckedLeakReport,
   processes: readonly CheckedLeakReport[],
-  options: Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'top'>,
+  options: AssertOptions,
 ): CheckedLeakReport {
   const maxBytes = options.maxBytes ?? 0;
   const inconclusive = processes.flatMap((p) => p.inconclusive.map((r) => `process ${p.target.pid}: ${r}`));
@@ -89,6 +98,28 @@ function assertProcesses(
   throw new LeakError(head + formatCheckedReport(report, options.top !== undefined ? { top: options.top } : {}), report);
 }
 
+function plural(n: number, one: string, many = `${one}s`): string {
+  return `${formatCount(n)} ${n === 1 ? one : many}`;
+}
+
+function assertNoHeapErrors(report: CheckedLeakReport, options: AssertOptions): void {
+  const withErrors = [report, ...(report.processes ?? [])].filter((r) => heapErrorTotal(r.summary.errors) > 0);
+  if (withErrors.length === 0) return;
+  const total = withErrors.reduce((n, r) => n + heapErrorTotal(r.summary.errors), 0);
+  const kinds: string[] = [];
+  const sum = (k: 'invalid-free' | 'double-free' | 'mismatched-free' | 'notRecorded') =>
+    withErrors.reduce((n, r) => n + (r.summary.errors?.[k] ?? 0), 0);
+  if (sum('invalid-free')) kinds.push(plural(sum('invalid-free'), 'invalid free'));
+  if (sum('double-free')) kinds.push(plural(sum('double-free'), 'double free'));
+  if (sum('mismatched-free')) kinds.push(plural(sum('mismatched-free'), 'mismatched free'));
+  if (sum('notRecorded')) kinds.push(`${formatCount(sum('notRecorded'))} more not recorded`);
+  const head = `ebpf-leak: ${describe(report)} made ${plural(total, 'heap error')} (${kinds.join(', ')})\n\n`;
+  const tail = '\nPass allowHeapErrors: true to fail on leaks only.\n';
+  const top = options.top !== undefined ? { top: options.top } : {};
+  const body = withErrors.map((r) => formatCheckedReport(r, top)).join('\n');
+  throw new HeapErrorsError(head + body + tail, report);
+}
+
 function describe(report: LeakReport): string {
   const t = report.target;
   if (t.commandLine && t.commandLine.length > 0) return t.commandLine.join(' ');
@@ -97,7 +128,7 @@ function describe(report: LeakReport): string {
 
 /** checkLeaks(), then assertReport(): throws a LeakError whose message is the readable report. */
 export async function assertNoLeaks(command: string, options: AssertNoLeaksOptions = {}): Promise<CheckedLeakReport> {
-  const { maxBytes, allowInconclusive, top, ...check } = options;
+  const { maxBytes, allowInconclusive, allowHeapErrors, top, ...check } = options;
   const report = await checkLeaks(command, check);
-  return assertReport(report, definedProperties({ maxBytes, allowInconclusive, top }));
+  return assertReport(report, definedProperties({ maxBytes, allowInconclusive, allowHeapErrors, top }));
 }

@@ -97,7 +97,7 @@ export function canTrace(): boolean {
 }
 
 export { tracingSupport };
-export { LeakError, LeakInconclusiveError } from './leak-errors.js';
+export { HeapErrorsError, LeakError, LeakInconclusiveError } from './leak-errors.js';
 export { leakCheck, type LeakCheckOptions } from './in-process-check.js';
 export { measure, type NativeLeakReport, type MeasureOptions } from './measure.js';
 export { assertNoLeaks, checkLeaks } from './program-check.js';

@@ -94,7 +94,7 @@ export interface NativeTracer {
    *  or for a command target (its status comes from waitid()). */
   exitStatus(): number | null;
   /** The events batch in `slot` has been delivered to the listeners (or dropped): the poll thread
-   *  may write the slot again (native/event_slots.h). A no-op for -1. */
+   *  may write the slot again (native/tracer/event_slots.h). A no-op for -1. */
   eventsDelivered(slot: number): void;
   /** The ArrayBuffers events batches are written into, by slot (none with events off). */
   eventSlots(): ArrayBuffer[];
@@ -141,7 +141,7 @@ export interface NativeTracerClass {
   demangle(name: string): string | null;
 }
 
-/** A program started held before exec (native/held_process.h). */
+/** A program started held before exec (native/process/held_process.h). */
 export interface NativeHeldProcess {
   /** Spawns the launcher (posix_spawn, on a worker thread). `stdio`: the parent's pipe ends for the
    *  program's fds 0-2 with stdio 'pipe', else -1. */
@@ -165,6 +165,8 @@ export interface NativeHeldProcessConfig {
   env: readonly string[];
   cwd?: string;
   stdio: 'inherit' | 'pipe' | 'ignore';
+  /** Run the program as this user, with its groups and HOME, USER, LOGNAME. */
+  user?: { uid: number; gid: number };
 }
 
 export interface NativeHeldProcessClass {
@@ -178,7 +180,7 @@ export interface NativeSymbolizeOptions {
   debugDirs?: string[];
 }
 
-/** The addon's symbolizer (native/symbolizer.cc), what lib/report/symbolize.ts uses. */
+/** The addon's symbolizer (native/symbols/symbolizer.cc), what lib/report/symbolize.ts uses. */
 export interface NativeSymbolizer {
   /** File offsets in `modulePath` -> frames, one entry per offset, compact
    *  (lib/native/symbolized-batch.ts). Runs off the JS thread. */
@@ -194,17 +196,17 @@ export interface NativeAddon extends NativeSymbolizer {
   Tracer: NativeTracerClass;
   HeldProcess: NativeHeldProcessClass;
   readElf(path: string, symbols: readonly string[]): NativeElfInfo;
-  /** A file a traced process names, opened for reading (native/target_file.h): regular files
+  /** A file a traced process names, opened for reading (native/target/target_file.h): regular files
    *  only, at most `maxBytes` (default 2 GiB), resolved inside /proc/PID/root when under it. The
    *  caller closes the fd. Throws with code ELEAK_UNSAFE_FILE when refused. */
   openTargetFile(path: string, maxBytes?: number): number;
-  /** The stack walker's unwind table of a file (native/unwinder.cc). */
+  /** The stack walker's unwind table of a file (native/unwind/unwinder.cc). */
   unwindTable(path: string): NativeUnwindTable;
-  /** Runs a short-lived program with posix_spawn() on a worker thread (native/run_program.h):
+  /** Runs a short-lived program with posix_spawn() on a worker thread (native/process/run_program.h):
    *  child_process would fork this whole process on the JS thread. `argv[0]` included; `env` as
    *  NAME=value strings. A timeout kills the program with SIGKILL. */
   runProgram(file: string, argv: readonly string[], env: readonly string[], timeoutMs: number): Promise<ProgramResult>;
-  /** x86-64 instructions of `code`, which starts at `address` (native/x86_decoder.h): every one
+  /** x86-64 instructions of `code`, which starts at `address` (native/x86/x86_decoder.h): every one
    *  that starts in the first `detailBytes`, then only those that do not fall through. Absent
    *  from builds for other architectures. */
   decodeX86?(code: Uint8Array, address: number, detailBytes: number): NativeX86Instruction[];
@@ -308,7 +310,7 @@ export function loadNative(): NativeAddon {
   return addon;
 }
 
-/** The held-before-exec launcher built beside the addon (native/launcher.c). */
+/** The held-before-exec launcher built beside the addon (native/process/launcher.c). */
 export function launcherPath(): string {
   return join(nativeBuildDir(), 'ebpf-leak-exec');
 }

@@ -1,4 +1,4 @@
-// One events batch from the poll thread (struct leak_event records, bpf/leak.h), read in place
+// One events batch from the poll thread (struct leak_event records, bpf/abi/leak.h), read in place
 // into the public 'alloc'/'free' events. A batch holds up to ~4,700 records and a busy target
 // sends hundreds of thousands a second, so each record costs one object and the two BigInts the
 // API hands out (address, timestamp): small fields are read as 32-bit halves. Going through a
@@ -7,7 +7,8 @@
 import { leakFunctions } from './layout.js';
 import { releaseFunctions, type AllocEvent, type AllocatorFunction, type FreeEvent, type ReleaseFunction } from '../types.js';
 
-/** struct leak_event: kind, fn, address, size, timestamp_ns, tid (u64 each), stack_id (s64). */
+/** struct leak_event: kind, fn, address, size, timestamp_ns, tid (u64 each; following forks, the
+ *  process in its high half), stack_id (s64). */
 const WORDS = 7;
 const KIND = 0;
 const FN = 1;
@@ -53,13 +54,16 @@ export class EventRecords {
 
   #event<F extends AllocatorFunction>(i: number, fn: F) {
     const w = i * WORDS;
-    return {
+    // Following forks, the record's tid word carries the process in its high half.
+    const pid = this.#halves[(w + TID) * 2 + 1]!;
+    const event = {
       function: fn,
       address: this.#words[w + ADDRESS]!,
       size: this.#u64(w + SIZE),
-      tid: this.#u64(w + TID),
+      tid: this.#halves[(w + TID) * 2]!,
       timestampNs: this.#words[w + TIMESTAMP]!,
     };
+    return pid === 0 ? event : { ...event, pid };
   }
 
   #fn(i: number): AllocatorFunction {

@@ -1,10 +1,10 @@
-// Decoders for the records in bpf/leak.h. Field order must match the structs there; the addon
+// Decoders for the records in bpf/abi/leak.h. Field order must match the structs there; the addon
 // reports its struct sizes (`layout`) and checkLayout() refuses to run on a mismatch.
 import { allocatorFunctions, type AllocatorFunction } from '../types.js';
 import type { NativeLayout } from './addon.js';
 import { AddonError } from '../errors.js';
 
-/** enum leak_fn, by value: bpf/leak.h numbers the functions in allocatorFunctions' order. */
+/** enum leak_fn, by value: bpf/abi/leak.h numbers the functions in allocatorFunctions' order. */
 export const leakFunctions: readonly AllocatorFunction[] = allocatorFunctions;
 
 export const counterFields = [
@@ -113,7 +113,7 @@ function recordColumns(buffer: ArrayBuffer, bytes: number, sampleEveryBytes: num
     address: (i) => u[i * words]!,
     size,
     fn: (i) => leakFunctions[h[i * halves + 3]! >>> 24] ?? 'malloc',
-    // Stack ids are small, or hashes below 2^53 marked by a high bit (see bpf/leak.h); -1 is none.
+    // Stack ids are small, or hashes below 2^53 marked by a high bit (see bpf/abi/leak.h); -1 is none.
     stackId: (i) => {
       const lo = h[i * halves + 4]!;
       const hi = h[i * halves + 5]!;
@@ -174,12 +174,15 @@ export interface RawHeapError {
   tid: number;
   address: bigint;
   releaseFn: AllocatorFunction;
+  /** At an entry: the entry probe's offset in its page + 1 (which overload); 0 elsewhere. */
+  releaseEntryPage: number;
   releaseStack: number;
   /** The block, when known (size 0 and fn undefined: not known). */
   allocSize: number;
   allocFn: AllocatorFunction | undefined;
   allocStack: number;
   firstFreeFn: AllocatorFunction;
+  firstFreeEntryPage: number;
   firstFreeStack: number;
 }
 
@@ -203,11 +206,13 @@ export function decodeHeapErrors(buffer: ArrayBuffer): { seen: number; errors: R
       tid: h[base + 1]!,
       address: u[base / 2 + 1]!,
       releaseFn: leakFunctions[h[base + 4]!] ?? 'free',
+      releaseEntryPage: h[base + 5]!,
       releaseStack: stackIdOf(h[base + 6]!, h[base + 7]!),
       allocSize: Number(sizeFn & 0xff_ffff_ffff_ffffn),
       allocFn: sizeFn === 0n ? undefined : leakFunctions[Number(sizeFn >> 56n)],
       allocStack: stackIdOf(h[base + 10]!, h[base + 11]!),
       firstFreeFn: leakFunctions[h[base + 12]!] ?? 'free',
+      firstFreeEntryPage: h[base + 13]!,
       firstFreeStack: stackIdOf(h[base + 14]!, h[base + 15]!),
     });
   }

@@ -1,4 +1,4 @@
-// The supervisor's messages about processes (native/tracer_processes.cc): an exec, a followed
+// The supervisor's messages about processes (native/tracer/tracer_processes.cc): an exec, a followed
 // fork, a followed process's exit with its blocks.
 import { decodeCounters, type Counters } from './layout.js';
 
@@ -8,6 +8,9 @@ export interface ExecMessage {
   counters: Counters;
   inUseBlocks: number;
   inUseBytes: number;
+  /** The new image's command line as the exec left it (maybe cut short), when the process was not
+   *  stopped at its exec; empty otherwise. */
+  commandLine: string[];
 }
 
 export interface ForkMessage {
@@ -35,6 +38,7 @@ export function decodeExec(buffer: ArrayBuffer, countersBytes: number): ExecMess
     counters,
     inUseBlocks: Number(view.getBigUint64(8 + countersBytes, true)),
     inUseBytes: Number(view.getBigUint64(16 + countersBytes, true)),
+    commandLine: splitCommandLine(Buffer.from(buffer, 32 + countersBytes, view.getUint32(24 + countersBytes, true)).toString('utf8')),
   };
 }
 

@@ -1,9 +1,9 @@
-// The native symbolizer's compact results (native/symbolizer.cc): strings once each, numbers in
+// The native symbolizer's compact results (native/symbols/symbolizer.cc): strings once each, numbers in
 // typed arrays, read in place. The addon used to build an object per frame in its completion
 // callback, which held the event loop ~30 ms for 10,000 libc addresses; symbolizeStacks() now
 // reads these arrays while it builds its own frames, in slices, with no object in between.
 
-/** One native symbolize() call's results; layout documented in native/symbolizer.cc. */
+/** One native symbolize() call's results; layout documented in native/symbols/symbolizer.cc. */
 export interface SymbolizedBatch {
   /** UTF-8 of each distinct string, back to back. */
   strings: Uint8Array;

@@ -1,4 +1,4 @@
-// The CFI stack walker (bpf/unwind.h, native/unwinder.cc) and the per-stack totals, as lib/ sees
+// The CFI stack walker (bpf/unwind.bpf.h, native/unwind/unwinder.cc) and the per-stack totals, as lib/ sees
 // them: the modes, the stack ids the walker hands out, and decoders for what the addon returns.
 //
 // Modes (trace()'s `unwind` option):
@@ -18,7 +18,7 @@ export function isUnwindMode(value: unknown): value is UnwindMode {
   return typeof value === 'string' && (unwindModes as readonly string[]).includes(value);
 }
 
-/** Stack ids of walked stacks: bit 51 set, a hash of the frames below (bpf/unwind_types.h). */
+/** Stack ids of walked stacks: bit 51 set, a hash of the frames below (bpf/abi/unwind_types.h). */
 export const UNWIND_STACK_ID_BIT = 2 ** 51;
 
 export function isUnwoundStackId(id: number): boolean {

@@ -351,7 +351,7 @@ export function placeEntryProbe(
   if (placement === 'entry') return at("probePlacement 'entry': probe at the entry");
   let fd: number | undefined;
   try {
-    // Not openSync(): a FIFO there would block the event loop (native/target_file.h).
+    // Not openSync(): a FIFO there would block the event loop (native/target/target_file.h).
     fd = loadNative().openTargetFile(path);
     const st = fstatSync(fd);
     const key = cacheKey(st, { fn, functionOffset, size });

@@ -45,6 +45,13 @@ export interface FunctionSite {
   symbol: string;
 }
 
+/** One symbol of a probed function and where its entry probe went: a release at an entry names
+ *  the overload it came through by that probe (operator delete(void*, unsigned long), not
+ *  operator delete(void*)), as valgrind's stacks do. */
+export interface OverloadSite extends FunctionSite {
+  entryOffset: number;
+}
+
 /** Without these there is no leak report worth the name. */
 const requiredFunctions: readonly AllocatorFunction[] = ['malloc', 'free'];
 /** glibc always has these; their absence means the file is not what we think it is. */
@@ -63,6 +70,8 @@ export interface ProbePlan {
   placements: PlacementDecision[];
   /** Each function's site (for several symbols of one function, the first). */
   sites: Partial<Record<AllocatorFunction, FunctionSite>>;
+  /** Every symbol probed for each function, with its entry probe. */
+  overloads: Partial<Record<AllocatorFunction, OverloadSite[]>>;
   /** Pairs of families (`alloc>release`, see familyPair) a mismatch cannot be told in: an
    *  allocator whose operator delete is its free, or new[] its new, records both as one. */
   ambiguousPairs: string[];
@@ -142,6 +151,7 @@ function* planSteps(
     aliases: found.aliases,
     placements: [],
     sites: {},
+    overloads: {},
     ambiguousPairs: [...ambiguous],
   };
   for (const f of found.functions) {
@@ -150,6 +160,7 @@ function* planSteps(
     plan.placements.push(placement);
     if (plan.attached[f.fn] === undefined) plan.attached[f.fn] = f.symbol;
     plan.sites[f.fn] ??= { path: f.path, offset: f.offset, symbol: f.symbol };
+    (plan.overloads[f.fn] ??= []).push({ path: f.path, offset: f.offset, symbol: f.symbol, entryOffset: placement.entryOffset });
     plan.probes.push({ fn: f.index, path: f.path, entryOffset: placement.entryOffset, returnOffset: f.offset });
   }
   return plan;

@@ -1,4 +1,4 @@
-// Heap errors as reports carry them: the kernel's records (bpf/heap_errors.h) with their stacks
+// Heap errors as reports carry them: the kernel's records (bpf/heap_errors.bpf.h) with their stacks
 // symbolized, an interior free placed in the block it points into.
 import type { BlockColumns, RawHeapError } from '../native/layout.js';
 import { hex, type RawLeakGroup } from './tally.js';
@@ -10,8 +10,10 @@ const PLACED_ERRORS = 64;
 /** Symbolized stacks, one per group, topped by the group's function (LeakTracer's #stacks). */
 export type StackReader = (groups: readonly RawLeakGroup[]) => Promise<StackFrame[][]>;
 
-function stackGroup(stackId: number, fn: AllocatorFunction): RawLeakGroup {
-  return { stackId, fn, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
+function stackGroup(stackId: number, fn: AllocatorFunction, entryPage = 0): RawLeakGroup {
+  const group: RawLeakGroup = { stackId, fn, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
+  if (entryPage !== 0) group.entryPage = entryPage;
+  return group;
 }
 
 /** The outstanding block `address` points into (not at its start), as a row of `columns`. */
@@ -31,11 +33,11 @@ export async function heapErrorsOf(raw: readonly RawHeapError[], columns: BlockC
   );
   const groups: RawLeakGroup[] = [];
   raw.forEach((e, i) => {
-    groups.push(stackGroup(e.releaseStack, e.releaseFn));
+    groups.push(stackGroup(e.releaseStack, e.releaseFn, e.releaseEntryPage));
     const row = inside[i]!;
     if (row >= 0) groups.push(stackGroup(columns.stackId(row), columns.fn(row)));
     else groups.push(stackGroup(e.allocFn !== undefined ? e.allocStack : -1, e.allocFn ?? 'malloc'));
-    groups.push(stackGroup(e.kind === 'double-free' ? e.firstFreeStack : -1, e.firstFreeFn));
+    groups.push(stackGroup(e.kind === 'double-free' ? e.firstFreeStack : -1, e.firstFreeFn, e.firstFreeEntryPage));
   });
   const stacks = await readStacks(groups);
   return raw.map((e, i) => {

@@ -26,7 +26,7 @@ export interface SymbolizeStacksOptions extends NativeSymbolizeOptions {
   native?: NativeSymbolizer;
 }
 
-/** The addon's symbolizer (native/symbolizer.cc, registered by native/addon.cc). */
+/** The addon's symbolizer (native/symbols/symbolizer.cc, registered by native/addon/addon.cc). */
 export function loadNativeSymbolizer(): NativeSymbolizer {
   return loadNative();
 }

@@ -38,6 +38,9 @@ export interface RawLeakGroup {
   blocks: number;
   largestBlock: number;
   sampleAddresses: bigint[];
+  /** A release at a function's entry: its entry probe's offset in the page + 1, which names the
+   *  overload on top of the stack (heap errors). */
+  entryPage?: number;
 }
 
 /** The leak groups of some rows and their in-use totals (the groups' sum, so they agree). */

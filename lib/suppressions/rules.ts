@@ -1,3 +1,4 @@
+// One file by design: parsing, matching and generating rules share one rule model and its frame patterns, and a rule that does not match is understood by reading all three together.
 // Suppressions: rules that say "this allocation stack is known and fine", read from valgrind
 // `.supp` files and LeakSanitizer `leak:` files, matched against ebpf-leak's symbolized stacks,
 // and generated from a report (`--gen-suppressions`).

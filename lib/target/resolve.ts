@@ -382,7 +382,7 @@ export async function loaderLibraries(
       cause === undefined ? undefined : { cause },
     );
   try {
-    // Not child_process: it forks this whole process on the JS thread (see native/run_program.h).
+    // Not child_process: it forks this whole process on the JS thread (see native/process/run_program.h).
     const result = await loadNative().runProgram(interpreter, [interpreter, '--list', exe], environmentStrings(env), 10_000);
     if (result.status !== 0) {
       const how = result.signal !== null ? `killed by signal ${result.signal}` : `exit status ${result.status}`;

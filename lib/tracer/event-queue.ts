@@ -3,7 +3,7 @@
 // held the event loop for 10-20 ms when batches were 1 MB. Batches are delivered in arrival order,
 // every event once.
 //
-// Backpressure is the poll thread's: a batch's event slot (native/event_slots.h) stays with JS
+// Backpressure is the poll thread's: a batch's event slot (native/tracer/event_slots.h) stays with JS
 // until `onBatchDone` reports it delivered, and with all 16 slots here it stops draining the ring
 // buffer, which fills, and the BPF side counts what does not fit as lost events. So listeners
 // slower than the stream lose events instead of growing this queue. (It used to deliver

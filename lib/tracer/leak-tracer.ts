@@ -1,3 +1,4 @@
+// One file by design: LeakTracer is one public class whose methods share one tracing session's private state; the parts without that state are beside it (event-queue, processes, options).
 // LeakTracer: one traced process, as an EventEmitter. Owns the native tracer and, for `command`
 // targets, the child process.
 import { EventEmitter } from 'node:events';
@@ -20,7 +21,7 @@ import {
 } from '../native/layout.js';
 import { loadNative, nativeBuildDir, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import type { PlacementDecision } from '../probes/placement.js';
-import { familyPair, type FunctionSite } from '../probes/plan.js';
+import { familyPair, type FunctionSite, type OverloadSite } from '../probes/plan.js';
 import { heapErrorCounts, heapErrorsOf } from '../report/heap-errors.js';
 import { resolveModules } from '../target/modules.js';
 import { readPerfMap } from '../target/proc-maps.js';
@@ -39,6 +40,7 @@ import { decodeStackTotals, type StackTotal, type UnwindMode, type UnwindStats }
 import { processAlive, sameRootAsOurs } from '../target/resolve.js';
 import { signalNames } from './traced-process.js';
 import { exitStatus, ProcessTracker, type TracedProcessInfo } from './processes.js';
+import { processRows, rowsColumns } from './process-views.js';
 import type { ProcessExitMessage } from '../native/process-messages.js';
 import type { ProbePlacement } from '../probes/placement.js';
 import type { TracedProcess } from './traced-process.js';
@@ -48,6 +50,7 @@ import type {
   FreeEvent,
   LeakReport,
   LeakTracerEvents,
+  ProcessSnapshot,
   Snapshot,
   StackFrame,
   TargetInfo,
@@ -70,6 +73,8 @@ export interface TracerInfo {
   functionOffsets: Partial<Record<AllocatorFunction, number>>;
   /** Where each probed function is (C++'s operators are in the C++ runtime's file). */
   sites?: Partial<Record<AllocatorFunction, FunctionSite>>;
+  /** Every symbol probed for each function, with its entry probe (ProbePlan.overloads). */
+  overloads?: Partial<Record<AllocatorFunction, OverloadSite[]>>;
   /** Releases of addresses that are not outstanding blocks are heap errors (run mode). */
   heapErrors?: boolean;
   /** Family pairs a mismatch cannot be told in (ProbePlan.ambiguousPairs). */
@@ -102,7 +107,7 @@ export interface TracerParts {
   /** sizeof(struct leak_counters), from the addon's layout. */
   countersBytes?: number;
   /** The process is followed with ptrace: its execs, and its children with followForks. */
-  supervision?: { followForks: boolean; probePlacement: ProbePlacement; commandLine: string[] };
+  supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; commandLine: string[] };
 }
 
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
@@ -127,7 +132,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #mark = 0;
   /** When the tracer traces its own process: its addon's file, whose stacks are the tracer's own
    *  allocations (N-API calls on the JS thread) and are left out of every report. Its other
-   *  threads are kept out in the kernel (native/tracer.cc, ThreadIgnore). */
+   *  threads are kept out in the kernel (native/tracer/tracer.cc, ThreadIgnore). */
   #ownModule: string | undefined;
   #finalUnwindStats: UnwindStats | null = null;
   /** Execs and children (lib/processes.ts); undefined when the process is not followed. */
@@ -139,7 +144,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     (error) => this.emit('error', error instanceof Error ? error : new Error(String(error))),
     (slot) => this.#native.eventsDelivered(slot),
   );
-  /** The buffers events batches arrive in, by slot (native/event_slots.h). */
+  /** The buffers events batches arrive in, by slot (native/tracer/event_slots.h). */
   readonly #eventSlots: ArrayBuffer[];
   /** Events go straight to the listeners (lib/tracer/listener-snapshot.ts), unless rejections of async
    *  listeners are to be captured, which emit() does. */
@@ -163,6 +168,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         rootPid: parts.pid,
         rootCommandLine: parts.supervision.commandLine,
         followForks: parts.supervision.followForks,
+        supervised: parts.supervision.supervised,
         probePlacement: parts.supervision.probePlacement,
         allocators: [parts.info.allocator],
         countersBytes: parts.countersBytes ?? 88,
@@ -249,6 +255,19 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (this.#closed) throw new TracerClosedError('snapshot(): the tracer has stopped; use the report from stop() or done');
     const raw = await this.#native.snapshot(true);
     const columns = snapshotColumns(raw.entries, this.info.sampleEveryBytes);
+    if (this.#followForks && this.#processes) {
+      const processes: ProcessSnapshot[] = [];
+      for (const info of this.#processes.live()) {
+        const own = rowsColumns(columns, await processRows(columns, info.index));
+        const counters = this.#native.processCounters(info.index);
+        if (!counters) continue; // it exited meanwhile
+        const summary = summarize(decodeCounters(counters), await inUseSliced(own));
+        processes.push({ pid: info.pid, commandLine: info.commandLine, allocations: allocationsView(own, raw.nowNs), summary });
+      }
+      const first = processes.find((p) => p.pid === this.pid) ?? processes[0];
+      const empty = summarize(decodeCounters(new ArrayBuffer(raw.counters.byteLength)), { blocks: 0, bytes: 0 });
+      return { allocations: first?.allocations ?? [], summary: first?.summary ?? empty, processes };
+    }
     const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
     return { allocations: allocationsView(columns, raw.nowNs), summary };
   }
@@ -328,6 +347,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  (cheaper than narrowing the result, which stays possible). */
   async report(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
     if (this.#closed) throw new TracerClosedError('report(): the tracer has stopped; use the report from stop() or done');
+    if (this.#followForks && this.#processes) return this.#followedReport(true, filter);
     const raw = await this.#native.snapshot(false);
     const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
     const counters = decodeCounters(raw.counters);
@@ -342,6 +362,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #addProcessFields(report: LeakReport, info: TracedProcessInfo): void {
     if (info.previousImages.length > 0) report.previousImages = info.previousImages;
     if (info.untraced !== undefined) report.untraced = info.untraced;
+    else if (info.unchecked !== undefined && report.summary.allocs === 0) report.untraced = info.unchecked;
   }
 
   #processTarget(info: TracedProcessInfo): Omit<TargetInfo, 'exitCode' | 'signal'> {
@@ -365,30 +386,34 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   /** followForks: every process's report, the first process's at the top. Processes still
    *  running (stop()) are reported as they are now. */
-  async #followedReport(stopped: boolean): Promise<ScopedLeakReport> {
+  async #followedReport(stopped: boolean, filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
     const tracker = this.#processes!;
     if (!stopped) await tracker.allExited;
     await tracker.settled();
     const extra = new Map<number, LeakReport>();
     const live = tracker.live();
+    const { module, excludeModule, ...cheap } = filter;
     if (live.length > 0) {
       const raw = await this.#native.snapshot(false);
       const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
       for (const info of live) {
-        const index = BigInt(info.index);
-        const rows = await keptRowsSliced(columns, null, (row) => columns.address(row) >> 48n === index);
+        const own = rowsColumns(columns, await processRows(columns, info.index));
+        const keep = rowFilter(own, cheap);
+        const rows = keep === null ? null : await keptRowsSliced(own, null, keep);
         const counterBytes = this.#native.processCounters(info.index);
-        const counters = counterBytes ? decodeCounters(counterBytes) : decodeCounters(raw.counters);
-        const report = await this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, {}, this.#processTarget(info));
+        if (!counterBytes) continue; // it exited meanwhile: its report comes with its exit
+        const report = await this.#scoped(own, rows, decodeCounters(counterBytes), { exitCode: null, signal: null }, { module, excludeModule }, this.#processTarget(info));
         this.#addProcessFields(report, info);
         extra.set(info.pid, report);
       }
     }
     const all = await tracker.reports(extra);
-    const first = (all.find((r) => r.target.pid === this.pid) ?? all[0]) as ScopedLeakReport | undefined;
-    if (!first) throw new TracerClosedError('no process was traced');
-    // Plain copies in `processes`: the first report holds the list, and must not hold itself.
+    const found = (all.find((r) => r.target.pid === this.pid) ?? all[0]) as ScopedLeakReport | undefined;
+    if (!found) throw new TracerClosedError('no process was traced');
+    // Plain copies in `processes`: the first report holds the list, and must not hold itself; a
+    // copy of the first, as a process's report is kept for later reports too.
     const stats = this.#native.processStats();
+    const first: ScopedLeakReport = { ...found, target: { ...found.target } };
     first.processes = all.map((r) => ({ ...r, target: { ...r.target } }));
     first.untracedChildren = stats.lostChildren;
     return first;
@@ -493,8 +518,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const allocator = modules.find((m) => m.hostPath === allocatorPath || m.hostPath === this.info.allocator);
     return mapSliced(groups, 256, (g, i) => {
       const stack = frames[i] ?? [];
-      const site = this.info.sites?.[g.fn];
-      if (site !== undefined && site.path !== this.info.allocator) {
+      const overload = this.#overload(g);
+      const site = overload ?? this.info.sites?.[g.fn];
+      if (site !== undefined && (overload !== undefined || site.path !== this.info.allocator)) {
         if (stack.length === 0) return stack;
         const file = modules.find((m) => m.hostPath === site.path);
         const top: StackFrame = {
@@ -517,6 +543,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (top.symbol !== (this.info.probes[g.fn] ?? g.fn)) top.mangled = this.info.probes[g.fn];
       return [top, ...stack];
     });
+  }
+
+  /** The overload a release came through, by its entry probe's offset in the page (the kernel
+   *  records it with heap errors); undefined for a function of one symbol, or when no single
+   *  symbol of the function has it. */
+  #overload(g: RawLeakGroup): FunctionSite | undefined {
+    const overloads = this.info.overloads?.[g.fn] ?? [];
+    if (g.entryPage === undefined || overloads.length < 2) return undefined;
+    const matching = overloads.filter((o) => (o.entryOffset % 4096) + 1 === g.entryPage);
+    return matching.length === 1 ? matching[0] : undefined;
   }
 
   #finish(exitCode: number | null, signal: NodeJS.Signals | null, stopped = false): Promise<ScopedLeakReport> {
@@ -558,7 +594,9 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (root) {
         Object.assign(report.target, { commandLine: root.commandLine });
         this.#addProcessFields(report, root);
-        report.untracedChildren = this.#native.processStats().untracedChildren;
+        // Children are seen (and counted) only under ptrace.
+        const stats = this.#native.processStats();
+        if (stats.supervised) report.untracedChildren = stats.untracedChildren;
       }
       return report;
     } finally {

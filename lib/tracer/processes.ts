@@ -6,6 +6,7 @@ import { constants } from 'node:os';
 import type { NativeTracer } from '../native/addon.js';
 import type { ProbePlacement } from '../probes/placement.js';
 import { fileIdentity, resolveImageAllocator } from '../target/image.js';
+import { processAlive } from '../target/resolve.js';
 import {
   decodeExec,
   decodeFork,
@@ -33,6 +34,8 @@ export interface TracedProcessInfo {
   previousImages: PreviousImage[];
   /** Why its current image cannot be traced. */
   untraced?: string;
+  /** Why its current image may not have been traced, if its report shows no allocation. */
+  unchecked?: string;
 }
 
 export interface ProcessTrackerOptions {
@@ -40,6 +43,9 @@ export interface ProcessTrackerOptions {
   rootPid: number;
   rootCommandLine: string[];
   followForks: boolean;
+  /** Stopped with ptrace at each exec until resumeProcess(); otherwise the new image runs on
+   *  while its allocator is checked (an attached process without followForks). */
+  supervised: boolean;
   probePlacement: ProbePlacement;
   /** The allocator files already probed. */
   allocators: readonly string[];
@@ -140,8 +146,10 @@ export class ProcessTracker {
       inUseBlocks: m.inUseBlocks,
       inUseBytes: m.inUseBytes,
     });
-    info.commandLine = readCommandLine(m.pid) ?? [];
+    // Unstopped (attach), it may have exec'd again or exited since: the line the exec left first.
+    info.commandLine = m.commandLine.length > 0 ? m.commandLine : (readCommandLine(m.pid) ?? []);
     delete info.untraced;
+    delete info.unchecked;
     try {
       const allocator = await resolveImageAllocator(m.pid);
       const id = fileIdentity(allocator.path);
@@ -149,10 +157,24 @@ export class ProcessTracker {
         const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement);
         await this.#o.native.addProbes(plan.probes);
         this.#allocators.add(id);
+        if (!this.#o.supervised) {
+          info.untraced =
+            `${info.commandLine.join(' ') || `process ${m.pid}`} was traced only from a moment after its exec: its ` +
+            `allocator (${allocator.path}) is another file, whose probes were attached while it ran, and its ` +
+            `allocations before that are not seen. Attach with followForks (--follow-forks), which holds it at its exec.`;
+        }
       }
     } catch (error) {
       const why = error instanceof Error ? error.message : String(error);
-      info.untraced = `${info.commandLine.join(' ') || `process ${m.pid}`} cannot be traced: ${why}`;
+      const name = info.commandLine.join(' ') || `process ${m.pid}`;
+      if (!this.#o.supervised && !processAlive(m.pid)) {
+        // Gone before it could be looked at: it was traced if the probes saw it allocate.
+        info.unchecked =
+          `${name} exited before its allocator could be checked, and the probes saw no allocation of it: ` +
+          `it may use another allocator. Attach with followForks (--follow-forks), which holds it at its exec.`;
+      } else {
+        info.untraced = `${name} cannot be traced: ${why}`;
+      }
     } finally {
       this.#o.native.resumeProcess(m.pid);
     }

@@ -26,15 +26,16 @@ function fileInode(path: string): number {
 /** Start the program held before exec: our launcher waits on its fd 3 until release(). */
 function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
   const launcher = launcherPath();
-  // The launcher switches to the user right before exec (native/launcher.c), and takes the
-  // variable out of the program's environment.
-  const env = { ...o.env, [launcherUserVariable]: o.user ? `${o.user.uid}:${o.user.gid}` : undefined };
+  // The addon looks the user up and tells the launcher, which switches to it right before exec
+  // (native/process/run_as_user.h, native/process/launcher.c); a variable of that name from elsewhere never does.
+  const env = { ...o.env, [launcherUserVariable]: undefined };
   return TracedProcess.start(native, {
     file: launcher,
     argv: [launcher, exe, o.command, ...o.args],
     env: environmentStrings(env),
     ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
     stdio: o.stdio,
+    ...(o.user ? { user: o.user } : {}),
   });
 }
 
@@ -124,6 +125,9 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   // so when sampling (most blocks are not recorded), nor across forks: the queue of released
   // blocks is keyed by address alone, which a fork's child shares with its parent.
   const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0 && o.followForks !== true;
+  // A command is followed with ptrace through its execs (and children are counted); a running
+  // process only when its children are to be traced (its execs are seen without ptrace).
+  const supervised = o.kind === 'command' || o.followForks === true;
 
   // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
   // kept out, in the kernel and in the reports. Decided here only.
@@ -153,9 +157,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
       heapErrors,
       freedBlocks: defaults.freedBlocks,
       allocatorInode: fileInode(allocatorPath),
-      // A command is followed through its execs (and children are counted); a running process
-      // only when its children are to be traced.
-      supervise: o.kind === 'command' || o.followForks === true,
+      supervise: supervised,
       followForks: o.followForks === true,
     },
     (...message) => {
@@ -197,6 +199,7 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
         plan.probes.map((p) => [leakFunctions[p.fn]!, p.returnOffset]),
       ) as Partial<Record<AllocatorFunction, number>>,
       sites: plan.sites,
+      overloads: plan.overloads,
       ambiguousPairs: plan.ambiguousPairs,
       heapErrors,
       aliases: plan.aliases,
@@ -212,10 +215,12 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
     },
     ...(held ? { child: held } : {}),
     countersBytes: native.layout.counters,
-    ...(o.kind === 'command' || o.followForks
+    // Every target but this process itself: a running one's execs are seen without ptrace.
+    ...(!ownProcess
       ? {
           supervision: {
-            followForks: o.followForks,
+            followForks: o.followForks === true,
+            supervised,
             probePlacement: o.probePlacement,
             commandLine: o.kind === 'command' ? [o.command, ...o.args] : commandLineOf(pid),
           },

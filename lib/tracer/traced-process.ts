@@ -3,7 +3,7 @@
 //
 // Not a ChildProcess: child_process.spawn() forks this whole process on the JS thread, and
 // copying the page tables of a test runner's 400-800 MB held the event loop 12-24 ms in every
-// trace() (native/held_process.h). The native side spawns with posix_spawn() on a worker thread
+// trace() (native/process/held_process.h). The native side spawns with posix_spawn() on a worker thread
 // and reaps the exit from a pidfd on a thread of its own.
 import { EventEmitter } from 'node:events';
 import { Socket } from 'node:net';

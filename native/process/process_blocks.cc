@@ -6,7 +6,7 @@
 namespace ebpf_leak::process {
 namespace {
 
-// The two candidate buckets of a key: address_buckets() of bpf/alloc_table.h.
+// The two candidate buckets of a key: address_buckets() of bpf/alloc_table.bpf.h.
 void KeyBuckets(uint64_t key, uint32_t buckets, uint32_t* first, uint32_t* second) {
   uint64_t h = (key ^ (key >> 29)) * 0x9e3779b97f4a7c15ULL;
   *first = static_cast<uint32_t>(((h >> 32) * static_cast<uint64_t>(buckets)) >> 32);

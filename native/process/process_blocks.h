@@ -1,7 +1,7 @@
-// The blocks of one traced process in the kernel's table (`allocs`, bpf/alloc_table.h), edited
+// The blocks of one traced process in the kernel's table (`allocs`, bpf/alloc_table.bpf.h), edited
 // from user space while that process is stopped: copied to a fork's child, taken out at an exec
 // or an exit. Blocks of a process carry its index in the top bits of their key
-// (bpf/traced_processes.h); `bits` below is that index << LEAK_PROCESS_SHIFT, 0 for a tracer
+// (bpf/traced_processes.bpf.h); `bits` below is that index << LEAK_PROCESS_SHIFT, 0 for a tracer
 // that follows one process (then every block is the process's).
 //
 // Other processes keep allocating and freeing meanwhile: slots are claimed and released with the
@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "leak.h"
+#include "abi/leak.h"
 
 namespace ebpf_leak::process {
 

@@ -77,6 +77,8 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'malloc_exec', compiler: 'gcc', sources: ['malloc_exec.c'], flags: cFlags },
   { name: 'fork_children', compiler: 'gcc', sources: ['fork_children.c'], flags: cFlags },
   { name: 'prefork_server', compiler: 'gcc', sources: ['prefork_server.c'], flags: cFlags },
+  { name: 'attach_exec', compiler: 'gcc', sources: ['attach_exec.c'], flags: cFlags },
+  { name: 'fork_wait', compiler: 'gcc', sources: ['fork_wait.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -105,7 +107,9 @@ export type FixtureName =
   | 'alloc_count_static'
   | 'malloc_exec'
   | 'fork_children'
-  | 'prefork_server';
+  | 'prefork_server'
+  | 'attach_exec'
+  | 'fork_wait';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);

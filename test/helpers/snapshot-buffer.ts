@@ -1,4 +1,4 @@
-// Synthetic snapshot buffers: struct leak_block or leak_timed_block records (bpf/leak.h), as the
+// Synthetic snapshot buffers: struct leak_block or leak_timed_block records (bpf/abi/leak.h), as the
 // addon's snapshot() hands them over, for tests of the code that reads them without a kernel.
 import { leakFunctions } from '../../lib/native/layout.js';
 import type { AllocatorFunction } from '../../lib/types.js';

@@ -1,4 +1,4 @@
-// Run without capabilities by test/native-addon.test.ts (setpriv ... vite-node this-file): prints
+// Run without capabilities by test/measure.test.ts (setpriv ... vite-node this-file): prints
 // what the harness says about support, the node:test skip option, and the error a measurement
 // throws, as JSON.
 import { measure, tracingSupport } from '../../lib/harness/index.js';

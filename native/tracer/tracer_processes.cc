@@ -1,0 +1,470 @@
+// The tracer's side of following processes (native/process/supervisor.h): what happens to the
+// kernel's tables at an exec, a fork and an exit, and the messages JS gets about them.
+//
+// Messages (onMessage(type, ArrayBuffer)), little-endian, decoded by lib/native-layout.ts:
+//   "exec"     u32 pid, u32 0, struct leak_counters of the image that ended, u64 its blocks,
+//              u64 their bytes. A supervised process stays stopped until resumeProcess(pid) (JS
+//              checks the new image's allocator first), or kResumeTimeout; one traced without
+//              ptrace (image_keys) has run on. Then u32 the new image's command line bytes, u32 0,
+//              and that command line (NUL-separated; image_keys only, maybe cut short).
+//   "fork"     u32 child, u32 parent, u32 its index: a child is traced (follow_forks).
+//   "process"  u32 pid, i32 wait status, u32 flags (1: seen at its exit stop), u32 command line
+//              bytes, struct leak_counters, u64 blocks; the command line (NUL-separated, padded to
+//              8 bytes); then the blocks as leak_block records: a traced process exited
+//              (follow_forks).
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "abi/leak.h"
+#include "leak.skel.h"
+#include "process/process_blocks.h"
+#include "addon/queued_promise.h"
+#include "tracer/tracer.h"
+#include "tracer/uprobe_multi.h"
+
+namespace ebpf_leak {
+namespace {
+
+// How long an exec stop waits for JS to check the new image: a JS thread that long busy
+// elsewhere must not hold the program forever; the image then runs with the probes it has.
+constexpr auto kResumeTimeout = std::chrono::seconds(30);
+constexpr int ENOTSUPP_ERRNO = 524;
+
+template <typename T>
+void Put(std::vector<uint8_t>* out, const T& value) {
+  const auto* p = reinterpret_cast<const uint8_t*>(&value);
+  out->insert(out->end(), p, p + sizeof(T));
+}
+
+std::string ReadCommandLine(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+class AddProbesWorker : public Napi::AsyncWorker {
+ public:
+  AddProbesWorker(Napi::Env env, Tracer* tracer, Napi::Object self, std::vector<ProbeSpec> probes)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), tracer_(tracer),
+        probes_(std::move(probes)) {
+    self_ = Napi::Persistent(self);
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    if (!tracer_->DoAddProbes(probes_, &error_)) SetError(error_.message);
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error&) override { deferred_.Reject(ToJsError(Env(), error_).Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Tracer* tracer_;
+  std::vector<ProbeSpec> probes_;
+  Napi::ObjectReference self_;
+  NativeError error_;
+};
+
+}  // namespace
+
+bool Tracer::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error) {
+  // Following forks, the links are for every process and the program keeps to the traced ones
+  // (`traced_procs`): a link's pid filter does not follow a fork.
+  int32_t pid = config_.follow_forks ? (multi ? 0 : -1) : config_.pid;
+  auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
+    char at[48];
+    snprintf(at, sizeof at, " at offset 0x%llx",
+             static_cast<unsigned long long>(ret ? p.return_offset : p.entry_offset));
+    // EINVAL from a uprobe on a valid offset: another uprobe holds that spot with another
+    // reference counter (the kernel logs "ref_ctr_offset mismatch").
+    const char* code = e == EINVAL ? "ELEAK_PROBE_CONFLICT" : e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF";
+    *error = {CodeForErrno(e, code),
+              std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path + at + ": " +
+                  strerror(e),
+              e};
+    return false;
+  };
+  if (multi) {
+    // One entry link and one return link per file (in practice: one file, the allocator).
+    std::map<std::string, std::vector<const ProbeSpec*>> by_path;
+    for (const auto& p : probes) by_path[p.path].push_back(&p);
+    for (const auto& [path, list] : by_path) {
+      // Return probes first: a call already inside an allocator function when its entry probe
+      // appears would otherwise leave its thread's `inflight` entry behind forever (no return
+      // probe to take it), and that thread's allocations would all count as nested calls. A
+      // return without an entry is skipped by the program.
+      for (bool ret : {true, false}) {
+        std::vector<uint64_t> offsets, cookies;
+        for (const ProbeSpec* p : list) {
+          if (ret && !HasReturnProbe(p->fn)) continue;
+          offsets.push_back(ret ? p->return_offset : p->entry_offset);
+          cookies.push_back(p->fn);
+        }
+        if (offsets.empty()) continue;
+        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
+        int fd = create_uprobe_multi_link(bpf_program__fd(prog), path.c_str(), offsets.data(),
+                                          cookies.data(), static_cast<uint32_t>(offsets.size()),
+                                          ret, pid);
+        if (fd < 0) {
+          int e = -fd;
+          if (e == EINVAL || e == EOPNOTSUPP || e == ENOTSUPP_ERRNO) {
+            *error = {"ELEAK_NO_MULTI", std::string("no multi-uprobe links: ") + strerror(e), e};
+            return false;
+          }
+          return attach_error(e, *list.front(), ret);
+        }
+        multi_links_.push_back(fd);
+      }
+    }
+    return true;
+  }
+  for (const auto& probe : probes) {
+    for (bool ret : {true, false}) {  // return probe first: see above
+      if (ret && !HasReturnProbe(probe.fn)) continue;
+      LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
+      bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
+      bpf_link* link = bpf_program__attach_uprobe_opts(
+          prog, pid, probe.path.c_str(), ret ? probe.return_offset : probe.entry_offset, &opts);
+      if (link == nullptr) return attach_error(errno, probe, ret);
+      links_.push_back(link);
+    }
+  }
+  return true;
+}
+
+// A new image's allocator, another file: its functions sit at other offsets within a page, so
+// from now on the probes tell functions apart by their attach cookie.
+bool Tracer::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr) {
+    *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
+    return false;
+  }
+  skel_->bss->cookies_only = true;
+  return AttachLinks(probes, std::string(attach_mode_) == "uprobe_multi", error);
+}
+
+bool Tracer::StartSupervisor(NativeError* error) {
+  if (config_.follow_forks) {
+    uint32_t index = next_index_++;
+    uint64_t bits = static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT;
+    uint32_t pid = static_cast<uint32_t>(config_.pid);
+    if (bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &pid, &bits, BPF_ANY) != 0) {
+      *error = {"ELEAK_BPF", std::string("cannot register the process: ") + strerror(errno), errno};
+      return false;
+    }
+    process_index_[config_.pid] = index;
+  }
+  process::Options options;
+  options.follow_forks = config_.follow_forks;
+  supervisor_ = std::make_unique<process::Supervisor>(this, options);
+  std::string message;
+  if (!supervisor_->Start(config_.pid, &message)) {
+    supervisor_.reset();
+    *error = {"ELEAK_PTRACE", message, 0};
+    return false;
+  }
+  return true;
+}
+
+void Tracer::StopSupervisor() {
+  {
+    std::lock_guard<std::mutex> lock(resume_mu_);
+    stopping_ = true;
+  }
+  resume_cv_.notify_all();
+  if (supervisor_) supervisor_->Stop();
+}
+
+uint64_t Tracer::ProcessBits(pid_t pid) {
+  if (!config_.follow_forks) return 0;
+  auto it = process_index_.find(pid);
+  return it == process_index_.end() ? 0 : static_cast<uint64_t>(it->second) << LEAK_PROCESS_SHIFT;
+}
+
+bool Tracer::ReadProcessCounters(uint32_t index, leak_counters* out) {
+  int ncpu = libbpf_num_possible_cpus();
+  constexpr size_t kWords = sizeof(leak_counters) / sizeof(uint64_t);
+  std::vector<uint64_t> per_cpu(static_cast<size_t>(ncpu) * kWords);
+  if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.process_counters), &index, per_cpu.data())) return false;
+  std::vector<uint64_t> sum(kWords, 0);
+  for (size_t cpu = 0; cpu < static_cast<size_t>(ncpu); cpu++)
+    for (size_t i = 0; i < kWords; i++) sum[i] += per_cpu[cpu * kWords + i];
+  memcpy(out, sum.data(), sizeof(leak_counters));
+  return true;
+}
+
+// `value` on the first CPU, zeros on the others: their sum is `value`.
+void Tracer::WriteProcessCounters(uint32_t index, const leak_counters& value) {
+  int ncpu = libbpf_num_possible_cpus();
+  std::vector<leak_counters> per_cpu(static_cast<size_t>(ncpu));
+  memset(per_cpu.data(), 0, per_cpu.size() * sizeof(leak_counters));
+  per_cpu[0] = value;
+  bpf_map_update_elem(bpf_map__fd(skel_->maps.process_counters), &index, per_cpu.data(), BPF_ANY);
+}
+
+bool Tracer::OnEvent(const process::Event& event) {
+  switch (event.kind) {
+    case process::EventKind::kExec:
+      OnExec(event);
+      return true;
+    case process::EventKind::kFork:
+      return OnFork(event);
+    case process::EventKind::kExit:
+      OnExit(event);
+      return true;
+  }
+  return true;
+}
+
+// The old image's address space is gone: its blocks are not leaks. They are taken out of the
+// table (their totals go to JS, labelled as the image that exec'd), the counters start again, and
+// the process waits while JS checks the new image's allocator.
+void Tracer::OnExec(const process::Event& event) {
+  bool root = event.pid == config_.pid;
+  if (root && config_.wait_for_exec && !first_exec_seen_) {
+    first_exec_seen_ = true;  // our launcher becoming the program: the trace starts here
+    return;
+  }
+  leak_counters old{};
+  uint64_t blocks = 0, bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (skel_ == nullptr) return;
+    std::vector<leak_block> taken;
+    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    uint64_t bits = ProcessBits(event.pid);
+    table.Take(bits, &taken);
+    for (const auto& b : taken) bytes += b.size_fn & LEAK_SIZE_MASK;
+    blocks = taken.size();
+    leak_counters zero{};
+    if (config_.follow_forks) {
+      auto it = process_index_.find(event.pid);
+      if (it != process_index_.end()) {
+        ReadProcessCounters(it->second, &old);
+        WriteProcessCounters(it->second, zero);
+      }
+    } else {
+      // One process, stopped, its other threads gone: nothing else writes the maps now.
+      std::vector<uint8_t> counters;
+      if (ReadCounters(&counters)) memcpy(&old, counters.data(), sizeof old);
+      int ncpu = libbpf_num_possible_cpus();
+      std::vector<leak_counters> zeros(static_cast<size_t>(ncpu));
+      memset(zeros.data(), 0, zeros.size() * sizeof(leak_counters));
+      uint32_t key = 0;
+      bpf_map_update_elem(bpf_map__fd(skel_->maps.counters), &key, zeros.data(), BPF_ANY);
+      int fd = bpf_map__fd(skel_->maps.stack_totals);
+      int64_t k = 0, next = 0;
+      while (bpf_map_get_next_key(fd, nullptr, &next) == 0) {
+        k = next;
+        if (bpf_map_delete_elem(fd, &k) != 0) break;
+      }
+      // Threads that died inside an allocator call left it counted as in flight.
+      skel_->bss->slow_calls = 0;
+    }
+  }
+  std::vector<uint8_t> message;
+  Put(&message, static_cast<uint32_t>(event.pid));
+  Put(&message, static_cast<uint32_t>(0));
+  Put(&message, old);
+  Put(&message, blocks);
+  Put(&message, bytes);
+  Put(&message, static_cast<uint64_t>(0));  // no command line: /proc has it while it waits
+  {
+    std::lock_guard<std::mutex> lock(resume_mu_);
+    resumed_.erase(event.pid);
+  }
+  Post("exec", std::move(message));
+  WaitForResume(event.pid);
+}
+
+uint32_t Tracer::CurrentImage() const {
+  return static_cast<uint32_t>(images_synced_.load() % LEAK_MAX_PROCESSES);
+}
+
+// A process traced without ptrace runs on past its exec: the BPF program has moved its new image
+// to an index of its own, and the image before's blocks and counters, which nothing writes any
+// more, leave the maps here (poll thread, or a snapshot under mu_; both while skel_ lives).
+void Tracer::SyncImages() {
+  if (!config_.image_keys) return;
+  std::lock_guard<std::mutex> lock(images_mu_);
+  uint64_t seen = __atomic_load_n(&skel_->bss->images, __ATOMIC_ACQUIRE);
+  while (images_synced_.load() < seen) {
+    uint32_t index = CurrentImage();
+    std::vector<leak_block> taken;
+    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    table.Take(static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT, &taken);
+    uint64_t bytes = 0;
+    for (const auto& b : taken) bytes += b.size_fn & LEAK_SIZE_MASK;
+    leak_counters old{};
+    ReadProcessCounters(index, &old);
+    WriteProcessCounters(index, leak_counters{});  // clean for the image that gets it next
+    images_synced_++;
+    std::vector<uint8_t> message;
+    Put(&message, static_cast<uint32_t>(config_.pid));
+    Put(&message, static_cast<uint32_t>(0));
+    Put(&message, old);
+    Put(&message, static_cast<uint64_t>(taken.size()));
+    Put(&message, bytes);
+    // The new image's command line, which /proc may no longer have: a short program can exit
+    // before this runs. Only while its slot was not written by a later exec.
+    std::string command;
+    uint32_t slot = static_cast<uint32_t>(images_synced_.load() % LEAK_IMAGE_COMMANDS);
+    if (seen - images_synced_.load() < LEAK_IMAGE_COMMANDS)
+      command.assign(skel_->bss->image_commands[slot],
+                     std::min<uint32_t>(skel_->bss->image_command_bytes[slot], LEAK_IMAGE_COMMAND_BYTES - 1));
+    Put(&message, static_cast<uint32_t>(command.size()));
+    Put(&message, static_cast<uint32_t>(0));
+    message.insert(message.end(), command.begin(), command.end());
+    Post("exec", std::move(message));
+  }
+}
+
+void Tracer::WaitForResume(pid_t pid) {
+  std::unique_lock<std::mutex> lock(resume_mu_);
+  resume_cv_.wait_for(lock, kResumeTimeout, [&] { return stopping_ || resumed_.count(pid) > 0; });
+  resumed_.erase(pid);
+}
+
+// The child starts with the blocks and counters its parent had at the fork, as valgrind counts
+// them in the child (its heap is a copy of the parent's). A vfork child shares its parent's
+// memory and only runs until it execs or exits: it starts with none.
+bool Tracer::OnFork(const process::Event& event) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (skel_ == nullptr) return false;
+  uint32_t index;
+  if (!free_indexes_.empty()) {
+    index = free_indexes_.back();
+    free_indexes_.pop_back();
+  } else if (next_index_ < LEAK_MAX_PROCESSES) {
+    index = next_index_++;
+  } else {
+    lost_children_++;
+    return false;
+  }
+  uint64_t bits = static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT;
+  leak_counters counters{};
+  auto parent = process_index_.find(event.pid);
+  if (!event.vfork && parent != process_index_.end()) {
+    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    int64_t lost = table.Copy(ProcessBits(event.pid), bits);
+    ReadProcessCounters(parent->second, &counters);
+    if (lost > 0) counters.dropped_allocs += static_cast<uint64_t>(lost);
+  }
+  WriteProcessCounters(index, counters);
+  uint32_t child = static_cast<uint32_t>(event.child);
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &child, &bits, BPF_ANY) != 0) {
+    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    table.Take(bits, nullptr);
+    free_indexes_.push_back(index);
+    lost_children_++;
+    return false;
+  }
+  process_index_[event.child] = index;
+  std::vector<uint8_t> message;
+  Put(&message, child);
+  Put(&message, static_cast<uint32_t>(event.pid));
+  Put(&message, index);
+  Post("fork", std::move(message));
+  return true;
+}
+
+// Following forks, each process's report is made of what it had at its exit: its blocks leave
+// the table (which stays as large as the processes alive at once need), its index is reused.
+void Tracer::OnExit(const process::Event& event) {
+  if (!config_.follow_forks) return;  // one process: its blocks stay for the final snapshot
+  std::vector<leak_block> blocks;
+  leak_counters counters{};
+  std::string cmdline = event.stopped ? ReadCommandLine(event.pid) : std::string();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (skel_ == nullptr) return;
+    auto it = process_index_.find(event.pid);
+    if (it == process_index_.end()) return;
+    uint32_t index = it->second;
+    uint32_t pid = static_cast<uint32_t>(event.pid);
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.traced_procs), &pid);
+    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    table.Take(ProcessBits(event.pid), &blocks);
+    ReadProcessCounters(index, &counters);
+    WriteProcessCounters(index, leak_counters{});
+    process_index_.erase(it);
+    free_indexes_.push_back(index);
+  }
+  std::vector<uint8_t> message;
+  Put(&message, static_cast<uint32_t>(event.pid));
+  Put(&message, static_cast<int32_t>(event.wait_status));
+  Put(&message, static_cast<uint32_t>(event.stopped ? 1 : 0));
+  Put(&message, static_cast<uint32_t>(cmdline.size()));
+  Put(&message, counters);
+  Put(&message, static_cast<uint64_t>(blocks.size()));
+  message.insert(message.end(), cmdline.begin(), cmdline.end());
+  message.resize((message.size() + 7) / 8 * 8, 0);
+  const auto* p = reinterpret_cast<const uint8_t*>(blocks.data());
+  message.insert(message.end(), p, p + blocks.size() * sizeof(leak_block));
+  Post("process", std::move(message));
+}
+
+// resumeProcess(pid): JS has checked the image a process exec'd; it may run.
+Napi::Value Tracer::ResumeProcess(const Napi::CallbackInfo& info) {
+  if (info.Length() > 0 && info[0].IsNumber()) {
+    {
+      std::lock_guard<std::mutex> lock(resume_mu_);
+      resumed_.insert(static_cast<pid_t>(info[0].As<Napi::Number>().Int32Value()));
+    }
+    resume_cv_.notify_all();
+  }
+  return info.Env().Undefined();
+}
+
+// addProbes(probes): attaches probes on another allocator file (a new image's).
+Napi::Value Tracer::AddProbes(const Napi::CallbackInfo& info) {
+  std::vector<ProbeSpec> probes;
+  if (info.Length() > 0 && info[0].IsArray()) {
+    Napi::Array list = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Object p = list.Get(i).As<Napi::Object>();
+      ProbeSpec spec;
+      spec.fn = p.Get("fn").As<Napi::Number>().Uint32Value();
+      spec.path = p.Get("path").ToString();
+      spec.entry_offset = static_cast<uint64_t>(p.Get("entryOffset").As<Napi::Number>().DoubleValue());
+      spec.return_offset = static_cast<uint64_t>(p.Get("returnOffset").As<Napi::Number>().DoubleValue());
+      probes.push_back(std::move(spec));
+    }
+  }
+  auto* worker = new AddProbesWorker(info.Env(), this, info.This().As<Napi::Object>(), std::move(probes));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// processCounters(index): struct leak_counters of a traced process now, or null.
+Napi::Value Tracer::ProcessCounters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::lock_guard<std::mutex> lock(mu_);
+  leak_counters c{};
+  if (skel_ == nullptr || info.Length() < 1 || !info[0].IsNumber() ||
+      !ReadProcessCounters(info[0].As<Napi::Number>().Uint32Value(), &c))
+    return env.Null();
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, sizeof c);
+  memcpy(buffer.Data(), &c, sizeof c);
+  return buffer;
+}
+
+// processStats(): { untracedChildren, lostChildren, supervised }.
+Napi::Value Tracer::ProcessStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  uint64_t untraced = supervisor_ ? supervisor_->untraced_children() : 0;
+  out.Set("untracedChildren", Napi::Number::New(env, static_cast<double>(untraced)));
+  out.Set("lostChildren", Napi::Number::New(env, static_cast<double>(lost_children_.load())));
+  out.Set("supervised", Napi::Boolean::New(env, supervisor_ != nullptr));
+  return out;
+}
+
+}  // namespace ebpf_leak

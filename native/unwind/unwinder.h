@@ -1,0 +1,125 @@
+// User-space side of the BPF stack walker (bpf/unwind.bpf.h): picks the mode, sizes its maps, loads
+// the unwind tables (native/unwind/unwind_table.cc) of the target's modules into them, before the
+// target runs and then as it maps new ones, and reads the stacks the walker stored.
+#pragma once
+
+#include <napi.h>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "abi/unwind_types.h"
+
+struct leak_bpf;
+struct ring_buffer;
+
+namespace ebpf_leak {
+
+class Tracer;
+struct TracerConfig;
+struct UnwindTable;  // native/unwind/unwind_table.h
+
+// Given by lib/ (lib/tracer/options.ts owns the defaults).
+struct UnwindOptions {
+  // enum leak_unwind_mode.
+  uint32_t mode = LEAK_UNWIND_AUTO;
+  // Files whose tables are loaded before a `command` target runs (its executable, its loader and
+  // the libraries the loader will map: lib/target/resolve.ts asks `ld.so --list`).
+  std::vector<std::string> files;
+  // Most rows `unwind_rows` may hold (8 bytes each). It is sized for the tables loaded at attach
+  // plus room for later modules (a C++ program's modules have ~75,000 rows, node's ~400,000).
+  uint32_t table_rows = 0;
+  // Keep outstanding bytes and blocks per stack in the kernel (bpf/stack_totals.bpf.h).
+  bool stack_totals = false;
+};
+
+// The addon's unwindTable(path) (registered by native/addon/addon.cc).
+Napi::Value UnwindTableJs(const Napi::CallbackInfo& info);
+
+class Unwinder {
+ public:
+  // Between skeleton open and load: picks the mode, builds the unwind tables of the modules known
+  // now (what the target maps, or, held before exec, what it will map) and sizes the maps for
+  // them. Always returns an Unwinder (mode 'fp': one that does nothing).
+  static std::unique_ptr<Unwinder> Create(leak_bpf* skel, const TracerConfig& config, Tracer* tracer);
+  // After load: puts those tables in the maps, then watches on a thread of its own for modules
+  // the target maps later.
+  void Start();
+  ~Unwinder();
+  Unwinder(const Unwinder&) = delete;
+  Unwinder& operator=(const Unwinder&) = delete;
+
+  // Ids of CFI-walked stacks (LEAK_UNWIND_ID_BIT).
+  static bool IsUnwindId(int64_t id);
+  // The frames of one; false when `id` is not such an id. Empty frames: not (or no longer) there.
+  bool ReadStack(int64_t id, std::vector<uint64_t>* frames, uint32_t* flags = nullptr);
+  // Counters and table sizes, for Tracer.unwindStats().
+  Napi::Object Stats(Napi::Env env);
+
+ private:
+  Unwinder(leak_bpf* skel, const TracerConfig& config, Tracer* tracer);
+  struct Pending {
+    leak_unwind_file_key key;
+    std::string name;
+    std::shared_ptr<const UnwindTable> table;
+  };
+  void CollectPreload();
+  void Run();
+  // Reads /proc/PID/maps: loads the table of every executable file mapping not loaded yet, and
+  // forgets the cached rules of code that was unmapped. False when the process is gone.
+  bool Scan();
+  bool LoadFile(const leak_unwind_file_key& key, int fd, const std::string& name);
+  bool Insert(const leak_unwind_file_key& key, const std::string& name,
+              const std::shared_ptr<const UnwindTable>& table);
+  void PurgeCache(uint64_t start, uint64_t end);
+
+  leak_bpf* skel_;
+  Tracer* tracer_;
+  int pid_;
+  uint32_t mode_;
+  uint32_t depth_;
+  bool wait_for_exec_;
+  UnwindOptions options_;
+  std::vector<Pending> preload_;  // from Create() to Start()
+
+  std::mutex mu_;  // the fields below, and the maps' contents
+  leak_unwind_row* rows_ = nullptr;  // mmap()ed `unwind_rows`
+  size_t rows_bytes_ = 0;
+  leak_unwind_rule* rules_ = nullptr;  // mmap()ed `unwind_rules`
+  size_t rules_bytes_ = 0;
+  uint32_t row_capacity_ = 0, rule_capacity_ = 0;
+  uint32_t next_row_ = 0, next_rule_ = 0;
+  std::unordered_map<uint64_t, uint32_t> rule_index_;
+  struct Loaded {
+    std::string name;
+    leak_unwind_file file;
+  };
+  std::map<std::pair<uint64_t, uint64_t>, Loaded> loaded_;  // (dev, ino)
+  uint32_t tables_full_ = 0;  // modules left without rows: no room
+  // Executable file mappings of the last scan: start -> (end, dev, ino).
+  struct Mapping {
+    uint64_t end, dev, ino;
+  };
+  std::map<uint64_t, Mapping> mappings_;
+  // mmap()ed `unwind_mappings`: two halves; the table published last, in half active_half_.
+  leak_unwind_mapping* maps_ = nullptr;
+  size_t maps_bytes_ = 0;
+  int active_half_ = 1;
+  std::vector<leak_unwind_mapping> published_;
+  uint64_t published_mm_ = 0;
+  void Publish(std::vector<leak_unwind_mapping> table, uint64_t mm);
+
+  ring_buffer* ring_ = nullptr;
+  int stop_fd_ = -1;
+  std::atomic<bool> notified_{false};
+  std::thread thread_;
+};
+
+}  // namespace ebpf_leak
