@@ -165,9 +165,6 @@ struct {
 } unwind_l1 SEC(".maps");
 
 const volatile __u32 unwind_slot_mask = 8191;
-/* Bytes of stack one read copies (a power of two up to 4096; 0: to the end of the page). */
-const volatile __u32 unwind_window = 0;
-
 /* Rules cached before the epoch moved are stale (both caches check it). It moves when user space
  * saw code unmapped (it also deletes those addresses from `unwind_cache`), and when a walk finds
  * the target in another address space than the last walk did (an exec: every address means
@@ -212,7 +209,6 @@ struct unwind_scratch {
 	 * bpf_probe_read_user() per frame costs as much as the rest of the step. */
 	__u64 page_base; /* address of the page; 0: none */
 	__u64 page_lo;
-	__u64 page_hi;
 	__u8 page[8192]; /* 4096 used; twice that so the verifier sees any copy fits */
 };
 
@@ -510,7 +506,6 @@ static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out
 	return found & 0xff;
 }
 
-
 static __always_inline __u64 unwind_mix(__u64 h)
 {
 	h ^= h >> 33;
@@ -525,21 +520,17 @@ static __always_inline __u64 unwind_mix(__u64 h)
 static __always_inline int unwind_read(struct unwind_scratch *s, __u64 *out, __u64 address)
 {
 	__u64 base = address & ~4095ULL;
-	__u32 off = address & 4088, len = 4096 - off;
+	__u32 off = address & 4088;
 
 	if (address & 7)
 		return bpf_probe_read_user(out, sizeof(*out), (const void *)address);
-	if (base != s->page_base || off < s->page_lo || off >= s->page_hi) {
-		if (unwind_window && len > unwind_window)
-			len = unwind_window;
-		len &= 8191;
-		if (bpf_probe_read_user(&s->page[off], len, (const void *)address)) {
+	if (base != s->page_base || off < s->page_lo) {
+		if (bpf_probe_read_user(&s->page[off], 4096 - off, (const void *)address)) {
 			s->page_base = 0;
 			return bpf_probe_read_user(out, sizeof(*out), (const void *)address);
 		}
 		s->page_base = base;
 		s->page_lo = off;
-		s->page_hi = off + len;
 	}
 	*out = *(__u64 *)&s->page[off];
 	return 0;

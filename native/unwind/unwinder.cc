@@ -110,7 +110,6 @@ std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& c
   if (capacity > config.unwind.table_rows) capacity = config.unwind.table_rows;
   skel->rodata->unwind_mode = u->mode_;
   skel->rodata->unwind_depth = config.stack_depth;
-  if (const char* e = getenv("EBPF_LEAK_UNWIND_WINDOW")) skel->rodata->unwind_window = atoi(e);
   uint32_t stacks = config.stacks ? config.stack_map_entries : 1;
   bpf_map__set_max_entries(skel->maps.unwind_rows, on ? static_cast<uint32_t>(capacity) : 1);
   bpf_map__set_max_entries(skel->maps.unwind_rules, on ? kRuleCapacity : 2);
