@@ -7,7 +7,8 @@
  *   release of an address that is not an outstanding block: a double free when the address is
  *   among the recently released blocks (`freed_blocks`, bounded as valgrind's --freelist-vol
  *   bounds its queue), otherwise an invalid free (never handed out, or inside a block). In
- *   `attach` mode such a release is a block allocated before tracing started, not an error.
+ *   `attach` mode such a release is a block allocated before tracing started, not an error. Once
+ *   the table has dropped a block, such a release may be that block's: counted, not an error.
  *
  * Not errors: the allocator releasing memory of its own (glibc's tcache returns its blocks and
  * itself at thread exit, through free(), from inside libc). Those calls come from the allocator's
@@ -182,6 +183,14 @@ static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, 
 
 	if (!report_heap_errors || (at_entry && called_by_allocator(ctx)))
 		return false;
+	if (blocks_dropped) {
+		/* The table had no room for some block, and this address may be one of them (an
+		 * earlier life of it in `freed_blocks` proves nothing then): a dropped block's free or
+		 * an invalid one, which cannot be told apart. valgrind counts both among the frees, so
+		 * the total stays exact; no error is claimed, and the drops make the run inconclusive. */
+		COUNT(frees, 1);
+		return true;
+	}
 	stack = release_stack(ctx, (__u32)bpf_get_current_pid_tgid(), at_entry);
 	first = bpf_map_lookup_elem(&freed_blocks, &address);
 	if (first) {

@@ -311,12 +311,19 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 				      : BPF_RB_NO_WAKEUP);
 }
 
+/* Some block had no room in `allocs` (read by bpf/heap_errors.bpf.h). Set before the block's
+ * address reaches the program, so every free of it sees it set. */
+bool blocks_dropped = false;
+
 /* Into `allocs`, or counted as dropped. */
 static __always_inline void track_block(__u64 address, __u64 size_fn, __u64 timestamp_ns,
 					  __s64 stack_id, __u64 tid_mark)
 {
-	if (table_insert(process_key(address), size_fn, timestamp_ns, stack_id, tid_mark))
+	if (table_insert(process_key(address), size_fn, timestamp_ns, stack_id, tid_mark)) {
 		COUNT(dropped_allocs, 1);
+		if (!blocks_dropped)
+			blocks_dropped = true;
+	}
 }
 
 static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id,

@@ -319,6 +319,11 @@ describe('followForks: live views per process while it runs', () => {
       tracer.process!.stdin!.end('go\n');
       const report = await tracer.done;
       expect(report.processes).toHaveLength(2);
+      // The first process's report keeps its scopes; the children's are plain data, which do not
+      // hold their blocks' buffers for as long as the trace runs.
+      expect(report.since(0).summary.inUseBytes).toBe(100);
+      expect(report.blocks().map((b) => b.size)).toEqual([100]);
+      expect('since' in report.processes![1]!).toBe(false);
       expect(report.processes![1]!.summary).toMatchObject({ inUseBytes: 110, inUseBlocks: 2 });
       // Each event names its process.
       expect(allocs.filter((e) => e.size === 100).map((e) => e.pid)).toEqual([parent!.pid]);

@@ -413,7 +413,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     // Plain copies in `processes`: the first report holds the list, and must not hold itself; a
     // copy of the first, as a process's report is kept for later reports too.
     const stats = this.#native.processStats();
-    const first: ScopedLeakReport = { ...found, target: { ...found.target } };
+    const first = Object.defineProperties({}, Object.getOwnPropertyDescriptors(found)) as ScopedLeakReport;
+    first.target = { ...found.target };
     first.processes = all.map((r) => ({ ...r, target: { ...r.target } }));
     first.untracedChildren = stats.lostChildren;
     return first;

@@ -74,6 +74,8 @@ export class ProcessTracker {
   readonly #allocators = new Set<string>();
   /** Exec checks under way: a report waits for them. */
   readonly #pending = new Set<Promise<void>>();
+  /** The last exited process's report being built: the next one waits for it. */
+  #building: Promise<void> = Promise.resolve();
   #resolveAllExited!: () => void;
   /** Resolves when every followed process has exited (followForks). */
   readonly allExited: Promise<void>;
@@ -192,8 +194,20 @@ export class ProcessTracker {
     const info = this.#infos.get(m.pid);
     if (!info) return;
     if (m.commandLine.length > 0) info.commandLine = m.commandLine;
-    // An exec check still under way finishes first: its verdict belongs in the report.
-    const report = this.settled().then(() => this.#o.buildReport(m, info));
+    // An exec check still under way finishes first: its verdict belongs in the report. Reports
+    // are built one after another: many children exiting at once (a shell loop, make -j) would
+    // otherwise each hold their blocks, stacks and symbolizer batches at the same time. A child's
+    // report is kept as plain data: its scopes (since(), blocks(), ...) would keep its blocks'
+    // buffer and stacks alive for as long as the trace runs; the first process's keeps them.
+    const root = m.pid === this.#o.rootPid;
+    const report = this.#building
+      .then(() => this.settled())
+      .then(() => this.#o.buildReport(m, info))
+      .then((r) => (root ? r : plainReport(r)));
+    this.#building = report.then(
+      () => {},
+      () => {},
+    );
     report.catch(() => {});
     this.#reports.set(m.pid, report);
     this.#live.delete(m.pid);
@@ -210,6 +224,11 @@ export class ProcessTracker {
     }
     return out;
   }
+}
+
+/** A report's fields without its scopes (non-enumerable methods over its blocks and stacks). */
+function plainReport(report: LeakReport): LeakReport {
+  return { ...report, target: { ...report.target } };
 }
 
 /** exitCode and signal of a followed process's exit. */

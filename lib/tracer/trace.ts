@@ -1,50 +1,26 @@
-// trace(): validate, check the kernel, find the allocator, start or find the process, attach.
+// trace(): validate the options, check the kernel and load the addon, then four stages, each
+// owning what it starts until the next takes it over: resolve the target (a command is started,
+// held before exec), plan the probes, attach them, and run (the LeakTracer, then the program).
 import { readFileSync, statSync } from 'node:fs';
 import { pauseIfDue } from '../util/cooperative.js';
 import { splitCommandLine } from '../native/process-messages.js';
-import { fromNativeError, PtraceError, TargetExitedError } from '../errors.js';
+import { fromNativeError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
-import { launcherPath, loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
+import { loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import { defaults, resolveOptions, type ResolvedOptions } from './options.js';
-import { planProbesSliced } from '../probes/plan.js';
+import { planProbesSliced, type ProbePlan } from '../probes/plan.js';
 import { checkSupport } from '../target/support.js';
-import { environmentStrings, type ResolvedAllocator, processAlive, processExists, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
-import { TracedProcess } from './traced-process.js';
+import { processAlive, processExists } from '../target/resolve.js';
+import type { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './leak-tracer.js';
+import { resolveTarget, type TraceTarget } from './target.js';
 import type { AllocatorFunction, TraceOptions } from '../types.js';
-
-const launcherUserVariable = 'EBPF_LEAK_EXEC_USER';
 
 function fileInode(path: string): number {
   try {
     return statSync(path).ino;
   } catch {
     return 0;
-  }
-}
-
-/** Start the program held before exec: our launcher waits on its fd 3 until release(). */
-function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
-  const launcher = launcherPath();
-  // The addon looks the user up and tells the launcher, which switches to it right before exec
-  // (native/process/run_as_user.h, native/process/launcher.c); a variable of that name from elsewhere never does.
-  const env = { ...o.env, [launcherUserVariable]: undefined };
-  return TracedProcess.start(native, {
-    file: launcher,
-    argv: [launcher, exe, o.command, ...o.args],
-    env: environmentStrings(env),
-    ...(o.cwd !== undefined ? { cwd: o.cwd } : {}),
-    stdio: o.stdio,
-    ...(o.user ? { user: o.user } : {}),
-  });
-}
-
-function parentOf(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-  } catch {
-    return null;
   }
 }
 
@@ -85,37 +61,21 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   checkLayout(native.layout);
   await pauseIfDue();
 
-  let pid: number;
-  let allocatorPath: string;
-  let glibc: boolean;
-  let resolved: ResolvedAllocator;
-  let held: TracedProcess | undefined;
-  let unwindFiles: string[] | undefined;
-  if (o.kind === 'pid') {
-    if (o.followForks && parentOf(o.pid) === process.pid) {
-      // Its stops under ptrace would be reported to this process's own waitpid() for it (libuv's,
-      // child_process's), which takes them: the process would stay stopped.
-      throw new PtraceError(
-        `cannot follow the forks of process ${o.pid}: it is a child of this process, whose child_process ` +
-          `handling waits for it. Start it through another process (e.g. \`setsid -f PROGRAM\`), or ` +
-          `trace it as a command: trace({ command, followForks: true }).`,
-      );
-    }
-    const allocator = resolvePidAllocator(o.pid, o.allocator);
-    pid = o.pid;
-    allocatorPath = allocator.path;
-    glibc = allocator.glibc;
-    resolved = allocator;
-  } else {
-    const target = await resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
-    allocatorPath = target.allocator.path;
-    glibc = target.allocator.glibc;
-    resolved = target.allocator;
-    unwindFiles = target.files;
-    held = await startHeld(native, o, target.exe);
-    onStarted(held);
-    pid = held.pid;
-  }
+  const target = await resolveTarget(native, o, onStarted);
+  const planned = await planTrace(o, target);
+  const attached = await attachProbes(native, support, o, target, planned, classicUprobes);
+  return run(native, o, target, planned, attached);
+}
+
+/** What the probes are and what the kernel side is asked to do. */
+interface TracePlan {
+  plan: ProbePlan;
+  heapErrors: boolean;
+  supervised: boolean;
+}
+
+async function planTrace(o: ResolvedOptions, target: TraceTarget): Promise<TracePlan> {
+  const { allocatorPath, glibc, resolved } = target;
   // A process tracing itself (the in-process harness) is Node.js, whose V8 calls operator new and
   // delete all the time: probing them would slow every measurement for no difference in what
   // grows (their blocks are counted through malloc, once, as before C++'s operators were probed).
@@ -128,7 +88,29 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
   // A command is followed with ptrace through its execs (and children are counted); a running
   // process only when its children are to be traced (its execs are seen without ptrace).
   const supervised = o.kind === 'command' || o.followForks === true;
+  return { plan, heapErrors, supervised };
+}
 
+/** The attached native tracer, and the messages it sent before run() had a LeakTracer for them. */
+interface Attached {
+  nativeTracer: NativeTracer;
+  attachMode: 'uprobe_multi' | 'uprobe';
+  attachStarted: number;
+  ownProcess: boolean;
+  /** Hands the tracer's messages to `tracer`, those sent so far first. */
+  deliverTo(tracer: LeakTracer): void;
+}
+
+async function attachProbes(
+  native: NativeAddon,
+  support: ReturnType<typeof checkSupport>,
+  o: ResolvedOptions,
+  target: TraceTarget,
+  planned: TracePlan,
+  classicUprobes: boolean,
+): Promise<Attached> {
+  const { pid, allocatorPath, held, unwindFiles } = target;
+  const { plan, heapErrors, supervised } = planned;
   // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
   // kept out, in the kernel and in the reports. Decided here only.
   const ownProcess = pid === process.pid;
@@ -181,6 +163,23 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
     nativeTracer.close();
     throw new TargetExitedError(`process ${pid} exited before the probes were attached: nothing left to trace.`);
   }
+  return {
+    nativeTracer,
+    attachMode,
+    attachStarted,
+    ownProcess,
+    deliverTo(t) {
+      tracer = t;
+      for (const message of pending) t.handleNativeMessage(...message);
+    },
+  };
+}
+
+/** The LeakTracer over the attached probes; then a command's program runs. */
+function run(native: NativeAddon, o: ResolvedOptions, target: TraceTarget, planned: TracePlan, attached: Attached): LeakTracer {
+  const { pid, allocatorPath, resolved, held } = target;
+  const { plan, heapErrors, supervised } = planned;
+  const { nativeTracer, attachMode, attachStarted, ownProcess } = attached;
   const parts: TracerParts = {
     native: nativeTracer,
     pid,
@@ -227,8 +226,8 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
         }
       : {}),
   };
-  tracer = new LeakTracer(parts);
-  for (const message of pending) tracer.handleNativeMessage(...message);
+  const tracer = new LeakTracer(parts);
+  attached.deliverTo(tracer);
   held?.release();
   return tracer;
 }

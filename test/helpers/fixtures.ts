@@ -66,6 +66,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'realloc_stress', compiler: 'gcc', sources: ['realloc_stress.c'], flags: [...cFlags, '-pthread'] },
   { name: 'realloc_fail', compiler: 'gcc', sources: ['realloc_fail.c'], flags: cFlags },
   { name: 'crash', compiler: 'gcc', sources: ['crash.c'], flags: cFlags },
+  { name: 'new_root', compiler: 'gcc', sources: ['new_root.c'], flags: cFlags },
   { name: 'gate', compiler: 'gcc', sources: ['gate.c'], flags: cFlags },
   { name: 'heap_errors', compiler: 'g++', sources: ['heap_errors.cc'], flags: [...cFlags, '-Wno-mismatched-new-delete'] },
   // The same program on each allocator: plain (for LD_PRELOAD), linked with one, static.
@@ -98,6 +99,7 @@ export type FixtureName =
   | 'realloc_stress'
   | 'realloc_fail'
   | 'crash'
+  | 'new_root'
   | 'gate'
   | 'heap_errors'
   | 'alloc_count'
