@@ -30,7 +30,8 @@
 //
 // Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
 // smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
-// --extras-only (only the extra measurements: 1,000,000 outstanding blocks, symbolization),
+// --extras-only (only the extra measurements: 1,000,000 outstanding blocks, leak-kind scans,
+// symbolization), --scan-only (only the leak-kind scans, printed as JSON),
 // --machine-stalls SECONDS (no tracer at all: the event-loop stalls this machine makes while each
 // workload runs untraced for SECONDS, and with nothing running), --soak SECONDS (only the soak:
 // the tracer's RSS slope under `attach --interval 1` for SECONDS, bench/soak.js).
@@ -448,6 +449,54 @@ async function measureOutstanding(blocks) {
   };
 }
 
+/** Leak-kind scans: `mode` 'heap' (N blocks making 1 GiB, all reachable through a chain) or
+ *  'waiters' (N threads each holding a block from its stack). Three scans on demand while it
+ *  waits (tracer.scan(): every thread stopped, the memory scanned, resumed), then the scan when
+ *  it exits (held at exit). Pause: how long its threads stood still; scan: the scan's own time. */
+async function measureScan(mode, n) {
+  const ready = join(tmp, `scan-ready-${mode}`);
+  rmSync(ready, { force: true });
+  const tracer = await ctx.leak.trace({
+    command: workloadPath,
+    args: [mode, String(n), '--out', ready],
+    stdio: 'inherit',
+    stacks: false,
+    maxAllocations: Math.max(1000, Math.round(n * 1.3)),
+  });
+  const t0 = performance.now();
+  while (!existsSync(ready) || !readFileSync(ready, 'utf8').includes('ready')) {
+    if (performance.now() - t0 > 300_000) throw new Error(`the ${mode} workload did not get ready`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const probe = stallProbe();
+  const onDemand = [];
+  let last;
+  for (let i = 0; i < 3; i++) {
+    const w0 = performance.now();
+    last = await tracer.scan();
+    onDemand.push({ pauseMs: last.scan.pauseMs, scanMs: last.scan.scanMs, wallMs: performance.now() - w0 });
+  }
+  const stall = await probe.lap();
+  probe.stop();
+  tracer.process?.kill('SIGTERM');
+  const report = await tracer.done;
+  const best = (key) => Math.min(...onDemand.map((s) => s[key]));
+  return {
+    mode,
+    n,
+    blocks: last.summary.inUseBlocks,
+    heapBytes: last.scan.heapBytes,
+    rootBytes: last.scan.rootBytes,
+    threads: last.scan.threads,
+    stillReachableBlocks: last.summary.stillReachable?.blocks,
+    onDemand,
+    bestPauseMs: best('pauseMs'),
+    bestScanMs: best('scanMs'),
+    onDemandStallMs: stall.stallMs,
+    atExit: report.scan,
+  };
+}
+
 /** The executable PT_LOAD segment of an ELF64 file: { offset, vaddr, size }. */
 function textSegment(path) {
   const fd = openSync(path, 'r');
@@ -686,6 +735,16 @@ async function main() {
         `final report ${fmt(o.finalReportMs)} ms (stall ${fmt(o.finalReportStallMs, 1)} ms, own ${fmt(o.finalReportOwnStallMs, 1)}), ` +
         `RSS ${fmt(o.rssMbAfterSnapshot)} MB after the snapshot, max ${fmt(o.maxRssMb)} MB`,
     );
+    measurements.scan = {};
+    for (const [mode, n] of [['heap', quick ? 100_000 : 1_000_000], ['waiters', 64]]) {
+      const r = await measureScan(mode, n);
+      measurements.scan[mode] = r;
+      log(
+        `leak-kind scan, ${mode === 'heap' ? `${fmt(r.blocks)} live blocks in ${fmt(r.heapBytes / 2 ** 20)} MiB` : `${fmt(r.threads)} threads`}: ` +
+          `on demand pause ${r.onDemand.map((s) => fmt(s.pauseMs)).join(', ')} ms (scan ${r.onDemand.map((s) => fmt(s.scanMs)).join(', ')} ms; ` +
+          `event-loop stall ${fmt(r.onDemandStallMs, 1)} ms); at exit: held ${fmt(r.atExit?.pauseMs)} ms, scan ${fmt(r.atExit?.scanMs)} ms`,
+      );
+    }
     measurements.symbolization = [];
     for (const file of [libc, process.execPath]) {
       try {
@@ -725,6 +784,8 @@ async function main() {
     ['stacks-off overhead <= 0.25x bpftrace (pair)', pairRatio('stacks-off / bpftrace'), (v) => v <= 0.25, (v) => `${fmt(v, 3)}x`],
     ['stacks-on overhead <= 0.35x bpftrace-ustack (pair)', pairRatio('stacks-on / bpftrace-ustack'), (v) => v <= 0.35, (v) => `${fmt(v, 3)}x`],
     ['snapshot of 1,000,000 blocks < 1 s', measurements.outstanding?.snapshotMs, (v) => v < 1000, (v) => `${fmt(v)} ms`],
+    ['leak-kind scan of 1,000,000 live blocks in 1 GiB < 1 s (at exit)', measurements.scan?.heap?.atExit?.scanMs, (v) => v < 1000, (v) => `${fmt(v)} ms`],
+    ['leak-kind scan of 1,000,000 live blocks in 1 GiB < 1 s (on demand, best of 3)', measurements.scan?.heap?.bestScanMs, (v) => v < 1000, (v) => `${fmt(v)} ms`],
     ['event loop held by this process < 10 ms (every phase, workload and extra; waits for a CPU left out)', ownStalls.length ? Math.max(...ownStalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms`],
     ['event-loop stalls < 10 ms as monitorEventLoopDelay sees them (every workload, and the extras)', stalls.length ? Math.max(...stalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms` + (untracedStallMax > 0 ? ` (the same workloads untraced: ${fmt(untracedStallMax, 1)} ms)` : '')],
     ['event-loop stalls < 10 ms as monitorEventLoopDelay sees them (pair workload, and the extras)', pairStalls.length && workloads.includes('pair') ? Math.max(...pairStalls) : undefined, (v) => v < 10, (v) => `${fmt(v, 1)} ms` + (untracedStalls.pair ? ` (untraced: ${fmt(untracedStalls.pair.stallMs, 1)} ms)` : '')],
@@ -787,6 +848,12 @@ try {
         ...(await measureOutstanding(Number(outstandingChild))),
       }),
     );
+  } else if (flag('--scan-only')) {
+    build();
+    ctx = { leak: await import('../dist/index.js') };
+    const scan = {};
+    for (const [mode, n] of [['heap', quick ? 100_000 : 1_000_000], ['waiters', 64]]) scan[mode] = await measureScan(mode, n);
+    console.log(JSON.stringify({ measurements: { scan } }, null, 2));
   } else if (flag('--peers')) {
     await import('./peers.js');
   } else if (flag('--costs')) {

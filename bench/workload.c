@@ -11,6 +11,9 @@
  *             (wall time / (N/2)), so it compares with `pair` (equal if nothing contends).
  *   memalign  N times: posix_memalign(&p, 64, 64); free(p) (not in the table: placement check).
  *   hold      malloc(32) N times, keep them, write "ready" to FILE, then wait for SIGTERM.
+ *   heap      N blocks making 1 GiB together, filled, each pointing at the one before (the last
+ *             from a global: all reachable), write "ready" to FILE, then wait for SIGTERM.
+ *   waiters   N threads, each holding a block from its stack and waiting; "ready", SIGTERM.
  *
  * Only the loop is timed (CLOCK_MONOTONIC); after a short untimed warm-up. The result goes to FILE
  * (or stdout) as one line: `nsPerPair=<ns> pairs=<N> ns=<total> cpuNsPerPair=<ns>`, the last from
@@ -144,6 +147,32 @@ static void pin_to_bench_cpu(const char *mode)
 		perror("workload: sched_setaffinity");
 }
 
+static void *volatile heap_head;
+
+static void *waiter(void *arg)
+{
+	void *volatile mine = malloc(128);
+
+	(void)arg;
+	memset(mine, 0x5a, 128);
+	for (;;)
+		pause();
+	return NULL;
+}
+
+static void write_ready(const char *out, long n, uint64_t ns)
+{
+	FILE *f = out ? fopen(out, "w") : stdout;
+
+	if (!f)
+		die(out);
+	fprintf(f, "ready blocks=%ld ns=%llu\n", n, (unsigned long long)ns);
+	if (out)
+		fclose(f);
+	else
+		fflush(f);
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode, *out = NULL;
@@ -152,7 +181,7 @@ int main(int argc, char **argv)
 	FILE *f;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: workload pair|batch|mixed|threads|memalign|hold N [--out FILE]\n");
+		fprintf(stderr, "usage: workload pair|batch|mixed|threads|memalign|hold|heap|waiters N [--out FILE]\n");
 		return 2;
 	}
 	mode = argv[1];
@@ -164,6 +193,36 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	pin_to_bench_cpu(mode);
+
+	if (strcmp(mode, "heap") == 0 || strcmp(mode, "waiters") == 0) {
+		struct sigaction sa = { .sa_handler = on_term };
+		size_t size = ((size_t)1 << 30) / (size_t)n / 8 * 8;
+
+		sigaction(SIGTERM, &sa, NULL);
+		t0 = now_ns();
+		if (strcmp(mode, "heap") == 0) {
+			for (long i = 0; i < n; i++) {
+				void **b = malloc(size < 8 ? 8 : size);
+
+				if (!b)
+					die("malloc");
+				memset(b, 0x5a, size);
+				b[0] = heap_head;
+				heap_head = b;
+			}
+		} else {
+			for (long i = 0; i < n; i++) {
+				pthread_t t;
+
+				if (pthread_create(&t, NULL, waiter, NULL))
+					die("pthread_create");
+			}
+		}
+		write_ready(out, n, now_ns() - t0);
+		while (!stop)
+			pause();
+		return 0;
+	}
 
 	if (strcmp(mode, "hold") == 0) {
 		void **blocks = malloc(sizeof(void *) * (size_t)n);

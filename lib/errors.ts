@@ -23,6 +23,7 @@ export const errorCodes = [
   'ELEAK_ADDON',
   'ELEAK_NO_GC',
   'ELEAK_SUPPRESSION_SYNTAX',
+  'ELEAK_SCAN',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -135,6 +136,11 @@ export class PtraceError extends EbpfLeakError {
   readonly code = 'ELEAK_PTRACE' as const;
 }
 
+/** The target's memory could not be scanned for the leak kinds on demand (scan()). */
+export class ScanError extends EbpfLeakError {
+  readonly code = 'ELEAK_SCAN' as const;
+}
+
 /** @internal Turn an error thrown by the addon (plain Error with a `code`) into our typed class. */
 export function fromNativeError(error: unknown, context: string): EbpfLeakError | unknown {
   if (!(error instanceof Error)) return error;
@@ -176,6 +182,12 @@ export function fromNativeError(error: unknown, context: string): EbpfLeakError 
       );
     case 'ELEAK_STATE':
       return new StateError(text, { cause: error });
+    case 'ELEAK_SCAN':
+      return new ScanError(
+        `${text}\nThe report of the target's end still has its leak kinds when it exits while traced; ` +
+          'a process being debugged (gdb, strace) cannot be stopped by a second tracer.',
+        { cause: error },
+      );
     case 'ELEAK_NO_MULTI':
       return new MultiUprobeUnsupportedError(text, { cause: error });
     default:

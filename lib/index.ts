@@ -19,6 +19,9 @@ export {
   type HeapErrorCounts,
   type StackFrame,
   type LeakGroup,
+  type LeakHeuristic,
+  type BytesBlocks,
+  type ScanInfo,
   type TargetInfo,
   type LeakReport,
   type PreviousImage,
@@ -60,6 +63,7 @@ export {
   UnsafeFileError,
   ProbeConflictError,
   PtraceError,
+  ScanError,
 } from './errors.js';
 
 // Checked reports and leak checks for test suites

@@ -128,6 +128,11 @@ export interface CommonTraceOptions {
    *  false: children run untraced and `report.untracedChildren` counts them. With a `pid`
    *  target, the children it starts from now on (a pre-fork server's workers). */
   followForks?: boolean;
+  /** Scan the target's memory to split what is still allocated into valgrind's leak kinds
+   *  (LeakGroup.kind, HeapSummary.definitelyLost...). A `command` is held when it exits (after
+   *  atexit handlers and static destructors) for the scan: default true. A `pid` target is
+   *  stopped briefly for a scan when tracing stops while it still runs: default false. */
+  leakKinds?: boolean;
 }
 
 /** Attach to a running process. */
@@ -152,6 +157,20 @@ export interface CommandTraceOptions extends CommonTraceOptions {
 
 export type TraceOptions = PidTraceOptions | CommandTraceOptions;
 
+/** valgrind's leak kinds (its --show-leak-kinds vocabulary): `definite`: nothing points at the
+ *  block; `indirect`: only lost blocks do; `possible`: only pointers into its middle do;
+ *  `reachable`: a global, a stack, a register or thread-local storage still does. */
+export type LeakKind = 'definite' | 'indirect' | 'possible' | 'reachable';
+export const leakKinds = ['definite', 'indirect', 'possible', 'reachable'] as const satisfies readonly LeakKind[];
+
+/** memcheck's --leak-check-heuristics: interior pointers taken as reaching a block. */
+export type LeakHeuristic = 'stdstring' | 'length64' | 'newarray' | 'multipleinheritance';
+
+export interface BytesBlocks {
+  bytes: number;
+  blocks: number;
+}
+
 /** Totals with valgrind's HEAP SUMMARY meaning (the first five), plus what we could not see. */
 export interface HeapSummary {
   /** Successful allocations (a realloc of a live block counts as one free plus one alloc). */
@@ -173,7 +192,35 @@ export interface HeapSummary {
   unknownFrees: number;
   /** Heap errors by kind: in final and stop() reports. */
   errors?: HeapErrorCounts;
+  /** valgrind's LEAK SUMMARY, when the target's memory was scanned (LeakReport.scan): the
+   *  blocks still allocated, by kind. Absent when it was not. */
+  definitelyLost?: BytesBlocks;
+  indirectlyLost?: BytesBlocks;
+  possiblyLost?: BytesBlocks;
+  stillReachable?: BytesBlocks;
+  /** Blocks reached only through an interior pointer that a heuristic explained ("of which
+   *  reachable via heuristic"), by heuristic; absent when none. */
+  reachableViaHeuristic?: Partial<Record<LeakHeuristic, BytesBlocks>>;
 }
+
+/** Whether the report's blocks were sorted into leak kinds by a scan of the target's memory. */
+export type ScanInfo =
+  | {
+      scanned: true;
+      /** Held at its exit (otherwise: stopped briefly while it ran). */
+      atExit: boolean;
+      /** How long every thread of the target stood still, and how long the scan took, ms. */
+      pauseMs: number;
+      scanMs: number;
+      /** Of the scan: copying the target's memory, and the walk over its blocks, ms. */
+      readMs: number;
+      markMs: number;
+      /** Bytes of roots (globals, stacks, thread-local storage) and of blocks read. */
+      rootBytes: number;
+      heapBytes: number;
+      threads: number;
+    }
+  | { scanned: false; reason: string };
 
 export interface StackFrame {
   /** Instruction address in the target, hex string (`0x...`). */
@@ -200,6 +247,12 @@ export interface LeakGroup {
   largestBlock: number;
   /** A few of the group's addresses, hex, for a debugger. */
   sampleAddresses: string[];
+  /** The blocks' leak kind, when the target's memory was scanned: a group is one stack and one
+   *  kind, as valgrind's loss records. */
+  kind?: LeakKind;
+  /** Definitely lost groups: bytes of the blocks lost only through these ones ("N (M direct,
+   *  K indirect) bytes"). */
+  indirectBytes?: number;
 }
 
 export interface TargetInfo {
@@ -241,6 +294,9 @@ export interface LeakReport {
   leaks: LeakGroup[];
   /** Milliseconds from attach to the report. */
   durationMs: number;
+  /** Whether the blocks were sorted into leak kinds, or why not (a program that did not pass the
+   *  exit hold: killed by a signal). Absent when no scan was asked for. */
+  scan?: ScanInfo;
   /** Present in sampling mode: the in-use figures and leak groups are then estimates, scaled
    *  from the sampled blocks; allocs, frees and bytesAllocated stay exact. */
   sampling?: { everyBytes: number };

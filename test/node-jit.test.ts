@@ -32,10 +32,13 @@ describe('JIT frames', () => {
     });
     const report = await tracer.done;
     expect(report.target.exitCode).toBe(0);
-    const leak = report.leaks.find((g) => g.stack.some((f) => f.symbol?.startsWith('example::FormatGreeting')));
+    // One loss record per kind the scan at exit found (V8's heap holds stale copies of some).
+    const groups = report.leaks.filter((g) => g.stack.some((f) => f.symbol?.startsWith('example::FormatGreeting')));
+    const leak = groups[0];
     expect(leak, 'no group with the addon frame').toBeDefined();
-    expect(leak!.blocks).toBeGreaterThanOrEqual(490); // 500 calls, each leaking one 64-byte block
-    expect(leak!.bytes).toBe(leak!.blocks * 64);
+    const blocks = groups.reduce((n, g) => n + g.blocks, 0);
+    expect(blocks).toBeGreaterThanOrEqual(490); // 500 calls, each leaking one 64-byte block
+    expect(groups.reduce((n, g) => n + g.bytes, 0)).toBe(blocks * 64);
     const symbols = leak!.stack.map((f) => f.symbol ?? '');
     const at = (s: RegExp) => symbols.findIndex((x) => s.test(x));
     const formatGreeting = leak!.stack[at(/^example::FormatGreeting/)]!;

@@ -211,9 +211,9 @@ describe('matching', () => {
 
 describe('on real programs', () => {
   it('a valgrind .supp from the fixtures suppresses what it names and nothing else', async () => {
-    const without = await checkLeaks(fixturePath('entry_points'), { stdio: 'ignore', defaultSuppressions: false });
+    const without = await checkLeaks(fixturePath('entry_points'), { leakKinds: false, stdio: 'ignore', defaultSuppressions: false });
     const supp = fixtureSource('suppressions/entry_points.supp');
-    const withSupp = await checkLeaks(fixturePath('entry_points'), { stdio: 'ignore', defaultSuppressions: false, suppressions: supp });
+    const withSupp = await checkLeaks(fixturePath('entry_points'), { leakKinds: false, stdio: 'ignore', defaultSuppressions: false, suppressions: supp });
     expect(without.suppressed).toEqual([]);
     expect(without.leaks).toHaveLength(11);
     expect(withSupp.suppressed.map(({ rule, bytes, blocks, groups }) => ({ rule, bytes, blocks, groups }))).toEqual([
@@ -242,30 +242,30 @@ describe('on real programs', () => {
   });
 
   it('ships default rules for one-time glibc/loader/libstdc++ allocations, and says which applied', async () => {
-    const seed = await checkLeaks(fixturePath('seed'), { stdio: 'ignore' });
+    const seed = await checkLeaks(fixturePath('seed'), { leakKinds: false, stdio: 'ignore' });
     expect(seed.suppressed.map((h) => [h.rule, h.source, h.bytes])).toEqual([['glibc-stdio-buffer', 'default', 4096]]);
     expect(seed.leaks.map((g) => g.bytes)).toEqual([8]);
-    const dl = await checkLeaks(fixturePath('dlopen_main'), { args: [fixturePath('dlopen_plugin')], stdio: 'ignore' });
+    const dl = await checkLeaks(fixturePath('dlopen_main'), { leakKinds: false, args: [fixturePath('dlopen_plugin')], stdio: 'ignore' });
     expect(dl.suppressed.map((h) => h.rule)).toContain('ld.so-dl-find-object');
     expect(dl.leaks.map((g) => [g.bytes, g.blocks])).toEqual([[192, 3]]); // plugin_work's, not the loader's
     // libstdc++'s emergency exception pool; what is left is what valgrind reports (689 bytes:
     // its definitely, indirectly lost and still reachable blocks), new'd by the program.
-    const cpp = await checkLeaks(fixturePath('cpp_containers'), { stdio: 'ignore' });
+    const cpp = await checkLeaks(fixturePath('cpp_containers'), { leakKinds: false, stdio: 'ignore' });
     expect(cpp.suppressed.map((h) => [h.rule, h.bytes])).toEqual([['libstdc++-static-init', 72_704]]);
     expect(cpp.leakedBytes).toBe(689);
-    const threads = await checkLeaks(fixturePath('threads'), { stdio: 'ignore' });
+    const threads = await checkLeaks(fixturePath('threads'), { leakKinds: false, stdio: 'ignore' });
     expect(threads.suppressed.map((h) => h.rule)).toContain('ld.so-allocations'); // TLS of threads
     expect(threads.leaks.every((g) => g.stack.some((f) => f.symbol === 'work'))).toBe(true);
     expect(defaultSuppressions().every((r) => r.source === 'default')).toBe(true);
   });
 
   it('generateSuppressions writes rules that suppress what was found', async () => {
-    const first = await checkLeaks(fixturePath('entry_points'), { stdio: 'ignore', defaultSuppressions: false });
+    const first = await checkLeaks(fixturePath('entry_points'), { leakKinds: false, stdio: 'ignore', defaultSuppressions: false });
     const text = generateSuppressions(first);
     expect(text).toMatch(/^\{\n {3}ebpf-leak-1\n {3}Memcheck:Leak\n {3}match-leak-kinds: all\n {3}fun:aligned_alloc\n {3}fun:main\n/);
     const rules = parseSuppressions(text);
     expect(rules.length).toBeGreaterThan(0);
-    const second = await checkLeaks(fixturePath('entry_points'), { stdio: 'ignore', defaultSuppressions: false, suppressions: rules });
+    const second = await checkLeaks(fixturePath('entry_points'), { leakKinds: false, stdio: 'ignore', defaultSuppressions: false, suppressions: rules });
     expect(second.leaks.filter((g) => g.stack.length > 0)).toEqual([]);
     // LSan flavour: one line per distinct innermost function.
     expect(generateSuppressions(first, { format: 'lsan' })).toMatch(/^# .*\nleak:\^main\$\n$/);

@@ -1,6 +1,6 @@
 // `ebpf-leak attach -p PID`: trace a running process, print its top stacks every --interval,
 // report when it exits, on a signal or after --duration, and detach.
-import { formatSnapshotTop } from '../report/text-format.js';
+import { formatScanLines, formatSnapshotTop } from '../report/text-format.js';
 import { stackUseSliced } from '../report/snapshot-stacks.js';
 import type { Snapshot, StackFrame } from '../types.js';
 import type { AttachCommand } from './args.js';
@@ -52,9 +52,9 @@ export async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<numb
           const frames = new Map<number, StackFrame[]>();
           const resolved = await tracer.stackFrames(shown).catch(() => shown.map(() => []));
           shown.forEach((id, i) => frames.set(id, (resolved[i] ?? []).slice(0, PERIODIC_FRAMES)));
-          if (!stopping) {
-            io.stderr.write(formatSnapshotTop(snap, { top: cmd.top, color, byStack, frames: (id) => frames.get(id) }) + '\n');
-          }
+          let text = formatSnapshotTop(snap, { top: cmd.top, color, byStack, frames: (id) => frames.get(id) });
+          if (cmd.leakKinds === true) text += formatScanLines(await tracer.scan());
+          if (!stopping) io.stderr.write(text + '\n');
         })
         .catch((err: unknown) => {
           // The process exiting between ticks is not news: `done` reports it.
@@ -82,6 +82,10 @@ export async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<numb
     clearInterval(interval);
     clearTimeout(duration);
     const checked = await finish(report, cmd, io, tracer, exited);
+    if (report.scan === undefined) {
+      // Never a silent verdict: without a scan nothing here is known to be lost or reachable.
+      io.stderr.write('leak kinds: not scanned (--scan stops the process briefly to scan its memory); every block still allocated is listed\n');
+    }
     return attachExitStatus(checked, cmd.errorExitcode, cmd.allowInconclusive);
   } finally {
     stopping = true;

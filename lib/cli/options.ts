@@ -3,7 +3,8 @@
 // checked against the library's own limits (lib/tracer/options.ts), so a bad value is a usage
 // error naming the flag, with the library's bounds.
 import { defaults, limits } from '../tracer/options.js';
-import { allocatorFunctions, type AllocatorFunction, type CommonTraceOptions } from '../types.js';
+import { parseLeakKindList } from '../report/leak-kinds.js';
+import { allocatorFunctions, type AllocatorFunction, type CommonTraceOptions, type LeakKind } from '../types.js';
 
 export const DEFAULT_TOP = 10;
 export const DEFAULT_INTERVAL_S = 5;
@@ -46,6 +47,12 @@ export interface CommonFlags {
   followForks?: true;
   /** --as-root (run): under sudo, the program runs as root rather than as the invoking user. */
   asRoot?: boolean;
+  /** --show-leak-kinds: loss records printed (default definite,possible). */
+  showLeakKinds?: LeakKind[];
+  /** --errors-for-leak-kinds: kinds that count as leaks (default definite,possible). */
+  errorsForLeakKinds?: LeakKind[];
+  /** false with run's --no-leak-kinds, true with attach's --scan. */
+  leakKinds?: boolean;
 }
 
 /** What `attach` adds. */
@@ -130,6 +137,14 @@ export function parseBufferSizeOption(name: string, raw: string): number {
     );
   }
   return n;
+}
+
+function leakKindList(name: string, raw: string): LeakKind[] {
+  try {
+    return parseLeakKindList(raw, `option '--${name}'`);
+  } catch (err) {
+    throw new Usage((err as Error).message);
+  }
 }
 
 function oneOf<T extends string>(name: string, raw: string, allowed: readonly T[]): T {
@@ -355,6 +370,45 @@ export const cliOptions: readonly CliOption[] = [
     traceOption: 'debugDirs',
   },
   {
+    name: 'show-leak-kinds',
+    value: 'K',
+    commands: both,
+    help:
+      "Leak kinds whose loss records are printed: a comma-separated list of definite, indirect, possible, " +
+      "reachable, or all or none (valgrind's option).",
+    default: 'definite,possible',
+    apply: (f, v) => (f.showLeakKinds = leakKindList('show-leak-kinds', text(v))),
+  },
+  {
+    name: 'errors-for-leak-kinds',
+    value: 'K',
+    commands: both,
+    help:
+      "Leak kinds that count as leaks (--error-exitcode, the JSON's \"leaks\"), as --show-leak-kinds. " +
+      "Without a scan of the program's memory (run's --no-leak-kinds, attach without --scan) every block counts.",
+    default: 'definite,possible',
+    apply: (f, v) => (f.errorsForLeakKinds = leakKindList('errors-for-leak-kinds', text(v))),
+  },
+  {
+    name: 'no-leak-kinds',
+    commands: ['run'],
+    help:
+      'Do not scan the program\'s memory when it exits: every block still allocated then counts as leaked, ' +
+      'without a kind.',
+    apply: (f) => (f.leakKinds = false),
+    traceOption: 'leakKinds',
+  },
+  {
+    name: 'scan',
+    commands: ['attach'],
+    help:
+      "At each --interval and when tracing stops, stop the process's threads briefly (the pause is printed) " +
+      "and scan its memory, to split the blocks still allocated into valgrind's leak kinds.",
+    default: 'off (every block still allocated counts)',
+    apply: (f) => (f.leakKinds = true),
+    traceOption: 'leakKinds',
+  },
+  {
     name: 'suppressions',
     value: 'FILE',
     multiple: true,
@@ -421,6 +475,9 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
         break;
       case 'followForks':
         if (cmd.followForks) out.followForks = true;
+        break;
+      case 'leakKinds':
+        set('leakKinds', cmd.leakKinds);
         break;
       default:
         break; // events and stacks: always given

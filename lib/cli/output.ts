@@ -129,6 +129,7 @@ export async function finish(
   const stacks = tracer.info.stacks;
   const { checkReportSliced, formatCheckedReport } = await import('../report/checked.js');
   const { defaultSuppressions } = await import('../suppressions/defaults.js');
+  const { defaultShownKinds } = await import('../report/leak-kinds.js');
   const { resolveSuppressions, generateSuppressions } = await import('../suppressions/rules.js');
   let rules;
   try {
@@ -136,10 +137,19 @@ export async function finish(
   } catch (err) {
     throw new CliFailure(`cannot read the suppressions: ${(err as Error).message}`);
   }
-  const checked = await checkReportSliced(report, rules, { stacks });
+  const checked = await checkReportSliced(report, rules, {
+    stacks,
+    ...(cmd.errorsForLeakKinds ? { errorsForLeakKinds: cmd.errorsForLeakKinds } : {}),
+  });
   const color = useColor(io.stderr, io.env);
   io.stderr.write(
-    formatCheckedReport(checked, { top: cmd.top, color, verbose: cmd.verbose, ...(exited !== undefined ? { exited } : {}) }),
+    formatCheckedReport(checked, {
+      top: cmd.top,
+      color,
+      verbose: cmd.verbose,
+      ...(exited !== undefined ? { exited } : {}),
+      showLeakKinds: cmd.showLeakKinds ?? defaultShownKinds,
+    }),
   );
   if (stacks) io.stderr.write(formatStackProblems(tracer.unwindStats(), report.counters.stackFailures));
   if (cmd.genSuppressions) {

@@ -3,6 +3,7 @@
 import { defaultSuppressions } from '../suppressions/defaults.js';
 import { definedProperties } from '../util/defined.js';
 import { formatCheckedReport, checkReportSliced, type CheckedLeakReport } from '../report/checked.js';
+import { leakKindsOption } from '../report/leak-kinds.js';
 import { formatCount } from '../report/text-format.js';
 import { HeapErrorsError, LeakError, LeakInconclusiveError } from './leak-errors.js';
 import { heapErrorTotal } from '../report/heap-errors.js';
@@ -15,8 +16,13 @@ export interface CheckLeaksOptions extends Omit<CommandTraceOptions, 'command'> 
   suppressions?: SuppressionInput | readonly SuppressionInput[];
   /** Apply the shipped rules for one-time glibc/libstdc++/libuv/V8 allocations. Default true. */
   defaultSuppressions?: boolean;
-  /** See lib/suppressions.ts (match-leak-kinds). */
+  /** See lib/suppressions/rules.ts (match-leak-kinds). */
   assumeLeakKinds?: readonly LeakKind[];
+  /** The leak kinds that count as leaks (valgrind's --errors-for-leak-kinds): a list, or
+   *  valgrind's text ('definite,possible', 'all', 'none'). Default definite and possible.
+   *  Without a scan (leakKinds: false, or a program that ended without its exit stop) every
+   *  block counts. */
+  errorsForLeakKinds?: readonly LeakKind[] | string;
   /** Kill the program (SIGKILL) if it runs longer than this, milliseconds. Default: no limit. */
   timeoutMs?: number;
 }
@@ -35,7 +41,9 @@ export interface AssertNoLeaksOptions extends CheckLeaksOptions {
 
 /** Runs `command` under the tracer until it exits, and reports what it left allocated. */
 export async function checkLeaks(command: string, options: CheckLeaksOptions = {}): Promise<CheckedLeakReport> {
-  const { suppressions, defaultSuppressions: useDefaults, assumeLeakKinds, timeoutMs, ...traceOptions } = options;
+  const { suppressions, defaultSuppressions: useDefaults, assumeLeakKinds, errorsForLeakKinds, timeoutMs, ...traceOptions } =
+    options;
+  const errorKinds = leakKindsOption(errorsForLeakKinds, 'errorsForLeakKinds');
   const rules = [...(useDefaults === false ? [] : defaultSuppressions()), ...resolveSuppressions(suppressions)];
   const tracer = await trace({ ...traceOptions, command });
   let timer: NodeJS.Timeout | undefined;
@@ -46,7 +54,11 @@ export async function checkLeaks(command: string, options: CheckLeaksOptions = {
   } finally {
     if (timer) clearTimeout(timer);
   }
-  return checkReportSliced(report, rules, { stacks: tracer.info.stacks, ...(assumeLeakKinds ? { assumeLeakKinds } : {}) });
+  return checkReportSliced(report, rules, {
+    stacks: tracer.info.stacks,
+    ...(assumeLeakKinds ? { assumeLeakKinds } : {}),
+    ...(errorKinds ? { errorsForLeakKinds: errorKinds } : {}),
+  });
 }
 
 type AssertOptions = Pick<AssertNoLeaksOptions, 'maxBytes' | 'allowInconclusive' | 'allowHeapErrors' | 'top'>;

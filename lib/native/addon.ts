@@ -5,6 +5,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AddonError } from '../errors.js';
+import type { NativeExitScan, NativeScan } from './scan-records.js';
 import type { NativeUnwindTable, UnwindMode, UnwindStats } from './unwind.js';
 import type { SymbolizedBatch } from './symbolized-batch.js';
 
@@ -55,6 +56,11 @@ export interface NativeTracerConfig {
   supervise?: boolean;
   /** With `supervise`: trace every child process too, each with its own blocks. */
   followForks?: boolean;
+  /** With `supervise`: scan the target's memory for the leak kinds at its exit stop
+   *  (native/scan/). */
+  scanAtExit?: boolean;
+  /** The probed allocator is glibc's: its arenas are told apart from the program's memory. */
+  glibc?: boolean;
 }
 
 export type NativeMessageType = 'events' | 'counters' | 'exit' | 'exec' | 'fork' | 'process';
@@ -78,6 +84,10 @@ export interface NativeTracer {
   /** The outstanding blocks; with `timestamps`, each one's allocation time too (8 more bytes a
    *  block: only Snapshot.allocations shows it). */
   snapshot(timestamps: boolean): Promise<NativeSnapshot>;
+  /** Stops every thread of the target, scans its memory for the leak kinds, resumes it. */
+  scan(): Promise<NativeScan>;
+  /** Once the target is gone: the scan made at its exit, or why there is none. */
+  takeExitScan(): NativeExitScan;
   readStacks(ids: number[]): Promise<BigUint64Array[]>;
   /** struct leak_module records, each after its 8-byte key */
   readModules(): Promise<ArrayBuffer>;

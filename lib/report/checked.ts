@@ -1,6 +1,7 @@
 // A finished report checked: suppressions applied, and the reasons (lost events, a full address
 // map, stackless blocks) it cannot vouch for its answer. The CLI prints it and the test harness
 // asserts on it.
+import { defaultShownKinds, kindSelected } from './leak-kinds.js';
 import { formatCount, formatReport, type FormatReportOptions } from './text-format.js';
 import type { Counters } from '../native/layout.js';
 import {
@@ -27,13 +28,15 @@ export interface CheckedLeakReport extends LeakReport {
   suppressed: SuppressionHit[];
   /** Why the answer cannot be trusted (events lost, map full, stacks missing); empty if it can. */
   inconclusive: string[];
+  /** Every group no suppression covers, whatever its kind (`leaks` has the error kinds only). */
+  unsuppressed: LeakGroup[];
   /** Sum over `leaks`. */
   leakedBytes: number;
   leakedBlocks: number;
 }
 
 /** `stacks`: whether the tracer captured stacks (stackless groups are then inconclusive). */
-export type CheckOptions = { stacks?: boolean; assumeLeakKinds?: readonly LeakKind[] };
+export type CheckOptions = { stacks?: boolean; assumeLeakKinds?: readonly LeakKind[]; errorsForLeakKinds?: readonly LeakKind[] };
 
 /** Suppressions and the inconclusive check applied to a finished report (exported for reports
  *  obtained with trace() directly). */
@@ -85,7 +88,11 @@ export const inconclusiveReasons = {
     ', so they cannot be placed or suppressed',
 };
 
-function checked(report: ReportInput, { kept, suppressed }: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
+function checked(report: ReportInput, applied: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
+  const { suppressed } = applied;
+  // Blocks of the kinds that are not errors (still reachable, by default) are no leaks.
+  const errorKinds = options.errorsForLeakKinds ?? defaultShownKinds;
+  const kept = applied.kept.filter((g) => kindSelected(g.kind, errorKinds));
   const inconclusive: string[] = [];
   const s = report.summary;
   if (s.droppedAllocations > 0) {
@@ -105,6 +112,7 @@ function checked(report: ReportInput, { kept, suppressed }: AppliedSuppressions<
   const out: CheckedLeakReport = {
     ...rest,
     leaks: kept,
+    unsuppressed: applied.kept,
     suppressed,
     inconclusive,
     leakedBytes: kept.reduce((n, g) => n + g.bytes, 0),
@@ -136,7 +144,12 @@ export function formatCheckedReport(report: CheckedLeakReport, options: FormatRe
     );
     return sections.join('\n') + processFooter(report);
   }
-  let text = formatReport(report, { ...options, top: options.top ?? 10 });
+  // Without showLeakKinds: its leaks, the error kinds; with it, the groups of those kinds.
+  const shown =
+    options.showLeakKinds !== undefined && report.unsuppressed !== undefined
+      ? { ...report, leaks: report.unsuppressed }
+      : report;
+  let text = formatReport(shown, { showLeakKinds: ['definite', 'indirect', 'possible', 'reachable'], ...options, top: options.top ?? 10 });
   const extra = [...suppressedLines(report.suppressed)];
   if (report.inconclusive.length > 0) extra.push('inconclusive:', ...report.inconclusive.map((r) => `   ${r}`));
   if (extra.length > 0) text += extra.join('\n') + '\n';

@@ -11,7 +11,7 @@ const PLACED_ERRORS = 64;
 export type StackReader = (groups: readonly RawLeakGroup[]) => Promise<StackFrame[][]>;
 
 function stackGroup(stackId: number, fn: AllocatorFunction, entryPage = 0): RawLeakGroup {
-  const group: RawLeakGroup = { stackId, fn, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
+  const group: RawLeakGroup = { stackId, fn, bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [], indirectBytes: 0 };
   if (entryPage !== 0) group.entryPage = entryPage;
   return group;
 }

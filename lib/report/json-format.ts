@@ -18,11 +18,20 @@
 //     "allocs": 11, "frees": 9, "bytesAllocated": 4176,
 //     "inUseBlocks": 2, "inUseBytes": 4104,
 //     "lostEvents": 0, "droppedAllocations": 0, "unknownFrees": 0,
-//     "errors": { "invalid-free": 0, "double-free": 0, "mismatched-free": 0, "notRecorded": 0 }
+//     "errors": { "invalid-free": 0, "double-free": 0, "mismatched-free": 0, "notRecorded": 0 },
+//     // valgrind's LEAK SUMMARY, only when the target's memory was scanned (see "scan"):
+//     "definitelyLost": { "bytes": 8, "blocks": 1 }, "indirectlyLost": { "bytes": 0, "blocks": 0 },
+//     "possiblyLost": { "bytes": 0, "blocks": 0 }, "stillReachable": { "bytes": 4096, "blocks": 1 },
+//     "reachableViaHeuristic": { "stdstring": { "bytes": 225, "blocks": 1 } }   // when any
 //   },
+//   "scan": { "scanned": true, "atExit": true, "pauseMs": 3.2, "scanMs": 3.1, "rootBytes": 123896,
+//             "heapBytes": 79936, "threads": 1 },   // or { "scanned": false, "reason": "..." };
+//                                                   // absent when no scan was asked for
 //   "leaks": [                      // blocks still allocated, grouped by stack, largest bytes first
 //     {
 //       "bytes": 8, "blocks": 1, "largestBlock": 8,
+//       "kind": "definite",         // when scanned: definite, indirect, possible or reachable
+//       "indirectBytes": 16,        // definite groups only: bytes lost through them
 //       "sampleAddresses": ["0x55d0c0a2b2a0"],
 //       "stack": [                  // innermost first; [] when stacks were not captured
 //         { "address": "0x401136", "module": "/work/seed", "buildId": "ab12...", "offset": "0x1136",
@@ -56,7 +65,7 @@
 import { writeFile } from 'node:fs/promises';
 import type { CheckedLeakReport } from './checked.js';
 import type { SuppressionHit } from '../suppressions/rules.js';
-import type { HeapError, HeapErrorCounts, HeapSummary, LeakGroup, LeakReport, PreviousImage, StackFrame } from '../types.js';
+import type { BytesBlocks, HeapError, HeapErrorCounts, HeapSummary, LeakGroup, LeakReport, PreviousImage, ScanInfo, StackFrame } from '../types.js';
 
 // The JSON shapes are the library's own types: one definition, so the two cannot drift.
 export type JsonStackFrame = StackFrame;
@@ -93,6 +102,12 @@ export interface JsonReport {
   untracedChildren?: number;
   /** followForks: one report per traced process, with these same fields, this one's first. */
   processes?: JsonReport[];
+  /** Whether the blocks were sorted into leak kinds. */
+  scan?: ScanInfo;
+}
+
+function bytesBlocks(v: BytesBlocks): BytesBlocks {
+  return { bytes: num(v.bytes), blocks: num(v.blocks) };
 }
 
 // The types say number, but a count that came through the native layer as a bigint must not make
@@ -121,6 +136,8 @@ function group(g: LeakGroup): JsonLeakGroup {
     largestBlock: num(g.largestBlock),
     sampleAddresses: g.sampleAddresses.map(String),
     stack: g.stack.map(frame),
+    ...(g.kind !== undefined ? { kind: g.kind } : {}),
+    ...(g.indirectBytes !== undefined ? { indirectBytes: num(g.indirectBytes) } : {}),
   };
 }
 
@@ -171,6 +188,17 @@ export function toJsonReport(report: LeakReport): JsonReport {
         'mismatched-free': num(s.errors?.['mismatched-free'] ?? 0),
         notRecorded: num(s.errors?.notRecorded ?? 0),
       },
+      ...(s.definitelyLost ? { definitelyLost: bytesBlocks(s.definitelyLost) } : {}),
+      ...(s.indirectlyLost ? { indirectlyLost: bytesBlocks(s.indirectlyLost) } : {}),
+      ...(s.possiblyLost ? { possiblyLost: bytesBlocks(s.possiblyLost) } : {}),
+      ...(s.stillReachable ? { stillReachable: bytesBlocks(s.stillReachable) } : {}),
+      ...(s.reachableViaHeuristic
+        ? {
+            reachableViaHeuristic: Object.fromEntries(
+              Object.entries(s.reachableViaHeuristic).map(([h, v]) => [h, bytesBlocks(v)]),
+            ),
+          }
+        : {}),
     },
     leaks: [...report.leaks].sort((a, b) => num(b.bytes) - num(a.bytes)).map(group),
     errors: (report.errors ?? []).map(heapError),
@@ -186,6 +214,7 @@ export function toJsonReport(report: LeakReport): JsonReport {
     ...(report.untraced !== undefined ? { untraced: report.untraced } : {}),
     ...(report.untracedChildren !== undefined ? { untracedChildren: num(report.untracedChildren) } : {}),
     ...(report.processes ? { processes: report.processes.map(toJsonReport) } : {}),
+    ...(report.scan ? { scan: { ...report.scan } } : {}),
   };
 }
 

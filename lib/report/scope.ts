@@ -12,6 +12,7 @@
 // (allocs, frees, ...) are whole-tracer totals and stay as they were.
 import { forEachRange, mapSliced, ROWS_PER_STEP } from '../util/cooperative.js';
 import type { Counters, BlockColumns } from '../native/layout.js';
+import { hasKinds } from '../native/scan-records.js';
 import { tallyRows, toLeakGroup, type Tally } from './tally.js';
 import type { AllocatorFunction, LeakGroup, LeakReport, StackFrame } from '../types.js';
 
@@ -181,9 +182,15 @@ function assemble(source: ReportSource, rows: Uint32Array | null, tally: Tally, 
   const report = {
     version: source.base.version,
     target: source.base.target,
-    summary: { ...source.summary, inUseBlocks: tally.inUse.blocks, inUseBytes: tally.inUse.bytes },
+    summary: {
+      ...source.summary,
+      inUseBlocks: tally.inUse.blocks,
+      inUseBytes: tally.inUse.bytes,
+      ...(tally.kinds ? tally.kinds.summary() : {}),
+    },
     leaks,
     durationMs: source.base.durationMs,
+    ...(source.base.scan ? { scan: source.base.scan } : {}),
     ...(source.base.sampling ? { sampling: source.base.sampling } : {}),
   } as ScopedLeakReport;
   const narrow = (filter: ScopeFilter): ScopedLeakReport => {
@@ -221,7 +228,15 @@ function assemble(source: ReportSource, rows: Uint32Array | null, tally: Tally, 
 
 /** The rows `rows` of `columns`, as columns. */
 export function subsetColumns(columns: BlockColumns, rows: Uint32Array): BlockColumns {
+  const kinds = hasKinds(columns)
+    ? {
+        kind: (i: number) => columns.kind(rows[i]!),
+        heuristic: (i: number) => columns.heuristic(rows[i]!),
+        indirect: (i: number) => columns.indirect(rows[i]!),
+      }
+    : {};
   return {
+    ...kinds,
     count: rows.length,
     address: (i) => columns.address(rows[i]!),
     size: (i) => columns.size(rows[i]!),

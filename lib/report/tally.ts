@@ -1,6 +1,8 @@
 // From a walk of the kernel's allocation map to the numbers and groups users read.
 import { forEachRange, ROWS_PER_STEP } from '../util/cooperative.js';
 import type { Counters, BlockColumns } from '../native/layout.js';
+import { hasKinds, kindByCode, type KindColumns } from '../native/scan-records.js';
+import { KindTotals } from './leak-kinds.js';
 import type { AllocatorFunction, HeapSummary, LeakGroup, StackFrame } from '../types.js';
 
 const SAMPLE_ADDRESSES = 4;
@@ -38,6 +40,11 @@ export interface RawLeakGroup {
   blocks: number;
   largestBlock: number;
   sampleAddresses: bigint[];
+  /** Leak kind code (lib/leak-kinds.ts), when the rows were scanned: groups are then per stack
+   *  and kind. */
+  kind?: number;
+  /** Bytes lost only through the group's blocks (definitely lost groups). */
+  indirectBytes: number;
   /** A release at a function's entry: its entry probe's offset in the page + 1, which names the
    *  overload on top of the stack (heap errors). */
   entryPage?: number;
@@ -48,11 +55,14 @@ export interface Tally {
   /** Largest total first. */
   groups: RawLeakGroup[];
   inUse: InUse;
+  /** Per kind, when the rows were scanned. */
+  kinds?: KindTotals;
 }
 
-/** Groups whose stack ids share a key (stackKey), chained. */
+/** Groups whose stack ids (and kinds) share a key (stackKey), chained. */
 interface Bucket {
   stackId: number;
+  kind: number;
   group: RawLeakGroup;
   next: Bucket | undefined;
 }
@@ -69,6 +79,8 @@ function stackKey(stackId: number): number {
  *  pause between ranges. Sums stay unrounded until result(): sampling weights are fractions. */
 export class StackTally {
   readonly #columns: BlockColumns;
+  readonly #kinds: KindColumns | null;
+  readonly #kindTotals: KindTotals | undefined;
   readonly #buckets = new Map<number, Bucket>();
   readonly #groups: RawLeakGroup[] = [];
   #blocks = 0;
@@ -76,6 +88,8 @@ export class StackTally {
 
   constructor(columns: BlockColumns) {
     this.#columns = columns;
+    this.#kinds = hasKinds(columns) ? columns : null;
+    this.#kindTotals = this.#kinds ? new KindTotals() : undefined;
   }
 
   /** Adds the rows `rows[start..end)`, or rows start..end themselves when `rows` is null. */
@@ -85,13 +99,19 @@ export class StackTally {
     // where the slices fall.
     let blocks = this.#blocks;
     let bytes = this.#bytes;
+    const kinds = this.#kinds;
     for (let k = start; k < end; k++) {
       const i = rows === null ? k : rows[k]!;
-      const g = this.#group(columns.stackId(i), i);
+      const kind = kinds ? kinds.kind(i) : -1;
+      const g = this.#group(columns.stackId(i), kind, i);
       const size = columns.size(i);
       const w = columns.weight(i);
       g.bytes += size * w;
       g.blocks += w;
+      if (kinds) {
+        this.#kindTotals!.add(kind, kinds.heuristic(i), size, w);
+        g.indirectBytes += kinds.indirect(i) * w;
+      }
       if (size > g.largestBlock) g.largestBlock = size;
       if (g.sampleAddresses.length < SAMPLE_ADDRESSES) g.sampleAddresses.push(columns.address(i));
       blocks += w;
@@ -101,13 +121,22 @@ export class StackTally {
     this.#bytes = bytes;
   }
 
-  /** The group of `stackId`, made from row `row` when it is the first. */
-  #group(stackId: number, row: number): RawLeakGroup {
-    const key = stackKey(stackId);
+  /** The group of `stackId` and `kind` (-1: none), made from row `row` when it is the first. */
+  #group(stackId: number, kind: number, row: number): RawLeakGroup {
+    const key = (stackKey(stackId) + kind + 1) & 0x3fff_ffff;
     const first = this.#buckets.get(key);
-    for (let b = first; b !== undefined; b = b.next) if (b.stackId === stackId) return b.group;
-    const group: RawLeakGroup = { stackId, fn: this.#columns.fn(row), bytes: 0, blocks: 0, largestBlock: 0, sampleAddresses: [] };
-    this.#buckets.set(key, { stackId, group, next: first });
+    for (let b = first; b !== undefined; b = b.next) if (b.stackId === stackId && b.kind === kind) return b.group;
+    const group: RawLeakGroup = {
+      stackId,
+      fn: this.#columns.fn(row),
+      bytes: 0,
+      blocks: 0,
+      largestBlock: 0,
+      sampleAddresses: [],
+      indirectBytes: 0,
+      ...(kind >= 0 ? { kind } : {}),
+    };
+    this.#buckets.set(key, { stackId, kind, group, next: first });
     this.#groups.push(group);
     return group;
   }
@@ -117,9 +146,14 @@ export class StackTally {
     for (const g of groups) {
       g.bytes = Math.round(g.bytes);
       g.blocks = Math.round(g.blocks);
+      g.indirectBytes = Math.round(g.indirectBytes);
     }
     groups.sort((a, b) => b.bytes - a.bytes || b.blocks - a.blocks);
-    return { groups, inUse: { blocks: Math.round(this.#blocks), bytes: Math.round(this.#bytes) } };
+    return {
+      groups,
+      inUse: { blocks: Math.round(this.#blocks), bytes: Math.round(this.#bytes) },
+      ...(this.#kindTotals ? { kinds: this.#kindTotals } : {}),
+    };
   }
 }
 
@@ -164,5 +198,7 @@ export function toLeakGroup(raw: RawLeakGroup, stack: StackFrame[]): LeakGroup {
     stack,
     largestBlock: raw.largestBlock,
     sampleAddresses: raw.sampleAddresses.map(hex),
+    ...(raw.kind !== undefined ? { kind: kindByCode[raw.kind]! } : {}),
+    ...(raw.kind === 0 && raw.indirectBytes > 0 ? { indirectBytes: raw.indirectBytes } : {}),
   };
 }

@@ -3,8 +3,9 @@
 // Pure functions of their arguments: no I/O, no clock unless the caller leaves `now` out.
 
 import { optionWord } from '../option-words.js';
+import { defaultShownKinds, kindSelected } from './leak-kinds.js';
 import { stackUse, type StackUse } from './snapshot-stacks.js';
-import type { HeapError, LeakGroup, LeakReport, Snapshot, StackFrame } from '../types.js';
+import type { BytesBlocks, HeapError, LeakGroup, LeakKind, LeakReport, Snapshot, StackFrame } from '../types.js';
 
 export interface FormatReportOptions {
   /** Show only the N largest leak groups (by bytes); 0 or undefined shows all. */
@@ -16,6 +17,56 @@ export interface FormatReportOptions {
   /** Whether the target exited, when the report cannot tell: a process traced by pid that exits
    *  has no exit status for us (it is not our child). Default: exited iff a status is known. */
   exited?: boolean;
+  /** Leak kinds whose loss records are printed, when the report has kinds (valgrind's
+   *  --show-leak-kinds). Default definite and possible, as valgrind. */
+  showLeakKinds?: readonly LeakKind[];
+}
+
+/** valgrind's words for the kinds, in its LEAK SUMMARY order. */
+const kindWords: Record<LeakKind, string> = {
+  definite: 'definitely lost',
+  indirect: 'indirectly lost',
+  possible: 'possibly lost',
+  reachable: 'still reachable',
+};
+
+/** Whether the report's blocks were sorted into leak kinds. */
+export function hasLeakKinds(report: LeakReport): boolean {
+  return report.summary.definitelyLost !== undefined;
+}
+
+/** The scan's pause and LEAK SUMMARY, for `attach --scan`'s periodic output. */
+export function formatScanLines(report: LeakReport): string {
+  const lines = [`\tLEAK SUMMARY (target stopped ${formatScanPause(report)}):`];
+  for (const l of leakSummaryLines(report)) lines.push(`\t${l}`);
+  return lines.join('\n') + '\n';
+}
+
+function formatScanPause(report: LeakReport): string {
+  const scan = report.scan;
+  return scan?.scanned ? `${scan.pauseMs} ms for the scan` : 'not scanned';
+}
+
+/** valgrind's LEAK SUMMARY lines for a report with kinds. */
+export function leakSummaryLines(report: LeakReport): string[] {
+  const s = report.summary;
+  const zero: BytesBlocks = { bytes: 0, blocks: 0 };
+  const line = (label: string, v: BytesBlocks = zero) =>
+    `${label.padStart(18)}: ${formatCount(v.bytes)} bytes in ${formatCount(v.blocks)} blocks`;
+  const lines = [
+    line('definitely lost', s.definitelyLost),
+    line('indirectly lost', s.indirectlyLost),
+    line('possibly lost', s.possiblyLost),
+    line('still reachable', s.stillReachable),
+  ];
+  const heuristics = Object.entries(s.reachableViaHeuristic ?? {});
+  if (heuristics.length > 0) {
+    lines.push('                      of which reachable via heuristic:');
+    for (const [name, v] of heuristics) {
+      lines.push(`                        ${name.padEnd(19)}: ${formatCount(v.bytes)} bytes in ${formatCount(v.blocks)} blocks`);
+    }
+  }
+  return lines;
 }
 
 export interface FormatSnapshotOptions {
@@ -271,16 +322,22 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
     for (const w of warn) lines.push(paint('yellow', w));
   }
 
-  const groups = sortGroups(report.leaks);
+  const kinds = hasLeakKinds(report);
+  const showKinds = opts.showLeakKinds ?? defaultShownKinds;
+  const groups = sortGroups(kinds ? report.leaks.filter((g) => kindSelected(g.kind, showKinds)) : report.leaks);
   const top = opts.top !== undefined && opts.top > 0 ? opts.top : groups.length;
   const shown = groups.slice(0, top);
   shown.forEach((g, i) => {
     lines.push('');
+    const what = g.kind !== undefined ? kindWords[g.kind] : 'still allocated';
+    const size =
+      g.indirectBytes !== undefined && g.indirectBytes > 0
+        ? `${formatCount(g.bytes + g.indirectBytes)} (${formatCount(g.bytes)} direct, ${formatCount(g.indirectBytes)} indirect)`
+        : formatCount(g.bytes);
     lines.push(
       paint(
-        'red',
-        `${formatCount(g.bytes)} bytes in ${formatCount(g.blocks)} blocks are still allocated ` +
-          `in loss record ${i + 1} of ${groups.length}`,
+        g.kind === 'reachable' || g.kind === 'indirect' ? 'yellow' : 'red',
+        `${size} bytes in ${formatCount(g.blocks)} blocks are ${what} in loss record ${i + 1} of ${groups.length}`,
       ),
     );
     lines.push(...formatStack(g.stack));
@@ -303,7 +360,19 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
   }
 
   lines.push('');
-  if (groups.length === 0) {
+  if (kinds) {
+    lines.push(paint('bold', 'LEAK SUMMARY:'));
+    lines.push(...leakSummaryLines(report));
+    if (report.scan?.scanned) {
+      const where = report.scan.atExit ? 'held at its exit' : 'stopped';
+      lines.push(`(memory scanned for the leak kinds: target ${where} ${report.scan.pauseMs} ms, scan ${report.scan.scanMs} ms)`);
+    }
+    const reachable = report.summary.stillReachable?.blocks ?? 0;
+    if (reachable > 0 && !showKinds.includes('reachable')) {
+      lines.push('Reachable blocks (those to which a pointer was found) are not shown.');
+      lines.push('To see them, rerun with: --show-leak-kinds=all');
+    }
+  } else if (groups.length === 0) {
     lines.push(paint('bold', `LEAK SUMMARY: ${noLeaksVerdict(report, exited)}`));
   } else {
     const bytes = groups.reduce((sum, g) => sum + g.bytes, 0);
@@ -318,6 +387,7 @@ export function formatReport(report: LeakReport, opts: FormatReportOptions = {})
   }
   const errors = errorSummary(report);
   if (errors !== undefined) lines.push(paint('bold', errors));
+  if (report.scan && !report.scan.scanned) lines.push(`leak kinds: not scanned: ${report.scan.reason}`);
   return lines.join('\n') + '\n';
 }
 

@@ -1,8 +1,11 @@
 // The suppressions applied unless `defaultSuppressions: false`: allocations that glibc, the
 // dynamic loader, libstdc++, libuv and V8 make once (or keep as caches) and never free, which
 // every program "leaks" and no test should fail for. valgrind's own default suppressions cover
-// much the same ground (it hides "still reachable" blocks by default; we cannot tell reachable
-// from lost, so these rules name them instead).
+// much the same ground (it hides "still reachable" blocks by default). Where a scan of the target
+// sorts blocks into leak kinds, still-reachable blocks are no leaks anyway; a rule for what is
+// always reachable (a stdio buffer, held by its FILE) says `match-leak-kinds: reachable`, so a
+// lost one is reported. Without a scan (in-process checks, a program killed by a signal) every
+// rule applies as written.
 //
 // Written in valgrind's format and parsed like a user's file; a report names them with source
 // `default`. Patterns use demangled names (ebpf-leak's stacks are demangled). Each rule is as
@@ -16,6 +19,7 @@ export const defaultSuppressionsText = `
 {
    glibc-stdio-buffer
    Memcheck:Leak
+   match-leak-kinds: reachable
    fun:malloc
    fun:*_IO_file_doallocate
 }

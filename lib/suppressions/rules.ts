@@ -31,9 +31,10 @@
 // code that calls main.
 //
 // Leak kinds: valgrind sorts leaked blocks into definite, indirect, possible and reachable by
-// scanning memory for pointers to them. ebpf-leak does not scan memory, so it cannot tell the
-// kinds apart: by default a rule applies whatever kinds it lists (except `none`). Narrow that
-// with `assumeLeakKinds` (e.g. ['definite'] to apply only rules that cover definite leaks).
+// scanning memory for pointers to them, and so does ebpf-leak when it holds the target at exit
+// (LeakGroup.kind): a rule then applies to a group only when `match-leak-kinds` lists its kind.
+// A group without a kind (no scan) is taken to have any kind the rule lists (except `none`);
+// narrow that with `assumeLeakKinds` (e.g. ['definite']).
 //
 // LeakSanitizer format: one `leak:PATTERN` per line, `#` comments. A rule matches a stack when
 // PATTERN matches the function name, the source file or the module of any frame (the
@@ -42,11 +43,10 @@
 import { readFileSync } from 'node:fs';
 import { forEachRange } from '../util/cooperative.js';
 import { loadNative } from '../native/addon.js';
-import type { LeakGroup, StackFrame } from '../types.js';
+import { leakKinds, type LeakGroup, type LeakKind, type StackFrame } from '../types.js';
 import { SuppressionSyntaxError } from '../errors.js';
 
-export const leakKinds = ['definite', 'indirect', 'possible', 'reachable'] as const;
-export type LeakKind = (typeof leakKinds)[number];
+export { leakKinds, type LeakKind };
 
 export type FramePattern =
   | { type: 'fun' | 'obj'; pattern: string }
@@ -413,14 +413,19 @@ function lsanRegExp(pattern: string): RegExp {
 }
 
 export interface MatchOptions {
-  /** The kinds ebpf-leak's blocks are taken to have, for `match-leak-kinds`. Default: all four
-   *  (ebpf-leak cannot tell them apart; see the top of this file). */
+  /** The kinds blocks without a scanned kind are taken to have, for `match-leak-kinds`.
+   *  Default: all four (see the top of this file). */
   assumeLeakKinds?: readonly LeakKind[];
 }
 
 /** Whether `rule` suppresses an allocation with this stack (innermost first, allocation
  *  function on top, as in reports). */
-export function ruleMatches(rule: SuppressionRule, stack: readonly StackFrame[], options: MatchOptions = {}): boolean {
+export function ruleMatches(
+  rule: SuppressionRule,
+  stack: readonly StackFrame[],
+  options: MatchOptions = {},
+  kind?: LeakKind,
+): boolean {
   if (rule.format === 'lsan') {
     const re = lsanRegExp(rule.pattern);
     const frames = startsAtAllocator(stack) ? stack.slice(1) : stack;
@@ -431,7 +436,7 @@ export function ruleMatches(rule: SuppressionRule, stack: readonly StackFrame[],
         (f.module !== undefined && re.test(f.module)),
     );
   }
-  const assumed = options.assumeLeakKinds ?? leakKinds;
+  const assumed = kind !== undefined ? [kind] : (options.assumeLeakKinds ?? leakKinds);
   if (!rule.leakKinds.some((k) => assumed.includes(k))) return false;
   return framesMatch(rule.frames, stack) || allocatorPrefixMatch(rule.frames, stack);
 }
@@ -441,9 +446,10 @@ export function findSuppression(
   rules: readonly SuppressionRule[],
   stack: readonly StackFrame[],
   options: MatchOptions = {},
+  kind?: LeakKind,
 ): SuppressionRule | undefined {
   if (stack.length === 0) return undefined;
-  return rules.find((r) => ruleMatches(r, stack, options));
+  return rules.find((r) => ruleMatches(r, stack, options, kind));
 }
 
 /** How much one rule suppressed. */
@@ -463,7 +469,7 @@ export interface AppliedSuppressions<G> {
 }
 
 /** Sorts groups, one at a time, into those no rule covers and per-rule totals of the rest. */
-class SuppressionSorter<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>> {
+class SuppressionSorter<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack' | 'kind'>> {
   readonly #rules: readonly SuppressionRule[];
   readonly #options: MatchOptions;
   readonly #kept: G[] = [];
@@ -475,7 +481,7 @@ class SuppressionSorter<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>>
   }
 
   add(g: G): void {
-    const rule = findSuppression(this.#rules, g.stack, this.#options);
+    const rule = findSuppression(this.#rules, g.stack, this.#options, g.kind);
     if (!rule) {
       this.#kept.push(g);
       return;
@@ -493,7 +499,7 @@ class SuppressionSorter<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>>
 }
 
 /** Splits groups into those no rule covers and per-rule totals of the rest. */
-export function applySuppressions<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>>(
+export function applySuppressions<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack' | 'kind'>>(
   groups: readonly G[],
   rules: readonly SuppressionRule[],
   options: MatchOptions = {},
@@ -508,7 +514,7 @@ export function applySuppressions<G extends Pick<LeakGroup, 'bytes' | 'blocks' |
 const GROUPS_PER_STEP = 16;
 
 /** applySuppressions() in slices, the event loop served between them (lib/util/cooperative.ts). */
-export async function applySuppressionsSliced<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack'>>(
+export async function applySuppressionsSliced<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack' | 'kind'>>(
   groups: readonly G[],
   rules: readonly SuppressionRule[],
   options: MatchOptions = {},

@@ -6,9 +6,10 @@ import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { allocationsView } from '../native/allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from '../util/cooperative.js';
-import { TracerClosedError } from '../errors.js';
+import { fromNativeError, TracerClosedError } from '../errors.js';
 import { EventQueue } from './event-queue.js';
 import type { EventRecords } from '../native/event-records.js';
+import { scanInfo, withKinds } from '../native/scan-records.js';
 import { ListenerSnapshot, trackListenerChanges } from './listener-snapshot.js';
 import {
   blockColumns,
@@ -50,6 +51,7 @@ import type {
   FreeEvent,
   LeakReport,
   LeakTracerEvents,
+  ScanInfo,
   ProcessSnapshot,
   Snapshot,
   StackFrame,
@@ -92,6 +94,9 @@ export interface TracerInfo {
   /** One multi-uprobe link per file (kernel >= 6.6), or one classic uprobe per function. */
   attachMode: 'uprobe_multi' | 'uprobe';
   attachMs: number;
+  /** The final report sorts blocks into leak kinds: a command held at its exit, a pid target
+   *  stopped briefly when tracing stops. */
+  leakKinds: boolean;
 }
 
 /** @internal: how trace() hands a freshly attached tracer over. */
@@ -430,6 +435,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     status: Pick<TargetInfo, 'exitCode' | 'signal'>,
     stackFilter: Pick<ScopeFilter, 'module' | 'excludeModule'> = {},
     target: Omit<TargetInfo, 'exitCode' | 'signal'> = this.#target,
+    scan?: ScanInfo,
   ): Promise<ScopedLeakReport> {
     let tally = await tallyRowsSliced(columns, rows);
     const frames = await this.#stacks(tally.groups);
@@ -448,6 +454,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         target: { ...target, ...status },
         durationMs: Math.round(performance.now() - this.#startedAt),
         ...(this.info.sampleEveryBytes > 0 ? { sampling: { everyBytes: this.info.sampleEveryBytes } } : {}),
+        ...(scan ? { scan } : {}),
       },
       summary: summarize(counters, tally.inUse),
       counters,
@@ -463,6 +470,25 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     if (this.#ownModule !== undefined && stackPassesThrough(stack, this.#ownModule)) return false;
     if (module !== undefined && !stackPassesThrough(stack, module)) return false;
     return excludeModule === undefined || !stackPassesThrough(stack, excludeModule);
+  }
+
+  /** Stops every thread of the target briefly, scans its memory, and reports what is
+   *  outstanding now split into valgrind's leak kinds (`kind` of each group, the LEAK SUMMARY
+   *  fields of the summary); `report.scan.pauseMs` is how long the target stood still. */
+  async scan(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
+    if (this.#closed) throw new TracerClosedError('scan(): the tracer has stopped');
+    let raw;
+    try {
+      raw = await this.#native.scan();
+    } catch (error) {
+      throw fromNativeError(error, `cannot scan process ${this.pid}`);
+    }
+    const counters = decodeCounters((await this.#native.snapshot(false)).counters);
+    const columns = withKinds(blockColumns(raw.entries, this.info.sampleEveryBytes), raw);
+    const { module, excludeModule, ...cheap } = filter;
+    const keep = rowFilter(columns, cheap);
+    const rows = keep === null ? null : await keptRowsSliced(columns, null, keep);
+    return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule }, this.#target, scanInfo(raw));
   }
 
   /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
@@ -579,10 +605,36 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       if (this.#processes && this.#followForks) return await this.#followedReport(stopped);
       await this.#processes?.settled();
       const raw = await this.#native.snapshot(false);
-      const columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
+      let columns = blockColumns(raw.entries, this.info.sampleEveryBytes);
       const counters = decodeCounters(raw.counters);
       this.#checkLost(counters);
-      const report = await this.#scoped(columns, null, counters, { exitCode, signal });
+      let scan: ScanInfo | undefined;
+      const running = exitCode === null && signal === null && processAlive(this.pid);
+      if (this.info.leakKinds && (this.process === undefined || running)) {
+        // Tracing stops while it runs (or a process we attached to ended): stopped for a scan now.
+        if (!running) {
+          scan = { scanned: false, reason: 'it exited; only a program ebpf-leak starts is held at its exit' };
+        } else {
+          try {
+            const now = await this.#native.scan();
+            columns = withKinds(blockColumns(now.entries, this.info.sampleEveryBytes), now);
+            scan = scanInfo(now);
+          } catch (error) {
+            scan = { scanned: false, reason: (error as Error).message };
+          }
+        }
+      } else if (this.info.leakKinds) {
+        // Held at its exit: the blocks the scan saw are the ones left (nothing runs after it).
+        const exitScan = this.#native.takeExitScan();
+        if ('notScanned' in exitScan) {
+          // A signal that killed it is the reason, whichever of its parent and its tracer saw it.
+          scan = { scanned: false, reason: signal ? `killed by signal ${signal}` : exitScan.notScanned };
+        } else {
+          columns = withKinds(blockColumns(exitScan.entries, this.info.sampleEveryBytes), exitScan);
+          scan = scanInfo(exitScan);
+        }
+      }
+      const report = await this.#scoped(columns, null, counters, { exitCode, signal }, {}, this.#target, scan);
       const { errors: rawErrors, seen } = decodeHeapErrors(await this.#native.readHeapErrors());
       const ambiguous = new Set(this.info.ambiguousPairs ?? []);
       const told = rawErrors.filter(

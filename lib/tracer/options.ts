@@ -56,6 +56,7 @@ export interface ResolvedCommon {
   sampleEveryBytes: number;
   debugDirs: string[];
   followForks: boolean;
+  leakKinds: boolean;
 }
 export type ResolvedOptions =
   | (ResolvedCommon & { kind: 'pid'; pid: number })
@@ -139,7 +140,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.debugDirs !== undefined && (!Array.isArray(o.debugDirs) || o.debugDirs.some((d) => typeof d !== 'string' || d === ''))) {
     fail(`options.debugDirs must be an array of directory paths (got ${describe(o.debugDirs)})`);
   }
-  for (const flag of ['events', 'stacks', 'stackTotals', 'followForks'] as const) {
+  for (const flag of ['events', 'stacks', 'stackTotals', 'followForks', 'leakKinds'] as const) {
     if (o[flag] !== undefined && typeof o[flag] !== 'boolean') {
       fail(`options.${flag} must be a boolean (got ${describe(o[flag])})`);
     }
@@ -162,11 +163,19 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
         : integerIn('sampleEveryBytes', o.sampleEveryBytes, limits.sampleEveryBytes.min, limits.sampleEveryBytes.max),
     debugDirs: [...(o.debugDirs ?? [])],
     followForks: o.followForks ?? false,
+    // A scan needs every block recorded, and one process's table.
+    leakKinds: o.leakKinds ?? (hasCommand && o.sampleEveryBytes === undefined && o.followForks !== true),
     stackDepth:
       o.stackDepth === undefined
         ? defaults.stackDepth
         : integerIn('stackDepth', o.stackDepth, limits.stackDepth.min, limits.stackDepth.max),
   };
+  if (common.leakKinds && common.sampleEveryBytes > 0) {
+    fail('options.leakKinds needs every block recorded: it cannot be used with sampleEveryBytes');
+  }
+  if (common.leakKinds && common.followForks) {
+    fail('options.leakKinds scans one process: it cannot be used with followForks');
+  }
   if (hasPid) {
     return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, limits.pid.min, limits.pid.max) };
   }

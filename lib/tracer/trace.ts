@@ -109,7 +109,7 @@ async function attachProbes(
   planned: TracePlan,
   classicUprobes: boolean,
 ): Promise<Attached> {
-  const { pid, allocatorPath, held, unwindFiles } = target;
+  const { pid, allocatorPath, held, unwindFiles, glibc } = target;
   const { plan, heapErrors, supervised } = planned;
   // Tracing this very process (measure() in a test): the tracer's own threads and allocations are
   // kept out, in the kernel and in the reports. Decided here only.
@@ -141,6 +141,10 @@ async function attachProbes(
       allocatorInode: fileInode(allocatorPath),
       supervise: supervised,
       followForks: o.followForks === true,
+      // The scan runs in the supervisor's stop at a command's exit. Sampling records too few
+      // blocks for a scan to mean anything; following forks, each process's report has no kinds.
+      scanAtExit: o.kind === 'command' && o.leakKinds && o.sampleEveryBytes === 0 && o.followForks !== true,
+      glibc,
     },
     (...message) => {
       if (tracer) tracer.handleNativeMessage(...message);
@@ -211,6 +215,7 @@ function run(native: NativeAddon, o: ResolvedOptions, target: TraceTarget, plann
       sampleEveryBytes: o.sampleEveryBytes,
       attachMode,
       attachMs: Math.round(performance.now() - attachStarted),
+      leakKinds: o.leakKinds,
     },
     ...(held ? { child: held } : {}),
     countersBytes: native.layout.counters,

@@ -4,12 +4,14 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -55,6 +57,38 @@ std::vector<pid_t> ThreadsOf(pid_t pid) {
 }
 
 bool IsGroupStop(int sig) { return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU; }
+
+// Longest wait, at a process's exit, for its other threads to reach their exit stops.
+constexpr auto kExitGatherWait = std::chrono::seconds(1);
+
+// A thread in a ptrace stop, with its registers.
+StoppedThread StoppedAt(pid_t tid) {
+  StoppedThread t;
+  t.tid = tid;
+  iovec iov{&t.regs, sizeof t.regs};
+  t.has_regs = Trace(PTRACE_GETREGSET, tid, NT_PRSTATUS, reinterpret_cast<uintptr_t>(&iov)) == 0;
+  return t;
+}
+
+// The syscall a thread at its exit stop was in: -1 when unknown or none.
+long ExitSyscall(const StoppedThread& t) {
+#if defined(__x86_64__)
+  return t.has_regs ? static_cast<long>(t.regs.orig_rax) : -1;
+#elif defined(__aarch64__)
+  int nr = -1;
+  iovec iov{&nr, sizeof nr};
+  return Trace(PTRACE_GETREGSET, t.tid, NT_ARM_SYSTEM_CALL, reinterpret_cast<uintptr_t>(&iov)) == 0 ? nr : -1;
+#else
+  (void)t;
+  return -1;
+#endif
+}
+
+bool CallsExitGroup(const StoppedThread& t) { return ExitSyscall(t) == SYS_exit_group; }
+
+// Whether a thread at its exit stop got there by its own exit() (a thread ending, not its
+// process), rather than exit_group() or being killed.
+bool EndsByExit(const StoppedThread& t) { return ExitSyscall(t) == SYS_exit; }
 
 }  // namespace
 
@@ -116,9 +150,123 @@ void Supervisor::Run(pid_t pid) {
   start_cv_.notify_all();
   if (!ok) return;
   while (!stop_) {
+    RunPause();
     if (!Poll()) std::this_thread::sleep_for(kIdleSleep);
   }
+  {
+    std::lock_guard<std::mutex> lock(pause_mu_);
+    if (pause_work_ != nullptr && !pause_done_) {
+      pause_error_ = "tracing stopped";
+      pause_done_ = true;
+    }
+  }
+  pause_cv_.notify_all();
   DetachAll();
+}
+
+bool Supervisor::Pause(pid_t pid, const PauseWork& work, std::string* error) {
+  std::lock_guard<std::mutex> call(pause_call_mu_);
+  std::unique_lock<std::mutex> lock(pause_mu_);
+  if (stop_ || !thread_.joinable()) {
+    *error = "tracing stopped";
+    return false;
+  }
+  pause_work_ = &work;
+  pause_pid_ = pid;
+  pause_done_ = false;
+  pause_ok_ = false;
+  pause_error_.clear();
+  pause_cv_.wait(lock, [this] { return pause_done_; });
+  pause_work_ = nullptr;
+  if (!pause_ok_) *error = pause_error_;
+  return pause_ok_;
+}
+
+void Supervisor::RunPause() {
+  const PauseWork* work;
+  pid_t pid;
+  {
+    std::lock_guard<std::mutex> lock(pause_mu_);
+    if (pause_work_ == nullptr || pause_done_) return;
+    work = pause_work_;
+    pid = pause_pid_;
+  }
+  std::string error;
+  bool ok = false, busy = true;
+  // A thread starting or ending meanwhile spoils an attempt: its event is handled, and again.
+  for (int attempt = 0; attempt < 5 && !ok && busy; attempt++) ok = PauseOnce(pid, *work, &error, &busy);
+  {
+    std::lock_guard<std::mutex> lock(pause_mu_);
+    pause_ok_ = ok;
+    pause_error_ = error;
+    pause_done_ = true;
+  }
+  pause_cv_.notify_all();
+}
+
+bool Supervisor::PauseOnce(pid_t pid, const PauseWork& work, std::string* error, bool* busy) {
+  *busy = false;
+  if (!processes_.count(pid)) {
+    *error = "it is not traced, or is exiting";
+    return false;
+  }
+  struct Held {
+    pid_t tid;
+    int request;  // PTRACE_CONT or PTRACE_LISTEN
+    int signal;   // delivered by PTRACE_CONT
+  };
+  std::vector<pid_t> waiting;
+  for (const auto& [t, owner] : tasks_)
+    if (owner == pid && !early_stops_.count(t)) waiting.push_back(t);
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  uint64_t stopped_ns = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+  for (pid_t t : waiting) Trace(PTRACE_INTERRUPT, t);
+  std::vector<Held> held;
+  std::vector<StoppedThread> threads;
+  bool spoiled = false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!waiting.empty() && std::chrono::steady_clock::now() < deadline) {
+    bool any = false;
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      pid_t t = *it;
+      int status = 0;
+      pid_t r = waitpid(t, &status, WNOHANG | __WALL | __WNOTHREAD);
+      if (r == 0) {
+        ++it;
+        continue;
+      }
+      any = true;
+      it = waiting.erase(it);
+      if (r < 0) {
+        tasks_.erase(t);
+        continue;
+      }
+      int event = status >> 16;
+      if (WIFSTOPPED(status) && (event == 0 || event == PTRACE_EVENT_STOP)) {
+        int sig = WSTOPSIG(status);
+        Held h{t, PTRACE_CONT, 0};
+        if (event == 0) h.signal = sig;                            // delivered when it goes on
+        else if (IsGroupStop(sig)) h.request = PTRACE_LISTEN;      // stays in its group-stop
+        held.push_back(h);
+        threads.push_back(StoppedAt(t));
+        continue;
+      }
+      // A fork, a new thread, an exec or an exit: handled as always, and this attempt is off.
+      Handle(t, status);
+      spoiled = true;
+    }
+    if (!any) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  bool ok = !spoiled && waiting.empty() && !threads.empty() && processes_.count(pid);
+  if (ok) work(threads, stopped_ns);
+  for (const Held& h : held) Trace(h.request, h.tid, 0, static_cast<uintptr_t>(h.signal));
+  if (!ok) {
+    *busy = spoiled;
+    *error = spoiled ? "a thread started or ended during every attempt to stop it"
+                     : "its threads did not all stop within 2 s";
+  }
+  return ok;
 }
 
 bool Supervisor::Poll() {
@@ -193,6 +341,7 @@ void Supervisor::Handle(pid_t tid, int status) {
       unsigned long former = 0;
       Trace(PTRACE_GETEVENTMSG, tid, 0, reinterpret_cast<uintptr_t>(&former));
       if (static_cast<pid_t>(former) != tid) tasks_.erase(static_cast<pid_t>(former));
+      exited_threads_.erase(pid);  // the threads exec killed
       Event e;
       e.kind = EventKind::kExec;
       e.pid = pid;
@@ -204,16 +353,30 @@ void Supervisor::Handle(pid_t tid, int status) {
     case PTRACE_EVENT_EXIT: {
       unsigned long wait_status = 0;
       Trace(PTRACE_GETEVENTMSG, tid, 0, reinterpret_cast<uintptr_t>(&wait_status));
-      if (tid == pid && processes_.erase(pid)) {
+      std::vector<pid_t> held;
+      // The process ends at its first thread's exit stop, or, when the scan needs every thread,
+      // at the stop of the thread that called exit_group(), whichever comes first: a thread
+      // killed on the way out may pass its exit without stopping.
+      StoppedThread self = StoppedAt(tid);
+      bool ends = tid == pid || (options_.exit_threads && CallsExitGroup(self));
+      if (ends && processes_.erase(pid)) {
         live_ = processes_.size();
         Event e;
         e.kind = EventKind::kExit;
         e.pid = pid;
         e.tid = tid;
         e.wait_status = static_cast<int>(wait_status);
+        if (options_.exit_threads) GatherExit(pid, self, &e, &held);
         handler_->OnEvent(e);
+        exited_threads_.erase(pid);
+      } else if (tid != pid && options_.exit_threads) {
+        NoteExitingThread(self, pid);
       }
       // Let go: its zombie is then its parent's alone to reap.
+      for (pid_t t : held) {
+        Trace(PTRACE_DETACH, t);
+        tasks_.erase(t);
+      }
       Trace(PTRACE_DETACH, tid);
       tasks_.erase(tid);
       return;
@@ -271,6 +434,56 @@ void Supervisor::OnNewTask(pid_t parent_tid, int event) {
     tasks_.erase(child);
   } else {
     detach_at_stop_.insert(child);
+  }
+}
+
+void Supervisor::NoteExitingThread(const StoppedThread& t, pid_t pid) {
+  // A thread that ends by itself leaves nothing behind for a scan at the process's exit (its
+  // stack is no longer its); one killed on the way out does: its stack is as it was.
+  if (!EndsByExit(t)) exited_threads_[pid].push_back(t);
+}
+
+void Supervisor::GatherExit(pid_t pid, const StoppedThread& self, Event* event, std::vector<pid_t>* held) {
+  std::vector<pid_t> others;
+  for (const auto& [t, owner] : tasks_)
+    if (owner == pid && t != self.tid) others.push_back(t);
+  // The first thread gone by pthread_exit() while others run on: not the process's end.
+  if (self.tid == pid && EndsByExit(self) && !others.empty()) return;
+  event->whole = true;
+  event->threads.push_back(self);
+  for (const StoppedThread& t : exited_threads_[pid]) event->threads.push_back(t);
+  // The others are being killed: each comes to its exit stop and waits there.
+  auto deadline = std::chrono::steady_clock::now() + kExitGatherWait;
+  while (!others.empty() && std::chrono::steady_clock::now() < deadline) {
+    bool any = false;
+    for (auto it = others.begin(); it != others.end();) {
+      pid_t t = *it;
+      int status = 0;
+      pid_t r = waitpid(t, &status, WNOHANG | __WALL | __WNOTHREAD);
+      if (r == 0) {
+        ++it;
+        continue;
+      }
+      any = true;
+      if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) {
+        tasks_.erase(t);
+        it = others.erase(it);
+      } else if (WIFSTOPPED(status) && (status >> 16) == PTRACE_EVENT_EXIT) {
+        event->threads.push_back(StoppedAt(t));
+        held->push_back(t);
+        it = others.erase(it);
+      } else {
+        Trace(PTRACE_CONT, t);  // on its way to its exit stop
+        ++it;
+      }
+    }
+    if (!any) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  // Still running after that long: their stacks are read whole.
+  for (pid_t t : others) {
+    StoppedThread unknown;
+    unknown.tid = t;
+    event->threads.push_back(unknown);
   }
 }
 

@@ -213,6 +213,19 @@ class SnapshotWorker : public TracerWorker {
   uint64_t now_ns_ = 0;
 };
 
+class ScanWorker : public TracerWorker {
+ public:
+  using TracerWorker::TracerWorker;
+  void Execute() override {
+    NativeError e;
+    if (!tracer_->DoScan(&outcome_, &e)) Fail(e);
+  }
+  void OnOK() override { deferred_.Resolve(outcome_.ToJs(Env())); }
+
+ private:
+  ScanOutcome outcome_;
+};
+
 // close() off the JS thread: closing a uprobe link waits for other CPUs to leave its probes
 // (~30-40 ms a link), which would stall the event loop.
 class CloseWorker : public TracerWorker {
@@ -283,6 +296,8 @@ Napi::Function Tracer::Define(Napi::Env env) {
                      {
                          InstanceMethod<&Tracer::Attach>("attach"),
                          InstanceMethod<&Tracer::Snapshot>("snapshot"),
+                         InstanceMethod<&Tracer::Scan>("scan"),
+                         InstanceMethod<&Tracer::TakeExitScan>("takeExitScan"),
                          InstanceMethod<&Tracer::ReadStacks>("readStacks"),
                          InstanceMethod<&Tracer::ReadModules>("readModules"),
                          InstanceMethod<&Tracer::ReadHeapErrors>("readHeapErrors"),
@@ -330,6 +345,8 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.allocator_inode = GetU64(o, "allocatorInode");
   config_.supervise = GetBool(o, "supervise");
   config_.follow_forks = config_.supervise && GetBool(o, "followForks");
+  config_.scan_at_exit = config_.supervise && GetBool(o, "scanAtExit");
+  config_.glibc = GetBool(o, "glibc");
   config_.image_keys = !config_.supervise && !config_.wait_for_exec;
   Napi::Value btf = o.Get("btfPath");
   if (btf.IsString()) config_.btf_path = btf.As<Napi::String>();
@@ -392,6 +409,39 @@ bool Tracer::DoAttach(NativeError* error) {
   // objects and the poll thread's start are the tracer's); from now on it may run user work.
   if (ok) SetThreadIgnored(CurrentTid(), false);
   return ok;
+}
+
+ScanSession* Tracer::Session() {
+  std::lock_guard<std::mutex> lock(scan_mu_);
+  if (!scan_) {
+    ScanOptions options;
+    options.glibc = config_.glibc;
+    scan_ = std::make_unique<ScanSession>(config_.pid, options, [this](PageBuffer* out) { return ReadBlocks(out); });
+  }
+  return scan_.get();
+}
+
+bool Tracer::ReadBlocks(PageBuffer* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!allocs_table_.IsOpen()) return false;
+  return allocs_table_.Read(false, out) == 0;
+}
+
+bool Tracer::DoScan(ScanOutcome* out, NativeError* error) {
+  if (config_.pid == getpid()) {
+    *error = {"ELEAK_SCAN", "a process cannot stop itself to be scanned", 0};
+    return false;
+  }
+  if (config_.follow_forks) {
+    *error = {"ELEAK_SCAN", "scan() is not available with followForks: trace one process to scan it", 0};
+    return false;
+  }
+  std::string why;
+  if (!Session()->ScanNow(supervisor_.get(), out, &why)) {
+    *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(config_.pid) + ": " + why, 0};
+    return false;
+  }
+  return true;
 }
 
 void Tracer::SetThreadIgnored(int tid, bool ignored) {
@@ -837,6 +887,30 @@ void Tracer::Close() {
     tsfn_released_ = true;
     on_message_.Release();
   }
+}
+
+// scan(): stops the target's threads, scans, resumes => Promise<scan outcome>
+Napi::Value Tracer::Scan(const Napi::CallbackInfo& info) {
+  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>()));
+}
+
+// takeExitScan() => the scan made at the target's exit, or { notScanned: reason }. Once the
+// target is gone.
+Napi::Value Tracer::TakeExitScan(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::unique_ptr<ScanOutcome> outcome;
+  std::string reason = "the exit scan is off";
+  {
+    std::lock_guard<std::mutex> lock(scan_mu_);
+    if (scan_) {
+      outcome = scan_->TakeExitOutcome();
+      if (!outcome) reason = scan_->NotScannedReason();
+    }
+  }
+  if (outcome) return outcome->ToJs(env);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("notScanned", reason);
+  return o;
 }
 
 Napi::Value Tracer::Attach(const Napi::CallbackInfo& info) {

@@ -22,6 +22,7 @@
 #include "tracer/event_slots.h"
 #include "addon/page_buffer.h"
 #include "process/supervisor.h"
+#include "scan/scan_session.h"
 #include "unwind/unwinder.h"
 
 struct leak_bpf;
@@ -76,6 +77,9 @@ struct TracerConfig {
   // counters at each exec (bpf/traced_processes.bpf.h), and SyncImages() takes the old ones out.
   bool image_keys = false;
   UnwindOptions unwind;  // the CFI stack walker (native/unwind/unwinder.h)
+  // Scan the target's memory for the leak kinds in the supervisor's stop at its exit.
+  bool scan_at_exit = false;
+  bool glibc = true;  // the probed allocator is glibc's (native/scan/heap_scan.h)
 };
 
 class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
@@ -109,6 +113,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   // process::Handler (native/tracer/tracer_processes.cc), on the supervisor's thread.
   bool OnEvent(const process::Event& event) override;
   bool DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error);
+  // Stops every thread of the target, scans its memory for the leak kinds, resumes it.
+  bool DoScan(ScanOutcome* out, NativeError* error);
 
  private:
   Napi::Value Attach(const Napi::CallbackInfo& info);
@@ -122,6 +128,10 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   Napi::Value EventsDelivered(const Napi::CallbackInfo& info);
   Napi::Value CloseJs(const Napi::CallbackInfo& info);
   Napi::Value CloseAsync(const Napi::CallbackInfo& info);
+  Napi::Value Scan(const Napi::CallbackInfo& info);
+  Napi::Value TakeExitScan(const Napi::CallbackInfo& info);
+  bool ReadBlocks(PageBuffer* out);
+  ScanSession* Session();
   // Defined in native/unwind/unwinder.cc.
   Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);
   Napi::Value UnwindStats(const Napi::CallbackInfo& info);
@@ -201,6 +211,8 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   std::condition_variable resume_cv_;
   std::set<pid_t> resumed_;
   bool stopping_ = false;
+  std::mutex scan_mu_;  // guards scan_ (not mu_: a scan at exit reads the table under mu_)
+  std::unique_ptr<ScanSession> scan_;
   std::mutex images_mu_;                    // SyncImages(): poll thread and snapshots
   std::atomic<uint64_t> images_synced_{0};  // execs whose image SyncImages() took out
 };

@@ -162,6 +162,7 @@ bool Tracer::StartSupervisor(NativeError* error) {
   }
   process::Options options;
   options.follow_forks = config_.follow_forks;
+  options.exit_threads = config_.scan_at_exit;
   supervisor_ = std::make_unique<process::Supervisor>(this, options);
   std::string message;
   if (!supervisor_->Start(config_.pid, &message)) {
@@ -377,6 +378,8 @@ bool Tracer::OnFork(const process::Event& event) {
 // Following forks, each process's report is made of what it had at its exit: its blocks leave
 // the table (which stays as large as the processes alive at once need), its index is reused.
 void Tracer::OnExit(const process::Event& event) {
+  // The target held at its exit stop, its memory and threads as they ended: the leak kinds.
+  if (config_.scan_at_exit && !config_.follow_forks && event.pid == config_.pid) Session()->ScanAtExit(event);
   if (!config_.follow_forks) return;  // one process: its blocks stay for the final snapshot
   std::vector<leak_block> blocks;
   leak_counters counters{};

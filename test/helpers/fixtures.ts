@@ -78,6 +78,15 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'malloc_exec', compiler: 'gcc', sources: ['malloc_exec.c'], flags: cFlags },
   { name: 'fork_children', compiler: 'gcc', sources: ['fork_children.c'], flags: cFlags },
   { name: 'prefork_server', compiler: 'gcc', sources: ['prefork_server.c'], flags: cFlags },
+  { name: 'exit_status', compiler: 'gcc', sources: ['exit_status.c'], flags: [...cFlags, '-pthread'] },
+  { name: 'leak_kinds', compiler: 'gcc', sources: ['leak_kinds.c'], flags: [...cFlags, '-pthread'] },
+  // The old (copy-on-write) std::string: the layout memcheck's stdstring heuristic knows.
+  {
+    name: 'leak_kinds_cpp',
+    compiler: 'g++',
+    sources: ['leak_kinds_cpp.cc'],
+    flags: [...cFlags, '-D_GLIBCXX_USE_CXX11_ABI=0'],
+  },
   { name: 'attach_exec', compiler: 'gcc', sources: ['attach_exec.c'], flags: cFlags },
   { name: 'fork_wait', compiler: 'gcc', sources: ['fork_wait.c'], flags: cFlags },
 ];
@@ -110,6 +119,9 @@ export type FixtureName =
   | 'malloc_exec'
   | 'fork_children'
   | 'prefork_server'
+  | 'exit_status'
+  | 'leak_kinds'
+  | 'leak_kinds_cpp'
   | 'attach_exec'
   | 'fork_wait';
 

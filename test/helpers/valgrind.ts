@@ -56,6 +56,8 @@ export interface ValgrindLeakSummary {
   possiblyLost: BytesBlocks;
   stillReachable: BytesBlocks;
   suppressed: BytesBlocks;
+  /** "of which reachable via heuristic:" lines, by heuristic name; empty when none. */
+  reachableViaHeuristic: Record<string, BytesBlocks>;
 }
 
 export type LeakKind = 'definitely lost' | 'indirectly lost' | 'possibly lost' | 'still reachable';
@@ -159,9 +161,10 @@ const frameRe = /^(at|by) (0x[0-9A-Fa-f]+): (.*)$/;
 const leakSummaryRe = new RegExp(
   `^(definitely lost|indirectly lost|possibly lost|still reachable|suppressed): ${N} bytes in ${N} blocks$`,
 );
+const heuristicRe = new RegExp(`^(stdstring|length64|newarray|multipleinheritance) *: ${N} bytes in ${N} blocks$`);
 const errorSummaryRe = new RegExp(`^ERROR SUMMARY: ${N} errors from ${N} contexts \\(suppressed: ${N} from ${N}\\)$`);
 
-const leakSummaryKeys: Record<string, keyof ValgrindLeakSummary> = {
+const leakSummaryKeys: Record<string, Exclude<keyof ValgrindLeakSummary, 'reachableViaHeuristic'>> = {
   'definitely lost': 'definitelyLost',
   'indirectly lost': 'indirectlyLost',
   'possibly lost': 'possiblyLost',
@@ -195,7 +198,14 @@ export function parseFrameText(kind: 'at' | 'by', address: string, text: string)
 
 function zeroLeakSummary(): ValgrindLeakSummary {
   const z = (): BytesBlocks => ({ bytes: 0, blocks: 0 });
-  return { definitelyLost: z(), indirectlyLost: z(), possiblyLost: z(), stillReachable: z(), suppressed: z() };
+  return {
+    definitelyLost: z(),
+    indirectlyLost: z(),
+    possiblyLost: z(),
+    stillReachable: z(),
+    suppressed: z(),
+    reachableViaHeuristic: {},
+  };
 }
 
 /**
@@ -265,7 +275,12 @@ export function parseValgrindLog(text: string): ParsedValgrindLog {
       };
       lossRecords.push(record);
     } else if ((m = leakSummaryRe.exec(t))) {
-      leakSummary[leakSummaryKeys[m[1]!]!] = {
+      leakSummary[leakSummaryKeys[m[1]!]! as Exclude<keyof ValgrindLeakSummary, 'reachableViaHeuristic'>] = {
+        bytes: parseValgrindNumber(m[2]!),
+        blocks: parseValgrindNumber(m[3]!),
+      };
+    } else if ((m = heuristicRe.exec(t))) {
+      leakSummary.reachableViaHeuristic[m[1]!] = {
         bytes: parseValgrindNumber(m[2]!),
         blocks: parseValgrindNumber(m[3]!),
       };
@@ -295,6 +310,23 @@ export function parseValgrindLog(text: string): ParsedValgrindLog {
 }
 
 // --- running ----------------------------------------------------------------------------------
+
+/** What valgrind adds to a program's environment (Debian's wrapper script: LD_LIBRARY_PATH and
+ *  the two *_FORCE_NEW; valgrind itself: LD_PRELOAD of its preload libraries). `base` plus the
+ *  wrapper's three is for valgrind.bin; plus all four for the same program under the tracer, so
+ *  that a program that copies its environment allocates the same. */
+export function valgrindEnvironment(base: NodeJS.ProcessEnv): { forValgrind: NodeJS.ProcessEnv; forTracer: NodeJS.ProcessEnv } {
+  const forValgrind = {
+    ...base,
+    LD_LIBRARY_PATH: base.LD_LIBRARY_PATH ? `${base.LD_LIBRARY_PATH}:/usr/lib/debug` : '/usr/lib/debug',
+    GLIBCPP_FORCE_NEW: '1',
+    GLIBCXX_FORCE_NEW: '1',
+  };
+  const preload = ['vgpreload_core-amd64-linux.so', 'vgpreload_memcheck-amd64-linux.so']
+    .map((f) => `/usr/libexec/valgrind/${f}`)
+    .join(':');
+  return { forValgrind, forTracer: { ...forValgrind, LD_PRELOAD: preload } };
+}
 
 function isExecutable(path: string): boolean {
   try {

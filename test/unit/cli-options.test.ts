@@ -52,9 +52,14 @@ describe('the option table', () => {
       '--probe-placement', 'entry',
       '--debug-dir', '/d1',
       '--follow-forks',
+      '--no-leak-kinds',
+      '--show-leak-kinds', 'all',
+      '--errors-for-leak-kinds', 'definite',
       '--',
       'prog',
     ]) as RunCommand;
+    // Report options, not trace() options: valgrind's lists of kinds.
+    expect(cmd).toMatchObject({ showLeakKinds: ['definite', 'indirect', 'possible', 'reachable'], errorsForLeakKinds: ['definite'] });
     expect(traceOptions(cmd)).toEqual({
       maxAllocations: 5000,
       eventBufferBytes: 65536,
@@ -67,9 +72,13 @@ describe('the option table', () => {
       probePlacement: 'entry',
       debugDirs: ['/d1'],
       followForks: true,
+      leakKinds: false,
     });
     const mapped = cliOptions.filter((o) => o.traceOption !== undefined).map((o) => o.traceOption);
     expect(new Set(Object.keys(traceOptions(cmd)))).toEqual(new Set(mapped));
     expect(traceOptions(parseCliArgs(['run', 'prog']) as RunCommand)).toEqual({ events: false, stacks: true });
+    // attach --scan asks for the scan a pid target does not get by default.
+    expect(traceOptions(parseCliArgs(['attach', '-p', '1', '--scan']) as RunCommand)).toEqual({ events: false, stacks: true, leakKinds: true });
+    expect(parseCliArgs(['run', '--show-leak-kinds', 'definite,lost', 'prog'])).toMatchObject({ kind: 'usage-error' });
   });
 });

@@ -14,14 +14,18 @@ import {
   trace,
   tracedProcessEvents,
   type AllocEvent,
+  type BytesBlocks,
   type ErrorCode,
   type FreeEvent,
   type HeapError,
   type HeapErrorCounts,
   type HeapSummary,
   type LeakGroup,
+  type LeakHeuristic,
+  type LeakKind,
   type LeakReport,
   type LostInfo,
+  type ScanInfo,
   type Snapshot,
   type TraceOptions,
   type TracedProcess,
@@ -91,6 +95,11 @@ describe('public API', () => {
       droppedAllocations: number;
       unknownFrees: number;
       errors?: HeapErrorCounts;
+      definitelyLost?: BytesBlocks;
+      indirectlyLost?: BytesBlocks;
+      possiblyLost?: BytesBlocks;
+      stillReachable?: BytesBlocks;
+      reachableViaHeuristic?: Partial<Record<LeakHeuristic, BytesBlocks>>;
     }>();
     expectTypeOf<HeapErrorCounts>().toEqualTypeOf<{
       'invalid-free': number;
@@ -100,6 +109,9 @@ describe('public API', () => {
     }>();
     expectTypeOf<HeapError['kind']>().toEqualTypeOf<'invalid-free' | 'double-free' | 'mismatched-free'>();
     expectTypeOf<LeakReport['errors']>().toEqualTypeOf<HeapError[] | undefined>();
+    expectTypeOf<LeakGroup['kind']>().toEqualTypeOf<LeakKind | undefined>();
+    expectTypeOf<LeakKind>().toEqualTypeOf<'definite' | 'indirect' | 'possible' | 'reachable'>();
+    expectTypeOf<LeakReport['scan']>().toEqualTypeOf<ScanInfo | undefined>();
     expectTypeOf<LeakGroup['stack'][number]['address']>().toEqualTypeOf<string>();
   });
 
@@ -144,6 +156,7 @@ describe('public API', () => {
         'PermissionError',
         'ProbeConflictError',
         'PtraceError',
+        'ScanError',
         'StateError',
         'SuppressionSyntaxError',
         'SymbolNotFoundError',

@@ -1,0 +1,178 @@
+#include "scan/scan_session.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "abi/leak.h"
+#include "scan/stop_world.h"
+
+namespace ebpf_leak {
+namespace {
+
+uint64_t MonotonicNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+template <typename T>
+Napi::ArrayBuffer CopyToArrayBuffer(Napi::Env env, const std::vector<T>& v) {
+  Napi::ArrayBuffer b = Napi::ArrayBuffer::New(env, v.size() * sizeof(T));
+  if (!v.empty()) memcpy(b.Data(), v.data(), v.size() * sizeof(T));
+  return b;
+}
+
+}  // namespace
+
+Napi::Object ScanOutcome::ToJs(Napi::Env env) {
+  Napi::Object o = Napi::Object::New(env);
+  size_t n = result.kind.size();
+  o.Set("entries", entries.TakeAsArrayBuffer(env));
+  o.Set("kinds", Napi::Uint8Array::New(env, n, CopyToArrayBuffer(env, result.kind), 0));
+  o.Set("heuristics", Napi::Uint8Array::New(env, n, CopyToArrayBuffer(env, result.heuristic), 0));
+  std::vector<double> indirect(result.indirect.begin(), result.indirect.end());
+  o.Set("indirect", Napi::Float64Array::New(env, n, CopyToArrayBuffer(env, indirect), 0));
+  Napi::Object stats = Napi::Object::New(env);
+  stats.Set("atExit", at_exit);
+  stats.Set("pauseNs", static_cast<double>(pause_ns));
+  stats.Set("scanNs", static_cast<double>(scan_ns));
+  stats.Set("readNs", static_cast<double>(result.stats.read_ns));
+  stats.Set("markNs", static_cast<double>(result.stats.mark_ns));
+  stats.Set("rootBytes", static_cast<double>(result.stats.root_bytes));
+  stats.Set("heapBytes", static_cast<double>(result.stats.heap_bytes));
+  stats.Set("blocks", static_cast<double>(n));
+  stats.Set("threads", result.stats.threads);
+  stats.Set("threadsWithRegisters", result.stats.threads_with_regs);
+  o.Set("stats", stats);
+  return o;
+}
+
+ScanSession::ScanSession(pid_t pid, const ScanOptions& options, ReadBlocks read_blocks)
+    : pid_(pid), options_(options), read_blocks_(std::move(read_blocks)) {}
+
+namespace {
+
+// sigabbrev_np() is newer than the glibc the addon may need (2.28).
+std::string SignalName(int sig) {
+  static const std::pair<int, const char*> kNames[] = {
+      {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
+      {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"}, {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
+      {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"}, {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+      {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"}, {SIGXCPU, "SIGXCPU"},
+      {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"}};
+  for (const auto& [n, name] : kNames)
+    if (n == sig) return name;
+  return "number " + std::to_string(sig);
+}
+
+// Test-only: EBPF_LEAK_TEST_HOLD_DELAY_MS keeps the target held that much longer, so a test can
+// kill the tracer in the middle of a hold.
+void TestDelay() {
+  const char* v = getenv("EBPF_LEAK_TEST_HOLD_DELAY_MS");
+  if (v && *v) usleep(static_cast<useconds_t>(atoi(v)) * 1000);
+}
+
+}  // namespace
+
+void ScanSession::ScanAtExit(const process::Event& event) {
+  std::string why;
+  if (!event.stopped) {
+    why = WIFSIGNALED(event.wait_status) ? "killed by signal " + SignalName(WTERMSIG(event.wait_status))
+                                         : "it ended without an exit stop";
+  } else if (!event.whole) {
+    why = "its first thread ended (pthread_exit) while others ran: the process's end was not held";
+  } else {
+    uint64_t held_at = MonotonicNs();
+    std::vector<ScanThread> threads;
+    for (const process::StoppedThread& t : event.threads) {
+      ScanThread s;
+      s.tid = t.tid;
+      s.has_regs = t.has_regs;
+      s.regs = t.regs;
+      // memcheck checks once every thread is gone, and counts no register then.
+      s.regs_are_roots = false;
+      threads.push_back(s);
+    }
+    auto out = std::make_unique<ScanOutcome>();
+    out->at_exit = true;
+    // Read through the thread held at its exit stop: the first thread may have let go of the
+    // memory already (killed on the way out without a stop), and /proc/PID/maps is then empty.
+    bool ok = Scan(event.tid, threads, held_at, out.get());
+    TestDelay();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ok) {
+      exit_outcome_ = std::move(out);
+      exit_error_.clear();
+    } else {
+      exit_error_ = "the scan at exit failed: its memory could not be read";
+    }
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!exit_outcome_) exit_error_ = why;
+}
+
+bool ScanSession::Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out) {
+  uint64_t t0 = MonotonicNs();
+  if (!read_blocks_(&out->entries)) return false;
+  size_t n = out->entries.size() / sizeof(leak_block);
+  std::vector<ScanBlock> blocks(n);
+  const auto* records = reinterpret_cast<const leak_block*>(out->entries.data());
+  for (size_t i = 0; i < n; i++) {
+    blocks[i].address = records[i].address;
+    blocks[i].size = records[i].size_fn & LEAK_SIZE_MASK;
+  }
+  std::string error;
+  if (!ScanHeap(pid, blocks, threads, options_, &out->result, &error)) {
+    out->result = ScanResult{};
+    return false;
+  }
+  uint64_t t1 = MonotonicNs();
+  out->scan_ns = t1 - t0;
+  out->pause_ns = t1 - stopped_ns;
+  return out->result.kind.size() == n;
+}
+
+bool ScanSession::ScanNow(process::Supervisor* supervisor, ScanOutcome* out, std::string* error) {
+  bool scanned = false;
+  if (supervisor != nullptr) {
+    // Followed from its start: its supervisor holds it, and is the only one that may.
+    auto work = [&](const std::vector<process::StoppedThread>& stopped, uint64_t stopped_ns) {
+      std::vector<ScanThread> threads;
+      for (const process::StoppedThread& t : stopped) {
+        ScanThread s;
+        s.tid = t.tid;
+        s.has_regs = t.has_regs;
+        s.regs = t.regs;
+        threads.push_back(s);
+      }
+      scanned = Scan(pid_, threads, stopped_ns, out);
+      TestDelay();
+    };
+    if (!supervisor->Pause(pid_, work, error)) return false;
+  } else {
+    auto work = [&](const HeldWorld& world) { scanned = Scan(world.pid, world.threads, world.stopped_ns, out); };
+    if (!StopOnce(pid_, work, error)) return false;
+  }
+  if (!scanned) *error = "its memory could not be read";
+  return scanned;
+}
+
+std::unique_ptr<ScanOutcome> ScanSession::TakeExitOutcome() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::move(exit_outcome_);
+}
+
+std::string ScanSession::NotScannedReason() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (exit_outcome_) return "";
+  if (!exit_error_.empty()) return exit_error_;
+  return "it did not exit while traced";
+}
+
+}  // namespace ebpf_leak

@@ -1,0 +1,60 @@
+// The leak-kind scans of one traced process: in the supervisor's stop at its exit
+// (native/process/supervisor.h), and on demand (a brief stop of every thread).
+#pragma once
+
+#include <napi.h>
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "addon/page_buffer.h"
+#include "process/supervisor.h"
+#include "scan/heap_scan.h"
+
+namespace ebpf_leak {
+
+struct ScanOutcome {
+  PageBuffer entries;  // the blocks scanned: leak_block records (bpf/leak.h), as snapshot()'s
+  ScanResult result;   // per record
+  uint64_t pause_ns = 0;  // from every thread stopped to the scan's end
+  uint64_t scan_ns = 0;   // reading the table and memory, and the walk
+  bool at_exit = false;
+
+  // { entries, kinds, heuristics, indirect, stats }
+  Napi::Object ToJs(Napi::Env env);
+};
+
+class ScanSession {
+ public:
+  // Reads the kernel's table of blocks into leak_block records. False when it is gone.
+  using ReadBlocks = std::function<bool(PageBuffer*)>;
+
+  ScanSession(pid_t pid, const ScanOptions& options, ReadBlocks read_blocks);
+
+  // On the supervisor's thread, in the process's exit stop: scans it and keeps the outcome, or
+  // why there is none.
+  void ScanAtExit(const process::Event& event);
+
+  // Stops every thread (through `supervisor` when it traces the process, else with a ptrace
+  // attach of its own), scans, resumes. False with `error`.
+  bool ScanNow(process::Supervisor* supervisor, ScanOutcome* out, std::string* error);
+
+  // Once the process is gone: the scan made at its exit (null when there is none), and why not.
+  std::unique_ptr<ScanOutcome> TakeExitOutcome();
+  std::string NotScannedReason();
+
+ private:
+  bool Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out);
+
+  pid_t pid_;
+  ScanOptions options_;
+  ReadBlocks read_blocks_;
+  std::mutex mu_;
+  std::unique_ptr<ScanOutcome> exit_outcome_;
+  std::string exit_error_;
+};
+
+}  // namespace ebpf_leak
