@@ -7,9 +7,10 @@
 // Workloads (as in bench/peers.js): `map` (C++ std::map<std::string,int>, 500,000 keys), `git`
 // (`git log -p --stat` over the generated history bench/peers.js makes), `python` (python3 with
 // PYTHONMALLOC=malloc on bench/peers/workload.py). Configs: `no-stacks` (--no-stacks), `stacks`
-// (the default), and any NAME=VAR=VALUE[+VAR=VALUE] to run `stacks` with environment variables
-// set (the unwinder's tuning variables, see native/unwinder.cc). Runs are interleaved, the order
-// rotated each round. Per run, through bench/entries.c: the entry and return programs' runs and
+// (the default), any NAME=VAR=VALUE[+VAR=VALUE] to run `stacks` with environment variables
+// set (the unwinder's tuning variables, see native/unwind/unwinder.cc), and NAME@DIR to run
+// `stacks` with the build of another checkout in DIR (a before/after comparison). Runs are
+// interleaved, the order rotated each round. Per run, through bench/entries.c: the entry and return programs' runs and
 // ns per run, the BPF time per traced return (an allocation), and the CPU time of the whole run
 // (node, the tracer and the program; start-up included).
 
@@ -27,6 +28,10 @@ const workloads = (option('--workloads') ?? 'map,git,python').split(',');
 const configs = (option('--configs') ?? 'no-stacks,stacks').split(',').map((c) => {
   if (c === 'no-stacks') return { name: c, args: ['--no-stacks'], env: {} };
   if (c === 'stacks') return { name: c, args: [], env: {} };
+  if (c.includes('@')) {
+    const [name, checkout] = c.split('@');
+    return { name, args: [], env: {}, checkout };
+  }
   const [name, ...rest] = c.split('=');
   const env = {};
   for (const kv of rest.join('=').split('+')) {
@@ -75,7 +80,8 @@ function commands() {
 }
 
 function once(w, config) {
-  const cli = join(root, JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).bin['ebpf-leak']);
+  const checkout = config.checkout ?? root;
+  const cli = join(checkout, JSON.parse(readFileSync(join(checkout, 'package.json'), 'utf8')).bin['ebpf-leak']);
   const out = run(join(bench, 'ebpf-leak-entries'), [w.comm, '--', process.execPath, cli, 'run', '--top', '1', ...config.args, '--', ...w.cmd], {
     env: { ...w.env, ...config.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -105,7 +111,9 @@ for (let r = 0; r < runs; r++) {
   for (const [name, c] of order) {
     const res = once(w[name], c);
     ((results[name] ??= {})[c.name] ??= []).push(res);
-    process.stderr.write(`round ${r + 1} ${name} ${c.name}: exit ${res.exitNs.toFixed(0)} ns, entry ${res.entryNs.toFixed(0)} ns, cpu ${res.cpuMs.toFixed(0)} ms\n`);
+    const line = `round ${r + 1} ${name} ${c.name}: exit ${res.exitNs.toFixed(0)} ns, entry ${res.entryNs.toFixed(0)} ns, cpu ${res.cpuMs.toFixed(0)} ms\n`;
+    process.stderr.write(line);
+    if (option('--json')) writeFileSync(option('--json') + '.partial', JSON.stringify(results));
   }
 }
 log(`Medians of ${runs} runs (load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')})`);
