@@ -184,6 +184,23 @@ describe('exec into another allocator: attached before the image runs', () => {
   });
 });
 
+describe("an exec into a C++ program: its operators new and delete are probed, whatever the first image's were", () => {
+  it('a C program that execs a C++ one: stacks from operator new[], mismatches and counts as valgrind', async () => {
+    const args = [fixturePath('heap_errors'), 'mismatch'];
+    const vg = await runValgrindTree(fixturePath('malloc_exec'), args, { env });
+    const theirs = vg.processes.get(vg.rootPid)!;
+    const report = await traced(fixturePath('malloc_exec'), args);
+    expectClean(report);
+    expect(report.target.commandLine).toEqual(args);
+    // Counted once though new calls malloc, with the size asked for: valgrind's summary.
+    expect(tuple(report.summary)).toBe(tuple(theirs.summary));
+    expect(report.summary.errors).toMatchObject({ 'mismatched-free': 3 });
+    expect(report.summary.errors!['mismatched-free']).toBe(theirs.errorSummary!.errors);
+    const newArray = report.leaks.find((g) => g.bytes === 24);
+    expect(newArray?.stack[0]?.symbol, JSON.stringify(report.leaks.map((g) => g.stack.slice(0, 2)))).toBe('operator new[](unsigned long)');
+  });
+});
+
 describe('followForks: one report per process, as valgrind --trace-children=yes', () => {
   it("forked children that leak and leave with _exit, each with what it inherited (10 runs)", async () => {
     const { vg, report } = await compareTree(fixturePath('fork_children'), ['3']);

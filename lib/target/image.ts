@@ -6,7 +6,7 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { UnsupportedAllocatorError } from '../errors.js';
 import { loadNative, type NativeElfInfo } from '../native/addon.js';
-import { allocatorName, loaderLibraries, sameRootAsOurs, type ResolvedAllocator } from './resolve.js';
+import { allocatorName, firstDefining, loaderLibraries, sameRootAsOurs, type ResolvedAllocator } from './resolve.js';
 
 const GLIBC_NAME = /^libc(\.so\.6|-2\.\d+\.so)$/;
 const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
@@ -70,10 +70,13 @@ export async function resolveImageAllocator(pid: number): Promise<ResolvedAlloca
     const interposer = [exe, ...libs.values()].find(
       (p) => p !== libc && !LOADER_NAME.test(basename(p)) && definesMalloc(p),
     );
+    // Its own C++ runtime, if any: each image's operators are probed, whatever the first one used.
+    const cxx = firstDefining([exe, ...[...libs.values()].filter((p) => !LOADER_NAME.test(basename(p)))], '_Znwm');
+    const cxxRuntime = cxx !== undefined ? { cxxRuntime: realpathSync(cxx) } : {};
     if (interposer) {
       const name = allocatorName(interposer) ?? 'custom';
-      found = { path: realpathSync(interposer), glibc: name === 'glibc', name };
-    } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc' };
+      found = { path: realpathSync(interposer), glibc: name === 'glibc', name, ...cxxRuntime };
+    } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc', ...cxxRuntime };
     else {
       throw new UnsupportedAllocatorError(
         `${exe} does not link glibc's libc.so.6 and no library of it defines malloc: nothing to trace.`,

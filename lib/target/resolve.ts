@@ -61,7 +61,7 @@ function realPath(path: string | undefined): string | undefined {
 }
 
 /** The first of `files` (in the dynamic loader's lookup order) that defines `symbol`. */
-function firstDefining(files: readonly string[], symbol: string): string | undefined {
+export function firstDefining(files: readonly string[], symbol: string): string | undefined {
   return files.find((f) => {
     const info = readElfOrNull(f, [symbol]);
     return info !== null && info.symbols[symbol] !== undefined;

@@ -175,7 +175,16 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         followForks: parts.supervision.followForks,
         supervised: parts.supervision.supervised,
         probePlacement: parts.supervision.probePlacement,
-        allocators: [parts.info.allocator],
+        allocators: [parts.info.allocator, ...Object.values(parts.info.sites ?? {}).map((site) => site.path)],
+        // A later image's C++ operators: their blocks' stacks start at the operator, as the first's.
+        onProbes: (plan) => {
+          this.info.sites ??= {};
+          for (const [fn, site] of Object.entries(plan.sites)) {
+            const key = fn as AllocatorFunction;
+            if (site !== undefined && site.path !== plan.sites.malloc?.path && this.info.sites[key] === undefined) this.info.sites[key] = site;
+          }
+          this.info.probes = { ...plan.attached, ...this.info.probes };
+        },
         countersBytes: parts.countersBytes ?? 88,
         blockBytes: 32,
         buildReport: (exit, info) => this.#processReport(exit, info),

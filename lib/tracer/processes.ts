@@ -15,7 +15,7 @@ import {
   splitCommandLine,
   type ProcessExitMessage,
 } from '../native/process-messages.js';
-import { planProbesSliced } from '../probes/plan.js';
+import { planProbesSliced, type ProbePlan } from '../probes/plan.js';
 import type { LeakReport, PreviousImage } from '../types.js';
 
 const signalNames = new Map(Object.entries(constants.signals).map(([name, n]) => [n as number, name]));
@@ -51,6 +51,8 @@ export interface ProcessTrackerOptions {
   allocators: readonly string[];
   countersBytes: number;
   blockBytes: number;
+  /** Probes were added for an image's files (its `sites`: where C++'s operators are). */
+  onProbes?: (plan: ProbePlan) => void;
   /** Builds the report of a followed process that exited. */
   buildReport: (exit: ProcessExitMessage, info: TracedProcessInfo) => Promise<LeakReport>;
   onError: (error: unknown) => void;
@@ -154,11 +156,17 @@ export class ProcessTracker {
     delete info.unchecked;
     try {
       const allocator = await resolveImageAllocator(m.pid);
-      const id = fileIdentity(allocator.path);
-      if (!this.#allocators.has(id)) {
-        const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement);
-        await this.#o.native.addProbes(plan.probes);
-        this.#allocators.add(id);
+      const fresh = (path: string) => !this.#allocators.has(fileIdentity(path));
+      const newAllocator = fresh(allocator.path);
+      // The files not probed yet: its allocator, and its C++ runtime (the operators new and delete).
+      if (newAllocator || (allocator.cxxRuntime !== undefined && fresh(allocator.cxxRuntime))) {
+        const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement, allocator.cxxRuntime);
+        const probes = plan.probes.filter((p) => fresh(p.path));
+        await this.#o.native.addProbes(probes);
+        for (const p of probes) this.#allocators.add(fileIdentity(p.path));
+        this.#o.onProbes?.(plan);
+      }
+      if (newAllocator) {
         if (!this.#o.supervised) {
           info.untraced =
             `${info.commandLine.join(' ') || `process ${m.pid}`} was traced only from a moment after its exec: its ` +

@@ -62,9 +62,10 @@ describe('a target that changes its root during the trace', () => {
 
     it(`${mode}, attached before the move: every block, symbolized from the files the process mapped`, async () => {
       const command = fixturePath('new_root');
-      const child = spawn(command, [mode, root, 'wait'], { env, stdio: ['pipe', 'ignore', 'inherit'] });
+      const child = spawn(command, [mode, root, 'wait'], { env, stdio: ['pipe', 'pipe', 'inherit'] });
       const exited = once(child, 'exit');
       try {
+        await once(child.stdout!, 'data'); // loaded and waiting
         const tracer = await trace({ pid: child.pid! });
         child.stdin!.end('x');
         const [code] = await exited;
