@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assertReport } from '../lib/harness/program-check.js';
 import { checkReport, formatCheckedReport } from '../lib/report/checked.js';
 import { LeakError, trace } from '../lib/index.js';
+import { heapErrorTotal } from '../lib/report/heap-errors.js';
 import { toJsonReport } from '../lib/report/json-format.js';
 import type { AllocEvent, HeapSummary, LeakReport, ProcessSnapshot } from '../lib/types.js';
 import { fixturePath, fixturesDir } from './helpers/fixtures.js';
@@ -282,6 +283,22 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
     } catch (error) {
       expect((error as Error).message).toMatch(new RegExp(`process \\d+ \\(${fixturePath('seed').replace(/[/.]/g, '\\$&')}\\): 4,104 bytes in 2 blocks`));
     }
+  });
+
+  it("heap errors per process: a child's double free is its own, counted as valgrind counts it", async () => {
+    const script = `${fixturePath('heap_errors')} double; ${fixturePath('heap_errors')} mismatch`;
+    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env });
+    const report = await traced('/bin/sh', ['-c', script], { followForks: true });
+    const ofProgram = (scenario: string) => report.processes!.find((p) => p.target.commandLine?.join(' ') === `${fixturePath('heap_errors')} ${scenario}`)!;
+    const vgErrors = [...vg.processes.values()].map((p) => p.errorSummary!.errors).sort();
+    expect(report.processes!.map((p) => heapErrorTotal(p.summary.errors)).sort()).toEqual(vgErrors);
+    expect(vgErrors).toEqual([0, 1, 3]);
+    // The shell freed nothing twice; each child has its own.
+    expect(heapErrorTotal(report.summary.errors)).toBe(0);
+    const double = ofProgram('double');
+    expect(double.summary.errors).toMatchObject({ 'double-free': 1, 'invalid-free': 0, 'mismatched-free': 0 });
+    expect(double.errors!.map((e) => e.kind)).toEqual(['double-free']);
+    expect(ofProgram('mismatch').errors!.map((e) => e.kind)).toEqual(['mismatched-free', 'mismatched-free', 'mismatched-free']);
   });
 
   it('JSON: processes[] holds one report per process with the top-level fields', async () => {

@@ -82,9 +82,9 @@ async function planTrace(o: ResolvedOptions, target: TraceTarget): Promise<Trace
   const selfTrace = o.kind === 'pid' && o.pid === process.pid;
   const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, selfTrace ? undefined : resolved.cxxRuntime);
   // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
-  // so when sampling (most blocks are not recorded), nor across forks: the queue of released
-  // blocks is keyed by address alone, which a fork's child shares with its parent.
-  const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0 && o.followForks !== true;
+  // so when sampling (most blocks are not recorded). Following forks, released blocks are keyed
+  // per process, as the outstanding ones are.
+  const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
   // A command is followed with ptrace through its execs (and children are counted); a running
   // process only when its children are to be traced (its execs are seen without ptrace).
   const supervised = o.kind === 'command' || o.followForks === true;
