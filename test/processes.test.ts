@@ -285,20 +285,20 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
     }
   });
 
-  it("heap errors per process: a child's double free is its own, counted as valgrind counts it", async () => {
-    const script = `${fixturePath('heap_errors')} double; ${fixturePath('heap_errors')} mismatch`;
+  it("mismatched frees per process: a child's are its own, counted as valgrind counts them", async () => {
+    const script = `${fixturePath('heap_errors')} mismatch; ${fixturePath('seed')}`;
     const vg = await runValgrindTree('/bin/sh', ['-c', script], { env });
     const report = await traced('/bin/sh', ['-c', script], { followForks: true });
-    const ofProgram = (scenario: string) => report.processes!.find((p) => p.target.commandLine?.join(' ') === `${fixturePath('heap_errors')} ${scenario}`)!;
     const vgErrors = [...vg.processes.values()].map((p) => p.errorSummary!.errors).sort();
+    expect(vgErrors).toEqual([0, 0, 3]);
     expect(report.processes!.map((p) => heapErrorTotal(p.summary.errors)).sort()).toEqual(vgErrors);
-    expect(vgErrors).toEqual([0, 1, 3]);
-    // The shell freed nothing twice; each child has its own.
-    expect(heapErrorTotal(report.summary.errors)).toBe(0);
-    const double = ofProgram('double');
-    expect(double.summary.errors).toMatchObject({ 'double-free': 1, 'invalid-free': 0, 'mismatched-free': 0 });
-    expect(double.errors!.map((e) => e.kind)).toEqual(['double-free']);
-    expect(ofProgram('mismatch').errors!.map((e) => e.kind)).toEqual(['mismatched-free', 'mismatched-free', 'mismatched-free']);
+    const child = report.processes!.find((p) => p.target.commandLine?.join(' ') === `${fixturePath('heap_errors')} mismatch`)!;
+    expect(child.errors!.map((e) => [e.releasedBy, e.block?.allocatedBy])).toEqual([
+      ['free', 'operator new[]'],
+      ['operator delete', 'malloc'],
+      ['operator delete', 'operator new[]'],
+    ]);
+    expect(heapErrorTotal(report.summary.errors)).toBe(0); // the shell's
   });
 
   it('JSON: processes[] holds one report per process with the top-level fields', async () => {

@@ -414,7 +414,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   async #processReport(exit: ProcessExitMessage, info: TracedProcessInfo): Promise<LeakReport> {
     const columns = blockColumns(exit.blocks, this.info.sampleEveryBytes);
     const report = await this.#scoped(columns, null, exit.counters, exitStatus(exit.waitStatus), {}, this.#processTarget(info));
-    if (this.info.heapErrors) await this.#addHeapErrors(report, columns, info.pid);
+    await this.#addHeapErrors(report, columns, info.pid);
     this.#addProcessFields(report, info);
     return report;
   }
@@ -438,7 +438,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         const counterBytes = this.#native.processCounters(info.index);
         if (!counterBytes) continue; // it exited meanwhile: its report comes with its exit
         const report = await this.#scoped(own, rows, decodeCounters(counterBytes), { exitCode: null, signal: null }, { module, excludeModule }, this.#processTarget(info));
-        if (this.info.heapErrors && stopped) await this.#addHeapErrors(report, own, info.pid);
+        if (stopped) await this.#addHeapErrors(report, own, info.pid);
         this.#addProcessFields(report, info);
         extra.set(info.pid, report);
       }
