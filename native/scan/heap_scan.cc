@@ -261,6 +261,7 @@ class Scanner {
     for (const Mapping& m : maps_) {
       if (!m.read || !m.write || m.device) continue;
       if (options_.glibc && m.path == "[heap]") continue;
+      if (options_.skip_main_stack && m.path == "[stack]") continue;
       uint64_t at = m.start;
       for (const Range& s : skip) {
         if (s.end <= at) continue;
