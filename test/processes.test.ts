@@ -1,3 +1,4 @@
+// One file by design: each case runs one process tree under valgrind and under the tracer, with the helpers that compare the two.
 // Processes as they really run: an exec starts the new image's report, and with followForks every
 // child and grandchild gets a report of its own. The oracle is valgrind --trace-children=yes: each
 // process's HEAP SUMMARY (in use at exit, total heap usage) must equal the report of the process
