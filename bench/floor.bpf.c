@@ -18,3 +18,18 @@ int floor_exit(void *ctx)
 {
 	return 0;
 }
+
+/* Uprobe sessions (bench/floor.c --session-keep, --session-decline): one program at the entry and
+ * the return; an entry that returns nonzero declines the return for that call. SEC("uprobe"): the
+ * libbpf this builds with predates "uprobe.session"; floor.c sets the attach type. */
+SEC("uprobe")
+int floor_session_keep(void *ctx)
+{
+	return 0;
+}
+
+SEC("uprobe")
+int floor_session_decline(void *ctx)
+{
+	return 1;
+}

@@ -1,11 +1,14 @@
 /* ebpf-leak-floor: runs a command with empty BPF programs on given offsets of one file.
  *
- *   ebpf-leak-floor --path FILE [--entry OFF,...] [--return OFF,...] [--single] -- CMD [ARGS...]
+ *   ebpf-leak-floor --path FILE [--entry OFF,...] [--return OFF,...] [--single]
+ *                   [--session-keep OFF,... | --session-decline OFF,...] -- CMD [ARGS...]
  *
  * OFF are file offsets (hex with 0x, or decimal). The command is forked and held before its exec
  * until the probes are attached, for its pid only, the way ebpf-leak attaches its own: one
  * multi-uprobe link for the entry probes and one for the return probes (kernel >= 6.6; --single
- * attaches one classic uprobe per offset instead). Exits with the command's status. The bench
+ * attaches one classic uprobe per offset instead). --session-keep and --session-decline attach an
+ * empty uprobe-session program (kernel >= 6.13) whose entry keeps, or declines, the return of each
+ * call. Exits with the command's status. The bench
  * (bench/run.js) uses it for the `floor` and `entry-floor` rows. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -48,8 +51,8 @@ static double ms_since(const struct timespec *t0)
 
 int main(int argc, char **argv)
 {
-	uint64_t entry[MAX_OFFSETS], ret[MAX_OFFSETS];
-	int n_entry = 0, n_ret = 0, single = 0, verbose = 0, go[2], status, i;
+	uint64_t entry[MAX_OFFSETS], ret[MAX_OFFSETS], session[MAX_OFFSETS];
+	int n_entry = 0, n_ret = 0, n_session = 0, decline = 0, single = 0, verbose = 0, go[2], status, i;
 	const char *path = NULL;
 	char **cmd = NULL;
 	struct floor_bpf *skel;
@@ -63,7 +66,11 @@ int main(int argc, char **argv)
 			n_entry = parse_offsets(argv[++i], entry);
 		else if (strcmp(argv[i], "--return") == 0 && i + 1 < argc)
 			n_ret = parse_offsets(argv[++i], ret);
-		else if (strcmp(argv[i], "--single") == 0)
+		else if ((strcmp(argv[i], "--session-keep") == 0 || strcmp(argv[i], "--session-decline") == 0) &&
+			 i + 1 < argc) {
+			decline = strcmp(argv[i], "--session-decline") == 0;
+			n_session = parse_offsets(argv[++i], session);
+		} else if (strcmp(argv[i], "--single") == 0)
 			single = 1;
 		else if (strcmp(argv[i], "--verbose") == 0)
 			verbose = 1;
@@ -109,6 +116,10 @@ int main(int argc, char **argv)
 		bpf_program__set_expected_attach_type(skel->progs.floor_entry, LEAK_BPF_TRACE_UPROBE_MULTI);
 		bpf_program__set_expected_attach_type(skel->progs.floor_exit, LEAK_BPF_TRACE_UPROBE_MULTI);
 	}
+	bpf_program__set_expected_attach_type(skel->progs.floor_session_keep, LEAK_BPF_TRACE_UPROBE_SESSION);
+	bpf_program__set_expected_attach_type(skel->progs.floor_session_decline, LEAK_BPF_TRACE_UPROBE_SESSION);
+	bpf_program__set_autoload(skel->progs.floor_session_keep, n_session > 0 && !decline);
+	bpf_program__set_autoload(skel->progs.floor_session_decline, n_session > 0 && decline);
 	if (floor_bpf__load(skel)) {
 		fprintf(stderr, "ebpf-leak-floor: cannot load the BPF programs\n");
 		return 1;
@@ -137,6 +148,15 @@ int main(int argc, char **argv)
 				kill(pid, SIGKILL);
 				return 1;
 			}
+		}
+	}
+	if (n_session > 0) {
+		struct bpf_program *prog = decline ? skel->progs.floor_session_decline : skel->progs.floor_session_keep;
+
+		if (create_uprobe_session_link(bpf_program__fd(prog), path, session, NULL, (uint32_t)n_session, pid) < 0) {
+			fprintf(stderr, "ebpf-leak-floor: cannot attach the session: %s\n", strerror(errno));
+			kill(pid, SIGKILL);
+			return 1;
 		}
 	}
 	if (verbose)

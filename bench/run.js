@@ -24,6 +24,10 @@
 // configs ran them together (the stalls the machine makes with no tracer), and the hypervisor's
 // steal time over the run. Not a test: numbers from one run.
 //
+// With --peers: bench/peers.js instead, ebpf-leak against heaptrack, valgrind, BCC's memleak and
+// bpftrace on real programs (see its header). With --costs: bench/costs.js, the cost of each kind
+// of probe and the kernel entries and BPF time per malloc+free, counted rather than timed.
+//
 // Options: --json FILE (write the results), --runs N, --quick (fewer iterations and 2 runs: a
 // smoke run), --workloads a,b --configs a,b (a subset), --no-extras (skip the extra measurements),
 // --extras-only (only the extra measurements: 1,000,000 outstanding blocks, leak-kind scans,
@@ -850,6 +854,12 @@ try {
     const scan = {};
     for (const [mode, n] of [['heap', quick ? 100_000 : 1_000_000], ['waiters', 64]]) scan[mode] = await measureScan(mode, n);
     console.log(JSON.stringify({ measurements: { scan } }, null, 2));
+  } else if (flag('--peers')) {
+    await import('./peers.js');
+  } else if (flag('--costs')) {
+    await import('./costs.js');
+  } else if (flag('--stacks')) {
+    await import('./stacks.js');
   } else if (machineStallsSeconds) {
     await machineStalls(Number(machineStallsSeconds) * 1000);
   } else if (soakSeconds) {

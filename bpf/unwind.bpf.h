@@ -181,6 +181,17 @@ struct {
 	__uint(max_entries, 65536); /* and the value cut to the depth, before load */
 } unwind_stacks SEC(".maps");
 
+/* A walk's state: ip, sp and bp of the frame it is at, the hashes of the frames so far. */
+struct unwind_walk {
+	__u64 ip, sp, bp;
+	__u64 h1, h2;
+	__u32 n;
+	__u32 flags;
+	__u32 misses;
+	__u32 busy;
+	struct unwind_cached c; /* the frame's rule */
+};
+
 struct unwind_scratch {
 	/* Thread id of the walk using this CPU's scratch, 0 when none. A uprobe program can be
 	 * preempted, and another thread's walk run on the same CPU meanwhile: that one finds `busy`
@@ -188,6 +199,10 @@ struct unwind_scratch {
 	 * overrun and gives up too, so frames are never mixed. (Without -mcpu=v3 there is no
 	 * exchange instruction: check, then set, then check again at the end.) */
 	__u64 busy;
+	/* The walk's state: here rather than on the BPF stack, where it would count towards the
+	 * 512 bytes the nested calls of a walk (program, walk, step, rule lookup, bpf_find_vma()
+	 * callback, search step) share. */
+	struct unwind_walk w;
 	struct leak_unwind_stack stack;
 	/* A copy of the user stack page the walk is in, from page_lo (an offset in it) to its end:
 	 * frames are contiguous above sp, so one copy serves every frame in that page, where a
@@ -416,7 +431,6 @@ __noinline int unwind_lookup_slow(__u64 pc, __u32 epoch, struct unwind_cached *o
 	struct unwind_lookup lk = { .pc = pc, .result = UNWIND_NO_VMA };
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct leak_unwind_mapping *m;
-	struct leak_unwind_file f;
 	struct unwind_recorded_key rk;
 	__u8 one = 1;
 
@@ -425,10 +439,9 @@ __noinline int unwind_lookup_slow(__u64 pc, __u32 epoch, struct unwind_cached *o
 	m = unwind_find_mapping(pc - 1);
 	if (m && m->file.kind) {
 		/* No lock needed: what most lookups take. */
-		f = m->file;
 		rk.start = m->start;
 		rk.ino = m->ino;
-		unwind_file_rule(&f, pc - 1 - rk.start + m->offset, &lk);
+		unwind_file_rule(&m->file, pc - 1 - rk.start + m->offset, &lk);
 		if (!bpf_map_lookup_elem(&unwind_recorded, &rk)) {
 			/* The mmap lock taken: recorded on a later walk (the rule is not cached till
 			 * then), the walk goes on meanwhile. */
@@ -493,15 +506,6 @@ static __always_inline __u32 unwind_rule_for(__u64 pc, struct unwind_cached *out
 	return found & 0xff;
 }
 
-struct unwind_walk {
-	__u64 ip, sp, bp;
-	__u64 h1, h2;
-	__u32 n;
-	__u32 flags;
-	__u32 misses;
-	__u32 busy;
-};
-
 static __always_inline __u64 unwind_mix(__u64 h)
 {
 	h ^= h >> 33;
@@ -533,25 +537,20 @@ static __always_inline int unwind_read(struct unwind_scratch *s, __u64 *out, __u
 }
 
 /* One frame: record ip, then step to the caller. Returns 1 to stop. */
-static long unwind_step(__u32 i, void *data)
+static __always_inline long unwind_frame(struct unwind_walk *w, struct unwind_scratch *s)
 {
-	struct unwind_walk *w = data;
-	struct unwind_scratch *s;
-	struct unwind_cached c;
+	struct unwind_cached *c = &w->c;
 	__u64 cfa, ra, bp, ip = w->ip;
-	__u32 zero = 0, found;
+	__u32 found;
 
 	if (!ip || ip >= UNWIND_USER_TOP)
-		return 1;
-	s = bpf_map_lookup_elem(&unwind_scratch, &zero);
-	if (!s)
 		return 1;
 	s->stack.frames[w->n & 127] = ip;
 	w->n++;
 	w->h1 = (w->h1 ^ ip) * 0x9e3779b97f4a7c15ULL;
 	w->h2 = ((w->h2 + ip) * 0xc2b2ae3d27d4eb4fULL) ^ (w->h2 >> 29);
 
-	found = unwind_rule_for(ip, &c, &w->misses);
+	found = unwind_rule_for(ip, c, &w->misses);
 	if (found == UNWIND_BUSY) {
 		/* This frame is right; its caller is not known this time. */
 		w->flags |= LEAK_UNWIND_TRUNCATED;
@@ -565,24 +564,24 @@ static long unwind_step(__u32 i, void *data)
 		w->flags |= LEAK_UNWIND_TRUNCATED;
 		return 1;
 	}
-	if (found == UNWIND_FOUND && c.rule.cfa_type == LEAK_CFA_NONE && !w->bp) {
+	if (found == UNWIND_FOUND && c->rule.cfa_type == LEAK_CFA_NONE && !w->bp) {
 		/* Code without CFI, and rbp 0: the ABI's mark of the outermost frame (_start and ld.so's
 		 * _dl_start_user clear rbp before their call). Complete. */
 		return 1;
 	}
-	if (found == UNWIND_GUESS || c.rule.cfa_type == LEAK_CFA_NONE) {
+	if (found == UNWIND_GUESS || c->rule.cfa_type == LEAK_CFA_NONE) {
 		w->flags |= LEAK_UNWIND_INCOMPLETE;
-		c.rule = unwind_fp_rule;
+		c->rule = unwind_fp_rule;
 	}
 	/* Few branches on purpose: each one multiplies what the verifier walks. */
-	if (c.rule.cfa_type == LEAK_CFA_END)
+	if (c->rule.cfa_type == LEAK_CFA_END)
 		return 1; /* the outermost frame: complete */
-	if (c.rule.cfa_type < LEAK_CFA_RSP || c.rule.cfa_type > LEAK_CFA_DEREF_RBP) {
+	if (c->rule.cfa_type < LEAK_CFA_RSP || c->rule.cfa_type > LEAK_CFA_DEREF_RBP) {
 		w->flags |= LEAK_UNWIND_TRUNCATED;
 		return 1;
 	}
-	cfa = (c.rule.cfa_type == LEAK_CFA_RSP ? w->sp : w->bp) + c.rule.cfa_off;
-	if (c.rule.cfa_type == LEAK_CFA_DEREF_RBP && unwind_read(s, &cfa, cfa)) {
+	cfa = (c->rule.cfa_type == LEAK_CFA_RSP ? w->sp : w->bp) + c->rule.cfa_off;
+	if (c->rule.cfa_type == LEAK_CFA_DEREF_RBP && unwind_read(s, &cfa, cfa)) {
 		w->flags |= LEAK_UNWIND_TRUNCATED;
 		return 1;
 	}
@@ -592,16 +591,29 @@ static long unwind_step(__u32 i, void *data)
 		return 1;
 	}
 	bp = w->bp;
-	if (c.rule.rbp_type == LEAK_RBP_AT_CFA || c.rule.rbp_type == LEAK_RBP_AT_RBP) {
-		if (unwind_read(s, &bp, (c.rule.rbp_type == LEAK_RBP_AT_CFA ? cfa : w->bp) + c.rule.rbp_off))
+	if (c->rule.rbp_type == LEAK_RBP_AT_CFA || c->rule.rbp_type == LEAK_RBP_AT_RBP) {
+		if (unwind_read(s, &bp, (c->rule.rbp_type == LEAK_RBP_AT_CFA ? cfa : w->bp) + c->rule.rbp_off))
 			bp = 0;
-	} else if (c.rule.rbp_type != LEAK_RBP_SAME) {
+	} else if (c->rule.rbp_type != LEAK_RBP_SAME) {
 		bp = 0;
 	}
 	w->ip = ra;
 	w->sp = cfa;
 	w->bp = bp;
 	return 0;
+}
+
+static long unwind_step(__u32 i, void *data)
+{
+	struct unwind_scratch *s;
+	struct unwind_walk *w;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	if (!s)
+		return 1;
+	w = &s->w;
+	return unwind_frame(w, s);
 }
 
 /* Stores the walked stack; its id, or -1. */
@@ -645,22 +657,20 @@ static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwin
  *
  * Every stack is walked, those through code with frame pointers too: with the page copy and the
  * per-CPU rule slots the walk costs less than bpf_get_stackid() (bench/unwind.mjs), and it is
- * right where a frame-pointer walk silently skips or misreads frames. */
-static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __s64 *id)
+ * right where a frame-pointer walk silently skips or misreads frames.
+ *
+ * A global function: the verifier checks it once per program, on its own, where an inlined walk
+ * was checked again at every call site and on every path leading there (most of the time it took
+ * to load the programs). */
+__noinline __s64 unwind_walk(__u64 ip, __u64 sp, __u64 bp, __u32 tid)
 {
-	struct unwind_walk w = {
-		.ip = ip,
-		.sp = sp,
-		.bp = bp,
-	};
 	struct leak_unwind_counters *cnt;
+	struct unwind_walk *w;
 	struct unwind_scratch *s;
 	__u32 zero = 0;
 	__u64 mm;
+	__s64 id = -1;
 
-	if (unwind_mode == LEAK_UNWIND_FP)
-		return false;
-	*id = -1;
 	/* Another address space than the last walk's (the target exec()ed): what is cached is not
 	 * about it. Threads of one process share theirs, so this is once per exec. */
 	mm = (__u64)bpf_get_current_task_btf()->mm;
@@ -671,35 +681,48 @@ static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u3
 	s = bpf_map_lookup_elem(&unwind_scratch, &zero);
 	if (!s || s->busy) {
 		UNWIND_COUNT(failures, 1);
-		return true;
+		return -1;
 	}
 	s->busy = tid; /* the allocating thread's id (the caller has it: a helper call less) */
 	s->page_base = 0;
-	bpf_loop(unwind_depth, unwind_step, &w, 0);
+	w = &s->w;
+	__builtin_memset(w, 0, sizeof(*w));
+	w->ip = ip;
+	w->sp = sp;
+	w->bp = bp;
+	bpf_loop(unwind_depth, unwind_step, NULL, 0);
 	if (s->busy != tid) {
 		UNWIND_COUNT(failures, 1);
-		return true;
+		return -1;
 	}
 	cnt = bpf_map_lookup_elem(&unwind_counters, &zero);
 	if (cnt) {
 		/* Statistics only: plain adds (an add lost to a preempting walk on this CPU is no
 		 * harm); the counts that report a problem are atomic. */
 		cnt->walks++;
-		cnt->frames += w.n;
-		cnt->cache_misses += w.misses;
-		cnt->cache_hits += w.n > w.misses ? w.n - w.misses : 0;
-		if (w.flags & LEAK_UNWIND_INCOMPLETE)
+		cnt->frames += w->n;
+		cnt->cache_misses += w->misses;
+		cnt->cache_hits += w->n > w->misses ? w->n - w->misses : 0;
+		if (w->flags & LEAK_UNWIND_INCOMPLETE)
 			__sync_fetch_and_add(&cnt->incomplete, 1);
-		if (w.flags & LEAK_UNWIND_TRUNCATED)
+		if (w->flags & LEAK_UNWIND_TRUNCATED)
 			__sync_fetch_and_add(&cnt->truncated, 1);
-		if (w.busy)
+		if (w->busy)
 			__sync_fetch_and_add(&cnt->busy, 1);
 	}
-	if (w.n)
-		*id = unwind_store(s, &w);
+	if (w->n)
+		id = unwind_store(s, w);
 	else
 		UNWIND_COUNT(failures, 1);
 	s->busy = 0;
+	return id;
+}
+
+static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __s64 *id)
+{
+	if (unwind_mode == LEAK_UNWIND_FP)
+		return false;
+	*id = unwind_walk(ip, sp, bp, tid);
 	return true;
 }
 

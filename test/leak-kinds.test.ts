@@ -21,6 +21,7 @@ import { trace } from '../lib/index.js';
 import type { BytesBlocks, LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
 import { runValgrind, valgrindEnvironment, type ValgrindLeakSummary } from './helpers/valgrind.js';
+import { runValgrindTree } from './helpers/valgrind-children.js';
 
 const base: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const { forValgrind, forTracer } = valgrindEnvironment(base);
@@ -123,5 +124,25 @@ describe('leak kinds of real programs equal valgrind LEAK SUMMARY', () => {
     expect(report.scan).toMatchObject({ scanned: true, atExit: true });
     expect(report.summary.inUseBytes).toBe(vg.summary.inUseBytes);
     expect(fromReport(report)).toEqual(fromValgrind(vg.leakSummary));
+  });
+});
+
+// Following forks, each process is scanned in its own exit stop: every child and grandchild's kinds
+// equal those of its own valgrind report (--trace-children=yes, one log per process).
+describe('leak kinds of each followed process equal valgrind LEAK SUMMARY', () => {
+  it('fork_children 2 grand: the parent, two children, two grandchildren (3 runs)', async () => {
+    const path = fixturePath('fork_children');
+    const vg = await runValgrindTree(path, ['2', 'grand'], { env: forValgrind });
+    const key = (k: Kinds) => JSON.stringify(k);
+    const theirs = [...vg.processes.values()].map((p) => key(fromValgrind(p.leakSummary))).sort();
+    expect(theirs).toHaveLength(5);
+    for (let run = 0; run < 3; run++) {
+      const tracer = await trace({ command: path, args: ['2', 'grand'], env: forTracer, stdio: 'ignore', followForks: true });
+      const report = await tracer.done;
+      const processes = report.processes ?? [];
+      expect(processes).toHaveLength(5);
+      for (const p of processes) expect(p.scan, `process ${p.target.pid}`).toMatchObject({ scanned: true, atExit: true });
+      expect(processes.map((p) => key(fromReport(p))).sort(), `run ${run + 1}`).toEqual(theirs);
+    }
   });
 });

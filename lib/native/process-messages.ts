@@ -1,6 +1,7 @@
 // The supervisor's messages about processes (native/tracer/tracer_processes.cc): an exec, a followed
 // fork, a followed process's exit with its blocks.
 import { decodeCounters, type Counters } from './layout.js';
+import type { NativeScan } from './scan-records.js';
 
 export interface ExecMessage {
   pid: number;
@@ -28,6 +29,8 @@ export interface ProcessExitMessage {
   counters: Counters;
   /** leak_block records, addresses as the process saw them. */
   blocks: ArrayBuffer;
+  /** The leak-kind scan made in its exit stop, when one was. */
+  scan?: NativeScan;
 }
 
 export function decodeExec(buffer: ArrayBuffer, countersBytes: number): ExecMessage {
@@ -54,13 +57,46 @@ export function decodeProcessExit(buffer: ArrayBuffer, countersBytes: number, bl
   const blockCount = Number(view.getBigUint64(16 + countersBytes, true));
   const commandStart = 24 + countersBytes;
   const blocksStart = Math.ceil((commandStart + commandBytes) / 8) * 8;
+  const flags = view.getUint32(8, true);
+  const blocksEnd = blocksStart + blockCount * blockBytes;
+  const blocks = buffer.slice(blocksStart, blocksEnd);
   return {
     pid: view.getUint32(0, true),
     waitStatus: view.getInt32(4, true),
-    stopped: view.getUint32(8, true) !== 0,
+    stopped: (flags & 1) !== 0,
     commandLine: splitCommandLine(Buffer.from(buffer, commandStart, commandBytes).toString('utf8')),
     counters,
-    blocks: buffer.slice(blocksStart, blocksStart + blockCount * blockBytes),
+    blocks,
+    ...((flags & 2) !== 0 ? { scan: decodeExitScan(view, blocksEnd, blockCount, blocks) } : {}),
+  };
+}
+
+/** After the blocks: u64 scan ns, read ns, walk ns, root bytes, heap bytes, threads; u64
+ *  indirect bytes per block; u8 kind per block; u8 heuristic per block. */
+function decodeExitScan(view: DataView, at: number, count: number, entries: ArrayBuffer): NativeScan {
+  const word = (i: number) => Number(view.getBigUint64(at + i * 8, true));
+  const indirectAt = at + 6 * 8;
+  const indirect = new Float64Array(count);
+  for (let i = 0; i < count; i++) indirect[i] = Number(view.getBigUint64(indirectAt + i * 8, true));
+  const kindsAt = indirectAt + count * 8;
+  const bytes = new Uint8Array(view.buffer, view.byteOffset);
+  return {
+    entries,
+    kinds: bytes.slice(kindsAt, kindsAt + count),
+    heuristics: bytes.slice(kindsAt + count, kindsAt + 2 * count),
+    indirect,
+    stats: {
+      atExit: true,
+      pauseNs: word(0),
+      scanNs: word(0),
+      readNs: word(1),
+      markNs: word(2),
+      rootBytes: word(3),
+      heapBytes: word(4),
+      blocks: count,
+      threads: word(5),
+      threadsWithRegisters: 0,
+    },
   };
 }
 

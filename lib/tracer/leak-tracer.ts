@@ -412,8 +412,15 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
 
   /** A followed process's report, from what it had at its exit. */
   async #processReport(exit: ProcessExitMessage, info: TracedProcessInfo): Promise<LeakReport> {
-    const columns = blockColumns(exit.blocks, this.info.sampleEveryBytes);
-    const report = await this.#scoped(columns, null, exit.counters, exitStatus(exit.waitStatus), {}, this.#processTarget(info));
+    const plain = blockColumns(exit.blocks, this.info.sampleEveryBytes);
+    const columns = exit.scan ? withKinds(plain, exit.scan) : plain;
+    // Scanned in its exit stop, or why not (a scan was asked for, and it passed no exit stop).
+    const scan: ScanInfo | undefined = exit.scan
+      ? scanInfo(exit.scan)
+      : this.info.leakKinds
+        ? { scanned: false, reason: exit.stopped ? 'its memory could not be read at its exit' : 'it ended without an exit stop' }
+        : undefined;
+    const report = await this.#scoped(columns, null, exit.counters, exitStatus(exit.waitStatus), {}, this.#processTarget(info), scan);
     await this.#addHeapErrors(report, columns, info.pid);
     this.#addProcessFields(report, info);
     return report;

@@ -163,8 +163,8 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
         : integerIn('sampleEveryBytes', o.sampleEveryBytes, limits.sampleEveryBytes.min, limits.sampleEveryBytes.max),
     debugDirs: [...(o.debugDirs ?? [])],
     followForks: o.followForks ?? false,
-    // A scan needs every block recorded, and one process's table.
-    leakKinds: o.leakKinds ?? (hasCommand && o.sampleEveryBytes === undefined && o.followForks !== true),
+    // A scan needs every block recorded.
+    leakKinds: o.leakKinds ?? (hasCommand && o.sampleEveryBytes === undefined),
     stackDepth:
       o.stackDepth === undefined
         ? defaults.stackDepth
@@ -172,9 +172,6 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   };
   if (common.leakKinds && common.sampleEveryBytes > 0) {
     fail('options.leakKinds needs every block recorded: it cannot be used with sampleEveryBytes');
-  }
-  if (common.leakKinds && common.followForks) {
-    fail('options.leakKinds scans one process: it cannot be used with followForks');
   }
   if (hasPid) {
     return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, limits.pid.min, limits.pid.max) };

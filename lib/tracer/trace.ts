@@ -142,9 +142,9 @@ async function attachProbes(
       allocatorInode: fileInode(allocatorPath),
       supervise: supervised,
       followForks: o.followForks === true,
-      // The scan runs in the supervisor's stop at a command's exit. Sampling records too few
-      // blocks for a scan to mean anything; following forks, each process's report has no kinds.
-      scanAtExit: o.kind === 'command' && o.leakKinds && o.sampleEveryBytes === 0 && o.followForks !== true,
+      // The scan runs in the supervisor's stop at a process's exit: a command's, and following
+      // forks, each traced process's (an attached one's too).
+      scanAtExit: supervised && o.leakKinds && (o.kind === 'command' || o.followForks === true),
       glibc,
     },
     (...message) => {

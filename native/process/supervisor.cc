@@ -1,3 +1,4 @@
+// One file by design: the ptrace thread's loop and the stops it handles (exec, fork, exit, pauses) share that one thread's view of every traced task.
 #include "process/supervisor.h"
 
 #include <dirent.h>

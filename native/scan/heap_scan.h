@@ -47,6 +47,9 @@ struct ScanOptions {
   bool glibc = true;
   // Bitmask of (1 << Heuristic) to use; memcheck's default is all four.
   uint32_t heuristics = 0x1e;
+  // The first thread ended without a stop where its stack pointer could be read: its stack
+  // ([stack]) is no root rather than one read whole, dead slots and all.
+  bool skip_main_stack = false;
 };
 
 struct ScanStats {

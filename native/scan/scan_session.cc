@@ -79,6 +79,47 @@ void TestDelay() {
 
 }  // namespace
 
+// A killed thread may pass its exit without a stop (the kernel skips it when SIGKILL is pending
+// again by then): the first thread's registers are then unknown.
+bool LeaderUnheld(const process::Event& event) {
+  for (const process::StoppedThread& t : event.threads)
+    if (t.tid == event.pid) return !t.has_regs;
+  return true;
+}
+
+std::vector<ScanThread> ExitThreads(const process::Event& event) {
+  std::vector<ScanThread> threads;
+  for (const process::StoppedThread& t : event.threads) {
+    ScanThread s;
+    s.tid = t.tid;
+    s.has_regs = t.has_regs;
+    s.regs = t.regs;
+    s.regs_are_roots = false;
+    threads.push_back(s);
+  }
+  return threads;
+}
+
+bool ScanAtProcessExit(const process::Event& event, const leak_block* blocks, size_t count,
+                       const ScanOptions& options, ScanResult* result, uint64_t* scan_ns, std::string* error) {
+  if (!event.stopped || !event.whole) {
+    *error = event.stopped ? "its first thread ended while others ran" : "it ended without an exit stop";
+    return false;
+  }
+  uint64_t t0 = MonotonicNs();
+  std::vector<ScanBlock> scan(count);
+  for (size_t i = 0; i < count; i++) {
+    scan[i].address = blocks[i].address;
+    scan[i].size = blocks[i].size_fn & LEAK_SIZE_MASK;
+  }
+  // Through the held thread: the first one may have let go of the memory already.
+  ScanOptions with = options;
+  with.skip_main_stack = LeaderUnheld(event);
+  bool ok = ScanHeap(event.tid, scan, ExitThreads(event), with, result, error) && result->kind.size() == count;
+  *scan_ns = MonotonicNs() - t0;
+  return ok;
+}
+
 void ScanSession::ScanAtExit(const process::Event& event) {
   std::string why;
   if (!event.stopped) {
@@ -88,21 +129,14 @@ void ScanSession::ScanAtExit(const process::Event& event) {
     why = "its first thread ended (pthread_exit) while others ran: the process's end was not held";
   } else {
     uint64_t held_at = MonotonicNs();
-    std::vector<ScanThread> threads;
-    for (const process::StoppedThread& t : event.threads) {
-      ScanThread s;
-      s.tid = t.tid;
-      s.has_regs = t.has_regs;
-      s.regs = t.regs;
-      // memcheck checks once every thread is gone, and counts no register then.
-      s.regs_are_roots = false;
-      threads.push_back(s);
-    }
+    std::vector<ScanThread> threads = ExitThreads(event);
     auto out = std::make_unique<ScanOutcome>();
     out->at_exit = true;
+    ScanOptions options = options_;
+    options.skip_main_stack = LeaderUnheld(event);
     // Read through the thread held at its exit stop: the first thread may have let go of the
     // memory already (killed on the way out without a stop), and /proc/PID/maps is then empty.
-    bool ok = Scan(event.tid, threads, held_at, out.get());
+    bool ok = Scan(event.tid, threads, held_at, out.get(), options);
     TestDelay();
     std::lock_guard<std::mutex> lock(mu_);
     if (ok) {
@@ -118,6 +152,11 @@ void ScanSession::ScanAtExit(const process::Event& event) {
 }
 
 bool ScanSession::Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out) {
+  return Scan(pid, threads, stopped_ns, out, options_);
+}
+
+bool ScanSession::Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out,
+                       const ScanOptions& options) {
   uint64_t t0 = MonotonicNs();
   if (!read_blocks_(&out->entries)) return false;
   size_t n = out->entries.size() / sizeof(leak_block);
@@ -128,7 +167,7 @@ bool ScanSession::Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64
     blocks[i].size = records[i].size_fn & LEAK_SIZE_MASK;
   }
   std::string error;
-  if (!ScanHeap(pid, blocks, threads, options_, &out->result, &error)) {
+  if (!ScanHeap(pid, blocks, threads, options, &out->result, &error)) {
     out->result = ScanResult{};
     return false;
   }

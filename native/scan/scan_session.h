@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 
+#include "abi/leak.h"
 #include "addon/page_buffer.h"
 #include "process/supervisor.h"
 #include "scan/heap_scan.h"
@@ -26,6 +27,15 @@ struct ScanOutcome {
   // { entries, kinds, heuristics, indirect, stats }
   Napi::Object ToJs(Napi::Env env);
 };
+
+// The threads a scan at exit sees: those the supervisor held, their registers no roots (memcheck
+// checks once every thread is gone, and counts no register then).
+std::vector<ScanThread> ExitThreads(const process::Event& event);
+
+// A followed process at its exit stop, its blocks taken out of the table: scans them. False with
+// `error` when its memory cannot be read or the exit did not hold the whole process.
+bool ScanAtProcessExit(const process::Event& event, const leak_block* blocks, size_t count,
+                       const ScanOptions& options, ScanResult* result, uint64_t* scan_ns, std::string* error);
 
 class ScanSession {
  public:
@@ -48,6 +58,8 @@ class ScanSession {
 
  private:
   bool Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out);
+  bool Scan(pid_t pid, const std::vector<ScanThread>& threads, uint64_t stopped_ns, ScanOutcome* out,
+            const ScanOptions& options);
 
   pid_t pid_;
   ScanOptions options_;

@@ -8,9 +8,11 @@
 //              ptrace (image_keys) has run on. Then u32 the new image's command line bytes, u32 0,
 //              and that command line (NUL-separated; image_keys only, maybe cut short).
 //   "fork"     u32 child, u32 parent, u32 its index: a child is traced (follow_forks).
-//   "process"  u32 pid, i32 wait status, u32 flags (1: seen at its exit stop), u32 command line
-//              bytes, struct leak_counters, u64 blocks; the command line (NUL-separated, padded to
-//              8 bytes); then the blocks as leak_block records: a traced process exited
+//   "process"  u32 pid, i32 wait status, u32 flags (1: seen at its exit stop, 2: scanned), u32
+//              command line bytes, struct leak_counters, u64 blocks; the command line
+//              (NUL-separated, padded to 8 bytes); then the blocks as leak_block records; when
+//              scanned, u64 scan ns, read ns, walk ns, root bytes, heap bytes, threads, then per
+//              block u64 indirect bytes, then u8 kinds, then u8 heuristics: a traced process exited
 //              (follow_forks).
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -399,10 +401,20 @@ void Tracer::OnExit(const process::Event& event) {
     process_index_.erase(it);
     free_indexes_.push_back(index);
   }
+  // Its memory, still there in the exit stop: the leak kinds of what it left.
+  ScanResult scan;
+  uint64_t scan_ns = 0;
+  std::string scan_error;
+  bool scanned = false;
+  if (config_.scan_at_exit) {
+    ScanOptions options;
+    options.glibc = config_.glibc;
+    scanned = ScanAtProcessExit(event, blocks.data(), blocks.size(), options, &scan, &scan_ns, &scan_error);
+  }
   std::vector<uint8_t> message;
   Put(&message, static_cast<uint32_t>(event.pid));
   Put(&message, static_cast<int32_t>(event.wait_status));
-  Put(&message, static_cast<uint32_t>(event.stopped ? 1 : 0));
+  Put(&message, static_cast<uint32_t>((event.stopped ? 1 : 0) | (scanned ? 2 : 0)));
   Put(&message, static_cast<uint32_t>(cmdline.size()));
   Put(&message, counters);
   Put(&message, static_cast<uint64_t>(blocks.size()));
@@ -410,6 +422,14 @@ void Tracer::OnExit(const process::Event& event) {
   message.resize((message.size() + 7) / 8 * 8, 0);
   const auto* p = reinterpret_cast<const uint8_t*>(blocks.data());
   message.insert(message.end(), p, p + blocks.size() * sizeof(leak_block));
+  if (scanned) {
+    const ScanStats& st = scan.stats;
+    for (uint64_t v : {scan_ns, st.read_ns, st.mark_ns, st.root_bytes, st.heap_bytes, static_cast<uint64_t>(st.threads)})
+      Put(&message, v);
+    for (uint64_t v : scan.indirect) Put(&message, v);
+    message.insert(message.end(), scan.kind.begin(), scan.kind.end());
+    message.insert(message.end(), scan.heuristic.begin(), scan.heuristic.end());
+  }
   Post("process", std::move(message));
 }
 

@@ -24,8 +24,8 @@ struct uprobe_multi_link_attr {
 
 #define UPROBE_MULTI_RETURN 1 /* BPF_F_UPROBE_MULTI_RETURN */
 
-int create_uprobe_multi_link(int prog_fd, const char *path, const uint64_t *offsets,
-			     const uint64_t *cookies, uint32_t count, int retprobe, int32_t pid)
+static int create_link(uint32_t attach_type, int prog_fd, const char *path, const uint64_t *offsets,
+		       const uint64_t *cookies, uint32_t count, int retprobe, int32_t pid)
 {
 	union {
 		union bpf_attr attr;
@@ -38,7 +38,7 @@ int create_uprobe_multi_link(int prog_fd, const char *path, const uint64_t *offs
 
 	memset(&u, 0, sizeof(u));
 	u.multi.prog_fd = (uint32_t)prog_fd;
-	u.multi.attach_type = LEAK_BPF_TRACE_UPROBE_MULTI;
+	u.multi.attach_type = attach_type;
 	u.multi.path = (uint64_t)(uintptr_t)path;
 	u.multi.offsets = (uint64_t)(uintptr_t)offsets;
 	u.multi.cookies = (uint64_t)(uintptr_t)cookies;
@@ -47,4 +47,16 @@ int create_uprobe_multi_link(int prog_fd, const char *path, const uint64_t *offs
 	u.multi.pid = (uint32_t)pid;
 	fd = syscall(__NR_bpf, BPF_LINK_CREATE, &u, sizeof(u));
 	return fd < 0 ? -errno : (int)fd;
+}
+
+int create_uprobe_multi_link(int prog_fd, const char *path, const uint64_t *offsets,
+			     const uint64_t *cookies, uint32_t count, int retprobe, int32_t pid)
+{
+	return create_link(LEAK_BPF_TRACE_UPROBE_MULTI, prog_fd, path, offsets, cookies, count, retprobe, pid);
+}
+
+int create_uprobe_session_link(int prog_fd, const char *path, const uint64_t *offsets,
+			       const uint64_t *cookies, uint32_t count, int32_t pid)
+{
+	return create_link(LEAK_BPF_TRACE_UPROBE_SESSION, prog_fd, path, offsets, cookies, count, 0, pid);
 }

@@ -13,11 +13,18 @@ extern "C" {
 /* The kernel's attach type for these links (enum bpf_attach_type, ABI-stable); programs loaded
  * for them must declare it. */
 #define LEAK_BPF_TRACE_UPROBE_MULTI 48
+/* Uprobe sessions (kernel >= 6.13): one program runs at the entry and, unless the entry returned
+ * nonzero, at the return of the same call. */
+#define LEAK_BPF_TRACE_UPROBE_SESSION 57
 
 /* Returns the link's fd, or -errno. `cookies` may be NULL. `pid` limits the probes to that
  * process; `retprobe` makes them uretprobes. */
 int create_uprobe_multi_link(int prog_fd, const char *path, const uint64_t *offsets,
 			     const uint64_t *cookies, uint32_t count, int retprobe, int32_t pid);
+
+/* The same for a session program (LEAK_BPF_TRACE_UPROBE_SESSION). */
+int create_uprobe_session_link(int prog_fd, const char *path, const uint64_t *offsets,
+			       const uint64_t *cookies, uint32_t count, int32_t pid);
 
 #ifdef __cplusplus
 }
