@@ -5,6 +5,8 @@ import { EventEmitter, once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
 import { trace, type AllocEvent, type FreeEvent, type LostInfo, type LeakGroup, type LeakReport } from '../lib/index.js';
 import { fixturePath } from './helpers/fixtures.js';
+import { EVENTS_PER_STEP } from '../lib/tracer/event-queue.js';
+import { SLICE_MS } from '../lib/util/cooperative.js';
 
 const children: ChildProcess[] = [];
 afterEach(() => {
@@ -194,27 +196,31 @@ describe('data that could not be kept is counted and reported', () => {
   it('a listener slower than the stream loses events, without holding the event loop', async () => {
     const tracer = await trace({ command: fixturePath('threads'), stdio: 'ignore', events: true, eventBufferBytes: 1 << 20 });
     let delivered = 0;
+    let sinceTick = 0;
+    let mostBetweenTicks = 0;
     const slowListener = () => {
       delivered++;
+      sinceTick++;
       const until = performance.now() + 0.003; // 3 us an event: far slower than 4 threads allocate
       while (performance.now() < until);
     };
     tracer.on('alloc', slowListener);
     tracer.on('free', slowListener);
-    let longestGap = 0;
-    let last = performance.now();
+    let ticks = 0;
     const timer = setInterval(() => {
-      const now = performance.now();
-      longestGap = Math.max(longestGap, now - last);
-      last = now;
+      ticks++;
+      mostBetweenTicks = Math.max(mostBetweenTicks, sinceTick);
+      sinceTick = 0;
     }, 1);
     const report = await tracer.done;
     clearInterval(timer);
     expect(report.summary.lostEvents).toBeGreaterThan(0);
     expect(delivered + report.summary.lostEvents).toBe(report.summary.allocs + report.summary.frees);
-    // Delivered in slices, and no backlog delivered at once (16 MB of events would take ~1 s
-    // here). The bound leaves room for a loaded machine.
-    expect(longestGap).toBeLessThan(250);
+    // Delivered in slices, and no backlog delivered at once: each event takes at least 3 us, so a
+    // slice of SLICE_MS holds at most SLICE_MS / 3 us events plus the step it ends in. A slower
+    // machine only makes slices hold fewer.
+    expect(ticks).toBeGreaterThan(3);
+    expect(mostBetweenTicks).toBeLessThanOrEqual(Math.ceil(SLICE_MS / 0.003) + EVENTS_PER_STEP);
   });
 });
 

@@ -12,7 +12,7 @@ import { pauseIfDue } from '../util/cooperative.js';
 import { EventRecords } from '../native/event-records.js';
 
 /** Events emitted between looks at the clock (lib/util/cooperative.ts). */
-const EVENTS_PER_STEP = 256;
+export const EVENTS_PER_STEP = 256;
 
 /** Delivers events [from, to) of a batch. */
 export type DeliverEvents = (batch: EventRecords, from: number, to: number) => void;
