@@ -114,6 +114,7 @@ static __always_inline void heap_error(__u32 kind, __u64 fn, __u64 address, __s6
 		return;
 	e->kind = kind;
 	e->tid = (__u32)bpf_get_current_pid_tgid();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->address = address;
 	e->release_fn = fn;
 	e->release_stack = stack;
@@ -148,7 +149,9 @@ static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 a
 			.free_stack = stack,
 		};
 
-		bpf_map_update_elem(&freed_blocks, &address, &b, BPF_ANY);
+		__u64 key = process_key(address); /* a fork's child shares its parent's addresses */
+
+		bpf_map_update_elem(&freed_blocks, &key, &b, BPF_ANY);
 	}
 }
 
@@ -180,6 +183,7 @@ static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, 
 {
 	struct freed_block *first, copy;
 	__s64 stack;
+	__u64 key;
 
 	if (!report_heap_errors || (at_entry && called_by_allocator(ctx)))
 		return false;
@@ -192,7 +196,8 @@ static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, 
 		return true;
 	}
 	stack = release_stack(ctx, (__u32)bpf_get_current_pid_tgid(), at_entry);
-	first = bpf_map_lookup_elem(&freed_blocks, &address);
+	key = process_key(address);
+	first = bpf_map_lookup_elem(&freed_blocks, &key);
 	if (first) {
 		copy = *first;
 		heap_error(LEAK_ERROR_DOUBLE_FREE, release_fn_at(ctx, fn, at_entry), address, stack,

@@ -174,3 +174,32 @@ describe('on demand, in a running process', () => {
     expect(target.exitCode).toBe(0);
   });
 });
+
+describe('at the exit of a process traced by pid', () => {
+  it('with followForks it is followed with ptrace from the attach on, and held and scanned at its exit', async () => {
+    // seed prints its pid, sleeps 3 s, then makes its blocks (one 8-byte block lost). Started
+    // through setsid: not a child of this process, whose child_process would wait for it.
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-attach-kinds-'));
+    try {
+      const out = join(dir, 'seed.out');
+      execFileSync('sh', ['-c', `setsid -f ${fixturePath('seed')} 3 > ${out} 2>&1`]);
+      let pid = 0;
+      for (let i = 0; i < 250 && pid === 0; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        pid = Number(/pid :(\d+)/.exec(existsSync(out) ? readFileSync(out, 'utf8') : '')?.[1] ?? 0);
+      }
+      expect(pid).toBeGreaterThan(0);
+      const tracer = await trace({ pid, followForks: true, leakKinds: true });
+      const report = await tracer.done;
+      const root = (report.processes ?? [report])[0]!;
+      expect(root.target.pid).toBe(pid);
+      expect(root.scan).toMatchObject({ scanned: true, atExit: true });
+      // Its stdout buffer came before the attach: only the 8 lost bytes are known, and lost.
+      expect(root.summary.definitelyLost).toEqual({ bytes: 8, blocks: 1 });
+      expect(root.summary.stillReachable).toEqual({ bytes: 0, blocks: 0 });
+      expect(root.summary.inUseBytes).toBe(8);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

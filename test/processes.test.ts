@@ -19,6 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assertReport } from '../lib/harness/program-check.js';
 import { checkReport, formatCheckedReport } from '../lib/report/checked.js';
 import { LeakError, trace } from '../lib/index.js';
+import { heapErrorTotal } from '../lib/report/heap-errors.js';
 import { toJsonReport } from '../lib/report/json-format.js';
 import type { AllocEvent, HeapSummary, LeakReport, ProcessSnapshot } from '../lib/types.js';
 import { fixturePath, fixturesDir } from './helpers/fixtures.js';
@@ -284,6 +285,22 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
     } catch (error) {
       expect((error as Error).message).toMatch(new RegExp(`process \\d+ \\(${fixturePath('seed').replace(/[/.]/g, '\\$&')}\\): 8 bytes in 1 blocks`));
     }
+  });
+
+  it("mismatched frees per process: a child's are its own, counted as valgrind counts them", async () => {
+    const script = `${fixturePath('heap_errors')} mismatch; ${fixturePath('seed')}`;
+    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env });
+    const report = await traced('/bin/sh', ['-c', script], { followForks: true });
+    const vgErrors = [...vg.processes.values()].map((p) => p.errorSummary!.errors).sort();
+    expect(vgErrors).toEqual([0, 0, 3]);
+    expect(report.processes!.map((p) => heapErrorTotal(p.summary.errors)).sort()).toEqual(vgErrors);
+    const child = report.processes!.find((p) => p.target.commandLine?.join(' ') === `${fixturePath('heap_errors')} mismatch`)!;
+    expect(child.errors!.map((e) => [e.releasedBy, e.block?.allocatedBy])).toEqual([
+      ['free', 'operator new[]'],
+      ['operator delete', 'malloc'],
+      ['operator delete', 'operator new[]'],
+    ]);
+    expect(heapErrorTotal(report.summary.errors)).toBe(0); // the shell's
   });
 
   it('JSON: processes[] holds one report per process with the top-level fields', async () => {

@@ -70,6 +70,8 @@ struct leak_heap_error {
 	__s64 alloc_stack;
 	__u64 first_free_fn;	/* double free: the release that freed it first (as release_fn) */
 	__s64 first_free_stack;
+	__u32 pid;		/* the process (tgid): following forks, whose report it goes to */
+	__u32 unused;
 };
 #define LEAK_MAX_HEAP_ERRORS 4096
 

@@ -30,7 +30,7 @@ const EVENT_BYTES = 56;
 const PATH_PARTS = 12;
 const PATH_PART_BYTES = 64;
 const MODULE_BYTES = 5 * 8 + PATH_PARTS * PATH_PART_BYTES;
-const HEAP_ERROR_BYTES = 64;
+const HEAP_ERROR_BYTES = 72;
 
 export function checkLayout(layout: NativeLayout): void {
   const expected = {
@@ -172,6 +172,8 @@ const errorKinds = [undefined, 'invalid-free', 'double-free', 'mismatched-free']
 export interface RawHeapError {
   kind: 'invalid-free' | 'double-free' | 'mismatched-free';
   tid: number;
+  /** The process (followForks: whose report it belongs in). */
+  pid: number;
   address: bigint;
   releaseFn: AllocatorFunction;
   /** At an entry: the entry probe's offset in its page + 1 (which overload); 0 elsewhere. */
@@ -214,6 +216,7 @@ export function decodeHeapErrors(buffer: ArrayBuffer): { seen: number; errors: R
       firstFreeFn: leakFunctions[h[base + 12]!] ?? 'free',
       firstFreeEntryPage: h[base + 13]!,
       firstFreeStack: stackIdOf(h[base + 14]!, h[base + 15]!),
+      pid: h[base + 16]!,
     });
   }
   return { seen, errors };

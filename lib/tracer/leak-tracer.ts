@@ -143,6 +143,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** Execs and children (lib/processes.ts); undefined when the process is not followed. */
   #processes: ProcessTracker | undefined;
   #followForks = false;
+  /** followForks: per pid, the heap errors (by position) already in one of its reports. */
+  readonly #errorsTaken = new Map<number, number>();
   /** The event stream, delivered in slices. */
   readonly #events = new EventQueue(
     (batch, from, to) => this.#deliverEvents(batch, from, to),
@@ -372,6 +374,24 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule });
   }
 
+  /** The heap errors recorded, as `errors` and `summary.errors`: all of them, or followForks, those
+   *  of process `pid` not given to an earlier process of that pid (errors are appended in order).
+   *  Errors past the kernel's record slots are counted as not recorded, in the first process's. */
+  async #addHeapErrors(report: LeakReport, columns: BlockColumns, pid?: number): Promise<void> {
+    const { errors: all, seen } = decodeHeapErrors(await this.#native.readHeapErrors());
+    const from = pid === undefined ? 0 : (this.#errorsTaken.get(pid) ?? 0);
+    const rawErrors = pid === undefined ? all : all.filter((e, i) => i >= from && e.pid === pid);
+    if (pid !== undefined) this.#errorsTaken.set(pid, all.length);
+    const ambiguous = new Set(this.info.ambiguousPairs ?? []);
+    const told = rawErrors.filter(
+      (e) => e.kind !== 'mismatched-free' || e.allocFn === undefined || !ambiguous.has(familyPair(e.allocFn, e.releaseFn)),
+    );
+    const errors = await heapErrorsOf(told, columns, (groups) => this.#stacks(groups));
+    report.errors = errors;
+    const unrecorded = pid === undefined || pid === this.pid ? seen - all.length : 0;
+    report.summary.errors = heapErrorCounts(errors, told.length + unrecorded);
+  }
+
   /** The previous images and the verdict on the last one, when there is something to say. */
   #addProcessFields(report: LeakReport, info: TracedProcessInfo): void {
     if (info.previousImages.length > 0) report.previousImages = info.previousImages;
@@ -401,6 +421,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         ? { scanned: false, reason: exit.stopped ? 'its memory could not be read at its exit' : 'it ended without an exit stop' }
         : undefined;
     const report = await this.#scoped(columns, null, exit.counters, exitStatus(exit.waitStatus), {}, this.#processTarget(info), scan);
+    await this.#addHeapErrors(report, columns, info.pid);
     this.#addProcessFields(report, info);
     return report;
   }
@@ -424,6 +445,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         const counterBytes = this.#native.processCounters(info.index);
         if (!counterBytes) continue; // it exited meanwhile: its report comes with its exit
         const report = await this.#scoped(own, rows, decodeCounters(counterBytes), { exitCode: null, signal: null }, { module, excludeModule }, this.#processTarget(info));
+        if (stopped) await this.#addHeapErrors(report, own, info.pid);
         this.#addProcessFields(report, info);
         extra.set(info.pid, report);
       }
@@ -651,14 +673,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         }
       }
       const report = await this.#scoped(columns, null, counters, { exitCode, signal }, {}, this.#target, scan);
-      const { errors: rawErrors, seen } = decodeHeapErrors(await this.#native.readHeapErrors());
-      const ambiguous = new Set(this.info.ambiguousPairs ?? []);
-      const told = rawErrors.filter(
-        (e) => e.kind !== 'mismatched-free' || e.allocFn === undefined || !ambiguous.has(familyPair(e.allocFn, e.releaseFn)),
-      );
-      const errors = await heapErrorsOf(told, columns, (groups) => this.#stacks(groups));
-      report.errors = errors;
-      report.summary.errors = heapErrorCounts(errors, seen - (rawErrors.length - told.length));
+      await this.#addHeapErrors(report, columns);
       const root = this.#processes?.info(this.pid);
       if (root) {
         Object.assign(report.target, { commandLine: root.commandLine });

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cstring>
 #include <iterator>
 #include <utility>
@@ -54,6 +57,85 @@ class Buffer {
  private:
   uint8_t* data_ = nullptr;
   size_t size_ = 0;
+};
+
+// Copies a range of the target into a buffer on a thread of its own, one request at a time, so
+// that the copy (in the kernel, on one CPU) overlaps the scan of the previous window (on the
+// other). Without its thread (it could not start) a request is read at once, in place.
+class Prefetcher {
+ public:
+  explicit Prefetcher(pid_t pid) : pid_(pid) {}
+  Prefetcher(const Prefetcher&) = delete;
+  Prefetcher& operator=(const Prefetcher&) = delete;
+  ~Prefetcher() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // The second buffer (`size` bytes) and the thread; false when either cannot be had.
+  bool Start(size_t size) {
+    if (!buffer_.Allocate(size)) return false;
+    try {
+      thread_ = std::thread([this] { Loop(); });
+    } catch (...) {
+      return false;
+    }
+    return true;
+  }
+  uint8_t* buffer() const { return buffer_.data(); }
+
+  void Read(uint64_t address, size_t length, uint8_t* out) {
+    if (!thread_.joinable()) {
+      ReadRemote(pid_, address, length, out);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      address_ = address;
+      length_ = length;
+      out_ = out;
+      pending_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  // Until the last request is read.
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [this] { return !pending_; });
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return pending_ || stop_; });
+      if (stop_) return;
+      uint64_t address = address_;
+      size_t length = length_;
+      uint8_t* out = out_;
+      lock.unlock();
+      ReadRemote(pid_, address, length, out);
+      lock.lock();
+      pending_ = false;
+      cv_.notify_all();
+    }
+  }
+
+  pid_t pid_;
+  Buffer buffer_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool pending_ = false;
+  bool stop_ = false;
+  uint64_t address_ = 0;
+  size_t length_ = 0;
+  uint8_t* out_ = nullptr;
 };
 
 struct Range {
@@ -168,10 +250,15 @@ class Scanner {
   // Reads every block once, in address order, a window of neighbours at a time, and keeps of it
   // only what the walk needs: its head, and its pointers to blocks (the graph's edges). Nothing
   // the size of the heap is copied.
+  // The blocks in address order, read a window at a time: each window's words are looked up
+  // while the next one is copied out of the target by the prefetcher's thread.
   void ReadBlocks() {
-    uint8_t* w = window_.data();
-    size_t i = 0;
-    while (i < n_) {
+    struct Span {
+      size_t i, j;  // blocks [i, j)
+      uint64_t base, end;
+    };
+    std::vector<Span> spans;
+    for (size_t i = 0; i < n_;) {
       const uint64_t base = start_[i] >= kChunkHeader ? start_[i] - kChunkHeader : 0;
       uint64_t end = start_[i] + size_[i];
       size_t j = i + 1;
@@ -179,19 +266,44 @@ class Scanner {
         end = std::max(end, start_[j] + size_[j]);
         j++;
       }
-      if (end - base <= kWindow) {
-        ReadRemote(pid_, base, static_cast<size_t>(end - base), w);
-        heap_bytes_ += end - base;
-        for (size_t k = i; k < j; k++) {
-          const uint8_t* data = w + (start_[k] - base);
-          SetHead(k, data - kChunkHeader, data, size_[k]);
-          Extract(data, static_cast<size_t>(size_[k]));
-          edge_begin_[k + 1] = edge_to_.size();
+      spans.push_back({i, j, base, end});
+      i = j;
+    }
+    Prefetcher prefetcher(pid_);
+    uint8_t* buffers[2] = {window_.data(), prefetcher.Start(kWindow) ? prefetcher.buffer() : nullptr};
+    auto small = [&](size_t k) { return spans[k].end - spans[k].base <= kWindow; };
+    auto request = [&](size_t k, int slot) {
+      prefetcher.Read(spans[k].base, static_cast<size_t>(spans[k].end - spans[k].base), buffers[slot]);
+    };
+    // With no second buffer, every read is made in place, one after another.
+    const bool overlap = buffers[1] != nullptr;
+    int slot = 0;
+    if (!spans.empty() && small(0)) request(0, 0);
+    for (size_t k = 0; k < spans.size(); k++) {
+      const Span& sp = spans[k];
+      if (small(k)) {
+        prefetcher.Wait();
+        uint8_t* w = buffers[slot];
+        const bool ahead = k + 1 < spans.size() && small(k + 1);
+        if (ahead && overlap) request(k + 1, slot ^ 1);
+        heap_bytes_ += sp.end - sp.base;
+        for (size_t b = sp.i; b < sp.j; b++) {
+          const uint8_t* data = w + (start_[b] - sp.base);
+          SetHead(b, data - kChunkHeader, data, size_[b]);
+          Extract(data, static_cast<size_t>(size_[b]));
+          edge_begin_[b + 1] = edge_to_.size();
+        }
+        if (overlap) {
+          slot ^= 1;
+        } else if (ahead) {
+          request(k + 1, 0);
         }
       } else {
         // Larger than a window: its head first, then its words a window at a time.
+        uint8_t* w = buffers[slot];
+        const size_t i = sp.i;
         uint8_t head[kChunkHeader + 24] = {};
-        ReadRemote(pid_, base, sizeof head, head);
+        ReadRemote(pid_, sp.base, sizeof head, head);
         SetHead(i, head, head + kChunkHeader, size_[i]);
         for (uint64_t at = 0; at < size_[i]; at += kWindow) {
           size_t len = static_cast<size_t>(std::min<uint64_t>(kWindow, size_[i] - at));
@@ -200,8 +312,8 @@ class Scanner {
           Extract(w, len);
         }
         edge_begin_[i + 1] = edge_to_.size();
+        if (k + 1 < spans.size() && small(k + 1)) request(k + 1, slot);
       }
-      i = j;
     }
   }
 
