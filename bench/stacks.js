@@ -69,7 +69,7 @@ function commands() {
     if (!existsSync(repo)) throw new Error(`no ${repo}: run \`npm run bench -- --peers --workloads git --configs untraced --rounds 1\` once`);
     w.git = {
       comm: 'git',
-      cmd: ['/usr/bin/git', '-C', repo, '--no-pager', 'log', '-p', '--stat'],
+      cmd: ['/usr/bin/git', '-C', repo, '--no-pager', 'log', '-p', '--stat', '--output=/dev/null'],
       env: { ...env, GIT_CONFIG_NOSYSTEM: '1', GIT_CONFIG_GLOBAL: '/dev/null' },
     };
   }
