@@ -111,7 +111,7 @@ describe('crashes', () => {
   it('abort() is SIGABRT, and a crash takes priority over --error-exitcode, as with valgrind', async () => {
     const prog = compile('leak_abort', '#include <stdlib.h>\nvoid *volatile p;\nint main(void) { p = malloc(40); p = 0; abort(); }\n');
     // Unscanned: abort()'s own frames hold a stale copy of the pointer, which a scan of raw memory
-    // takes for a live one (README, "Where it differs from valgrind").
+    // takes for a live one (docs/leak-kinds.md, "Where it differs from valgrind").
     const r = await runCli(['run', '--no-leak-kinds', '--error-exitcode', '9', '--', prog]);
     expect(r.stderr).toContain('killed by SIGABRT;');
     expect(r.stderr).not.toContain('SIGIOT');
