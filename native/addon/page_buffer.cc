@@ -46,9 +46,17 @@ void UnmapOffJsThread(Pages* pages) {
 
 }  // namespace
 
+// V8 is told of the pages (external_buffer.h says why), and told again when they go.
 Napi::ArrayBuffer PagesAsArrayBuffer(Napi::Env env, void* data, size_t size, size_t length) {
-  return Napi::ArrayBuffer::New(
-      env, data, size, [](Napi::Env, void*, Pages* p) { UnmapOffJsThread(p); }, new Pages{data, length});
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
+      env, data, size,
+      [](Napi::Env env, void*, Pages* p) {
+        Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(p->length));
+        UnmapOffJsThread(p);
+      },
+      new Pages{data, length});
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(length));
+  return buffer;
 }
 
 int PageBuffer::Reserve(size_t capacity) {
