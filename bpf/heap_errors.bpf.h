@@ -163,7 +163,10 @@ static long vma_is_allocator(struct task_struct *task, struct vm_area_struct *vm
 	return 0;
 }
 
-/* Whether the function entered at `ctx` was called from the allocator's own file. */
+/* Whether the function entered at `ctx` was called from the allocator's own file. When the
+ * mapping cannot be looked up because another thread holds the mmap lock (threads ending at once
+ * unmap their stacks while glibc frees their caches), the call is taken as the allocator's: those
+ * thread-exit releases are frequent, an invalid free landing on that moment is not. */
 static __always_inline bool called_by_allocator(struct pt_regs *ctx)
 {
 	__u64 ra;
@@ -172,7 +175,8 @@ static __always_inline bool called_by_allocator(struct pt_regs *ctx)
 	if (!allocator_inode ||
 	    bpf_probe_read_user(&ra, sizeof(ra), (void *)PT_REGS_SP(ctx)))
 		return false;
-	bpf_find_vma(bpf_get_current_task_btf(), ra, vma_is_allocator, &inside, 0);
+	if (bpf_find_vma(bpf_get_current_task_btf(), ra, vma_is_allocator, &inside, 0) == -EBUSY)
+		return true;
 	return inside;
 }
 

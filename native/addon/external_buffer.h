@@ -1,7 +1,7 @@
 // Worker results handed to JS without a copy on the JS thread (a million-block snapshot is ~56 MB,
 // a symbolizer batch a few MB): the ArrayBuffer owns the vector and frees it when collected. V8 is
-// told of the memory, or it would see a few bytes of handle per buffer and collect them too late:
-// a report a second grew the tracer by ~100 MB between two full collections.
+// told of the memory, so that it collects these buffers in step with what they hold rather than
+// with the few bytes of handle it sees of each.
 #pragma once
 
 #include <napi.h>
