@@ -15,6 +15,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { programRuns } from './entries-output.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bench = join(root, 'build', 'bench');
@@ -100,12 +101,8 @@ function entriesPerCall() {
         ...w.env,
       });
       const count = (k) => Number(new RegExp(`^${k} (\\d+)$`, 'm').exec(out)[1]);
-      const prog = (name) =>
-        [...out.matchAll(new RegExp(`^${name} runs (\\d+) ns/run ([\\d.]+)$`, 'gm'))]
-          .map((m) => ({ runs: Number(m[1]), ns: Number(m[2]) }))
-          .sort((a, b) => b.runs - a.runs)[0] ?? { runs: 0, ns: NaN };
-      const entry = prog('alloc_entry');
-      const exit = prog('alloc_exit');
+      const entry = programRuns(out, 'alloc_entry');
+      const exit = programRuns(out, 'alloc_exit');
       // Each malloc and each free is one entry run; a pair is one of each.
       const n = entry.runs / 2;
       const row = {

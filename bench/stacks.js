@@ -18,6 +18,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { programRuns } from './entries-output.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const bench = join(root, 'build', 'bench');
@@ -86,12 +87,8 @@ function once(w, config) {
     env: { ...w.env, ...config.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const prog = (name) =>
-    [...out.matchAll(new RegExp(`^${name} runs (\\d+) ns/run ([\\d.]+)$`, 'gm'))]
-      .map((m) => ({ runs: Number(m[1]), ns: Number(m[2]) }))
-      .sort((a, b) => b.runs - a.runs)[0] ?? { runs: 0, ns: NaN };
-  const entry = prog('alloc_entry');
-  const exit = prog('alloc_exit');
+  const entry = programRuns(out, 'alloc_entry');
+  const exit = programRuns(out, 'alloc_exit');
   return {
     entryNs: entry.ns,
     exitNs: exit.ns,
