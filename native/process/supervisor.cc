@@ -1,5 +1,6 @@
 // One file by design: the ptrace thread's loop and the stops it handles (exec, fork, exit, pauses) share that one thread's view of every traced task.
 #include "process/supervisor.h"
+#include "addon/monotonic_clock.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -219,9 +220,7 @@ bool Supervisor::PauseOnce(pid_t pid, const PauseWork& work, std::string* error,
   std::vector<pid_t> waiting;
   for (const auto& [t, owner] : tasks_)
     if (owner == pid && !early_stops_.count(t)) waiting.push_back(t);
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  uint64_t stopped_ns = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+  uint64_t stopped_ns = MonotonicNs();
   for (pid_t t : waiting) Trace(PTRACE_INTERRUPT, t);
   std::vector<Held> held;
   std::vector<StoppedThread> threads;

@@ -10,15 +10,10 @@
 
 #include "abi/leak.h"
 #include "scan/stop_world.h"
+#include "addon/monotonic_clock.h"
 
 namespace ebpf_leak {
 namespace {
-
-uint64_t MonotonicNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 template <typename T>
 Napi::ArrayBuffer CopyToArrayBuffer(Napi::Env env, const std::vector<T>& v) {

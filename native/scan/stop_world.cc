@@ -1,4 +1,5 @@
 #include "scan/stop_world.h"
+#include "addon/monotonic_clock.h"
 
 #include <dirent.h>
 #include <signal.h>
@@ -18,12 +19,6 @@
 
 namespace ebpf_leak {
 namespace {
-
-uint64_t MonotonicNs() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 long Ptrace(int request, pid_t tid, unsigned long addr, unsigned long data) {
   return ptrace(static_cast<__ptrace_request>(request), tid, reinterpret_cast<void*>(addr),
@@ -119,7 +114,6 @@ void StopThreads(std::vector<pid_t>* tids, HeldWorld* world, std::vector<Resume>
     resume->push_back(r);
   }
 }
-
 
 }  // namespace
 

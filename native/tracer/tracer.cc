@@ -27,6 +27,7 @@
 #include "abi/leak.h"
 #include "leak.skel.h"
 #include "tracer/uprobe_multi.h"
+#include "addon/monotonic_clock.h"
 
 namespace ebpf_leak {
 
@@ -48,13 +49,6 @@ constexpr auto kCounterCheckInterval = std::chrono::milliseconds(100);
 // How often the poll thread wakes; also the resolution of blocks' timestamps (`now_ns` in
 // bpf/leak.bpf.c: reading a clock in every allocation probe cost a tenth of its work).
 constexpr int kClockTickMs = 10;
-
-// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns(), so event and block times agree.
-uint64_t MonotonicNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 struct Message {
   const char* type;
