@@ -8,6 +8,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "abi/leak.h"
+#include "modules.bpf.h"	  /* the mappings stacks pass through, for the symbolizer */
 #include "unwind.bpf.h"	  /* the CFI stack walker: stacks through code without frame pointers */
 #include "stack_totals.bpf.h" /* outstanding bytes and blocks per stack */
 #include "traced_processes.bpf.h" /* follow_forks: a key and counters per process */
@@ -139,13 +140,6 @@ struct {
 	__uint(max_entries, 65536); /* = stack_traces' max_entries, set before load */
 } stacks_seen SEC(".maps");
 
-/* Executable mappings stacks passed through, by start address. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u64);
-	__type(value, struct leak_module);
-	__uint(max_entries, 8192);
-} modules SEC(".maps");
 
 /* Threads whose allocations are not recorded (see filter_threads). Their frees still are: a block
  * allocated by another thread may be freed by an ignored one. User space adds and removes tids. */
@@ -159,7 +153,6 @@ struct {
 /* Scratch space too large for the BPF stack. */
 struct stack_scratch {
 	__u64 frames[LEAK_MAX_STACK_DEPTH + 1]; /* a power of two: indexes are masked, not compared */
-	struct leak_module module;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -396,47 +389,6 @@ static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 add
 		heap_released(ctx, fn, address, block.size_fn, block.stack_id, at_entry);
 	}
 	count_free(fn, address, size);
-}
-
-static long record_mapping(struct task_struct *task, struct vm_area_struct *vma, void *data)
-{
-	__u32 zero = 0;
-	struct stack_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	struct leak_module *m, *known;
-	struct dentry *dentry;
-	struct file *file;
-	__u64 start = vma->vm_start;
-
-	if (!s)
-		return 0;
-	m = &s->module;
-	known = bpf_map_lookup_elem(&modules, &start);
-	file = vma->vm_file;
-	if (!file) /* anonymous: JIT code, named from perf maps in user space */
-		return 0;
-	m->inode = BPF_CORE_READ(file, f_inode, i_ino);
-	/* The same start with the same file is already known; a different file there (a library
-	 * loaded where a dlclose()d one was) replaces it. */
-	if (known && known->inode == m->inode && known->end == vma->vm_end)
-		return 0;
-	m->start = start;
-	m->end = vma->vm_end;
-	m->file_offset = vma->vm_pgoff << 12;
-	m->dev = BPF_CORE_READ(file, f_inode, i_sb, s_dev);
-	dentry = BPF_CORE_READ(file, f_path.dentry);
-	for (int i = 0; i < LEAK_PATH_PARTS; i++) {
-		struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-
-		if (!dentry || parent == dentry) {
-			m->parts[i][0] = 0;
-			break;
-		}
-		bpf_probe_read_kernel_str(m->parts[i], LEAK_PATH_PART_LEN,
-					  BPF_CORE_READ(dentry, d_name.name));
-		dentry = parent;
-	}
-	bpf_map_update_elem(&modules, &start, m, BPF_ANY);
-	return 0;
 }
 
 static long record_frame_mapping(__u32 i, void *data)

@@ -1,8 +1,8 @@
 /* One file by design: the walker's maps and the bounded loop that reads them are verified together; the records shared with user space are bpf/abi/unwind_types.h. */
 /* The CFI stack walker: user stacks through code built without frame pointers.
  *
- * Included by bpf/leak.bpf.c, right after bpf/abi/leak.h; alloc_stack() there calls unwind_stack().
- * It uses leak.bpf.c's record_mapping() (declared below). Records and rules shared with user
+ * Included by bpf/leak.bpf.c; alloc_stack() there calls unwind_stack(). Mappings its walks meet go to
+ * bpf/modules.bpf.h's record_mapping(). Records and rules shared with user
  * space: bpf/abi/unwind_types.h; tables built and loaded by native/unwind/unwind_table.cc, native/unwind/unwinder.cc.
  *
  * The walk starts in the allocator's return probe, from the registers the caller has once the
@@ -19,7 +19,7 @@
  *    yet takes bpf_find_vma(), which needs the mmap lock: another thread mapping or unmapping
  *    makes it fail, and the walk then stops there (counted as busy and truncated), never
  *    guesses. The first time a mapping is met, bpf_find_vma() also records it for the
- *    symbolizer (leak.bpf.c's record_mapping()), retried on later walks until it could;
+ *    symbolizer (modules.bpf.h's record_mapping()), retried on later walks until it could;
  *  - the stack is read from a per-CPU copy of the page the frames are in (one
  *    bpf_probe_read_user() per page rather than one or two per frame);
  *  - the frames of each distinct stack are stored once, in `unwind_stacks`, under a 51-bit hash
@@ -39,6 +39,7 @@
 #define EBPF_LEAK_UNWIND_H
 
 #include "abi/unwind_types.h"
+#include "modules.bpf.h"
 
 #ifndef EBUSY
 #define EBUSY 16
@@ -47,8 +48,6 @@
 #define EEXIST 17
 #endif
 
-/* Defined in leak.bpf.c: records a mapping in `modules` for the symbolizer. */
-static long record_mapping(struct task_struct *task, struct vm_area_struct *vma, void *data);
 
 /* Set by user space before load (native/unwind/unwinder.cc). */
 const volatile __u32 unwind_mode = LEAK_UNWIND_FP;
