@@ -43,12 +43,19 @@ async function run(args: string[], leakKinds: boolean): Promise<Outcome> {
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  let continuing: ReturnType<typeof setInterval> | undefined;
   if (args[0] === 'stopped') {
-    // Stopped by its own SIGSTOP ('T'; 't' under ptrace): continue it as a shell would.
+    // Stopped by its own SIGSTOP ('T'; 't' under ptrace): continue it as a shell would. /proc shows
+    // 't' already in the signal-delivery stop, before the supervisor passes the SIGSTOP on; a
+    // SIGCONT sent then comes before the stop and is lost. A shell hears only of the group stop,
+    // so keep continuing while the target shows stopped, as often as it takes.
     await waitFor('the job-control stop', () => ['T', 't'].includes(processState(tracer.pid) ?? ''), 120_000);
+    continuing = setInterval(() => {
+      if (['T', 't'].includes(processState(tracer.pid) ?? '')) process.kill(tracer.pid, 'SIGCONT');
+    }, 50);
     process.kill(tracer.pid, 'SIGCONT');
   }
-  const report = await tracer.done;
+  const report = await tracer.done.finally(() => clearInterval(continuing));
   const exit = await child.exited;
   await new Promise((resolve) => setImmediate(resolve));
   return { exitCode: exit.code, signal: exit.signal, stdout, stderr, report };
