@@ -8,11 +8,12 @@
  * untraced child's allocations, nor a process whose index is not set up yet. A child in its
  * parent's address space (vfork) is given the owner's index until its exec: its blocks are in
  * that heap, and the owner may free them.
- *
- * Included by bpf/leak.bpf.c before bpf/alloc_table.bpf.h. */
+ */
 #ifndef EBPF_LEAK_TRACED_PROCESSES_H
 #define EBPF_LEAK_TRACED_PROCESSES_H
 
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
 #include "abi/leak.h"
 
 /* Off (one process), every lookup below compiles away: the verifier prunes it. */

@@ -12,8 +12,9 @@
 //              command line bytes, struct leak_counters, u64 blocks; the command line
 //              (NUL-separated, padded to 8 bytes); then the blocks as leak_block records; when
 //              scanned, u64 scan ns, read ns, walk ns, root bytes, heap bytes, threads, then per
-//              block u64 indirect bytes, then u8 kinds, then u8 heuristics: a traced process exited
-//              (follow_forks).
+//              block u64 indirect bytes, then u8 kinds, then u8 heuristics, padded to 8 bytes;
+//              then u32 owner per block (0xffffffff: none), padded to 8 bytes, u64 the number of
+//              lost pairs and u32 (from, to) each: a traced process exited (follow_forks).
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <unistd.h>
@@ -482,6 +483,11 @@ void Tracer::OnExit(const process::Event& event) {
     for (uint64_t v : scan.indirect) Put(&message, v);
     message.insert(message.end(), scan.kind.begin(), scan.kind.end());
     message.insert(message.end(), scan.heuristic.begin(), scan.heuristic.end());
+    message.resize((message.size() + 7) / 8 * 8, 0);
+    for (uint32_t v : scan.owner) Put(&message, v);
+    message.resize((message.size() + 7) / 8 * 8, 0);
+    Put(&message, static_cast<uint64_t>(scan.lost_edges.size() / 2));
+    for (uint32_t v : scan.lost_edges) Put(&message, v);
   }
   Post("process", std::move(message));
 }
