@@ -2,7 +2,7 @@
 // a high allocation rate (2 threads replacing blocks in level pools of 20,000 each, from 16 call
 // sites) under `ebpf-leak attach --interval 1`, the tracer's RSS (VmRSS of its process) sampled
 // every second. Prints the samples' least-squares slope (MB per minute) after the warm-up (the
-// first WARMUP_S seconds, or the first tenth of a shorter run: the tables filling, the code
+// first WARMUP_S seconds, or the first fifth of a shorter run: the tables filling, the code
 // warming, the allocator's arenas reaching their size) and over the whole run, the RSS first,
 // after the warm-up, last and at most, and the rate. A tracer that keeps nothing per tick has a
 // slope near 0 however long it runs. Not a test.
@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-/** Seconds of warm-up left out of the main slope (at most a tenth of the run). */
+/** Seconds of warm-up left out of the main slope (at most a fifth of the run). */
 const WARMUP_S = 120;
 
 function rssMb(pid) {
@@ -67,7 +67,7 @@ export async function soak({ root, buildDir, seconds, log }) {
   }
   await targetExit;
   const [code, signal] = tracer.exitCode !== null ? [tracer.exitCode, tracer.signalCode] : await once(tracer, 'exit');
-  const warmupS = Math.min(WARMUP_S, seconds / 10);
+  const warmupS = Math.min(WARMUP_S, seconds / 5);
   const kept = samples.filter((p) => p.x * 60 >= warmupS);
   const result = {
     seconds,
@@ -84,6 +84,8 @@ export async function soak({ root, buildDir, seconds, log }) {
     callsPerSecond: (Number(rounds.trim()) * 2) / seconds, // a round is a free and an allocation
     ticks,
     tracerExit: code ?? signal,
+    /** [seconds, MB] every second, for other windows than the warm-up's. */
+    rss: samples.map((p) => [Math.round(p.x * 600) / 10, Math.round(p.y * 10) / 10]),
   };
   log(
     `soak: tracer RSS ${result.rssFirstMb?.toFixed(1)} MB first, ${result.rssAfterWarmupMb?.toFixed(1)} MB at ${warmupS.toFixed(0)} s, ` +
