@@ -91,6 +91,8 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   },
   { name: 'attach_exec', compiler: 'gcc', sources: ['attach_exec.c'], flags: cFlags },
   { name: 'fork_wait', compiler: 'gcc', sources: ['fork_wait.c'], flags: cFlags },
+  { name: 'vfork_exec', compiler: 'gcc', sources: ['vfork_exec.c'], flags: cFlags },
+  { name: 'spawn_children', compiler: 'gcc', sources: ['spawn_children.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -127,7 +129,9 @@ export type FixtureName =
   | 'cpp_iostream'
   | 'leak_kinds_cpp'
   | 'attach_exec'
-  | 'fork_wait';
+  | 'fork_wait'
+  | 'vfork_exec'
+  | 'spawn_children';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
