@@ -15,6 +15,8 @@ export async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<numb
   checkJsonDestination(cmd);
   const { trace } = await import('../tracer/trace.js');
   const { releaseSnapshot } = await import('../tracer/leak-tracer.js');
+  // Hours of a snapshot a second on worker threads: their arenas give back what they free.
+  if (cmd.intervalS > 0) (await import('../native/addon.js')).loadNative().keepArenasTrimmed();
   const tracer = await trace({ pid: cmd.pid, ...traceOptions(cmd) });
   watchTracer(tracer, cmd, io);
 

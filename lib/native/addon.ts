@@ -219,6 +219,9 @@ export interface NativeAddon extends NativeSymbolizer {
   /** Frees a buffer the addon returned now rather than when collected (native/addon/release_buffer.h);
    *  it reads as empty afterwards. False when V8 would not detach it (it is then collected as usual). */
   releaseBuffer(buffer: ArrayBuffer): boolean;
+  /** Fixed glibc malloc thresholds, so that the arenas of worker threads give back their free tops
+   *  (native/addon/malloc_policy.h). Process-wide: the CLI's process only. False if glibc refused. */
+  keepArenasTrimmed(): boolean;
   /** x86-64 instructions of `code`, which starts at `address` (native/x86/x86_decoder.h): every one
    *  that starts in the first `detailBytes`, then only those that do not fall through. Absent
    *  from builds for other architectures. */

@@ -10,6 +10,7 @@
 #include "abi/leak.h"
 #include "process/run_program.h"
 #include "addon/release_buffer.h"
+#include "addon/malloc_policy.h"
 #include "symbols/symbolizer.h"
 #include "target/target_file.h"
 #include "tracer/tracer.h"
@@ -54,6 +55,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("openTargetFile", Napi::Function::New(env, OpenTargetFileJs, "openTargetFile"));
   exports.Set("runProgram", Napi::Function::New(env, RunProgram, "runProgram"));
   exports.Set("releaseBuffer", Napi::Function::New(env, ReleaseBufferJs, "releaseBuffer"));
+  exports.Set("keepArenasTrimmed", Napi::Function::New(env, KeepArenasTrimmedJs, "keepArenasTrimmed"));
 #if defined(__x86_64__)
   exports.Set("decodeX86", Napi::Function::New(env, DecodeX86, "decodeX86"));
 #endif
