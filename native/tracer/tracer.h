@@ -21,6 +21,7 @@
 #include "addon/errors.h"
 #include "tracer/event_slots.h"
 #include "addon/page_buffer.h"
+#include "process/process_blocks.h"
 #include "process/supervisor.h"
 #include "scan/scan_session.h"
 #include "unwind/unwinder.h"
@@ -145,6 +146,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   void StopSupervisor();
   bool AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error);
   uint64_t ProcessBits(pid_t pid);
+  process::ProcessBlocks Blocks();
   pid_t MemoryOwner(pid_t pid) const;
   void OwnMemory(pid_t pid);
   void ForgetFreedBlocks(uint64_t bits);
