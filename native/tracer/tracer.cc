@@ -670,7 +670,9 @@ bool Tracer::DoReadModules(std::vector<uint8_t>* modules, NativeError* error) {
 // million entries). The map may change meanwhile; each bucket is read consistently.
 bool Tracer::DumpHashMap(int fd, size_t key_size, size_t value_size, std::vector<uint8_t>* out,
                          NativeError* error) {
-  uint32_t chunk = 16384;
+  // Batches of at most 64 KiB, under glibc's mmap threshold: 16,384 modules (13 MB) a call were
+  // left free in each worker thread's arena, and raised the threshold so that they stayed.
+  uint32_t chunk = static_cast<uint32_t>(std::clamp<size_t>((64u << 10) / (key_size + value_size), 64, 16384));
   std::vector<uint8_t> keys, values;
   uint64_t in_token = 0, out_token = 0;
   bool first = true;
