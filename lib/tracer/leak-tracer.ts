@@ -150,7 +150,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #mark = 0;
   /** When the tracer traces its own process: its addon's file, whose stacks are the tracer's own
    *  allocations (N-API calls on the JS thread) and are left out of every report. Its other
-   *  threads are kept out in the kernel (native/tracer/tracer.cc, ThreadIgnore). */
+   *  threads are kept out in the kernel (native/tracer/trace_session.h, ThreadIgnore). */
   #ownModule: string | undefined;
   #finalUnwindStats: UnwindStats | null = null;
   /** Execs and children (lib/processes.ts); undefined when the process is not followed. */
