@@ -56,9 +56,12 @@ export interface NativeTracerConfig {
   supervise?: boolean;
   /** With `supervise`: trace every child process too, each with its own blocks. */
   followForks?: boolean;
-  /** With `supervise`: scan the target's memory for the leak kinds at its exit stop
-   *  (native/scan/). */
+  /** Scan the target's memory for the leak kinds at its exit stop (native/scan/); a pid target
+   *  without `supervise` is seized with ptrace for that hold alone, and traced on without it when
+   *  ptrace is refused (takeExitScan() then says why). */
   scanAtExit?: boolean;
+  /** Why a pid target is not to be held at its exit (takeExitScan() says it). */
+  holdRefused?: string;
   /** The probed allocator is glibc's: its arenas are told apart from the program's memory. */
   glibc?: boolean;
 }

@@ -648,18 +648,14 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       this.#checkLost(counters);
       let scan: ScanInfo | undefined;
       const running = exitCode === null && signal === null && processAlive(this.pid);
-      if (this.info.leakKinds && (this.process === undefined || running)) {
-        // Tracing stops while it runs (or a process we attached to ended): stopped for a scan now.
-        if (!running) {
-          scan = { scanned: false, reason: 'it exited; only a program ebpf-leak starts is held at its exit' };
-        } else {
-          try {
-            const now = await this.#native.scan();
-            columns = withKinds(blockColumns(now.entries, this.info.sampleEveryBytes), now);
-            scan = scanInfo(now);
-          } catch (error) {
-            scan = { scanned: false, reason: (error as Error).message };
-          }
+      if (this.info.leakKinds && running) {
+        // Tracing stops while it runs: stopped for a scan now.
+        try {
+          const now = await this.#native.scan();
+          columns = withKinds(blockColumns(now.entries, this.info.sampleEveryBytes), now);
+          scan = scanInfo(now);
+        } catch (error) {
+          scan = { scanned: false, reason: (error as Error).message };
         }
       } else if (this.info.leakKinds) {
         // Held at its exit: the blocks the scan saw are the ones left (nothing runs after it).

@@ -339,7 +339,12 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   config_.allocator_inode = GetU64(o, "allocatorInode");
   config_.supervise = GetBool(o, "supervise");
   config_.follow_forks = config_.supervise && GetBool(o, "followForks");
-  config_.scan_at_exit = config_.supervise && GetBool(o, "scanAtExit");
+  config_.scan_at_exit = GetBool(o, "scanAtExit") && (config_.supervise || !config_.wait_for_exec);
+  config_.hold_exit = config_.scan_at_exit && !config_.supervise;
+  if (config_.hold_exit && o.Get("holdRefused").IsString()) {
+    config_.hold_exit = false;
+    hold_error_ = o.Get("holdRefused").ToString().Utf8Value();
+  }
   config_.glibc = GetBool(o, "glibc");
   config_.image_keys = !config_.supervise && !config_.wait_for_exec;
   Napi::Value btf = o.Get("btfPath");
@@ -418,6 +423,7 @@ ScanSession* Tracer::Session() {
 bool Tracer::ReadBlocks(PageBuffer* out) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!allocs_table_.IsOpen()) return false;
+  if (skel_ != nullptr) SyncImages();  // an image exec ended is not this one's
   return allocs_table_.Read(false, out) == 0;
 }
 
@@ -571,7 +577,7 @@ bool Tracer::LoadAndAttach(bool multi, NativeError* error) {
 }
 
 bool Tracer::FinishAttach(NativeError* error) {
-  if (config_.supervise && !StartSupervisor(error)) {
+  if ((config_.supervise || config_.hold_exit) && !StartSupervisor(error)) {
     DetachAll();
     return false;
   }
@@ -901,6 +907,7 @@ Napi::Value Tracer::TakeExitScan(const Napi::CallbackInfo& info) {
       if (!outcome) reason = scan_->NotScannedReason();
     }
   }
+  if (!outcome && !hold_error_.empty()) reason = "it could not be held at its exit: " + hold_error_;
   if (outcome) return outcome->ToJs(env);
   Napi::Object o = Napi::Object::New(env);
   o.Set("notScanned", reason);

@@ -79,6 +79,10 @@ struct TracerConfig {
   UnwindOptions unwind;  // the CFI stack walker (native/unwind/unwinder.h)
   // Scan the target's memory for the leak kinds in the supervisor's stop at its exit.
   bool scan_at_exit = false;
+  // scan_at_exit of a pid target not otherwise followed: a supervisor of its own only holds it at
+  // its exit (its execs stay the BPF program's, image_keys). When ptrace is refused the trace
+  // goes on without the hold, and hold_error_ says why.
+  bool hold_exit = false;
   bool glibc = true;  // the probed allocator is glibc's (native/scan/heap_scan.h)
 };
 
@@ -211,6 +215,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   std::condition_variable resume_cv_;
   std::set<pid_t> resumed_;
   bool stopping_ = false;
+  std::string hold_error_;  // config_.hold_exit: why the target could not be held (set before polling)
   std::mutex scan_mu_;  // guards scan_ (not mu_: a scan at exit reads the table under mu_)
   std::unique_ptr<ScanSession> scan_;
   std::mutex images_mu_;                    // SyncImages(): poll thread and snapshots

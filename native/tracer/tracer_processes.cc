@@ -169,6 +169,10 @@ bool Tracer::StartSupervisor(NativeError* error) {
   std::string message;
   if (!supervisor_->Start(config_.pid, &message)) {
     supervisor_.reset();
+    if (!config_.supervise) {  // only the hold at exit: traced on without it, and told why
+      hold_error_ = message;
+      return true;
+    }
     *error = {"ELEAK_PTRACE", message, 0};
     return false;
   }
@@ -214,7 +218,7 @@ void Tracer::WriteProcessCounters(uint32_t index, const leak_counters& value) {
 bool Tracer::OnEvent(const process::Event& event) {
   switch (event.kind) {
     case process::EventKind::kExec:
-      OnExec(event);
+      if (config_.supervise) OnExec(event);  // else image_keys: the BPF program's
       return true;
     case process::EventKind::kFork:
       return OnFork(event);
@@ -486,7 +490,7 @@ Napi::Value Tracer::ProcessStats(const Napi::CallbackInfo& info) {
   uint64_t untraced = supervisor_ ? supervisor_->untraced_children() : 0;
   out.Set("untracedChildren", Napi::Number::New(env, static_cast<double>(untraced)));
   out.Set("lostChildren", Napi::Number::New(env, static_cast<double>(lost_children_.load())));
-  out.Set("supervised", Napi::Boolean::New(env, supervisor_ != nullptr));
+  out.Set("supervised", Napi::Boolean::New(env, config_.supervise && supervisor_ != nullptr));
   return out;
 }
 

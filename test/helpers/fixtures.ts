@@ -89,6 +89,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   },
   { name: 'attach_exec', compiler: 'gcc', sources: ['attach_exec.c'], flags: cFlags },
   { name: 'fork_wait', compiler: 'gcc', sources: ['fork_wait.c'], flags: cFlags },
+  { name: 'seized_child', compiler: 'gcc', sources: ['seized_child.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -123,7 +124,8 @@ export type FixtureName =
   | 'leak_kinds'
   | 'leak_kinds_cpp'
   | 'attach_exec'
-  | 'fork_wait';
+  | 'fork_wait'
+  | 'seized_child';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
