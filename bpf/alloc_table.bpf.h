@@ -7,12 +7,16 @@
  * buckets and going to the emptier one ("two choices"; blocks that find both full go to
  * spilled_allocs). Slots are claimed and released with compare-and-swap, so no locks. The map is mmap()able: user space reads it in
  * place, a million blocks in milliseconds (native/tracer/alloc_table_reader.cc).
- *
- * Included by bpf/leak.bpf.c after bpf/stack_totals.bpf.h. */
+ */
 #ifndef EBPF_LEAK_ALLOC_TABLE_H
 #define EBPF_LEAK_ALLOC_TABLE_H
 
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
 #include "abi/leak.h"
+#include "counters.bpf.h"
+#include "stack_totals.bpf.h"
+#include "traced_processes.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -248,6 +252,22 @@ static __always_inline __s64 table_take(__u64 address, struct leak_slot *out)
 		return -1;
 	stack_totals_add(stack_id, -(__s64)size, -1);
 	return (__s64)size;
+}
+
+/* Some block had no room in `allocs` (read by bpf/heap_errors.bpf.h: a release of an unknown
+ * address may then be that block's). Set before the block's address reaches the program, so
+ * every free of it sees it set. */
+bool blocks_dropped = false;
+
+/* Into `allocs` under the current process's key, or counted as dropped. */
+static __always_inline void track_block(__u64 address, __u64 size_fn, __u64 timestamp_ns,
+					  __s64 stack_id, __u64 tid_mark)
+{
+	if (table_insert(process_key(address), size_fn, timestamp_ns, stack_id, tid_mark)) {
+		COUNT(dropped_allocs, 1);
+		if (!blocks_dropped)
+			blocks_dropped = true;
+	}
 }
 
 #endif /* EBPF_LEAK_ALLOC_TABLE_H */

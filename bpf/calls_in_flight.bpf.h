@@ -11,11 +11,12 @@
  *
  * A slot another call holds (a hash collision; a call whose return was never seen, a longjmp out
  * of the allocator) sends the new call the slow way, through `inflight`; so does every call while
- * some call of the slow kind is in flight, so that nested calls are still told apart there.
- *
- * Included by bpf/leak.bpf.c. */
+ * some call of the slow kind is in flight, so that nested calls are still told apart there. */
 #ifndef EBPF_LEAK_CALLS_IN_FLIGHT_H
 #define EBPF_LEAK_CALLS_IN_FLIGHT_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
 
 #define CALL_SLOT_BITS 12
 #define CLOCK_TICK_NS 10000000ULL /* how often user space advances `now_ns` (kClockTickMs) */

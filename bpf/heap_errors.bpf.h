@@ -15,11 +15,20 @@
  * file, `allocator_inode`.
  *
  * Errors are rare: each takes a stack walk and a slot of `heap_errors`, which user space reads
- * once, for the report. Included by bpf/leak.bpf.c after alloc_stack(). */
+ * once, for the report. */
 #ifndef EBPF_LEAK_HEAP_ERRORS_H
 #define EBPF_LEAK_HEAP_ERRORS_H
 
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "abi/leak.h"
+#include "alloc_table.bpf.h" /* blocks_dropped */
+#include "counters.bpf.h"
+#include "stacks.bpf.h"
+#include "traced_processes.bpf.h"
+#include "unwind.bpf.h"
 
 /* Set by user space before load. */
 const volatile bool report_heap_errors = false;

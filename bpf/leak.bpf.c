@@ -8,16 +8,15 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "abi/leak.h"
-#include "modules.bpf.h"	  /* the mappings stacks pass through, for the symbolizer */
-#include "unwind.bpf.h"	  /* the CFI stack walker: stacks through code without frame pointers */
-#include "stack_totals.bpf.h" /* outstanding bytes and blocks per stack */
+#include "alloc_table.bpf.h"      /* the outstanding blocks: `allocs` */
+#include "calls_in_flight.bpf.h"  /* malloc and calloc calls between entry and return */
+#include "counters.bpf.h"         /* the counters every run reports */
+#include "heap_errors.bpf.h"      /* mismatched, double and invalid frees */
+#include "stack_totals.bpf.h"     /* outstanding bytes and blocks per stack */
+#include "stacks.bpf.h"           /* allocation stacks, and the mappings they pass through */
 #include "traced_processes.bpf.h" /* follow_forks: a key and counters per process */
-#include "alloc_table.bpf.h"  /* the outstanding blocks: `allocs` */
-#include "calls_in_flight.bpf.h" /* malloc and calloc calls between entry and return */
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
-
-#define EEXIST 17 /* vmlinux.h has no errno values */
 
 /* Knobs, set by user space between skeleton open and load. */
 const volatile __u32 target_tgid = 0;
@@ -30,9 +29,7 @@ const volatile __u64 sample_mean_bytes = 0;
 /* Wake the reader only once this much is waiting: a wakeup per event costs more than the probe.
  * The reader also polls every few milliseconds, so nothing waits long. */
 const volatile __u64 wakeup_bytes = 0;
-const volatile bool capture_stacks = false;
 const volatile __u64 page_size = 4096;
-const volatile __u32 stack_depth = 32; /* frames per stack: stack_traces' value size / 8 */
 /* Skip allocations made by the threads in `ignored_tids`. Set when a process traces itself (the
  * test-harness case): the tracer's own threads (its poll thread, and libuv worker threads while
  * they run one of its native calls) then allocate inside the target, and must not be reported.
@@ -105,42 +102,6 @@ static __always_inline struct inflight_call *thread_call(__u64 flags)
 	return bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, flags);
 }
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct leak_counters);
-	__uint(max_entries, 1);
-} counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, 32 * sizeof(__u64)); /* depth, resized from options before load */
-	__uint(max_entries, 65536);
-} stack_traces SEC(".maps");
-
-/* Stacks that bpf_get_stackid() could not store because their hash bucket in `stack_traces` holds
- * another stack (-EEXIST: the kernel's stack map keeps one stack per bucket). A process with many
- * distinct stacks (Node.js tracing itself: JIT frames) collides in a few percent of its
- * allocations, and always at the same call sites, which would then never have a stack. Their
- * stacks go here instead, keyed by LEAK_OVERFLOW_STACK_TAG | a 52-bit hash of the frames. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(key_size, sizeof(__u64));
-	__uint(value_size, 32 * sizeof(__u64)); /* = stack_traces' value size, set before load */
-	__uint(max_entries, 65536);		 /* = stack_traces' max_entries, set before load */
-} overflow_stacks SEC(".maps");
-
-/* Which stack ids already had their mappings recorded: index = stack id. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(max_entries, 65536); /* = stack_traces' max_entries, set before load */
-} stacks_seen SEC(".maps");
-
-
 /* Threads whose allocations are not recorded (see filter_threads). Their frees still are: a block
  * allocated by another thread may be freed by an ignored one. User space adds and removes tids. */
 struct {
@@ -149,17 +110,6 @@ struct {
 	__type(value, __u8);
 	__uint(max_entries, LEAK_MAX_IGNORED_THREADS);
 } ignored_tids SEC(".maps");
-
-/* Scratch space too large for the BPF stack. */
-struct stack_scratch {
-	__u64 frames[LEAK_MAX_STACK_DEPTH + 1]; /* a power of two: indexes are masked, not compared */
-};
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct stack_scratch);
-	__uint(max_entries, 1);
-} scratch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -253,30 +203,12 @@ static __always_inline __u64 probe_fn(struct pt_regs *ctx)
 	return fn ? fn - 1 : bpf_get_attach_cookie(ctx);
 }
 
-static __always_inline struct leak_counters *counters_cpu(void)
-{
-	struct leak_counters *own = process_counters_cpu();
-	__u32 zero = 0;
-
-	if (own)
-		return own;
-	return bpf_map_lookup_elem(&counters, &zero);
-}
-
 static __always_inline bool thread_ignored(__u32 tid)
 {
 	if (!filter_threads)
 		return false;
 	return bpf_map_lookup_elem(&ignored_tids, &tid) != NULL;
 }
-
-/* Per-CPU, but a uprobe program can be preempted by another on the same CPU: add atomically. */
-#define COUNT(field, n)                                                        \
-	do {                                                                   \
-		struct leak_counters *c__ = counters_cpu();                    \
-		if (c__)                                                       \
-			__sync_fetch_and_add(&c__->field, (n));                \
-	} while (0)
 
 static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size, __u64 ts,
 				 __u64 tid, __s64 stack_id)
@@ -304,21 +236,6 @@ static __always_inline void emit(__u64 kind, __u64 fn, __u64 address, __u64 size
 				      : BPF_RB_NO_WAKEUP);
 }
 
-/* Some block had no room in `allocs` (read by bpf/heap_errors.bpf.h). Set before the block's
- * address reaches the program, so every free of it sees it set. */
-bool blocks_dropped = false;
-
-/* Into `allocs`, or counted as dropped. */
-static __always_inline void track_block(__u64 address, __u64 size_fn, __u64 timestamp_ns,
-					  __s64 stack_id, __u64 tid_mark)
-{
-	if (table_insert(process_key(address), size_fn, timestamp_ns, stack_id, tid_mark)) {
-		COUNT(dropped_allocs, 1);
-		if (!blocks_dropped)
-			blocks_dropped = true;
-	}
-}
-
 static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __s64 stack_id,
 					 __u32 tid)
 {
@@ -344,12 +261,6 @@ static __always_inline bool freed_by_realloc(__u64 address)
 
 	return call && call->active && call->freed_at_entry == address;
 }
-
-/* bpf/heap_errors.bpf.h, included after alloc_stack(). */
-static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 address,
-					  __u64 size_fn, __s64 alloc_stack_id, bool at_entry);
-static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, __u64 address,
-						 bool at_entry);
 
 /* The free of a block that was in `allocs` (`size` >= 0, already removed) or not (-1). */
 static __always_inline void count_free(__u64 fn, __u64 address, __s64 size)
@@ -390,105 +301,6 @@ static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 add
 	}
 	count_free(fn, address, size);
 }
-
-static long record_frame_mapping(__u32 i, void *data)
-{
-	__u32 zero = 0;
-	struct stack_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	__u64 ip;
-
-	if (!s)
-		return 1;
-	ip = s->frames[i & LEAK_MAX_STACK_DEPTH];
-	if (!ip)
-		return 1; /* stop */
-	bpf_find_vma(bpf_get_current_task_btf(), ip, record_mapping, NULL, 0);
-	return 0;
-}
-
-/* First time a stack is seen: record the mappings its frames are in. Paid once per call site. */
-static __always_inline void record_stack_mappings(struct pt_regs *ctx, __s64 stack_id)
-{
-	__u32 key = stack_id, zero = 0;
-	__u32 *seen = bpf_map_lookup_elem(&stacks_seen, &key);
-	struct stack_scratch *s;
-	long n;
-
-	if (!seen || *seen)
-		return;
-	*seen = 1;
-	s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
-		return;
-	n = bpf_get_stack(ctx, s->frames, sizeof(s->frames), BPF_F_USER_STACK);
-	if (n <= 0)
-		return;
-	bpf_loop(n / sizeof(__u64), record_frame_mapping, NULL, 0);
-}
-
-/* A stack whose bucket in `stack_traces` is taken: stored in `overflow_stacks` under a hash of its
- * frames (FNV-1a over the words, then a murmur3 finalizer). The first time a hash is stored, the
- * stack's mappings are recorded, as for `stack_traces` ids. */
-static __always_inline __s64 overflow_stack(struct pt_regs *ctx)
-{
-	__u32 zero = 0;
-	struct stack_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	__u64 h = 0xcbf29ce484222325ULL, key;
-	__u32 size = stack_depth * sizeof(__u64);
-	long n;
-
-	if (!s || size > sizeof(s->frames))
-		return -1;
-	/* Zero-fills the buffer past the last frame, up to `size`: the stored value ends in zeros. */
-	n = bpf_get_stack(ctx, s->frames, size, BPF_F_USER_STACK);
-	if (n <= 0)
-		return -1;
-	n /= sizeof(__u64);
-	for (__u32 i = 0; i < LEAK_MAX_STACK_DEPTH + 1; i++) {
-		if (i >= n)
-			break;
-		h ^= s->frames[i & LEAK_MAX_STACK_DEPTH];
-		h *= 0x100000001b3ULL;
-	}
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdULL;
-	h ^= h >> 33;
-	h *= 0xc4ceb9fe1a85ec53ULL;
-	h ^= h >> 33;
-	key = LEAK_OVERFLOW_STACK_TAG | (h & (LEAK_OVERFLOW_STACK_TAG - 1));
-	if (bpf_map_update_elem(&overflow_stacks, &key, s->frames, BPF_NOEXIST) == 0)
-		bpf_loop(n, record_frame_mapping, NULL, 0);
-	else if (!bpf_map_lookup_elem(&overflow_stacks, &key))
-		return -1; /* not there, and could not be added: the map is full */
-	return key;
-}
-
-/* Taken in the return probe: there the caller is the innermost frame. (At the entry, the caller's
- * return address is only at the top of the stack, and a frame-pointer walk skips it.) */
-static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
-{
-	__s64 id;
-
-	if (!capture_stacks)
-		return -1;
-	if (unwind_stack(ctx, tid, &id)) { /* the CFI walk (bpf/unwind.bpf.h) took it */
-		if (id < 0)
-			COUNT(stack_failures, 1);
-		return id;
-	}
-	id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK);
-	if (id == -EEXIST)
-		id = overflow_stack(ctx);
-	else if (id >= 0)
-		record_stack_mappings(ctx, id);
-	if (id < 0) {
-		COUNT(stack_failures, 1);
-		return -1;
-	}
-	return id;
-}
-
-#include "heap_errors.bpf.h" /* mismatched, double and invalid frees */
 
 /* Whether an entry at stack pointer `sp` is nested in `call`, this thread's call in flight: a
  * nested call runs deeper in the stack than the outer one (or at the same depth: a tail call). */

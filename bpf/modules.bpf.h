@@ -2,10 +2,13 @@
  * (read with Tracer's module reads, native/tracer/tracer.cc): the first time a stack goes through
  * a mapping, bpf_find_vma() hands it to record_mapping().
  *
- * Included by bpf/unwind.bpf.h, whose walks record the mappings they meet, and by bpf/leak.bpf.c. */
+ * Used by bpf/unwind.bpf.h, whose walks record the mappings they meet, and by bpf/stacks.bpf.h. */
 #ifndef EBPF_LEAK_MODULES_H
 #define EBPF_LEAK_MODULES_H
 
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include "abi/leak.h"
 
 /* Executable mappings stacks passed through, by start address. */

@@ -2,12 +2,14 @@
  * allocation, - when its block is freed (with the stack id stored in the block), so a summary by
  * stack is one small map read instead of a walk of every outstanding block.
  *
- * Included by bpf/leak.bpf.c after bpf/unwind.bpf.h (for UNWIND_COUNT). Read by user space with
- * Tracer.readStackTotals() (native/tracer/tracer_stacks.cc). */
+ * Read by user space with Tracer.readStackTotals() (native/tracer/tracer_stacks.cc). */
 #ifndef EBPF_LEAK_STACK_TOTALS_H
 #define EBPF_LEAK_STACK_TOTALS_H
 
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
 #include "abi/unwind_types.h"
+#include "unwind.bpf.h" /* UNWIND_COUNT: the drops are the walker's counters */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -5,12 +5,15 @@
  *
  * User space (native/process/) adds a process to `traced_procs` while it is stopped at its fork,
  * copies its parent's blocks to its index, and removes it when it exits: the kernel never sees an
- * untraced child's allocations, nor a process whose index is not set up yet.
- *
- * Included by bpf/leak.bpf.c before bpf/alloc_table.bpf.h. */
+ * untraced child's allocations, nor a process whose index is not set up yet. A child in its
+ * parent's address space (vfork) is given the owner's index until its exec: its blocks are in
+ * that heap, and the owner may free them.
+ */
 #ifndef EBPF_LEAK_TRACED_PROCESSES_H
 #define EBPF_LEAK_TRACED_PROCESSES_H
 
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
 #include "abi/leak.h"
 
 /* Off (one process), every lookup below compiles away: the verifier prunes it. */

@@ -1,7 +1,7 @@
 /* One file by design: the walker's maps and the bounded loop that reads them are verified together; the records shared with user space are bpf/abi/unwind_types.h. */
 /* The CFI stack walker: user stacks through code built without frame pointers.
  *
- * Included by bpf/leak.bpf.c; alloc_stack() there calls unwind_stack(). Mappings its walks meet go to
+ * alloc_stack() (bpf/stacks.bpf.h) calls unwind_stack(). Mappings its walks meet go to
  * bpf/modules.bpf.h's record_mapping(). Records and rules shared with user
  * space: bpf/abi/unwind_types.h; tables built and loaded by native/unwind/unwind_table.cc, native/unwind/unwinder.cc.
  *
@@ -38,6 +38,10 @@
 #ifndef EBPF_LEAK_UNWIND_H
 #define EBPF_LEAK_UNWIND_H
 
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "abi/unwind_types.h"
 #include "modules.bpf.h"
 

@@ -86,6 +86,42 @@ async function compareTree(command: string, args: string[], options: { cwd?: str
   return { vg, report };
 }
 
+/** A shell's run, with what its vfork'ed children did in its heap: dash starts each command with
+ *  vfork(), and the child, in the shell's address space until its exec, may grow the shell's
+ *  memory (a 512-byte block for a command with arguments), which the shell frees later. That is
+ *  the shell's heap, and its report counts it; valgrind runs the vfork as a fork, where the block
+ *  is the child's copy's and that free never happens. The event stream says which blocks. */
+async function tracedShell(script: string): Promise<{ report: LeakReport; shared: { blocks: number; bytes: number } }> {
+  const tracer = await trace({
+    command: '/bin/sh',
+    args: ['-c', script],
+    env: { ...env, LD_PRELOAD: preloadStandIn },
+    stdio: 'ignore',
+    followForks: true,
+    events: true,
+  });
+  const byChildren = new Map<bigint, number>();
+  const shared = { blocks: 0, bytes: 0 };
+  tracer.on('alloc', (e) => {
+    if (e.pid !== tracer.pid) byChildren.set(e.address, e.size);
+  });
+  tracer.on('free', (e) => {
+    if (e.pid === tracer.pid && byChildren.get(e.address) === e.size) {
+      shared.blocks++;
+      shared.bytes += e.size;
+    }
+    if (e.pid !== tracer.pid) byChildren.delete(e.address);
+  });
+  const report = await tracer.done;
+  return { report, shared };
+}
+
+/** valgrind's summary of the shell, plus the blocks its vfork'ed children allocated in its heap and
+ *  it freed: one alloc and one free each. */
+function shellSummary(vg: ValgrindHeapSummary, shared: { blocks: number; bytes: number }): string {
+  return tuple({ ...vg, allocs: vg.allocs + shared.blocks, frees: vg.frees + shared.blocks, bytesAllocated: vg.bytesAllocated + shared.bytes });
+}
+
 describe('exec: the report covers the image that exits', () => {
   it('a wrapper script that execs the program', async () => {
     const wrapper = join(fixturesDir, 'exec_wrapper.sh');
@@ -230,13 +266,25 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
 
   it("sh -c 'a; b'", async () => {
     const script = `${fixturePath('seed')}; ${fixturePath('malloc_exec')} /bin/true`;
-    const { report } = await compareTree('/bin/sh', ['-c', script]);
+    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env });
+    const { report, shared } = await tracedShell(script);
+    expectClean(report);
+    // The children as valgrind has them; the shell too, but for its vfork'ed children's blocks.
+    const vgShell = vg.processes.get(vg.rootPid)!;
+    expect(ours(report).length).toBe(vg.processes.size);
+    expect(report.processes!.slice(1).map((p) => tuple(p.summary)).sort()).toEqual(
+      [...vg.processes.values()].filter((p) => p !== vgShell).map((p) => tuple(p.summary)).sort(),
+    );
+    expect(shared.blocks).toBeGreaterThan(0);
+    expect(tuple(report.summary)).toBe(shellSummary(vgShell.summary, shared));
     // dash forks for each command and waits: the shell, then the two programs.
     expect(report.processes).toHaveLength(3);
     expect(report.target.commandLine).toEqual(['/bin/sh', '-c', script]);
     expect(report.processes!.slice(1).map((p) => p.target.commandLine)).toEqual([[fixturePath('seed')], ['/bin/true']]);
-    // The second was the shell's fork, then malloc_exec, then /bin/true: the 999 bytes are no leak.
+    // The second was the shell's vfork, then malloc_exec, then /bin/true: the 999 bytes are no
+    // leak; what the shell's child allocated before its exec is in the shell's report.
     expect(report.processes![2]!.previousImages!.map((i) => i.commandLine[0])).toEqual(['/bin/sh', fixturePath('malloc_exec')]);
+    expect(report.processes![2]!.previousImages![0]!.allocs).toBe(0);
     expect(report.processes![2]!.previousImages![1]!.inUseBytes).toBe(999);
   });
 
@@ -301,6 +349,86 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
       ['operator delete', 'operator new[]'],
     ]);
     expect(heapErrorTotal(report.summary.errors)).toBe(0); // the shell's
+  });
+
+  it("sh -c 'a; b' with an invalid and a double free inside b: b's errors are valgrind's, nothing false from the shell (5 runs)", async () => {
+    const script = `${fixturePath('seed')}; ${fixturePath('heap_errors')} invalid_double`;
+    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env });
+    const vgErrors = [...vg.processes.values()].map((p) => p.errorSummary!.errors).sort();
+    expect(vgErrors).toEqual([0, 0, 2]);
+    const vgShell = vg.processes.get(vg.rootPid)!;
+    const vgSeed = [...vg.processes.values()].find((p) => p !== vgShell && p.errorSummary!.errors === 0)!;
+    const vgB = [...vg.processes.values()].find((p) => p.errorSummary!.errors === 2)!;
+    for (let run = 0; run < 5; run++) {
+      const { report, shared } = await tracedShell(script);
+      expectClean(report);
+      expect(report.processes, `run ${run + 1}`).toHaveLength(3);
+      expect(report.processes!.map((p) => heapErrorTotal(p.summary.errors)).sort(), `run ${run + 1}`).toEqual(vgErrors);
+      // The shell frees the blocks its vfork'ed children allocated in its heap: no error.
+      expect(shared.blocks, `run ${run + 1}`).toBeGreaterThan(0);
+      expect(tuple(report.summary), `run ${run + 1}`).toBe(shellSummary(vgShell.summary, shared));
+      const seed = report.processes!.find((p) => p.target.commandLine?.[0] === fixturePath('seed'))!;
+      expect(tuple(seed.summary)).toBe(tuple(vgSeed.summary));
+      const b = report.processes!.find((p) => p.target.commandLine?.[1] === 'invalid_double')!;
+      expect(b.errors!.map((e) => e.kind)).toEqual(['invalid-free', 'double-free']);
+      // glibc aborts at the double free, the last thing b does; valgrind's malloc returns.
+      expect(b.target.signal).toBe('SIGABRT');
+      expect(tuple(b.summary)).toBe(tuple(vgB.summary));
+      expect(b.errors!.map((e) => e.stack.find((f) => /free_/.test(f.symbol ?? ''))?.symbol)).toEqual([
+        'free_static_address()',
+        'free_twice()',
+      ]);
+    }
+  });
+
+  it("a vfork child mallocs, then execs: its block is in its parent's heap, as the program counts it (6 runs)", async () => {
+    const program = fixturePath('vfork_exec');
+    for (const mode of ['free', 'keep'] as const) {
+      const args = ['3', mode, '/bin/true'];
+      // valgrind runs the vfork as a fork: the child's block is in a copy, its parent never sees it.
+      const vg = await runValgrindTree(program, args, { env });
+      const vgParent = vg.processes.get(vg.rootPid)!;
+      expect(vg.processes.size).toBe(4);
+      expect([...vg.processes.values()].every((p) => p.errorSummary!.errors === 0)).toBe(true);
+      // The program's own account, run as it really runs: the children's blocks it found in its heap.
+      const own = /^shared (\d+) (\d+) (\d+)$/m.exec(execFileSync(program, args, { env, encoding: 'utf8' }));
+      const [blocks, bytes, freed] = own!.slice(1).map(Number) as [number, number, number];
+      expect([blocks, bytes, freed]).toEqual([3, 2331, mode === 'free' ? 3 : 0]);
+      for (let run = 0; run < 3; run++) {
+        const report = await traced(program, args, { followForks: true });
+        expectClean(report);
+        const what = `${mode}, run ${run + 1}`;
+        expect(report.processes, what).toHaveLength(4);
+        // No process frees what it does not own: the parent's frees of its children's blocks are
+        // of blocks in its own heap.
+        expect(report.processes!.map((p) => heapErrorTotal(p.summary.errors)), what).toEqual([0, 0, 0, 0]);
+        const s = vgParent.summary;
+        expect(report.summary, what).toMatchObject({
+          allocs: s.allocs + blocks,
+          frees: s.frees + freed,
+          bytesAllocated: s.bytesAllocated + bytes,
+          inUseBlocks: s.inUseBlocks + blocks - freed,
+          inUseBytes: s.inUseBytes + (bytes / blocks) * (blocks - freed),
+        });
+        for (const child of report.processes!.slice(1)) {
+          expect(tuple(child.summary), what).toBe('0/0/0/0/0'); // /bin/true, as valgrind has it
+          expect(child.previousImages!.map((i) => [i.commandLine[0], i.allocs, i.inUseBlocks]), what).toEqual([[program, 0, 0]]);
+        }
+      }
+    }
+  });
+
+  it('posix_spawn (clone with CLONE_VM | CLONE_VFORK): each child reported as valgrind reports it, no errors (5 runs)', async () => {
+    const args = ['3', fixturePath('seed')];
+    const vg = await runValgrindTree(fixturePath('spawn_children'), args, { env });
+    expect(vg.processes.size).toBe(4);
+    for (let run = 0; run < 5; run++) {
+      const report = await traced(fixturePath('spawn_children'), args, { followForks: true });
+      expectClean(report);
+      expect(ours(report), `run ${run + 1}`).toEqual(theirs(vg));
+      expect(tuple(report.summary)).toBe(tuple(vg.processes.get(vg.rootPid)!.summary));
+      expect(report.processes!.map((p) => heapErrorTotal(p.summary.errors)), `run ${run + 1}`).toEqual([0, 0, 0, 0]);
+    }
   });
 
   it('JSON: processes[] holds one report per process with the top-level fields', async () => {

@@ -72,7 +72,8 @@ export function decodeProcessExit(buffer: ArrayBuffer, countersBytes: number, bl
 }
 
 /** After the blocks: u64 scan ns, read ns, walk ns, root bytes, heap bytes, threads; u64
- *  indirect bytes per block; u8 kind per block; u8 heuristic per block. */
+ *  indirect bytes per block; u8 kind per block; u8 heuristic per block; padded to 8 bytes, u32
+ *  owner per block; padded to 8 bytes, u64 pair count and u32 (from, to) per pair. */
 function decodeExitScan(view: DataView, at: number, count: number, entries: ArrayBuffer): NativeScan {
   const word = (i: number) => Number(view.getBigUint64(at + i * 8, true));
   const indirectAt = at + 6 * 8;
@@ -80,11 +81,17 @@ function decodeExitScan(view: DataView, at: number, count: number, entries: Arra
   for (let i = 0; i < count; i++) indirect[i] = Number(view.getBigUint64(indirectAt + i * 8, true));
   const kindsAt = indirectAt + count * 8;
   const bytes = new Uint8Array(view.buffer, view.byteOffset);
+  const ownersAt = Math.ceil((kindsAt + 2 * count) / 8) * 8;
+  const pairsAt = Math.ceil((ownersAt + count * 4) / 8) * 8;
+  const pairs = Number(view.getBigUint64(pairsAt, true));
+  const u32s = (from: number, n: number) => new Uint32Array(view.buffer.slice(view.byteOffset + from, view.byteOffset + from + n * 4));
   return {
     entries,
     kinds: bytes.slice(kindsAt, kindsAt + count),
     heuristics: bytes.slice(kindsAt + count, kindsAt + 2 * count),
     indirect,
+    owners: u32s(ownersAt, count),
+    lostEdges: u32s(pairsAt + 8, 2 * pairs),
     stats: {
       atExit: true,
       pauseNs: word(0),

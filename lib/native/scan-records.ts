@@ -1,5 +1,6 @@
 // What the addon's leak-kind scans (native/scan/) hand over: per block of a snapshot-format
-// buffer, its kind, the heuristic that reached it, and the bytes lost through it.
+// buffer, its kind, the heuristic that reached it, the bytes lost through it and, for an
+// indirectly lost block, the lost block that owns it; and the pointers between lost blocks.
 import type { BlockColumns } from './layout.js';
 import type { LeakHeuristic, LeakKind, ScanInfo } from '../types.js';
 
@@ -22,6 +23,12 @@ export interface NativeScan {
   kinds: Uint8Array;
   heuristics: Uint8Array;
   indirect: Float64Array;
+  /** Per record: for an indirectly lost block, the record of the lost block whose flood reached
+   *  it (valgrind's clique tree: following owners ends at a definitely lost block); noOwner for
+   *  the others. */
+  owners: Uint32Array;
+  /** (from, to) record pairs: every pointer from a lost block to another lost block, once. */
+  lostEdges: Uint32Array;
   stats: {
     atExit: boolean;
     pauseNs: number;
@@ -36,6 +43,9 @@ export interface NativeScan {
   };
 }
 
+/** owners[i] of a block no lost block owns. */
+export const noOwner = 0xffff_ffff;
+
 export type NativeExitScan = NativeScan | { notScanned: string };
 
 /** Columns that carry each block's kind. */
@@ -43,6 +53,9 @@ export interface KindColumns extends BlockColumns {
   kind(i: number): number;
   heuristic(i: number): number;
   indirect(i: number): number;
+  /** The owner's row (noOwner: none), and the pointers between lost rows. */
+  owner?(i: number): number;
+  lostEdges?: Uint32Array;
 }
 
 export function hasKinds(columns: BlockColumns): columns is KindColumns {
@@ -50,8 +63,15 @@ export function hasKinds(columns: BlockColumns): columns is KindColumns {
 }
 
 export function withKinds(columns: BlockColumns, scan: NativeScan): KindColumns {
-  const { kinds, heuristics, indirect } = scan;
-  return { ...columns, kind: (i) => kinds[i]!, heuristic: (i) => heuristics[i]!, indirect: (i) => indirect[i]! };
+  const { kinds, heuristics, indirect, owners, lostEdges } = scan;
+  return {
+    ...columns,
+    kind: (i) => kinds[i]!,
+    heuristic: (i) => heuristics[i]!,
+    indirect: (i) => indirect[i]!,
+    owner: (i) => owners[i]!,
+    lostEdges,
+  };
 }
 
 export function scanInfo(scan: NativeScan): ScanInfo {

@@ -2,6 +2,7 @@
 // map, stackless blocks) it cannot vouch for its answer. The CLI prints it and the test harness
 // asserts on it.
 import { defaultShownKinds, kindSelected } from './leak-kinds.js';
+import { hiddenThroughOwners, lostGraphOf } from './lost-graph.js';
 import { formatCount, formatReport, type FormatReportOptions } from './text-format.js';
 import type { Counters } from '../native/layout.js';
 import {
@@ -88,7 +89,41 @@ export const inconclusiveReasons = {
     ', so they cannot be placed or suppressed',
 };
 
-function checked(report: ReportInput, applied: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
+/** The suppressions with what is lost only through the blocks they cover hidden too: left out
+ *  of the kept groups, counted to the rule that covers the nearest of its owners. */
+function withOwned(leaks: readonly LeakGroup[], applied: AppliedSuppressions<LeakGroup>): AppliedSuppressions<LeakGroup> {
+  const graph = applied.matched.size > 0 ? lostGraphOf(leaks) : null;
+  if (!graph) return applied;
+  const hitOf = new Map<number, SuppressionHit>();
+  const index = new Map<LeakGroup, number>();
+  leaks.forEach((g, i) => {
+    index.set(g, i);
+    const hit = applied.matched.get(g);
+    if (hit) hitOf.set(i, hit);
+  });
+  const owned = hiddenThroughOwners(leaks, graph, (g) => hitOf.get(g));
+  if (owned.hits.size === 0) return applied;
+  const kept: LeakGroup[] = [];
+  for (const g of applied.kept) {
+    const i = index.get(g);
+    const changed = i === undefined ? undefined : owned.groups.get(i);
+    if (changed === undefined) kept.push(g);
+    else if (changed !== null) kept.push(changed);
+  }
+  const copies = new Map<SuppressionHit, SuppressionHit>();
+  const suppressed = applied.suppressed.map((h) => {
+    const more = owned.hits.get(h);
+    const copy = more ? { ...h, bytes: h.bytes + more.bytes, blocks: h.blocks + more.blocks, owned: more } : h;
+    copies.set(h, copy);
+    return copy;
+  });
+  suppressed.sort((a, b) => b.bytes - a.bytes);
+  const matched = new Map([...applied.matched].map(([g, h]) => [g, copies.get(h) ?? h]));
+  return { kept, suppressed, matched };
+}
+
+function checked(report: ReportInput, found: AppliedSuppressions<LeakGroup>, options: CheckOptions): CheckedLeakReport {
+  const applied = withOwned(report.leaks, found);
   const { suppressed } = applied;
   // Blocks of the kinds that are not errors (still reachable, by default) are no leaks.
   const errorKinds = options.errorsForLeakKinds ?? defaultShownKinds;
@@ -130,7 +165,8 @@ function suppressedLines(hits: readonly SuppressionHit[]): string[] {
     ...hits.map(
       (h) =>
         `   ${formatCount(h.bytes)} bytes in ${formatCount(h.blocks)} blocks by ${h.rule} ` +
-        `(${h.source === 'default' ? 'default suppressions' : h.source})`,
+        `(${h.source === 'default' ? 'default suppressions' : h.source})` +
+        (h.owned ? `, of which ${formatCount(h.owned.bytes)} bytes in ${formatCount(h.owned.blocks)} blocks lost only through them` : ''),
     ),
   ];
 }

@@ -47,7 +47,9 @@
 //       "firstFree": { "releasedBy": "free", "stack": [ ... ] } }   // double frees only
 //   ],
 //   "suppressed": [                 // what suppression rules left out of "leaks", per rule
-//     { "rule": "glibc-stdio-buffer", "source": "default", "bytes": 4096, "blocks": 1, "groups": 1 }
+//     { "rule": "glibc-stdio-buffer", "source": "default", "bytes": 4096, "blocks": 1, "groups": 1 },
+//     { "rule": "parser-cache", "source": "app.supp:3", "bytes": 72, "blocks": 2, "groups": 1,
+//       "owned": { "bytes": 40, "blocks": 1 } }  // of those: lost only through the blocks it covered
 //   ],
 //   "previousImages": [             // images before the last exec (a wrapper, env): totals only
 //     { "commandLine": ["/bin/sh", "./wrapper.sh"], "allocs": 40, "frees": 3, "bytesAllocated": 1788,
@@ -208,6 +210,7 @@ export function toJsonReport(report: LeakReport): JsonReport {
       bytes: num(h.bytes),
       blocks: num(h.blocks),
       groups: num(h.groups),
+      ...(h.owned ? { owned: bytesBlocks(h.owned) } : {}),
     })),
     ...(report.sampling ? { sampling: { everyBytes: num(report.sampling.everyBytes) } } : {}),
     ...(report.previousImages ? { previousImages: report.previousImages.map((i) => ({ ...i, commandLine: [...i.commandLine] })) } : {}),

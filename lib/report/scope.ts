@@ -13,6 +13,7 @@
 import { forEachRange, mapSliced, ROWS_PER_STEP } from '../util/cooperative.js';
 import type { Counters, BlockColumns } from '../native/layout.js';
 import { hasKinds } from '../native/scan-records.js';
+import { attachLostGraph } from './lost-graph.js';
 import { tallyRows, toLeakGroup, type Tally } from './tally.js';
 import type { AllocatorFunction, LeakGroup, LeakReport, StackFrame } from '../types.js';
 
@@ -193,6 +194,7 @@ function assemble(source: ReportSource, rows: Uint32Array | null, tally: Tally, 
     ...(source.base.scan ? { scan: source.base.scan } : {}),
     ...(source.base.sampling ? { sampling: source.base.sampling } : {}),
   } as ScopedLeakReport;
+  attachLostGraph(leaks, columns, rows, tally.groups);
   const narrow = (filter: ScopeFilter): ScopedLeakReport => {
     const keep = rowFilter(columns, filter, source.stacks);
     return scopedReport(source, keep === null ? rows : keptRows(columns, rows, keep));

@@ -461,11 +461,16 @@ export interface SuppressionHit {
   blocks: number;
   /** Leak groups (distinct stacks) it covered. */
   groups: number;
+  /** Of `bytes` and `blocks`: those lost only through the blocks it covered (a lost block's
+   *  indirectly lost ones), hidden with them; absent when none. */
+  owned?: { bytes: number; blocks: number };
 }
 
 export interface AppliedSuppressions<G> {
   kept: G[];
   suppressed: SuppressionHit[];
+  /** The hit of each group a rule covered. */
+  matched: Map<G, SuppressionHit>;
 }
 
 /** Sorts groups, one at a time, into those no rule covers and per-rule totals of the rest. */
@@ -474,6 +479,7 @@ class SuppressionSorter<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack' |
   readonly #options: MatchOptions;
   readonly #kept: G[] = [];
   readonly #hits = new Map<SuppressionRule, SuppressionHit>();
+  readonly #matched = new Map<G, SuppressionHit>();
 
   constructor(rules: readonly SuppressionRule[], options: MatchOptions) {
     this.#rules = rules;
@@ -491,10 +497,11 @@ class SuppressionSorter<G extends Pick<LeakGroup, 'bytes' | 'blocks' | 'stack' |
     hit.bytes += g.bytes;
     hit.blocks += g.blocks;
     hit.groups += 1;
+    this.#matched.set(g, hit);
   }
 
   result(): AppliedSuppressions<G> {
-    return { kept: this.#kept, suppressed: [...this.#hits.values()].sort((a, b) => b.bytes - a.bytes) };
+    return { kept: this.#kept, suppressed: [...this.#hits.values()].sort((a, b) => b.bytes - a.bytes), matched: this.#matched };
   }
 }
 

@@ -18,7 +18,9 @@ import {
 import { planProbesSliced, type ProbePlan } from '../probes/plan.js';
 import type { LeakReport, PreviousImage } from '../types.js';
 
-const signalNames = new Map(Object.entries(constants.signals).map(([name, n]) => [n as number, name]));
+// The first name of each number: SIGABRT, not its alias SIGIOT.
+const signalNames = new Map<number, string>();
+for (const [name, n] of Object.entries(constants.signals)) if (!signalNames.has(n)) signalNames.set(n, name);
 
 export function signalName(n: number): string | null {
   return signalNames.get(n) ?? null;

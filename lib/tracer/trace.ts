@@ -82,11 +82,10 @@ async function planTrace(o: ResolvedOptions, target: TraceTarget): Promise<Trace
   const selfTrace = o.kind === 'pid' && o.pid === process.pid;
   const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, selfTrace ? undefined : resolved.cxxRuntime);
   // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
-  // so when sampling (most blocks are not recorded), nor yet following forks: a vfork child
-  // (dash runs commands so) allocates in its parent's heap before it execs, and the parent frees
-  // that block later, which its own table never held; valgrind runs a vfork as a fork, where that
-  // free never happens. Mismatched frees are reported either way, each in its process's report.
-  const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0 && o.followForks !== true;
+  // so when sampling (most blocks are not recorded). Following forks, a child that runs in its
+  // parent's address space (vfork, posix_spawn) allocates and frees as its parent until it execs
+  // (native/tracer/tracer_processes.cc), so the parent's later frees of those blocks are known.
+  const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
   // A command is followed with ptrace through its execs (and children are counted); a running
   // process only when its children are to be traced (its execs are seen without ptrace).
   const supervised = o.kind === 'command' || o.followForks === true;

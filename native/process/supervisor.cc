@@ -3,6 +3,7 @@
 #include "addon/monotonic_clock.h"
 
 #include <dirent.h>
+#include <linux/kcmp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ptrace.h>
@@ -398,6 +399,16 @@ void Supervisor::Handle(pid_t tid, int status) {
   }
 }
 
+// Whether `child` runs in the address space of `pid`: the kernel compares the two (kcmp), which
+// also catches clone(CLONE_VM) without CLONE_VFORK; a kernel without kcmp has the event's word.
+namespace {
+bool SharesMemory(pid_t pid, pid_t child, int event) {
+  long same = syscall(SYS_kcmp, pid, child, KCMP_VM, 0, 0);
+  if (same >= 0) return same == 0;
+  return event == PTRACE_EVENT_VFORK;
+}
+}  // namespace
+
 // The parent `parent_tid` is stopped at a fork, vfork or clone event; the new task is stopped too
 // (it starts in a stop of its own, reported separately, maybe already).
 void Supervisor::OnNewTask(pid_t parent_tid, int event) {
@@ -418,7 +429,7 @@ void Supervisor::OnNewTask(pid_t parent_tid, int event) {
     e.pid = pid;
     e.tid = parent_tid;
     e.child = child;
-    e.vfork = event == PTRACE_EVENT_VFORK;
+    e.shares_memory = SharesMemory(pid, child, event);
     follow = handler_->OnEvent(e);
   }
   tasks_[child] = child;

@@ -55,7 +55,9 @@ struct Event {
   pid_t pid = 0;          // the process (tgid)
   pid_t tid = 0;          // its stopped thread
   pid_t child = 0;        // kFork: the new process, stopped until the handler returns
-  bool vfork = false;     // kFork: vfork() or clone(CLONE_VFORK) (posix_spawn): shares the memory
+  // kFork: the child runs in its parent's address space (vfork(), posix_spawn's
+  // clone(CLONE_VM|CLONE_VFORK), any clone(CLONE_VM) of another process) until it execs or exits.
+  bool shares_memory = false;
   int wait_status = 0;    // kExit: as waitpid() reports it
   bool stopped = true;    // kExit: false when it exited without an exit stop (memory is gone)
   // kExit with options.exit_threads: the process ends as a whole (not only its first thread,

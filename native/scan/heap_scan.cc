@@ -188,6 +188,7 @@ class Scanner {
     state_.assign(n_, State::kUnreached);
     heuristic_.assign(n_, Heuristic::kNone);
     indirect_.assign(n_, 0);
+    owner_.assign(n_, 0);
     head_.assign(n_, BlockHead{});
     edge_begin_.assign(n_ + 1, 0);
     pending_.assign(n_, false);
@@ -231,6 +232,7 @@ class Scanner {
     result->kind.assign(n_, 0);
     result->heuristic.assign(n_, 0);
     result->indirect.assign(n_, 0);
+    result->owner.assign(n_, kNoOwner);
     for (size_t i = 0; i < n_; i++) {
       LeakKind k = state_[i] == State::kReachable  ? LeakKind::kReachable
                    : state_[i] == State::kPossible ? LeakKind::kPossible
@@ -239,7 +241,9 @@ class Scanner {
       result->kind[order_[i]] = static_cast<uint8_t>(k);
       result->heuristic[order_[i]] = static_cast<uint8_t>(heuristic_[i]);
       result->indirect[order_[i]] = state_[i] == State::kUnreached ? indirect_[i] : 0;
+      if (state_[i] == State::kIndirect) result->owner[order_[i]] = order_[owner_[i]];
     }
+    LostEdges(&result->lost_edges);
     result->stats.root_bytes = root_bytes_;
     result->stats.heap_bytes = heap_bytes_;
     result->stats.scanned_blocks = scanned_blocks_;
@@ -313,6 +317,27 @@ class Scanner {
         }
         edge_begin_[i + 1] = edge_to_.size();
         if (k + 1 < spans.size() && small(k + 1)) request(k + 1, slot);
+      }
+    }
+  }
+
+  // The pointers between lost blocks (definitely or indirectly), each pair once, in input indices.
+  void LostEdges(std::vector<uint32_t>* out) const {
+    out->clear();
+    auto lost = [this](size_t i) { return state_[i] == State::kUnreached || state_[i] == State::kIndirect; };
+    std::vector<uint32_t> targets;
+    for (size_t i = 0; i < n_; i++) {
+      if (!lost(i)) continue;
+      targets.clear();
+      for (size_t e = edge_begin_[i]; e < edge_begin_[i + 1]; e++) {
+        const size_t to = edge_to_[e];
+        if (to != i && lost(to) && !NextChunk(edge_ptr_[e], to)) targets.push_back(static_cast<uint32_t>(to));
+      }
+      std::sort(targets.begin(), targets.end());
+      targets.erase(std::unique(targets.begin(), targets.end()), targets.end());
+      for (uint32_t to : targets) {
+        out->push_back(order_[i]);
+        out->push_back(order_[to]);
       }
     }
   }
@@ -512,10 +537,11 @@ class Scanner {
     stack_.push_back(static_cast<uint32_t>(i));
   }
 
-  // A pointer into block `i` seen in a lost block of the clique `leader` leads.
-  void Claim(size_t i, size_t leader) {
+  // A pointer into block `i` seen in lost block `from`, of the clique `leader` leads.
+  void Claim(size_t i, size_t leader, size_t from) {
     if (state_[i] != State::kUnreached || i == leader) return;
     Push(i);
+    owner_[i] = static_cast<uint32_t>(from);
     indirect_[leader] += size_[i] + indirect_[i];
     indirect_[i] = 0;
     state_[i] = State::kIndirect;
@@ -537,7 +563,7 @@ class Scanner {
         if (leader < 0)
           Reach(p, static_cast<int64_t>(to), definite);
         else
-          Claim(to, static_cast<size_t>(leader));
+          Claim(to, static_cast<size_t>(leader), i);
       }
     }
   }
@@ -550,6 +576,7 @@ class Scanner {
   std::vector<State> state_;
   std::vector<Heuristic> heuristic_;
   std::vector<uint64_t> indirect_;
+  std::vector<uint32_t> owner_;  // sorted position of the block whose flood claimed it
   std::vector<BlockHead> head_;
   // Block i's pointers to blocks: edge_ptr_ and edge_to_ (the block) from edge_begin_[i] to
   // edge_begin_[i + 1].

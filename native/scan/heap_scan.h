@@ -9,7 +9,9 @@
 //    from a possibly lost block is possibly lost;
 //  - of the blocks nothing reaches, taken in address order, each one still unclaimed leads a
 //    clique: it is definitely lost, and the unclaimed blocks reached from it (through any
-//    pointer, start or interior) are indirectly lost, their bytes counted to the leader.
+//    pointer, start or interior) are indirectly lost, their bytes counted to the leader. Each
+//    indirectly lost block keeps its owner: the lost block whose words reached it in that flood
+//    (valgrind's clique tree), so that hiding a lost block can hide what is lost through it.
 #pragma once
 
 #include <sys/types.h>
@@ -26,6 +28,8 @@ enum class LeakKind : uint8_t { kDefinite = 0, kIndirect = 1, kPossible = 2, kRe
 
 // Interior pointers memcheck's default --leak-check-heuristics accept as reaching a block.
 enum class Heuristic : uint8_t { kNone = 0, kStdString = 1, kLength64 = 2, kNewArray = 3, kMultipleInheritance = 4 };
+
+constexpr uint32_t kNoOwner = 0xffffffffu;
 
 struct ScanBlock {
   uint64_t address = 0;
@@ -67,6 +71,12 @@ struct ScanResult {
   std::vector<uint8_t> kind;       // LeakKind
   std::vector<uint8_t> heuristic;  // Heuristic that made it reachable, or kNone
   std::vector<uint64_t> indirect;  // for a definitely lost block: bytes of its clique's others
+  // For an indirectly lost block: the input index of the lost block that reached it first
+  // (following owners ends at a definitely lost one); kNoOwner for the others.
+  std::vector<uint32_t> owner;
+  // Every pointer from a lost block to another lost block, as (from, to) input indices, each
+  // pair once: a block owned by one lost block may be reached from others too.
+  std::vector<uint32_t> lost_edges;
   ScanStats stats;
 };
 

@@ -32,6 +32,9 @@ Napi::Object ScanOutcome::ToJs(Napi::Env env) {
   o.Set("heuristics", Napi::Uint8Array::New(env, n, CopyToArrayBuffer(env, result.heuristic), 0));
   std::vector<double> indirect(result.indirect.begin(), result.indirect.end());
   o.Set("indirect", Napi::Float64Array::New(env, n, CopyToArrayBuffer(env, indirect), 0));
+  o.Set("owners", Napi::Uint32Array::New(env, n, CopyToArrayBuffer(env, result.owner), 0));
+  o.Set("lostEdges",
+        Napi::Uint32Array::New(env, result.lost_edges.size(), CopyToArrayBuffer(env, result.lost_edges), 0));
   Napi::Object stats = Napi::Object::New(env);
   stats.Set("atExit", at_exit);
   stats.Set("pauseNs", static_cast<double>(pause_ns));

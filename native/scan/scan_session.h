@@ -24,7 +24,7 @@ struct ScanOutcome {
   uint64_t scan_ns = 0;   // reading the table and memory, and the walk
   bool at_exit = false;
 
-  // { entries, kinds, heuristics, indirect, stats }
+  // { entries, kinds, heuristics, indirect, owners, lostEdges, stats }
   Napi::Object ToJs(Napi::Env env);
 };
 

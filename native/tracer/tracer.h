@@ -149,6 +149,9 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   void StopSupervisor();
   bool AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error);
   uint64_t ProcessBits(pid_t pid);
+  pid_t MemoryOwner(pid_t pid) const;
+  void OwnMemory(pid_t pid);
+  void ForgetFreedBlocks(uint64_t bits);
   bool ReadProcessCounters(uint32_t index, leak_counters* out);
   void WriteProcessCounters(uint32_t index, const leak_counters& value);
   void OnExec(const process::Event& event);
@@ -207,6 +210,9 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   std::unique_ptr<process::Supervisor> supervisor_;
   std::map<pid_t, uint32_t> process_index_;  // traced process -> its index (follow_forks)
   std::vector<uint32_t> free_indexes_;
+  // A process running in another's address space (a vfork child before its exec) -> the process
+  // whose heap that is: its allocations and frees are keyed and counted as that one's.
+  std::map<pid_t, pid_t> memory_owner_;
   uint32_t next_index_ = 1;
   std::atomic<uint64_t> lost_children_{0};  // not followed: no index left
   bool first_exec_seen_ = false;

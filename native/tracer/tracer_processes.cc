@@ -12,8 +12,9 @@
 //              command line bytes, struct leak_counters, u64 blocks; the command line
 //              (NUL-separated, padded to 8 bytes); then the blocks as leak_block records; when
 //              scanned, u64 scan ns, read ns, walk ns, root bytes, heap bytes, threads, then per
-//              block u64 indirect bytes, then u8 kinds, then u8 heuristics: a traced process exited
-//              (follow_forks).
+//              block u64 indirect bytes, then u8 kinds, then u8 heuristics, padded to 8 bytes;
+//              then u32 owner per block (0xffffffff: none), padded to 8 bytes, u64 the number of
+//              lost pairs and u32 (from, to) each: a traced process exited (follow_forks).
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <unistd.h>
@@ -243,10 +244,12 @@ void Tracer::OnExec(const process::Event& event) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (skel_ == nullptr) return;
+    OwnMemory(event.pid);  // a vfork child: nothing of its own to take, its own key from now on
     std::vector<leak_block> taken;
     process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
     uint64_t bits = ProcessBits(event.pid);
     table.Take(bits, &taken);
+    ForgetFreedBlocks(bits);
     for (const auto& b : taken) bytes += b.size_fn & LEAK_SIZE_MASK;
     blocks = taken.size();
     leak_counters zero{};
@@ -339,8 +342,10 @@ void Tracer::WaitForResume(pid_t pid) {
 }
 
 // The child starts with the blocks and counters its parent had at the fork, as valgrind counts
-// them in the child (its heap is a copy of the parent's). A vfork child shares its parent's
-// memory and only runs until it execs or exits: it starts with none.
+// them in the child (its heap is a copy of the parent's). A child that runs in its parent's
+// address space (vfork, posix_spawn) allocates and frees in the parent's heap, and the parent may
+// free those blocks later (dash's vfork'ed commands grow the shell's own memory before they
+// exec): until it execs or exits, its records are the address space owner's, key and counters.
 bool Tracer::OnFork(const process::Event& event) {
   std::lock_guard<std::mutex> lock(mu_);
   if (skel_ == nullptr) return false;
@@ -355,17 +360,24 @@ bool Tracer::OnFork(const process::Event& event) {
     return false;
   }
   uint64_t bits = static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT;
+  uint64_t traced_bits = bits;
   leak_counters counters{};
   auto parent = process_index_.find(event.pid);
-  if (!event.vfork && parent != process_index_.end()) {
+  bool shared = event.shares_memory && parent != process_index_.end();
+  if (shared) {
+    traced_bits = ProcessBits(MemoryOwner(event.pid));
+  } else if (parent != process_index_.end()) {
     process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
     int64_t lost = table.Copy(ProcessBits(event.pid), bits);
     ReadProcessCounters(parent->second, &counters);
-    if (lost > 0) counters.dropped_allocs += static_cast<uint64_t>(lost);
+    if (lost > 0) {
+      counters.dropped_allocs += static_cast<uint64_t>(lost);
+      skel_->bss->blocks_dropped = true;  // a free of a block not copied is no heap error
+    }
   }
   WriteProcessCounters(index, counters);
   uint32_t child = static_cast<uint32_t>(event.child);
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &child, &bits, BPF_ANY) != 0) {
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &child, &traced_bits, BPF_ANY) != 0) {
     process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
     table.Take(bits, nullptr);
     free_indexes_.push_back(index);
@@ -373,12 +385,47 @@ bool Tracer::OnFork(const process::Event& event) {
     return false;
   }
   process_index_[event.child] = index;
+  if (shared) memory_owner_[event.child] = MemoryOwner(event.pid);
   std::vector<uint8_t> message;
   Put(&message, child);
   Put(&message, static_cast<uint32_t>(event.pid));
   Put(&message, index);
   Post("fork", std::move(message));
   return true;
+}
+
+pid_t Tracer::MemoryOwner(pid_t pid) const {
+  auto it = memory_owner_.find(pid);
+  return it == memory_owner_.end() ? pid : it->second;
+}
+
+// `pid` has an address space of its own now (its exec, or the owner's exit): its records go
+// under its own index from here on. Under mu_.
+void Tracer::OwnMemory(pid_t pid) {
+  if (memory_owner_.erase(pid) == 0) return;
+  uint32_t key = static_cast<uint32_t>(pid);
+  uint64_t bits = ProcessBits(pid);
+  bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &key, &bits, BPF_EXIST);
+}
+
+// The recently released blocks of one process (run mode's double frees), when its address space
+// ends: a later process given its index must not find them. Under mu_.
+void Tracer::ForgetFreedBlocks(uint64_t bits) {
+  if (!config_.heap_errors) return;
+  int fd = bpf_map__fd(skel_->maps.freed_blocks);
+  constexpr uint32_t kBatch = 4096;
+  std::vector<uint64_t> keys(kBatch), doomed;
+  std::vector<uint8_t> values(kBatch * static_cast<size_t>(bpf_map__value_size(skel_->maps.freed_blocks)));
+  uint64_t in = 0, out = 0;
+  for (bool first = true;; first = false) {
+    uint32_t count = kBatch;
+    int r = bpf_map_lookup_batch(fd, first ? nullptr : &in, &out, keys.data(), values.data(), &count, nullptr);
+    for (uint32_t i = 0; i < count; i++)
+      if ((keys[i] & ~LEAK_ADDRESS_MASK) == bits) doomed.push_back(keys[i]);
+    if (r != 0) break;  // ENOENT: that was the last batch
+    in = out;
+  }
+  for (uint64_t key : doomed) bpf_map_delete_elem(fd, &key);
 }
 
 // Following forks, each process's report is made of what it had at its exit: its blocks leave
@@ -398,8 +445,15 @@ void Tracer::OnExit(const process::Event& event) {
     uint32_t index = it->second;
     uint32_t pid = static_cast<uint32_t>(event.pid);
     bpf_map_delete_elem(bpf_map__fd(skel_->maps.traced_procs), &pid);
+    memory_owner_.erase(event.pid);
+    // Those still in its address space (a clone(CLONE_VM) child) keep it: it is theirs now.
+    std::vector<pid_t> sharers;
+    for (const auto& [sharer, owner] : memory_owner_)
+      if (owner == event.pid) sharers.push_back(sharer);
+    for (pid_t sharer : sharers) OwnMemory(sharer);
     process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
     table.Take(ProcessBits(event.pid), &blocks);
+    ForgetFreedBlocks(ProcessBits(event.pid));
     ReadProcessCounters(index, &counters);
     WriteProcessCounters(index, leak_counters{});
     process_index_.erase(it);
@@ -433,6 +487,11 @@ void Tracer::OnExit(const process::Event& event) {
     for (uint64_t v : scan.indirect) Put(&message, v);
     message.insert(message.end(), scan.kind.begin(), scan.kind.end());
     message.insert(message.end(), scan.heuristic.begin(), scan.heuristic.end());
+    message.resize((message.size() + 7) / 8 * 8, 0);
+    for (uint32_t v : scan.owner) Put(&message, v);
+    message.resize((message.size() + 7) / 8 * 8, 0);
+    Put(&message, static_cast<uint64_t>(scan.lost_edges.size() / 2));
+    for (uint32_t v : scan.lost_edges) Put(&message, v);
   }
   Post("process", std::move(message));
 }

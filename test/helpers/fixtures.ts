@@ -80,6 +80,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'prefork_server', compiler: 'gcc', sources: ['prefork_server.c'], flags: cFlags },
   { name: 'exit_status', compiler: 'gcc', sources: ['exit_status.c'], flags: [...cFlags, '-pthread'] },
   { name: 'leak_kinds', compiler: 'gcc', sources: ['leak_kinds.c'], flags: [...cFlags, '-pthread'] },
+  { name: 'owned_blocks', compiler: 'gcc', sources: ['owned_blocks.c'], flags: cFlags },
   // The old (copy-on-write) std::string: the layout memcheck's stdstring heuristic knows.
   {
     name: 'leak_kinds_cpp',
@@ -89,6 +90,8 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   },
   { name: 'attach_exec', compiler: 'gcc', sources: ['attach_exec.c'], flags: cFlags },
   { name: 'fork_wait', compiler: 'gcc', sources: ['fork_wait.c'], flags: cFlags },
+  { name: 'vfork_exec', compiler: 'gcc', sources: ['vfork_exec.c'], flags: cFlags },
+  { name: 'spawn_children', compiler: 'gcc', sources: ['spawn_children.c'], flags: cFlags },
   { name: 'seized_child', compiler: 'gcc', sources: ['seized_child.c'], flags: cFlags },
 ];
 
@@ -122,9 +125,12 @@ export type FixtureName =
   | 'prefork_server'
   | 'exit_status'
   | 'leak_kinds'
+  | 'owned_blocks'
   | 'leak_kinds_cpp'
   | 'attach_exec'
   | 'fork_wait'
+  | 'vfork_exec'
+  | 'spawn_children'
   | 'seized_child';
 
 function specFor(name: string): FixtureSpec {
