@@ -3,88 +3,15 @@
 // target is unchanged (its signals delivered, its output and exit status the same), and stopping
 // the trace before it exits lets it go, neither stopped nor traced. When the hold cannot be had
 // (another process already traces it), the trace goes on and its report says why it has no kinds.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 
 import { checkReport, trace } from '../lib/index.js';
-import type { BytesBlocks, LeakReport } from '../lib/types.js';
+import { forTracer, forValgrind, kinds, start, status, waitFor } from './helpers/attached-target.js';
 import { fixturePath, repoRoot } from './helpers/fixtures.js';
-import { runValgrind, valgrindEnvironment } from './helpers/valgrind.js';
-
-const base: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
-const { forValgrind, forTracer } = valgrindEnvironment(base);
-const zero: BytesBlocks = { bytes: 0, blocks: 0 };
-
-function kinds(r: LeakReport): Record<string, BytesBlocks> {
-  const s = r.summary;
-  return {
-    definitelyLost: s.definitelyLost ?? zero,
-    indirectlyLost: s.indirectlyLost ?? zero,
-    possiblyLost: s.possiblyLost ?? zero,
-    stillReachable: s.stillReachable ?? zero,
-  };
-}
-
-function status(pid: number): { state: string; tracerPid: number } | null {
-  try {
-    const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-    return { state: /^State:\s+(\S)/m.exec(text)![1]!, tracerPid: Number(/^TracerPid:\s+(\d+)/m.exec(text)![1]) };
-  } catch {
-    return null;
-  }
-}
-
-interface Started {
-  /** The shell it runs under. */
-  child: ChildProcess;
-  pid: number;
-  /** Everything it printed so far. */
-  out: () => string;
-  /** The shell's exit: the program's exit status, or 128 + the signal that ended it. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-/** Starts `file args` under a shell (a child of this process would have its ptrace stops taken by
- *  child_process's waitpid(), and trace() does not hold it), its stdin and stdout piped to us, and
- *  waits for the line that starts with `first`. */
-async function start(file: string, args: string[], first: string): Promise<Started & { line: string }> {
-  const script = 'exec 3<&0; "$0" "$@" <&3 3<&- & echo "pid $!"; wait $!';
-  const child = spawn('/bin/sh', ['-c', script, file, ...args], { env: forTracer, stdio: ['pipe', 'pipe', 'inherit'] });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  let text = '';
-  let pid = 0;
-  const lines = createInterface({ input: child.stdout! });
-  let line = '';
-  const found = new Promise<void>((resolve) =>
-    lines.on('line', (l) => {
-      if (!pid && l.startsWith('pid ')) {
-        pid = Number(l.slice(4));
-        return;
-      }
-      text += l + '\n';
-      if (!line && l.startsWith(first)) {
-        line = l;
-        resolve();
-      }
-    }),
-  );
-  await found;
-  return { child, pid, out: () => text, exited, line };
-}
-
-async function waitFor(what: string, test: () => boolean, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!test()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+import { runValgrind } from './helpers/valgrind.js';
 
 describe('an attached process is held at its exit', () => {
   it('its kinds equal valgrind LEAK SUMMARY, its signals, output and exit status unchanged (3 runs)', async () => {

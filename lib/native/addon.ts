@@ -87,8 +87,9 @@ export interface NativeTracer {
   /** The outstanding blocks; with `timestamps`, each one's allocation time too (8 more bytes a
    *  block: only Snapshot.allocations shows it). */
   snapshot(timestamps: boolean): Promise<NativeSnapshot>;
-  /** Stops every thread of the target, scans its memory for the leak kinds, resumes it. */
-  scan(): Promise<NativeScan>;
+  /** Stops every thread of the target (followForks: of the traced process `pid`; its blocks'
+   *  addresses without their process's index), scans its memory for the leak kinds, resumes it. */
+  scan(pid?: number): Promise<NativeScan>;
   /** Once the target is gone: the scan made at its exit, or why there is none. */
   takeExitScan(): NativeExitScan;
   readStacks(ids: number[]): Promise<BigUint64Array[]>;

@@ -209,14 +209,16 @@ class SnapshotWorker : public TracerWorker {
 
 class ScanWorker : public TracerWorker {
  public:
-  using TracerWorker::TracerWorker;
+  ScanWorker(Napi::Env env, Tracer* tracer, Napi::Object self, pid_t pid)
+      : TracerWorker(env, tracer, self), pid_(pid) {}
   void Execute() override {
     NativeError e;
-    if (!tracer_->DoScan(&outcome_, &e)) Fail(e);
+    if (!tracer_->DoScan(pid_, &outcome_, &e)) Fail(e);
   }
   void OnOK() override { deferred_.Resolve(outcome_.ToJs(Env())); }
 
  private:
+  pid_t pid_;
   ScanOutcome outcome_;
 };
 
@@ -427,15 +429,12 @@ bool Tracer::ReadBlocks(PageBuffer* out) {
   return allocs_table_.Read(false, out) == 0;
 }
 
-bool Tracer::DoScan(ScanOutcome* out, NativeError* error) {
+bool Tracer::DoScan(pid_t pid, ScanOutcome* out, NativeError* error) {
   if (config_.pid == getpid()) {
     *error = {"ELEAK_SCAN", "a process cannot stop itself to be scanned", 0};
     return false;
   }
-  if (config_.follow_forks) {
-    *error = {"ELEAK_SCAN", "scan() is not available with followForks: trace one process to scan it", 0};
-    return false;
-  }
+  if (config_.follow_forks) return ScanFollowed(pid == 0 ? config_.pid : pid, out, error);
   std::string why;
   if (!Session()->ScanNow(supervisor_.get(), out, &why)) {
     *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(config_.pid) + ": " + why, 0};
@@ -889,9 +888,11 @@ void Tracer::Close() {
   }
 }
 
-// scan(): stops the target's threads, scans, resumes => Promise<scan outcome>
+// scan(pid?): stops the target's threads (followForks: those of the traced process `pid`),
+// scans, resumes => Promise<scan outcome>
 Napi::Value Tracer::Scan(const Napi::CallbackInfo& info) {
-  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>()));
+  pid_t pid = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>(), pid));
 }
 
 // takeExitScan() => the scan made at the target's exit, or { notScanned: reason }. Once the

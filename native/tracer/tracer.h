@@ -117,8 +117,9 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   // process::Handler (native/tracer/tracer_processes.cc), on the supervisor's thread.
   bool OnEvent(const process::Event& event) override;
   bool DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error);
-  // Stops every thread of the target, scans its memory for the leak kinds, resumes it.
-  bool DoScan(ScanOutcome* out, NativeError* error);
+  // Stops every thread of the target (followForks: of the traced process `pid`, 0 for the
+  // first), scans its memory for the leak kinds, resumes it.
+  bool DoScan(pid_t pid, ScanOutcome* out, NativeError* error);
 
  private:
   Napi::Value Attach(const Napi::CallbackInfo& info);
@@ -135,6 +136,10 @@ class Tracer : public Napi::ObjectWrap<Tracer>, public process::Handler {
   Napi::Value Scan(const Napi::CallbackInfo& info);
   Napi::Value TakeExitScan(const Napi::CallbackInfo& info);
   bool ReadBlocks(PageBuffer* out);
+  // followForks (native/tracer/tracer_processes.cc): the scan of one traced process, of its own
+  // blocks, their addresses without its index.
+  bool ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error);
+  bool ReadProcessBlocks(pid_t pid, PageBuffer* out);
   ScanSession* Session();
   // Defined in native/unwind/unwinder.cc.
   Napi::Value ReadStackTotals(const Napi::CallbackInfo& info);

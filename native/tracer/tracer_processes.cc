@@ -19,6 +19,7 @@
 #include <bpf/libbpf.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -494,6 +495,41 @@ void Tracer::OnExit(const process::Event& event) {
     for (uint32_t v : scan.lost_edges) Put(&message, v);
   }
   Post("process", std::move(message));
+}
+
+// In the supervisor's pause of `pid` (its thread: process_index_ is read there only).
+bool Tracer::ReadProcessBlocks(pid_t pid, PageBuffer* out) {
+  uint64_t bits = ProcessBits(pid);
+  if (bits == 0) return false;
+  PageBuffer all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!allocs_table_.IsOpen() || allocs_table_.Read(false, &all) != 0) return false;
+  }
+  size_t n = all.size() / sizeof(leak_block);
+  const auto* records = reinterpret_cast<const leak_block*>(all.data());
+  size_t mine = 0;
+  for (size_t i = 0; i < n; i++) mine += (records[i].address & ~LEAK_ADDRESS_MASK) == bits;
+  if (out->Reserve(std::max<size_t>(mine, 1) * sizeof(leak_block)) != 0) return false;
+  for (size_t i = 0; i < n; i++) {
+    if ((records[i].address & ~LEAK_ADDRESS_MASK) != bits) continue;
+    leak_block b = records[i];
+    b.address &= LEAK_ADDRESS_MASK;
+    memcpy(out->Append(sizeof b), &b, sizeof b);
+  }
+  return true;
+}
+
+bool Tracer::ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error) {
+  std::string why = "tracing stopped";
+  if (supervisor_) {
+    ScanOptions options;
+    options.glibc = config_.glibc;
+    ScanSession session(pid, options, [this, pid](PageBuffer* blocks) { return ReadProcessBlocks(pid, blocks); });
+    if (session.ScanNow(supervisor_.get(), out, &why)) return true;
+  }
+  *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(pid) + ": " + why, 0};
+  return false;
 }
 
 // resumeProcess(pid): JS has checked the image a process exec'd; it may run.

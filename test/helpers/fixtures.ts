@@ -93,6 +93,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'vfork_exec', compiler: 'gcc', sources: ['vfork_exec.c'], flags: cFlags },
   { name: 'spawn_children', compiler: 'gcc', sources: ['spawn_children.c'], flags: cFlags },
   { name: 'seized_child', compiler: 'gcc', sources: ['seized_child.c'], flags: cFlags },
+  { name: 'fork_kinds', compiler: 'gcc', sources: ['fork_kinds.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -131,7 +132,8 @@ export type FixtureName =
   | 'fork_wait'
   | 'vfork_exec'
   | 'spawn_children'
-  | 'seized_child';
+  | 'seized_child'
+  | 'fork_kinds';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
