@@ -119,7 +119,7 @@ describe('an attached process another one already traces', () => {
     cli.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     cli.stdout!.resume();
     const code = new Promise<number | null>((resolve) => cli.once('close', (c) => resolve(c)));
-    await waitFor('the attach', () => stderr.includes('tracing pid'), 30_000);
+    await waitFor('the attach', () => stderr.includes('tracing pid'), 90_000);
     target.child.stdin!.end('g');
     expect(await code).toBe(9);
     expect(await target.exited).toEqual({ code: 5, signal: null });

@@ -70,7 +70,7 @@ describe('scan() with followForks', () => {
     cli.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     cli.stdout!.resume();
     const closed = new Promise<number | null>((resolve) => cli.once('close', (c) => resolve(c)));
-    await waitFor('the attach', () => stderr.includes('tracing pid'), 30_000);
+    await waitFor('the attach', () => stderr.includes('tracing pid'), 90_000);
     target.child.stdin!.write('g');
     await waitFor('every process to be ready', () => readyCount(target.out()) === children + 1);
     const from = stderr.length;
