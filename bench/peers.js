@@ -1,3 +1,4 @@
+// One file by design: one script that runs every (workload, tool) pair the same way, in rotated rounds, and prints one table; each workload and each tool is a case of its loop.
 // ebpf-leak against its peers on real programs (`npm run bench -- --peers [--json FILE]`; root).
 //
 // Workloads (inputs made once, deterministically, under /var/tmp/ebpf-leak-bench, outside the repo):

@@ -1,14 +1,19 @@
 // The soak bench (`npm run bench -- --soak SECONDS`; root): bench/soak_workload.c for SECONDS at
 // a high allocation rate (2 threads replacing blocks in level pools of 20,000 each, from 16 call
 // sites) under `ebpf-leak attach --interval 1`, the tracer's RSS (VmRSS of its process) sampled
-// every second. Prints the samples' least-squares slope (MB per minute) over all but the first
-// tenth (the tables filling and the code warming), the RSS first and last, and the rate. A
-// tracer that keeps nothing per tick has a slope near 0 however long it runs. Not a test.
+// every second. Prints the samples' least-squares slope (MB per minute) after the warm-up (the
+// first WARMUP_S seconds, or the first tenth of a shorter run: the tables filling, the code
+// warming, the allocator's arenas reaching their size) and over the whole run, the RSS first,
+// after the warm-up, last and at most, and the rate. A tracer that keeps nothing per tick has a
+// slope near 0 however long it runs. Not a test.
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+
+/** Seconds of warm-up left out of the main slope (at most a tenth of the run). */
+const WARMUP_S = 120;
 
 function rssMb(pid) {
   const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -62,21 +67,29 @@ export async function soak({ root, buildDir, seconds, log }) {
   }
   await targetExit;
   const [code, signal] = tracer.exitCode !== null ? [tracer.exitCode, tracer.signalCode] : await once(tracer, 'exit');
-  const kept = samples.slice(Math.floor(samples.length / 10));
+  const warmupS = Math.min(WARMUP_S, seconds / 10);
+  const kept = samples.filter((p) => p.x * 60 >= warmupS);
   const result = {
     seconds,
     samples: samples.length,
+    warmupSeconds: warmupS,
     rssFirstMb: samples[0]?.y,
+    rssAfterWarmupMb: kept[0]?.y,
     rssLastMb: samples.at(-1)?.y,
     rssMaxMb: Math.max(...samples.map((s) => s.y)),
+    rssMaxAfterWarmupMb: Math.max(...kept.map((s) => s.y)),
+    rssMinAfterWarmupMb: Math.min(...kept.map((s) => s.y)),
     rssSlopeMbPerMin: kept.length >= 2 ? slope(kept) : NaN,
+    rssSlopeWholeRunMbPerMin: samples.length >= 2 ? slope(samples) : NaN,
     callsPerSecond: (Number(rounds.trim()) * 2) / seconds, // a round is a free and an allocation
     ticks,
     tracerExit: code ?? signal,
   };
   log(
-    `soak: tracer RSS ${result.rssFirstMb?.toFixed(1)} -> ${result.rssLastMb?.toFixed(1)} MB (max ${result.rssMaxMb.toFixed(1)}), ` +
-      `slope ${result.rssSlopeMbPerMin.toFixed(3)} MB/min over the last ${kept.length} samples; ` +
+    `soak: tracer RSS ${result.rssFirstMb?.toFixed(1)} MB first, ${result.rssAfterWarmupMb?.toFixed(1)} MB at ${warmupS.toFixed(0)} s, ` +
+      `${result.rssLastMb?.toFixed(1)} MB last (max ${result.rssMaxMb.toFixed(1)}; ${result.rssMinAfterWarmupMb.toFixed(1)}-` +
+      `${result.rssMaxAfterWarmupMb.toFixed(1)} MB after ${warmupS.toFixed(0)} s); slope ${result.rssSlopeMbPerMin.toFixed(3)} MB/min ` +
+      `after ${warmupS.toFixed(0)} s (${kept.length} samples), ${result.rssSlopeWholeRunMbPerMin.toFixed(3)} MB/min over the whole run; ` +
       `${(result.callsPerSecond / 1e6).toFixed(2)} M calls/s traced; ${ticks} periodic reports; tracer exit ${result.tracerExit}`,
   );
   if (code !== 0) process.stderr.write(`tracer's last output:\n${tail}\n`);

@@ -1,5 +1,5 @@
 /* The executable mappings stacks pass through, by start address, for the symbolizer in user space
- * (read with Tracer's module reads, native/tracer/tracer.cc): the first time a stack goes through
+ * (read by native/tracer/trace_session_reads.cc): the first time a stack goes through
  * a mapping, bpf_find_vma() hands it to record_mapping().
  *
  * Used by bpf/unwind.bpf.h, whose walks record the mappings they meet, and by bpf/stacks.bpf.h. */

@@ -2,7 +2,7 @@
  * allocation, - when its block is freed (with the stack id stored in the block), so a summary by
  * stack is one small map read instead of a walk of every outstanding block.
  *
- * Read by user space with Tracer.readStackTotals() (native/tracer/tracer_stacks.cc). */
+ * Read by user space with Tracer.readStackTotals() (native/tracer/trace_session_reads.cc). */
 #ifndef EBPF_LEAK_STACK_TOTALS_H
 #define EBPF_LEAK_STACK_TOTALS_H
 

@@ -2,7 +2,7 @@
  * it is on, else the kernel's frame-pointer walk into `stack_traces`, with `overflow_stacks` for
  * the stacks whose bucket there is taken. The first time a stack is stored, the mappings its
  * frames are in go to bpf/modules.bpf.h for the symbolizer. User space reads the stacks back by id
- * (native/tracer/tracer_stacks.cc). */
+ * (native/tracer/trace_session_reads.cc). */
 #ifndef EBPF_LEAK_STACKS_H
 #define EBPF_LEAK_STACKS_H
 

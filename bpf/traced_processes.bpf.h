@@ -22,7 +22,7 @@ const volatile bool follow_forks = false;
 /* A running process traced without ptrace (attach, no follow_forks): each image it execs keys its
  * blocks and keeps its counters under an index of its own, switched by the exec tracepoint
  * (next_image() in leak.bpf.c), so the blocks of the image before stay apart from the new one's
- * until user space takes them out (native/tracer_processes.cc, SyncImages). */
+ * until user space takes them out (native/tracer/trace_session_processes.cc, SyncImages). */
 const volatile bool image_keys = false;
 __u64 image_bits = 0; /* the current image's index << LEAK_PROCESS_SHIFT */
 __u64 images = 0;     /* execs seen: the current image's index is images % LEAK_MAX_PROCESSES */

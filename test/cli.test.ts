@@ -309,7 +309,7 @@ describe('run', () => {
   }, 60_000);
 
   it('--error-exitcode fires on heap errors, printed as valgrind prints them', async () => {
-    // No leak of its own (the C++ runtime's start-up pool is suppressed by default): the three
+    // No leak of its own (the C++ runtime's start-up pool is still reachable): the three
     // mismatched frees alone set the status. valgrind's wording, the release stack, the block.
     const r = await runCli(['run', '--error-exitcode', '9', '--', fixturePath('heap_errors'), 'mismatch'], 60_000);
     expect(r.code).toBe(9);

@@ -173,6 +173,20 @@ describe('matching', () => {
     expect(name([frame('malloc', libc), frame('example::FormatGreeting()', '/work/addon.node'), frame('v8::internal::Builtin_HandleApiCall', node)])).toBeUndefined();
   });
 
+  it('with a scan, only the rules for blocks the scan calls lost apply; the others only to groups without a kind', () => {
+    const stdio = [frame('malloc', libc), frame('_IO_file_doallocate', libc), frame('_IO_doallocbuf', libc)];
+    const dtv = [frame('calloc', libc), frame('calloc', '/usr/lib64/ld-linux-x86-64.so.2'), frame('allocate_dtv', '/usr/lib64/ld-linux-x86-64.so.2'), frame('_dl_allocate_tls', '/usr/lib64/ld-linux-x86-64.so.2')];
+    const name = (stack: StackFrame[], kind?: 'definite' | 'possible' | 'reachable') =>
+      defaultSuppressions().find((r) => ruleMatches(r, stack, {}, kind))?.name;
+    expect(name(stdio)).toBe('glibc-stdio-buffer');
+    expect(name(stdio, 'reachable')).toBeUndefined();
+    expect(name(stdio, 'definite')).toBeUndefined();
+    expect(name(dtv, 'possible')).toBe('ld.so-thread-dtv');
+    expect(name(dtv, 'reachable')).toBeUndefined();
+    expect(name(dtv)).toBe('ld.so-thread-dtv');
+    expect(name(dtv, 'definite')).toBeUndefined();
+  });
+
   it('applySuppressions keeps what no rule covers and totals the rest per rule', () => {
     const rules = parseSuppressions('leak:parse_config\nleak:never', { source: 's' });
     const groups = [
@@ -254,7 +268,7 @@ describe('on real programs', () => {
     expect(cpp.suppressed.map((h) => [h.rule, h.bytes])).toEqual([['libstdc++-static-init', 72_704]]);
     expect(cpp.leakedBytes).toBe(689);
     const threads = await checkLeaks(fixturePath('threads'), { leakKinds: false, stdio: 'ignore' });
-    expect(threads.suppressed.map((h) => h.rule)).toContain('ld.so-allocations'); // TLS of threads
+    expect(threads.suppressed.map((h) => h.rule)).toContain('ld.so-thread-dtv'); // TLS of threads
     expect(threads.leaks.every((g) => g.stack.some((f) => f.symbol === 'work'))).toBe(true);
     expect(defaultSuppressions().every((r) => r.source === 'default')).toBe(true);
   });

@@ -6,6 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { trace, type AllocEvent, type FreeEvent, type LostInfo, type LeakGroup, type LeakReport } from '../lib/index.js';
 import { fixturePath } from './helpers/fixtures.js';
 import { EVENTS_PER_STEP } from '../lib/tracer/event-queue.js';
+import { releaseSnapshot } from '../lib/tracer/leak-tracer.js';
 import { SLICE_MS } from '../lib/util/cooperative.js';
 
 const children: ChildProcess[] = [];
@@ -49,6 +50,31 @@ describe('attach to a running process', () => {
     expect(report.leaks[0]!.largestBlock).toBe(32);
     expect(child.exitCode).toBeNull(); // still running, untraced
     await expect(tracer.snapshot()).rejects.toMatchObject({ code: 'ELEAK_CLOSED' });
+  });
+
+  it("releaseSnapshot() frees a snapshot's buffer at once, and later snapshots read in full", async () => {
+    const child = await startForever();
+    const tracer = await trace({ pid: child.pid! });
+    try {
+      await sleep(1500);
+      const snap = await tracer.snapshot();
+      const blocks = snap.allocations.length;
+      // Over 4 KiB of 40-byte timed blocks: the buffer spans two pages or more.
+      expect(blocks).toBeGreaterThan(110);
+      const before = process.memoryUsage().external;
+      releaseSnapshot(snap);
+      // The finalizer runs from the event loop, with no collection: an immediate or two later.
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      // V8 was told of the buffer's pages (two or more); other buffers may come and go meanwhile.
+      expect(before - process.memoryUsage().external).toBeGreaterThanOrEqual(4096);
+      expect(snap.summary.allocs).toBeGreaterThan(0);
+      releaseSnapshot(snap); // twice: nothing more to do
+      const next = await tracer.snapshot();
+      expect(next.allocations.filter((a) => a.size === 32).length).toBeGreaterThanOrEqual(blocks - 2);
+    } finally {
+      await tracer.stop();
+    }
   });
 
   it('reports when the traced process exits', async () => {

@@ -14,6 +14,7 @@ import { attachExitStatus, forwardedSignals, signalExitStatus } from './signals.
 export async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<number> {
   checkJsonDestination(cmd);
   const { trace } = await import('../tracer/trace.js');
+  const { releaseSnapshot } = await import('../tracer/leak-tracer.js');
   const tracer = await trace({ pid: cmd.pid, ...traceOptions(cmd) });
   watchTracer(tracer, cmd, io);
 
@@ -53,6 +54,8 @@ export async function attachCommand(cmd: AttachCommand, io: CliIo): Promise<numb
           const resolved = await tracer.stackFrames(shown).catch(() => shown.map(() => []));
           shown.forEach((id, i) => frames.set(id, (resolved[i] ?? []).slice(0, PERIODIC_FRAMES)));
           let text = formatSnapshotTop(snap, { top: cmd.top, color, byStack, frames: (id) => frames.get(id) });
+          // Read in full by now: its buffer goes at once rather than a collection later.
+          releaseSnapshot(snap);
           if (cmd.leakKinds === true) text += formatScanLines(await tracer.scan());
           if (!stopping) io.stderr.write(text + '\n');
         })

@@ -12,7 +12,7 @@
 //   `excluded.otherThreads`. `threads: 'all'` takes every thread, e.g. for an addon that allocates
 //   in an AsyncWorker.
 // - Modules: `module: /my_addon\.node$/` keeps only blocks whose stack passes through that file.
-// - The tracer's own allocations are never recorded (see native/tracer/tracer.cc, ThreadIgnore) or, on the
+// - The tracer's own allocations are never recorded (see native/tracer/trace_session.h, ThreadIgnore) or, on the
 //   JS thread, dropped by module (lib/tracer/leak-tracer.ts).
 //
 // Growth, not noise: a one-time cache or a lazily grown buffer leaves blocks in one or two

@@ -220,6 +220,9 @@ export interface NativeAddon extends NativeSymbolizer {
    *  child_process would fork this whole process on the JS thread. `argv[0]` included; `env` as
    *  NAME=value strings. A timeout kills the program with SIGKILL. */
   runProgram(file: string, argv: readonly string[], env: readonly string[], timeoutMs: number): Promise<ProgramResult>;
+  /** Frees a buffer the addon returned now rather than when collected (native/addon/release_buffer.h);
+   *  it reads as empty afterwards. False when V8 would not detach it (it is then collected as usual). */
+  releaseBuffer(buffer: ArrayBuffer): boolean;
   /** x86-64 instructions of `code`, which starts at `address` (native/x86/x86_decoder.h): every one
    *  that starts in the first `detailBytes`, then only those that do not fall through. Absent
    *  from builds for other architectures. */

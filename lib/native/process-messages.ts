@@ -1,4 +1,4 @@
-// The supervisor's messages about processes (native/tracer/tracer_processes.cc): an exec, a followed
+// The supervisor's messages about processes (native/tracer/trace_session_processes.cc): an exec, a followed
 // fork, a followed process's exit with its blocks.
 import { decodeCounters, type Counters } from './layout.js';
 import type { NativeScan } from './scan-records.js';

@@ -61,6 +61,9 @@ export interface ValgrindSuppression {
   frames: FramePattern[];
   /** Where the rule was read from: `file:line`, `<text>:line` or `default`. */
   source: string;
+  /** Applies only to groups without a kind (reports made without a scan of the target): for
+   *  shipped rules whose blocks a scan finds still reachable. */
+  unscannedOnly?: boolean;
 }
 
 export interface LsanSuppression {
@@ -436,6 +439,7 @@ export function ruleMatches(
         (f.module !== undefined && re.test(f.module)),
     );
   }
+  if (rule.unscannedOnly && kind !== undefined) return false;
   const assumed = kind !== undefined ? [kind] : (options.assumeLeakKinds ?? leakKinds);
   if (!rule.leakKinds.some((k) => assumed.includes(k))) return false;
   return framesMatch(rule.frames, stack) || allocatorPrefixMatch(rule.frames, stack);

@@ -115,6 +115,19 @@ export interface TracerParts {
   supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; commandLine: string[] };
 }
 
+/** The buffer under each snapshot() result, for releaseSnapshot(). */
+const snapshotBuffers = new WeakMap<Snapshot, ArrayBuffer>();
+
+/** Frees a snapshot's buffer now, not when the collector finds it: for snapshots taken on a timer
+ *  (`attach --interval`), whose megabytes would otherwise pile up between collections. Nothing may
+ *  read the snapshot's allocations afterwards (its summary stays). Not part of the package's API. */
+export function releaseSnapshot(snapshot: Snapshot): void {
+  const buffer = snapshotBuffers.get(snapshot);
+  if (buffer === undefined) return;
+  snapshotBuffers.delete(snapshot);
+  loadNative().releaseBuffer(buffer);
+}
+
 export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   /** Process being traced. */
   readonly pid: number;
@@ -137,7 +150,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
   #mark = 0;
   /** When the tracer traces its own process: its addon's file, whose stacks are the tracer's own
    *  allocations (N-API calls on the JS thread) and are left out of every report. Its other
-   *  threads are kept out in the kernel (native/tracer/tracer.cc, ThreadIgnore). */
+   *  threads are kept out in the kernel (native/tracer/trace_session.h, ThreadIgnore). */
   #ownModule: string | undefined;
   #finalUnwindStats: UnwindStats | null = null;
   /** Execs and children (lib/processes.ts); undefined when the process is not followed. */
@@ -282,10 +295,14 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       }
       const first = processes.find((p) => p.pid === this.pid) ?? processes[0];
       const empty = summarize(decodeCounters(new ArrayBuffer(raw.counters.byteLength)), { blocks: 0, bytes: 0 });
-      return { allocations: first?.allocations ?? [], summary: first?.summary ?? empty, processes };
+      const snapshot = { allocations: first?.allocations ?? [], summary: first?.summary ?? empty, processes };
+      snapshotBuffers.set(snapshot, raw.entries);
+      return snapshot;
     }
     const summary = summarize(decodeCounters(raw.counters), await inUseSliced(columns));
-    return { allocations: allocationsView(columns, raw.nowNs), summary };
+    const snapshot = { allocations: allocationsView(columns, raw.nowNs), summary };
+    snapshotBuffers.set(snapshot, raw.entries);
+    return snapshot;
   }
 
   /** Symbolized frames of stack ids (the `stackId` of snapshot() allocations and stackTotals()),

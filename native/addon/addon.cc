@@ -9,6 +9,7 @@
 #include "process/held_process.h"
 #include "abi/leak.h"
 #include "process/run_program.h"
+#include "addon/release_buffer.h"
 #include "symbols/symbolizer.h"
 #include "target/target_file.h"
 #include "tracer/tracer.h"
@@ -52,6 +53,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("unwindTable", Napi::Function::New(env, UnwindTableJs, "unwindTable"));
   exports.Set("openTargetFile", Napi::Function::New(env, OpenTargetFileJs, "openTargetFile"));
   exports.Set("runProgram", Napi::Function::New(env, RunProgram, "runProgram"));
+  exports.Set("releaseBuffer", Napi::Function::New(env, ReleaseBufferJs, "releaseBuffer"));
 #if defined(__x86_64__)
   exports.Set("decodeX86", Napi::Function::New(env, DecodeX86, "decodeX86"));
 #endif

@@ -1,43 +1,13 @@
 // Errors crossing into JS carry a stable `code` (ELEAK_*); lib/errors.ts turns them into typed
-// classes. Native code only reports what happened; wording for users is decided in TS.
+// classes.
 #pragma once
 
 #include <napi.h>
 
-#include <string>
+#include "addon/native_error.h"
 
 namespace ebpf_leak {
 
-struct NativeError {
-  std::string code;     // ELEAK_*
-  std::string message;  // what failed, with errno text and libbpf's log when there is one
-  int err = 0;          // positive errno, 0 when not from a system call
-};
-
 Napi::Error ToJsError(Napi::Env env, const NativeError& e);
-
-// The text of a positive errno value, for messages.
-std::string ErrnoText(int err);
-
-// The code for a failed system call or libbpf call, from its errno.
-std::string CodeForErrno(int err, const char* fallback);
-
-// libbpf prints through one global callback; while a LibbpfLogCapture is alive on a thread,
-// what libbpf prints on that thread is collected here instead of going to stderr.
-class LibbpfLogCapture {
- public:
-  LibbpfLogCapture();
-  ~LibbpfLogCapture();
-  LibbpfLogCapture(const LibbpfLogCapture&) = delete;
-  LibbpfLogCapture& operator=(const LibbpfLogCapture&) = delete;
-  // The last `max_bytes` of the log: the verifier's verdict is at the end.
-  std::string Tail(size_t max_bytes = 8192) const;
-
- private:
-  std::string text_;
-  std::string* previous_;
-};
-
-void InstallLibbpfPrint();
 
 }  // namespace ebpf_leak

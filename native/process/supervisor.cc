@@ -1,6 +1,7 @@
 // One file by design: the ptrace thread's loop and the stops it handles (exec, fork, exit, pauses) share that one thread's view of every traced task.
 #include "process/supervisor.h"
 #include "addon/monotonic_clock.h"
+#include "addon/native_error.h"
 
 #include <dirent.h>
 #include <linux/kcmp.h>
@@ -34,6 +35,31 @@ constexpr auto kIdleSleep = std::chrono::microseconds(300);
 long Trace(int request, pid_t tid, uintptr_t addr = 0, uintptr_t data = 0) {
   return ptrace(static_cast<__ptrace_request>(request), tid, reinterpret_cast<void*>(addr),
                 reinterpret_cast<void*>(data));
+}
+
+// Waits for each of `tids` to change state, never blocking on one (Stop() could not wake it),
+// until `deadline`: `changed(tid, r, status)` sees each change (r < 0: the tid is gone, no status)
+// and says whether that tid is done with. Those left in `tids` did not finish in time.
+template <typename Changed>
+void WaitEach(std::vector<pid_t>* tids, std::chrono::steady_clock::time_point deadline,
+              std::chrono::microseconds nap, Changed changed) {
+  while (!tids->empty() && std::chrono::steady_clock::now() < deadline) {
+    bool any = false;
+    for (auto it = tids->begin(); it != tids->end();) {
+      int status = 0;
+      pid_t r = waitpid(*it, &status, WNOHANG | __WALL | __WNOTHREAD);
+      if (r == 0) {
+        ++it;
+        continue;
+      }
+      any = true;
+      if (changed(*it, r, status))
+        it = tids->erase(it);
+      else
+        ++it;
+    }
+    if (!any) std::this_thread::sleep_for(nap);
+  }
 }
 
 // The process a task belongs to (Tgid in /proc/TID/status), or 0 when it is gone.
@@ -127,7 +153,7 @@ bool Supervisor::SeizeAll(pid_t pid, std::string* error) {
       if (Trace(PTRACE_SEIZE, tid, 0, kOptions) != 0) {
         int e = errno;
         if (e == ESRCH && tid != pid) continue;  // a thread that ended meanwhile
-        *error = "cannot follow process " + std::to_string(pid) + " with ptrace: " + strerror(e) +
+        *error = "cannot follow process " + std::to_string(pid) + " with ptrace: " + ErrnoText(e) +
                  (e == EPERM ? " (it is being debugged or traced already, or ptrace is not permitted)" : "");
         return false;
       }
@@ -227,38 +253,26 @@ bool Supervisor::PauseOnce(pid_t pid, const PauseWork& work, std::string* error,
   std::vector<StoppedThread> threads;
   bool spoiled = false;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (!waiting.empty() && std::chrono::steady_clock::now() < deadline) {
-    bool any = false;
-    for (auto it = waiting.begin(); it != waiting.end();) {
-      pid_t t = *it;
-      int status = 0;
-      pid_t r = waitpid(t, &status, WNOHANG | __WALL | __WNOTHREAD);
-      if (r == 0) {
-        ++it;
-        continue;
-      }
-      any = true;
-      it = waiting.erase(it);
-      if (r < 0) {
-        tasks_.erase(t);
-        continue;
-      }
-      int event = status >> 16;
-      if (WIFSTOPPED(status) && (event == 0 || event == PTRACE_EVENT_STOP)) {
-        int sig = WSTOPSIG(status);
-        Held h{t, PTRACE_CONT, 0};
-        if (event == 0) h.signal = sig;                            // delivered when it goes on
-        else if (IsGroupStop(sig)) h.request = PTRACE_LISTEN;      // stays in its group-stop
-        held.push_back(h);
-        threads.push_back(StoppedAt(t));
-        continue;
-      }
-      // A fork, a new thread, an exec or an exit: handled as always, and this attempt is off.
-      Handle(t, status);
-      spoiled = true;
+  WaitEach(&waiting, deadline, std::chrono::microseconds(100), [&](pid_t t, pid_t r, int status) {
+    if (r < 0) {
+      tasks_.erase(t);
+      return true;
     }
-    if (!any) std::this_thread::sleep_for(std::chrono::microseconds(100));
-  }
+    int event = status >> 16;
+    if (WIFSTOPPED(status) && (event == 0 || event == PTRACE_EVENT_STOP)) {
+      int sig = WSTOPSIG(status);
+      Held h{t, PTRACE_CONT, 0};
+      if (event == 0) h.signal = sig;                            // delivered when it goes on
+      else if (IsGroupStop(sig)) h.request = PTRACE_LISTEN;      // stays in its group-stop
+      held.push_back(h);
+      threads.push_back(StoppedAt(t));
+      return true;
+    }
+    // A fork, a new thread, an exec or an exit: handled as always, and this attempt is off.
+    Handle(t, status);
+    spoiled = true;
+    return true;
+  });
   bool ok = !spoiled && waiting.empty() && !threads.empty() && processes_.count(pid);
   if (ok) work(threads, stopped_ns);
   for (const Held& h : held) Trace(h.request, h.tid, 0, static_cast<uintptr_t>(h.signal));
@@ -465,31 +479,19 @@ void Supervisor::GatherExit(pid_t pid, const StoppedThread& self, Event* event, 
   for (const StoppedThread& t : exited_threads_[pid]) event->threads.push_back(t);
   // The others are being killed: each comes to its exit stop and waits there.
   auto deadline = std::chrono::steady_clock::now() + kExitGatherWait;
-  while (!others.empty() && std::chrono::steady_clock::now() < deadline) {
-    bool any = false;
-    for (auto it = others.begin(); it != others.end();) {
-      pid_t t = *it;
-      int status = 0;
-      pid_t r = waitpid(t, &status, WNOHANG | __WALL | __WNOTHREAD);
-      if (r == 0) {
-        ++it;
-        continue;
-      }
-      any = true;
-      if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) {
-        tasks_.erase(t);
-        it = others.erase(it);
-      } else if (WIFSTOPPED(status) && (status >> 16) == PTRACE_EVENT_EXIT) {
-        event->threads.push_back(StoppedAt(t));
-        held->push_back(t);
-        it = others.erase(it);
-      } else {
-        Trace(PTRACE_CONT, t);  // on its way to its exit stop
-        ++it;
-      }
+  WaitEach(&others, deadline, std::chrono::microseconds(100), [&](pid_t t, pid_t r, int status) {
+    if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) {
+      tasks_.erase(t);
+      return true;
     }
-    if (!any) std::this_thread::sleep_for(std::chrono::microseconds(100));
-  }
+    if (WIFSTOPPED(status) && (status >> 16) == PTRACE_EVENT_EXIT) {
+      event->threads.push_back(StoppedAt(t));
+      held->push_back(t);
+      return true;
+    }
+    Trace(PTRACE_CONT, t);  // on its way to its exit stop
+    return false;
+  });
   // Still running after that long: their stacks are read whole.
   for (pid_t t : others) {
     StoppedThread unknown;
@@ -505,30 +507,18 @@ void Supervisor::DetachAll() {
   for (pid_t tid : early_stops_) Trace(PTRACE_DETACH, tid);
   early_stops_.clear();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
-  while (!tasks_.empty() && std::chrono::steady_clock::now() < deadline) {
-    bool any = false;
-    for (auto it = tasks_.begin(); it != tasks_.end();) {
-      pid_t tid = it->first;
-      int status = 0;
-      pid_t r = waitpid(tid, &status, WNOHANG | __WALL | __WNOTHREAD);
-      if (r == 0) {
-        ++it;
-        continue;
-      }
-      any = true;
-      if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) {
-        it = tasks_.erase(it);
-        continue;
-      }
-      int sig = WSTOPSIG(status);
-      int event = status >> 16;
-      uintptr_t deliver = (event == 0 && sig != SIGTRAP) ? static_cast<uintptr_t>(sig) : 0;
-      if (event == PTRACE_EVENT_STOP && IsGroupStop(sig)) deliver = 0;
-      Trace(PTRACE_DETACH, tid, 0, deliver);
-      it = tasks_.erase(it);
-    }
-    if (!any) std::this_thread::sleep_for(std::chrono::microseconds(200));
-  }
+  std::vector<pid_t> tids;
+  for (const auto& [tid, pid] : tasks_) tids.push_back(tid);
+  WaitEach(&tids, deadline, std::chrono::microseconds(200), [&](pid_t tid, pid_t r, int status) {
+    tasks_.erase(tid);
+    if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) return true;
+    int sig = WSTOPSIG(status);
+    int event = status >> 16;
+    uintptr_t deliver = (event == 0 && sig != SIGTRAP) ? static_cast<uintptr_t>(sig) : 0;
+    if (event == PTRACE_EVENT_STOP && IsGroupStop(sig)) deliver = 0;
+    Trace(PTRACE_DETACH, tid, 0, deliver);
+    return true;
+  });
   // Any left did not stop in time (in an uninterruptible wait): the kernel lets them go with us.
   for (auto& [tid, pid] : tasks_) Trace(PTRACE_DETACH, tid);
   tasks_.clear();

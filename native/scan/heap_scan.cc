@@ -1,3 +1,4 @@
+// One file by design: the Scanner is one pass of memcheck's leak search (the roots, the mark from them, the pass over the blocks left) over one set of per-block arrays; the window reads it overlaps with are the two classes before it.
 #include "scan/heap_scan.h"
 
 #include <sys/mman.h>

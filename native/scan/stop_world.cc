@@ -1,5 +1,6 @@
 #include "scan/stop_world.h"
 #include "addon/monotonic_clock.h"
+#include "addon/native_error.h"
 
 #include <dirent.h>
 #include <signal.h>
@@ -132,7 +133,7 @@ bool StopOnce(pid_t pid, const HoldWork& work, std::string* error) {
     if (!added) break;
   }
   if (tids.empty()) {
-    *error = std::string("cannot stop process ") + std::to_string(pid) + ": ptrace(PTRACE_SEIZE): " + strerror(errno);
+    *error = std::string("cannot stop process ") + std::to_string(pid) + ": ptrace(PTRACE_SEIZE): " + ErrnoText(errno);
     return false;
   }
   HeldWorld world;

@@ -31,7 +31,7 @@ int OpenPath(const std::string& path, std::string* error) {
   if (SplitProcRoot(path, &root, &rest)) {
     int rootfd = open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0) {
-      *error = "cannot open " + root + ": " + strerror(errno);
+      *error = "cannot open " + root + ": " + ErrnoText(errno);
       return -1;
     }
     struct open_how how;
@@ -43,16 +43,16 @@ int OpenPath(const std::string& path, std::string* error) {
     close(rootfd);
     if (fd < 0) {
       *error = err == ENOSYS || err == EPERM
-                   ? "cannot open " + path + " safely: openat2() is not available (" + strerror(err) +
+                   ? "cannot open " + path + " safely: openat2() is not available (" + ErrnoText(err) +
                          "), and a path inside another process's root is not followed without it"
-                   : "cannot open " + path + ": " + strerror(err) +
+                   : "cannot open " + path + ": " + ErrnoText(err) +
                          (err == ENOENT ? " (inside the process's root: symbolic links are resolved there, not on this host)" : "");
       errno = err;
     }
     return fd;
   }
   int fd = open(path.c_str(), O_PATH | O_CLOEXEC);
-  if (fd < 0) *error = "cannot open " + path + ": " + strerror(errno);
+  if (fd < 0) *error = "cannot open " + path + ": " + ErrnoText(errno);
   return fd;
 }
 
@@ -86,7 +86,7 @@ int OpenTargetFile(const std::string& path, struct stat* st, std::string* error,
   if (pathfd < 0) return -1;
   if (fstat(pathfd, st) != 0) {
     int err = errno;
-    *error = "cannot stat " + path + ": " + strerror(err);
+    *error = "cannot stat " + path + ": " + ErrnoText(err);
     close(pathfd);
     errno = err;
     return -1;
@@ -110,7 +110,7 @@ int OpenTargetFile(const std::string& path, struct stat* st, std::string* error,
   int err = errno;
   close(pathfd);
   if (fd < 0) {
-    *error = "cannot open " + path + ": " + strerror(err);
+    *error = "cannot open " + path + ": " + ErrnoText(err);
     errno = err;
     return -1;
   }

@@ -11,6 +11,7 @@
 #include <bpf/bpf.h>
 
 #include "abi/leak.h"
+#include "addon/page_buffer.h"
 
 namespace ebpf_leak {
 

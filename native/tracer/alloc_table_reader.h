@@ -10,9 +10,10 @@
 #include <cstdint>
 
 #include "abi/leak.h"
-#include "addon/page_buffer.h"
 
 namespace ebpf_leak {
+
+class PageBuffer;  // native/addon/page_buffer.h
 
 class AllocTableReader {
  public:

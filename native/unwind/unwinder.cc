@@ -25,7 +25,7 @@
 
 #include "abi/leak.h"
 #include "leak.skel.h"
-#include "tracer/tracer.h"
+#include "tracer/trace_session.h"
 #include "target/target_file.h"
 #include "unwind/unwind_table.h"
 
@@ -37,8 +37,6 @@ namespace {
 
 constexpr uint32_t kRuleCapacity = 65536;  // = unwind_rules' max_entries in bpf/unwind.bpf.h
 constexpr auto kScanInterval = std::chrono::milliseconds(200);
-
-int CurrentTid() { return static_cast<int>(syscall(SYS_gettid)); }
 
 uint64_t PackRule(const leak_unwind_rule& r) {
   uint64_t v = 0;
@@ -99,8 +97,8 @@ static uint32_t EffectiveMode(const TracerConfig& config) {
 #endif
 }
 
-std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& config, Tracer* tracer) {
-  std::unique_ptr<Unwinder> u(new Unwinder(skel, config, tracer));
+std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& config, TraceSession* session) {
+  std::unique_ptr<Unwinder> u(new Unwinder(skel, config, session));
   bool on = u->mode_ != LEAK_UNWIND_FP;
   if (on) u->CollectPreload();
   // Rows: the preloaded tables, half as much again and 64Ki more for modules mapped later.
@@ -175,9 +173,9 @@ void Unwinder::Start() {
   thread_ = std::thread(&Unwinder::Run, this);
 }
 
-Unwinder::Unwinder(leak_bpf* skel, const TracerConfig& config, Tracer* tracer)
+Unwinder::Unwinder(leak_bpf* skel, const TracerConfig& config, TraceSession* session)
     : skel_(skel),
-      tracer_(tracer),
+      session_(session),
       pid_(config.pid),
       mode_(EffectiveMode(config)),
       depth_(config.stack_depth),
@@ -390,7 +388,7 @@ void Unwinder::PurgeCache(uint64_t start, uint64_t end) {
 
 void Unwinder::Run() {
   pthread_setname_np(pthread_self(), "ebpf-leak-unwind");
-  tracer_->SetThreadIgnored(CurrentTid(), true);
+  session_->SetThreadIgnored(CurrentTid(), true);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   epoll_event ev{};
   ev.events = EPOLLIN;

@@ -16,29 +16,16 @@
 #include <vector>
 
 #include "abi/unwind_types.h"
+#include "unwind/unwind_options.h"
 
 struct leak_bpf;
 struct ring_buffer;
 
 namespace ebpf_leak {
 
-class Tracer;
+class TraceSession;
 struct TracerConfig;
 struct UnwindTable;  // native/unwind/unwind_table.h
-
-// Given by lib/ (lib/tracer/options.ts owns the defaults).
-struct UnwindOptions {
-  // enum leak_unwind_mode.
-  uint32_t mode = LEAK_UNWIND_AUTO;
-  // Files whose tables are loaded before a `command` target runs (its executable, its loader and
-  // the libraries the loader will map: lib/target/resolve.ts asks `ld.so --list`).
-  std::vector<std::string> files;
-  // Most rows `unwind_rows` may hold (8 bytes each). It is sized for the tables loaded at attach
-  // plus room for later modules (a C++ program's modules have ~75,000 rows, node's ~400,000).
-  uint32_t table_rows = 0;
-  // Keep outstanding bytes and blocks per stack in the kernel (bpf/stack_totals.bpf.h).
-  bool stack_totals = false;
-};
 
 // The addon's unwindTable(path) (registered by native/addon/addon.cc).
 Napi::Value UnwindTableJs(const Napi::CallbackInfo& info);
@@ -48,7 +35,7 @@ class Unwinder {
   // Between skeleton open and load: picks the mode, builds the unwind tables of the modules known
   // now (what the target maps, or, held before exec, what it will map) and sizes the maps for
   // them. Always returns an Unwinder (mode 'fp': one that does nothing).
-  static std::unique_ptr<Unwinder> Create(leak_bpf* skel, const TracerConfig& config, Tracer* tracer);
+  static std::unique_ptr<Unwinder> Create(leak_bpf* skel, const TracerConfig& config, TraceSession* session);
   // After load: puts those tables in the maps, then watches on a thread of its own for modules
   // the target maps later.
   void Start();
@@ -64,7 +51,7 @@ class Unwinder {
   Napi::Object Stats(Napi::Env env);
 
  private:
-  Unwinder(leak_bpf* skel, const TracerConfig& config, Tracer* tracer);
+  Unwinder(leak_bpf* skel, const TracerConfig& config, TraceSession* session);
   struct Pending {
     leak_unwind_file_key key;
     std::string name;
@@ -81,7 +68,7 @@ class Unwinder {
   void PurgeCache(uint64_t start, uint64_t end);
 
   leak_bpf* skel_;
-  Tracer* tracer_;
+  TraceSession* session_;
   int pid_;
   uint32_t mode_;
   uint32_t depth_;

@@ -81,6 +81,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'exit_status', compiler: 'gcc', sources: ['exit_status.c'], flags: [...cFlags, '-pthread'] },
   { name: 'leak_kinds', compiler: 'gcc', sources: ['leak_kinds.c'], flags: [...cFlags, '-pthread'] },
   { name: 'owned_blocks', compiler: 'gcc', sources: ['owned_blocks.c'], flags: cFlags },
+  { name: 'cpp_iostream', compiler: 'g++', sources: ['cpp_iostream.cc'], flags: cFlags },
   // The old (copy-on-write) std::string: the layout memcheck's stdstring heuristic knows.
   {
     name: 'leak_kinds_cpp',
@@ -127,6 +128,7 @@ export type FixtureName =
   | 'exit_status'
   | 'leak_kinds'
   | 'owned_blocks'
+  | 'cpp_iostream'
   | 'leak_kinds_cpp'
   | 'attach_exec'
   | 'fork_wait'

@@ -1,4 +1,4 @@
-// The tracer's side of following processes (native/process/supervisor.h): what happens to the
+// The session's side of following processes (native/process/supervisor.h): what happens to the
 // kernel's tables at an exec, a fork and an exit, and the messages JS gets about them.
 //
 // Messages (onMessage(type, ArrayBuffer)), little-endian, decoded by lib/native-layout.ts:
@@ -29,8 +29,8 @@
 #include "abi/leak.h"
 #include "leak.skel.h"
 #include "process/process_blocks.h"
-#include "addon/queued_promise.h"
-#include "tracer/tracer.h"
+#include "scan/scan_session.h"
+#include "tracer/trace_session.h"
 #include "tracer/uprobe_multi.h"
 
 namespace ebpf_leak {
@@ -52,31 +52,9 @@ std::string ReadCommandLine(pid_t pid) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-class AddProbesWorker : public Napi::AsyncWorker {
- public:
-  AddProbesWorker(Napi::Env env, Tracer* tracer, Napi::Object self, std::vector<ProbeSpec> probes)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), tracer_(tracer),
-        probes_(std::move(probes)) {
-    self_ = Napi::Persistent(self);
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    if (!tracer_->DoAddProbes(probes_, &error_)) SetError(error_.message);
-  }
-  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
-  void OnError(const Napi::Error&) override { deferred_.Reject(ToJsError(Env(), error_).Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  Tracer* tracer_;
-  std::vector<ProbeSpec> probes_;
-  Napi::ObjectReference self_;
-  NativeError error_;
-};
-
 }  // namespace
 
-bool Tracer::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error) {
+bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error) {
   // Following forks, the links are for every process and the program keeps to the traced ones
   // (`traced_procs`): a link's pid filter does not follow a fork.
   int32_t pid = config_.follow_forks ? (multi ? 0 : -1) : config_.pid;
@@ -89,7 +67,7 @@ bool Tracer::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, Nativ
     const char* code = e == EINVAL ? "ELEAK_PROBE_CONFLICT" : e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF";
     *error = {CodeForErrno(e, code),
               std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path + at + ": " +
-                  strerror(e),
+                  ErrnoText(e),
               e};
     return false;
   };
@@ -117,7 +95,7 @@ bool Tracer::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, Nativ
         if (fd < 0) {
           int e = -fd;
           if (e == EINVAL || e == EOPNOTSUPP || e == ENOTSUPP_ERRNO) {
-            *error = {"ELEAK_NO_MULTI", std::string("no multi-uprobe links: ") + strerror(e), e};
+            *error = {"ELEAK_NO_MULTI", std::string("no multi-uprobe links: ") + ErrnoText(e), e};
             return false;
           }
           return attach_error(e, *list.front(), ret);
@@ -143,23 +121,20 @@ bool Tracer::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, Nativ
 
 // A new image's allocator, another file: its functions sit at other offsets within a page, so
 // from now on the probes tell functions apart by their attach cookie.
-bool Tracer::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error) {
+bool TraceSession::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (skel_ == nullptr) {
-    *error = {"ELEAK_CLOSED", "the tracer is not attached", 0};
-    return false;
-  }
+  if (!Attached(error)) return false;
   skel_->bss->cookies_only = true;
   return AttachLinks(probes, std::string(attach_mode_) == "uprobe_multi", error);
 }
 
-bool Tracer::StartSupervisor(NativeError* error) {
+bool TraceSession::StartSupervisor(NativeError* error) {
   if (config_.follow_forks) {
     uint32_t index = next_index_++;
     uint64_t bits = static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT;
     uint32_t pid = static_cast<uint32_t>(config_.pid);
     if (bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &pid, &bits, BPF_ANY) != 0) {
-      *error = {"ELEAK_BPF", std::string("cannot register the process: ") + strerror(errno), errno};
+      *error = {"ELEAK_BPF", std::string("cannot register the process: ") + ErrnoText(errno), errno};
       return false;
     }
     process_index_[config_.pid] = index;
@@ -181,7 +156,7 @@ bool Tracer::StartSupervisor(NativeError* error) {
   return true;
 }
 
-void Tracer::StopSupervisor() {
+void TraceSession::StopSupervisor() {
   {
     std::lock_guard<std::mutex> lock(resume_mu_);
     stopping_ = true;
@@ -190,13 +165,13 @@ void Tracer::StopSupervisor() {
   if (supervisor_) supervisor_->Stop();
 }
 
-uint64_t Tracer::ProcessBits(pid_t pid) {
+uint64_t TraceSession::ProcessBits(pid_t pid) {
   if (!config_.follow_forks) return 0;
   auto it = process_index_.find(pid);
   return it == process_index_.end() ? 0 : static_cast<uint64_t>(it->second) << LEAK_PROCESS_SHIFT;
 }
 
-bool Tracer::ReadProcessCounters(uint32_t index, leak_counters* out) {
+bool TraceSession::ReadProcessCounters(uint32_t index, leak_counters* out) {
   int ncpu = libbpf_num_possible_cpus();
   constexpr size_t kWords = sizeof(leak_counters) / sizeof(uint64_t);
   std::vector<uint64_t> per_cpu(static_cast<size_t>(ncpu) * kWords);
@@ -209,7 +184,7 @@ bool Tracer::ReadProcessCounters(uint32_t index, leak_counters* out) {
 }
 
 // `value` on the first CPU, zeros on the others: their sum is `value`.
-void Tracer::WriteProcessCounters(uint32_t index, const leak_counters& value) {
+void TraceSession::WriteProcessCounters(uint32_t index, const leak_counters& value) {
   int ncpu = libbpf_num_possible_cpus();
   std::vector<leak_counters> per_cpu(static_cast<size_t>(ncpu));
   memset(per_cpu.data(), 0, per_cpu.size() * sizeof(leak_counters));
@@ -217,7 +192,7 @@ void Tracer::WriteProcessCounters(uint32_t index, const leak_counters& value) {
   bpf_map_update_elem(bpf_map__fd(skel_->maps.process_counters), &index, per_cpu.data(), BPF_ANY);
 }
 
-bool Tracer::OnEvent(const process::Event& event) {
+bool TraceSession::OnEvent(const process::Event& event) {
   switch (event.kind) {
     case process::EventKind::kExec:
       if (config_.supervise) OnExec(event);  // else image_keys: the BPF program's
@@ -234,7 +209,7 @@ bool Tracer::OnEvent(const process::Event& event) {
 // The old image's address space is gone: its blocks are not leaks. They are taken out of the
 // table (their totals go to JS, labelled as the image that exec'd), the counters start again, and
 // the process waits while JS checks the new image's allocator.
-void Tracer::OnExec(const process::Event& event) {
+void TraceSession::OnExec(const process::Event& event) {
   bool root = event.pid == config_.pid;
   if (root && config_.wait_for_exec && !first_exec_seen_) {
     first_exec_seen_ = true;  // our launcher becoming the program: the trace starts here
@@ -294,14 +269,14 @@ void Tracer::OnExec(const process::Event& event) {
   WaitForResume(event.pid);
 }
 
-uint32_t Tracer::CurrentImage() const {
+uint32_t TraceSession::CurrentImage() const {
   return static_cast<uint32_t>(images_synced_.load() % LEAK_MAX_PROCESSES);
 }
 
 // A process traced without ptrace runs on past its exec: the BPF program has moved its new image
 // to an index of its own, and the image before's blocks and counters, which nothing writes any
 // more, leave the maps here (poll thread, or a snapshot under mu_; both while skel_ lives).
-void Tracer::SyncImages() {
+void TraceSession::SyncImages() {
   if (!config_.image_keys) return;
   std::lock_guard<std::mutex> lock(images_mu_);
   uint64_t seen = __atomic_load_n(&skel_->bss->images, __ATOMIC_ACQUIRE);
@@ -336,7 +311,7 @@ void Tracer::SyncImages() {
   }
 }
 
-void Tracer::WaitForResume(pid_t pid) {
+void TraceSession::WaitForResume(pid_t pid) {
   std::unique_lock<std::mutex> lock(resume_mu_);
   resume_cv_.wait_for(lock, kResumeTimeout, [&] { return stopping_ || resumed_.count(pid) > 0; });
   resumed_.erase(pid);
@@ -347,7 +322,7 @@ void Tracer::WaitForResume(pid_t pid) {
 // address space (vfork, posix_spawn) allocates and frees in the parent's heap, and the parent may
 // free those blocks later (dash's vfork'ed commands grow the shell's own memory before they
 // exec): until it execs or exits, its records are the address space owner's, key and counters.
-bool Tracer::OnFork(const process::Event& event) {
+bool TraceSession::OnFork(const process::Event& event) {
   std::lock_guard<std::mutex> lock(mu_);
   if (skel_ == nullptr) return false;
   uint32_t index;
@@ -395,14 +370,14 @@ bool Tracer::OnFork(const process::Event& event) {
   return true;
 }
 
-pid_t Tracer::MemoryOwner(pid_t pid) const {
+pid_t TraceSession::MemoryOwner(pid_t pid) const {
   auto it = memory_owner_.find(pid);
   return it == memory_owner_.end() ? pid : it->second;
 }
 
 // `pid` has an address space of its own now (its exec, or the owner's exit): its records go
 // under its own index from here on. Under mu_.
-void Tracer::OwnMemory(pid_t pid) {
+void TraceSession::OwnMemory(pid_t pid) {
   if (memory_owner_.erase(pid) == 0) return;
   uint32_t key = static_cast<uint32_t>(pid);
   uint64_t bits = ProcessBits(pid);
@@ -411,7 +386,7 @@ void Tracer::OwnMemory(pid_t pid) {
 
 // The recently released blocks of one process (run mode's double frees), when its address space
 // ends: a later process given its index must not find them. Under mu_.
-void Tracer::ForgetFreedBlocks(uint64_t bits) {
+void TraceSession::ForgetFreedBlocks(uint64_t bits) {
   if (!config_.heap_errors) return;
   int fd = bpf_map__fd(skel_->maps.freed_blocks);
   constexpr uint32_t kBatch = 4096;
@@ -431,7 +406,7 @@ void Tracer::ForgetFreedBlocks(uint64_t bits) {
 
 // Following forks, each process's report is made of what it had at its exit: its blocks leave
 // the table (which stays as large as the processes alive at once need), its index is reused.
-void Tracer::OnExit(const process::Event& event) {
+void TraceSession::OnExit(const process::Event& event) {
   // The target held at its exit stop, its memory and threads as they ended: the leak kinds.
   if (config_.scan_at_exit && !config_.follow_forks && event.pid == config_.pid) Session()->ScanAtExit(event);
   if (!config_.follow_forks) return;  // one process: its blocks stay for the final snapshot
@@ -497,8 +472,9 @@ void Tracer::OnExit(const process::Event& event) {
   Post("process", std::move(message));
 }
 
+// JS has checked the image a process exec'd; it may run.
 // In the supervisor's pause of `pid` (its thread: process_index_ is read there only).
-bool Tracer::ReadProcessBlocks(pid_t pid, PageBuffer* out) {
+bool TraceSession::ReadProcessBlocks(pid_t pid, PageBuffer* out) {
   uint64_t bits = ProcessBits(pid);
   if (bits == 0) return false;
   PageBuffer all;
@@ -520,7 +496,7 @@ bool Tracer::ReadProcessBlocks(pid_t pid, PageBuffer* out) {
   return true;
 }
 
-bool Tracer::ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error) {
+bool TraceSession::ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error) {
   std::string why = "tracing stopped";
   if (supervisor_) {
     ScanOptions options;
@@ -532,61 +508,26 @@ bool Tracer::ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error) {
   return false;
 }
 
-// resumeProcess(pid): JS has checked the image a process exec'd; it may run.
-Napi::Value Tracer::ResumeProcess(const Napi::CallbackInfo& info) {
-  if (info.Length() > 0 && info[0].IsNumber()) {
-    {
-      std::lock_guard<std::mutex> lock(resume_mu_);
-      resumed_.insert(static_cast<pid_t>(info[0].As<Napi::Number>().Int32Value()));
-    }
-    resume_cv_.notify_all();
+void TraceSession::ResumeProcess(pid_t pid) {
+  {
+    std::lock_guard<std::mutex> lock(resume_mu_);
+    resumed_.insert(pid);
   }
-  return info.Env().Undefined();
+  resume_cv_.notify_all();
 }
 
-// addProbes(probes): attaches probes on another allocator file (a new image's).
-Napi::Value Tracer::AddProbes(const Napi::CallbackInfo& info) {
-  std::vector<ProbeSpec> probes;
-  if (info.Length() > 0 && info[0].IsArray()) {
-    Napi::Array list = info[0].As<Napi::Array>();
-    for (uint32_t i = 0; i < list.Length(); i++) {
-      Napi::Object p = list.Get(i).As<Napi::Object>();
-      ProbeSpec spec;
-      spec.fn = p.Get("fn").As<Napi::Number>().Uint32Value();
-      spec.path = p.Get("path").ToString();
-      spec.entry_offset = static_cast<uint64_t>(p.Get("entryOffset").As<Napi::Number>().DoubleValue());
-      spec.return_offset = static_cast<uint64_t>(p.Get("returnOffset").As<Napi::Number>().DoubleValue());
-      probes.push_back(std::move(spec));
-    }
-  }
-  auto* worker = new AddProbesWorker(info.Env(), this, info.This().As<Napi::Object>(), std::move(probes));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
-}
-
-// processCounters(index): struct leak_counters of a traced process now, or null.
-Napi::Value Tracer::ProcessCounters(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+// A traced process's counters now.
+bool TraceSession::ProcessCounters(uint32_t index, leak_counters* out) {
   std::lock_guard<std::mutex> lock(mu_);
-  leak_counters c{};
-  if (skel_ == nullptr || info.Length() < 1 || !info[0].IsNumber() ||
-      !ReadProcessCounters(info[0].As<Napi::Number>().Uint32Value(), &c))
-    return env.Null();
-  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, sizeof c);
-  memcpy(buffer.Data(), &c, sizeof c);
-  return buffer;
+  return skel_ != nullptr && ReadProcessCounters(index, out);
 }
 
-// processStats(): { untracedChildren, lostChildren, supervised }.
-Napi::Value Tracer::ProcessStats(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Object out = Napi::Object::New(env);
-  uint64_t untraced = supervisor_ ? supervisor_->untraced_children() : 0;
-  out.Set("untracedChildren", Napi::Number::New(env, static_cast<double>(untraced)));
-  out.Set("lostChildren", Napi::Number::New(env, static_cast<double>(lost_children_.load())));
-  out.Set("supervised", Napi::Boolean::New(env, config_.supervise && supervisor_ != nullptr));
-  return out;
+ProcessStats TraceSession::Processes() const {
+  ProcessStats stats;
+  stats.untraced_children = supervisor_ ? supervisor_->untraced_children() : 0;
+  stats.lost_children = lost_children_.load();
+  stats.supervised = config_.supervise && supervisor_ != nullptr;
+  return stats;
 }
 
 }  // namespace ebpf_leak
