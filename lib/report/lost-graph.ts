@@ -57,19 +57,23 @@ function buildLostGraph(
   rows: Uint32Array | null,
   groupKeys: readonly { stackId: number; kind?: number }[],
 ): LostGraph | null {
-  const groupIndex = new Map<string, number>();
+  // Per stack id: its definitely and its indirectly lost group's index.
+  const groupIndex = new Map<number, [number, number]>();
   groupKeys.forEach((g, i) => {
-    if (g.kind === DEFINITE || g.kind === INDIRECT) groupIndex.set(`${g.stackId}:${g.kind}`, i);
+    if (g.kind !== DEFINITE && g.kind !== INDIRECT) return;
+    const pair = groupIndex.get(g.stackId) ?? [-1, -1];
+    pair[g.kind] = i;
+    groupIndex.set(g.stackId, pair);
   });
   if (groupIndex.size === 0) return null;
   const total = rows === null ? columns.count : rows.length;
-  const at = new Map<number, number>(); // row -> index in the graph
+  const at = new Int32Array(columns.count).fill(-1); // row -> index in the graph
   const picked: number[] = [];
   for (let k = 0; k < total; k++) {
     const row = rows === null ? k : rows[k]!;
     const kind = columns.kind(row);
     if (kind !== DEFINITE && kind !== INDIRECT) continue;
-    at.set(row, picked.length);
+    at[row] = picked.length;
     picked.push(row);
   }
   const n = picked.length;
@@ -80,18 +84,18 @@ function buildLostGraph(
   for (let i = 0; i < n; i++) {
     const row = picked[i]!;
     kind[i] = columns.kind(row);
-    group[i] = groupIndex.get(`${columns.stackId(row)}:${kind[i]}`) ?? -1;
+    group[i] = groupIndex.get(columns.stackId(row))?.[kind[i]!] ?? -1;
     size[i] = columns.size(row);
     const o = columns.owner!(row);
-    owner[i] = o === noOwner ? -1 : (at.get(o) ?? -1);
+    owner[i] = o === noOwner || o >= at.length ? -1 : at[o]!;
   }
   const edges = columns.lostEdges!;
   const begin = new Uint32Array(n + 1);
   const pairs: number[] = [];
   for (let e = 0; e + 1 < edges.length; e += 2) {
-    const from = at.get(edges[e]!);
-    const to = at.get(edges[e + 1]!);
-    if (from === undefined || to === undefined) continue;
+    const from = at[edges[e]!] ?? -1;
+    const to = at[edges[e + 1]!] ?? -1;
+    if (from < 0 || to < 0) continue;
     pairs.push(from, to);
     begin[from + 1]!++;
   }
