@@ -275,8 +275,8 @@ const packageRoot = join(here, '..', '..');
 /** A source build first (`npm run build`, or `npm rebuild ebpf-leak --build-from-source`), then the
  *  binaries the package ships for this platform (docs/install.md). */
 const buildDirs = ['build/Release', 'build/Debug'].map((d) => join(packageRoot, d));
-/** Platforms with binaries in prebuilds/; glibc only (musl has other symbols). */
-export const prebuiltPlatforms = ['linux-x64'] as const;
+/** Platforms with binaries in prebuilds/ (scripts/prebuilds.js); glibc only (musl has other symbols). */
+export const prebuiltPlatforms = ['linux-x64', 'linux-arm64'] as const;
 
 let addon: NativeAddon | undefined;
 
