@@ -40,6 +40,24 @@ describe('an attached process is held at its exit', () => {
     }
   });
 
+  it('a thread started while attached: kinds equal valgrind LEAK SUMMARY every time (5 runs)', async () => {
+    const path = fixturePath('leak_kinds');
+    const vg = await runValgrind(path, ['attach-thread'], { env: forValgrind });
+    const { definitelyLost, indirectlyLost, possiblyLost, stillReachable } = vg.leakSummary;
+    const expected = { definitelyLost, indirectlyLost, possiblyLost, stillReachable };
+    expect(stillReachable.blocks).toBeGreaterThan(0);
+    for (let run = 0; run < 5; run++) {
+      const target = await start(path, ['attach-thread'], 'ready');
+      const tracer = await trace({ pid: target.pid, leakKinds: true });
+      target.child.stdin!.end('g');
+      const report = await tracer.done;
+      expect(await target.exited).toEqual({ code: 0, signal: null });
+      expect(report.scan, `run ${run + 1}`).toMatchObject({ scanned: true, atExit: true });
+      expect(report.summary.inUseBytes).toBe(vg.summary.inUseBytes);
+      expect(kinds(report), `run ${run + 1}`).toEqual(expected);
+    }
+  });
+
   it('stop() before it exits lets it go: not stopped, not traced, and it runs on unharmed', async () => {
     const target = await start(fixturePath('leak_kinds'), ['attach'], 'ready');
     const pid = target.pid;
