@@ -78,9 +78,21 @@ static __always_inline __u32 release_family(__u64 fn)
 	return LEAK_FAMILY_MALLOC;
 }
 
-/* The stack of a release. At a function's entry the caller's return address is on top of the
- * stack, and the walk starts from it as from a return probe; elsewhere (realloc's return) from
- * the registers. With frame pointers only, the kernel's walk at an entry misses the caller. */
+/* The caller's return address at a function's entry: on top of the stack on x86-64, in the link
+ * register (x30) on arm64. Non-zero when it cannot be read. */
+static __always_inline long entry_return_address(struct pt_regs *ctx, __u64 *ra)
+{
+#if defined(__TARGET_ARCH_x86)
+	return bpf_probe_read_user(ra, sizeof(*ra), (void *)PT_REGS_SP(ctx));
+#else
+	*ra = PT_REGS_RET(ctx);
+	return 0;
+#endif
+}
+
+/* The stack of a release. At a function's entry the walk starts from the caller's return address
+ * as from a return probe; elsewhere (realloc's return) from the registers. With frame pointers
+ * only, the kernel's walk at an entry misses the caller. */
 static __always_inline __s64 release_stack(struct pt_regs *ctx, __u32 tid, bool at_entry)
 {
 	__u64 ra, sp = PT_REGS_SP(ctx);
@@ -88,7 +100,7 @@ static __always_inline __s64 release_stack(struct pt_regs *ctx, __u32 tid, bool 
 
 	if (!at_entry)
 		return alloc_stack(ctx, tid);
-	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)sp))
+	if (entry_return_address(ctx, &ra))
 		return -1;
 	if (unwind_stack_from(ra, sp + 8, PT_REGS_FP(ctx), tid, &id))
 		return id;
@@ -181,8 +193,7 @@ static __always_inline bool called_by_allocator(struct pt_regs *ctx)
 	__u64 ra;
 	bool inside = false;
 
-	if (!allocator_inode ||
-	    bpf_probe_read_user(&ra, sizeof(ra), (void *)PT_REGS_SP(ctx)))
+	if (!allocator_inode || entry_return_address(ctx, &ra))
 		return false;
 	if (bpf_find_vma(bpf_get_current_task_btf(), ra, vma_is_allocator, &inside, 0) == -EBUSY)
 		return true;

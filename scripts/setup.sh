@@ -13,9 +13,13 @@ cd "$(dirname "$0")/.."
 # being named (the fixtures link them by file name, so no -dev packages).
 # libbz2-dev/liblzma-dev: the static archives of what libdw decompresses with (the portable build,
 # cmake/portable.cmake); debootstrap: the test that installs the packed package into a bare Debian.
+# g++-aarch64-linux-gnu and the :arm64 -dev packages (multiarch, beside the amd64 ones): the
+# linux-arm64 binaries, cross-compiled (cmake/aarch64-linux-gnu.cmake).
 packages=(clang llvm bpftool libbpf-dev libelf-dev libdw-dev libzydis-dev zlib1g-dev libbz2-dev liblzma-dev
   pkg-config cmake make g++ binutils xz-utils dwz valgrind python3 ca-certificates libjemalloc2
-  libtcmalloc-minimal4 libmimalloc2.0 debootstrap)
+  libtcmalloc-minimal4 libmimalloc2.0 debootstrap
+  g++-aarch64-linux-gnu libbpf-dev:arm64 libelf-dev:arm64 libdw-dev:arm64 zlib1g-dev:arm64 libbz2-dev:arm64
+  liblzma-dev:arm64)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -26,6 +30,7 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "setup: installing ${missing[*]}"
+  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
@@ -34,3 +39,4 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npm run --silent build
+npm run --silent build:arm64

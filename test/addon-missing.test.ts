@@ -18,6 +18,7 @@ describe('no addon for this platform', () => {
     cpSync(join(repoRoot, 'dist'), join(pkg, 'dist'), { recursive: true });
     cpSync(join(repoRoot, 'package.json'), join(pkg, 'package.json'));
     writeFileSync(join(pkg, 'as-riscv64.mjs'), "Object.defineProperty(process, 'arch', { value: 'riscv64' });\n");
+    writeFileSync(join(pkg, 'as-arm64.mjs'), "Object.defineProperty(process, 'arch', { value: 'arm64' });\n");
     writeFileSync(
       join(pkg, 'trace-true.mjs'),
       "import { trace } from './dist/index.js';\n" +
@@ -40,7 +41,9 @@ describe('no addon for this platform', () => {
     const e = JSON.parse(r.stdout) as { name: string; code: string; message: string };
     expect(e.name).toBe('AddonError');
     expect(e.code).toBe('ELEAK_ADDON');
-    expect(e.message).toMatch(/^no native addon for linux-riscv64: ebpf-leak has prebuilt binaries for linux-x64 \(glibc 2\.28 or newer\)\. /);
+    expect(e.message).toMatch(
+      /^no native addon for linux-riscv64: ebpf-leak has prebuilt binaries for linux-x64, linux-arm64 \(glibc 2\.28 or newer\)\. /,
+    );
     expect(e.message).toContain('npm rebuild ebpf-leak --build-from-source');
   });
 
@@ -50,6 +53,23 @@ describe('no addon for this platform', () => {
     expect(r.stderr).toMatch(/^ebpf-leak: no native addon for linux-riscv64: /);
     expect(r.stderr).not.toMatch(/internal error|\n\s+at /);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
+  });
+
+  // The cross-built arm64 addon cannot load on this machine: that it is the file tried shows that
+  // an arm64 machine is given prebuilds/linux-arm64/.
+  it('on arm64, the loader takes prebuilds/linux-arm64/', () => {
+    const prebuilt = join(pkg, 'prebuilds', 'linux-arm64');
+    const built = spawnSync('node', ['scripts/prebuilds.js', '--arch', 'arm64'], { cwd: repoRoot, encoding: 'utf8' });
+    expect(built.status, built.stderr).toBe(0);
+    cpSync(join(repoRoot, 'prebuilds', 'linux-arm64'), prebuilt, { recursive: true });
+    try {
+      const r = node(['--import', './as-arm64.mjs', 'trace-true.mjs']);
+      const e = JSON.parse(r.stdout) as { code: string; message: string };
+      expect(e.code).toBe('ELEAK_ADDON');
+      expect(e.message).toContain(`the native addon ${join(prebuilt, 'ebpf_leak.node')} does not load: `);
+    } finally {
+      rmSync(join(pkg, 'prebuilds'), { recursive: true, force: true });
+    }
   });
 
   it('linux-x64 with its prebuilds/ gone: says to reinstall', () => {

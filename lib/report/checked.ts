@@ -92,7 +92,8 @@ export const inconclusiveReasons = {
 /** The suppressions with what is lost only through the blocks they cover hidden too: left out
  *  of the kept groups, counted to the rule that covers the nearest of its owners. */
 function withOwned(leaks: readonly LeakGroup[], applied: AppliedSuppressions<LeakGroup>): AppliedSuppressions<LeakGroup> {
-  const graph = applied.matched.size > 0 ? lostGraphOf(leaks) : null;
+  const lostCovered = [...applied.matched.keys()].some((g) => g.kind === 'definite' || g.kind === 'indirect');
+  const graph = lostCovered ? lostGraphOf(leaks) : null;
   if (!graph) return applied;
   const hitOf = new Map<number, SuppressionHit>();
   const index = new Map<LeakGroup, number>();

@@ -48,6 +48,23 @@ export function attachLostGraph(
   graphs.set(leaks, () => (built ??= buildLostGraph(columns, rows, groupKeys)));
 }
 
+/** Builds the graph of `leaks` now and lets go of the blocks' columns it was to be built from:
+ *  for a report kept for long (a finished child process's), which must not hold every block it
+ *  was made from. */
+export function settleLostGraph(leaks: readonly LeakGroup[]): void {
+  const graph = graphs.get(leaks)?.() ?? null;
+  // Only indirectly lost blocks can be hidden through others: without one, suppressing hides
+  // exactly the suppressed groups, as with no graph.
+  if (graph === null || !graph.kind.includes(INDIRECT)) {
+    graphs.delete(leaks);
+    return;
+  }
+  const addresses = new BigUint64Array(graph.count);
+  for (let i = 0; i < graph.count; i++) addresses[i] = graph.address(i);
+  const settled: LostGraph = { ...graph, address: (i) => addresses[i]! };
+  graphs.set(leaks, () => settled);
+}
+
 export function lostGraphOf(leaks: readonly LeakGroup[]): LostGraph | null {
   return graphs.get(leaks)?.() ?? null;
 }
@@ -57,19 +74,23 @@ function buildLostGraph(
   rows: Uint32Array | null,
   groupKeys: readonly { stackId: number; kind?: number }[],
 ): LostGraph | null {
-  const groupIndex = new Map<string, number>();
+  // Per stack id: its definitely and its indirectly lost group's index.
+  const groupIndex = new Map<number, [number, number]>();
   groupKeys.forEach((g, i) => {
-    if (g.kind === DEFINITE || g.kind === INDIRECT) groupIndex.set(`${g.stackId}:${g.kind}`, i);
+    if (g.kind !== DEFINITE && g.kind !== INDIRECT) return;
+    const pair = groupIndex.get(g.stackId) ?? [-1, -1];
+    pair[g.kind] = i;
+    groupIndex.set(g.stackId, pair);
   });
   if (groupIndex.size === 0) return null;
   const total = rows === null ? columns.count : rows.length;
-  const at = new Map<number, number>(); // row -> index in the graph
+  const at = new Int32Array(columns.count).fill(-1); // row -> index in the graph
   const picked: number[] = [];
   for (let k = 0; k < total; k++) {
     const row = rows === null ? k : rows[k]!;
     const kind = columns.kind(row);
     if (kind !== DEFINITE && kind !== INDIRECT) continue;
-    at.set(row, picked.length);
+    at[row] = picked.length;
     picked.push(row);
   }
   const n = picked.length;
@@ -77,21 +98,29 @@ function buildLostGraph(
   const kind = new Uint8Array(n);
   const size = new Float64Array(n);
   const owner = new Int32Array(n);
+  // Neighbours share their stack (a list built in a loop): one lookup per run of them.
+  let lastStack = NaN;
+  let lastPair: [number, number] | undefined;
   for (let i = 0; i < n; i++) {
     const row = picked[i]!;
     kind[i] = columns.kind(row);
-    group[i] = groupIndex.get(`${columns.stackId(row)}:${kind[i]}`) ?? -1;
+    const stackId = columns.stackId(row);
+    if (stackId !== lastStack) {
+      lastStack = stackId;
+      lastPair = groupIndex.get(stackId);
+    }
+    group[i] = lastPair?.[kind[i]!] ?? -1;
     size[i] = columns.size(row);
     const o = columns.owner!(row);
-    owner[i] = o === noOwner ? -1 : (at.get(o) ?? -1);
+    owner[i] = o === noOwner || o >= at.length ? -1 : at[o]!;
   }
   const edges = columns.lostEdges!;
   const begin = new Uint32Array(n + 1);
   const pairs: number[] = [];
   for (let e = 0; e + 1 < edges.length; e += 2) {
-    const from = at.get(edges[e]!);
-    const to = at.get(edges[e + 1]!);
-    if (from === undefined || to === undefined) continue;
+    const from = at[edges[e]!] ?? -1;
+    const to = at[edges[e + 1]!] ?? -1;
+    if (from < 0 || to < 0) continue;
     pairs.push(from, to);
     begin[from + 1]!++;
   }
@@ -151,10 +180,25 @@ export function hiddenThroughOwners<H>(
   }
   const hiddenIn = new Map<number, number>(); // group -> hidden blocks
   const hidden = new Uint8Array(n);
+  // The nearest suppressed owner of each block (-1: none; -2: not known yet), each chain of
+  // owners walked once: a lost list of a million links is one chain.
+  const nearest = new Int32Array(n).fill(-2);
+  const path: number[] = [];
+  const nearestOwner = (i: number): number => {
+    let o = graph.owner[i]!;
+    path.length = 0;
+    while (o >= 0 && !suppressed[o] && nearest[o] === -2) {
+      path.push(o);
+      o = graph.owner[o]!;
+    }
+    const found = o < 0 ? -1 : suppressed[o] ? o : nearest[o]!;
+    for (const p of path) nearest[p] = found;
+    nearest[i] = found;
+    return found;
+  };
   for (let i = 0; i < n; i++) {
     if (listed[i] || suppressed[i]) continue;
-    let o = graph.owner[i]!;
-    while (o >= 0 && !suppressed[o]) o = graph.owner[o]!;
+    const o = nearest[i] !== -2 ? nearest[i]! : nearestOwner(i);
     // An owner the report left out (narrowed by thread or mark): the block keeps its listing.
     if (o < 0) continue;
     hidden[i] = 1;

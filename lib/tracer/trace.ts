@@ -13,7 +13,7 @@ import { checkSupport } from '../target/support.js';
 import { processAlive, processExists } from '../target/resolve.js';
 import type { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './leak-tracer.js';
-import { resolveTarget, type TraceTarget } from './target.js';
+import { parentOf, resolveTarget, type TraceTarget } from './target.js';
 import type { AllocatorFunction, TraceOptions } from '../types.js';
 
 function fileInode(path: string): number {
@@ -84,7 +84,7 @@ async function planTrace(o: ResolvedOptions, target: TraceTarget): Promise<Trace
   // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
   // so when sampling (most blocks are not recorded). Following forks, a child that runs in its
   // parent's address space (vfork, posix_spawn) allocates and frees as its parent until it execs
-  // (native/tracer/tracer_processes.cc), so the parent's later frees of those blocks are known.
+  // (native/tracer/trace_session_processes.cc), so the parent's later frees of those blocks are known.
   const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
   // A command is followed with ptrace through its execs (and children are counted); a running
   // process only when its children are to be traced (its execs are seen without ptrace).
@@ -142,9 +142,18 @@ async function attachProbes(
       allocatorInode: fileInode(allocatorPath),
       supervise: supervised,
       followForks: o.followForks === true,
-      // The scan runs in the supervisor's stop at a process's exit: a command's, and following
-      // forks, each traced process's (an attached one's too).
-      scanAtExit: supervised && o.leakKinds && (o.kind === 'command' || o.followForks === true),
+      // The scan runs in a ptrace stop at a process's exit: a command's, each traced process's
+      // following forks, and an attached one's (held by ptrace for that alone, when it can be).
+      scanAtExit: o.leakKinds && !ownProcess,
+      // A child of this process: its ptrace stops would be taken by this process's own waitpid()
+      // for it (libuv's), and the process left stopped.
+      ...(o.kind === 'pid' && !supervised && parentOf(pid) === process.pid
+        ? {
+            holdRefused:
+              'it is a child of this process, whose child_process handling waits for it: start it through another ' +
+              'process (e.g. `setsid -f PROGRAM`), or trace it as a command',
+          }
+        : {}),
       glibc,
     },
     (...message) => {

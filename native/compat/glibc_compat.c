@@ -18,6 +18,23 @@
 
 #define COMPAT_VERSION(name, version) __asm__(".symver ebpf_leak_old_" #name ", " #name "@" version)
 
+/* The versions older glibcs define, per architecture: a function keeps the version of the first
+ * release that had it, and arm64's first glibc was 2.17. STAT_VER is the struct stat version
+ * __fxstat takes. */
+#if defined(__x86_64__)
+#define GLIBC_BASE "GLIBC_2.2.5"
+#define GLIBC_SETNAME "GLIBC_2.12"
+#define GLIBC_COND "GLIBC_2.3.2"
+#define STAT_VER 1
+#elif defined(__aarch64__)
+#define GLIBC_BASE "GLIBC_2.17"
+#define GLIBC_SETNAME "GLIBC_2.17"
+#define GLIBC_COND "GLIBC_2.17"
+#define STAT_VER 0
+#else
+#error "glibc_compat.c knows the glibc versions of x86-64 and arm64 only"
+#endif
+
 /* libstdc++'s test for "no thread started yet" (2.32): always false here, so it always takes the
  * atomic paths, which is correct in any process. */
 __attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
@@ -28,38 +45,38 @@ __attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
 	ret __wrap_##name params;                        \
 	ret __wrap_##name params { return ebpf_leak_old_##name args; }
 
-FORWARD(int, pthread_create, "GLIBC_2.2.5",
+FORWARD(int, pthread_create, GLIBC_BASE,
 	(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg), (t, a, fn, arg))
-FORWARD(int, pthread_detach, "GLIBC_2.2.5", (pthread_t t), (t))
-FORWARD(int, pthread_join, "GLIBC_2.2.5", (pthread_t t, void **ret), (t, ret))
-FORWARD(int, pthread_once, "GLIBC_2.2.5", (pthread_once_t *o, void (*fn)(void)), (o, fn))
-FORWARD(int, __pthread_key_create, "GLIBC_2.2.5", (pthread_key_t *k, void (*d)(void *)), (k, d))
-FORWARD(int, pthread_setname_np, "GLIBC_2.12", (pthread_t t, const char *name), (t, name))
-FORWARD(int, pthread_rwlock_init, "GLIBC_2.2.5",
+FORWARD(int, pthread_detach, GLIBC_BASE, (pthread_t t), (t))
+FORWARD(int, pthread_join, GLIBC_BASE, (pthread_t t, void **ret), (t, ret))
+FORWARD(int, pthread_once, GLIBC_BASE, (pthread_once_t *o, void (*fn)(void)), (o, fn))
+FORWARD(int, __pthread_key_create, GLIBC_BASE, (pthread_key_t *k, void (*d)(void *)), (k, d))
+FORWARD(int, pthread_setname_np, GLIBC_SETNAME, (pthread_t t, const char *name), (t, name))
+FORWARD(int, pthread_rwlock_init, GLIBC_BASE,
 	(pthread_rwlock_t *l, const pthread_rwlockattr_t *a), (l, a))
-FORWARD(int, pthread_rwlock_destroy, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
-FORWARD(int, pthread_rwlock_rdlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
-FORWARD(int, pthread_rwlock_tryrdlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
-FORWARD(int, pthread_rwlock_wrlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
-FORWARD(int, pthread_rwlock_unlock, "GLIBC_2.2.5", (pthread_rwlock_t *l), (l))
-FORWARD(int, pthread_key_create, "GLIBC_2.2.5", (pthread_key_t *k, void (*d)(void *)), (k, d))
-FORWARD(int, pthread_key_delete, "GLIBC_2.2.5", (pthread_key_t k), (k))
-FORWARD(void *, pthread_getspecific, "GLIBC_2.2.5", (pthread_key_t k), (k))
-FORWARD(int, pthread_setspecific, "GLIBC_2.2.5", (pthread_key_t k, const void *v), (k, v))
-FORWARD(void *, dlopen, "GLIBC_2.2.5", (const char *file, int mode), (file, mode))
-FORWARD(void *, dlsym, "GLIBC_2.2.5", (void *handle, const char *name), (handle, name))
-FORWARD(int, dlclose, "GLIBC_2.2.5", (void *handle), (handle))
+FORWARD(int, pthread_rwlock_destroy, GLIBC_BASE, (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_rdlock, GLIBC_BASE, (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_tryrdlock, GLIBC_BASE, (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_wrlock, GLIBC_BASE, (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_rwlock_unlock, GLIBC_BASE, (pthread_rwlock_t *l), (l))
+FORWARD(int, pthread_key_create, GLIBC_BASE, (pthread_key_t *k, void (*d)(void *)), (k, d))
+FORWARD(int, pthread_key_delete, GLIBC_BASE, (pthread_key_t k), (k))
+FORWARD(void *, pthread_getspecific, GLIBC_BASE, (pthread_key_t k), (k))
+FORWARD(int, pthread_setspecific, GLIBC_BASE, (pthread_key_t k, const void *v), (k, v))
+FORWARD(void *, dlopen, GLIBC_BASE, (const char *file, int mode), (file, mode))
+FORWARD(void *, dlsym, GLIBC_BASE, (void *handle, const char *name), (handle, name))
+FORWARD(int, dlclose, GLIBC_BASE, (void *handle), (handle))
 
 /* fstat became a symbol of its own in 2.33; before, it was an inline call of __fxstat with the
- * version of struct stat (1 on x86-64). */
-COMPAT_VERSION(__fxstat, "GLIBC_2.2.5");
-COMPAT_VERSION(__fxstat64, "GLIBC_2.2.5");
+ * version of struct stat. */
+COMPAT_VERSION(__fxstat, GLIBC_BASE);
+COMPAT_VERSION(__fxstat64, GLIBC_BASE);
 extern int ebpf_leak_old___fxstat(int ver, int fd, struct stat *st);
 extern int ebpf_leak_old___fxstat64(int ver, int fd, struct stat64 *st);
 int __wrap_fstat(int fd, struct stat *st);
 int __wrap_fstat64(int fd, struct stat64 *st);
-int __wrap_fstat(int fd, struct stat *st) { return ebpf_leak_old___fxstat(1, fd, st); }
-int __wrap_fstat64(int fd, struct stat64 *st) { return ebpf_leak_old___fxstat64(1, fd, st); }
+int __wrap_fstat(int fd, struct stat *st) { return ebpf_leak_old___fxstat(STAT_VER, fd, st); }
+int __wrap_fstat64(int fd, struct stat64 *st) { return ebpf_leak_old___fxstat64(STAT_VER, fd, st); }
 
 /* std::random_device's default source (2.36); getrandom() is 2.25. */
 unsigned int __wrap_arc4random(void);
@@ -85,7 +102,7 @@ int __wrap_posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *acti
  * waits, has no older version: the wait is made with pthread_cond_timedwait on the realtime
  * clock, for the same time left. A jump of the realtime clock during the wait shortens or
  * lengthens it, as it did for every wait before glibc 2.30. */
-COMPAT_VERSION(pthread_cond_timedwait, "GLIBC_2.3.2");
+COMPAT_VERSION(pthread_cond_timedwait, GLIBC_COND);
 extern int ebpf_leak_old_pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *abstime);
 int __wrap_pthread_cond_clockwait(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clock, const struct timespec *abstime);
 int __wrap_pthread_cond_clockwait(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clock, const struct timespec *abstime)

@@ -68,13 +68,6 @@ std::string SignalName(int sig) {
   return "number " + std::to_string(sig);
 }
 
-// Test-only: EBPF_LEAK_TEST_HOLD_DELAY_MS keeps the target held that much longer, so a test can
-// kill the tracer in the middle of a hold.
-void TestDelay() {
-  const char* v = getenv("EBPF_LEAK_TEST_HOLD_DELAY_MS");
-  if (v && *v) usleep(static_cast<useconds_t>(atoi(v)) * 1000);
-}
-
 }  // namespace
 
 // A killed thread may pass its exit without a stop (the kernel skips it when SIGKILL is pending
@@ -135,7 +128,7 @@ void ScanSession::ScanAtExit(const process::Event& event) {
     // Read through the thread held at its exit stop: the first thread may have let go of the
     // memory already (killed on the way out without a stop), and /proc/PID/maps is then empty.
     bool ok = Scan(event.tid, threads, held_at, out.get(), options);
-    TestDelay();
+    TestHoldDelay();
     std::lock_guard<std::mutex> lock(mu_);
     if (ok) {
       exit_outcome_ = std::move(out);
@@ -189,7 +182,7 @@ bool ScanSession::ScanNow(process::Supervisor* supervisor, ScanOutcome* out, std
         threads.push_back(s);
       }
       scanned = Scan(pid_, threads, stopped_ns, out);
-      TestDelay();
+      TestHoldDelay();
     };
     if (!supervisor->Pause(pid_, work, error)) return false;
   } else {

@@ -78,13 +78,6 @@ bool WaitStop(pid_t tid) {
   }
 }
 
-// Test-only: EBPF_LEAK_TEST_HOLD_DELAY_MS keeps the target held that much longer, so a test can
-// kill the tracer in the middle of a hold.
-void TestDelay() {
-  const char* v = getenv("EBPF_LEAK_TEST_HOLD_DELAY_MS");
-  if (v && *v) usleep(static_cast<useconds_t>(atoi(v)) * 1000);
-}
-
 // Stops the threads `tids` (attached, running or stopped): interrupts each and waits for each to
 // stop, noting how it must go on. Threads it creates meanwhile are stopped too. Fills `world`.
 void StopThreads(std::vector<pid_t>* tids, HeldWorld* world, std::vector<Resume>* resume) {
@@ -141,10 +134,15 @@ bool StopOnce(pid_t pid, const HoldWork& work, std::string* error) {
   std::vector<Resume> resume;
   StopThreads(&tids, &world, &resume);
   work(world);
-  TestDelay();
+  TestHoldDelay();
   for (const Resume& r : resume)
     Ptrace(PTRACE_DETACH, r.tid, 0, static_cast<unsigned long>(r.request == PTRACE_CONT ? r.signal : 0));
   return true;
+}
+
+void TestHoldDelay() {
+  const char* v = getenv("EBPF_LEAK_TEST_HOLD_DELAY_MS");
+  if (v && *v) usleep(static_cast<useconds_t>(atoi(v)) * 1000);
 }
 
 }  // namespace ebpf_leak

@@ -19,6 +19,7 @@
 #include <bpf/libbpf.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -145,6 +146,10 @@ bool TraceSession::StartSupervisor(NativeError* error) {
   std::string message;
   if (!supervisor_->Start(config_.pid, &message)) {
     supervisor_.reset();
+    if (!config_.supervise) {  // only the hold at exit: traced on without it, and told why
+      hold_error_ = message;
+      return true;
+    }
     *error = {"ELEAK_PTRACE", message, 0};
     return false;
   }
@@ -190,7 +195,7 @@ void TraceSession::WriteProcessCounters(uint32_t index, const leak_counters& val
 bool TraceSession::OnEvent(const process::Event& event) {
   switch (event.kind) {
     case process::EventKind::kExec:
-      OnExec(event);
+      if (config_.supervise) OnExec(event);  // else image_keys: the BPF program's
       return true;
     case process::EventKind::kFork:
       return OnFork(event);
@@ -217,7 +222,7 @@ void TraceSession::OnExec(const process::Event& event) {
     if (skel_ == nullptr) return;
     OwnMemory(event.pid);  // a vfork child: nothing of its own to take, its own key from now on
     std::vector<leak_block> taken;
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     uint64_t bits = ProcessBits(event.pid);
     table.Take(bits, &taken);
     ForgetFreedBlocks(bits);
@@ -278,7 +283,7 @@ void TraceSession::SyncImages() {
   while (images_synced_.load() < seen) {
     uint32_t index = CurrentImage();
     std::vector<leak_block> taken;
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     table.Take(static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT, &taken);
     uint64_t bytes = 0;
     for (const auto& b : taken) bytes += b.size_fn & LEAK_SIZE_MASK;
@@ -338,7 +343,7 @@ bool TraceSession::OnFork(const process::Event& event) {
   if (shared) {
     traced_bits = ProcessBits(MemoryOwner(event.pid));
   } else if (parent != process_index_.end()) {
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     int64_t lost = table.Copy(ProcessBits(event.pid), bits);
     ReadProcessCounters(parent->second, &counters);
     if (lost > 0) {
@@ -349,7 +354,7 @@ bool TraceSession::OnFork(const process::Event& event) {
   WriteProcessCounters(index, counters);
   uint32_t child = static_cast<uint32_t>(event.child);
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &child, &traced_bits, BPF_ANY) != 0) {
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     table.Take(bits, nullptr);
     free_indexes_.push_back(index);
     lost_children_++;
@@ -363,6 +368,13 @@ bool TraceSession::OnFork(const process::Event& event) {
   Put(&message, index);
   Post("fork", std::move(message));
   return true;
+}
+
+// The kernel's table of outstanding blocks, with its spill. Under mu_ (or the images lock).
+process::ProcessBlocks TraceSession::Blocks() {
+  return process::ProcessBlocks(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets,
+                                bpf_map__fd(skel_->maps.spilled_allocs),
+                                reinterpret_cast<int64_t*>(&skel_->bss->spilled_blocks));
 }
 
 pid_t TraceSession::MemoryOwner(pid_t pid) const {
@@ -422,7 +434,7 @@ void TraceSession::OnExit(const process::Event& event) {
     for (const auto& [sharer, owner] : memory_owner_)
       if (owner == event.pid) sharers.push_back(sharer);
     for (pid_t sharer : sharers) OwnMemory(sharer);
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     table.Take(ProcessBits(event.pid), &blocks);
     ForgetFreedBlocks(ProcessBits(event.pid));
     ReadProcessCounters(index, &counters);
@@ -468,6 +480,41 @@ void TraceSession::OnExit(const process::Event& event) {
 }
 
 // JS has checked the image a process exec'd; it may run.
+// In the supervisor's pause of `pid` (its thread: process_index_ is read there only).
+bool TraceSession::ReadProcessBlocks(pid_t pid, PageBuffer* out) {
+  uint64_t bits = ProcessBits(pid);
+  if (bits == 0) return false;
+  PageBuffer all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!allocs_table_.IsOpen() || allocs_table_.Read(false, &all) != 0) return false;
+  }
+  size_t n = all.size() / sizeof(leak_block);
+  const auto* records = reinterpret_cast<const leak_block*>(all.data());
+  size_t mine = 0;
+  for (size_t i = 0; i < n; i++) mine += (records[i].address & ~LEAK_ADDRESS_MASK) == bits;
+  if (out->Reserve(std::max<size_t>(mine, 1) * sizeof(leak_block)) != 0) return false;
+  for (size_t i = 0; i < n; i++) {
+    if ((records[i].address & ~LEAK_ADDRESS_MASK) != bits) continue;
+    leak_block b = records[i];
+    b.address &= LEAK_ADDRESS_MASK;
+    memcpy(out->Append(sizeof b), &b, sizeof b);
+  }
+  return true;
+}
+
+bool TraceSession::ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error) {
+  std::string why = "tracing stopped";
+  if (supervisor_) {
+    ScanOptions options;
+    options.glibc = config_.glibc;
+    ScanSession session(pid, options, [this, pid](PageBuffer* blocks) { return ReadProcessBlocks(pid, blocks); });
+    if (session.ScanNow(supervisor_.get(), out, &why)) return true;
+  }
+  *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(pid) + ": " + why, 0};
+  return false;
+}
+
 void TraceSession::ResumeProcess(pid_t pid) {
   {
     std::lock_guard<std::mutex> lock(resume_mu_);
@@ -486,7 +533,7 @@ ProcessStats TraceSession::Processes() const {
   ProcessStats stats;
   stats.untraced_children = supervisor_ ? supervisor_->untraced_children() : 0;
   stats.lost_children = lost_children_.load();
-  stats.supervised = supervisor_ != nullptr;
+  stats.supervised = config_.supervise && supervisor_ != nullptr;
   return stats;
 }
 

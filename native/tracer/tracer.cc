@@ -117,14 +117,16 @@ class SnapshotWorker : public TracerWorker {
 
 class ScanWorker : public TracerWorker {
  public:
-  using TracerWorker::TracerWorker;
+  ScanWorker(Napi::Env env, Tracer* tracer, Napi::Object self, pid_t pid)
+      : TracerWorker(env, tracer, self), pid_(pid) {}
   void Execute() override {
     NativeError e;
-    if (!session_->DoScan(&outcome_, &e)) Fail(e);
+    if (!session_->DoScan(pid_, &outcome_, &e)) Fail(e);
   }
   void OnOK() override { deferred_.Resolve(outcome_.ToJs(Env())); }
 
  private:
+  pid_t pid_;
   ScanOutcome outcome_;
 };
 
@@ -140,34 +142,21 @@ class CloseWorker : public TracerWorker {
   Tracer* tracer_;
 };
 
-class ReadModulesWorker : public TracerWorker {
+// A read whose result is bytes, handed to JS as an ArrayBuffer.
+class BytesWorker : public TracerWorker {
  public:
-  using TracerWorker::TracerWorker;
+  using Read = bool (TraceSession::*)(std::vector<uint8_t>* out, NativeError* error);
+  BytesWorker(Napi::Env env, Tracer* tracer, Napi::Object self, Read read)
+      : TracerWorker(env, tracer, self), read_(read) {}
   void Execute() override {
     NativeError e;
-    if (!session_->DoReadModules(&modules_, &e)) Fail(e);
+    if (!(session_->*read_)(&bytes_, &e)) Fail(e);
   }
-  void OnOK() override {
-    deferred_.Resolve(TakeAsArrayBuffer(Env(), std::move(modules_)));
-  }
+  void OnOK() override { deferred_.Resolve(TakeAsArrayBuffer(Env(), std::move(bytes_))); }
 
  private:
-  std::vector<uint8_t> modules_;
-};
-
-class ReadHeapErrorsWorker : public TracerWorker {
- public:
-  using TracerWorker::TracerWorker;
-  void Execute() override {
-    NativeError e;
-    if (!session_->DoReadHeapErrors(&errors_, &e)) Fail(e);
-  }
-  void OnOK() override {
-    deferred_.Resolve(TakeAsArrayBuffer(Env(), std::move(errors_)));
-  }
-
- private:
-  std::vector<uint8_t> errors_;
+  Read read_;
+  std::vector<uint8_t> bytes_;
 };
 
 class ReadStacksWorker : public TracerWorker {
@@ -285,9 +274,11 @@ void Tracer::Post(const char* type, std::vector<uint8_t> bytes, int slot, size_t
   }
 }
 
-// scan(): stops the target's threads, scans, resumes => Promise<scan outcome>
+// scan(pid?): stops the target's threads (followForks: those of the traced process `pid`),
+// scans, resumes => Promise<scan outcome>
 Napi::Value Tracer::Scan(const Napi::CallbackInfo& info) {
-  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>()));
+  pid_t pid = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>(), pid));
 }
 
 // takeExitScan() => the scan made at the target's exit, or { notScanned: reason }. Once the
@@ -313,11 +304,12 @@ Napi::Value Tracer::Snapshot(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Tracer::ReadHeapErrors(const Napi::CallbackInfo& info) {
-  return QueueForPromise(new ReadHeapErrorsWorker(info.Env(), this, info.This().As<Napi::Object>()));
+  return QueueForPromise(
+      new BytesWorker(info.Env(), this, info.This().As<Napi::Object>(), &TraceSession::DoReadHeapErrors));
 }
 
 Napi::Value Tracer::ReadModules(const Napi::CallbackInfo& info) {
-  return QueueForPromise(new ReadModulesWorker(info.Env(), this, info.This().As<Napi::Object>()));
+  return QueueForPromise(new BytesWorker(info.Env(), this, info.This().As<Napi::Object>(), &TraceSession::DoReadModules));
 }
 
 Napi::Value Tracer::ReadStacks(const Napi::CallbackInfo& info) {
