@@ -1,5 +1,5 @@
-# Cross build for linux-arm64 on Debian x86-64 (`npm run prebuilds -- --arch arm64`,
-# scripts/prebuilds.js): Debian's cross compiler (crossbuild-essential-arm64) and the arm64 multiarch
+# Cross build for linux-arm64 on Debian x86-64 (`npm run build:arm64`, then
+# scripts/prebuilds.js): Debian's cross compiler (g++-aarch64-linux-gnu) and the arm64 multiarch
 # -dev packages (libbpf-dev:arm64 libelf-dev:arm64 libdw-dev:arm64 zlib1g-dev:arm64 libbz2-dev:arm64
 # liblzma-dev:arm64), which put their archives and .pc files in /usr/lib/aarch64-linux-gnu.
 set(CMAKE_SYSTEM_NAME Linux)

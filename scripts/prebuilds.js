@@ -28,7 +28,7 @@ function fail(message) {
 const args = process.argv.slice(2);
 const arches = [];
 for (let i = 0; i < args.length; i++) {
-  if (args[i] !== '--arch' || !(args[i + 1] in targets)) {
+  if (args[i] !== '--arch' || !Object.hasOwn(targets, args[i + 1] ?? '')) {
     fail(`unknown argument ${args[i]} ${args[i + 1] ?? ''}; usage: prebuilds.js [--arch ${Object.keys(targets).join('|')}]...`);
   }
   arches.push(args[++i]);

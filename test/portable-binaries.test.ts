@@ -114,7 +114,7 @@ describe.runIf(process.arch === 'x64')('portable binaries for linux-x64', () => 
 });
 
 // Built by `npm run build:arm64` (scripts/setup.sh runs it); read on any build machine with the cross
-// binutils of crossbuild-essential-arm64.
+// binutils (binutils-aarch64-linux-gnu).
 const arm64Build = join(repoRoot, 'build-arm64', 'Release');
 const arm64Prebuilt = join(repoRoot, 'prebuilds', 'linux-arm64');
 const arm64Addons = [join(arm64Build, 'ebpf_leak.node'), join(arm64Prebuilt, 'ebpf_leak.node')];

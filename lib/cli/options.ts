@@ -403,7 +403,8 @@ export const cliOptions: readonly CliOption[] = [
     commands: ['attach'],
     help:
       "At each --interval and when tracing stops, stop the process's threads briefly (the pause is printed) " +
-      "and scan its memory, to split the blocks still allocated into valgrind's leak kinds.",
+      "and scan its memory, to split the blocks still allocated into valgrind's leak kinds; if it exits " +
+      'while traced, hold it at its exit (ptrace) and scan it there.',
     default: 'off (every block still allocated counts)',
     apply: (f) => (f.leakKinds = true),
     traceOption: 'leakKinds',

@@ -56,9 +56,12 @@ export interface NativeTracerConfig {
   supervise?: boolean;
   /** With `supervise`: trace every child process too, each with its own blocks. */
   followForks?: boolean;
-  /** With `supervise`: scan the target's memory for the leak kinds at its exit stop
-   *  (native/scan/). */
+  /** Scan the target's memory for the leak kinds at its exit stop (native/scan/); a pid target
+   *  without `supervise` is seized with ptrace for that hold alone, and traced on without it when
+   *  ptrace is refused (takeExitScan() then says why). */
   scanAtExit?: boolean;
+  /** Why a pid target is not to be held at its exit (takeExitScan() says it). */
+  holdRefused?: string;
   /** The probed allocator is glibc's: its arenas are told apart from the program's memory. */
   glibc?: boolean;
 }
@@ -84,8 +87,9 @@ export interface NativeTracer {
   /** The outstanding blocks; with `timestamps`, each one's allocation time too (8 more bytes a
    *  block: only Snapshot.allocations shows it). */
   snapshot(timestamps: boolean): Promise<NativeSnapshot>;
-  /** Stops every thread of the target, scans its memory for the leak kinds, resumes it. */
-  scan(): Promise<NativeScan>;
+  /** Stops every thread of the target (followForks: of the traced process `pid`; its blocks'
+   *  addresses without their process's index), scans its memory for the leak kinds, resumes it. */
+  scan(pid?: number): Promise<NativeScan>;
   /** Once the target is gone: the scan made at its exit, or why there is none. */
   takeExitScan(): NativeExitScan;
   readStacks(ids: number[]): Promise<BigUint64Array[]>;

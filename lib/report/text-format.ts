@@ -35,8 +35,17 @@ export function hasLeakKinds(report: LeakReport): boolean {
   return report.summary.definitelyLost !== undefined;
 }
 
-/** The scan's pause and LEAK SUMMARY, for `attach --scan`'s periodic output. */
+/** The scan's pause and LEAK SUMMARY, for `attach --scan`'s periodic output; one per process
+ *  with followForks. */
 export function formatScanLines(report: LeakReport): string {
+  if (report.processes) {
+    return report.processes
+      .map((p) => {
+        const command = p.target.commandLine?.join(' ') ?? p.target.command ?? '';
+        return `\tprocess ${p.target.pid}${command ? ` (${command})` : ''}:\n` + formatScanLines(p);
+      })
+      .join('');
+  }
   const lines = [`\tLEAK SUMMARY (target stopped ${formatScanPause(report)}):`];
   for (const l of leakSummaryLines(report)) lines.push(`\t${l}`);
   return lines.join('\n') + '\n';

@@ -6,7 +6,7 @@ import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { allocationsView } from '../native/allocation-view.js';
 import { forEachRange, mapSliced, ROWS_PER_STEP } from '../util/cooperative.js';
-import { fromNativeError, TracerClosedError } from '../errors.js';
+import { fromNativeError, ScanError, TracerClosedError } from '../errors.js';
 import { EventQueue } from './event-queue.js';
 import type { EventRecords } from '../native/event-records.js';
 import { scanInfo, withKinds } from '../native/scan-records.js';
@@ -532,6 +532,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
    *  fields of the summary); `report.scan.pauseMs` is how long the target stood still. */
   async scan(filter: ScopeFilter = {}): Promise<ScopedLeakReport> {
     if (this.#closed) throw new TracerClosedError('scan(): the tracer has stopped');
+    if (this.#followForks && this.#processes) return this.#scanFollowed(filter);
     let raw;
     try {
       raw = await this.#native.scan();
@@ -544,6 +545,38 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const keep = rowFilter(columns, cheap);
     const rows = keep === null ? null : await keptRowsSliced(columns, null, keep);
     return this.#scoped(columns, rows, counters, { exitCode: null, signal: null }, { module, excludeModule }, this.#target, scanInfo(raw));
+  }
+
+  /** followForks: every live traced process scanned in turn (each stopped alone, briefly), one
+   *  report each in `processes`, the first process's (or the first live one's) at the top. A
+   *  process that exits meanwhile is left out: its report comes with its exit. */
+  async #scanFollowed(filter: ScopeFilter): Promise<ScopedLeakReport> {
+    const { module, excludeModule, ...cheap } = filter;
+    const reports: ScopedLeakReport[] = [];
+    for (const info of this.#processes!.live()) {
+      let raw;
+      try {
+        raw = await this.#native.scan(info.pid);
+      } catch (error) {
+        if (!this.#processes!.live().includes(info) || !processAlive(info.pid)) continue;
+        throw fromNativeError(error, `cannot scan process ${info.pid}`);
+      }
+      const counterBytes = this.#native.processCounters(info.index);
+      if (!counterBytes) continue; // it exited meanwhile
+      const columns = withKinds(blockColumns(raw.entries, this.info.sampleEveryBytes), raw);
+      const keep = rowFilter(columns, cheap);
+      const rows = keep === null ? null : await keptRowsSliced(columns, null, keep);
+      const status = { exitCode: null, signal: null };
+      const report = await this.#scoped(columns, rows, decodeCounters(counterBytes), status, { module, excludeModule }, this.#processTarget(info), scanInfo(raw));
+      this.#addProcessFields(report, info);
+      reports.push(report);
+    }
+    const found = reports.find((r) => r.target.pid === this.pid) ?? reports[0];
+    if (!found) throw new ScanError('scan(): no traced process is running; the report of each one that exited comes with `done`');
+    const first = Object.defineProperties({}, Object.getOwnPropertyDescriptors(found)) as ScopedLeakReport;
+    first.target = { ...found.target };
+    first.processes = reports.map((r) => ({ ...r, target: { ...r.target } }));
+    return first;
   }
 
   /** Stop tracing (the target keeps running) and report what is outstanding now. Idempotent:
@@ -665,18 +698,14 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
       this.#checkLost(counters);
       let scan: ScanInfo | undefined;
       const running = exitCode === null && signal === null && processAlive(this.pid);
-      if (this.info.leakKinds && (this.process === undefined || running)) {
-        // Tracing stops while it runs (or a process we attached to ended): stopped for a scan now.
-        if (!running) {
-          scan = { scanned: false, reason: 'it exited; only a program ebpf-leak starts is held at its exit' };
-        } else {
-          try {
-            const now = await this.#native.scan();
-            columns = withKinds(blockColumns(now.entries, this.info.sampleEveryBytes), now);
-            scan = scanInfo(now);
-          } catch (error) {
-            scan = { scanned: false, reason: (error as Error).message };
-          }
+      if (this.info.leakKinds && running) {
+        // Tracing stops while it runs: stopped for a scan now.
+        try {
+          const now = await this.#native.scan();
+          columns = withKinds(blockColumns(now.entries, this.info.sampleEveryBytes), now);
+          scan = scanInfo(now);
+        } catch (error) {
+          scan = { scanned: false, reason: (error as Error).message };
         }
       } else if (this.info.leakKinds) {
         // Held at its exit: the blocks the scan saw are the ones left (nothing runs after it).

@@ -37,7 +37,7 @@ function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'com
   });
 }
 
-function parentOf(pid: number): number | null {
+export function parentOf(pid: number): number | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);

@@ -13,7 +13,7 @@ import { checkSupport } from '../target/support.js';
 import { processAlive, processExists } from '../target/resolve.js';
 import type { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './leak-tracer.js';
-import { resolveTarget, type TraceTarget } from './target.js';
+import { parentOf, resolveTarget, type TraceTarget } from './target.js';
 import type { AllocatorFunction, TraceOptions } from '../types.js';
 
 function fileInode(path: string): number {
@@ -142,9 +142,18 @@ async function attachProbes(
       allocatorInode: fileInode(allocatorPath),
       supervise: supervised,
       followForks: o.followForks === true,
-      // The scan runs in the supervisor's stop at a process's exit: a command's, and following
-      // forks, each traced process's (an attached one's too).
-      scanAtExit: supervised && o.leakKinds && (o.kind === 'command' || o.followForks === true),
+      // The scan runs in a ptrace stop at a process's exit: a command's, each traced process's
+      // following forks, and an attached one's (held by ptrace for that alone, when it can be).
+      scanAtExit: o.leakKinds && !ownProcess,
+      // A child of this process: its ptrace stops would be taken by this process's own waitpid()
+      // for it (libuv's), and the process left stopped.
+      ...(o.kind === 'pid' && !supervised && parentOf(pid) === process.pid
+        ? {
+            holdRefused:
+              'it is a child of this process, whose child_process handling waits for it: start it through another ' +
+              'process (e.g. `setsid -f PROGRAM`), or trace it as a command',
+          }
+        : {}),
       glibc,
     },
     (...message) => {

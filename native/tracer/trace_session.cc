@@ -59,6 +59,7 @@ bool HasReturnProbe(uint32_t fn) {
 
 TraceSession::TraceSession(TracerConfig config, SessionOutput* output, EventSlots* event_slots)
     : config_(std::move(config)), output_(output), event_slots_(event_slots) {
+  hold_error_ = config_.hold_refused;
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
@@ -110,18 +111,16 @@ ScanSession* TraceSession::Session() {
 bool TraceSession::ReadBlocks(PageBuffer* out) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!allocs_table_.IsOpen()) return false;
+  if (skel_ != nullptr) SyncImages();  // an image exec ended is not this one's
   return allocs_table_.Read(false, out) == 0;
 }
 
-bool TraceSession::DoScan(ScanOutcome* out, NativeError* error) {
+bool TraceSession::DoScan(pid_t pid, ScanOutcome* out, NativeError* error) {
   if (config_.pid == getpid()) {
     *error = {"ELEAK_SCAN", "a process cannot stop itself to be scanned", 0};
     return false;
   }
-  if (config_.follow_forks) {
-    *error = {"ELEAK_SCAN", "scan() is not available with followForks: trace one process to scan it", 0};
-    return false;
-  }
+  if (config_.follow_forks) return ScanFollowed(pid == 0 ? config_.pid : pid, out, error);
   std::string why;
   if (!Session()->ScanNow(supervisor_.get(), out, &why)) {
     *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(config_.pid) + ": " + why, 0};
@@ -263,7 +262,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
 }
 
 bool TraceSession::FinishAttach(NativeError* error) {
-  if (config_.supervise && !StartSupervisor(error)) {
+  if ((config_.supervise || config_.hold_exit) && !StartSupervisor(error)) {
     DetachAll();
     return false;
   }

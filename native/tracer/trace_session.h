@@ -82,6 +82,11 @@ struct TracerConfig {
   UnwindOptions unwind;  // the CFI stack walker (native/unwind/unwinder.h)
   // Scan the target's memory for the leak kinds in the supervisor's stop at its exit.
   bool scan_at_exit = false;
+  // scan_at_exit of a pid target not otherwise followed: a supervisor of its own only holds it at
+  // its exit (its execs stay the BPF program's, image_keys). When ptrace is refused the trace
+  // goes on without the hold; `hold_refused`: why lib/ does not ask for it.
+  bool hold_exit = false;
+  std::string hold_refused;
   bool glibc = false;  // the probed allocator is glibc's (native/scan/heap_scan.h)
 };
 
@@ -128,7 +133,7 @@ class TraceSession : public process::Handler {
                     NativeError* error);
   bool DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error);
   // Stops every thread of the target, scans its memory for the leak kinds, resumes it.
-  bool DoScan(ScanOutcome* out, NativeError* error);
+  bool DoScan(pid_t pid, ScanOutcome* out, NativeError* error);
 
   // The quick calls, on the JS thread. False (or null) once closed.
   bool Counters(std::vector<uint8_t>* out);
@@ -159,6 +164,10 @@ class TraceSession : public process::Handler {
   // Whether the BPF object is loaded (ELEAK_CLOSED in `error` when not). Callers hold mu_.
   bool Attached(NativeError* error) const;
   bool ReadBlocks(PageBuffer* out);
+  // followForks (trace_session_processes.cc): the scan of one traced process, of its own blocks,
+  // their addresses without its index.
+  bool ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error);
+  bool ReadProcessBlocks(pid_t pid, PageBuffer* out);
   ScanSession* Session();
   bool StartSupervisor(NativeError* error);
   void StopSupervisor();
@@ -233,6 +242,7 @@ class TraceSession : public process::Handler {
   std::condition_variable resume_cv_;
   std::set<pid_t> resumed_;
   bool stopping_ = false;
+  std::string hold_error_;  // config_.hold_exit: why the target could not be held (set before polling)
   std::mutex scan_mu_;  // guards scan_ (not mu_: a scan at exit reads the table under mu_)
   std::unique_ptr<ScanSession> scan_;
   std::mutex images_mu_;                    // SyncImages(): poll thread and snapshots

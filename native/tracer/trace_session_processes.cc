@@ -19,6 +19,7 @@
 #include <bpf/libbpf.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -145,6 +146,10 @@ bool TraceSession::StartSupervisor(NativeError* error) {
   std::string message;
   if (!supervisor_->Start(config_.pid, &message)) {
     supervisor_.reset();
+    if (!config_.supervise) {  // only the hold at exit: traced on without it, and told why
+      hold_error_ = message;
+      return true;
+    }
     *error = {"ELEAK_PTRACE", message, 0};
     return false;
   }
@@ -190,7 +195,7 @@ void TraceSession::WriteProcessCounters(uint32_t index, const leak_counters& val
 bool TraceSession::OnEvent(const process::Event& event) {
   switch (event.kind) {
     case process::EventKind::kExec:
-      OnExec(event);
+      if (config_.supervise) OnExec(event);  // else image_keys: the BPF program's
       return true;
     case process::EventKind::kFork:
       return OnFork(event);
@@ -468,6 +473,41 @@ void TraceSession::OnExit(const process::Event& event) {
 }
 
 // JS has checked the image a process exec'd; it may run.
+// In the supervisor's pause of `pid` (its thread: process_index_ is read there only).
+bool TraceSession::ReadProcessBlocks(pid_t pid, PageBuffer* out) {
+  uint64_t bits = ProcessBits(pid);
+  if (bits == 0) return false;
+  PageBuffer all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!allocs_table_.IsOpen() || allocs_table_.Read(false, &all) != 0) return false;
+  }
+  size_t n = all.size() / sizeof(leak_block);
+  const auto* records = reinterpret_cast<const leak_block*>(all.data());
+  size_t mine = 0;
+  for (size_t i = 0; i < n; i++) mine += (records[i].address & ~LEAK_ADDRESS_MASK) == bits;
+  if (out->Reserve(std::max<size_t>(mine, 1) * sizeof(leak_block)) != 0) return false;
+  for (size_t i = 0; i < n; i++) {
+    if ((records[i].address & ~LEAK_ADDRESS_MASK) != bits) continue;
+    leak_block b = records[i];
+    b.address &= LEAK_ADDRESS_MASK;
+    memcpy(out->Append(sizeof b), &b, sizeof b);
+  }
+  return true;
+}
+
+bool TraceSession::ScanFollowed(pid_t pid, ScanOutcome* out, NativeError* error) {
+  std::string why = "tracing stopped";
+  if (supervisor_) {
+    ScanOptions options;
+    options.glibc = config_.glibc;
+    ScanSession session(pid, options, [this, pid](PageBuffer* blocks) { return ReadProcessBlocks(pid, blocks); });
+    if (session.ScanNow(supervisor_.get(), out, &why)) return true;
+  }
+  *error = {"ELEAK_SCAN", "cannot scan process " + std::to_string(pid) + ": " + why, 0};
+  return false;
+}
+
 void TraceSession::ResumeProcess(pid_t pid) {
   {
     std::lock_guard<std::mutex> lock(resume_mu_);
@@ -486,7 +526,7 @@ ProcessStats TraceSession::Processes() const {
   ProcessStats stats;
   stats.untraced_children = supervisor_ ? supervisor_->untraced_children() : 0;
   stats.lost_children = lost_children_.load();
-  stats.supervised = supervisor_ != nullptr;
+  stats.supervised = config_.supervise && supervisor_ != nullptr;
   return stats;
 }
 

@@ -200,10 +200,11 @@ void TraceSession::SetMark(uint64_t mark) {
 
 std::unique_ptr<ScanOutcome> TraceSession::TakeExitScan(std::string* reason) {
   std::lock_guard<std::mutex> lock(scan_mu_);
-  *reason = "the exit scan is off";
+  *reason = hold_error_.empty() ? "the exit scan is off" : "it could not be held at its exit: " + hold_error_;
   if (!scan_) return nullptr;
   std::unique_ptr<ScanOutcome> outcome = scan_->TakeExitOutcome();
   if (!outcome) *reason = scan_->NotScannedReason();
+  if (!outcome && !hold_error_.empty()) *reason = "it could not be held at its exit: " + hold_error_;
   return outcome;
 }
 

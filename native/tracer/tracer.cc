@@ -117,14 +117,16 @@ class SnapshotWorker : public TracerWorker {
 
 class ScanWorker : public TracerWorker {
  public:
-  using TracerWorker::TracerWorker;
+  ScanWorker(Napi::Env env, Tracer* tracer, Napi::Object self, pid_t pid)
+      : TracerWorker(env, tracer, self), pid_(pid) {}
   void Execute() override {
     NativeError e;
-    if (!session_->DoScan(&outcome_, &e)) Fail(e);
+    if (!session_->DoScan(pid_, &outcome_, &e)) Fail(e);
   }
   void OnOK() override { deferred_.Resolve(ScanOutcomeToJs(Env(), &outcome_)); }
 
  private:
+  pid_t pid_;
   ScanOutcome outcome_;
 };
 
@@ -284,9 +286,11 @@ void Tracer::Post(const char* type, std::vector<uint8_t> bytes, int slot, size_t
   }
 }
 
-// scan(): stops the target's threads, scans, resumes => Promise<scan outcome>
+// scan(pid?): stops the target's threads (followForks: those of the traced process `pid`),
+// scans, resumes => Promise<scan outcome>
 Napi::Value Tracer::Scan(const Napi::CallbackInfo& info) {
-  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>()));
+  pid_t pid = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+  return QueueForPromise(new ScanWorker(info.Env(), this, info.This().As<Napi::Object>(), pid));
 }
 
 // takeExitScan() => the scan made at the target's exit, or { notScanned: reason }. Once the

@@ -96,7 +96,12 @@ TracerConfig TracerConfigFromJs(const Napi::Object& o) {
   config.allocator_inode = GetU64(o, "allocatorInode");
   config.supervise = GetBool(o, "supervise");
   config.follow_forks = config.supervise && GetBool(o, "followForks");
-  config.scan_at_exit = config.supervise && GetBool(o, "scanAtExit");
+  config.scan_at_exit = GetBool(o, "scanAtExit") && (config.supervise || !config.wait_for_exec);
+  config.hold_exit = config.scan_at_exit && !config.supervise;
+  if (config.hold_exit && o.Get("holdRefused").IsString()) {
+    config.hold_exit = false;
+    config.hold_refused = o.Get("holdRefused").ToString().Utf8Value();
+  }
   config.glibc = GetBool(o, "glibc");
   config.image_keys = !config.supervise && !config.wait_for_exec;
   Napi::Value btf = o.Get("btfPath");

@@ -93,6 +93,8 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'fork_wait', compiler: 'gcc', sources: ['fork_wait.c'], flags: cFlags },
   { name: 'vfork_exec', compiler: 'gcc', sources: ['vfork_exec.c'], flags: cFlags },
   { name: 'spawn_children', compiler: 'gcc', sources: ['spawn_children.c'], flags: cFlags },
+  { name: 'seized_child', compiler: 'gcc', sources: ['seized_child.c'], flags: cFlags },
+  { name: 'fork_kinds', compiler: 'gcc', sources: ['fork_kinds.c'], flags: cFlags },
 ];
 
 export type FixtureName =
@@ -131,7 +133,9 @@ export type FixtureName =
   | 'attach_exec'
   | 'fork_wait'
   | 'vfork_exec'
-  | 'spawn_children';
+  | 'spawn_children'
+  | 'seized_child'
+  | 'fork_kinds';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);
