@@ -28,6 +28,7 @@ function includeClosure(file: string): Map<string, string[]> {
 const sessionFiles = [
   'native/tracer/trace_session.h',
   'native/tracer/trace_session.cc',
+  'native/tracer/trace_session_probes.cc',
   'native/tracer/trace_session_reads.cc',
   'native/tracer/trace_session_processes.cc',
 ];
