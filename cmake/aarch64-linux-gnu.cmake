@@ -6,10 +6,9 @@ set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
 set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
+# find_library() looks in /usr/lib/aarch64-linux-gnu, not in the build machine's
+# /usr/lib/x86_64-linux-gnu; programs (clang, bpftool, node) are the build machine's.
 set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
-
-# find_library() looks in /usr/lib/aarch64-linux-gnu (not in the build machine's
-# /usr/lib/x86_64-linux-gnu); programs (clang, bpftool, node) are the build machine's.
 
 # pkg-config reads the arm64 .pc files, never the build machine's.
 set(ENV{PKG_CONFIG_LIBDIR} /usr/lib/aarch64-linux-gnu/pkgconfig:/usr/share/pkgconfig)

@@ -4,6 +4,7 @@
 // the trace before it exits lets it go, neither stopped nor traced. When the hold cannot be had
 // (another process already traces it), the trace goes on and its report says why it has no kinds.
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
@@ -40,6 +41,24 @@ describe('an attached process is held at its exit', () => {
     }
   });
 
+  it('a thread started while attached: kinds equal valgrind LEAK SUMMARY every time (5 runs)', async () => {
+    const path = fixturePath('leak_kinds');
+    const vg = await runValgrind(path, ['attach-thread'], { env: forValgrind });
+    const { definitelyLost, indirectlyLost, possiblyLost, stillReachable } = vg.leakSummary;
+    const expected = { definitelyLost, indirectlyLost, possiblyLost, stillReachable };
+    expect(stillReachable.blocks).toBeGreaterThan(0);
+    for (let run = 0; run < 5; run++) {
+      const target = await start(path, ['attach-thread'], 'ready');
+      const tracer = await trace({ pid: target.pid, leakKinds: true });
+      target.child.stdin!.end('g');
+      const report = await tracer.done;
+      expect(await target.exited).toEqual({ code: 0, signal: null });
+      expect(report.scan, `run ${run + 1}`).toMatchObject({ scanned: true, atExit: true });
+      expect(report.summary.inUseBytes).toBe(vg.summary.inUseBytes);
+      expect(kinds(report), `run ${run + 1}`).toEqual(expected);
+    }
+  });
+
   it('stop() before it exits lets it go: not stopped, not traced, and it runs on unharmed', async () => {
     const target = await start(fixturePath('leak_kinds'), ['attach'], 'ready');
     const pid = target.pid;
@@ -59,6 +78,46 @@ describe('an attached process is held at its exit', () => {
     expect(await target.exited).toEqual({ code: 3, signal: null });
     expect(target.out()).toBe('ready\nusr1\n');
   });
+
+  it('the tracer killed while attached, or while it holds the target at its exit: the target runs on', async () => {
+    const viteNode = join(repoRoot, 'node_modules', '.bin', 'vite-node');
+    for (const when of ['attached', 'held'] as const) {
+      const target = await start(fixturePath('leak_kinds'), ['attach'], 'ready');
+      const pid = target.pid;
+      const tracerProcess = spawn(viteNode, [join(repoRoot, 'test', 'helpers', 'hold-tracer.ts'), '--pid', String(pid)], {
+        cwd: repoRoot,
+        env: { ...process.env, EBPF_LEAK_TEST_HOLD_DELAY_MS: '600000' },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      let out = '';
+      tracerProcess.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      try {
+        await waitFor('the attach', () => out.includes('\n'), 120_000);
+        // TracerPid is the tracing thread: one of the tracer process's.
+        expect(existsSync(`/proc/${tracerProcess.pid}/task/${status(pid)?.tracerPid}`)).toBe(true);
+        if (when === 'held') {
+          target.child.stdin!.end('g');
+          // Held in its exit stop: the scan done, the test delay running.
+          await waitFor('the hold at exit', () => status(pid)?.state === 't', 60_000);
+          await sleep(200);
+          expect(status(pid)?.state).toBe('t');
+        }
+        tracerProcess.kill('SIGKILL');
+        if (when === 'attached') {
+          await waitFor('the target to be let go', () => status(pid)?.tracerPid === 0);
+          await sleep(100);
+          expect(status(pid)).toEqual({ state: 'S', tracerPid: 0 });
+          process.kill(pid, 'SIGUSR1');
+          await waitFor('the SIGUSR1 handler', () => target.out().includes('usr1'));
+          target.child.stdin!.end('g');
+        }
+        expect(await target.exited, when).toEqual({ code: 3, signal: null });
+        expect(out).not.toContain('scan');
+      } finally {
+        tracerProcess.kill('SIGKILL');
+      }
+    }
+  }, 300_000);
 
   it('a fatal signal while held is its end, as without the trace', async () => {
     const target = await start(fixturePath('leak_kinds'), ['attach'], 'ready');

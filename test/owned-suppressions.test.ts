@@ -187,6 +187,18 @@ describe('a rule on a lost owner hides what is lost through it', () => {
       expectAgreement(r);
     }
   });
+
+  it("followForks: a child's report, kept as plain data without its blocks, carries its owners too", async () => {
+    const script = `${fixturePath('owned_blocks')} owner; true`; // the shell forks for it
+    const tracer = await trace({ command: '/bin/sh', args: ['-c', script], env: forTracer, stdio: 'ignore', followForks: true });
+    const checked = checkReport(await tracer.done, rule('make_parent'));
+    const child = checked.processes!.find((p) => p.target.commandLine?.[0] === fixturePath('owned_blocks'))!;
+    expect(child.target.pid).not.toBe(checked.target.pid);
+    expect(child.suppressed).toEqual([
+      { rule: 'on-make_parent', source: 'test.supp:1', bytes: 72, blocks: 2, groups: 1, owned: { bytes: 40, blocks: 1 } },
+    ]);
+    expectAgreement(child);
+  });
 });
 
 describe('the CLI', () => {

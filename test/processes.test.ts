@@ -25,6 +25,7 @@ import type { AllocEvent, HeapSummary, LeakReport, ProcessSnapshot } from '../li
 import { fixturePath, fixturesDir } from './helpers/fixtures.js';
 import { runValgrind, type ValgrindHeapSummary } from './helpers/valgrind.js';
 import { runValgrindTree, type ValgrindTree } from './helpers/valgrind-children.js';
+import { bpfObjectsOf } from './reliability/bpf-objects.js';
 
 const env: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const fields = ['inUseBytes', 'inUseBlocks', 'allocs', 'frees', 'bytesAllocated'] as const;
@@ -84,6 +85,55 @@ async function compareTree(command: string, args: string[], options: { cwd?: str
   expect(tuple(report.summary)).toBe(tuple(vg.processes.get(vg.rootPid)!.summary));
   expect(report.processes![0]!.target.pid).toBe(report.target.pid);
   return { vg, report };
+}
+
+/** The BPF maps `pid` holds, by name. */
+function bpfMapsOf(pid: number): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const o of bpfObjectsOf(pid)) {
+    if (o.kind !== 'map') continue;
+    const info = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'id', String(o.id)], { encoding: 'utf8' })) as { name: string };
+    out.set(info.name, o.id);
+  }
+  return out;
+}
+
+/** A map's entries as bpftool dumps them: raw key and value bytes (per CPU for per-CPU maps). */
+function dumpMap(id: number): { key: Buffer; values: Buffer[] }[] {
+  const bytes = (hex: string[]) => Buffer.from(hex.map((h) => Number(h)));
+  const entries = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'dump', 'id', String(id)], { encoding: 'utf8', maxBuffer: 1 << 28 })) as {
+    key: string[];
+    value?: string[];
+    values?: { value: string[] }[];
+  }[];
+  return entries.map((e) => ({ key: bytes(e.key), values: e.value ? [bytes(e.value)] : (e.values ?? []).map((v) => bytes(v.value)) }));
+}
+
+/** What the tracer's per-process maps hold: the pids in traced_procs, the process bits of every
+ *  block (allocs and its spill) and of every recently released one, and the indexes whose
+ *  counters are not all zero. */
+function perProcessEntries(maps: Map<string, number>) {
+  const id = (name: string) => {
+    const found = maps.get(name);
+    if (found === undefined) throw new Error(`the tracer holds no map ${name} (it has ${[...maps.keys()].join(', ')})`);
+    return found;
+  };
+  const bits = (key: bigint) => key & ~((1n << 48n) - 1n);
+  const tracedProcesses = dumpMap(id('traced_procs')).map((e) => e.key.readUInt32LE(0));
+  const blockBits: bigint[] = [];
+  for (const bucket of dumpMap(id('allocs'))) {
+    const v = bucket.values[0]!;
+    for (let i = 0; i < 8; i++) {
+      const key = v.readBigUInt64LE(i * 8);
+      if (key > 1n) blockBits.push(bits(key));
+    }
+  }
+  for (const e of dumpMap(id('spilled_allocs'))) blockBits.push(bits(e.key.readBigUInt64LE(0)));
+  const freedBits = dumpMap(id('freed_blocks')).map((e) => bits(e.key.readBigUInt64LE(0)));
+  const countedIndexes = dumpMap(id('process_counter')) // names are cut to 15 characters
+    .filter((e) => e.values.some((v) => v.some((b) => b !== 0)))
+    .map((e) => e.key.readUInt32LE(0));
+  return { tracedProcesses, blockBits, freedBits, countedIndexes };
 }
 
 /** A shell's run, with what its vfork'ed children did in its heap: dash starts each command with
@@ -308,6 +358,50 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
     expect(report.processes).toHaveLength(201);
     expect(report.untracedChildren).toBe(0);
     expect(new Set(report.processes!.map((p) => p.target.pid)).size).toBe(201);
+  });
+
+  it("a shell loop's 200 short-lived children: all reported, and none leaves an entry in the kernel's maps (3 runs)", async () => {
+    // dash vforks each command: each child allocates as the shell until its exec, then as itself,
+    // and frees (the queue of released blocks has entries of its own) before it exits.
+    const loop = `i=0; while [ $i -lt 200 ]; do ${fixturePath('seed')}; i=$((i + 1)); done; read line`;
+    for (let run = 0; run < 3; run++) {
+      const tracer = await trace({ command: '/bin/sh', args: ['-c', loop], env: { ...env, LD_PRELOAD: preloadStandIn }, stdio: 'pipe', followForks: true, maxAllocations: 64 });
+      try {
+        tracer.process!.stdout!.resume();
+        // Each seed prints a line: the loop is over at the 200th, and the shell waits for stdin.
+        let lines = 0;
+        await new Promise<void>((resolve) =>
+          tracer.process!.stdout!.on('data', (chunk: Buffer) => {
+            lines += chunk.toString().split('\n').length - 1;
+            if (lines >= 200) resolve();
+          }),
+        );
+        // The last child's exit is handled once its exit stop has been: the maps are read when
+        // only the shell is left, as the tracer sees it.
+        for (let i = 0; i < 100 && (await tracer.snapshot()).processes!.length > 1; i++) await new Promise((r) => setTimeout(r, 50));
+        const left = perProcessEntries(bpfMapsOf(process.pid));
+        const shellBits = 1n << 48n; // the first process's index, 1
+        expect(left.tracedProcesses, `run ${run + 1}`).toEqual([tracer.pid]);
+        // The shell's own entries are there: the dumps are read.
+        expect(left.blockBits.length).toBeGreaterThan(0);
+        expect(left.freedBits.length).toBeGreaterThan(0);
+        expect(left.countedIndexes).toContain(1);
+        expect(left.blockBits.filter((b) => b !== shellBits), `run ${run + 1}`).toEqual([]);
+        expect(left.freedBits.filter((b) => b !== shellBits), `run ${run + 1}`).toEqual([]);
+        expect(left.countedIndexes.filter((i) => i !== 1), `run ${run + 1}`).toEqual([]);
+        tracer.process!.stdin!.end('\n');
+        const report = await tracer.done;
+        expectClean(report);
+        expect(report.processes, `run ${run + 1}`).toHaveLength(201);
+        expect(report.untracedChildren).toBe(0);
+        const seeds = report.processes!.filter((p) => p.target.commandLine?.[0] === fixturePath('seed'));
+        expect(seeds).toHaveLength(200);
+        for (const p of seeds) expect(p.summary).toMatchObject({ inUseBytes: 8 + 4096, inUseBlocks: 2, allocs: 11, frees: 9 });
+        expect(report.processes!.every((p) => heapErrorTotal(p.summary.errors) === 0)).toBe(true);
+      } finally {
+        tracer.process?.kill('SIGKILL');
+      }
+    }
   });
 
   it('a Node script that spawns two leaking C programs, as a test runner does', async () => {

@@ -48,6 +48,23 @@ export function attachLostGraph(
   graphs.set(leaks, () => (built ??= buildLostGraph(columns, rows, groupKeys)));
 }
 
+/** Builds the graph of `leaks` now and lets go of the blocks' columns it was to be built from:
+ *  for a report kept for long (a finished child process's), which must not hold every block it
+ *  was made from. */
+export function settleLostGraph(leaks: readonly LeakGroup[]): void {
+  const graph = graphs.get(leaks)?.() ?? null;
+  // Only indirectly lost blocks can be hidden through others: without one, suppressing hides
+  // exactly the suppressed groups, as with no graph.
+  if (graph === null || !graph.kind.includes(INDIRECT)) {
+    graphs.delete(leaks);
+    return;
+  }
+  const addresses = new BigUint64Array(graph.count);
+  for (let i = 0; i < graph.count; i++) addresses[i] = graph.address(i);
+  const settled: LostGraph = { ...graph, address: (i) => addresses[i]! };
+  graphs.set(leaks, () => settled);
+}
+
 export function lostGraphOf(leaks: readonly LeakGroup[]): LostGraph | null {
   return graphs.get(leaks)?.() ?? null;
 }

@@ -16,6 +16,8 @@ import {
   type ProcessExitMessage,
 } from '../native/process-messages.js';
 import { planProbesSliced, type ProbePlan } from '../probes/plan.js';
+import { settleLostGraph } from '../report/lost-graph.js';
+import { SharedStacks } from '../report/shared-stacks.js';
 import type { LeakReport, PreviousImage } from '../types.js';
 
 // The first name of each number: SIGABRT, not its alias SIGIOT.
@@ -76,6 +78,8 @@ export class ProcessTracker {
   readonly #live = new Set<number>();
   readonly #reports = new Map<number, Promise<LeakReport>>();
   readonly #allocators = new Set<string>();
+  /** The stacks of the finished processes' reports, one copy each. */
+  readonly #stacks = new SharedStacks();
   /** Exec checks under way: a report waits for them. */
   readonly #pending = new Set<Promise<void>>();
   /** The last exited process's report being built: the next one waits for it. */
@@ -208,12 +212,14 @@ export class ProcessTracker {
     // are built one after another: many children exiting at once (a shell loop, make -j) would
     // otherwise each hold their blocks, stacks and symbolizer batches at the same time. A child's
     // report is kept as plain data: its scopes (since(), blocks(), ...) would keep its blocks'
-    // buffer and stacks alive for as long as the trace runs; the first process's keeps them.
+    // buffer and stacks alive for as long as the trace runs; the first process's keeps them. Its
+    // stacks are shared with the other reports' equal ones: children of one program leak at the
+    // same call sites.
     const root = m.pid === this.#o.rootPid;
     const report = this.#building
       .then(() => this.settled())
       .then(() => this.#o.buildReport(m, info))
-      .then((r) => (root ? r : plainReport(r)));
+      .then((r) => (root ? r : plainReport(this.#stacks.share(r))));
     this.#building = report.then(
       () => {},
       () => {},
@@ -236,8 +242,10 @@ export class ProcessTracker {
   }
 }
 
-/** A report's fields without its scopes (non-enumerable methods over its blocks and stacks). */
+/** A report's fields without its scopes (non-enumerable methods over its blocks and stacks), nor
+ *  the blocks its lost-block graph was to be built from. */
 function plainReport(report: LeakReport): LeakReport {
+  settleLostGraph(report.leaks);
   return { ...report, target: { ...report.target } };
 }
 

@@ -84,7 +84,7 @@ async function planTrace(o: ResolvedOptions, target: TraceTarget): Promise<Trace
   // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
   // so when sampling (most blocks are not recorded). Following forks, a child that runs in its
   // parent's address space (vfork, posix_spawn) allocates and frees as its parent until it execs
-  // (native/tracer/tracer_processes.cc), so the parent's later frees of those blocks are known.
+  // (native/tracer/trace_session_processes.cc), so the parent's later frees of those blocks are known.
   const heapErrors = o.kind === 'command' && o.sampleEveryBytes === 0;
   // A command is followed with ptrace through its execs (and children are counted); a running
   // process only when its children are to be traced (its execs are seen without ptrace).

@@ -1,5 +1,6 @@
 #include "process/process_blocks.h"
 
+#include <bpf/bpf.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -39,6 +40,25 @@ bool OfProcess(uint64_t key, uint64_t bits) {
 
 }  // namespace
 
+void ProcessBlocks::Spilled(uint64_t bits, bool take, std::vector<std::pair<uint64_t, leak_slot>>* out) const {
+  if (spill_fd_ < 0 || spilled_ == nullptr || __atomic_load_n(spilled_, __ATOMIC_ACQUIRE) <= 0) return;
+  std::vector<uint64_t> keys;
+  uint64_t key = 0, next = 0;
+  for (bool first = true; bpf_map_get_next_key(spill_fd_, first ? nullptr : &key, &next) == 0; first = false) {
+    key = next;
+    if (OfProcess(key, bits)) keys.push_back(key);
+  }
+  for (uint64_t k : keys) {
+    leak_slot slot;
+    if (bpf_map_lookup_elem(spill_fd_, &k, &slot) != 0) continue;  // freed meanwhile
+    if (take) {
+      if (bpf_map_delete_elem(spill_fd_, &k) != 0) continue;
+      __atomic_fetch_sub(spilled_, 1, __ATOMIC_ACQ_REL);
+    }
+    out->emplace_back(k, slot);
+  }
+}
+
 leak_bucket* ProcessBlocks::Map(size_t* bytes) const {
   size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   *bytes = (static_cast<size_t>(buckets_) * sizeof(leak_bucket) + page - 1) / page * page;
@@ -57,6 +77,9 @@ int64_t ProcessBlocks::Copy(uint64_t from_bits, uint64_t to_bits) const {
       uint64_t key = __atomic_load_n(&table[b].keys[i], __ATOMIC_ACQUIRE);
       if (OfProcess(key, from_bits)) found.emplace_back(key & LEAK_ADDRESS_MASK, table[b].values[i]);
     }
+  std::vector<std::pair<uint64_t, leak_slot>> spilled;
+  Spilled(from_bits, false, &spilled);
+  for (const auto& [key, value] : spilled) found.emplace_back(key & LEAK_ADDRESS_MASK, value);
   int64_t lost = 0;
   for (const auto& [address, value] : found) {
     uint64_t key = address | to_bits;
@@ -65,7 +88,14 @@ int64_t ProcessBlocks::Copy(uint64_t from_bits, uint64_t to_bits) const {
     leak_bucket* a = &table[first];
     leak_bucket* b = &table[second];
     if (UsedSlots(*b) < UsedSlots(*a)) std::swap(a, b);
-    if (!Claim(a, key, value) && !Claim(b, key, value)) lost++;
+    if (Claim(a, key, value) || Claim(b, key, value)) continue;
+    // Both buckets full: into the spill, counted first so that the program looks there.
+    if (spill_fd_ >= 0 && spilled_ != nullptr) {
+      __atomic_fetch_add(spilled_, 1, __ATOMIC_ACQ_REL);
+      if (bpf_map_update_elem(spill_fd_, &key, &value, BPF_NOEXIST) == 0) continue;
+      __atomic_fetch_sub(spilled_, 1, __ATOMIC_ACQ_REL);
+    }
+    lost++;
   }
   munmap(table, bytes);
   return lost;
@@ -87,6 +117,12 @@ int64_t ProcessBlocks::Take(uint64_t bits, std::vector<leak_block>* out) const {
       if (out) out->push_back({key & LEAK_ADDRESS_MASK, slot.size_fn, slot.stack_id, slot.tid, slot.mark});
     }
   munmap(table, bytes);
+  std::vector<std::pair<uint64_t, leak_slot>> spilled;
+  Spilled(bits, true, &spilled);
+  for (const auto& [key, slot] : spilled) {
+    n++;
+    if (out) out->push_back({key & LEAK_ADDRESS_MASK, slot.size_fn, slot.stack_id, slot.tid, slot.mark});
+  }
   return n;
 }
 

@@ -4,6 +4,9 @@
 // (bpf/traced_processes.bpf.h); `bits` below is that index << LEAK_PROCESS_SHIFT, 0 for a tracer
 // that follows one process (then every block is the process's).
 //
+// Blocks whose two buckets were full are in the spill map (`spilled_allocs`), counted by the BPF
+// program's `spilled_blocks`, which gates its lookups there: both are kept here too.
+//
 // Other processes keep allocating and freeing meanwhile: slots are claimed and released with the
 // same compare-and-swap protocol as the BPF side, and only slots of the stopped process are
 // written, except empty ones claimed for its child.
@@ -19,8 +22,11 @@ namespace ebpf_leak::process {
 
 class ProcessBlocks {
  public:
-  // `map_fd`: the table map (the caller keeps it open); `buckets`: its max_entries.
-  ProcessBlocks(int map_fd, uint32_t buckets) : map_fd_(map_fd), buckets_(buckets) {}
+  // `map_fd`: the table map (the caller keeps it open); `buckets`: its max_entries; `spill_fd`
+  // and `spilled`: the spill map and its count of blocks (the BPF program's, mapped), or -1 and
+  // nullptr.
+  ProcessBlocks(int map_fd, uint32_t buckets, int spill_fd = -1, int64_t* spilled = nullptr)
+      : map_fd_(map_fd), buckets_(buckets), spill_fd_(spill_fd), spilled_(spilled) {}
 
   // Copies every block of `from_bits` to `to_bits`. Returns the blocks that found no room.
   int64_t Copy(uint64_t from_bits, uint64_t to_bits) const;
@@ -30,9 +36,13 @@ class ProcessBlocks {
 
  private:
   leak_bucket* Map(size_t* bytes) const;
+  // The spilled blocks of `bits`, taken out of the spill map when `take`.
+  void Spilled(uint64_t bits, bool take, std::vector<std::pair<uint64_t, leak_slot>>* out) const;
 
   int map_fd_;
   uint32_t buckets_;
+  int spill_fd_;
+  int64_t* spilled_;
 };
 
 }  // namespace ebpf_leak::process

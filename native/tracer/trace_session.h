@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "addon/native_error.h"
+#include "process/process_blocks.h"
 #include "process/supervisor.h"
 #include "tracer/alloc_table_reader.h"
 #include "unwind/unwind_options.h"
@@ -173,6 +174,7 @@ class TraceSession : public process::Handler {
   void StopSupervisor();
   bool AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error);
   uint64_t ProcessBits(pid_t pid);
+  process::ProcessBlocks Blocks();
   pid_t MemoryOwner(pid_t pid) const;
   void OwnMemory(pid_t pid);
   void ForgetFreedBlocks(uint64_t bits);

@@ -146,7 +146,7 @@ void TraceSession::OnExec(const process::Event& event) {
     if (skel_ == nullptr) return;
     OwnMemory(event.pid);  // a vfork child: nothing of its own to take, its own key from now on
     std::vector<leak_block> taken;
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     uint64_t bits = ProcessBits(event.pid);
     table.Take(bits, &taken);
     ForgetFreedBlocks(bits);
@@ -207,7 +207,7 @@ void TraceSession::SyncImages() {
   while (images_synced_.load() < seen) {
     uint32_t index = CurrentImage();
     std::vector<leak_block> taken;
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     table.Take(static_cast<uint64_t>(index) << LEAK_PROCESS_SHIFT, &taken);
     uint64_t bytes = 0;
     for (const auto& b : taken) bytes += b.size_fn & LEAK_SIZE_MASK;
@@ -267,7 +267,7 @@ bool TraceSession::OnFork(const process::Event& event) {
   if (shared) {
     traced_bits = ProcessBits(MemoryOwner(event.pid));
   } else if (parent != process_index_.end()) {
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     int64_t lost = table.Copy(ProcessBits(event.pid), bits);
     ReadProcessCounters(parent->second, &counters);
     if (lost > 0) {
@@ -278,7 +278,7 @@ bool TraceSession::OnFork(const process::Event& event) {
   WriteProcessCounters(index, counters);
   uint32_t child = static_cast<uint32_t>(event.child);
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.traced_procs), &child, &traced_bits, BPF_ANY) != 0) {
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     table.Take(bits, nullptr);
     free_indexes_.push_back(index);
     lost_children_++;
@@ -292,6 +292,13 @@ bool TraceSession::OnFork(const process::Event& event) {
   Put(&message, index);
   Post("fork", std::move(message));
   return true;
+}
+
+// The kernel's table of outstanding blocks, with its spill. Under mu_ (or the images lock).
+process::ProcessBlocks TraceSession::Blocks() {
+  return process::ProcessBlocks(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets,
+                                bpf_map__fd(skel_->maps.spilled_allocs),
+                                reinterpret_cast<int64_t*>(&skel_->bss->spilled_blocks));
 }
 
 pid_t TraceSession::MemoryOwner(pid_t pid) const {
@@ -351,7 +358,7 @@ void TraceSession::OnExit(const process::Event& event) {
     for (const auto& [sharer, owner] : memory_owner_)
       if (owner == event.pid) sharers.push_back(sharer);
     for (pid_t sharer : sharers) OwnMemory(sharer);
-    process::ProcessBlocks table(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets);
+    process::ProcessBlocks table = Blocks();
     table.Take(ProcessBits(event.pid), &blocks);
     ForgetFreedBlocks(ProcessBits(event.pid));
     ReadProcessCounters(index, &counters);
