@@ -98,10 +98,18 @@ function buildLostGraph(
   const kind = new Uint8Array(n);
   const size = new Float64Array(n);
   const owner = new Int32Array(n);
+  // Neighbours share their stack (a list built in a loop): one lookup per run of them.
+  let lastStack = NaN;
+  let lastPair: [number, number] | undefined;
   for (let i = 0; i < n; i++) {
     const row = picked[i]!;
     kind[i] = columns.kind(row);
-    group[i] = groupIndex.get(columns.stackId(row))?.[kind[i]!] ?? -1;
+    const stackId = columns.stackId(row);
+    if (stackId !== lastStack) {
+      lastStack = stackId;
+      lastPair = groupIndex.get(stackId);
+    }
+    group[i] = lastPair?.[kind[i]!] ?? -1;
     size[i] = columns.size(row);
     const o = columns.owner!(row);
     owner[i] = o === noOwner || o >= at.length ? -1 : at[o]!;
@@ -172,10 +180,25 @@ export function hiddenThroughOwners<H>(
   }
   const hiddenIn = new Map<number, number>(); // group -> hidden blocks
   const hidden = new Uint8Array(n);
+  // The nearest suppressed owner of each block (-1: none; -2: not known yet), each chain of
+  // owners walked once: a lost list of a million links is one chain.
+  const nearest = new Int32Array(n).fill(-2);
+  const path: number[] = [];
+  const nearestOwner = (i: number): number => {
+    let o = graph.owner[i]!;
+    path.length = 0;
+    while (o >= 0 && !suppressed[o] && nearest[o] === -2) {
+      path.push(o);
+      o = graph.owner[o]!;
+    }
+    const found = o < 0 ? -1 : suppressed[o] ? o : nearest[o]!;
+    for (const p of path) nearest[p] = found;
+    nearest[i] = found;
+    return found;
+  };
   for (let i = 0; i < n; i++) {
     if (listed[i] || suppressed[i]) continue;
-    let o = graph.owner[i]!;
-    while (o >= 0 && !suppressed[o]) o = graph.owner[o]!;
+    const o = nearest[i] !== -2 ? nearest[i]! : nearestOwner(i);
     // An owner the report left out (narrowed by thread or mark): the block keeps its listing.
     if (o < 0) continue;
     hidden[i] = 1;
