@@ -91,7 +91,6 @@ void ScanSession::ScanAtExit(const process::Event& event) {
     // Read through the thread held at its exit stop: the first thread may have let go of the
     // memory already (killed on the way out without a stop), and /proc/PID/maps is then empty.
     bool ok = Scan(event.tid, threads, held_at, out.get(), options);
-    TestHoldDelay();
     std::lock_guard<std::mutex> lock(mu_);
     if (ok) {
       exit_outcome_ = std::move(out);
@@ -145,7 +144,6 @@ bool ScanSession::ScanNow(process::Supervisor* supervisor, ScanOutcome* out, std
         threads.push_back(s);
       }
       scanned = Scan(pid_, threads, stopped_ns, out);
-      TestHoldDelay();
     };
     if (!supervisor->Pause(pid_, work, error)) return false;
   } else {
