@@ -2,8 +2,9 @@
 // was: its exit status, the signal that ended it, its stdout and stderr are the same with the scan
 // on and off, through signals it handles, fatal signals (SIGKILL too), a job-control stop, and an
 // exit from a second thread. A target held when the tracer dies runs on and exits.
-import { spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, constants, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
@@ -84,17 +85,34 @@ describe('the exit hold leaves the target unchanged', () => {
 
   it('a held target runs on and exits when the tracer is killed in the middle of the hold', async () => {
     const viteNode = join(repoRoot, 'node_modules', '.bin', 'vite-node');
-    const tracerProcess = spawn(viteNode, [join(repoRoot, 'test', 'helpers', 'hold-tracer.ts'), fixturePath('exit_status'), 'code', '0'], {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-hold-'));
+    const fifo = join(dir, 'go');
+    execFileSync('mkfifo', [fifo]);
+    const tracerProcess = spawn(viteNode, [join(repoRoot, 'test', 'helpers', 'hold-tracer.ts'), fixturePath('exit_status'), 'fifo', fifo], {
       cwd: repoRoot,
-      env: { ...process.env, EBPF_LEAK_TEST_HOLD_DELAY_MS: '600000' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
     tracerProcess.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    let writer: number | undefined;
     try {
       await waitFor('the target pid', () => out.includes('\n'), 120_000);
       const { pid } = JSON.parse(out.split('\n')[0]!) as { pid: number };
-      // Held in its exit: a tracing stop, the scan done, the test delay running.
+      // A non-blocking open for writing succeeds once the target waits in its open() for reading:
+      // from there it reaches its exit stop with no other stop on the way.
+      await waitFor('the target at its FIFO', () => {
+        try {
+          writer = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+          return true;
+        } catch {
+          return false;
+        }
+      }, 120_000);
+      // The tracer stopped, the target exits: it stays in its exit stop, held for a tracer that
+      // cannot let it go, as when the tracer dies in the middle of a hold.
+      tracerProcess.kill('SIGSTOP');
+      await waitFor('the tracer stopped', () => processState(tracerProcess.pid!) === 'T');
+      writeSync(writer!, 'g');
       await waitFor('the hold at exit', () => processState(pid) === 't', 120_000);
       await sleep(200);
       expect(processState(pid)).toBe('t');
@@ -103,6 +121,8 @@ describe('the exit hold leaves the target unchanged', () => {
       expect(out).not.toContain('scan');
     } finally {
       tracerProcess.kill('SIGKILL');
+      if (writer !== undefined) closeSync(writer);
+      rmSync(dir, { recursive: true, force: true });
     }
   }, 300_000);
 });

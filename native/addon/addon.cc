@@ -14,7 +14,7 @@
 #include "symbols/symbolizer.h"
 #include "target/target_file.h"
 #include "tracer/tracer.h"
-#include "unwind/unwinder.h"
+#include "unwind/unwind_js.h"
 #if defined(__x86_64__)
 #include "x86/x86_decoder.h"
 #endif

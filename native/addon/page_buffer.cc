@@ -1,4 +1,5 @@
 #include "addon/page_buffer.h"
+#include "addon/page_buffer_js.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -46,6 +47,13 @@ void UnmapOffJsThread(Pages* pages) {
 
 }  // namespace
 
+Napi::ArrayBuffer TakeAsArrayBuffer(Napi::Env env, PageBuffer* buffer) {
+  size_t size, length;
+  void* data = buffer->Take(&size, &length);
+  if (data == nullptr) return Napi::ArrayBuffer::New(env, 0);
+  return PagesAsArrayBuffer(env, data, size, length);
+}
+
 // V8 is told of the pages (external_buffer.h says why), and told again when they go.
 Napi::ArrayBuffer PagesAsArrayBuffer(Napi::Env env, void* data, size_t size, size_t length) {
   Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(
@@ -78,19 +86,22 @@ uint8_t* PageBuffer::Append(size_t bytes) {
   return at;
 }
 
-Napi::ArrayBuffer PageBuffer::TakeAsArrayBuffer(Napi::Env env) {
+void* PageBuffer::Take(size_t* size, size_t* length) {
+  *size = 0;
+  *length = 0;
   if (size_ == 0) {
     Release();
-    return Napi::ArrayBuffer::New(env, 0);
+    return nullptr;
   }
   size_t used = PageAlign(size_);
   if (used < mapped_) munmap(base_ + used, mapped_ - used);
-  size_t size = size_;
   void* data = base_;
+  *size = size_;
+  *length = used;
   base_ = nullptr;
   size_ = 0;
   mapped_ = 0;
-  return PagesAsArrayBuffer(env, data, size, used);
+  return data;
 }
 
 void PageBuffer::Release() {

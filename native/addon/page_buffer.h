@@ -7,16 +7,10 @@
 // once glibc raised its mmap threshold past it.
 #pragma once
 
-#include <napi.h>
-
 #include <cstddef>
 #include <cstdint>
 
 namespace ebpf_leak {
-
-// An ArrayBuffer over the `size` bytes at `data`, owning the `length` bytes of anonymous pages
-// mapped there: they are unmapped when it is collected (by a thread of its own when large).
-Napi::ArrayBuffer PagesAsArrayBuffer(Napi::Env env, void* data, size_t size, size_t length);
 
 class PageBuffer {
  public:
@@ -32,8 +26,10 @@ class PageBuffer {
   size_t size() const { return size_; }
   const uint8_t* data() const { return base_; }
 
-  // An ArrayBuffer over the bytes written, which owns the pages from then on.
-  Napi::ArrayBuffer TakeAsArrayBuffer(Napi::Env env);
+  // Hands over the pages written (the rest are unmapped): their base, the bytes written in
+  // `size` and the pages' length in `length`. The caller unmaps them; the buffer is empty after.
+  // Null (and 0, 0) when nothing was written.
+  void* Take(size_t* size, size_t* length);
 
  private:
   void Release();

@@ -13,43 +13,6 @@
 #include "addon/monotonic_clock.h"
 
 namespace ebpf_leak {
-namespace {
-
-template <typename T>
-Napi::ArrayBuffer CopyToArrayBuffer(Napi::Env env, const std::vector<T>& v) {
-  Napi::ArrayBuffer b = Napi::ArrayBuffer::New(env, v.size() * sizeof(T));
-  if (!v.empty()) memcpy(b.Data(), v.data(), v.size() * sizeof(T));
-  return b;
-}
-
-}  // namespace
-
-Napi::Object ScanOutcome::ToJs(Napi::Env env) {
-  Napi::Object o = Napi::Object::New(env);
-  size_t n = result.kind.size();
-  o.Set("entries", entries.TakeAsArrayBuffer(env));
-  o.Set("kinds", Napi::Uint8Array::New(env, n, CopyToArrayBuffer(env, result.kind), 0));
-  o.Set("heuristics", Napi::Uint8Array::New(env, n, CopyToArrayBuffer(env, result.heuristic), 0));
-  std::vector<double> indirect(result.indirect.begin(), result.indirect.end());
-  o.Set("indirect", Napi::Float64Array::New(env, n, CopyToArrayBuffer(env, indirect), 0));
-  o.Set("owners", Napi::Uint32Array::New(env, n, CopyToArrayBuffer(env, result.owner), 0));
-  o.Set("lostEdges",
-        Napi::Uint32Array::New(env, result.lost_edges.size(), CopyToArrayBuffer(env, result.lost_edges), 0));
-  Napi::Object stats = Napi::Object::New(env);
-  stats.Set("atExit", at_exit);
-  stats.Set("pauseNs", static_cast<double>(pause_ns));
-  stats.Set("scanNs", static_cast<double>(scan_ns));
-  stats.Set("readNs", static_cast<double>(result.stats.read_ns));
-  stats.Set("markNs", static_cast<double>(result.stats.mark_ns));
-  stats.Set("rootBytes", static_cast<double>(result.stats.root_bytes));
-  stats.Set("heapBytes", static_cast<double>(result.stats.heap_bytes));
-  stats.Set("blocks", static_cast<double>(n));
-  stats.Set("threads", result.stats.threads);
-  stats.Set("threadsWithRegisters", result.stats.threads_with_regs);
-  o.Set("stats", stats);
-  return o;
-}
-
 ScanSession::ScanSession(pid_t pid, const ScanOptions& options, ReadBlocks read_blocks)
     : pid_(pid), options_(options), read_blocks_(std::move(read_blocks)) {}
 
@@ -128,7 +91,6 @@ void ScanSession::ScanAtExit(const process::Event& event) {
     // Read through the thread held at its exit stop: the first thread may have let go of the
     // memory already (killed on the way out without a stop), and /proc/PID/maps is then empty.
     bool ok = Scan(event.tid, threads, held_at, out.get(), options);
-    TestHoldDelay();
     std::lock_guard<std::mutex> lock(mu_);
     if (ok) {
       exit_outcome_ = std::move(out);
@@ -182,7 +144,6 @@ bool ScanSession::ScanNow(process::Supervisor* supervisor, ScanOutcome* out, std
         threads.push_back(s);
       }
       scanned = Scan(pid_, threads, stopped_ns, out);
-      TestHoldDelay();
     };
     if (!supervisor->Pause(pid_, work, error)) return false;
   } else {

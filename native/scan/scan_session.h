@@ -2,7 +2,6 @@
 // (native/process/supervisor.h), and on demand (a brief stop of every thread).
 #pragma once
 
-#include <napi.h>
 #include <sys/types.h>
 
 #include <functional>
@@ -23,9 +22,6 @@ struct ScanOutcome {
   uint64_t pause_ns = 0;  // from every thread stopped to the scan's end
   uint64_t scan_ns = 0;   // reading the table and memory, and the walk
   bool at_exit = false;
-
-  // { entries, kinds, heuristics, indirect, owners, lostEdges, stats }
-  Napi::Object ToJs(Napi::Env env);
 };
 
 // The threads a scan at exit sees: those the supervisor held, their registers no roots (memcheck

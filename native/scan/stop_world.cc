@@ -134,15 +134,9 @@ bool StopOnce(pid_t pid, const HoldWork& work, std::string* error) {
   std::vector<Resume> resume;
   StopThreads(&tids, &world, &resume);
   work(world);
-  TestHoldDelay();
   for (const Resume& r : resume)
     Ptrace(PTRACE_DETACH, r.tid, 0, static_cast<unsigned long>(r.request == PTRACE_CONT ? r.signal : 0));
   return true;
-}
-
-void TestHoldDelay() {
-  const char* v = getenv("EBPF_LEAK_TEST_HOLD_DELAY_MS");
-  if (v && *v) usleep(static_cast<useconds_t>(atoi(v)) * 1000);
 }
 
 }  // namespace ebpf_leak

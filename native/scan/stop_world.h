@@ -27,8 +27,4 @@ using HoldWork = std::function<void(const HeldWorld&)>;
 // detaches. False with `error` when it cannot.
 bool StopOnce(pid_t pid, const HoldWork& work, std::string* error);
 
-// For tests only: with EBPF_LEAK_TEST_HOLD_DELAY_MS set, keeps a held target held that many ms
-// longer, so a test can kill the tracer in the middle of a hold.
-void TestHoldDelay();
-
 }  // namespace ebpf_leak

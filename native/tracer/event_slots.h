@@ -4,9 +4,8 @@
 // whose parallel phases held the event loop for 5-10 ms on a busy machine.
 //
 // A slot is either the poll thread's (being filled) or JS's (posted, until eventsDelivered()).
+// This is their bookkeeping; the ArrayBuffers over them are the Tracer's (native/tracer/tracer.cc).
 #pragma once
-
-#include <napi.h>
 
 #include <atomic>
 #include <cstddef>
@@ -17,13 +16,10 @@ namespace ebpf_leak {
 
 class EventSlots {
  public:
-  // JS thread. No slots at all when `count` is 0 (events off).
-  void Create(Napi::Env env, int count, size_t bytes);
-  // JS thread: the ArrayBuffers, by slot index.
-  Napi::Array ToArray(Napi::Env env) const;
-  // JS thread: drops the references (after the poll thread has stopped).
-  void Reset();
-
+  // JS thread, once: `count` slots of `bytes` each, one after the other from `region`. None at
+  // all (events off) until then.
+  void Init(uint8_t* region, int count, size_t bytes);
+  int count() const { return count_; }
   // Poll thread: a slot JS does not have, or -1 when JS has them all.
   int Acquire() const;
   uint8_t* data(int slot) const { return slots_[slot].data; }
@@ -35,7 +31,6 @@ class EventSlots {
 
  private:
   struct Slot {
-    Napi::Reference<Napi::ArrayBuffer> buffer;
     uint8_t* data = nullptr;
     std::atomic<bool> with_js{false};
   };

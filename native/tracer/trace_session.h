@@ -1,8 +1,8 @@
 // One traced process, in plain C++: the BPF object, its uprobe links, the thread that drains the
-// event ring buffer and watches for the process to exit (trace_session.cc), the reads of its maps
-// (trace_session_reads.cc) and the processes it follows (trace_session_processes.cc). JS reaches it
-// through the Tracer ObjectWrap (native/tracer/tracer.h), which converts values and runs the slow
-// calls on worker threads.
+// event ring buffer and watches for the process to exit (trace_session.cc), its uprobes
+// (trace_session_probes.cc), the reads of its maps (trace_session_reads.cc) and the processes it
+// follows (trace_session_processes.cc). JS reaches it through the Tracer ObjectWrap
+// (native/tracer/tracer.h), which converts values and runs the slow calls on worker threads.
 #pragma once
 
 #include <atomic>

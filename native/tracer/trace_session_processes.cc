@@ -31,7 +31,6 @@
 #include "process/process_blocks.h"
 #include "scan/scan_session.h"
 #include "tracer/trace_session.h"
-#include "tracer/uprobe_multi.h"
 
 namespace ebpf_leak {
 namespace {
@@ -39,7 +38,6 @@ namespace {
 // How long an exec stop waits for JS to check the new image: a JS thread that long busy
 // elsewhere must not hold the program forever; the image then runs with the probes it has.
 constexpr auto kResumeTimeout = std::chrono::seconds(30);
-constexpr int ENOTSUPP_ERRNO = 524;
 
 template <typename T>
 void Put(std::vector<uint8_t>* out, const T& value) {
@@ -53,80 +51,6 @@ std::string ReadCommandLine(pid_t pid) {
 }
 
 }  // namespace
-
-bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error) {
-  // Following forks, the links are for every process and the program keeps to the traced ones
-  // (`traced_procs`): a link's pid filter does not follow a fork.
-  int32_t pid = config_.follow_forks ? (multi ? 0 : -1) : config_.pid;
-  auto attach_error = [&](int e, const ProbeSpec& p, bool ret) {
-    char at[48];
-    snprintf(at, sizeof at, " at offset 0x%llx",
-             static_cast<unsigned long long>(ret ? p.return_offset : p.entry_offset));
-    // EINVAL from a uprobe on a valid offset: another uprobe holds that spot with another
-    // reference counter (the kernel logs "ref_ctr_offset mismatch").
-    const char* code = e == EINVAL ? "ELEAK_PROBE_CONFLICT" : e == ENOENT ? "ELEAK_LIB_NOT_FOUND" : "ELEAK_BPF";
-    *error = {CodeForErrno(e, code),
-              std::string("cannot attach ") + (ret ? "uretprobes" : "uprobes") + " to " + p.path + at + ": " +
-                  ErrnoText(e),
-              e};
-    return false;
-  };
-  if (multi) {
-    // One entry link and one return link per file (in practice: one file, the allocator).
-    std::map<std::string, std::vector<const ProbeSpec*>> by_path;
-    for (const auto& p : probes) by_path[p.path].push_back(&p);
-    for (const auto& [path, list] : by_path) {
-      // Return probes first: a call already inside an allocator function when its entry probe
-      // appears would otherwise leave its thread's `inflight` entry behind forever (no return
-      // probe to take it), and that thread's allocations would all count as nested calls. A
-      // return without an entry is skipped by the program.
-      for (bool ret : {true, false}) {
-        std::vector<uint64_t> offsets, cookies;
-        for (const ProbeSpec* p : list) {
-          if (ret && !HasReturnProbe(p->fn)) continue;
-          offsets.push_back(ret ? p->return_offset : p->entry_offset);
-          cookies.push_back(p->fn);
-        }
-        if (offsets.empty()) continue;
-        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
-        int fd = create_uprobe_multi_link(bpf_program__fd(prog), path.c_str(), offsets.data(),
-                                          cookies.data(), static_cast<uint32_t>(offsets.size()),
-                                          ret, pid);
-        if (fd < 0) {
-          int e = -fd;
-          if (e == EINVAL || e == EOPNOTSUPP || e == ENOTSUPP_ERRNO) {
-            *error = {"ELEAK_NO_MULTI", std::string("no multi-uprobe links: ") + ErrnoText(e), e};
-            return false;
-          }
-          return attach_error(e, *list.front(), ret);
-        }
-        multi_links_.push_back(fd);
-      }
-    }
-    return true;
-  }
-  for (const auto& probe : probes) {
-    for (bool ret : {true, false}) {  // return probe first: see above
-      if (ret && !HasReturnProbe(probe.fn)) continue;
-      LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
-      bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
-      bpf_link* link = bpf_program__attach_uprobe_opts(
-          prog, pid, probe.path.c_str(), ret ? probe.return_offset : probe.entry_offset, &opts);
-      if (link == nullptr) return attach_error(errno, probe, ret);
-      links_.push_back(link);
-    }
-  }
-  return true;
-}
-
-// A new image's allocator, another file: its functions sit at other offsets within a page, so
-// from now on the probes tell functions apart by their attach cookie.
-bool TraceSession::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!Attached(error)) return false;
-  skel_->bss->cookies_only = true;
-  return AttachLinks(probes, std::string(attach_mode_) == "uprobe_multi", error);
-}
 
 bool TraceSession::StartSupervisor(NativeError* error) {
   if (config_.follow_forks) {

@@ -3,6 +3,9 @@
 #include "tracer/tracer.h"
 
 #include <malloc.h>
+#include <sys/mman.h>
+
+#include <cerrno>
 
 #include <chrono>
 #include <cstring>
@@ -14,11 +17,12 @@
 #include "addon/errors.h"
 #include "addon/external_buffer.h"
 #include "addon/page_buffer.h"
+#include "addon/page_buffer_js.h"
 #include "addon/queued_promise.h"
-#include "scan/scan_session.h"
+#include "scan/scan_js.h"
 #include "symbols/demangle.h"
 #include "tracer/tracer_config.h"
-#include "unwind/unwinder.h"
+#include "unwind/unwind_js.h"
 
 namespace ebpf_leak {
 
@@ -101,7 +105,7 @@ class SnapshotWorker : public TracerWorker {
     Napi::Object result = Napi::Object::New(env);
     Napi::ArrayBuffer counters = Napi::ArrayBuffer::New(env, counters_.size());
     if (!counters_.empty()) memcpy(counters.Data(), counters_.data(), counters_.size());
-    result.Set("entries", entries_.TakeAsArrayBuffer(env));
+    result.Set("entries", TakeAsArrayBuffer(env, &entries_));
     result.Set("counters", counters);
     // bpf_ktime_get_ns() and steady_clock are both CLOCK_MONOTONIC on Linux.
     result.Set("nowNs", Napi::BigInt::New(env, now_ns_));
@@ -123,7 +127,7 @@ class ScanWorker : public TracerWorker {
     NativeError e;
     if (!session_->DoScan(pid_, &outcome_, &e)) Fail(e);
   }
-  void OnOK() override { deferred_.Resolve(outcome_.ToJs(Env())); }
+  void OnOK() override { deferred_.Resolve(ScanOutcomeToJs(Env(), &outcome_)); }
 
  private:
   pid_t pid_;
@@ -232,7 +236,7 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction())
     throw Napi::TypeError::New(env, "new Tracer(config: object, onMessage: function)");
   TracerConfig config = TracerConfigFromJs(info[0].As<Napi::Object>());
-  if (config.events) event_slots_.Create(env, kEventSlots, kMaxBatchBytes);
+  if (config.events) CreateEventSlots(env, kEventSlots, kMaxBatchBytes);
   on_message_ = Napi::ThreadSafeFunction::New(env, info[1].As<Napi::Function>(), "ebpf-leak poll",
                                               0, 1);
   SessionOutput* output = this;
@@ -241,10 +245,22 @@ Tracer::Tracer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Tracer>(info) 
   addon_data_->tracers.insert(this);
 }
 
+// Fresh pages, committed only when the poll thread first writes them: no zeroing here on the JS
+// thread (calloc from the heap would clear every byte), and the slots a trace never needs cost
+// nothing. Each ArrayBuffer unmaps its own part when collected.
+void Tracer::CreateEventSlots(Napi::Env env, int count, size_t bytes) {
+  void* region = mmap(nullptr, count * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (region == MAP_FAILED) throw Napi::Error::New(env, "cannot map the event buffers: " + ErrnoText(errno));
+  auto* base = static_cast<uint8_t*>(region);
+  for (int i = 0; i < count; i++)
+    slot_buffers_.push_back(Napi::Persistent(PagesAsArrayBuffer(env, base + i * bytes, bytes, bytes)));
+  event_slots_.Init(base, count, bytes);
+}
+
 // ObjectWrap finalizers run before the env's instance data is freed, so addon_data_ is valid.
 Tracer::~Tracer() {
   Close();
-  event_slots_.Reset();
+  for (auto& buffer : slot_buffers_) buffer.Reset();
   addon_data_->tracers.erase(this);
 }
 
@@ -287,7 +303,7 @@ Napi::Value Tracer::TakeExitScan(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string reason;
   std::unique_ptr<ScanOutcome> outcome = session_->TakeExitScan(&reason);
-  if (outcome) return outcome->ToJs(env);
+  if (outcome) return ScanOutcomeToJs(env, outcome.get());
   Napi::Object o = Napi::Object::New(env);
   o.Set("notScanned", reason);
   return o;
@@ -368,7 +384,12 @@ Napi::Value Tracer::EventsDelivered(const Napi::CallbackInfo& info) {
 }
 
 // eventSlots(): the ArrayBuffers events batches arrive in, by slot; empty with events off.
-Napi::Value Tracer::EventSlotsJs(const Napi::CallbackInfo& info) { return event_slots_.ToArray(info.Env()); }
+Napi::Value Tracer::EventSlotsJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array list = Napi::Array::New(env, slot_buffers_.size());
+  for (size_t i = 0; i < slot_buffers_.size(); i++) list.Set(i, slot_buffers_[i].Value());
+  return list;
+}
 
 Napi::Value Tracer::CloseJs(const Napi::CallbackInfo& info) {
   Close();
@@ -394,7 +415,7 @@ Napi::Value Tracer::ReadStackTotals(const Napi::CallbackInfo& info) {
 Napi::Value Tracer::UnwindStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Value stats = env.Null();
-  session_->WithUnwinder([&](Unwinder& unwinder) { stats = unwinder.Stats(env); });
+  session_->WithUnwinder([&](Unwinder& unwinder) { stats = UnwindStatsToJs(env, unwinder.Stats()); });
   return stats;
 }
 

@@ -6,6 +6,7 @@
 
 #include <napi.h>
 
+#include <cstddef>
 #include <memory>
 #include <vector>
 
@@ -51,12 +52,15 @@ class Tracer : public Napi::ObjectWrap<Tracer>, private SessionOutput {
   Napi::Value ProcessStats(const Napi::CallbackInfo& info);
   Napi::Value ProcessCounters(const Napi::CallbackInfo& info);
 
+  // `count` event slots of `bytes` each, and the ArrayBuffers JS sees them through.
+  void CreateEventSlots(Napi::Env env, int count, size_t bytes);
   // SessionOutput: from the session's threads, through the thread-safe function.
   void Post(const char* type, std::vector<uint8_t> bytes, int slot, size_t length) override;
 
   AddonData* addon_data_ = nullptr;
   Napi::ThreadSafeFunction on_message_;
-  EventSlots event_slots_;                 // made in the constructor when events are on
+  EventSlots event_slots_;  // made in the constructor when events are on
+  std::vector<Napi::Reference<Napi::ArrayBuffer>> slot_buffers_;  // by slot
   std::unique_ptr<TraceSession> session_;  // after event_slots_: gone before them
 };
 

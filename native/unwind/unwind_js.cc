@@ -1,6 +1,6 @@
 // What JS sees of the stack walker: unwindTable(path) for tests and diagnostics, and the object
 // Tracer.unwindStats() returns. The walker itself is unwinder.cc.
-#include "unwind/unwinder.h"
+#include "unwind/unwind_js.h"
 #include "addon/errors.h"
 
 #include <bpf/bpf.h>
@@ -19,12 +19,10 @@
 
 namespace ebpf_leak {
 
-Napi::Object Unwinder::Stats(Napi::Env env) {
-  Napi::Object o = Napi::Object::New(env);
-  const char* modes[] = {"fp", "auto", "dwarf"};
-  o.Set("mode", modes[mode_ < 3 ? mode_ : 0]);
+UnwindStats Unwinder::Stats() {
+  UnwindStats st;
+  st.mode = mode_;
   int ncpu = libbpf_num_possible_cpus();
-  leak_unwind_counters sum{};
   if (ncpu > 0) {
     std::vector<leak_unwind_counters> per_cpu(static_cast<size_t>(ncpu));
     uint32_t zero = 0;
@@ -39,9 +37,24 @@ Napi::Object Unwinder::Stats(Napi::Env env) {
         memcpy(v, &c, sizeof v);
         for (size_t i = 0; i < kWords; i++) total[i] += v[i];
       }
-      memcpy(&sum, total, sizeof sum);
+      memcpy(&st.counters, total, sizeof st.counters);
     }
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  st.table_rows = next_row_;
+  st.table_row_capacity = row_capacity_;
+  st.rules = next_rule_;
+  st.tables_full = tables_full_;
+  st.mappings = published_.size();
+  for (const auto& [key, m] : loaded_) st.modules.push_back({m.name, m.file.kind, m.file.count});
+  return st;
+}
+
+Napi::Object UnwindStatsToJs(Napi::Env env, const UnwindStats& st) {
+  Napi::Object o = Napi::Object::New(env);
+  const char* modes[] = {"fp", "auto", "dwarf"};
+  o.Set("mode", modes[st.mode < 3 ? st.mode : 0]);
+  const leak_unwind_counters& sum = st.counters;
   auto num = [&](const char* name, uint64_t v) { o.Set(name, static_cast<double>(v)); };
   num("walks", sum.walks);
   num("frames", sum.frames);
@@ -55,21 +68,20 @@ Napi::Object Unwinder::Stats(Napi::Env env) {
   num("missingFiles", sum.missing_files);
   num("totalsDropped", sum.totals_dropped);
   num("busy", sum.busy);
-  std::lock_guard<std::mutex> lock(mu_);
-  num("tableRows", next_row_);
-  num("tableRowCapacity", row_capacity_);
-  num("rules", next_rule_);
-  num("tablesFull", tables_full_);
-  num("mappings", published_.size());
+  num("tableRows", st.table_rows);
+  num("tableRowCapacity", st.table_row_capacity);
+  num("rules", st.rules);
+  num("tablesFull", st.tables_full);
+  num("mappings", st.mappings);
   Napi::Array modules = Napi::Array::New(env);
   uint32_t i = 0;
-  for (const auto& [key, m] : loaded_) {
+  for (const auto& m : st.modules) {
     Napi::Object entry = Napi::Object::New(env);
-    entry.Set("path", m.name);
-    entry.Set("kind", m.file.kind == LEAK_UNWIND_FILE_TABLE ? "table"
-                      : m.file.kind == LEAK_UNWIND_FILE_FP  ? "frame-pointers"
-                                                            : "none");
-    entry.Set("rows", static_cast<double>(m.file.count));
+    entry.Set("path", m.path);
+    entry.Set("kind", m.kind == LEAK_UNWIND_FILE_TABLE ? "table"
+                      : m.kind == LEAK_UNWIND_FILE_FP  ? "frame-pointers"
+                                                       : "none");
+    entry.Set("rows", static_cast<double>(m.rows));
     modules.Set(i++, entry);
   }
   o.Set("modules", modules);

@@ -1,5 +1,5 @@
 #include "unwind/unwinder.h"
-#include "addon/errors.h"
+#include "addon/native_error.h"
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>

@@ -3,8 +3,6 @@
 // target runs and then as it maps new ones, and reads the stacks the walker stored.
 #pragma once
 
-#include <napi.h>
-
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -27,8 +25,18 @@ class TraceSession;
 struct TracerConfig;
 struct UnwindTable;  // native/unwind/unwind_table.h
 
-// The addon's unwindTable(path) (registered by native/addon/addon.cc).
-Napi::Value UnwindTableJs(const Napi::CallbackInfo& info);
+// The walker's counters and tables, for Tracer.unwindStats() (native/unwind/unwind_js.h).
+struct UnwindStats {
+  uint32_t mode = 0;                  // enum leak_unwind_mode
+  leak_unwind_counters counters{};    // summed over the CPUs
+  uint64_t table_rows = 0, table_row_capacity = 0, rules = 0, tables_full = 0, mappings = 0;
+  struct Module {
+    std::string path;
+    uint32_t kind = 0;  // enum leak_unwind_file_kind
+    uint64_t rows = 0;
+  };
+  std::vector<Module> modules;
+};
 
 class Unwinder {
  public:
@@ -48,7 +56,7 @@ class Unwinder {
   // The frames of one; false when `id` is not such an id. Empty frames: not (or no longer) there.
   bool ReadStack(int64_t id, std::vector<uint64_t>* frames, uint32_t* flags = nullptr);
   // Counters and table sizes, for Tracer.unwindStats().
-  Napi::Object Stats(Napi::Env env);
+  UnwindStats Stats();
 
  private:
   Unwinder(leak_bpf* skel, const TracerConfig& config, TraceSession* session);
