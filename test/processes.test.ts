@@ -11,7 +11,7 @@
 // loader skips: a shell keeps a record per variable of its environment (dash: 32 bytes each),
 // and make a copy of each value, which would otherwise differ.
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, rmSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -141,10 +141,27 @@ function perProcessEntries(maps: Map<string, number>) {
  *  memory (a 512-byte block for a command with arguments), which the shell frees later. That is
  *  the shell's heap, and its report counts it; valgrind runs the vfork as a fork, where the block
  *  is the child's copy's and that free never happens. The event stream says which blocks. */
+/** What dash allocates depends on the lengths of the strings it builds: a stack block a vfork'ed
+ *  child grows stays the shell's afterwards, where under valgrind (vfork run as a fork) the shell
+ *  may grow one of its own later. With paths as short as 17 characters or as long as 53 the
+ *  children here allocate nothing in the shell's memory; at 30 and 41 the shell under valgrind
+ *  makes one allocation more than the real one's own; at 23, what these tests use, the shell's
+ *  own allocations are valgrind's, and its summary is valgrind's plus what its children allocated
+ *  for it. A fixed directory makes that the same in every checkout. */
+const shellDir = '/tmp/ebpf-leak-vfork-sh';
+function inShellDir(name: string): string {
+  mkdirSync(shellDir, { recursive: true });
+  const link = join(shellDir, name);
+  rmSync(link, { force: true });
+  symlinkSync(fixturePath(name), link);
+  return link;
+}
+
 async function tracedShell(script: string): Promise<{ report: LeakReport; shared: { blocks: number; bytes: number } }> {
   const tracer = await trace({
     command: '/bin/sh',
     args: ['-c', script],
+    cwd: shellDir,
     env: { ...env, LD_PRELOAD: preloadStandIn },
     stdio: 'ignore',
     followForks: true,
@@ -315,8 +332,9 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
   });
 
   it("sh -c 'a; b'", async () => {
-    const script = `${fixturePath('seed')}; ${fixturePath('malloc_exec')} /bin/true`;
-    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env });
+    const [seed, mallocExec] = [inShellDir('seed'), inShellDir('malloc_exec')];
+    const script = `${seed}; ${mallocExec} /bin/true`;
+    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env, cwd: shellDir });
     const { report, shared } = await tracedShell(script);
     expectClean(report);
     // The children as valgrind has them; the shell too, but for its vfork'ed children's blocks.
@@ -330,10 +348,10 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
     // dash forks for each command and waits: the shell, then the two programs.
     expect(report.processes).toHaveLength(3);
     expect(report.target.commandLine).toEqual(['/bin/sh', '-c', script]);
-    expect(report.processes!.slice(1).map((p) => p.target.commandLine)).toEqual([[fixturePath('seed')], ['/bin/true']]);
+    expect(report.processes!.slice(1).map((p) => p.target.commandLine)).toEqual([[seed], ['/bin/true']]);
     // The second was the shell's vfork, then malloc_exec, then /bin/true: the 999 bytes are no
     // leak; what the shell's child allocated before its exec is in the shell's report.
-    expect(report.processes![2]!.previousImages!.map((i) => i.commandLine[0])).toEqual(['/bin/sh', fixturePath('malloc_exec')]);
+    expect(report.processes![2]!.previousImages!.map((i) => i.commandLine[0])).toEqual(['/bin/sh', mallocExec]);
     expect(report.processes![2]!.previousImages![0]!.allocs).toBe(0);
     expect(report.processes![2]!.previousImages![1]!.inUseBytes).toBe(999);
   });
@@ -446,8 +464,9 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
   });
 
   it("sh -c 'a; b' with an invalid and a double free inside b: b's errors are valgrind's, nothing false from the shell (5 runs)", async () => {
-    const script = `${fixturePath('seed')}; ${fixturePath('heap_errors')} invalid_double`;
-    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env });
+    const [seedPath, heapErrors] = [inShellDir('seed'), inShellDir('heap_errors')];
+    const script = `${seedPath}; ${heapErrors} invalid_double`;
+    const vg = await runValgrindTree('/bin/sh', ['-c', script], { env, cwd: shellDir });
     const vgErrors = [...vg.processes.values()].map((p) => p.errorSummary!.errors).sort();
     expect(vgErrors).toEqual([0, 0, 2]);
     const vgShell = vg.processes.get(vg.rootPid)!;
@@ -461,7 +480,7 @@ describe('followForks: one report per process, as valgrind --trace-children=yes'
       // The shell frees the blocks its vfork'ed children allocated in its heap: no error.
       expect(shared.blocks, `run ${run + 1}`).toBeGreaterThan(0);
       expect(tuple(report.summary), `run ${run + 1}`).toBe(shellSummary(vgShell.summary, shared));
-      const seed = report.processes!.find((p) => p.target.commandLine?.[0] === fixturePath('seed'))!;
+      const seed = report.processes!.find((p) => p.target.commandLine?.[0] === seedPath)!;
       expect(tuple(seed.summary)).toBe(tuple(vgSeed.summary));
       const b = report.processes!.find((p) => p.target.commandLine?.[1] === 'invalid_double')!;
       expect(b.errors!.map((e) => e.kind)).toEqual(['invalid-free', 'double-free']);
