@@ -10,9 +10,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
 
 import { checkReport, trace } from '../lib/index.js';
-import { forTracer, forValgrind, kinds, start, status, waitFor } from './helpers/attached-target.js';
+import { forTracer, forValgrind, kinds, start, status, waitFor, type Started } from './helpers/attached-target.js';
 import { fixturePath, repoRoot } from './helpers/fixtures.js';
 import { runValgrind } from './helpers/valgrind.js';
+
+/** Let go: as seen from /proc and from its parent, running (sleeping in read()) with nobody tracing
+ *  it, its SIGUSR1 handled; then told to go on ('g' on its stdin). */
+async function expectLetGoUnharmed(target: Started): Promise<void> {
+  await waitFor('the target to be let go', () => status(target.pid)?.tracerPid === 0);
+  await sleep(100);
+  expect(status(target.pid)).toEqual({ state: 'S', tracerPid: 0 });
+  process.kill(target.pid, 'SIGUSR1');
+  await waitFor('the SIGUSR1 handler', () => target.out().includes('usr1'));
+  target.child.stdin!.end('g');
+}
 
 describe('an attached process is held at its exit', () => {
   it('its kinds equal valgrind LEAK SUMMARY, its signals, output and exit status unchanged (3 runs)', async () => {
@@ -68,13 +79,7 @@ describe('an attached process is held at its exit', () => {
     expect(now.scan).toMatchObject({ scanned: true, atExit: false });
     const report = await tracer.stop();
     expect(report.scan).toMatchObject({ scanned: true, atExit: false });
-    // Seen from /proc as from its parent: running (sleeping in read()), nobody tracing it.
-    await waitFor('the target to be let go', () => status(pid)?.tracerPid === 0);
-    await sleep(100);
-    expect(status(pid)).toEqual({ state: 'S', tracerPid: 0 });
-    process.kill(pid, 'SIGUSR1');
-    await waitFor('the SIGUSR1 handler', () => target.out().includes('usr1'));
-    target.child.stdin!.end('g');
+    await expectLetGoUnharmed(target);
     expect(await target.exited).toEqual({ code: 3, signal: null });
     expect(target.out()).toBe('ready\nusr1\n');
   });
@@ -105,14 +110,7 @@ describe('an attached process is held at its exit', () => {
           expect(status(pid)?.state).toBe('t');
         }
         tracerProcess.kill('SIGKILL');
-        if (when === 'attached') {
-          await waitFor('the target to be let go', () => status(pid)?.tracerPid === 0);
-          await sleep(100);
-          expect(status(pid)).toEqual({ state: 'S', tracerPid: 0 });
-          process.kill(pid, 'SIGUSR1');
-          await waitFor('the SIGUSR1 handler', () => target.out().includes('usr1'));
-          target.child.stdin!.end('g');
-        }
+        if (when === 'attached') await expectLetGoUnharmed(target);
         expect(await target.exited, when).toEqual({ code: 3, signal: null });
         expect(out).not.toContain('scan');
       } finally {

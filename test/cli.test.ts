@@ -11,7 +11,7 @@
 //   exit_immediately:     in use at exit: 24 bytes in 1 blocks
 //                         total heap usage: 1 allocs, 0 frees, 24 bytes allocated
 
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,10 +19,10 @@ import { fileURLToPath } from 'node:url';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { buildCli, cliPath as cli } from './helpers/built-cli.js';
 import { fixturePath } from './helpers/fixtures.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const cli = join(root, 'dist', 'cli', 'main.js');
 const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
 
 interface Result {
@@ -99,16 +99,7 @@ let tmp: string;
 const started: ChildProcess[] = [];
 
 beforeAll(() => {
-  const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
-  try {
-    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'pipe' });
-  } catch (err) {
-    // Type errors still emit; only a missing output is fatal here (the type check is elsewhere).
-    if (!existsSync(cli)) {
-      const out = (err as { stdout?: Buffer }).stdout?.toString() ?? String(err);
-      throw new Error(`tsc -p tsconfig.build.json did not produce dist/cli/main.js:\n${out}`);
-    }
-  }
+  buildCli();
   for (const name of ['seed', 'exit_immediately', 'forever']) {
     if (!existsSync(fixturePath(name))) throw new Error(`fixture ${name} not built: ${fixturePath(name)}`);
   }

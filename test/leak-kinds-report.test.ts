@@ -11,21 +11,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { checkLeaks, trace } from '../lib/index.js';
 import type { LeakReport } from '../lib/types.js';
-import { fixturePath, repoRoot } from './helpers/fixtures.js';
+import { buildCli, cliPath as cli } from './helpers/built-cli.js';
+import { fixturePath } from './helpers/fixtures.js';
 import { runValgrind, valgrindEnvironment } from './helpers/valgrind.js';
 
-const cli = join(repoRoot, 'dist', 'cli', 'main.js');
 const base: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const { forValgrind, forTracer } = valgrindEnvironment(base);
 let tmp: string;
 
 beforeAll(() => {
-  const tsc = join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc');
-  try {
-    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: repoRoot, stdio: 'pipe' });
-  } catch (err) {
-    if (!existsSync(cli)) throw err;
-  }
+  buildCli();
   tmp = mkdtempSync(join(tmpdir(), 'ebpf-leak-kinds-'));
 }, 120_000);
 

@@ -9,8 +9,7 @@
 //   ring    definite 32/1, indirect 104/3 (the first of the ring leads it)
 //   shared  definite 64/2, indirect 40/1
 import { spawn } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,21 +17,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkReport, formatCheckedReport, parseSuppressions, trace, type CheckedLeakReport } from '../lib/index.js';
 import { toJsonReport } from '../lib/report/json-format.js';
 import type { LeakGroup, LeakReport } from '../lib/types.js';
-import { fixturePath, repoRoot } from './helpers/fixtures.js';
+import { buildCli, cliPath as cli } from './helpers/built-cli.js';
+import { fixturePath } from './helpers/fixtures.js';
 import { runValgrind, valgrindEnvironment } from './helpers/valgrind.js';
 
 const base: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const { forValgrind, forTracer } = valgrindEnvironment(base);
-const cli = join(repoRoot, 'dist', 'cli', 'main.js');
 let tmp: string;
 
 beforeAll(() => {
-  const tsc = join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc');
-  try {
-    execFileSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: repoRoot, stdio: 'pipe' });
-  } catch (err) {
-    if (!existsSync(cli)) throw err;
-  }
+  buildCli();
   tmp = mkdtempSync(join(tmpdir(), 'ebpf-leak-owned-'));
 }, 120_000);
 

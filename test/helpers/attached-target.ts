@@ -44,7 +44,9 @@ export interface Started {
 
 /** Starts `file args` under a shell (a child of this process would have its ptrace stops taken by
  *  child_process's waitpid(), and trace() does not hold it), its stdin and stdout piped to us, and
- *  waits for the line that starts with `first` ('': none) and for the program's exec. */
+ *  waits for the line that starts with `first`, or with `first` '' (a program that prints nothing
+ *  before its go) for it to wait in read(): right after its exec the loader has not mapped its libc
+ *  yet, and an attach then finds no allocator. */
 export async function start(file: string, args: string[], first: string): Promise<Started & { line: string }> {
   const script = 'exec 3<&0; "$0" "$@" <&3 3<&- & echo "pid $!"; wait $!';
   const child = spawn('/bin/sh', ['-c', script, file, ...args], { env: forTracer, stdio: ['pipe', 'pipe', 'inherit'] });
@@ -77,7 +79,20 @@ export async function start(file: string, args: string[], first: string): Promis
     }
   };
   while (exe() !== file) await sleep(5);
+  if (first === '') while (!inRead(pid)) await sleep(5);
   return { child, pid, out: () => text, exited, line };
+}
+
+/** Asleep in the read() system call (number 0 on x86-64, 63 on arm64), as /proc/PID/syscall
+ *  shows: waiting on its stdin, not the loader reading a library, which does not sleep. */
+function inRead(pid: number): boolean {
+  if (status(pid)?.state !== 'S') return false;
+  try {
+    const nr = readFileSync(`/proc/${pid}/syscall`, 'utf8').split(' ')[0];
+    return nr === (process.arch === 'arm64' ? '63' : '0');
+  } catch {
+    return false;
+  }
 }
 
 export async function waitFor(what: string, test: () => boolean, ms = 20_000): Promise<void> {
