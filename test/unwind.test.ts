@@ -138,12 +138,14 @@ describe('dlopen', () => {
     expect(frame!.line).toBe(lineOf('dlopen_plugin.c', 'kept[i] = malloc(64);'));
     const main = plugin.stack.find((f) => f.symbol === 'main');
     expect(main?.line, describeStack(plugin)).toBe(lineOf('dlopen_main.c', 'int n = work();'));
-    // The plugin was mapped after the tables were loaded: the walker asked for its table. Its
-    // allocations come microseconds after dlopen(), before the table can be there: those walks
-    // stepped through it by the frame-pointer rule (right here: the plugin keeps frame pointers)
-    // and are counted as incomplete, never passed off as exact.
-    expect(stats!.missingFiles).toBeGreaterThanOrEqual(1);
+    // The plugin was mapped after the tables were loaded. Its allocations come microseconds after
+    // dlopen(), mostly before its table can be there: the walker then asks for it (missingFiles),
+    // and those walks, stepped through it by the frame-pointer rule (right here: the plugin keeps
+    // frame pointers), are counted as incomplete, never passed off as exact. When the table
+    // arrived first (the new mapping seen and its table loaded while the program was not running),
+    // nothing was missing: the table is there and every walk complete.
     const loaded = stats!.modules.some((m) => m.path.endsWith('/dlopen_plugin.so'));
+    if (stats!.missingFiles === 0) expect({ loaded, incomplete: stats!.incomplete }, JSON.stringify(stats)).toEqual({ loaded: true, incomplete: 0 });
     expect(loaded || stats!.incomplete >= 1, JSON.stringify(stats)).toBe(true);
     expect(stats!.collisions + stats!.failures + stats!.truncated).toBe(0);
   });
