@@ -47,6 +47,9 @@ const volatile __u8 fn_at_page_offset[LEAK_PAGE_OFFSETS] = {};
 
 /* Written by user space through the skeleton's .bss while running. */
 bool armed = false;
+/* 1 at the offset within a page of each site where an entry-only operator new's call to the
+ * allocator returns: only a return there looks up its thread's operator in flight. */
+__u8 returns_into_operator[LEAK_PAGE_OFFSETS] = {};
 /* Entry probes are told apart by their attach cookie only: set once probes on a second allocator
  * file (a new image's) are attached, whose functions sit at other offsets within a page. */
 bool cookies_only = false;
@@ -79,6 +82,18 @@ struct inflight_call {
 	__u64 sp;	/* stack pointer at the outermost entry */
 	__s64 bytes_until_sample; /* sampling mode: this thread's distance to its next sample */
 	__u64 sampling_started;
+	/* An entry-only operator new (no return probe) in flight: its block is what its call to the
+	 * allocator returns at `op_return` (an absolute address; 0 until the operator that makes the
+	 * call has been entered, when one tail-calls another: new[] jumping to new). */
+	__u64 op_fn;
+	__u64 op_size;
+	__u64 op_sp;
+	__u64 op_return;
+	__u64 op_entered_ns;
+	/* Released by an entry-only operator delete at its entry: the free() or operator delete it
+	 * tail-calls finds the block gone, and must know why. */
+	__u64 deleted_ptr;
+	__u64 deleted_sp;
 };
 
 /* What realloc's entry did with its block p. */
@@ -199,8 +214,8 @@ static __always_inline __u64 probe_fn(struct pt_regs *ctx)
 	__u8 fn = fn_at_page_offset[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)];
 
 	if (cookies_only)
-		return bpf_get_attach_cookie(ctx);
-	return fn ? fn - 1 : bpf_get_attach_cookie(ctx);
+		return bpf_get_attach_cookie(ctx) & LEAK_COOKIE_FN_MASK;
+	return fn ? fn - 1 : bpf_get_attach_cookie(ctx) & LEAK_COOKIE_FN_MASK;
 }
 
 static __always_inline bool thread_ignored(__u32 tid)
@@ -251,15 +266,29 @@ static __always_inline void record_alloc(__u64 fn, __u64 address, __u64 size, __
 		emit(LEAK_EVENT_ALLOC, fn, address, size, bpf_ktime_get_ns(), tid, stack_id);
 }
 
-/* realloc's p leaves `allocs` at realloc's entry (see call_begin); a free(p) inside (glibc's
- * realloc(p, 0); other allocators' moves) must not count again, as the free of an unknown block.
- * Only looked up for frees of unknown blocks, which are rare: the per-thread state costs more
- * than the rest of a free. */
-static __always_inline bool freed_by_realloc(__u64 address)
+/* A release of a block some call of this thread released already, at its entry:
+ * - realloc(p, 0) and other allocators' moves, whose free(p) inside must not count again as the
+ *   free of an unknown block;
+ * - an entry-only operator delete, whose tail call (into free(), or delete[] into delete) finds
+ *   the block gone; the free() ends it. A tail call runs at the stack pointer of the delete's
+ *   entry, a probe placed past a push a few words deeper.
+ * Only looked up for releases of unknown blocks, which are rare but for those: the per-thread state
+ * costs more than the rest of a free. */
+static __always_inline bool released_inside(struct pt_regs *ctx, __u64 fn, __u64 address)
 {
 	struct inflight_call *call = thread_call(0);
+	__u64 sp = PT_REGS_SP(ctx);
 
-	return call && call->active && call->freed_at_entry == address;
+	if (!call)
+		return false;
+	if (fn == LEAK_FN_FREE && call->active && call->freed_at_entry == address)
+		return true;
+	if (call->deleted_ptr == address && sp <= call->deleted_sp && call->deleted_sp - sp <= 64) {
+		if (fn == LEAK_FN_FREE)
+			call->deleted_ptr = 0;
+		return true;
+	}
+	return false;
 }
 
 /* The free of a block that was in `allocs` (`size` >= 0, already removed) or not (-1). */
@@ -292,7 +321,7 @@ static __always_inline void record_free(struct pt_regs *ctx, __u64 fn, __u64 add
 		/* The free() a realloc(p, 0) or an operator delete makes inside, of the block it
 		 * released at its entry. (Not that entry's own release: in sampling mode its block is
 		 * mostly not recorded, and still a free.) */
-		if (fn == LEAK_FN_FREE && freed_by_realloc(address))
+		if (released_inside(ctx, fn, address))
 			return;
 		if (heap_unknown_release(ctx, fn, address, at_entry))
 			return;
@@ -375,8 +404,22 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 address, __u64 size,
 					   __u32 tid, struct inflight_call *thread)
 {
+	__u64 operator_sp = 0;
+
 	if (!address)
 		return;
+	if (returns_into_operator[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)]) {
+		struct inflight_call *op = thread ? thread : thread_call(0);
+
+		/* The call an entry-only operator new makes: the block is the operator's. */
+		if (op && op->op_return == PT_REGS_IP(ctx)) {
+			fn = op->op_fn;
+			size = op->op_size;
+			operator_sp = op->op_sp;
+			op->op_return = 0;
+			op->op_fn = 0;
+		}
+	}
 	/* Checked at the return, not the entry: an ignored thread's realloc must still free the
 	 * block it moved, and its nested calls must keep the depth count straight. */
 	if (thread_ignored(tid)) {
@@ -392,7 +435,7 @@ static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 
 			return;
 		}
 	}
-	record_alloc(fn, address, size, alloc_stack(ctx, tid), tid);
+	record_alloc(fn, address, size, operator_sp ? caller_stack(ctx, operator_sp, tid) : alloc_stack(ctx, tid), tid);
 }
 
 /* The return of a call that call_begin() saved. */
@@ -506,6 +549,59 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 		call_begin(ctx, fn, size, old_ptr, out_ptr);
 }
 
+/* An entry-only operator new: what it is and the size asked for wait in the thread's state for
+ * the allocator call it makes, whose return records the block as the operator's. */
+static __always_inline void operator_new_enter(struct pt_regs *ctx, __u64 fn, __u64 size, __s32 delta)
+{
+	struct inflight_call *t;
+	__u64 sp = PT_REGS_SP(ctx);
+
+	if (!is_target() || size > LEAK_SIZE_MASK)
+		return;
+	t = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t) {
+		COUNT(inflight_failures, 1);
+		return;
+	}
+	/* Inside a call with a return probe (operator new(nothrow) calling new): its return records
+	 * the block. */
+	if (nested_in(t, sp))
+		return;
+	/* Tail-called at the same stack pointer by the operator that just set this (new[] jumping to
+	 * new): the block is that operator's; this one says where the allocation returns. */
+	if (t->op_fn && !t->op_return && t->op_sp == sp && now_ns - t->op_entered_ns <= 2 * CLOCK_TICK_NS) {
+		if (delta)
+			t->op_return = PT_REGS_IP(ctx) + (__s64)delta;
+		return;
+	}
+	t->op_fn = fn;
+	t->op_size = size;
+	t->op_sp = sp;
+	t->op_entered_ns = now_ns;
+	t->op_return = delta ? PT_REGS_IP(ctx) + (__s64)delta : 0;
+}
+
+/* An entry-only operator delete: releases at its entry, and leaves the block's address for the
+ * free() (or operator delete) it tail-calls (released_inside()). */
+static __always_inline void operator_delete_enter(struct pt_regs *ctx, __u64 fn, __u64 ptr)
+{
+	struct inflight_call *t;
+
+	if (!ptr || !is_target())
+		return;
+	t = thread_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t) {
+		COUNT(inflight_failures, 1);
+		return;
+	}
+	/* Tail-called by an operator with a return probe, which released the block at its entry. */
+	if (nested_in(t, PT_REGS_SP(ctx)))
+		return;
+	record_free(ctx, fn, ptr, true);
+	t->deleted_ptr = ptr;
+	t->deleted_sp = PT_REGS_SP(ctx);
+}
+
 /* operator new and delete (the size or the pointer first in every overload; the size the
  * program asked for is the block's, as valgrind counts it, whatever alignment new adds), and
  * jemalloc's own functions. The allocation new makes inside (malloc, aligned_alloc) is a nested
@@ -513,14 +609,24 @@ static __always_inline void call_enter(struct pt_regs *ctx, __u64 fn, __u64 size
  * calls finds the block gone and knows why. */
 static __always_inline void cxx_or_jemalloc_entry(struct pt_regs *ctx, __u64 fn, __u64 a0, __u64 a1)
 {
+	__u64 cookie;
+
 	switch (fn) {
 	case LEAK_FN_NEW ... LEAK_FN_NEW_ARRAY_ALIGNED_NOTHROW:
+		cookie = bpf_get_attach_cookie(ctx);
+		if (cookie & LEAK_COOKIE_ENTRY_ONLY)
+			operator_new_enter(ctx, fn, a0, (__s32)(cookie >> LEAK_COOKIE_DELTA_SHIFT));
+		else
+			call_enter(ctx, fn, a0, 0, 0);
+		break;
 	case LEAK_FN_MALLOCX:
 		call_enter(ctx, fn, a0, 0, 0);
 		break;
 	case LEAK_FN_DELETE:
 	case LEAK_FN_DELETE_ARRAY:
-		if (a0)
+		if (bpf_get_attach_cookie(ctx) & LEAK_COOKIE_ENTRY_ONLY)
+			operator_delete_enter(ctx, fn, a0);
+		else if (a0)
 			call_enter(ctx, fn, 0, a0, 0);
 		break;
 	case LEAK_FN_RALLOCX:

@@ -157,4 +157,34 @@ static __always_inline __s64 alloc_stack(struct pt_regs *ctx, __u32 tid)
 	return id;
 }
 
+/* The stack of a call whose return address is at `sp`, taken from deeper down (an entry-only
+ * operator new's block, seen at the return of the malloc it called): from the operator's caller,
+ * as a return probe on the operator would take it. (With frame pointers only, the kernel's walk
+ * misses that caller, as it does for a release's stack at an entry.) */
+static __always_inline __s64 caller_stack(struct pt_regs *ctx, __u64 sp, __u32 tid)
+{
+	__u64 ra;
+	__s64 id;
+
+	if (!capture_stacks)
+		return -1;
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)sp)) {
+		COUNT(stack_failures, 1);
+		return -1;
+	}
+	if (unwind_stack_from(ra, sp + 8, PT_REGS_FP(ctx), tid, &id)) {
+		if (id < 0)
+			COUNT(stack_failures, 1);
+		return id;
+	}
+	id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK | 1 /* inside the operator */);
+	if (id >= 0)
+		record_stack_mappings(ctx, id);
+	if (id < 0) {
+		COUNT(stack_failures, 1);
+		return -1;
+	}
+	return id;
+}
+
 #endif /* EBPF_LEAK_STACKS_H */

@@ -84,6 +84,15 @@ enum leak_attach_mode {
 /* Entry probes are told apart by their offset within a page (the `fn_at_page_offset` knob). */
 #define LEAK_PAGE_OFFSETS 4096
 
+/* A probe's attach cookie: its enum leak_fn in the low byte; LEAK_COOKIE_ENTRY_ONLY for an operator
+ * new or delete that has no return probe (user space proved, by decoding it, that it is a wrapper:
+ * delete tail-calls free or another delete, new's block is what its call to malloc returns); for
+ * such a new, the signed distance from its entry probe to where that call returns, in the high
+ * half (0: it tail-calls another operator new). */
+#define LEAK_COOKIE_FN_MASK 0xffULL
+#define LEAK_COOKIE_ENTRY_ONLY (1ULL << 8)
+#define LEAK_COOKIE_DELTA_SHIFT 32
+
 /* A slot of the `allocs` table (bpf/alloc_table.bpf.h): one outstanding block. */
 struct leak_slot {
 	__u64 size_fn;	    /* size | fn << LEAK_SIZE_BITS: no block reaches 2^56 bytes */

@@ -15,6 +15,11 @@ export interface NativeProbe {
   path: string;
   entryOffset: number;
   returnOffset: number;
+  /** No return probe: the function's work is done at its entry (lib/probes/operators.ts). */
+  entryOnly?: boolean;
+  /** An entry-only operator new: where the allocation call it makes returns, less entryOffset
+   *  (0: it tail-calls another operator new, whose probe says). */
+  callReturnDelta?: number;
 }
 
 export interface NativeTracerConfig {
@@ -138,6 +143,9 @@ export interface NativeElfInfo {
   soname: string | null;
   needed: string[];
   symbols: Record<string, NativeElfSymbol>;
+  /** Of the `imports` asked for, those the file calls through its GOT: name -> the address of the
+   *  GOT slot (x86-64 files only). */
+  imports: Record<string, number>;
 }
 
 export interface NativeLayout {
@@ -209,7 +217,7 @@ export interface NativeSymbolizer {
 export interface NativeAddon extends NativeSymbolizer {
   Tracer: NativeTracerClass;
   HeldProcess: NativeHeldProcessClass;
-  readElf(path: string, symbols: readonly string[]): NativeElfInfo;
+  readElf(path: string, symbols: readonly string[], imports?: readonly string[]): NativeElfInfo;
   /** A file a traced process names, opened for reading (native/target/target_file.h): regular files
    *  only, at most `maxBytes` (default 2 GiB), resolved inside /proc/PID/root when under it. The
    *  caller closes the fd. Throws with code ELEAK_UNSAFE_FILE when refused. */

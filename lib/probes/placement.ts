@@ -106,8 +106,9 @@ export interface PlacementRule {
   skipNullExit: boolean;
 }
 
-export function placementRule(fn: AllocatorFunction): PlacementRule {
-  return { registers: argumentRegisters[fn], returnProbe: hasReturnProbe(fn), skipNullExit: fn === 'free' };
+/** `entryOnly`: a function hasReturnProbe() names that goes without one (lib/probes/operators.ts). */
+export function placementRule(fn: AllocatorFunction, entryOnly = false): PlacementRule {
+  return { registers: argumentRegisters[fn], returnProbe: hasReturnProbe(fn) && !entryOnly, skipNullExit: fn === 'free' };
 }
 
 /** Where one function's entry probe goes, and why. */
@@ -325,8 +326,8 @@ interface PlacementRequest {
   size: number;
 }
 
-function cacheKey(st: Stats, r: PlacementRequest): string {
-  return `${st.dev}:${st.ino}:${st.mtimeMs}:${st.size}:${r.functionOffset}:${r.size}:${r.fn}`;
+function cacheKey(st: Stats, r: PlacementRequest, entryOnly: boolean): string {
+  return `${st.dev}:${st.ino}:${st.mtimeMs}:${st.size}:${r.functionOffset}:${r.size}:${r.fn}:${entryOnly}`;
 }
 
 /**
@@ -339,6 +340,7 @@ export function placeEntryProbe(
   functionOffset: number,
   size: number,
   placement: ProbePlacement = 'optimized',
+  entryOnly = false,
 ): PlacementDecision {
   const at = (reason: string): PlacementDecision => ({
     function: fn,
@@ -354,7 +356,7 @@ export function placeEntryProbe(
     // Not openSync(): a FIFO there would block the event loop (native/target/target_file.h).
     fd = loadNative().openTargetFile(path);
     const st = fstatSync(fd);
-    const key = cacheKey(st, { fn, functionOffset, size });
+    const key = cacheKey(st, { fn, functionOffset, size }, entryOnly);
     const known = cache.get(key);
     if (known) return { function: fn, ...known };
     const header = new Uint8Array(20);
@@ -363,7 +365,7 @@ export function placeEntryProbe(
     const length = Math.min(Math.max(size, placementWindow), maxScan);
     const code = new Uint8Array(length);
     const n = readSync(fd, code, 0, length, functionOffset);
-    const result = decidePlacement(code.subarray(0, n), functionOffset, size, placementRule(fn));
+    const result = decidePlacement(code.subarray(0, n), functionOffset, size, placementRule(fn, entryOnly));
     cache.set(key, result);
     return { function: fn, ...result };
   } catch (error) {

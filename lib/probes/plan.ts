@@ -5,6 +5,7 @@ import { leakFunctions } from '../native/layout.js';
 import { loadNative, type NativeElfInfo, type NativeProbe } from '../native/addon.js';
 import { optionWord } from '../option-words.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
+import { operatorCallees, proveWrappers, type WrapperProof } from './operators.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 
 /** The functions of the C allocator interface, looked up in the allocator's file. */
@@ -143,7 +144,7 @@ function* planSteps(
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
   const ambiguous = new Set<string>();
-  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous));
+  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous, probePlacement));
   const plan: ProbePlan = {
     probes: [],
     attached: {},
@@ -156,12 +157,19 @@ function* planSteps(
   };
   for (const f of found.functions) {
     yield;
-    const placement = placeEntryProbe(f.path, f.fn, f.offset, f.size, probePlacement);
+    let placement = f.wrapper?.placement ?? placeEntryProbe(f.path, f.fn, f.offset, f.size, probePlacement);
+    if (f.wrapper && !f.wrapper.entryOnly) placement = { ...placement, reason: `${placement.reason} (keeps its return probe: ${f.wrapper.reason})` };
     plan.placements.push(placement);
     if (plan.attached[f.fn] === undefined) plan.attached[f.fn] = f.symbol;
     plan.sites[f.fn] ??= { path: f.path, offset: f.offset, symbol: f.symbol };
     (plan.overloads[f.fn] ??= []).push({ path: f.path, offset: f.offset, symbol: f.symbol, entryOffset: placement.entryOffset });
-    plan.probes.push({ fn: f.index, path: f.path, entryOffset: placement.entryOffset, returnOffset: f.offset });
+    plan.probes.push({
+      fn: f.index,
+      path: f.path,
+      entryOffset: placement.entryOffset,
+      returnOffset: f.offset,
+      ...(f.wrapper?.entryOnly ? { entryOnly: true, callReturnDelta: f.wrapper.callReturnDelta } : {}),
+    });
   }
   return plan;
 }
@@ -174,6 +182,8 @@ interface ProbedFunction {
   symbol: string;
   offset: number;
   size: number;
+  /** A C++ operator proved to need no return probe (lib/probes/operators.ts). */
+  wrapper?: WrapperProof;
 }
 
 /** The C++ operators `file` defines, but those at an address already probed (an allocator whose
@@ -183,8 +193,9 @@ function findCxxOperators(
   probed: readonly ProbedFunction[],
   allocatorPath: string,
   ambiguous: Set<string>,
+  probePlacement: ProbePlacement,
 ): ProbedFunction[] {
-  const info = loadNative().readElf(file, cxxOperatorSymbols.map(([symbol]) => symbol));
+  const info = loadNative().readElf(file, cxxOperatorSymbols.map(([symbol]) => symbol), [...operatorCallees, ...cxxOperatorSymbols.map(([symbol]) => symbol)]);
   const taken = new Map(probed.filter((p) => p.path === allocatorPath && file === allocatorPath).map((p) => [p.offset, p.fn]));
   const out: ProbedFunction[] = [];
   for (const [symbol, fn] of cxxOperatorSymbols) {
@@ -200,6 +211,15 @@ function findCxxOperators(
     taken.set(s.offset, fn);
     out.push({ fn, index: leakFunctions.indexOf(fn), path: file, symbol, offset: s.offset, size: s.size });
   }
+  const sameFile = (fn: AllocatorFunction) => probed.find((p) => p.fn === fn && p.path === file)?.offset;
+  const proofs = proveWrappers(
+    file,
+    out.map((o) => ({ fn: o.fn, symbol: o.symbol, offset: o.offset, size: o.size, address: info.symbols[o.symbol]!.address })),
+    info,
+    { malloc: sameFile('malloc'), free: sameFile('free') },
+    probePlacement,
+  );
+  for (const o of out) o.wrapper = proofs.get(o.symbol);
   return out;
 }
 

@@ -33,6 +33,8 @@ struct ElfInfo {
   std::string soname;
   std::map<std::string, FoundSymbol> symbols;
   std::map<std::string, uint64_t> offsets;  // file offsets of the found symbols
+  // Functions of other modules this file calls through its GOT: name -> the GOT slot's address.
+  std::map<std::string, uint64_t> imports;
 };
 
 struct ElfCloser {
@@ -61,8 +63,34 @@ void ScanSymbols(Elf* elf, Elf_Scn* scn, const GElf_Shdr& shdr,
   }
 }
 
-bool Inspect(const std::string& path, const std::vector<std::string>& names, ElfInfo* out,
-             NativeError* error) {
+// The GOT slots that hold the named functions once bound (R_X86_64_JUMP_SLOT for PLT calls,
+// R_X86_64_GLOB_DAT for -fno-plt calls). A PLT stub jumps through its slot, so a call's target
+// stub can be named by the slot its jump reads (lib/probes/operators.ts).
+void ScanImports(Elf* elf, Elf_Scn* scn, const GElf_Shdr& shdr, const std::map<std::string, bool>& wanted,
+                 ElfInfo* out) {
+  constexpr uint32_t kGlobDat = 6, kJumpSlot = 7;  // R_X86_64_*
+  Elf_Data* data = elf_getdata(scn, nullptr);
+  Elf_Scn* symscn = elf_getscn(elf, shdr.sh_link);
+  GElf_Shdr symshdr;
+  if (data == nullptr || shdr.sh_entsize == 0 || symscn == nullptr || gelf_getshdr(symscn, &symshdr) == nullptr)
+    return;
+  Elf_Data* syms = elf_getdata(symscn, nullptr);
+  if (syms == nullptr) return;
+  for (size_t i = 0; i < shdr.sh_size / shdr.sh_entsize; i++) {
+    GElf_Rela rela;
+    if (gelf_getrela(data, static_cast<int>(i), &rela) == nullptr) break;
+    uint32_t type = GELF_R_TYPE(rela.r_info);
+    if (type != kGlobDat && type != kJumpSlot) continue;
+    GElf_Sym sym;
+    if (gelf_getsym(syms, static_cast<int>(GELF_R_SYM(rela.r_info)), &sym) == nullptr) continue;
+    const char* name = elf_strptr(elf, symshdr.sh_link, sym.st_name);
+    if (name == nullptr || wanted.find(name) == wanted.end()) continue;
+    out->imports[name] = rela.r_offset;
+  }
+}
+
+bool Inspect(const std::string& path, const std::vector<std::string>& names,
+             const std::vector<std::string>& import_names, ElfInfo* out, NativeError* error) {
   elf_version(EV_CURRENT);  // libelf refuses to work until told the version; cheap to repeat
   struct stat st;
   std::string why;
@@ -118,8 +146,9 @@ bool Inspect(const std::string& path, const std::vector<std::string>& names, Elf
     }
   }
 
-  std::map<std::string, bool> wanted;
+  std::map<std::string, bool> wanted, wanted_imports;
   for (const auto& n : names) wanted[n] = true;
+  for (const auto& n : import_names) wanted_imports[n] = true;
   // .dynsym first: it is what other modules bind to. .symtab only adds what is missing (a
   // static binary's malloc, say).
   for (int pass = 0; pass < 2; pass++) {
@@ -140,6 +169,8 @@ bool Inspect(const std::string& path, const std::vector<std::string>& names, Elf
           else out->soname = s;
         }
       }
+      if (pass == 0 && shdr.sh_type == SHT_RELA && !wanted_imports.empty() && ehdr.e_machine == EM_X86_64)
+        ScanImports(elf.get(), scn, shdr, wanted_imports, out);
       if ((pass == 0 && shdr.sh_type == SHT_DYNSYM) || (pass == 1 && shdr.sh_type == SHT_SYMTAB)) {
         std::map<std::string, bool> missing;
         for (const auto& w : wanted)
@@ -168,15 +199,21 @@ bool Inspect(const std::string& path, const std::vector<std::string>& names, Elf
 Napi::Value ReadElf(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray())
-    throw Napi::TypeError::New(env, "readElf(path: string, symbols: string[])");
+    throw Napi::TypeError::New(env, "readElf(path: string, symbols: string[], imports?: string[])");
   std::string path = info[0].As<Napi::String>();
-  Napi::Array list = info[1].As<Napi::Array>();
-  std::vector<std::string> names;
-  for (uint32_t i = 0; i < list.Length(); i++) names.push_back(list.Get(i).ToString());
+  auto strings = [](const Napi::Value& v) {
+    std::vector<std::string> out;
+    if (!v.IsArray()) return out;
+    Napi::Array list = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) out.push_back(list.Get(i).ToString());
+    return out;
+  };
+  std::vector<std::string> names = strings(info[1]);
+  std::vector<std::string> import_names = info.Length() > 2 ? strings(info[2]) : std::vector<std::string>{};
 
   ElfInfo elf_info;
   NativeError error;
-  if (!Inspect(path, names, &elf_info, &error)) throw ToJsError(env, error);
+  if (!Inspect(path, names, import_names, &elf_info, &error)) throw ToJsError(env, error);
 
   Napi::Object result = Napi::Object::New(env);
   result.Set("type", elf_info.type);
@@ -197,6 +234,9 @@ Napi::Value ReadElf(const Napi::CallbackInfo& info) {
     symbols.Set(s.first, sym);
   }
   result.Set("symbols", symbols);
+  Napi::Object imports = Napi::Object::New(env);
+  for (const auto& i : elf_info.imports) imports.Set(i.first, Napi::Number::New(env, static_cast<double>(i.second)));
+  result.Set("imports", imports);
   return result;
 }
 

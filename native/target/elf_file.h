@@ -6,7 +6,7 @@
 
 namespace ebpf_leak {
 
-// readElf(path: string, symbols: string[]) => ElfInfo (see lib/native.ts)
+// readElf(path: string, symbols: string[], imports?: string[]) => ElfInfo (see lib/native/addon.ts)
 Napi::Value ReadElf(const Napi::CallbackInfo& info);
 
 }  // namespace ebpf_leak

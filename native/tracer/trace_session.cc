@@ -57,6 +57,14 @@ bool HasReturnProbe(uint32_t fn) {
   return fn != LEAK_FN_FREE && fn != LEAK_FN_SDALLOCX && fn != LEAK_FN_DALLOCX;
 }
 
+uint64_t ProbeCookie(const ProbeSpec& p) {
+  uint64_t cookie = p.fn;
+  if (p.entry_only) cookie |= LEAK_COOKIE_ENTRY_ONLY;
+  cookie |= static_cast<uint64_t>(static_cast<uint32_t>(static_cast<int32_t>(p.call_return_delta)))
+            << LEAK_COOKIE_DELTA_SHIFT;
+  return cookie;
+}
+
 TraceSession::TraceSession(TracerConfig config, SessionOutput* output, EventSlots* event_slots)
     : config_(std::move(config)), output_(output), event_slots_(event_slots) {
   hold_error_ = config_.hold_refused;
@@ -75,6 +83,14 @@ void TraceSession::SetProbeFunctions(volatile uint8_t* by_offset, const std::vec
     slot = slot == 0 || slot == p.fn + 1 ? static_cast<uint8_t>(p.fn + 1) : kShared;
   }
   for (size_t i = 0; i < LEAK_PAGE_OFFSETS; i++) by_offset[i] = table[i] == kShared ? 0 : table[i];
+}
+
+// returns_into_operator (bpf/leak.bpf.c): 1 at the offset within a page of each site where an
+// entry-only operator new's allocation call returns.
+void TraceSession::MarkOperatorReturns(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes) {
+  for (const auto& p : probes)
+    if (p.entry_only && p.call_return_delta != 0)
+      by_offset[(p.entry_offset + p.call_return_delta) & (LEAK_PAGE_OFFSETS - 1)] = 1;
 }
 
 bool TraceSession::DoAttach(NativeError* error) {
@@ -223,6 +239,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
                 e == EACCES ? "the kernel's verifier rejected the BPF program" : "cannot load the BPF program", e);
   }
   skel_->bss->now_ns = MonotonicNs();
+  MarkOperatorReturns(skel_->bss->returns_into_operator, config_.probes);
   if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets,
                                    bpf_map__fd(skel_->maps.spilled_allocs), spill_entries))
     return fail("ELEAK_BPF", "cannot map the table of outstanding blocks", e);

@@ -45,7 +45,12 @@ struct ProbeSpec {
   std::string path;            // file the offsets are in
   uint64_t entry_offset = 0;   // where the entry uprobe goes
   uint64_t return_offset = 0;  // function entry, for the uretprobe (not used for free)
+  bool entry_only = false;     // no uretprobe (lib/probes/operators.ts proved it needs none)
+  int64_t call_return_delta = 0;  // entry-only operator new: its allocation call's return site - entry_offset
 };
+
+// The attach cookie of a probe: enum leak_fn and how the program treats it (bpf/abi/leak.h).
+uint64_t ProbeCookie(const ProbeSpec& p);
 
 // Every field comes from lib/ (lib/tracer/options.ts owns the defaults and limits); the zeros
 // here are only what a field holds before it is read.
@@ -191,6 +196,7 @@ class TraceSession : public process::Handler {
 
   bool LoadAndAttach(bool multi, NativeError* error);
   static void SetProbeFunctions(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
+  static void MarkOperatorReturns(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
   bool FinishAttach(NativeError* error);
   void DetachAll();
   bool ReadCounters(std::vector<uint8_t>* out);

@@ -52,9 +52,9 @@ bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi,
       for (bool ret : {true, false}) {
         std::vector<uint64_t> offsets, cookies;
         for (const ProbeSpec* p : list) {
-          if (ret && !HasReturnProbe(p->fn)) continue;
+          if (ret && (p->entry_only || !HasReturnProbe(p->fn))) continue;
           offsets.push_back(ret ? p->return_offset : p->entry_offset);
-          cookies.push_back(p->fn);
+          cookies.push_back(ProbeCookie(*p));
         }
         if (offsets.empty()) continue;
         bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
@@ -76,8 +76,8 @@ bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi,
   }
   for (const auto& probe : probes) {
     for (bool ret : {true, false}) {  // return probe first: see above
-      if (ret && !HasReturnProbe(probe.fn)) continue;
-      LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = probe.fn, .retprobe = ret);
+      if (ret && (probe.entry_only || !HasReturnProbe(probe.fn))) continue;
+      LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = ProbeCookie(probe), .retprobe = ret);
       bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
       bpf_link* link = bpf_program__attach_uprobe_opts(
           prog, pid, probe.path.c_str(), ret ? probe.return_offset : probe.entry_offset, &opts);
@@ -94,6 +94,7 @@ bool TraceSession::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError
   std::lock_guard<std::mutex> lock(mu_);
   if (!Attached(error)) return false;
   skel_->bss->cookies_only = true;
+  MarkOperatorReturns(skel_->bss->returns_into_operator, probes);
   return AttachLinks(probes, std::string(attach_mode_) == "uprobe_multi", error);
 }
 

@@ -68,6 +68,9 @@ std::vector<ProbeSpec> ProbesFromJs(const Napi::Value& value) {
     spec.path = p.Get("path").ToString();
     spec.entry_offset = GetU64(p, "entryOffset");
     spec.return_offset = GetU64(p, "returnOffset");
+    spec.entry_only = p.Has("entryOnly") && p.Get("entryOnly").ToBoolean();
+    spec.call_return_delta =
+        p.Has("callReturnDelta") && p.Get("callReturnDelta").IsNumber() ? p.Get("callReturnDelta").As<Napi::Number>().Int64Value() : 0;
     probes.push_back(std::move(spec));
   }
   return probes;
