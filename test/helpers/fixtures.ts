@@ -50,6 +50,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'cpp_containers_nofp', compiler: 'g++', sources: ['cpp_containers.cc'], flags: optimizedFlags },
   { name: 'threads', compiler: 'gcc', sources: ['threads.c'], flags: [...cFlags, '-pthread'] },
   { name: 'many_outstanding', compiler: 'gcc', sources: ['many_outstanding.c'], flags: cFlags },
+  { name: 'freed_blocks', compiler: 'gcc', sources: ['freed_blocks.c'], flags: [...cFlags, '-pthread'] },
   {
     name: 'dlopen_plugin',
     compiler: 'gcc',
