@@ -51,6 +51,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'threads', compiler: 'gcc', sources: ['threads.c'], flags: [...cFlags, '-pthread'] },
   { name: 'many_outstanding', compiler: 'gcc', sources: ['many_outstanding.c'], flags: cFlags },
   { name: 'freed_blocks', compiler: 'gcc', sources: ['freed_blocks.c'], flags: [...cFlags, '-pthread'] },
+  { name: 'bump_alloc', compiler: 'gcc', sources: ['bump_alloc.c'], flags: [...cFlags, '-fPIC', '-shared'], output: 'bump_alloc.so' },
   {
     name: 'dlopen_plugin',
     compiler: 'gcc',
