@@ -34,21 +34,98 @@
 const volatile bool report_heap_errors = false;
 const volatile __u64 allocator_inode = 0; /* the allocator's file: its own frees are not errors */
 
-/* What a released block was, kept until its address is released again or the queue drops it. */
-struct freed_block {
-	__u64 size_fn; /* as in leak_slot */
-	__s64 alloc_stack;
-	__u64 free_fn; /* as in leak_heap_error */
-	__s64 free_stack;
-};
-
-/* Recently released blocks, oldest dropped first. */
+/* Recently released blocks: an address's set of LEAK_FREED_WAYS ways, replaced in turn (the
+ * oldest write of the set first), so a block stays until its set has seen that many releases
+ * after it; a release of an address the set holds rewrites its way.
+ *
+ * Not a BPF hash map: an LRU hash map's update (bpf_lru_pop_free, htab_lru_map_update_elem) cost
+ * about 0.8 us per free, more than the rest of the free's entry program (1,251 ns against 449 ns
+ * with this table, docs/performance.md). Array lookups are inlined by the verifier, and a release
+ * writes its way with three atomic instructions and no helper call.
+ *
+ * Two CPUs may write one set at once: `begun` hands out the ways (the writer's ticket) and with
+ * `ended` tells a reader a write was under way; a way is claimed by exchanging its key for
+ * LEAK_SLOT_BUSY, so two writers given one way (more than LEAK_FREED_WAYS writes in flight in a
+ * set) never mix their values, the second one giving up. A block lost that way, or a set being
+ * written while a double free reads it, makes that double free an invalid free in the report, as
+ * for a block released too long ago: never a wrong first free. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, __u64);
-	__type(value, struct freed_block);
-	__uint(max_entries, 65536); /* resized before load; 1 when not in run mode */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); /* user space forgets an ended process's blocks in place */
+	__type(key, __u32);
+	__type(value, struct leak_freed_set);
+	__uint(max_entries, 1); /* freed_sets, set before load */
 } freed_blocks SEC(".maps");
+
+/* = freed_blocks' max_entries: the capacity (freedBlocks) / LEAK_FREED_WAYS, rounded up. */
+const volatile __u32 freed_sets = 1;
+
+static __always_inline struct leak_freed_set *freed_set_of(__u64 key)
+{
+	__u64 h = (key ^ (key >> 29)) * 0x9e3779b97f4a7c15ULL;
+	__u32 i = (__u32)(((h >> 32) * (__u64)freed_sets) >> 32);
+
+	return bpf_map_lookup_elem(&freed_blocks, &i);
+}
+
+/* Remembers the released block `key` (process_key of its address). */
+static __always_inline void freed_block_put(__u64 key, const struct leak_freed_block *b)
+{
+	struct leak_freed_set *s = freed_set_of(key);
+	__u64 step = 1, ticket;
+	int way = -1;
+
+	if (!s)
+		return;
+#pragma unroll
+	for (int i = 0; i < LEAK_FREED_WAYS; i++)
+		if (s->keys[i] == key)
+			way = i;
+	/* A rewrite in place advances the ticket by a whole turn: the next new block still takes
+	 * the oldest way. */
+	if (way >= 0)
+		step = LEAK_FREED_WAYS;
+	ticket = __sync_fetch_and_add(&s->begun, step);
+	if (way < 0)
+		way = ticket;
+	way &= LEAK_FREED_WAYS - 1;
+	if (__sync_lock_test_and_set(&s->keys[way], LEAK_SLOT_BUSY) != LEAK_SLOT_BUSY) {
+		s->blocks[way] = *b;
+		/* The value, then the key (x86 keeps stores in order; elsewhere the exchange is a full
+		 * barrier). */
+#if defined(__TARGET_ARCH_x86)
+		asm volatile("" ::: "memory");
+		*(volatile __u64 *)&s->keys[way] = key;
+#else
+		__sync_lock_test_and_set(&s->keys[way], key);
+#endif
+	}
+	__sync_fetch_and_add(&s->ended, step);
+}
+
+/* Copies the released block `key` to `out`. False when the set does not hold it, or was being
+ * written during the copy. The reads of `begun` and `ended` are atomic adds of 0 for their full
+ * barriers: this runs once per double or invalid free. */
+static __always_inline bool freed_block_get(__u64 key, struct leak_freed_block *out)
+{
+	struct leak_freed_set *s = freed_set_of(key);
+	__u64 begun;
+	int way = -1;
+
+	if (!s)
+		return false;
+	begun = __sync_fetch_and_add(&s->begun, 0);
+	if (__sync_fetch_and_add(&s->ended, 0) != begun)
+		return false;
+#pragma unroll
+	for (int i = 0; i < LEAK_FREED_WAYS; i++)
+		if (s->keys[i] == key)
+			way = i;
+	if (way < 0)
+		return false;
+	*out = s->blocks[way & (LEAK_FREED_WAYS - 1)];
+	return __sync_fetch_and_add(&s->begun, 0) == begun;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -122,7 +199,7 @@ static __always_inline __u64 release_fn_at(struct pt_regs *ctx, __u64 fn, bool a
 
 static __always_inline void heap_error(__u32 kind, __u64 fn, __u64 address, __s64 stack,
 				       __u64 alloc_size_fn, __s64 alloc_stack_id,
-				       const struct freed_block *first)
+				       const struct leak_freed_block *first)
 {
 	__u64 i = __sync_fetch_and_add(&heap_error_count, 1);
 	__u32 key = i;
@@ -163,16 +240,15 @@ static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 a
 		heap_error(LEAK_ERROR_MISMATCHED_FREE, release_fn_at(ctx, fn, at_entry), address, stack,
 			   size_fn, alloc_stack_id, NULL);
 	if (report_heap_errors) {
-		struct freed_block b = {
+		struct leak_freed_block b = {
 			.size_fn = size_fn,
 			.alloc_stack = alloc_stack_id,
 			.free_fn = release_fn_at(ctx, fn, at_entry),
 			.free_stack = stack,
 		};
 
-		__u64 key = process_key(address); /* a fork's child shares its parent's addresses */
-
-		bpf_map_update_elem(&freed_blocks, &key, &b, BPF_ANY);
+		/* A fork's child shares its parent's addresses: keyed by process as in `allocs`. */
+		freed_block_put(process_key(address), &b);
 	}
 }
 
@@ -205,9 +281,8 @@ static __always_inline bool called_by_allocator(struct pt_regs *ctx)
 static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, __u64 address,
 						 bool at_entry)
 {
-	struct freed_block *first, copy;
+	struct leak_freed_block first;
 	__s64 stack;
-	__u64 key;
 
 	if (!report_heap_errors || (at_entry && called_by_allocator(ctx)))
 		return false;
@@ -220,12 +295,9 @@ static __always_inline bool heap_unknown_release(struct pt_regs *ctx, __u64 fn, 
 		return true;
 	}
 	stack = release_stack(ctx, (__u32)bpf_get_current_pid_tgid(), at_entry);
-	key = process_key(address);
-	first = bpf_map_lookup_elem(&freed_blocks, &key);
-	if (first) {
-		copy = *first;
+	if (freed_block_get(process_key(address), &first)) {
 		heap_error(LEAK_ERROR_DOUBLE_FREE, release_fn_at(ctx, fn, at_entry), address, stack,
-			   copy.size_fn, copy.alloc_stack, &copy);
+			   first.size_fn, first.alloc_stack, &first);
 	} else {
 		heap_error(LEAK_ERROR_INVALID_FREE, release_fn_at(ctx, fn, at_entry), address, stack, 0,
 			   -1, NULL);

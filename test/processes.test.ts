@@ -129,7 +129,15 @@ function perProcessEntries(maps: Map<string, number>) {
     }
   }
   for (const e of dumpMap(id('spilled_allocs'))) blockBits.push(bits(e.key.readBigUInt64LE(0)));
-  const freedBits = dumpMap(id('freed_blocks')).map((e) => bits(e.key.readBigUInt64LE(0)));
+  // freed_blocks' sets: LEAK_FREED_WAYS (8) keys first; 0 is an empty way, 1 one being written.
+  const freedBits: bigint[] = [];
+  for (const set of dumpMap(id('freed_blocks'))) {
+    const v = set.values[0]!;
+    for (let i = 0; i < 8; i++) {
+      const key = v.readBigUInt64LE(i * 8);
+      if (key > 1n) freedBits.push(bits(key));
+    }
+  }
   const countedIndexes = dumpMap(id('process_counter')) // names are cut to 15 characters
     .filter((e) => e.values.some((v) => v.some((b) => b !== 0)))
     .map((e) => e.key.readUInt32LE(0));

@@ -75,6 +75,24 @@ struct leak_heap_error {
 };
 #define LEAK_MAX_HEAP_ERRORS 4096
 
+/* A set of `freed_blocks` (bpf/heap_errors.bpf.h), the recently released blocks of run mode: keys
+ * are process_key(address) as in `allocs`, 0 when the way is empty, LEAK_SLOT_BUSY while a release
+ * writes it. `begun` and `ended` count the writes started and finished in the set: a reader that
+ * sees them equal before its copy, and `begun` unchanged after it, copied no write half done. */
+#define LEAK_FREED_WAYS 8
+struct leak_freed_block {
+	__u64 size_fn;	 /* as in leak_slot */
+	__s64 alloc_stack;
+	__u64 free_fn;	 /* as in leak_heap_error */
+	__s64 free_stack;
+};
+struct leak_freed_set {
+	__u64 keys[LEAK_FREED_WAYS];
+	__u64 begun;
+	__u64 ended;
+	struct leak_freed_block blocks[LEAK_FREED_WAYS];
+};
+
 /* How the probes are attached: the `attach_mode` knob of bpf/leak.bpf.c. */
 enum leak_attach_mode {
 	LEAK_ATTACH_UPROBE = 0,	 /* one classic uprobe (and uretprobe) per function */

@@ -28,7 +28,8 @@ export const defaults = {
    *  room for modules mapped later (a C++ program's modules have ~75,000 rows, node's ~400,000). */
   unwindTableRows: 1 << 22,
   /** Recently released blocks remembered to tell a double free from an invalid free (run mode),
-   *  as valgrind's --freelist-vol bounds its queue. */
+   *  as valgrind's --freelist-vol bounds its queue: the ways of a table of sets of 8, each set
+   *  keeping its 8 latest (bpf/heap_errors.bpf.h). */
   freedBlocks: 65_536,
 } as const;
 

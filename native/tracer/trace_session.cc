@@ -197,8 +197,10 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->stack_depth = config_.stack_depth;
   skel_->rodata->report_heap_errors = config_.heap_errors;
   skel_->rodata->allocator_inode = config_.allocator_inode;
-  bpf_map__set_max_entries(skel_->maps.freed_blocks,
-                           config_.heap_errors ? std::max<uint32_t>(config_.freed_blocks, 1) : 1);
+  uint32_t freed_sets =
+      config_.heap_errors ? (std::max<uint32_t>(config_.freed_blocks, 1) + LEAK_FREED_WAYS - 1) / LEAK_FREED_WAYS : 1;
+  bpf_map__set_max_entries(skel_->maps.freed_blocks, freed_sets);
+  skel_->rodata->freed_sets = freed_sets;
   uint32_t buckets = AllocTableReader::BucketsFor(config_.max_allocations);
   bpf_map__set_max_entries(skel_->maps.allocs, buckets);
   skel_->rodata->table_buckets = buckets;

@@ -17,6 +17,7 @@
 //              lost pairs and u32 (from, to) each: a traced process exited (follow_forks).
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -316,23 +317,25 @@ void TraceSession::OwnMemory(pid_t pid) {
 }
 
 // The recently released blocks of one process (run mode's double frees), when its address space
-// ends: a later process given its index must not find them. Under mu_.
+// ends: a later process given its index must not find them. Each key is cleared with a
+// compare-and-swap in the map's mapping, so a release the kernel writes meanwhile in the same set
+// (another process's) is left as it is. Under mu_.
 void TraceSession::ForgetFreedBlocks(uint64_t bits) {
   if (!config_.heap_errors) return;
-  int fd = bpf_map__fd(skel_->maps.freed_blocks);
-  constexpr uint32_t kBatch = 4096;
-  std::vector<uint64_t> keys(kBatch), doomed;
-  std::vector<uint8_t> values(kBatch * static_cast<size_t>(bpf_map__value_size(skel_->maps.freed_blocks)));
-  uint64_t in = 0, out = 0;
-  for (bool first = true;; first = false) {
-    uint32_t count = kBatch;
-    int r = bpf_map_lookup_batch(fd, first ? nullptr : &in, &out, keys.data(), values.data(), &count, nullptr);
-    for (uint32_t i = 0; i < count; i++)
-      if ((keys[i] & ~LEAK_ADDRESS_MASK) == bits) doomed.push_back(keys[i]);
-    if (r != 0) break;  // ENOENT: that was the last batch
-    in = out;
-  }
-  for (uint64_t key : doomed) bpf_map_delete_elem(fd, &key);
+  static_assert(sizeof(leak_freed_set) % 8 == 0, "an array map's values are 8-byte aligned, back to back");
+  size_t sets = skel_->rodata->freed_sets;
+  size_t page = static_cast<size_t>(getpagesize());
+  size_t bytes = (sets * sizeof(leak_freed_set) + page - 1) / page * page;
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(skel_->maps.freed_blocks), 0);
+  if (p == MAP_FAILED) return;
+  auto* set = static_cast<leak_freed_set*>(p);
+  for (size_t i = 0; i < sets; i++)
+    for (__u64& key : set[i].keys) {
+      __u64 k = __atomic_load_n(&key, __ATOMIC_RELAXED);
+      if (k > LEAK_SLOT_BUSY && (k & ~LEAK_ADDRESS_MASK) == bits)
+        __atomic_compare_exchange_n(&key, &k, 0, false, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED);
+    }
+  munmap(p, bytes);
 }
 
 // Following forks, each process's report is made of what it had at its exit: its blocks leave

@@ -50,6 +50,8 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'cpp_containers_nofp', compiler: 'g++', sources: ['cpp_containers.cc'], flags: optimizedFlags },
   { name: 'threads', compiler: 'gcc', sources: ['threads.c'], flags: [...cFlags, '-pthread'] },
   { name: 'many_outstanding', compiler: 'gcc', sources: ['many_outstanding.c'], flags: cFlags },
+  { name: 'freed_blocks', compiler: 'gcc', sources: ['freed_blocks.c'], flags: [...cFlags, '-pthread'] },
+  { name: 'bump_alloc', compiler: 'gcc', sources: ['bump_alloc.c'], flags: [...cFlags, '-fPIC', '-shared'], output: 'bump_alloc.so' },
   {
     name: 'dlopen_plugin',
     compiler: 'gcc',
