@@ -89,7 +89,6 @@ struct inflight_call {
 	__u64 op_size;
 	__u64 op_sp;
 	__u64 op_return;
-	__u64 op_entered_ns;
 	/* Released by an entry-only operator delete at its entry: the free() or operator delete it
 	 * tail-calls finds the block gone, and must know why. */
 	__u64 deleted_ptr;
@@ -567,9 +566,11 @@ static __always_inline void operator_new_enter(struct pt_regs *ctx, __u64 fn, __
 	 * the block. */
 	if (nested_in(t, sp))
 		return;
-	/* Tail-called at the same stack pointer by the operator that just set this (new[] jumping to
-	 * new): the block is that operator's; this one says where the allocation returns. */
-	if (t->op_fn && !t->op_return && t->op_sp == sp && now_ns - t->op_entered_ns <= 2 * CLOCK_TICK_NS) {
+	/* Tail-called at the same stack pointer by the operator that set this (new[] jumping to new,
+	 * as proved when it was made entry-only: nothing else leaves op_return 0): the block is that
+	 * operator's; this one says where the allocation returns. No time limit: the thread may be
+	 * preempted for long between the two probes. */
+	if (t->op_fn && !t->op_return && t->op_sp == sp) {
 		if (delta)
 			t->op_return = PT_REGS_IP(ctx) + (__s64)delta;
 		return;
@@ -577,7 +578,6 @@ static __always_inline void operator_new_enter(struct pt_regs *ctx, __u64 fn, __
 	t->op_fn = fn;
 	t->op_size = size;
 	t->op_sp = sp;
-	t->op_entered_ns = now_ns;
 	t->op_return = delta ? PT_REGS_IP(ctx) + (__s64)delta : 0;
 }
 

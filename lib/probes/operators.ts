@@ -97,6 +97,7 @@ export function proveWrappers(
   info: Pick<NativeElfInfo, 'imports'>,
   sameFile: Partial<Record<'malloc' | 'free', number>>,
   placement: ProbePlacement,
+  which: { news: boolean } = { news: true },
 ): Map<string, WrapperProof> {
   const proofs = new Map<string, WrapperProof>();
   const no = (reason: string): WrapperProof => ({ entryOnly: false, callReturnDelta: 0, reason });
@@ -138,7 +139,7 @@ export function proveWrappers(
           continue;
         }
         const isDelete = o.fn.startsWith('operator delete');
-        const plainNew = o.fn === 'operator new' || o.fn === 'operator new[]';
+        const plainNew = which.news && (o.fn === 'operator new' || o.fn === 'operator new[]');
         const first = isEndbr64(body[0]!.bytes) ? body[1] : body[0];
         if (first?.flow === 'jump' && first.target !== undefined) {
           const to = callee(o, first.target);

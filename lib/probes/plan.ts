@@ -6,6 +6,7 @@ import { loadNative, type NativeElfInfo, type NativeProbe } from '../native/addo
 import { optionWord } from '../option-words.js';
 import { placeEntryProbe, type PlacementDecision, type ProbePlacement } from './placement.js';
 import { operatorCallees, proveWrappers, type WrapperProof } from './operators.js';
+import type { UnwindMode } from '../native/unwind.js';
 import type { AllocatorFunction, AllocatorOptions } from '../types.js';
 
 /** The functions of the C allocator interface, looked up in the allocator's file. */
@@ -99,6 +100,7 @@ export function familyPair(allocatedBy: AllocatorFunction, releasedBy: Allocator
 }
 
 /**
+ * `unwind`: the stack walker the tracer will use ('fp': operator new keeps its return probe).
  * `probePlacement`: 'optimized' (default) moves an entry probe off a single-stepped first
  * instruction when lib/probes/placement.ts proves it safe; 'entry' keeps every probe at its function's
  * first instruction (for comparison, or should a placement ever be suspected).
@@ -109,8 +111,9 @@ export function planProbes(
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement = 'optimized',
   cxxRuntime?: string,
+  unwind: UnwindMode = 'auto',
 ): ProbePlan {
-  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime, unwind);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -125,8 +128,9 @@ export async function planProbesSliced(
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement = 'optimized',
   cxxRuntime?: string,
+  unwind: UnwindMode = 'auto',
 ): Promise<ProbePlan> {
-  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime, unwind);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -141,10 +145,11 @@ function* planSteps(
   allocator: AllocatorOptions | undefined,
   probePlacement: ProbePlacement,
   cxxRuntime: string | undefined,
+  unwind: UnwindMode,
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
   const ambiguous = new Set<string>();
-  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous, probePlacement));
+  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous, probePlacement, unwind));
   const plan: ProbePlan = {
     probes: [],
     attached: {},
@@ -194,6 +199,7 @@ function findCxxOperators(
   allocatorPath: string,
   ambiguous: Set<string>,
   probePlacement: ProbePlacement,
+  unwind: UnwindMode,
 ): ProbedFunction[] {
   const info = loadNative().readElf(file, cxxOperatorSymbols.map(([symbol]) => symbol), [...operatorCallees, ...cxxOperatorSymbols.map(([symbol]) => symbol)]);
   const taken = new Map(probed.filter((p) => p.path === allocatorPath && file === allocatorPath).map((p) => [p.offset, p.fn]));
@@ -218,6 +224,10 @@ function findCxxOperators(
     info,
     { malloc: sameFile('malloc'), free: sameFile('free') },
     probePlacement,
+    // An operator new's block is seen at malloc's return, inside the operator: the stack then
+    // starts from the operator's caller by its return address on the stack. The kernel's
+    // frame-pointer walk cannot start there, so with it new keeps its return probe.
+    { news: unwind !== 'fp' },
   );
   for (const o of out) o.wrapper = proofs.get(o.symbol);
   return out;

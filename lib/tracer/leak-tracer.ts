@@ -112,7 +112,7 @@ export interface TracerParts {
   /** sizeof(struct leak_counters), from the addon's layout. */
   countersBytes?: number;
   /** The process is followed with ptrace: its execs, and its children with followForks. */
-  supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; commandLine: string[] };
+  supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; unwind: UnwindMode; commandLine: string[] };
 }
 
 /** The buffer under each snapshot() result, for releaseSnapshot(). */
@@ -190,6 +190,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         followForks: parts.supervision.followForks,
         supervised: parts.supervision.supervised,
         probePlacement: parts.supervision.probePlacement,
+        unwind: parts.supervision.unwind,
         allocators: [parts.info.allocator, ...Object.values(parts.info.sites ?? {}).map((site) => site.path)],
         // A later image's C++ operators: their blocks' stacks start at the operator, as the first's.
         onProbes: (plan) => {

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import type { NativeTracer } from '../native/addon.js';
 import type { ProbePlacement } from '../probes/placement.js';
+import type { UnwindMode } from '../native/unwind.js';
 import { fileIdentity, resolveImageAllocator } from '../target/image.js';
 import { processAlive } from '../target/resolve.js';
 import {
@@ -51,6 +52,7 @@ export interface ProcessTrackerOptions {
    *  while its allocator is checked (an attached process without followForks). */
   supervised: boolean;
   probePlacement: ProbePlacement;
+  unwind: UnwindMode;
   /** The allocator files already probed. */
   allocators: readonly string[];
   countersBytes: number;
@@ -166,7 +168,7 @@ export class ProcessTracker {
       const newAllocator = fresh(allocator.path);
       // The files not probed yet: its allocator, and its C++ runtime (the operators new and delete).
       if (newAllocator || (allocator.cxxRuntime !== undefined && fresh(allocator.cxxRuntime))) {
-        const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement, allocator.cxxRuntime);
+        const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement, allocator.cxxRuntime, this.#o.unwind);
         const probes = plan.probes.filter((p) => fresh(p.path));
         await this.#o.native.addProbes(probes);
         for (const p of probes) this.#allocators.add(fileIdentity(p.path));

@@ -80,7 +80,7 @@ async function planTrace(o: ResolvedOptions, target: TraceTarget): Promise<Trace
   // delete all the time: probing them would slow every measurement for no difference in what
   // grows (their blocks are counted through malloc, once, as before C++'s operators were probed).
   const selfTrace = o.kind === 'pid' && o.pid === process.pid;
-  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, selfTrace ? undefined : resolved.cxxRuntime);
+  const plan = await planProbesSliced(allocatorPath, glibc, o.allocator, o.probePlacement, selfTrace ? undefined : resolved.cxxRuntime, o.unwind);
   // Run mode sees every allocation since exec: a release of anything else is a heap error. Not
   // so when sampling (most blocks are not recorded). Following forks, a child that runs in its
   // parent's address space (vfork, posix_spawn) allocates and frees as its parent until it execs
@@ -236,6 +236,7 @@ function run(native: NativeAddon, o: ResolvedOptions, target: TraceTarget, plann
             followForks: o.followForks === true,
             supervised,
             probePlacement: o.probePlacement,
+            unwind: o.unwind,
             commandLine: o.kind === 'command' ? [o.command, ...o.args] : commandLineOf(pid),
           },
         }

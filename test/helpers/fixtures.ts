@@ -97,6 +97,14 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'spawn_children', compiler: 'gcc', sources: ['spawn_children.c'], flags: cFlags },
   { name: 'seized_child', compiler: 'gcc', sources: ['seized_child.c'], flags: cFlags },
   { name: 'fork_kinds', compiler: 'gcc', sources: ['fork_kinds.c'], flags: cFlags },
+  { name: 'cxx_operators', compiler: 'g++', sources: ['cxx_operators.cc'], flags: [...cFlags, '-pthread'] },
+  {
+    name: 'custom_operators',
+    compiler: 'g++',
+    sources: ['custom_operators.cc'],
+    flags: [...cFlags, '-fPIC', '-shared'],
+    output: 'custom_operators.so',
+  },
 ];
 
 export type FixtureName =
@@ -137,7 +145,9 @@ export type FixtureName =
   | 'vfork_exec'
   | 'spawn_children'
   | 'seized_child'
-  | 'fork_kinds';
+  | 'fork_kinds'
+  | 'cxx_operators'
+  | 'custom_operators';
 
 function specFor(name: string): FixtureSpec {
   const spec = fixtureSpecs.find((s) => s.name === name);

@@ -1,0 +1,114 @@
+// C++'s operators without return probes where decoding proves them wrappers (lib/probes/operators.ts):
+// which of this machine's libstdc++ operators are proved so, that an operator that is not a
+// wrapper keeps its return probe, and that the counts, sizes, kinds, errors and stacks of C++
+// programs still equal valgrind's, also with many threads allocating at once (many runs).
+import { describe, expect, it } from 'vitest';
+import { trace } from '../lib/index.js';
+import { planProbes } from '../lib/probes/plan.js';
+import type { LeakReport } from '../lib/types.js';
+import { fixturePath } from './helpers/fixtures.js';
+import { runValgrind, valgrindEnvironment } from './helpers/valgrind.js';
+
+const base: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
+const { forValgrind, forTracer } = valgrindEnvironment(base);
+const libc = '/usr/lib/x86_64-linux-gnu/libc.so.6';
+const libstdcxx = '/usr/lib/x86_64-linux-gnu/libstdc++.so.6';
+
+function heap(r: LeakReport) {
+  const s = r.summary;
+  return { inUseBytes: s.inUseBytes, inUseBlocks: s.inUseBlocks, allocs: s.allocs, frees: s.frees, bytesAllocated: s.bytesAllocated };
+}
+
+function kinds(r: LeakReport) {
+  const zero = { bytes: 0, blocks: 0 };
+  const s = r.summary;
+  return {
+    definitelyLost: s.definitelyLost ?? zero,
+    indirectlyLost: s.indirectlyLost ?? zero,
+    possiblyLost: s.possiblyLost ?? zero,
+    stillReachable: s.stillReachable ?? zero,
+  };
+}
+
+describe('which operators need no return probe', () => {
+  // Debian 12's libstdc++ (GCC 12): new is `endbr64; test; mov; push; cmovne; mov; mov; call
+  // malloc@plt; test %rax,%rax; je; pop; ret`, new[] `endbr64; jmp _Znwm@plt`, the plain and
+  // sized deletes and delete[] `endbr64; jmp` to free or another delete.
+  it("libstdc++'s new, new[], delete and delete[] are wrappers; nothrow and aligned new are not", () => {
+    const plan = planProbes(libc, true, undefined, 'optimized', libstdcxx);
+    const entryOnly = (symbol: string) => {
+      const site = Object.values(plan.overloads).flat().find((o) => o!.symbol === symbol);
+      expect(site, symbol).toBeDefined();
+      const probe = plan.probes.find((p) => p.path === site!.path && p.returnOffset === site!.offset)!;
+      return { entryOnly: probe.entryOnly === true, delta: probe.callReturnDelta ?? 0, entry: probe.entryOffset - probe.returnOffset };
+    };
+    // new: the probe on the emulated `push %rbx` at +0xc; malloc returns at +0x1c.
+    expect(entryOnly('_Znwm')).toEqual({ entryOnly: true, delta: 0x1c - 0xc, entry: 0xc });
+    // new[] and the deletes: the probe on their jump, past endbr64.
+    for (const s of ['_Znam', '_ZdlPv', '_ZdlPvm', '_ZdaPv', '_ZdaPvm']) expect(entryOnly(s), s).toEqual({ entryOnly: true, delta: 0, entry: 4 });
+    for (const s of ['_ZnwmRKSt9nothrow_t', '_ZnwmSt11align_val_t', '_ZnamRKSt9nothrow_t']) expect(entryOnly(s).entryOnly, s).toBe(false);
+    const reasons = plan.placements.filter((d) => d.function.startsWith('operator new')).map((d) => d.reason);
+    expect(reasons.some((r) => r.startsWith('it returns what its one call to malloc returns: no return probe'))).toBe(true);
+    expect(reasons.some((r) => r.includes('keeps its return probe'))).toBe(true);
+  });
+
+  it('an operator new that hands out malloc\'s block at an offset, and its delete, keep their return probes', () => {
+    const plan = planProbes(libc, true, undefined, 'optimized', fixturePath('custom_operators'));
+    const ops = plan.probes.filter((p) => p.fn >= 10);
+    expect(ops.length).toBe(2);
+    expect(ops.every((p) => !p.entryOnly && p.entryOffset === p.returnOffset)).toBe(true);
+    const why = plan.placements.filter((d) => d.function.startsWith('operator')).map((d) => d.reason);
+    expect(why).toHaveLength(2);
+    expect(why.every((r) => r.includes('keeps its return probe'))).toBe(true);
+    expect(why.find((r) => r.includes('is not a jump to free'))).toBeDefined();
+  });
+
+  it("with probePlacement 'entry' nothing is moved or dropped", () => {
+    const plan = planProbes(libc, true, undefined, 'entry', libstdcxx);
+    expect(plan.probes.filter((p) => p.fn >= 10).every((p) => !p.entryOnly && p.entryOffset === p.returnOffset)).toBe(true);
+  });
+});
+
+describe('C++ programs against valgrind, with operators probed at their entry only', () => {
+  it('every overload: new(0), new[](0), arrays with cookies, nothrow, aligned, sized delete', async () => {
+    const path = fixturePath('cxx_operators');
+    const vg = await runValgrind(path, ['shapes'], { env: forValgrind });
+    const tracer = await trace({ command: path, args: ['shapes'], env: forTracer, stdio: 'ignore' });
+    const report = await tracer.done;
+    expect(heap(report)).toEqual(vg.summary);
+    expect(kinds(report)).toEqual({
+      definitelyLost: vg.leakSummary.definitelyLost,
+      indirectlyLost: vg.leakSummary.indirectlyLost,
+      possiblyLost: vg.leakSummary.possiblyLost,
+      stillReachable: vg.leakSummary.stillReachable,
+    });
+    expect(report.summary.errors?.['mismatched-free'] ?? 0).toBe(0);
+    // Each leak of shapes() has valgrind's size and top frames: the operator, then shapes().
+    const records = vg.lossRecords.filter((r) => r.frames.some((f) => f.function === 'shapes()'));
+    expect(records.length).toBeGreaterThanOrEqual(5);
+    for (const r of records) {
+      const top = r.frames.slice(0, 3).map((f) => f.function);
+      const group = report.leaks.find(
+        (g) => g.bytes === r.bytes && g.blocks === r.blocks && g.stack.slice(0, 3).every((f, i) => f.symbol === top[i]),
+      );
+      expect(group, `${r.bytes} bytes in ${r.blocks} at ${top.join(' < ')}`).toBeDefined();
+    }
+    // operator new(0): a block of 0 bytes (malloc was asked for 1).
+    expect(records.some((r) => r.bytes === 0 && r.frames[0]!.function === 'operator new(unsigned long)')).toBe(true);
+  });
+
+  it('4 threads of new and delete at once: totals and kinds equal valgrind every time (10 runs)', async () => {
+    const path = fixturePath('cxx_operators');
+    const args = ['threads', '4', '20000'];
+    const vg = await runValgrind(path, args, { env: forValgrind });
+    expect(vg.summary.allocs).toBeGreaterThan(80_000);
+    for (let run = 0; run < 10; run++) {
+      const tracer = await trace({ command: path, args, env: forTracer, stdio: 'ignore' });
+      const report = await tracer.done;
+      expect(heap(report), `run ${run}`).toEqual(vg.summary);
+      expect(kinds(report).definitelyLost, `run ${run}`).toEqual(vg.leakSummary.definitelyLost);
+      expect(report.errors ?? [], `run ${run}`).toEqual([]);
+      expect(report.counters.inflightFailures, `run ${run}`).toBe(0);
+    }
+  }, 300_000);
+});
