@@ -7,27 +7,15 @@ import { trace } from '../lib/index.js';
 import { planProbes } from '../lib/probes/plan.js';
 import type { LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
-import { runValgrind, valgrindEnvironment } from './helpers/valgrind.js';
+import { forTracer, forValgrind, kinds } from './helpers/attached-target.js';
+import { runValgrind } from './helpers/valgrind.js';
 
-const base: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
-const { forValgrind, forTracer } = valgrindEnvironment(base);
 const libc = '/usr/lib/x86_64-linux-gnu/libc.so.6';
 const libstdcxx = '/usr/lib/x86_64-linux-gnu/libstdc++.so.6';
 
 function heap(r: LeakReport) {
   const s = r.summary;
   return { inUseBytes: s.inUseBytes, inUseBlocks: s.inUseBlocks, allocs: s.allocs, frees: s.frees, bytesAllocated: s.bytesAllocated };
-}
-
-function kinds(r: LeakReport) {
-  const zero = { bytes: 0, blocks: 0 };
-  const s = r.summary;
-  return {
-    definitelyLost: s.definitelyLost ?? zero,
-    indirectlyLost: s.indirectlyLost ?? zero,
-    possiblyLost: s.possiblyLost ?? zero,
-    stillReachable: s.stillReachable ?? zero,
-  };
 }
 
 describe('which operators need no return probe', () => {
