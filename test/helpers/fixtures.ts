@@ -81,7 +81,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'fork_children', compiler: 'gcc', sources: ['fork_children.c'], flags: cFlags },
   { name: 'prefork_server', compiler: 'gcc', sources: ['prefork_server.c'], flags: cFlags },
   { name: 'exit_status', compiler: 'gcc', sources: ['exit_status.c'], flags: [...cFlags, '-pthread'] },
-  { name: 'leak_kinds', compiler: 'gcc', sources: ['leak_kinds.c'], flags: [...cFlags, '-pthread'] },
+  { name: 'leak_kinds', compiler: 'gcc', sources: ['leak_kinds.c', 'lost_block.c'], flags: [...cFlags, '-pthread'] },
   { name: 'owned_blocks', compiler: 'gcc', sources: ['owned_blocks.c'], flags: cFlags },
   { name: 'cpp_iostream', compiler: 'g++', sources: ['cpp_iostream.cc'], flags: cFlags },
   // The old (copy-on-write) std::string: the layout memcheck's stdstring heuristic knows.
@@ -96,7 +96,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'vfork_exec', compiler: 'gcc', sources: ['vfork_exec.c'], flags: cFlags },
   { name: 'spawn_children', compiler: 'gcc', sources: ['spawn_children.c'], flags: cFlags },
   { name: 'seized_child', compiler: 'gcc', sources: ['seized_child.c'], flags: cFlags },
-  { name: 'fork_kinds', compiler: 'gcc', sources: ['fork_kinds.c'], flags: cFlags },
+  { name: 'fork_kinds', compiler: 'gcc', sources: ['fork_kinds.c', 'lost_block.c'], flags: cFlags },
   { name: 'cxx_operators', compiler: 'g++', sources: ['cxx_operators.cc'], flags: [...cFlags, '-pthread'] },
   {
     name: 'custom_operators',
