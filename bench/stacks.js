@@ -7,8 +7,9 @@
 // Workloads (as in bench/peers.js): `map` (C++ std::map<std::string,int>, 500,000 keys), `git`
 // (`git log -p --stat` over the generated history bench/peers.js makes), `python` (python3 with
 // PYTHONMALLOC=malloc on bench/peers/workload.py). Configs: `no-stacks` (--no-stacks), `stacks`
-// (the default), any NAME=VAR=VALUE[+VAR=VALUE] to run `stacks` with environment variables
-// set (the unwinder's tuning variables, see native/unwind/unwinder.cc), and NAME@DIR to run
+// (the default), NAME=--FLAG[=VALUE][+--FLAG...] to run `stacks` with more CLI flags (e.g.
+// `alloc=--keep-stacktraces=alloc`), NAME=VAR=VALUE[+VAR=VALUE] to run it with environment
+// variables set, and NAME@DIR to run
 // `stacks` with the build of another checkout in DIR (a before/after comparison). Runs are
 // interleaved, the order rotated each round. Per run, through bench/entries.c: the entry and return programs' runs and
 // ns per run, the BPF time per traced return (an allocation), and the CPU time of the whole run
@@ -34,6 +35,7 @@ const configs = (option('--configs') ?? 'no-stacks,stacks').split(',').map((c) =
     return { name, args: [], env: {}, checkout };
   }
   const [name, ...rest] = c.split('=');
+  if (rest[0]?.startsWith('--')) return { name, args: rest.join('=').split('+'), env: {} };
   const env = {};
   for (const kv of rest.join('=').split('+')) {
     const [k, v] = kv.split('=');

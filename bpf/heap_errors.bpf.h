@@ -33,6 +33,10 @@
 /* Set by user space before load. */
 const volatile bool report_heap_errors = false;
 const volatile __u64 allocator_inode = 0; /* the allocator's file: its own frees are not errors */
+/* Whether a release walks its stack to keep it for a later double free's report (valgrind's
+ * --keep-stacktraces=alloc-and-free). Off (`alloc`), the walk is taken only for an error's own
+ * call: about half of what stacks cost on a malloc-heavy program. */
+const volatile bool keep_release_stacks = true;
 
 /* Recently released blocks: an address's set of LEAK_FREED_WAYS ways, replaced in turn (the
  * oldest write of the set first), so a block stays until its set has seen that many releases
@@ -234,7 +238,7 @@ static __always_inline void heap_released(struct pt_regs *ctx, __u64 fn, __u64 a
 	if (!mismatched && !report_heap_errors)
 		return;
 	tid = (__u32)bpf_get_current_pid_tgid();
-	if (capture_stacks || mismatched)
+	if ((capture_stacks && keep_release_stacks) || mismatched)
 		stack = release_stack(ctx, tid, at_entry);
 	if (mismatched)
 		heap_error(LEAK_ERROR_MISMATCHED_FREE, release_fn_at(ctx, fn, at_entry), address, stack,

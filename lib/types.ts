@@ -64,7 +64,12 @@ export interface HeapError {
     allocationStack: StackFrame[];
   };
   /** Double frees: the release that freed the block first. */
-  firstFree?: { releasedBy: AllocatorFunction; stack: StackFrame[] };
+  firstFree?: {
+    releasedBy: AllocatorFunction;
+    stack: StackFrame[];
+    /** false: releases kept no stack (keepStacktraces 'alloc'), so `stack` is empty. */
+    stackKept?: false;
+  };
 }
 
 /** Heap errors by kind, plus those not recorded (past the kernel's room for them). */
@@ -85,6 +90,10 @@ export interface AllocatorOptions {
    *  `malloc` and `free`, which are required. */
   symbols?: Partial<Record<AllocatorFunction, string>>;
 }
+
+/** Values of the keepStacktraces option (valgrind's --keep-stacktraces, those it can take). */
+export const keepStacktracesValues = ['alloc-and-free', 'alloc'] as const;
+export type KeepStacktraces = (typeof keepStacktracesValues)[number];
 
 export interface CommonTraceOptions {
   /** Room for at least this many blocks outstanding at once, and for a quarter more before one is
@@ -119,6 +128,12 @@ export interface CommonTraceOptions {
   /** Keep outstanding bytes and blocks per stack in the kernel (tracer.stackTotals()), so a
    *  summary need not walk every block. Default true; false saves ~20-60 ns per call. */
   stackTotals?: boolean;
+  /** Which stacks are kept, as valgrind's --keep-stacktraces: 'alloc-and-free' (default) walks
+   *  every release's stack too, for a later double free's report; 'alloc' walks it only for an
+   *  error's own call, so a double free names the function that released the block first but not
+   *  its callers. 'alloc' takes about a third off what stacks cost on a malloc-heavy program
+   *  (docs/performance.md). Releases in `pid` mode keep no stack either way. */
+  keepStacktraces?: KeepStacktraces;
   /** Directories searched for separate debug files (`.build-id/xx/yyyy.debug`, `.gnu_debuglink`
    *  targets) before /usr/lib/debug. */
   debugDirs?: readonly string[];

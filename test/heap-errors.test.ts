@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
 import { runExitStatus } from '../lib/cli/signals.js';
+import { formatHeapError } from '../lib/report/text-format.js';
 import { trace } from '../lib/index.js';
 import type { HeapError, LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
@@ -154,6 +155,7 @@ describe('heap errors against valgrind', () => {
       const size = Number(/block of size ([\d,]+) free'd/.exec(theirs[0]!.address)![1]!.replace(/,/g, ''));
       expect(e.block).toMatchObject({ size, offset: 0, allocatedBy: scenario === 'delete_twice' ? 'operator new' : 'malloc' });
       sameStack(e.firstFree!.stack, theirs[0]!.more[0]!);
+      expect(e.firstFree!.stackKept).toBeUndefined();
       sameStack(e.block!.allocationStack, theirs[0]!.more[1]!);
     }
     if (scenario === 'delete_twice') {
@@ -217,5 +219,51 @@ describe('what is not a heap error', () => {
     const report = await tracer.done;
     expect(report.errors).toEqual([]);
     expect(runExitStatus({ ...report, leaks: [] }, 7)).toBe(0);
+  });
+});
+
+describe("keepStacktraces: 'alloc' (valgrind's --keep-stacktraces=alloc)", () => {
+  it.each(['double', 'delete_twice'] as const)(
+    '%s: the double free valgrind reports, its first release named but not walked, and no release walked but the error',
+    async (scenario) => {
+      const vg = await runValgrind(fixturePath('heap_errors'), [scenario], {
+        env,
+        stdio: 'ignore',
+        valgrindOptions: ['--keep-stacktraces=alloc'],
+      });
+      const tracer = await trace({
+        command: fixturePath('heap_errors'),
+        args: [scenario],
+        env,
+        stdio: 'ignore',
+        keepStacktraces: 'alloc',
+      });
+      const report = await tracer.done;
+      const stats = tracer.unwindStats();
+      const theirs = valgrindErrors(vg.log);
+      expect(theirs).toHaveLength(1);
+      // valgrind kept no stack of the first free either: "at 0x0: ???".
+      expect(theirs[0]!.more[0]!.map((f) => f.function)).toEqual(['???']);
+      const ours = report.errors ?? [];
+      expect(ours.map((e) => e.kind)).toEqual(['double-free']);
+      const e = ours[0]!;
+      sameStack(e.stack, theirs[0]!.stack);
+      sameStack(e.block!.allocationStack, theirs[0]!.more[1]!);
+      expect(e.firstFree!.releasedBy).toBe(scenario === 'double' ? 'free' : 'operator delete');
+      // No stack, and the report says why.
+      expect(e.firstFree).toMatchObject({ stack: [], stackKept: false });
+      expect(formatHeapError(e)).toContain('   (stack not kept: --keep-stacktraces=alloc)');
+      // One walk per allocation, and the error's own: none for the releases.
+      expect(report.summary.frees).toBeGreaterThan(1);
+      expect(stats?.walks).toBe(report.summary.allocs + 1);
+      expect(report.counters.stackFailures).toBe(0);
+      expect(runExitStatus(report, 7)).toBe(7);
+    },
+  );
+
+  it('is validated: another value is an EbpfLeakError naming the two it takes', async () => {
+    await expect(
+      trace({ command: fixturePath('heap_errors'), args: ['double'], keepStacktraces: 'free' as never }),
+    ).rejects.toMatchObject({ code: 'ELEAK_OPTION', message: expect.stringMatching(/'alloc-and-free' or 'alloc'/) });
   });
 });

@@ -1,10 +1,10 @@
-// The CLI's options, once: each row is parsed by lib/cli/args.ts, printed by lib/cli/help.ts
-// (the help texts and docs/cli.md) and mapped to trace()'s options by traceOptions(). Numbers are
-// checked against the library's own limits (lib/tracer/options.ts), so a bad value is a usage
-// error naming the flag, with the library's bounds.
+// The CLI's options, once: each row is parsed by lib/cli/args.ts, printed by lib/cli/help.ts (the
+// help texts and docs/cli.md) and mapped to trace()'s options by traceOptions(). Numbers are checked
+// against the library's own limits (lib/tracer/options.ts): a bad value is a usage error naming the flag.
 import { defaults, limits } from '../tracer/options.js';
 import { parseLeakKindList } from '../report/leak-kinds.js';
-import { allocatorFunctions, type AllocatorFunction, type CommonTraceOptions, type LeakKind } from '../types.js';
+import { allocatorFunctions, keepStacktracesValues, type AllocatorFunction } from '../types.js';
+import type { CommonTraceOptions, KeepStacktraces, LeakKind } from '../types.js';
 
 export const DEFAULT_TOP = 10;
 export const DEFAULT_INTERVAL_S = 5;
@@ -25,6 +25,7 @@ export interface CommonFlags {
   /** false with --no-stacks. */
   stacks: boolean;
   stackDepth?: number;
+  keepStacktraces?: KeepStacktraces; // --keep-stacktraces alloc-and-free|alloc
   /** --allocator PATH and --allocator-symbol FN=SYMBOL. */
   allocator?: { path: string; symbols: Partial<Record<AllocatorFunction, string>> };
   /** --suppressions FILE, in order. */
@@ -293,6 +294,15 @@ export const cliOptions: readonly CliOption[] = [
     traceOption: 'stackDepth',
   },
   {
+    name: 'keep-stacktraces',
+    value: 'WHICH',
+    commands: both,
+    help: "Stacks kept, as valgrind's option: 'alloc-and-free' (a double free shows where the block was first freed) or 'alloc' (faster).",
+    default: defaults.keepStacktraces,
+    apply: (f, v) => (f.keepStacktraces = oneOf('keep-stacktraces', text(v), keepStacktracesValues)),
+    traceOption: 'keepStacktraces',
+  },
+  {
     name: 'sample-every',
     value: 'BYTES',
     commands: both,
@@ -463,6 +473,7 @@ export function traceOptions(cmd: CommonFlags): CommonTraceOptions {
       case 'maxAllocations':
       case 'eventBufferBytes':
       case 'stackDepth':
+      case 'keepStacktraces':
       case 'probePlacement':
       case 'unwind':
       case 'sampleEveryBytes':

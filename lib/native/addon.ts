@@ -52,6 +52,8 @@ export interface NativeTracerConfig {
   stackTotals: boolean;
   /** Run mode: releases of addresses that are not outstanding blocks are heap errors. */
   heapErrors?: boolean;
+  /** Walk a release's stack and keep it for a later double free's report (keepStacktraces). */
+  releaseStacks: boolean;
   /** Recently released blocks remembered to tell a double free (default 65,536). */
   freedBlocks?: number;
   /** Inode of the allocator's file: frees it makes itself are not the program's errors. */

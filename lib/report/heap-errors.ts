@@ -25,8 +25,15 @@ function containingRow(columns: BlockColumns, address: bigint): number {
   return -1;
 }
 
-/** The report's heap errors, in the order they happened. */
-export async function heapErrorsOf(raw: readonly RawHeapError[], columns: BlockColumns, readStacks: StackReader): Promise<HeapError[]> {
+/** The report's heap errors, in the order they happened. `releaseStacksKept` false: releases
+ *  walked no stack unless they were errors (keepStacktraces 'alloc'), so a double free's first
+ *  release has none, and says so. */
+export async function heapErrorsOf(
+  raw: readonly RawHeapError[],
+  columns: BlockColumns,
+  readStacks: StackReader,
+  releaseStacksKept = true,
+): Promise<HeapError[]> {
   if (raw.length === 0) return [];
   const inside = raw.map((e, i) =>
     e.kind === 'invalid-free' && i < PLACED_ERRORS ? containingRow(columns, e.address) : -1,
@@ -54,7 +61,10 @@ export async function heapErrorsOf(raw: readonly RawHeapError[], columns: BlockC
     } else if (e.allocFn !== undefined) {
       out.block = { size: e.allocSize, allocatedBy: e.allocFn, offset: 0, allocationStack: alloc };
     }
-    if (e.kind === 'double-free') out.firstFree = { releasedBy: e.firstFreeFn, stack: first };
+    if (e.kind === 'double-free') {
+      out.firstFree = { releasedBy: e.firstFreeFn, stack: first };
+      if (!releaseStacksKept && e.firstFreeStack < 0) out.firstFree.stackKept = false;
+    }
     return out;
   });
 }

@@ -44,7 +44,8 @@
 //       "address": "0x55d0c0a2b2a0", "releasedBy": "free", "tid": 4242,
 //       "stack": [ ... ],           // the release, the releasing function on top
 //       "block": { "size": 10, "allocatedBy": "operator new[]", "offset": 0, "allocationStack": [ ... ] },
-//       "firstFree": { "releasedBy": "free", "stack": [ ... ] } }   // double frees only
+//       "firstFree": { "releasedBy": "free", "stack": [ ... ] } }   // double frees only;
+//                                 // "stackKept": false there with --keep-stacktraces=alloc
 //   ],
 //   "suppressed": [                 // what suppression rules left out of "leaks", per rule
 //     { "rule": "glibc-stdio-buffer", "source": "default", "bytes": 4096, "blocks": 1, "groups": 1 },
@@ -153,7 +154,10 @@ function heapError(e: HeapError): HeapError {
       allocationStack: e.block.allocationStack.map(frame),
     };
   }
-  if (e.firstFree) out.firstFree = { releasedBy: e.firstFree.releasedBy, stack: e.firstFree.stack.map(frame) };
+  if (e.firstFree) {
+    out.firstFree = { releasedBy: e.firstFree.releasedBy, stack: e.firstFree.stack.map(frame) };
+    if (e.firstFree.stackKept === false) out.firstFree.stackKept = false;
+  }
   return out;
 }
 

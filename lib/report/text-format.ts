@@ -248,7 +248,11 @@ export function formatHeapError(e: HeapError): string[] {
   const b = e.block;
   if (e.kind === 'double-free' && b) {
     lines.push(` Address ${e.address} is ${formatCount(b.offset)} bytes inside a block of size ${formatCount(b.size)} free'd`);
-    lines.push(...formatStack(e.firstFree?.stack ?? []));
+    lines.push(
+      ...(e.firstFree?.stackKept === false
+        ? ['   (stack not kept: --keep-stacktraces=alloc)']
+        : formatStack(e.firstFree?.stack ?? [])),
+    );
     lines.push(' Block was alloc\'d at', ...formatStack(b.allocationStack));
   } else if (b) {
     lines.push(` Address ${e.address} is ${formatCount(b.offset)} bytes inside a block of size ${formatCount(b.size)} alloc'd`);

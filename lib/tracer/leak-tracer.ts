@@ -49,6 +49,7 @@ import type {
   AllocEvent,
   AllocatorFunction,
   FreeEvent,
+  KeepStacktraces,
   LeakReport,
   LeakTracerEvents,
   ScanInfo,
@@ -85,6 +86,8 @@ export interface TracerInfo {
   events: boolean;
   /** Allocation stacks are captured. */
   stacks: boolean;
+  /** Whether releases keep their stacks for a later double free's report (keepStacktraces). */
+  keepStacktraces: KeepStacktraces;
   /** Extra directories searched for separate debug files (build-id and .gnu_debuglink). */
   debugDirs: string[];
   /** The stack walker in use ('fp' with stacks off or off x86-64). */
@@ -404,7 +407,8 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
     const told = rawErrors.filter(
       (e) => e.kind !== 'mismatched-free' || e.allocFn === undefined || !ambiguous.has(familyPair(e.allocFn, e.releaseFn)),
     );
-    const errors = await heapErrorsOf(told, columns, (groups) => this.#stacks(groups));
+    const releaseStacksKept = this.info.stacks && this.info.keepStacktraces === 'alloc-and-free';
+    const errors = await heapErrorsOf(told, columns, (groups) => this.#stacks(groups), releaseStacksKept);
     report.errors = errors;
     const unrecorded = pid === undefined || pid === this.pid ? seen - all.length : 0;
     report.summary.errors = heapErrorCounts(errors, told.length + unrecorded);

@@ -4,8 +4,10 @@ import { probePlacements, type ProbePlacement } from '../probes/placement.js';
 import { isUnwindMode, type UnwindMode } from '../native/unwind.js';
 import {
   allocatorFunctions,
+  keepStacktracesValues,
   type AllocatorOptions,
   type CommandTraceOptions,
+  type KeepStacktraces,
   type PidTraceOptions,
   type TraceOptions,
 } from '../types.js';
@@ -19,6 +21,7 @@ export const defaults = {
   probePlacement: 'optimized',
   unwind: 'auto',
   stackTotals: true,
+  keepStacktraces: 'alloc-and-free',
   stdio: 'inherit',
   /** Distinct stacks the kernel's stack map holds. */
   stackMapEntries: 65_536,
@@ -53,6 +56,7 @@ export interface ResolvedCommon {
   probePlacement: ProbePlacement;
   unwind: UnwindMode;
   stackTotals: boolean;
+  keepStacktraces: KeepStacktraces;
   /** 0: off. */
   sampleEveryBytes: number;
   debugDirs: string[];
@@ -138,6 +142,9 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (o.unwind !== undefined && !isUnwindMode(o.unwind)) {
     fail(`options.unwind must be 'auto', 'dwarf' or 'fp' (got ${describe(o.unwind)})`);
   }
+  if (o.keepStacktraces !== undefined && !keepStacktracesValues.includes(o.keepStacktraces)) {
+    fail(`options.keepStacktraces must be 'alloc-and-free' or 'alloc' (got ${describe(o.keepStacktraces)})`);
+  }
   if (o.debugDirs !== undefined && (!Array.isArray(o.debugDirs) || o.debugDirs.some((d) => typeof d !== 'string' || d === ''))) {
     fail(`options.debugDirs must be an array of directory paths (got ${describe(o.debugDirs)})`);
   }
@@ -158,6 +165,7 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     probePlacement: o.probePlacement ?? defaults.probePlacement,
     unwind: o.unwind ?? defaults.unwind,
     stackTotals: o.stackTotals ?? defaults.stackTotals,
+    keepStacktraces: o.keepStacktraces ?? defaults.keepStacktraces,
     sampleEveryBytes:
       o.sampleEveryBytes === undefined
         ? 0

@@ -196,6 +196,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->filter_threads = config_.ignore_own_threads;
   skel_->rodata->stack_depth = config_.stack_depth;
   skel_->rodata->report_heap_errors = config_.heap_errors;
+  skel_->rodata->keep_release_stacks = config_.release_stacks;
   skel_->rodata->allocator_inode = config_.allocator_inode;
   uint32_t freed_sets =
       config_.heap_errors ? (std::max<uint32_t>(config_.freed_blocks, 1) + LEAK_FREED_WAYS - 1) / LEAK_FREED_WAYS : 1;

@@ -75,6 +75,8 @@ struct TracerConfig {
   // Run mode: every block was seen allocated, so releasing anything else is a heap error
   // (bpf/heap_errors.bpf.h), and released blocks are remembered to tell double frees.
   bool heap_errors = false;
+  // A release's stack is walked and kept for a later double free's report (keepStacktraces).
+  bool release_stacks = true;
   uint32_t freed_blocks = 0;     // recently released blocks remembered
   uint64_t allocator_inode = 0;  // the allocator's file: its own frees are not errors
   // Follow the process with ptrace (native/process/): its exec()s start a new image's blocks and

@@ -95,6 +95,7 @@ TracerConfig TracerConfigFromJs(const Napi::Object& o) {
   config.unwind.table_rows = GetUint(o, "unwindTableRows");
   config.unwind.stack_totals = GetBool(o, "stackTotals");
   config.heap_errors = GetBool(o, "heapErrors");
+  config.release_stacks = GetBool(o, "releaseStacks");
   config.freed_blocks = GetUint(o, "freedBlocks");
   config.allocator_inode = GetU64(o, "allocatorInode");
   config.supervise = GetBool(o, "supervise");
