@@ -3,9 +3,11 @@
  * their system calls, among them the uretprobe syscall (a return through the uretprobe trampoline)
  * and the uprobe syscall (an optimized uprobe). Counts do not depend on how busy the machine is,
  * where time does. (fentry on the kernel's uprobe functions is refused on some kernels: this
- * counts at the syscall tracepoint, which every kernel with uprobes has.) */
+ * counts at the sys_enter raw tracepoint, which every kernel with uprobes has, attached without
+ * tracefs.) */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
 
@@ -30,8 +32,8 @@ static __always_inline void count(__u32 what)
 		*n += 1;
 }
 
-SEC("tracepoint/raw_syscalls/sys_enter")
-int syscall_enter(struct trace_event_raw_sys_enter *ctx)
+SEC("raw_tp/sys_enter")
+int BPF_PROG(syscall_enter, struct pt_regs *regs, long id)
 {
 	char name[16];
 
@@ -43,9 +45,9 @@ int syscall_enter(struct trace_event_raw_sys_enter *ctx)
 			break;
 	}
 	count(SYSCALLS);
-	if (ctx->id == uretprobe_nr)
+	if (id == uretprobe_nr)
 		count(URETPROBE_SYSCALLS);
-	else if (ctx->id == uprobe_nr)
+	else if (id == uprobe_nr)
 		count(UPROBE_SYSCALLS);
 	return 0;
 }

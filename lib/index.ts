@@ -13,6 +13,7 @@ export {
   type CommonTraceOptions,
   type PidTraceOptions,
   type CommandTraceOptions,
+  type KeepStacktraces,
   type TraceOptions,
   type HeapSummary,
   type HeapError,

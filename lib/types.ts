@@ -131,7 +131,7 @@ export interface CommonTraceOptions {
   /** Which stacks are kept, as valgrind's --keep-stacktraces: 'alloc-and-free' (default) walks
    *  every release's stack too, for a later double free's report; 'alloc' walks it only for an
    *  error's own call, so a double free names the function that released the block first but not
-   *  its callers. 'alloc' takes about a third off what stacks cost on a malloc-heavy program
+   *  its callers. 'alloc' takes a third to a half off what stacks cost on a malloc-heavy C program
    *  (docs/performance.md). Releases in `pid` mode keep no stack either way. */
   keepStacktraces?: KeepStacktraces;
   /** Directories searched for separate debug files (`.build-id/xx/yyyy.debug`, `.gnu_debuglink`
