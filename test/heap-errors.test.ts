@@ -261,6 +261,26 @@ describe("keepStacktraces: 'alloc' (valgrind's --keep-stacktraces=alloc)", () =>
     },
   );
 
+  it('a mismatched free still has its release stack, walked because it is an error', async () => {
+    const vg = await runValgrind(fixturePath('heap_errors'), ['mismatch'], {
+      env,
+      stdio: 'ignore',
+      valgrindOptions: ['--keep-stacktraces=alloc'],
+    });
+    const tracer = await trace({ command: fixturePath('heap_errors'), args: ['mismatch'], env, stdio: 'ignore', keepStacktraces: 'alloc' });
+    const report = await tracer.done;
+    const theirs = valgrindErrors(vg.log);
+    const ours = report.errors ?? [];
+    expect(theirs).toHaveLength(3);
+    expect(ours.map((e) => e.kind)).toEqual(['mismatched-free', 'mismatched-free', 'mismatched-free']);
+    ours.forEach((e, i) => {
+      expect(ourNames(e.stack, 1)[0]).toBe(theirs[i]!.stack[0]!.function);
+      expect(ourNames(e.stack.slice(1), names(theirs[i]!.stack).length - 1)).toEqual(names(theirs[i]!.stack).slice(1));
+      sameStack(e.block!.allocationStack, theirs[i]!.more[0]!);
+    });
+    expect(report.counters.stackFailures).toBe(0);
+  });
+
   it('is validated: another value is an EbpfLeakError naming the two it takes', async () => {
     await expect(
       trace({ command: fixturePath('heap_errors'), args: ['double'], keepStacktraces: 'free' as never }),
