@@ -386,6 +386,14 @@ describe('native symbolize on a PIE C program', () => {
     expect(frames(a[0])[0]!.symbol).toBe('caller_fn');
   });
 
+  it('with no offsets, opens the module as a warm-up and resolves empty; lookups after it are the same', async () => {
+    const off = fileOffset(progRun, progRun.addrs.caller_fn!);
+    const before = await addon.symbolize(prog, [off]);
+    expect(await addon.symbolize(prog, [])).toEqual([]);
+    expect(await addon.symbolize(join(dir, 'does-not-exist'), [])).toEqual([]);
+    expect(await addon.symbolize(prog, [off])).toEqual(before);
+  });
+
   it('gives the line of a call for a return address (address - 1)', async () => {
     const ra = progRun.addrs.ra_caller!;
     const [res] = await addon.symbolize(prog, [fileOffset(progRun, ra - 1n)]);

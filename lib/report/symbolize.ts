@@ -80,6 +80,22 @@ function fileFrame(address: string, module: string, offset: string, buildId: str
   return frame;
 }
 
+/** Opens `paths` in the native symbolizer and builds their symbol indexes, one after another off
+ *  the JS thread, so that a report later finds them ready: a command's program, allocator and C++
+ *  runtime are in nearly every stack, and reading their debug files (decompressing DWARF) would
+ *  otherwise happen while the report is awaited. Failures are the report's to meet, not this. */
+export function warmSymbols(paths: readonly string[], debugDirs: readonly string[], native = loadNativeSymbolizer()): Promise<void> {
+  const options: NativeSymbolizeOptions = debugDirs.length > 0 ? { debugDirs: [...debugDirs] } : {};
+  let chain = Promise.resolve();
+  for (const path of new Set(paths)) {
+    chain = chain.then(() => native.symbolize(path, new BigUint64Array(0), options)).then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+  return chain;
+}
+
 /**
  * Symbolizes stacks of instruction addresses (innermost first) of one process, given its
  * executable mappings (readProcMaps). An address expands to several frames when it lies in

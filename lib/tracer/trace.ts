@@ -1,7 +1,7 @@
 // trace(): validate the options, check the kernel and load the addon, then four stages, each
 // owning what it starts until the next takes it over: resolve the target (a command is started,
 // held before exec), plan the probes, attach them, and run (the LeakTracer, then the program).
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { pauseIfDue } from '../util/cooperative.js';
 import { splitCommandLine } from '../native/process-messages.js';
 import { fromNativeError, TargetExitedError } from '../errors.js';
@@ -10,6 +10,7 @@ import { loadNative, type NativeAddon, type NativeMessageHandler, type NativeTra
 import { defaults, resolveOptions, type ResolvedOptions } from './options.js';
 import { planProbesSliced, type ProbePlan } from '../probes/plan.js';
 import { checkSupport } from '../target/support.js';
+import { warmSymbols } from '../report/symbolize.js';
 import { processAlive, processExists } from '../target/resolve.js';
 import type { TracedProcess } from './traced-process.js';
 import { LeakTracer, type TracerParts } from './leak-tracer.js';
@@ -63,8 +64,23 @@ async function traceOrThrow(options: TraceOptions, onStarted: (held: TracedProce
 
   const target = await resolveTarget(native, o, onStarted);
   const planned = await planTrace(o, target);
+  // A command's stacks run through its program, allocator and C++ runtime: their debug files are
+  // read while the probes load (one CPU verifies, another is free), not while the report waits.
+  if (o.kind === 'command') void warmSymbols(symbolFiles(target), o.debugDirs, native);
   const attached = await attachProbes(native, support, o, target, planned, classicUprobes);
   return run(native, o, target, planned, attached);
+}
+
+/** The files of a command's stacks, by the real paths its mappings will show. */
+function symbolFiles(target: TraceTarget): string[] {
+  const files = [target.unwindFiles?.[0], target.allocatorPath, target.resolved.cxxRuntime];
+  return files.flatMap((f) => {
+    try {
+      return f ? [realpathSync(f)] : [];
+    } catch {
+      return [];
+    }
+  });
 }
 
 /** What the probes are and what the kernel side is asked to do. */

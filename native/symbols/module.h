@@ -69,6 +69,11 @@ class Module {
 
   AddrResult Lookup(uint64_t offset);
 
+  // What the first Lookup() would build: the symbol index (Open() has read the debug files).
+  void Prepare() {
+    if (!symIndexBuilt_) BuildSymbolIndex();
+  }
+
   // find_elf: hand libdwfl the Elf we opened and validated (it takes ownership of both).
   int TakeMainElf(char** fileName, Elf** elfp);
 

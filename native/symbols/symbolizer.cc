@@ -61,6 +61,8 @@
 // Caches: one Dwfl per module path (plus debugDirs), checked against the file's identity
 // (device, inode, size, mtime, ctime) on every call and rebuilt when the file changed; up to
 // kMaxModules modules, least recently used evicted. Each module keeps a per-offset result cache.
+// A call with no offsets opens the module and builds its symbol index, and resolves with an empty
+// batch: a warm-up, so that a report's first lookups do not wait for the debug files to be read.
 //
 // The parts: module_files.* (the files, read safely), dwarf_index.* (a CU's functions by pc range),
 // module.* (one module: debug files, symbol index, lookups); here, the module cache and the JS API.
@@ -162,6 +164,7 @@ std::vector<AddrResult> RunRequest(const Request& req) {
         module = gModules.back().module.get();
       }
     }
+    if (req.offsets.empty()) module->Prepare();
     results.reserve(req.offsets.size());
     for (uint64_t off : req.offsets) results.push_back(module->Lookup(off));
   } catch (const std::exception& e) {
