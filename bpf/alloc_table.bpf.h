@@ -102,20 +102,26 @@ static __always_inline int bucket_claim(struct leak_bucket *b)
 	return -1;
 }
 
-/* Writes the value, then the key: a reader that sees the key sees the value (x86 keeps stores in
- * order; elsewhere the exchange is a full barrier). */
+/* Stores a key whose value was written just before: a reader that sees the key sees the value
+ * (x86 keeps stores in order; elsewhere the exchange is a full barrier). */
+static __always_inline void key_publish(__u64 *slot, __u64 key)
+{
+#if defined(__TARGET_ARCH_x86)
+	asm volatile("" ::: "memory");
+	*(volatile __u64 *)slot = key;
+#else
+	__sync_lock_test_and_set(slot, key);
+#endif
+}
+
+/* Writes the value, then the key. */
 static __always_inline void slot_publish(struct leak_bucket *b, int i, __u64 address,
 					 const struct leak_slot *value)
 {
 	if (i < 0 || i >= LEAK_BUCKET_SLOTS)
 		return;
 	b->values[i] = *value;
-#if defined(__TARGET_ARCH_x86)
-	asm volatile("" ::: "memory");
-	*(volatile __u64 *)&b->keys[i] = address;
-#else
-	__sync_lock_test_and_set(&b->keys[i], address);
-#endif
+	key_publish(&b->keys[i], address);
 }
 
 /* Into spilled_allocs; as table_insert(). */

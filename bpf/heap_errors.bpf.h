@@ -95,14 +95,7 @@ static __always_inline void freed_block_put(__u64 key, const struct leak_freed_b
 	way &= LEAK_FREED_WAYS - 1;
 	if (__sync_lock_test_and_set(&s->keys[way], LEAK_SLOT_BUSY) != LEAK_SLOT_BUSY) {
 		s->blocks[way] = *b;
-		/* The value, then the key (x86 keeps stores in order; elsewhere the exchange is a full
-		 * barrier). */
-#if defined(__TARGET_ARCH_x86)
-		asm volatile("" ::: "memory");
-		*(volatile __u64 *)&s->keys[way] = key;
-#else
-		__sync_lock_test_and_set(&s->keys[way], key);
-#endif
+		key_publish(&s->keys[way], key);
 	}
 	__sync_fetch_and_add(&s->ended, step);
 }

@@ -120,24 +120,17 @@ function perProcessEntries(maps: Map<string, number>) {
   };
   const bits = (key: bigint) => key & ~((1n << 48n) - 1n);
   const tracedProcesses = dumpMap(id('traced_procs')).map((e) => e.key.readUInt32LE(0));
-  const blockBits: bigint[] = [];
-  for (const bucket of dumpMap(id('allocs'))) {
-    const v = bucket.values[0]!;
-    for (let i = 0; i < 8; i++) {
-      const key = v.readBigUInt64LE(i * 8);
-      if (key > 1n) blockBits.push(bits(key));
-    }
-  }
+  // allocs' buckets and freed_blocks' sets both begin with 8 keys; 0 is an empty slot, 1 one
+  // being written.
+  const keyBits = (map: string): bigint[] =>
+    dumpMap(id(map)).flatMap((entry) =>
+      Array.from({ length: 8 }, (_, i) => entry.values[0]!.readBigUInt64LE(i * 8))
+        .filter((key) => key > 1n)
+        .map(bits),
+    );
+  const blockBits = keyBits('allocs');
   for (const e of dumpMap(id('spilled_allocs'))) blockBits.push(bits(e.key.readBigUInt64LE(0)));
-  // freed_blocks' sets: LEAK_FREED_WAYS (8) keys first; 0 is an empty way, 1 one being written.
-  const freedBits: bigint[] = [];
-  for (const set of dumpMap(id('freed_blocks'))) {
-    const v = set.values[0]!;
-    for (let i = 0; i < 8; i++) {
-      const key = v.readBigUInt64LE(i * 8);
-      if (key > 1n) freedBits.push(bits(key));
-    }
-  }
+  const freedBits = keyBits('freed_blocks');
   const countedIndexes = dumpMap(id('process_counter')) // names are cut to 15 characters
     .filter((e) => e.values.some((v) => v.some((b) => b !== 0)))
     .map((e) => e.key.readUInt32LE(0));
