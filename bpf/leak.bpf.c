@@ -47,9 +47,12 @@ const volatile __u8 fn_at_page_offset[LEAK_PAGE_OFFSETS] = {};
 
 /* Written by user space through the skeleton's .bss while running. */
 bool armed = false;
-/* 1 at the offset within a page of each site where an entry-only operator new's call to the
- * allocator returns: only a return there looks up its thread's operator in flight. */
+/* At the offset within a page of each site where an operator new's call to the allocator returns:
+ * LEAK_RETURN_INTO_ENTRY_ONLY where the operator has an entry probe (only a return there looks up
+ * its thread's operator in flight), LEAK_RETURN_INTO_SITE + i where it has none and
+ * operator_sites[i] says how to know it. */
 __u8 returns_into_operator[LEAK_PAGE_OFFSETS] = {};
+struct leak_operator_site operator_sites[LEAK_MAX_OPERATOR_SITES] = {};
 /* Entry probes are told apart by their attach cookie only: set once probes on a second allocator
  * file (a new image's) are attached, whose functions sit at other offsets within a page. */
 bool cookies_only = false;
@@ -93,6 +96,11 @@ struct inflight_call {
 	 * tail-calls finds the block gone, and must know why. */
 	__u64 deleted_ptr;
 	__u64 deleted_sp;
+	/* A probeless operator new's malloc failed (libstdc++ then calls the new-handler and calls
+	 * malloc again, with flags the handler left): whether the request was new(0), for the retry
+	 * from the same operator frame. */
+	__u64 retry_op_sp;
+	__u64 retry_zero;
 };
 
 /* What realloc's entry did with its block p. */
@@ -133,6 +141,11 @@ struct {
 /* nmemb * size; an overflowing product makes glibc fail the call (NULL, ENOMEM) without
  * touching anything, which must not be mistaken for a size of 0 (realloc(p, 0) frees p). */
 #define SIZE_OVERFLOW (~0ULL)
+/* malloc(1) entered with the zero flag set: new(0) if the caller proves to be a probeless operator
+ * new whose `test` of the size set it (struct leak_operator_site), else 1 byte. No malloc of this
+ * size succeeds. */
+#define SIZE_ONE_OR_NEW_ZERO ((1ULL << 55) | 1)
+#define X86_ZERO_FLAG 0x40
 static __always_inline __u64 array_bytes(__u64 nmemb, __u64 size)
 {
 	__u64 limit;
@@ -398,16 +411,107 @@ static __always_inline void call_begin(struct pt_regs *ctx, __u64 fn, __u64 size
 		call->old_state = OLD_UNKNOWN;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64[LEAK_OPERATOR_SITE_CODE / 8]);
+	__uint(max_entries, 1);
+} site_code_scratch SEC(".maps");
+
+/* Whether the code around return address `ip` is operator_sites[i]'s: the bytes of the operator,
+ * from its start through the `ret` after its call. Equal bytes make the same calls, so a return
+ * from anywhere else never passes for the operator's. 1: it is, 0: it is not, -1: unreadable. */
+static __always_inline int returns_into_site(__u64 ip, __u32 i)
+{
+	__u32 zero = 0, len, at;
+	__u64 *code, *want;
+
+	if (i >= LEAK_MAX_OPERATOR_SITES)
+		return 0;
+	len = operator_sites[i].len;
+	at = operator_sites[i].return_at;
+	code = bpf_map_lookup_elem(&site_code_scratch, &zero);
+	if (!code || len == 0 || len > LEAK_OPERATOR_SITE_CODE || at > len)
+		return 0;
+	__builtin_memset(code, 0, LEAK_OPERATOR_SITE_CODE);
+	if (bpf_probe_read_user(code, len, (void *)(ip - at)))
+		return -1;
+	want = (__u64 *)operator_sites[i].code;
+	for (int w = 0; w < LEAK_OPERATOR_SITE_CODE / 8; w++)
+		if (code[w] != want[w])
+			return 0;
+	return 1;
+}
+
+/* A return into a probeless operator new's call (LEAK_RETURN_INTO_SITE + i at its page offset):
+ * when the code there is the operator's, the block is the operator's, or the new[]'s that
+ * tail-called it (its entry-only probe left its kind and size at this stack pointer). Sets *fn,
+ * *size and *operator_sp (the operator's entry stack pointer) and says so when it is. */
+static __always_inline bool site_returned(struct pt_regs *ctx, __u32 i, __u64 address, bool zero_if_new,
+					  __u64 *fn, __u64 *size, __u64 *operator_sp,
+					  struct inflight_call *thread)
+{
+	__u64 ip = PT_REGS_IP(ctx), sp;
+	struct inflight_call *t;
+	int is_site;
+
+	if (i >= LEAK_MAX_OPERATOR_SITES)
+		return false;
+	is_site = returns_into_site(ip, i);
+	if (is_site < 0) {
+		/* Recorded as malloc's, and the run says some calls could not be told. */
+		COUNT(inflight_failures, 1);
+		return false;
+	}
+	if (!is_site)
+		return false;
+	sp = PT_REGS_SP(ctx) + operator_sites[i].sp_delta;
+	t = thread ? thread : thread_call(address || *size != 1 ? 0 : BPF_LOCAL_STORAGE_GET_F_CREATE);
+	/* Only a 1-byte request can be new(0); a retry's flags are the handler's. (A new that threw
+	 * instead, then another of 1 byte from the same frame, takes the failed call's flag too.) */
+	if (!address) {
+		if (t && *size == 1) {
+			t->retry_op_sp = sp;
+			t->retry_zero = zero_if_new;
+		}
+		return true;
+	}
+	if (t && t->retry_op_sp == sp) {
+		if (*size == 1)
+			zero_if_new = t->retry_zero;
+		t->retry_op_sp = 0;
+	}
+	*operator_sp = sp;
+	if (t && t->op_fn && !t->op_return && t->op_sp == sp) {
+		*fn = t->op_fn;
+		*size = t->op_size;
+		t->op_fn = 0;
+		return true;
+	}
+	*fn = LEAK_FN_NEW;
+	if (zero_if_new && operator_sites[i].zero_as_one)
+		*size = 0;
+	return true;
+}
+
 /* An allocation returned `address` (0: it failed): records it, unless its thread is ignored or
  * sampling skips it. `thread`: the thread's `inflight` state when the caller has it, else NULL. */
 static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 address, __u64 size,
 					   __u32 tid, struct inflight_call *thread)
 {
+	__u8 into = returns_into_operator[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)];
+	bool zero_if_new = size == SIZE_ONE_OR_NEW_ZERO;
 	__u64 operator_sp = 0;
 
+	if (zero_if_new)
+		size = 1;
+	if (into >= LEAK_RETURN_INTO_SITE && fn == LEAK_FN_MALLOC &&
+	    site_returned(ctx, into - LEAK_RETURN_INTO_SITE, address, zero_if_new, &fn, &size,
+			  &operator_sp, thread))
+		into = 0;
 	if (!address)
 		return;
-	if (returns_into_operator[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)]) {
+	if (into) {
 		struct inflight_call *op = thread ? thread : thread_call(0);
 
 		/* The call an entry-only operator new makes: the block is the operator's. */
@@ -526,6 +630,10 @@ static __always_inline void fast_enter(struct pt_regs *ctx, __u64 fn, __u64 size
 {
 	if (!is_target() || size > LEAK_SIZE_MASK) /* a size that large fails */
 		return;
+#if defined(__TARGET_ARCH_x86)
+	if (size == 1 && fn == LEAK_FN_MALLOC && (ctx->flags & X86_ZERO_FLAG))
+		size = SIZE_ONE_OR_NEW_ZERO;
+#endif
 	/* Slots are keyed by stack pointer, which a fork's child shares with its parent. */
 	if (!slow_calls && !follow_forks) {
 		switch (call_slot_claim(PT_REGS_SP(ctx), size | fn << LEAK_SIZE_BITS, now_ns)) {

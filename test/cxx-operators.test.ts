@@ -2,6 +2,7 @@
 // which of this machine's libstdc++ operators are proved so, that an operator that is not a
 // wrapper keeps its return probe, and that the counts, sizes, kinds, errors and stacks of C++
 // programs still equal valgrind's, also with many threads allocating at once (many runs).
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { trace } from '../lib/index.js';
 import { planProbes } from '../lib/probes/plan.js';
@@ -35,6 +36,21 @@ describe('which operators need no return probe', () => {
     // new[] and the deletes: the probe on their jump, past endbr64.
     for (const s of ['_Znam', '_ZdlPv', '_ZdlPvm', '_ZdaPv', '_ZdaPvm']) expect(entryOnly(s), s).toEqual({ entryOnly: true, delta: 0, entry: 4 });
     for (const s of ['_ZnwmRKSt9nothrow_t', '_ZnwmSt11align_val_t', '_ZnamRKSt9nothrow_t']) expect(entryOnly(s).entryOnly, s).toBe(false);
+    // new needs no probe at all: malloc's return knows its call by the operator's 0x23 bytes
+    // through the `ret`; the call returns at +0x1c with one push on the stack, and new(0) passes
+    // 1 with the zero flag of `test %rdi,%rdi` set. Only new has a site.
+    const withSite = plan.probes.filter((p) => p.site);
+    expect(withSite).toHaveLength(1);
+    const { site } = withSite[0]!;
+    expect(withSite[0]!.returnOffset).toBe(plan.overloads['operator new']![0]!.offset);
+    expect({ length: site!.code.length, returnAt: site!.returnAt, spDelta: site!.spDelta, zeroAsOne: site!.zeroAsOne }).toEqual({
+      length: 0x23,
+      returnAt: 0x1c,
+      spDelta: 8,
+      zeroAsOne: true,
+    });
+    const file = readFileSync(libstdcxx);
+    expect(Buffer.from(site!.code).equals(file.subarray(withSite[0]!.returnOffset, withSite[0]!.returnOffset + 0x23))).toBe(true);
     const reasons = plan.placements.filter((d) => d.function.startsWith('operator new')).map((d) => d.reason);
     expect(reasons.some((r) => r.startsWith('it returns what its one call to malloc returns: no return probe'))).toBe(true);
     expect(reasons.some((r) => r.includes('keeps its return probe'))).toBe(true);
@@ -83,6 +99,30 @@ describe('C++ programs against valgrind, with operators probed at their entry on
     }
     // operator new(0): a block of 0 bytes (malloc was asked for 1).
     expect(records.some((r) => r.bytes === 0 && r.frames[0]!.function === 'operator new(unsigned long)')).toBe(true);
+  });
+
+  it("a malloc returning at the same offset within a page as new's call, from other code, stays malloc's", async () => {
+    // The fixture's call returns at 0x58c within its page, where Debian 12's libstdc++ new's does.
+    const plan = planProbes(libc, true, undefined, 'optimized', libstdcxx);
+    const site = plan.probes.find((p) => p.site)!;
+    expect((site.returnOffset + site.site!.returnAt) % 4096).toBe(0x58c);
+    const path = fixturePath('operator_site_twin');
+    const vg = await runValgrind(path, [], { env: forValgrind });
+    const tracer = await trace({ command: path, env: forTracer, stdio: 'ignore' });
+    const report = await tracer.done;
+    expect(heap(report)).toEqual(vg.summary);
+    expect(kinds(report).definitelyLost).toEqual(vg.leakSummary.definitelyLost);
+    expect(report.errors ?? []).toEqual([]);
+    expect(report.counters.inflightFailures).toBe(0);
+    // Both leaks are malloc's, called from twin_malloc: 1 byte (entered with the zero flag set
+    // or not, it is no new(0)) and 40.
+    const leaks = report.leaks.map((g) => ({ bytes: g.bytes, top: g.stack.slice(0, 2).map((f) => f.symbol) }));
+    expect(leaks).toEqual(
+      expect.arrayContaining([
+        { bytes: 40, top: ['malloc', 'twin_malloc'] },
+        { bytes: 1, top: ['malloc', 'twin_malloc'] },
+      ]),
+    );
   });
 
   it('4 threads of new and delete at once: totals and kinds equal valgrind every time (10 runs)', async () => {

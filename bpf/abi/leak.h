@@ -111,6 +111,23 @@ enum leak_attach_mode {
 #define LEAK_COOKIE_ENTRY_ONLY (1ULL << 8)
 #define LEAK_COOKIE_DELTA_SHIFT 32
 
+/* An operator new with no probe at all (lib/probes/operators.ts, proveCallSite): malloc's return
+ * knows the operator's call by the code around its return address, which must equal `code` (the
+ * operator's bytes from its start through the `ret` after the call, zero-padded). Up to
+ * LEAK_MAX_OPERATOR_SITES, each at its own offset within a page (`returns_into_operator`). */
+#define LEAK_MAX_OPERATOR_SITES 4
+#define LEAK_OPERATOR_SITE_CODE 64
+struct leak_operator_site {
+	__u8 code[LEAK_OPERATOR_SITE_CODE];
+	__u32 len;	   /* bytes of `code` that are the operator's */
+	__u32 return_at;   /* offset in `code` where the call to malloc returns */
+	__u32 sp_delta;	   /* the operator's entry stack pointer is the return's plus this */
+	__u32 zero_as_one; /* new(0) asks malloc for 1 byte with the zero flag set at the call */
+};
+/* `returns_into_operator` at a return site's offset within a page: */
+#define LEAK_RETURN_INTO_ENTRY_ONLY 1 /* an entry-only operator new's call: its thread state says */
+#define LEAK_RETURN_INTO_SITE 2	      /* 2 + i: leak_operator_site i */
+
 /* A slot of the `allocs` table (bpf/alloc_table.bpf.h): one outstanding block. */
 struct leak_slot {
 	__u64 size_fn;	    /* size | fn << LEAK_SIZE_BITS: no block reaches 2^56 bytes */
@@ -159,8 +176,10 @@ struct leak_counters {
 	__u64 dropped_allocs;	/* allocations not tracked: both their buckets in `allocs` were full */
 	__u64 lost_events;	/* events not delivered: ring buffer full */
 	__u64 stack_failures;	/* allocations whose stack could not be recorded */
-	__u64 inflight_failures; /* entries whose per-thread state could not be saved, or whose
-				  * return was never seen (a longjmp out of the allocator) */
+	__u64 inflight_failures; /* entries whose per-thread state could not be saved, whose
+				  * return was never seen (a longjmp out of the allocator), or
+				  * allocations whose caller's code could not be read to tell an
+				  * operator new's call */
 	__u64 execs;		/* exec()s of the target seen */
 	__u64 ignored_allocs;	/* allocations by threads in `ignored_tids` (the tracer's own) */
 };

@@ -208,7 +208,7 @@ export const cliOptions: readonly CliOption[] = [
   {
     name: 'allow-inconclusive',
     commands: both,
-    help: 'Do not fail when the data is incomplete (allocations not tracked, events lost, stacks missing).',
+    help: 'Do not fail when the data is incomplete (allocations not tracked, calls not followed, events lost, stacks missing).',
     default: 'such a run exits 3',
     apply: (f) => (f.allowInconclusive = true),
   },

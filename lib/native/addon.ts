@@ -20,6 +20,9 @@ export interface NativeProbe {
   /** An entry-only operator new: where the allocation call it makes returns, less entryOffset
    *  (0: it tail-calls another operator new, whose probe says). */
   callReturnDelta?: number;
+  /** An entry-only operator new that malloc's return knows by its code: it gets no probe unless
+   *  another operator's site takes its offset within a page (bpf/abi/leak.h). */
+  site?: { code: Uint8Array; returnAt: number; spDelta: number; zeroAsOne: boolean };
 }
 
 export interface NativeTracerConfig {

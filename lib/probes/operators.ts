@@ -48,7 +48,23 @@ export interface WrapperProof {
   /** Entry-only operator new: where its call to malloc returns, less the entry probe's offset
    *  (0: it jumps to another operator new). */
   callReturnDelta: number;
+  /** Entry-only operator new that needs no probe at all: its call to malloc is known at malloc's
+   *  return by the code around the return site (see proveCallSite). */
+  site?: OperatorCallSite;
   reason: string;
+}
+
+/** What malloc's return program checks to know its caller is this operator new. */
+export interface OperatorCallSite {
+  /** The function's bytes from its start through the first `ret` after the call. */
+  code: Uint8Array;
+  /** Offset in `code` where the call to malloc returns. */
+  returnAt: number;
+  /** Bytes the operator pushed before the call: its entry's stack pointer is the return's plus this. */
+  spDelta: number;
+  /** new(0) asks malloc for 1 byte, and the zero flag of its `test` of the size is still set at the
+   *  call: malloc's entry sees it. */
+  zeroAsOne: boolean;
 }
 
 /** Functions of other files the operators may call: asked of readElf as imports. */
@@ -189,7 +205,12 @@ function provePlainNew(
     const d = body[i]!;
     if (d.writes.includes('rax')) return no(`\`${d.text}\` changes what malloc returned`);
     if (d.flow === 'return') {
-      return entryOnlyAt(o, 'it returns what its one call to malloc returns', returnSite - o.offset, (p) => p.entryOffset < call.offset);
+      const proof = entryOnlyAt(o, 'it returns what its one call to malloc returns', returnSite - o.offset, (p) => p.entryOffset < call.offset);
+      if (!proof.entryOnly) return proof;
+      const site = proveCallSite(body, call, d);
+      if (!site) return proof;
+      const reason = `${proof.reason}; no probe at all: malloc's return knows its call by the operator's code`;
+      return { ...proof, site, reason, placement: { ...proof.placement!, reason } };
     }
     if (d.flow === 'next') continue;
     const previous = body[i - 1];
@@ -197,4 +218,60 @@ function provePlainNew(
     return no(`\`${d.text}\` after malloc returns is not a wrapper's`);
   }
   return no('no return after malloc');
+}
+
+/** Longest function prefix malloc's return program compares (bpf/leak.bpf.c). */
+export const maxSiteCode = 64;
+
+type Value = 'size' | 'one' | 'size-or-one' | undefined;
+const reg64: Record<string, string> = { eax: 'rax', ebx: 'rbx', ecx: 'rcx', edx: 'rdx', esi: 'rsi', edi: 'rdi', ebp: 'rbp' };
+const asReg = (r: string) => (r.startsWith('%r') && /^%r(ax|bx|cx|dx|si|di|bp|8|9|1[0-5])$/.test(r) ? r.slice(1) : r.startsWith('%e') ? reg64[r.slice(1)] : undefined);
+
+/**
+ * An entry-only operator new that needs no probe: what it passes to malloc, and how deep its stack
+ * is at the call, follow from straight-line code from its first instruction to the call, made only
+ * of the moves, pushes and conditional moves modelled here (anything else: no). malloc must get the
+ * size asked for, or libstdc++'s `size ? size : 1` with the zero flag of `test size,size` still set
+ * at the call (how malloc's entry tells new(0) from new(1)). The code through the `ret` after the
+ * call is what malloc's return compares with the bytes around its return address, so that a call
+ * from anywhere else is never taken for this operator's.
+ */
+function proveCallSite(body: readonly Decoded[], call: Decoded, ret: Decoded): OperatorCallSite | undefined {
+  const start = body[0]!.offset;
+  const end = ret.offset + ret.length;
+  if (end - start > maxSiteCode) return undefined;
+  const regs = new Map<string, Value>([['rdi', 'size']]);
+  let zfSizeZero = false;
+  let spDelta = 0;
+  for (const d of body) {
+    if (d.offset === call.offset) break;
+    if (d.flow !== 'next') return undefined;
+    const text = d.text.trim().replace(/\s+/g, ' ');
+    let m: RegExpMatchArray | null;
+    if (d === body[0] && isEndbr64(d.bytes)) continue;
+    if ((m = /^test (%\w+),(%\w+)$/.exec(text)) && m[1] === m[2] && regs.get(asReg(m[1]!) ?? '') === 'size' && asReg(m[1]!) !== undefined) {
+      zfSizeZero = true;
+    } else if ((m = /^mov \$0x1,(%\w+)$/.exec(text)) && asReg(m[1]!)) {
+      regs.set(asReg(m[1]!)!, 'one');
+    } else if ((m = /^mov (%r\w+),(%r\w+)$/.exec(text)) && asReg(m[1]!) && asReg(m[2]!)) {
+      regs.set(asReg(m[2]!)!, regs.get(asReg(m[1]!)!));
+    } else if ((m = /^push (%r\w+)$/.exec(text)) && asReg(m[1]!)) {
+      spDelta += 8;
+    } else if ((m = /^cmov(nz|ne|z|e) (%r\w+),(%r\w+)$/.exec(text)) && zfSizeZero && asReg(m[2]!) && asReg(m[3]!)) {
+      // cmovnz: dst = size != 0 ? src : dst; cmovz: dst = size == 0 ? src : dst.
+      const src = regs.get(asReg(m[2]!)!);
+      const dst = asReg(m[3]!)!;
+      const whenNonZero = m[1] === 'nz' || m[1] === 'ne' ? src : regs.get(dst);
+      const whenZero = m[1] === 'nz' || m[1] === 'ne' ? regs.get(dst) : src;
+      regs.set(dst, whenNonZero === 'size' && (whenZero === 'one' || whenZero === 'size-or-one') ? 'size-or-one' : whenNonZero === 'size' && whenZero === 'size' ? 'size' : undefined);
+    } else {
+      return undefined;
+    }
+    if (d.writes.includes('rflags') && !/^test /.test(text)) zfSizeZero = false;
+  }
+  const arg = regs.get('rdi');
+  if (arg !== 'size' && !(arg === 'size-or-one' && zfSizeZero)) return undefined;
+  const code = new Uint8Array(end - start);
+  for (const d of body) if (d.offset < end) code.set(d.bytes, d.offset - start);
+  return { code, returnAt: call.offset + call.length - start, spDelta, zeroAsOne: arg === 'size-or-one' };
 }

@@ -174,6 +174,7 @@ function* planSteps(
       entryOffset: placement.entryOffset,
       returnOffset: f.offset,
       ...(f.wrapper?.entryOnly ? { entryOnly: true, callReturnDelta: f.wrapper.callReturnDelta } : {}),
+      ...(f.wrapper?.site ? { site: f.wrapper.site } : {}),
     });
   }
   return plan;

@@ -82,7 +82,8 @@ export const inconclusiveReasons = {
     `${formatCount(allocations)} allocations were not tracked because the address map was full; raise maxAllocations`,
   lost: (events: number): string => `${formatCount(events)} events were lost (event ring buffer full)`,
   inflight: (calls: number): string =>
-    `${formatCount(calls)} allocation calls could not be followed (per-thread state map full)`,
+    `${formatCount(calls)} allocator calls could not be followed (their per-thread state could not be stored, ` +
+    `a longjmp left the allocator, or the code of an operator new's call could not be read)`,
   noStack: (bytes: number, blocks: number, stackFailures?: number): string =>
     `${formatCount(bytes)} bytes in ${formatCount(blocks)} blocks have no stack` +
     (stackFailures !== undefined ? ` (${formatCount(stackFailures)} stack walks failed)` : '') +
@@ -135,6 +136,8 @@ function checked(report: ReportInput, found: AppliedSuppressions<LeakGroup>, opt
     inconclusive.push(inconclusiveReasons.dropped(s.droppedAllocations));
   }
   if (s.lostEvents > 0) inconclusive.push(inconclusiveReasons.lost(s.lostEvents));
+  const inflight = report.counters?.inflightFailures ?? 0;
+  if (inflight > 0) inconclusive.push(inconclusiveReasons.inflight(inflight));
   if (report.untraced !== undefined) inconclusive.push(report.untraced);
   if (options.stacks !== false) {
     const stackless = kept.filter((g) => g.stack.length === 0);

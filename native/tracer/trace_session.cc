@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -85,12 +86,45 @@ void TraceSession::SetProbeFunctions(volatile uint8_t* by_offset, const std::vec
   for (size_t i = 0; i < LEAK_PAGE_OFFSETS; i++) by_offset[i] = table[i] == kShared ? 0 : table[i];
 }
 
-// returns_into_operator (bpf/leak.bpf.c): 1 at the offset within a page of each site where an
-// entry-only operator new's allocation call returns.
-void TraceSession::MarkOperatorReturns(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes) {
-  for (const auto& p : probes)
-    if (p.entry_only && p.call_return_delta != 0)
-      by_offset[(p.entry_offset + p.call_return_delta) & (LEAK_PAGE_OFFSETS - 1)] = 1;
+// returns_into_operator (bpf/leak.bpf.c), at the offset within a page of each site where an
+// operator new's allocation call returns: LEAK_RETURN_INTO_ENTRY_ONLY for an entry-only operator's,
+// LEAK_RETURN_INTO_SITE + i for one known by its code (operator_sites[i]), which then needs no
+// probe. A site's code goes in before its mark: the programs may be running (a new image's
+// operators). Where two sites would share an offset the later keeps its probe; the program tries
+// a thread's entry-only operator wherever a mark is, so that case needs no mark of its own.
+std::vector<ProbeSpec> TraceSession::MarkOperatorReturns(const std::vector<ProbeSpec>& probes) {
+  volatile uint8_t* by_offset = skel_->bss->returns_into_operator;
+  std::vector<ProbeSpec> linked;
+  for (const auto& p : probes) {
+    if (!p.entry_only || p.call_return_delta == 0) {
+      linked.push_back(p);
+      continue;
+    }
+    size_t at = (p.entry_offset + p.call_return_delta) & (LEAK_PAGE_OFFSETS - 1);
+    if (!p.site_code.empty() && p.site_code.size() <= LEAK_OPERATOR_SITE_CODE) {
+      leak_operator_site want = {};
+      memcpy(want.code, p.site_code.data(), p.site_code.size());
+      want.len = static_cast<uint32_t>(p.site_code.size());
+      want.return_at = p.site_return_at;
+      want.sp_delta = p.site_sp_delta;
+      want.zero_as_one = p.site_zero_as_one ? 1 : 0;
+      int slot = -1;
+      for (int i = 0; i < LEAK_MAX_OPERATOR_SITES && slot < 0; i++) {
+        auto* s = &skel_->bss->operator_sites[i];
+        if (s->len == 0 || memcmp(s, &want, sizeof want) == 0) slot = i;
+      }
+      uint8_t mark = slot < 0 ? 0 : static_cast<uint8_t>(LEAK_RETURN_INTO_SITE + slot);
+      if (slot >= 0 && (by_offset[at] == 0 || by_offset[at] == LEAK_RETURN_INTO_ENTRY_ONLY || by_offset[at] == mark)) {
+        memcpy(&skel_->bss->operator_sites[slot], &want, sizeof want);
+        std::atomic_thread_fence(std::memory_order_release);
+        by_offset[at] = mark;
+        continue;
+      }
+    }
+    if (by_offset[at] == 0) by_offset[at] = LEAK_RETURN_INTO_ENTRY_ONLY;
+    linked.push_back(p);
+  }
+  return linked;
 }
 
 bool TraceSession::DoAttach(NativeError* error) {
@@ -269,7 +303,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
                 e == EACCES ? "the kernel's verifier rejected the BPF program" : "cannot load the BPF program", e);
   }
   skel_->bss->now_ns = MonotonicNs();
-  MarkOperatorReturns(skel_->bss->returns_into_operator, config_.probes);
+  std::vector<ProbeSpec> linked = MarkOperatorReturns(config_.probes);
   if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets,
                                    bpf_map__fd(skel_->maps.spilled_allocs), spill_entries))
     return fail("ELEAK_BPF", "cannot map the table of outstanding blocks", e);
@@ -277,7 +311,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
   SetThreadIgnored(CurrentTid(), true);  // until DoAttach is done: see there
   unwind_->Start();  // the unwind tables into the maps, before any probe fires
 
-  if (!AttachLinks(config_.probes, multi, error)) {
+  if (!AttachLinks(linked, multi, error)) {
     // Only libbpf's lines that say what failed (the rest is how the program loaded).
     std::string kept, tail = log.Tail();
     std::istringstream lines(tail);

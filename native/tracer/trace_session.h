@@ -47,6 +47,11 @@ struct ProbeSpec {
   uint64_t return_offset = 0;  // function entry, for the uretprobe (not used for free)
   bool entry_only = false;     // no uretprobe (lib/probes/operators.ts proved it needs none)
   int64_t call_return_delta = 0;  // entry-only operator new: its allocation call's return site - entry_offset
+  // An entry-only operator new that needs no probe (struct leak_operator_site): empty otherwise.
+  std::vector<uint8_t> site_code;
+  uint32_t site_return_at = 0;
+  uint32_t site_sp_delta = 0;
+  bool site_zero_as_one = false;
 };
 
 // The attach cookie of a probe: enum leak_fn and how the program treats it (bpf/abi/leak.h).
@@ -198,7 +203,9 @@ class TraceSession : public process::Handler {
 
   bool LoadAndAttach(bool multi, NativeError* error);
   static void SetProbeFunctions(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
-  static void MarkOperatorReturns(volatile uint8_t* by_offset, const std::vector<ProbeSpec>& probes);
+  // Marks where operator new's calls to the allocator return; gives back the probes that still
+  // need a link (all but the operator news malloc's return knows by their code).
+  std::vector<ProbeSpec> MarkOperatorReturns(const std::vector<ProbeSpec>& probes);
   bool FinishAttach(NativeError* error);
   void DetachAll();
   bool ReadCounters(std::vector<uint8_t>* out);

@@ -94,8 +94,7 @@ bool TraceSession::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError
   std::lock_guard<std::mutex> lock(mu_);
   if (!Attached(error)) return false;
   skel_->bss->cookies_only = true;
-  MarkOperatorReturns(skel_->bss->returns_into_operator, probes);
-  return AttachLinks(probes, std::string(attach_mode_) == "uprobe_multi", error);
+  return AttachLinks(MarkOperatorReturns(probes), std::string(attach_mode_) == "uprobe_multi", error);
 }
 
 }  // namespace ebpf_leak

@@ -71,6 +71,16 @@ std::vector<ProbeSpec> ProbesFromJs(const Napi::Value& value) {
     spec.entry_only = p.Has("entryOnly") && p.Get("entryOnly").ToBoolean();
     spec.call_return_delta =
         p.Has("callReturnDelta") && p.Get("callReturnDelta").IsNumber() ? p.Get("callReturnDelta").As<Napi::Number>().Int64Value() : 0;
+    if (p.Has("site") && p.Get("site").IsObject()) {
+      Napi::Object site = p.Get("site").As<Napi::Object>();
+      if (site.Get("code").IsTypedArray()) {
+        Napi::Uint8Array code = site.Get("code").As<Napi::Uint8Array>();
+        spec.site_code.assign(code.Data(), code.Data() + code.ElementLength());
+      }
+      spec.site_return_at = GetUint(site, "returnAt");
+      spec.site_sp_delta = GetUint(site, "spDelta");
+      spec.site_zero_as_one = GetBool(site, "zeroAsOne");
+    }
     probes.push_back(std::move(spec));
   }
   return probes;

@@ -98,6 +98,7 @@ export const fixtureSpecs: readonly FixtureSpec[] = [
   { name: 'seized_child', compiler: 'gcc', sources: ['seized_child.c'], flags: cFlags },
   { name: 'fork_kinds', compiler: 'gcc', sources: ['fork_kinds.c', 'lost_block.c'], flags: cFlags },
   { name: 'cxx_operators', compiler: 'g++', sources: ['cxx_operators.cc'], flags: [...cFlags, '-pthread'] },
+  { name: 'operator_site_twin', compiler: 'g++', sources: ['operator_site_twin.cc'], flags: cFlags },
   {
     name: 'custom_operators',
     compiler: 'g++',
@@ -147,6 +148,7 @@ export type FixtureName =
   | 'seized_child'
   | 'fork_kinds'
   | 'cxx_operators'
+  | 'operator_site_twin'
   | 'custom_operators';
 
 function specFor(name: string): FixtureSpec {
