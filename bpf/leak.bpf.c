@@ -418,6 +418,16 @@ struct {
 	__uint(max_entries, 1);
 } site_code_scratch SEC(".maps");
 
+/* The operator's code with another tracer's or a debugger's breakpoints in it: an int3 in place of
+ * the first byte of one of its instructions runs that instruction. */
+static __always_inline bool same_but_breakpoints(const __u8 *code, const __u8 *want, __u64 starts)
+{
+	for (int b = 0; b < LEAK_OPERATOR_SITE_CODE; b++)
+		if (code[b] != want[b] && (code[b] != 0xcc || !(starts >> b & 1)))
+			return false;
+	return true;
+}
+
 /* Whether the code around return address `ip` is operator_sites[i]'s: the bytes of the operator,
  * from its start through the `ret` after its call. Equal bytes make the same calls, so a return
  * from anywhere else never passes for the operator's. 1: it is, 0: it is not, -1: unreadable. */
@@ -439,7 +449,8 @@ static __always_inline int returns_into_site(__u64 ip, __u32 i)
 	want = (__u64 *)operator_sites[i].code;
 	for (int w = 0; w < LEAK_OPERATOR_SITE_CODE / 8; w++)
 		if (code[w] != want[w])
-			return 0;
+			return same_but_breakpoints((__u8 *)code, operator_sites[i].code,
+						    operator_sites[i].insn_starts);
 	return 1;
 }
 

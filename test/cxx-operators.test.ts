@@ -2,12 +2,15 @@
 // which of this machine's libstdc++ operators are proved so, that an operator that is not a
 // wrapper keeps its return probe, and that the counts, sizes, kinds, errors and stacks of C++
 // programs still equal valgrind's, also with many threads allocating at once (many runs).
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { trace } from '../lib/index.js';
 import { planProbes } from '../lib/probes/plan.js';
 import type { LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
+import { codeByte } from './helpers/process-memory.js';
 import { forTracer, forValgrind, kinds } from './helpers/attached-target.js';
 import { runValgrind } from './helpers/valgrind.js';
 
@@ -123,6 +126,37 @@ describe('C++ programs against valgrind, with operators probed at their entry on
         { bytes: 1, top: ['malloc', 'twin_malloc'] },
       ]),
     );
+  });
+
+  it("another tracer's breakpoint in operator new leaves new's blocks new's", async () => {
+    const plan = planProbes(libc, true, undefined, 'optimized', libstdcxx);
+    const newAt = plan.overloads['operator new']![0]!.offset;
+    const child = spawn(fixturePath('operator_site_twin'), ['wait'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      await once(child.stdout!, 'data'); // "ready"
+      const tracer = await trace({ pid: child.pid! });
+      // A second tracer probing every function at its first instruction, with return probes: an
+      // int3 at new's first byte, inside the code malloc's return compares.
+      const other = await trace({ pid: child.pid!, probePlacement: 'entry' });
+      expect(codeByte(child.pid!, libstdcxx, newAt)).toBe(0xcc);
+      const done = once(child.stdout!, 'data');
+      child.stdin!.write('go\n');
+      await done; // "done"
+      const [report, otherReport] = await Promise.all([tracer.stop(), other.stop()]);
+      // Each block new's, so each delete matches it: a block taken for malloc's would make every
+      // delete a mismatched free. (The other tracer's return probes put the kernel's return
+      // trampoline on the stacks, which the walk cannot unwind through: those stacks fail, and
+      // are counted as such.)
+      for (const r of [report, otherReport]) {
+        expect(r.summary.allocs).toBe(1003);
+        expect(r.summary.frees).toBe(1000);
+        expect(r.errors ?? []).toEqual([]);
+        expect(r.counters.inflightFailures).toBe(0);
+        expect(r.leaks.map((g) => [g.bytes, g.blocks])).toEqual([[24, 3]]);
+      }
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 
   it('4 threads of new and delete at once: totals and kinds equal valgrind every time (10 runs)', async () => {

@@ -2,10 +2,11 @@
 // stop(), and data we could not keep (full map, full ring buffer) being counted and reported.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
-import { closeSync, openSync, readFileSync, readSync, realpathSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { trace, type AllocEvent, type FreeEvent, type LostInfo, type LeakGroup, type LeakReport } from '../lib/index.js';
 import { fixturePath } from './helpers/fixtures.js';
+import { codeByte } from './helpers/process-memory.js';
 import { EVENTS_PER_STEP } from '../lib/tracer/event-queue.js';
 import { releaseSnapshot } from '../lib/tracer/leak-tracer.js';
 import { SLICE_MS } from '../lib/util/cooperative.js';
@@ -23,27 +24,6 @@ async function startForever(): Promise<ChildProcess> {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** The byte at file offset `offset` of `path` as process `pid` has it mapped. */
-function codeByte(pid: number, path: string, offset: number): number {
-  const real = realpathSync(path);
-  for (const line of readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+) \S+ ([0-9a-f]+) \S+ \d+\s+(\S.*)$/.exec(line);
-    if (!m || m[4] !== real) continue;
-    const [start, end, at] = [BigInt('0x' + m[1]), BigInt('0x' + m[2]), BigInt('0x' + m[3])];
-    const address = start + BigInt(offset) - at;
-    if (BigInt(offset) < at || address >= end) continue;
-    const fd = openSync(`/proc/${pid}/mem`, 'r');
-    try {
-      const b = Buffer.alloc(1);
-      readSync(fd, b, 0, 1, address);
-      return b[0]!;
-    } finally {
-      closeSync(fd);
-    }
-  }
-  throw new Error(`${path} offset ${offset} is not mapped in ${pid}`);
-}
 
 describe('attach to a running process', () => {
   it('sees allocations made after attach, and the process keeps running after stop()', async () => {

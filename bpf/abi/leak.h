@@ -123,6 +123,7 @@ struct leak_operator_site {
 	__u32 return_at;   /* offset in `code` where the call to malloc returns */
 	__u32 sp_delta;	   /* the operator's entry stack pointer is the return's plus this */
 	__u32 zero_as_one; /* new(0) asks malloc for 1 byte with the zero flag set at the call */
+	__u64 insn_starts; /* bit i: an instruction of `code` begins at byte i */
 };
 /* `returns_into_operator` at a return site's offset within a page: */
 #define LEAK_RETURN_INTO_ENTRY_ONLY 1 /* an entry-only operator new's call: its thread state says */

@@ -22,7 +22,7 @@ export interface NativeProbe {
   callReturnDelta?: number;
   /** An entry-only operator new that malloc's return knows by its code: it gets no probe unless
    *  another operator's site takes its offset within a page (bpf/abi/leak.h). */
-  site?: { code: Uint8Array; returnAt: number; spDelta: number; zeroAsOne: boolean };
+  site?: { code: Uint8Array; returnAt: number; spDelta: number; zeroAsOne: boolean; instructionStarts: number[] };
 }
 
 export interface NativeTracerConfig {

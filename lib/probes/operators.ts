@@ -65,6 +65,9 @@ export interface OperatorCallSite {
   /** new(0) asks malloc for 1 byte, and the zero flag of its `test` of the size is still set at the
    *  call: malloc's entry sees it. */
   zeroAsOne: boolean;
+  /** Offsets in `code` where its instructions begin: another tracer's breakpoint (int3) may take
+   *  the place of such a byte, and the code still runs the same. */
+  instructionStarts: number[];
 }
 
 /** Functions of other files the operators may call: asked of readElf as imports. */
@@ -234,7 +237,8 @@ const asReg = (r: string) => (r.startsWith('%r') && /^%r(ax|bx|cx|dx|si|di|bp|8|
  * size asked for, or libstdc++'s `size ? size : 1` with the zero flag of `test size,size` still set
  * at the call (how malloc's entry tells new(0) from new(1)). The code through the `ret` after the
  * call is what malloc's return compares with the bytes around its return address, so that a call
- * from anywhere else is never taken for this operator's.
+ * from anywhere else is never taken for this operator's; an int3 where one of its instructions
+ * begins (another tracer's probe, a debugger's breakpoint) still matches.
  */
 function proveCallSite(body: readonly Decoded[], call: Decoded, ret: Decoded): OperatorCallSite | undefined {
   const start = body[0]!.offset;
@@ -273,5 +277,6 @@ function proveCallSite(body: readonly Decoded[], call: Decoded, ret: Decoded): O
   if (arg !== 'size' && !(arg === 'size-or-one' && zfSizeZero)) return undefined;
   const code = new Uint8Array(end - start);
   for (const d of body) if (d.offset < end) code.set(d.bytes, d.offset - start);
-  return { code, returnAt: call.offset + call.length - start, spDelta, zeroAsOne: arg === 'size-or-one' };
+  const instructionStarts = body.filter((d) => d.offset < end).map((d) => d.offset - start);
+  return { code, returnAt: call.offset + call.length - start, spDelta, zeroAsOne: arg === 'size-or-one', instructionStarts };
 }

@@ -108,6 +108,7 @@ std::vector<ProbeSpec> TraceSession::MarkOperatorReturns(const std::vector<Probe
       want.return_at = p.site_return_at;
       want.sp_delta = p.site_sp_delta;
       want.zero_as_one = p.site_zero_as_one ? 1 : 0;
+      want.insn_starts = p.site_insn_starts;
       int slot = -1;
       for (int i = 0; i < LEAK_MAX_OPERATOR_SITES && slot < 0; i++) {
         auto* s = &skel_->bss->operator_sites[i];

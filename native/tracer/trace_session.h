@@ -52,6 +52,7 @@ struct ProbeSpec {
   uint32_t site_return_at = 0;
   uint32_t site_sp_delta = 0;
   bool site_zero_as_one = false;
+  uint64_t site_insn_starts = 0;
 };
 
 // The attach cookie of a probe: enum leak_fn and how the program treats it (bpf/abi/leak.h).

@@ -80,6 +80,14 @@ std::vector<ProbeSpec> ProbesFromJs(const Napi::Value& value) {
       spec.site_return_at = GetUint(site, "returnAt");
       spec.site_sp_delta = GetUint(site, "spDelta");
       spec.site_zero_as_one = GetBool(site, "zeroAsOne");
+      // Bit i: an instruction starts at byte i of the code (instruction offsets, below 64).
+      if (site.Get("instructionStarts").IsArray()) {
+        Napi::Array starts = site.Get("instructionStarts").As<Napi::Array>();
+        for (uint32_t k = 0; k < starts.Length(); k++) {
+          uint32_t at = starts.Get(k).ToNumber().Uint32Value();
+          if (at < 64) spec.site_insn_starts |= uint64_t{1} << at;
+        }
+      }
     }
     probes.push_back(std::move(spec));
   }
