@@ -175,6 +175,8 @@ const volatile __u32 unwind_slot_mask = 8191;
 __u32 unwind_epoch = 0;
 /* The address space (mm_struct) of the last walk. */
 __u64 unwind_cur_mm = 0;
+/* Where that address space's uretprobes return through (its XOL page), 0 until it has one. */
+__u64 unwind_cur_trampoline = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -192,6 +194,7 @@ struct unwind_walk {
 	__u32 flags;
 	__u32 misses;
 	__u32 busy;
+	__u64 trampoline; /* unwind_cur_trampoline when the walk began */
 	struct unwind_cached c; /* the frame's rule */
 };
 
@@ -539,6 +542,23 @@ static __always_inline int unwind_read(struct unwind_scratch *s, __u64 *out, __u
 	return 0;
 }
 
+/* The return address a uretprobe replaced with its trampoline at stack slot `slot`: the kernel
+ * keeps it, per thread, until the function returns. Another tracer's return probe on a function
+ * up the stack (or ours, on an operator that calls the allocator) leaves the trampoline there.
+ * A global function: the verifier checks its loop once. 0 when the thread has none for `slot`. */
+__noinline __u64 unwind_hijacked_return(__u64 slot)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct return_instance *ri = BPF_CORE_READ(task, utask, return_instances);
+
+	for (int i = 0; i < 16 && ri; i++) {
+		if (BPF_CORE_READ(ri, stack) == slot)
+			return BPF_CORE_READ(ri, orig_ret_vaddr);
+		ri = BPF_CORE_READ(ri, next);
+	}
+	return 0;
+}
+
 /* One frame: record ip, then step to the caller. Returns 1 to stop. */
 static __always_inline long unwind_frame(struct unwind_walk *w, struct unwind_scratch *s)
 {
@@ -593,6 +613,8 @@ static __always_inline long unwind_frame(struct unwind_walk *w, struct unwind_sc
 		w->flags |= LEAK_UNWIND_TRUNCATED;
 		return 1;
 	}
+	if (ra == w->trampoline && ra)
+		ra = unwind_hijacked_return(cfa - 8);
 	bp = w->bp;
 	if (c->rule.rbp_type == LEAK_RBP_AT_CFA || c->rule.rbp_type == LEAK_RBP_AT_RBP) {
 		if (unwind_read(s, &bp, (c->rule.rbp_type == LEAK_RBP_AT_CFA ? cfa : w->bp) + c->rule.rbp_off))
@@ -679,8 +701,12 @@ __noinline __s64 unwind_walk(__u64 ip, __u64 sp, __u64 bp, __u32 tid)
 	mm = (__u64)bpf_get_current_task_btf()->mm;
 	if (mm != unwind_cur_mm) {
 		unwind_cur_mm = mm;
+		unwind_cur_trampoline = 0;
 		__sync_fetch_and_add(&unwind_epoch, 1);
 	}
+	/* The XOL page is made at the first uretprobe or single-step in the address space. */
+	if (!unwind_cur_trampoline)
+		unwind_cur_trampoline = BPF_CORE_READ(bpf_get_current_task_btf(), mm, uprobes_state.xol_area, vaddr);
 	s = bpf_map_lookup_elem(&unwind_scratch, &zero);
 	if (!s || s->busy) {
 		UNWIND_COUNT(failures, 1);
@@ -693,6 +719,11 @@ __noinline __s64 unwind_walk(__u64 ip, __u64 sp, __u64 bp, __u32 tid)
 	w->ip = ip;
 	w->sp = sp;
 	w->bp = bp;
+	w->trampoline = unwind_cur_trampoline;
+	/* A return address read from the stack by the caller (an operator's, at its entry's stack
+	 * pointer), whose slot is just below sp. */
+	if (ip == w->trampoline && ip)
+		w->ip = unwind_hijacked_return(sp - 8);
 	bpf_loop(unwind_depth, unwind_step, NULL, 0);
 	if (s->busy != tid) {
 		UNWIND_COUNT(failures, 1);

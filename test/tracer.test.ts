@@ -38,9 +38,12 @@ describe('attach to a running process', () => {
     expect(leaked32.length).toBeGreaterThan(20);
     expect(snap.allocations.every((a) => a.ageMs >= 0 && a.ageMs < 5000)).toBe(true);
     expect(snap.allocations.every((a) => a.tid === child.pid)).toBe(true);
-    // Two allocations per leaked block; the counters are read just before the map walk, so the
-    // last iteration or two may be in the map and not yet in the totals.
-    expect(snap.summary.allocs).toBeGreaterThanOrEqual(2 * (leaked32.length - 2));
+    // Two allocations per leaked block. The snapshot's totals are read just before its map walk,
+    // which finds the blocks of the iterations made meanwhile too (more of them on a busy
+    // machine); counters read after the walk count every block it found, and the 64-byte block
+    // before each (but the first's, which may have come before the probes).
+    expect(snap.summary.allocs).toBeGreaterThan(0);
+    expect(tracer.counters().allocs).toBeGreaterThanOrEqual(2 * leaked32.length - 1);
 
     // Every probe is a breakpoint in the process's copy of libc while traced; stop() closes every
     // link (at once, on threads of their own) and the process's code is the file's again.
