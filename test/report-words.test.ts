@@ -8,22 +8,13 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { formatReport } from '../lib/report/text-format.js';
 import { trace } from '../lib/index.js';
 import { signalNames } from '../lib/tracer/traced-process.js';
-import type { HeapSummary, LeakReport } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
+import { leakReport } from './helpers/reports.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-words-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function report(summary: Partial<HeapSummary>, over: Partial<LeakReport> = {}): LeakReport {
-  return {
-    version: 1,
-    target: { pid: 1, command: '/bin/prog', args: [], exitCode: 0, signal: null, allocator: '/lib/libc.so.6' },
-    summary: { allocs: 10, frees: 10, bytesAllocated: 100, inUseBlocks: 0, inUseBytes: 0, lostEvents: 0, droppedAllocations: 0, unknownFrees: 0, ...summary },
-    leaks: [],
-    durationMs: 1,
-    ...over,
-  };
-}
+const report = leakReport;
 
 const leakSummary = (text: string) => text.split('\n').find((l) => l.startsWith('LEAK SUMMARY'));
 

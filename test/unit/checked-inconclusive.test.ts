@@ -4,16 +4,11 @@ import { describe, expect, it } from 'vitest';
 
 import { checkReport, type ReportInput } from '../../lib/report/checked.js';
 import { counterFields, type Counters } from '../../lib/native/layout.js';
+import { leakReport } from '../helpers/reports.js';
 
 function report(counters: Partial<Counters>, summary: Partial<ReportInput['summary']> = {}): ReportInput {
-  return {
-    version: 1,
-    target: { pid: 4242, command: '/bin/true', args: [], exitCode: 0, signal: null, allocator: '/usr/lib/x86_64-linux-gnu/libc.so.6' },
-    summary: { allocs: 3, frees: 3, bytesAllocated: 96, inUseBlocks: 0, inUseBytes: 0, lostEvents: 0, droppedAllocations: 0, unknownFrees: 0, ...summary },
-    leaks: [],
-    durationMs: 5,
-    counters: { ...(Object.fromEntries(counterFields.map((f) => [f, 0])) as Counters), ...counters },
-  };
+  const counted = { ...(Object.fromEntries(counterFields.map((f) => [f, 0])) as Counters), ...counters };
+  return { ...leakReport(summary), counters: counted };
 }
 
 describe('inconclusive checked reports', () => {
