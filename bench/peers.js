@@ -8,7 +8,8 @@
 //   sort, gzip, python-pymalloc
 //               few mallocs: sort and gzip of a 24 MB text, the Python script with its own allocator
 // Configs: every workload untraced; under ebpf-leak as a user runs it (`ebpf-leak run`, from dist/:
-// no stacks, stacks, allocation stacks only (--keep-stacktraces=alloc), sampling with stacks); heaptrack; valgrind (memcheck, --leak-check=full);
+// no stacks, stacks, allocation stacks only (--keep-stacktraces=alloc), both with its entry points preloaded
+// (--preload), sampling with stacks); heaptrack; valgrind (memcheck, --leak-check=full);
 // BCC's memleak (bpfcc-tools; the program is held before exec until memleak's probes are in);
 // and the seed article's bpftrace script (printf on every malloc, @[retval] = 1, @[arg0] = 0).
 // Wall time from the tool's start to its exit: start-up, tracing and report, as a user waits.
@@ -51,7 +52,7 @@ const maxRounds = Number(option('--max-rounds') ?? wantedRounds * 3);
 const maxOtherCpu = Number(option('--max-other-cpu') ?? 0.15);
 const jsonFile = option('--json');
 const allWorkloads = ['map', 'git', 'python', 'sort', 'gzip', 'python-pymalloc'];
-const allConfigs = ['untraced', 'leak-no-stacks', 'leak-stacks', 'leak-alloc-stacks', 'leak-sampling', 'heaptrack', 'valgrind', 'memleak', 'bpftrace-seed'];
+const allConfigs = ['untraced', 'leak-no-stacks', 'leak-stacks', 'leak-alloc-stacks', 'leak-preload-stacks', 'leak-preload-alloc-stacks', 'leak-sampling', 'heaptrack', 'valgrind', 'memleak', 'bpftrace-seed'];
 const workloads = option('--workloads')?.split(',') ?? allWorkloads;
 const configs = option('--configs')?.split(',') ?? allConfigs;
 for (const w of workloads) if (!allWorkloads.includes(w)) throw new Error(`unknown workload '${w}' (${allWorkloads.join(', ')})`);
@@ -414,6 +415,12 @@ async function runOnce(config, w) {
       break;
     case 'leak-alloc-stacks':
       r = await leak(['--keep-stacktraces', 'alloc']);
+      break;
+    case 'leak-preload-stacks':
+      r = await leak(['--preload']);
+      break;
+    case 'leak-preload-alloc-stacks':
+      r = await leak(['--preload', '--keep-stacktraces', 'alloc']);
       break;
     case 'leak-sampling':
       r = await leak(['--sample-every', String(512 * 1024)]);

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Copies the portable builds of the addon and its launcher into prebuilds/<platform>-<arch>/, where
+// Copies the portable builds of the addon, its launcher and (x86-64) its preload library into prebuilds/<platform>-<arch>/, where
 // lib/native/addon.ts finds them in an installed package. Run by `npm pack` and `npm publish`
 // (prepack), after `npm run build` (linux-x64, in build/) and `npm run build:arm64` (linux-arm64,
 // cross-compiled into build-arm64/ with cmake/aarch64-linux-gnu.cmake); both link with
@@ -47,7 +47,8 @@ for (const arch of arches.length ? arches : Object.keys(targets)) {
   const out = join(root, 'prebuilds', `linux-${arch}`);
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
-  for (const file of ['ebpf_leak.node', 'ebpf-leak-exec']) {
+  // The preloaded entry points are built for x86-64 only (native/preload/preload.c).
+  for (const file of ['ebpf_leak.node', 'ebpf-leak-exec', 'libebpf-leak-preload.so'].filter((f) => existsSync(join(dir, 'Release', f)))) {
     copyFileSync(join(dir, 'Release', file), join(out, file));
     // The symbol tables only serve debugging ebpf-leak itself; they are most of the addon's size.
     execFileSync(strip, ['--strip-unneeded', join(out, file)]);

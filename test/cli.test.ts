@@ -316,6 +316,17 @@ describe('run', () => {
     expect(stack.stderr).toContain('ERROR SUMMARY: 1 errors (1 invalid frees)');
   }, 120_000);
 
+  it('--preload: the seed traced through the preloaded entry points; refused with --follow-forks', async () => {
+    const r = await runCli(['run', '--preload', '--error-exitcode', '7', '--', fixturePath('seed')]);
+    expect(r.code).toBe(7);
+    expect(r.stderr).toMatch(/; allocator \S*\/libebpf-leak-preload\.so\n/);
+    expect(r.stderr).toMatch(/8 bytes in 1 blocks are definitely lost in loss record \d+ of \d+\n {3}at 0x[0-9a-f]+: malloc \[\S*libebpf-leak-preload\.so\]\n {3}by 0x[0-9a-f]+: main \(.*seed\.c:\d+\)/);
+    expect(r.stderr).toContain('total heap usage: 11 allocs, 9 frees');
+    const refused = await runCli(['run', '--preload', '--follow-forks', '--', fixturePath('seed')]);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('options.preload cannot be used with followForks');
+  }, 60_000);
+
   it('--top 1 shows the largest group and counts the rest', async () => {
     const r = await runCli(['run', '--no-leak-kinds', '--top', '1', '--no-default-suppressions', '--', fixturePath('seed')]);
     expect(r.code).toBe(0);

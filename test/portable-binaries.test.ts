@@ -91,6 +91,18 @@ describe.runIf(process.arch === 'x64')('portable binaries for linux-x64', () => 
     expect(glibc.filter((v) => newerThan(v, '2.28'))).toEqual([]);
   });
 
+  // Loaded into the traced program, whatever its glibc: dlsym bound to its first version.
+  it.each([join(repoRoot, 'build', 'Release', 'libebpf-leak-preload.so'), join(prebuilt, 'libebpf-leak-preload.so')])(
+    '%s: needs only glibc, at GLIBC_2.2.5 (readelf -d, objdump -T)',
+    (file) => {
+      const { needed } = needs('readelf', file);
+      expect(needed).toEqual(['libc.so.6', 'libdl.so.2']);
+      const { versions, tooNew } = symbolVersions('objdump', file);
+      expect(tooNew).toEqual([]);
+      expect(new Set(versions.map(([lib, v]) => `${lib}_${v}`))).toEqual(new Set(['GLIBC_2.2.5']));
+    },
+  );
+
   it.each(launchers)('%s is static', (file) => {
     expect(out('readelf', ['-d', file])).toMatch(/There is no dynamic section/);
     expect(out('readelf', ['-l', file])).not.toMatch(/INTERP/);

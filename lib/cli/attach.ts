@@ -4,7 +4,7 @@ import { formatScanLines, formatSnapshotTop } from '../report/text-format.js';
 import { stackUseSliced } from '../report/snapshot-stacks.js';
 import type { Snapshot, StackFrame } from '../types.js';
 import type { AttachCommand } from './args.js';
-import { traceOptions } from './options.js';
+import { traceOptions } from './trace-options.js';
 import { checkJsonDestination, finish, useColor, watchTracer, type CliIo } from './output.js';
 
 /** Frames per stack in the periodic output. */

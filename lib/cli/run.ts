@@ -3,7 +3,7 @@
 import type { LeakTracer } from '../tracer/leak-tracer.js';
 import { shellQuote } from '../report/text-format.js';
 import type { RunCommand } from './args.js';
-import { traceOptions } from './options.js';
+import { traceOptions } from './trace-options.js';
 import { checkJsonDestination, finish, watchTracer, type CliIo } from './output.js';
 import { invokingUser } from './preflight.js';
 import { forwardedSignals, readProcStat, runExitStatus, shouldForwardSignal } from './signals.js';

@@ -343,6 +343,13 @@ export function loadNative(): NativeAddon {
   return addon;
 }
 
+/** The allocator entry points a `preload` command gets in LD_PRELOAD (native/preload/preload.c),
+ *  built beside the addon on x86-64 only: null where there is none. */
+export function preloadLibraryPath(): string | null {
+  const file = join(nativeBuildDir(), 'libebpf-leak-preload.so');
+  return existsSync(file) ? file : null;
+}
+
 /** The held-before-exec launcher built beside the addon (native/process/launcher.c). */
 export function launcherPath(): string {
   return join(nativeBuildDir(), 'ebpf-leak-exec');

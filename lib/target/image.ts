@@ -34,6 +34,27 @@ function environment(pid: number): NodeJS.ProcessEnv {
   return env;
 }
 
+/** AT_SECURE of the image: a set-user-ID or set-group-ID program run by another user, for which
+ *  the dynamic loader ignores LD_PRELOAD paths and LD_LIBRARY_PATH. */
+function secureExec(pid: number): boolean {
+  try {
+    const auxv = readFileSync(`/proc/${pid}/auxv`);
+    for (let i = 0; i + 16 <= auxv.length; i += 16) {
+      const type = auxv.readBigUInt64LE(i);
+      if (type === 0n) break;
+      if (type === 23n) return auxv.readBigUInt64LE(i + 8) !== 0n; // AT_SECURE
+    }
+  } catch {
+    // unreadable: as the loader does for a program that is not set-ID
+  }
+  return false;
+}
+
+function withoutLoaderVariables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const { LD_PRELOAD: _preload, LD_LIBRARY_PATH: _path, ...rest } = env;
+  return rest;
+}
+
 /** A file's identity, to tell whether an allocator is one already probed. */
 export function fileIdentity(path: string): string {
   const s = statSync(path);
@@ -46,7 +67,7 @@ const cache = new Map<string, ResolvedAllocator>();
  *  attach to. Throws UnsupportedAllocatorError, saying why, when there is none to trace. */
 export async function resolveImageAllocator(pid: number): Promise<ResolvedAllocator> {
   const exe = realpathSync(`/proc/${pid}/exe`);
-  const env = environment(pid);
+  const env = secureExec(pid) ? withoutLoaderVariables(environment(pid)) : environment(pid);
   const root = sameRootAsOurs(pid) ? '/' : realpathSync(`/proc/${pid}/root`);
   const exeStat = statSync(exe);
   const key = [exe, exeStat.ino, exeStat.mtimeMs, root, env.LD_PRELOAD ?? '', env.LD_LIBRARY_PATH ?? ''].join('\0');

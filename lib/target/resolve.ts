@@ -40,11 +40,16 @@ const knownAllocators: ReadonlyArray<{ name: string; symbol: string }> = [
   { name: 'mimalloc', symbol: 'mi_malloc' },
 ];
 
+/** The symbol of ebpf-leak's preloaded entry points (native/preload/preload.c), which are glibc's
+ *  functions behind a 5-byte nop each. */
+export const preloadMarker = 'ebpf_leak_preload';
+
 /** Which allocator `path` (which defines malloc) is; null when none we know. */
 export function allocatorName(path: string): string | null {
   if (GLIBC_NAME.test(basename(path))) return 'glibc';
-  const info = readElfOrNull(path, ['__libc_malloc', '__libc_start_main', ...knownAllocators.map((a) => a.symbol)]);
+  const info = readElfOrNull(path, ['__libc_malloc', '__libc_start_main', preloadMarker, ...knownAllocators.map((a) => a.symbol)]);
   if (!info) return null;
+  if (info.symbols[preloadMarker] !== undefined) return 'glibc';
   // Checked first: tcmalloc and mimalloc define __libc_malloc too, for programs that call it.
   const known = knownAllocators.find((a) => info.symbols[a.symbol] !== undefined);
   if (known) return known.name;

@@ -64,6 +64,8 @@ export const leakTracerEvents = ['alloc', 'free', 'leak', 'exit', 'lost', 'error
 /** What the tracer resolved and attached, for diagnostics (`--verbose`). */
 export interface TracerInfo {
   allocator: string;
+  /** The library of allocator entry points the command got in LD_PRELOAD (options.preload). */
+  preload?: string;
   /** Function -> symbol probed. */
   probes: Partial<Record<AllocatorFunction, string>>;
   /** Optional functions absent from the allocator. */

@@ -73,6 +73,7 @@ export type ResolvedOptions =
       env: NodeJS.ProcessEnv;
       stdio: 'inherit' | 'pipe' | 'ignore';
       user: { uid: number; gid: number } | undefined;
+      preload: boolean;
     });
 
 function fail(message: string): never {
@@ -182,7 +183,18 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
   if (common.leakKinds && common.sampleEveryBytes > 0) {
     fail('options.leakKinds needs every block recorded: it cannot be used with sampleEveryBytes');
   }
+  if (o.preload !== undefined && typeof o.preload !== 'boolean') {
+    fail(`options.preload must be a boolean (got ${describe(o.preload)})`);
+  }
+  if (o.preload && o.followForks) {
+    fail(
+      'options.preload cannot be used with followForks: the kernel does not carry the optimized probes of the ' +
+        "preloaded entry points into a forked child's copy of the program, so a child's calls would go unseen. " +
+        'Leave one of them off.',
+    );
+  }
   if (hasPid) {
+    if (o.preload) fail('options.preload is for a command trace() starts: a running process cannot be given a library to preload');
     return { ...common, kind: 'pid', pid: integerIn('pid', o.pid, limits.pid.min, limits.pid.max) };
   }
   if (typeof o.command !== 'string' || o.command === '') {
@@ -218,5 +230,6 @@ export function resolveOptions(options: TraceOptions): ResolvedOptions {
     cwd: o.cwd,
     env: o.env ?? process.env,
     stdio,
+    preload: o.preload ?? false,
   };
 }

@@ -1,9 +1,16 @@
 // trace()'s first stage: the process to trace and the allocator it uses. A command is started here,
 // held before exec until the probes are attached; a running process is found and checked.
-import { readFileSync } from 'node:fs';
-import { PtraceError } from '../errors.js';
-import { launcherPath, type NativeAddon } from '../native/addon.js';
-import { environmentStrings, type ResolvedAllocator, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { InvalidOptionError, PtraceError } from '../errors.js';
+import { launcherPath, preloadLibraryPath, type NativeAddon } from '../native/addon.js';
+import { readableBy } from '../util/readable-by.js';
+import {
+  environmentStrings,
+  type ResolvedAllocator,
+  type ResolvedCommand,
+  resolveCommandTarget,
+  resolvePidAllocator,
+} from '../target/resolve.js';
 import type { ResolvedOptions } from './options.js';
 import { TracedProcess } from './traced-process.js';
 
@@ -19,14 +26,21 @@ export interface TraceTarget {
   held?: TracedProcess;
   /** A command's files whose unwind tables are loaded before it runs. */
   unwindFiles?: string[];
+  /** The library of entry points a `preload` command got in LD_PRELOAD. */
+  preload?: string;
 }
 
 /** Start the program held before exec: our launcher waits on its fd 3 until release(). */
-function startHeld(native: NativeAddon, o: Extract<ResolvedOptions, { kind: 'command' }>, exe: string): Promise<TracedProcess> {
+function startHeld(
+  native: NativeAddon,
+  o: Extract<ResolvedOptions, { kind: 'command' }>,
+  exe: string,
+  programEnv: NodeJS.ProcessEnv,
+): Promise<TracedProcess> {
   const launcher = launcherPath();
   // The addon looks the user up and tells the launcher, which switches to it right before exec
   // (native/process/run_as_user.h, native/process/launcher.c); a variable of that name from elsewhere never does.
-  const env = { ...o.env, [launcherUserVariable]: undefined };
+  const env = { ...programEnv, [launcherUserVariable]: undefined };
   return TracedProcess.start(native, {
     file: launcher,
     argv: [launcher, exe, o.command, ...o.args],
@@ -66,8 +80,21 @@ export async function resolveTarget(
     const allocator = resolvePidAllocator(o.pid, o.allocator);
     return { pid: o.pid, allocatorPath: allocator.path, glibc: allocator.glibc, resolved: allocator };
   }
-  const target = await resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
-  const held = await startHeld(native, o, target.exe);
+  let target = await resolveCommandTarget(o.command, o.env, o.cwd, o.allocator);
+  let env = o.env;
+  let preload: string | undefined;
+  if (o.preload) {
+    preload = preloadLibrary(o, target);
+    env = { ...o.env, LD_PRELOAD: o.env.LD_PRELOAD ? `${preload}:${o.env.LD_PRELOAD}` : preload };
+    target = await resolveCommandTarget(o.command, env, o.cwd, undefined);
+    if (target.allocator.path !== realpathSync(preload)) {
+      throw new InvalidOptionError(
+        `options.preload: ${o.command} would not allocate through ${preload} with it in LD_PRELOAD ` +
+          `(the loader binds malloc to ${target.allocator.path}). Leave preload off for this program.`,
+      );
+    }
+  }
+  const held = await startHeld(native, o, target.exe, env);
   onStarted(held);
   return {
     pid: held.pid,
@@ -76,5 +103,38 @@ export async function resolveTarget(
     resolved: target.allocator,
     held,
     unwindFiles: target.files,
+    ...(preload !== undefined ? { preload } : {}),
   };
+}
+
+/** The library of entry points for a `preload` command, when its program allocates through
+ *  glibc's shared libc: the entry points forward to glibc's functions, and the loader ignores
+ *  LD_PRELOAD paths for a set-user-ID or set-group-ID program run by another user. */
+function preloadLibrary(o: Extract<ResolvedOptions, { kind: 'command' }>, target: ResolvedCommand): string {
+  const library = preloadLibraryPath();
+  if (library === null) {
+    throw new InvalidOptionError(
+      `options.preload needs x86-64, where the kernel optimizes uprobes on 5-byte nops; this is ${process.arch}. Leave preload off.`,
+    );
+  }
+  if (o.allocator !== undefined || target.allocator.name !== 'glibc') {
+    throw new InvalidOptionError(
+      `options.preload: ${o.command} allocates through ${target.allocator.path} (${o.allocator ? 'named with allocator' : target.allocator.name}), ` +
+        `not glibc's shared libc.so.6, and the preloaded entry points only forward to glibc's functions. Leave preload off for this program.`,
+    );
+  }
+  const program = target.files[0] ?? target.exe;
+  if ((statSync(program).mode & 0o6000) !== 0) {
+    throw new InvalidOptionError(
+      `options.preload: ${program} is set-user-ID or set-group-ID, and the dynamic loader ignores LD_PRELOAD ` +
+        `paths for such a program run by another user. Leave preload off for this program.`,
+    );
+  }
+  if (o.user !== undefined && !readableBy(library, o.user.uid, o.user.gid)) {
+    throw new InvalidOptionError(
+      `options.preload: ${library} cannot be read by uid ${o.user.uid} (gid ${o.user.gid}), which runs the program, ` +
+        `and the dynamic loader would skip it. Install ebpf-leak where that user can read it, or leave preload off.`,
+    );
+  }
+  return library;
 }

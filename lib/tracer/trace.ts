@@ -223,6 +223,7 @@ function run(native: NativeAddon, o: ResolvedOptions, target: TraceTarget, plann
     },
     info: {
       allocator: allocatorPath,
+      ...(target.preload !== undefined ? { preload: target.preload } : {}),
       probes: plan.attached,
       missing: plan.missing,
       functionOffsets: Object.fromEntries(

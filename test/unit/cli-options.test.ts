@@ -5,7 +5,8 @@ import { describe, expect, it } from 'vitest';
 
 import { parseCliArgs, type RunCommand } from '../../lib/cli/args.js';
 import { ATTACH_HELP, optionsMarkdown, optionSpelling, RUN_HELP } from '../../lib/cli/help.js';
-import { cliOptions, traceOptions } from '../../lib/cli/options.js';
+import { cliOptions } from '../../lib/cli/options.js';
+import { traceOptions } from '../../lib/cli/trace-options.js';
 import { defaults, limits } from '../../lib/tracer/options.js';
 
 describe('the option table', () => {
@@ -53,6 +54,7 @@ describe('the option table', () => {
       '--probe-placement', 'entry',
       '--debug-dir', '/d1',
       '--follow-forks',
+      '--preload',
       '--no-leak-kinds',
       '--show-leak-kinds', 'all',
       '--errors-for-leak-kinds', 'definite',
@@ -74,6 +76,7 @@ describe('the option table', () => {
       probePlacement: 'entry',
       debugDirs: ['/d1'],
       followForks: true,
+      preload: true,
       leakKinds: false,
     });
     const mapped = cliOptions.filter((o) => o.traceOption !== undefined).map((o) => o.traceOption);

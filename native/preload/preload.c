@@ -1,0 +1,81 @@
+/* The library trace({ preload: true }) and `run --preload` put in a program's LD_PRELOAD: the C
+ * allocator's ten entry points, each a 5-byte nop followed by a jump to glibc's own function.
+ *
+ * A uprobe on glibc's malloc is a breakpoint: every call traps into the kernel. Since 6.18 the
+ * kernel turns a uprobe on a 5-byte nop (0f 1f 44 00 00) into a call into a trampoline that makes
+ * a system call, which costs a quarter of the trap on some virtual machines (docs/performance.md).
+ * glibc's functions begin with no such nop, so the tracer probes these instead: their registers at
+ * the nop are the caller's arguments, and the jump leaves the caller's return address on top of
+ * the stack for the return probe. Nothing here allocates, and the stack of a call has no frame of
+ * this library, so reports and counts are those of the program without it.
+ *
+ * The jump targets: glibc exports __libc_malloc and six more of its functions under those names.
+ * posix_memalign, aligned_alloc and reallocarray it exports only under their own names, which this
+ * library takes, so those are the next definition in lookup order (dlsym(RTLD_NEXT)), looked up at
+ * the first call. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+
+/* The tracer knows this library by this function (lib/target/resolve.ts, which reads function
+ * symbols only): its allocator functions are glibc's. Never called. */
+__attribute__((visibility("default"))) void ebpf_leak_preload(void) {}
+
+/* dlsym's first version, which every glibc since 2.2.5 (x86-64) defines: in libdl before 2.34, in
+ * libc since. The default version of the build's glibc would not load on older ones. */
+__asm__(".symver ebpf_leak_dlsym, dlsym@GLIBC_2.2.5");
+extern void *ebpf_leak_dlsym(void *handle, const char *name);
+
+typedef int posix_memalign_fn(void **out, size_t alignment, size_t size);
+typedef void *aligned_alloc_fn(size_t alignment, size_t size);
+typedef void *reallocarray_fn(void *block, size_t count, size_t size);
+
+static posix_memalign_fn first_posix_memalign;
+static aligned_alloc_fn first_aligned_alloc;
+static reallocarray_fn first_reallocarray;
+
+/* Where the entry points jump: a first call's lookup, then glibc's function. A word-sized store
+ * of the same value by two threads at once is harmless. */
+__attribute__((visibility("hidden"), used)) posix_memalign_fn *ebpf_leak_posix_memalign = first_posix_memalign;
+__attribute__((visibility("hidden"), used)) aligned_alloc_fn *ebpf_leak_aligned_alloc = first_aligned_alloc;
+__attribute__((visibility("hidden"), used)) reallocarray_fn *ebpf_leak_reallocarray = first_reallocarray;
+
+static int first_posix_memalign(void **out, size_t alignment, size_t size) {
+	ebpf_leak_posix_memalign = (posix_memalign_fn *)ebpf_leak_dlsym(RTLD_NEXT, "posix_memalign");
+	return ebpf_leak_posix_memalign(out, alignment, size);
+}
+
+static void *first_aligned_alloc(size_t alignment, size_t size) {
+	ebpf_leak_aligned_alloc = (aligned_alloc_fn *)ebpf_leak_dlsym(RTLD_NEXT, "aligned_alloc");
+	return ebpf_leak_aligned_alloc(alignment, size);
+}
+
+static void *first_reallocarray(void *block, size_t count, size_t size) {
+	ebpf_leak_reallocarray = (reallocarray_fn *)ebpf_leak_dlsym(RTLD_NEXT, "reallocarray");
+	return ebpf_leak_reallocarray(block, count, size);
+}
+
+/* One entry point: the nop the probe goes on, then an indirect jump through `target`, a GOT slot
+ * or one of the pointers above. Its unwind entry is the initial one (return address on top of the
+ * stack) throughout, which is true of both instructions. */
+#define ENTRY(name, target)                                         \
+	__asm__(".text\n"                                               \
+		".globl " #name "\n"                                    \
+		".type " #name ",@function\n"                           \
+		".p2align 4\n" #name ":\n"                              \
+		".cfi_startproc\n"                                      \
+		".byte 0x0f,0x1f,0x44,0x00,0x00\n"                      \
+		"jmp *" target "(%rip)\n"                               \
+		".cfi_endproc\n"                                        \
+		".size " #name ",.-" #name "\n")
+
+ENTRY(malloc, "__libc_malloc@GOTPCREL");
+ENTRY(free, "__libc_free@GOTPCREL");
+ENTRY(calloc, "__libc_calloc@GOTPCREL");
+ENTRY(realloc, "__libc_realloc@GOTPCREL");
+ENTRY(memalign, "__libc_memalign@GOTPCREL");
+ENTRY(valloc, "__libc_valloc@GOTPCREL");
+ENTRY(pvalloc, "__libc_pvalloc@GOTPCREL");
+ENTRY(posix_memalign, "ebpf_leak_posix_memalign");
+ENTRY(aligned_alloc, "ebpf_leak_aligned_alloc");
+ENTRY(reallocarray, "ebpf_leak_reallocarray");

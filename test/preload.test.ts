@@ -1,0 +1,170 @@
+// options.preload: the command starts with ebpf-leak's allocator entry points in LD_PRELOAD
+// (native/preload/preload.c), each a 5-byte nop and a jump to glibc's function, and the probes go
+// on those nops, which the kernel turns into calls into its uprobe trampoline. Everything the
+// reports say must stay what the same run says without it, and what valgrind says.
+import { once } from 'node:events';
+import { chmodSync, chownSync, copyFileSync, mkdtempSync, realpathSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { trace } from '../lib/index.js';
+import { preloadLibraryPath } from '../lib/native/addon.js';
+import { formatHeapError } from '../lib/report/text-format.js';
+import type { LeakReport, TraceOptions } from '../lib/types.js';
+import { fixturePath } from './helpers/fixtures.js';
+import { codeByte } from './helpers/process-memory.js';
+import { runValgrind } from './helpers/valgrind.js';
+
+const env: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
+const library = preloadLibraryPath()!;
+const valgrindPreloadLength = '/usr/libexec/valgrind/vgpreload_core-amd64-linux.so:/usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so'.length;
+/** Ours first, then separators the loader skips: the program's LD_PRELOAD is as long as the one
+ *  valgrind gives it, for programs that copy their environment. */
+const preloadEnv = { ...env, LD_PRELOAD: ':'.repeat(valgrindPreloadLength - library.length - 1) };
+
+function heap(r: LeakReport) {
+  const s = r.summary;
+  return { inUseBytes: s.inUseBytes, inUseBlocks: s.inUseBlocks, allocs: s.allocs, frees: s.frees, bytesAllocated: s.bytesAllocated };
+}
+
+function kinds(r: LeakReport) {
+  const s = r.summary;
+  return { definitelyLost: s.definitelyLost, indirectlyLost: s.indirectlyLost, possiblyLost: s.possiblyLost, stillReachable: s.stillReachable };
+}
+
+async function traced(command: string, args: string[], options: Partial<TraceOptions> = {}): Promise<LeakReport> {
+  const tracer = await trace({ command, args, env: preloadEnv, stdio: 'ignore', preload: true, ...options } as TraceOptions);
+  expect(tracer.info.preload).toBe(library);
+  expect(tracer.info.allocator).toBe(realpathSync(library));
+  return tracer.done;
+}
+
+describe('preload: the entry points in LD_PRELOAD', () => {
+  it('is built beside the addon on x86-64', () => {
+    expect(library).toMatch(/libebpf-leak-preload\.so$/);
+  });
+
+  it('probes the nops, which the kernel turns into calls into its trampoline', async () => {
+    const tracer = await trace({ command: fixturePath('gate'), env: preloadEnv, stdio: 'pipe', preload: true });
+    try {
+      // Every probe is on its function's first byte, the nop: none is moved.
+      for (const p of tracer.info.placements) expect(p.entryOffset).toBe(p.functionOffset);
+      expect(Object.keys(tracer.info.probes).sort()).toEqual(
+        ['aligned_alloc', 'calloc', 'free', 'malloc', 'memalign', 'posix_memalign', 'pvalloc', 'realloc', 'reallocarray', 'valloc'],
+      );
+      await once(tracer.process!.stdout!, 'data'); // "ready": malloc was called once
+      const malloc = tracer.info.functionOffsets.malloc!;
+      // 0xe8: a call into the trampoline where the nop was. A breakpoint would be 0xcc.
+      expect(codeByte(tracer.pid, library, malloc)).toBe(0xe8);
+      expect(codeByte(tracer.pid, library, malloc + 5)).toBe(0xff); // the jump is untouched
+      tracer.process!.stdout!.resume();
+      tracer.process!.stdin!.end('go\n');
+      const report = await tracer.done;
+      // gate's own counts (test/fixtures/gate.c): all of it seen from exec.
+      expect(report.summary).toMatchObject({ allocs: 1002, frees: 991, unknownFrees: 0, droppedAllocations: 0, lostEvents: 0 });
+    } finally {
+      tracer.process?.kill('SIGKILL');
+    }
+  });
+
+  for (const name of ['entry_points', 'cpp_containers', 'threads', 'leak_kinds'] as const) {
+    it(`${name}: the heap and leak summaries are valgrind's`, async () => {
+      const vg = await runValgrind(fixturePath(name), [], { env });
+      const report = await traced(fixturePath(name), []);
+      expect(heap(report)).toEqual(vg.summary);
+      expect(kinds(report)).toEqual({
+        definitelyLost: vg.leakSummary.definitelyLost,
+        indirectlyLost: vg.leakSummary.indirectlyLost,
+        possiblyLost: vg.leakSummary.possiblyLost,
+        stillReachable: vg.leakSummary.stillReachable,
+      });
+      expect([report.summary.lostEvents, report.summary.droppedAllocations]).toEqual([0, 0]);
+    });
+  }
+
+  it('python, which copies its environment: valgrind\'s numbers with an LD_PRELOAD as long', async () => {
+    const args = ['-c', 'import json; d={str(i):[i]*(i%7) for i in range(2000)}; print(len(json.dumps(d)))'];
+    const vg = await runValgrind('/usr/bin/python3', args, { env });
+    const report = await traced('/usr/bin/python3', args);
+    expect(heap(report)).toEqual(vg.summary);
+  });
+
+  it('heap errors and their stacks are those of the run without it, but for the top frame\'s file', async () => {
+    const format = (r: LeakReport) =>
+      (r.errors ?? []).map((e) =>
+        formatHeapError(e)
+          .join('\n')
+          .replace(/0x[0-9a-f]+|tid \d+/g, '')
+          .replace(/\[[^\]]*(libc\.so\.6|libebpf-leak-preload\.so)\]/g, '[allocator]'),
+      );
+    for (const scenario of ['mismatch', 'stack']) {
+      const plain = await (await trace({ command: fixturePath('heap_errors'), args: [scenario], env, stdio: 'ignore' })).done;
+      const preloaded = await traced(fixturePath('heap_errors'), [scenario]);
+      expect(format(plain).length).toBeGreaterThan(0);
+      expect(format(preloaded)).toEqual(format(plain));
+      expect(heap(preloaded)).toEqual(heap(plain));
+    }
+  });
+
+  it('64 threads realloc, move and free each other\'s blocks: 5 runs equal valgrind', async () => {
+    const command = fixturePath('realloc_stress');
+    const vg = (await runValgrind(command, ['256'], { env })).summary;
+    expect(vg.inUseBlocks).toBe(384);
+    for (let run = 0; run < 5; run++) {
+      const report = await traced(command, ['256']);
+      expect({ ...heap(report), unknownFrees: report.summary.unknownFrees }, `run ${run + 1}`).toEqual({ ...vg, unknownFrees: 0 });
+    }
+  });
+
+  // The loader ignores LD_PRELOAD paths in a secure exec (AT_SECURE: here a set-group-ID program
+  // run by root), so the program it execs allocates through glibc, where it must be traced.
+  it('a set-group-ID program exec\'d with the variable set is traced at glibc', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ebpf-leak-setgid-'));
+    try {
+      const program = join(dir, 'seed');
+      copyFileSync(fixturePath('seed'), program);
+      chownSync(program, 0, 65534);
+      chmodSync(program, 0o2755);
+      const tracer = await trace({ command: '/bin/sh', args: ['-c', `exec ${program}`], env: preloadEnv, stdio: 'ignore', preload: true });
+      expect(tracer.info.preload).toBe(library);
+      const report = await tracer.done;
+      expect(report.target.exitCode).toBe(0);
+      // seed's own: 10 blocks of 8 bytes, 9 freed, and stdout's 4,096-byte buffer.
+      expect(report.summary).toMatchObject({ allocs: 11, frees: 9, inUseBlocks: 2, inUseBytes: 4104 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('preload: refused where it cannot work', () => {
+  it('a running process', async () => {
+    await expect(trace({ pid: process.pid, preload: true } as unknown as TraceOptions)).rejects.toMatchObject({
+      code: 'ELEAK_OPTION',
+      message: expect.stringContaining('options.preload is for a command'),
+    });
+  });
+
+  // The kernel keeps the trampolines of optimized uprobes per address space and does not carry
+  // them into a forked child's copy: its calls through them would not run the probes.
+  it('with followForks', async () => {
+    await expect(trace({ command: fixturePath('fork_children'), env, stdio: 'ignore', preload: true, followForks: true })).rejects.toMatchObject({
+      code: 'ELEAK_OPTION',
+      message: expect.stringContaining('options.preload cannot be used with followForks'),
+    });
+  });
+
+  it('a value that is not a boolean', async () => {
+    await expect(trace({ command: fixturePath('seed'), preload: 'yes' } as unknown as TraceOptions)).rejects.toMatchObject({
+      code: 'ELEAK_OPTION',
+      message: expect.stringContaining('options.preload must be a boolean'),
+    });
+  });
+
+  it('a program that does not allocate through glibc\'s shared libc', async () => {
+    await expect(trace({ command: fixturePath('alloc_count_static'), env, stdio: 'ignore', preload: true })).rejects.toMatchObject({
+      code: 'ELEAK_OPTION',
+      message: expect.stringMatching(/not glibc's shared libc\.so\.6.*Leave preload off/),
+    });
+  });
+});
