@@ -13,7 +13,8 @@ import { formatHeapError } from '../lib/report/text-format.js';
 import type { LeakReport, TraceOptions } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
 import { codeByte } from './helpers/process-memory.js';
-import { runValgrind } from './helpers/valgrind.js';
+import { kinds } from './helpers/attached-target.js';
+import { runValgrind, valgrindKinds } from './helpers/valgrind.js';
 
 const env: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const library = preloadLibraryPath()!;
@@ -25,11 +26,6 @@ const preloadEnv = { ...env, LD_PRELOAD: ':'.repeat(valgrindPreloadLength - libr
 function heap(r: LeakReport) {
   const s = r.summary;
   return { inUseBytes: s.inUseBytes, inUseBlocks: s.inUseBlocks, allocs: s.allocs, frees: s.frees, bytesAllocated: s.bytesAllocated };
-}
-
-function kinds(r: LeakReport) {
-  const s = r.summary;
-  return { definitelyLost: s.definitelyLost, indirectlyLost: s.indirectlyLost, possiblyLost: s.possiblyLost, stillReachable: s.stillReachable };
 }
 
 async function traced(command: string, args: string[], options: Partial<TraceOptions> = {}): Promise<LeakReport> {
@@ -72,12 +68,7 @@ describe('preload: the entry points in LD_PRELOAD', () => {
       const vg = await runValgrind(fixturePath(name), [], { env });
       const report = await traced(fixturePath(name), []);
       expect(heap(report)).toEqual(vg.summary);
-      expect(kinds(report)).toEqual({
-        definitelyLost: vg.leakSummary.definitelyLost,
-        indirectlyLost: vg.leakSummary.indirectlyLost,
-        possiblyLost: vg.leakSummary.possiblyLost,
-        stillReachable: vg.leakSummary.stillReachable,
-      });
+      expect(kinds(report)).toEqual(valgrindKinds(vg));
       expect([report.summary.lostEvents, report.summary.droppedAllocations]).toEqual([0, 0]);
     });
   }

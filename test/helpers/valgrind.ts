@@ -427,3 +427,9 @@ export function formatHeapSummary(s: ValgrindHeapSummary): string {
     `total heap usage: ${f(s.allocs)} allocs, ${f(s.frees)} frees, ${f(s.bytesAllocated)} bytes allocated`
   );
 }
+
+/** valgrind's four leak kinds, as `kinds()` (test/helpers/attached-target.ts) gives a report's. */
+export function valgrindKinds(vg: ParsedValgrindLog): Record<'definitelyLost' | 'indirectlyLost' | 'possiblyLost' | 'stillReachable', BytesBlocks> {
+  const { definitelyLost, indirectlyLost, possiblyLost, stillReachable } = vg.leakSummary;
+  return { definitelyLost, indirectlyLost, possiblyLost, stillReachable };
+}
