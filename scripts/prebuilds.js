@@ -48,7 +48,7 @@ for (const arch of arches.length ? arches : Object.keys(targets)) {
   rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
   // The preloaded entry points are built for x86-64 only (native/preload/preload.c).
-  for (const file of ['ebpf_leak.node', 'ebpf-leak-exec', 'libebpf-leak-preload.so'].filter((f) => existsSync(join(dir, 'Release', f)))) {
+  for (const file of ['ebpf_leak.node', 'ebpf-leak-exec', 'libebpf-leak-preload.so', 'libebpf-leak-preload-cxx.so'].filter((f) => existsSync(join(dir, 'Release', f)))) {
     copyFileSync(join(dir, 'Release', file), join(out, file));
     // The symbol tables only serve debugging ebpf-leak itself; they are most of the addon's size.
     execFileSync(strip, ['--strip-unneeded', join(out, file)]);

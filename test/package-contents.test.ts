@@ -54,6 +54,7 @@ describe('npm pack', () => {
       'prebuilds/linux-arm64/ebpf_leak.node',
       'prebuilds/linux-x64/ebpf-leak-exec',
       'prebuilds/linux-x64/ebpf_leak.node',
+      'prebuilds/linux-x64/libebpf-leak-preload-cxx.so',
       'prebuilds/linux-x64/libebpf-leak-preload.so',
       'scripts/install.js',
     ]);

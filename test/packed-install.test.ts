@@ -102,6 +102,7 @@ describe('npm install of the packed tarball on a bare Debian 12 with only Node',
     expect(existsSync(join(pkg, 'prebuilds', 'linux-x64', 'ebpf_leak.node'))).toBe(true);
     expect(existsSync(join(pkg, 'prebuilds', 'linux-x64', 'ebpf-leak-exec'))).toBe(true);
     expect(existsSync(join(pkg, 'prebuilds', 'linux-x64', 'libebpf-leak-preload.so'))).toBe(true);
+    expect(existsSync(join(pkg, 'prebuilds', 'linux-x64', 'libebpf-leak-preload-cxx.so'))).toBe(true);
     // The cross-built linux-arm64 binaries travel in the same package (nothing here runs them).
     expect(readdirSync(join(pkg, 'prebuilds', 'linux-arm64')).sort()).toEqual(['ebpf-leak-exec', 'ebpf_leak.node']);
     expect(existsSync(join(pkg, 'build'))).toBe(false);

@@ -92,7 +92,9 @@ describe.runIf(process.arch === 'x64')('portable binaries for linux-x64', () => 
   });
 
   // Loaded into the traced program, whatever its glibc: dlsym bound to its first version.
-  it.each([join(repoRoot, 'build', 'Release', 'libebpf-leak-preload.so'), join(prebuilt, 'libebpf-leak-preload.so')])(
+  it.each(
+    ['libebpf-leak-preload.so', 'libebpf-leak-preload-cxx.so'].flatMap((f) => [join(repoRoot, 'build', 'Release', f), join(prebuilt, f)]),
+  )(
     '%s: needs only glibc, at GLIBC_2.2.5 (readelf -d, objdump -T)',
     (file) => {
       const { needed } = needs('readelf', file);

@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { trace } from '../lib/index.js';
 import { preloadLibraryPath } from '../lib/native/addon.js';
 import { formatHeapError } from '../lib/report/text-format.js';
+import type { ScopedLeakReport } from '../lib/index.js';
 import type { LeakReport, TraceOptions } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
 import { codeByte } from './helpers/process-memory.js';
@@ -18,26 +19,32 @@ import { runValgrind, valgrindKinds } from './helpers/valgrind.js';
 
 const env: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', TZ: 'UTC', HOME: '/nonexistent' };
 const library = preloadLibraryPath()!;
+/** With C++'s operator delete too, for programs whose operators are all libstdc++'s. */
+const cxxLibrary = preloadLibraryPath('cxx')!;
 const valgrindPreloadLength = '/usr/libexec/valgrind/vgpreload_core-amd64-linux.so:/usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so'.length;
 /** Ours first, then separators the loader skips: the program's LD_PRELOAD is as long as the one
  *  valgrind gives it, for programs that copy their environment. */
 const preloadEnv = { ...env, LD_PRELOAD: ':'.repeat(valgrindPreloadLength - library.length - 1) };
+const cxxPreloadEnv = { ...env, LD_PRELOAD: ':'.repeat(valgrindPreloadLength - cxxLibrary.length - 1) };
 
 function heap(r: LeakReport) {
   const s = r.summary;
   return { inUseBytes: s.inUseBytes, inUseBlocks: s.inUseBlocks, allocs: s.allocs, frees: s.frees, bytesAllocated: s.bytesAllocated };
 }
 
-async function traced(command: string, args: string[], options: Partial<TraceOptions> = {}): Promise<LeakReport> {
-  const tracer = await trace({ command, args, env: preloadEnv, stdio: 'ignore', preload: true, ...options } as TraceOptions);
-  expect(tracer.info.preload).toBe(library);
-  expect(tracer.info.allocator).toBe(realpathSync(library));
+/** A run with `preload`, which must get `expected`: C++ programs the library with operator delete. */
+async function traced(command: string, args: string[], expected = library, options: Partial<TraceOptions> = {}): Promise<ScopedLeakReport> {
+  const env = expected === cxxLibrary ? cxxPreloadEnv : preloadEnv;
+  const tracer = await trace({ command, args, env, stdio: 'ignore', preload: true, ...options } as TraceOptions);
+  expect(tracer.info.preload).toBe(expected);
+  expect(tracer.info.allocator).toBe(realpathSync(expected));
   return tracer.done;
 }
 
 describe('preload: the entry points in LD_PRELOAD', () => {
   it('is built beside the addon on x86-64', () => {
     expect(library).toMatch(/libebpf-leak-preload\.so$/);
+    expect(cxxLibrary).toMatch(/libebpf-leak-preload-cxx\.so$/);
   });
 
   it('probes the nops, which the kernel turns into calls into its trampoline', async () => {
@@ -66,7 +73,7 @@ describe('preload: the entry points in LD_PRELOAD', () => {
   for (const name of ['entry_points', 'cpp_containers', 'threads', 'leak_kinds'] as const) {
     it(`${name}: the heap and leak summaries are valgrind's`, async () => {
       const vg = await runValgrind(fixturePath(name), [], { env });
-      const report = await traced(fixturePath(name), []);
+      const report = await traced(fixturePath(name), [], name === 'cpp_containers' ? cxxLibrary : library);
       expect(heap(report)).toEqual(vg.summary);
       expect(kinds(report)).toEqual(valgrindKinds(vg));
       expect([report.summary.lostEvents, report.summary.droppedAllocations]).toEqual([0, 0]);
@@ -86,11 +93,11 @@ describe('preload: the entry points in LD_PRELOAD', () => {
         formatHeapError(e)
           .join('\n')
           .replace(/0x[0-9a-f]+|tid \d+/g, '')
-          .replace(/\[[^\]]*(libc\.so\.6|libebpf-leak-preload\.so)\]/g, '[allocator]'),
+          .replace(/\[[^\]]*(libc\.so\.6|libstdc\+\+\.so\.6[.\d]*|libebpf-leak-preload(-cxx)?\.so)\]/g, '[allocator]'),
       );
     for (const scenario of ['mismatch', 'stack']) {
       const plain = await (await trace({ command: fixturePath('heap_errors'), args: [scenario], env, stdio: 'ignore' })).done;
-      const preloaded = await traced(fixturePath('heap_errors'), [scenario]);
+      const preloaded = await traced(fixturePath('heap_errors'), [scenario], cxxLibrary);
       expect(format(plain).length).toBeGreaterThan(0);
       expect(format(preloaded)).toEqual(format(plain));
       expect(heap(preloaded)).toEqual(heap(plain));
@@ -105,6 +112,49 @@ describe('preload: the entry points in LD_PRELOAD', () => {
       const report = await traced(command, ['256']);
       expect({ ...heap(report), unknownFrees: report.summary.unknownFrees }, `run ${run + 1}`).toEqual({ ...vg, unknownFrees: 0 });
     }
+  });
+
+  it('C++: every overload of new and delete, with delete preloaded, equals valgrind', async () => {
+    const path = fixturePath('cxx_operators');
+    const vg = await runValgrind(path, ['shapes'], { env });
+    const tracer = await trace({ command: path, args: ['shapes'], env: cxxPreloadEnv, stdio: 'ignore', preload: true });
+    // Each operator delete overload is the library's, probed at its nop; new stays libstdc++'s.
+    const deletes = [...(tracer.info.overloads?.['operator delete'] ?? []), ...(tracer.info.overloads?.['operator delete[]'] ?? [])];
+    expect(deletes).toHaveLength(12);
+    for (const d of deletes) expect([d.path, d.entryOffset]).toEqual([realpathSync(cxxLibrary), d.offset]);
+    expect(tracer.info.sites?.['operator new']?.path).toMatch(/libstdc\+\+\.so/);
+    const report = await tracer.done;
+    expect(heap(report)).toEqual(vg.summary);
+    expect(kinds(report)).toEqual(valgrindKinds(vg));
+    expect(report.errors ?? []).toEqual([]);
+  });
+
+  it('C++: 4 threads of new and delete at once, 5 runs equal valgrind', async () => {
+    const path = fixturePath('cxx_operators');
+    const args = ['threads', '4', '20000'];
+    const vg = await runValgrind(path, args, { env });
+    expect(vg.summary.allocs).toBeGreaterThan(80_000);
+    for (let run = 0; run < 5; run++) {
+      const report = await traced(path, args, cxxLibrary);
+      expect(heap(report), `run ${run + 1}`).toEqual(vg.summary);
+      expect(kinds(report).definitelyLost, `run ${run + 1}`).toEqual(vg.leakSummary.definitelyLost);
+      expect(report.errors ?? [], `run ${run + 1}`).toEqual([]);
+      expect(report.counters.inflightFailures, `run ${run + 1}`).toBe(0);
+    }
+  });
+
+  // custom_operators.so's delete gives back the block 16 bytes before the pointer: the library's
+  // deletes, which call free() on the pointer itself, must not stand in for it.
+  it('C++ with operators of its own: the library without operator delete', async () => {
+    const path = fixturePath('cxx_operators');
+    const own = { ...env, LD_PRELOAD: fixturePath('custom_operators') };
+    const plain = await (await trace({ command: path, args: ['shapes'], env: own, stdio: 'ignore' })).done;
+    const tracer = await trace({ command: path, args: ['shapes'], env: own, stdio: 'ignore', preload: true });
+    expect(tracer.info.preload).toBe(library);
+    expect(tracer.info.sites?.['operator delete']?.path).toBe(realpathSync(fixturePath('custom_operators')));
+    const report = await tracer.done;
+    expect(report.target.exitCode).toBe(0);
+    expect(heap(report)).toEqual(heap(plain));
   });
 
   // The loader ignores LD_PRELOAD paths in a secure exec (AT_SECURE: here a set-group-ID program

@@ -344,9 +344,10 @@ export function loadNative(): NativeAddon {
 }
 
 /** The allocator entry points a `preload` command gets in LD_PRELOAD (native/preload/preload.c),
- *  built beside the addon on x86-64 only: null where there is none. */
-export function preloadLibraryPath(): string | null {
-  const file = join(nativeBuildDir(), 'libebpf-leak-preload.so');
+ *  built beside the addon on x86-64 only: the C functions, or those and C++'s operator delete
+ *  (`cxx`). null where there is none. */
+export function preloadLibraryPath(variant: 'c' | 'cxx' = 'c'): string | null {
+  const file = join(nativeBuildDir(), variant === 'cxx' ? 'libebpf-leak-preload-cxx.so' : 'libebpf-leak-preload.so');
   return existsSync(file) ? file : null;
 }
 

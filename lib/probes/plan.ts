@@ -1,5 +1,6 @@
 // Where each allocator function is in the allocator file, and so where the uprobes go.
 import { pauseIfDue } from '../util/cooperative.js';
+import { preloadMarker } from '../target/resolve.js';
 import { fromNativeError, SymbolNotFoundError } from '../errors.js';
 import { leakFunctions } from '../native/layout.js';
 import { loadNative, type NativeElfInfo, type NativeProbe } from '../native/addon.js';
@@ -149,7 +150,12 @@ function* planSteps(
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
   const ambiguous = new Set<string>();
-  if (cxxRuntime !== undefined) found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous, probePlacement, unwind));
+  const preloaded = preloadedDeletes(path, cxxRuntime);
+  found.functions.push(...preloaded);
+  if (cxxRuntime !== undefined) {
+    const bound = new Set(preloaded.map((f) => f.symbol));
+    found.functions.push(...findCxxOperators(cxxRuntime, found.functions, path, ambiguous, probePlacement, unwind, bound));
+  }
   const plan: ProbePlan = {
     probes: [],
     attached: {},
@@ -201,13 +207,14 @@ function findCxxOperators(
   ambiguous: Set<string>,
   probePlacement: ProbePlacement,
   unwind: UnwindMode,
+  boundElsewhere: ReadonlySet<string>,
 ): ProbedFunction[] {
   const info = loadNative().readElf(file, cxxOperatorSymbols.map(([symbol]) => symbol), [...operatorCallees, ...cxxOperatorSymbols.map(([symbol]) => symbol)]);
   const taken = new Map(probed.filter((p) => p.path === allocatorPath && file === allocatorPath).map((p) => [p.offset, p.fn]));
   const out: ProbedFunction[] = [];
   for (const [symbol, fn] of cxxOperatorSymbols) {
     const s = info.symbols[symbol];
-    if (!s) continue;
+    if (!s || boundElsewhere.has(symbol)) continue;
     const twin = taken.get(s.offset);
     if (twin !== undefined) {
       // Calls of `symbol` are recorded as `twin`'s.
@@ -232,6 +239,27 @@ function findCxxOperators(
   );
   for (const o of out) o.wrapper = proofs.get(o.symbol);
   return out;
+}
+
+/** The operator delete overloads of ebpf-leak's preloaded entry points (the C++ variant of
+ *  native/preload/preload.c), which the dynamic loader binds ahead of the C++ runtime's: a 5-byte
+ *  nop and a jump to glibc's free each, so each releases at its entry and needs no return probe. */
+function preloadedDeletes(path: string, cxxRuntime: string | undefined): ProbedFunction[] {
+  if (cxxRuntime === undefined || cxxRuntime === path) return [];
+  const deletes = cxxOperatorSymbols.filter(([, fn]) => fn.startsWith('operator delete'));
+  let info: NativeElfInfo;
+  try {
+    info = loadNative().readElf(path, [preloadMarker, ...deletes.map(([symbol]) => symbol)]);
+  } catch {
+    return [];
+  }
+  if (info.symbols[preloadMarker] === undefined) return [];
+  return deletes.flatMap(([symbol, fn]) => {
+    const s = info.symbols[symbol];
+    if (!s) return [];
+    const wrapper: WrapperProof = { entryOnly: true, callReturnDelta: 0, reason: 'a preloaded entry point: a 5-byte nop, then a jump to free' };
+    return [{ fn, index: leakFunctions.indexOf(fn), path, symbol, offset: s.offset, size: s.size, wrapper }];
+  });
 }
 
 /** The functions to probe, in leak_fn order, and those absent or sharing another's address. */

@@ -1,16 +1,10 @@
 // trace()'s first stage: the process to trace and the allocator it uses. A command is started here,
 // held before exec until the probes are attached; a running process is found and checked.
-import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { readFileSync, realpathSync } from 'node:fs';
 import { InvalidOptionError, PtraceError } from '../errors.js';
-import { launcherPath, preloadLibraryPath, type NativeAddon } from '../native/addon.js';
-import { readableBy } from '../util/readable-by.js';
-import {
-  environmentStrings,
-  type ResolvedAllocator,
-  type ResolvedCommand,
-  resolveCommandTarget,
-  resolvePidAllocator,
-} from '../target/resolve.js';
+import { launcherPath, type NativeAddon } from '../native/addon.js';
+import { preloadLibrary } from './preload.js';
+import { environmentStrings, type ResolvedAllocator, resolveCommandTarget, resolvePidAllocator } from '../target/resolve.js';
 import type { ResolvedOptions } from './options.js';
 import { TracedProcess } from './traced-process.js';
 
@@ -105,36 +99,4 @@ export async function resolveTarget(
     unwindFiles: target.files,
     ...(preload !== undefined ? { preload } : {}),
   };
-}
-
-/** The library of entry points for a `preload` command, when its program allocates through
- *  glibc's shared libc: the entry points forward to glibc's functions, and the loader ignores
- *  LD_PRELOAD paths for a set-user-ID or set-group-ID program run by another user. */
-function preloadLibrary(o: Extract<ResolvedOptions, { kind: 'command' }>, target: ResolvedCommand): string {
-  const library = preloadLibraryPath();
-  if (library === null) {
-    throw new InvalidOptionError(
-      `options.preload needs x86-64, where the kernel optimizes uprobes on 5-byte nops; this is ${process.arch}. Leave preload off.`,
-    );
-  }
-  if (o.allocator !== undefined || target.allocator.name !== 'glibc') {
-    throw new InvalidOptionError(
-      `options.preload: ${o.command} allocates through ${target.allocator.path} (${o.allocator ? 'named with allocator' : target.allocator.name}), ` +
-        `not glibc's shared libc.so.6, and the preloaded entry points only forward to glibc's functions. Leave preload off for this program.`,
-    );
-  }
-  const program = target.files[0] ?? target.exe;
-  if ((statSync(program).mode & 0o6000) !== 0) {
-    throw new InvalidOptionError(
-      `options.preload: ${program} is set-user-ID or set-group-ID, and the dynamic loader ignores LD_PRELOAD ` +
-        `paths for such a program run by another user. Leave preload off for this program.`,
-    );
-  }
-  if (o.user !== undefined && !readableBy(library, o.user.uid, o.user.gid)) {
-    throw new InvalidOptionError(
-      `options.preload: ${library} cannot be read by uid ${o.user.uid} (gid ${o.user.gid}), which runs the program, ` +
-        `and the dynamic loader would skip it. Install ebpf-leak where that user can read it, or leave preload off.`,
-    );
-  }
-  return library;
 }

@@ -79,3 +79,25 @@ ENTRY(pvalloc, "__libc_pvalloc@GOTPCREL");
 ENTRY(posix_memalign, "ebpf_leak_posix_memalign");
 ENTRY(aligned_alloc, "ebpf_leak_aligned_alloc");
 ENTRY(reallocarray, "ebpf_leak_reallocarray");
+
+#ifdef EBPF_LEAK_PRELOAD_CXX
+/* libebpf-leak-preload-cxx.so: also C++'s operator delete, every overload, as libstdc++ defines it
+ * on glibc: each ends in free() (sized and nothrow ones through operator delete(void*), aligned
+ * ones too, their blocks being aligned_alloc's). Used only for a program whose operators are all
+ * libstdc++'s (lib/tracer/preload.ts): one replacing operator delete(void*) alone would otherwise
+ * lose the sized deletes that libstdc++ forwards to it. operator new stays libstdc++'s: it needs
+ * no probe (lib/probes/operators.ts). */
+#define DELETE(name) ENTRY(name, "__libc_free@GOTPCREL")
+DELETE(_ZdlPv);
+DELETE(_ZdlPvm);
+DELETE(_ZdlPvRKSt9nothrow_t);
+DELETE(_ZdlPvSt11align_val_t);
+DELETE(_ZdlPvmSt11align_val_t);
+DELETE(_ZdlPvSt11align_val_tRKSt9nothrow_t);
+DELETE(_ZdaPv);
+DELETE(_ZdaPvm);
+DELETE(_ZdaPvRKSt9nothrow_t);
+DELETE(_ZdaPvSt11align_val_t);
+DELETE(_ZdaPvmSt11align_val_t);
+DELETE(_ZdaPvSt11align_val_tRKSt9nothrow_t);
+#endif
