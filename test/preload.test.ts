@@ -157,6 +157,18 @@ describe('preload: the entry points in LD_PRELOAD', () => {
     expect(heap(report)).toEqual(heap(plain));
   });
 
+  // An image exec'd with the C++ library inherited (here through env, which keeps it first) whose
+  // own operators the library's deletes would bypass: reported as not traced, saying why.
+  it('C++: an exec\'d program with operators of its own under the inherited library is reported untraced', async () => {
+    const path = fixturePath('cxx_operators');
+    const preloads = `${cxxLibrary}:${fixturePath('custom_operators')}`;
+    const tracer = await trace({ command: path, args: ['exec', '/usr/bin/env', `LD_PRELOAD=${preloads}`, path, 'shapes'], env, stdio: 'ignore', preload: true });
+    expect(tracer.info.preload).toBe(cxxLibrary);
+    const report = await tracer.done;
+    expect(report.untraced).toMatch(/inherited ebpf-leak's C\+\+ entry points in LD_PRELOAD .* defines C\+\+ operators of its own.*Trace it without preload/);
+    expect(report.previousImages?.length).toBe(2);
+  });
+
   // The loader ignores LD_PRELOAD paths in a secure exec (AT_SECURE: here a set-group-ID program
   // run by root), so the program it execs allocates through glibc, where it must be traced.
   it('a set-group-ID program exec\'d with the variable set is traced at glibc', async () => {

@@ -6,7 +6,8 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { UnsupportedAllocatorError } from '../errors.js';
 import { loadNative, type NativeElfInfo } from '../native/addon.js';
-import { allocatorName, firstDefining, loaderLibraries, sameRootAsOurs, type ResolvedAllocator } from './resolve.js';
+import { operatorsAllLibstdcxx } from './cxx-operators.js';
+import { allocatorName, firstDefining, loaderLibraries, preloadMarker, sameRootAsOurs, type ResolvedAllocator } from './resolve.js';
 
 const GLIBC_NAME = /^libc(\.so\.6|-2\.\d+\.so)$/;
 const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
@@ -55,6 +56,21 @@ function withoutLoaderVariables(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return rest;
 }
 
+/** An image that inherited ebpf-leak's C++ entry points (LD_PRELOAD from a `preload` command) but
+ *  has operators of its own: the preloaded operator delete overloads, which free() the pointer they
+ *  get, stand in for those it does not replace, so that its deletes may not reach its own. Its run
+ *  is not the one it would have without them: it is reported as not traced. */
+function refuseOperatorStandIns(exe: string, interposer: string, files: readonly string[]): void {
+  const info = readElf(interposer, [preloadMarker, '_ZdlPv']);
+  if (info?.symbols[preloadMarker] === undefined || info.symbols._ZdlPv === undefined) return;
+  if (operatorsAllLibstdcxx(files.filter((f) => f !== interposer && !LOADER_NAME.test(basename(f))))) return;
+  throw new UnsupportedAllocatorError(
+    `${exe} inherited ebpf-leak's C++ entry points in LD_PRELOAD (${interposer}) from a command run with ` +
+      `preload, and defines C++ operators of its own, which the preloaded operator delete overloads would ` +
+      `bypass. Trace it without preload.`,
+  );
+}
+
 /** A file's identity, to tell whether an allocator is one already probed. */
 export function fileIdentity(path: string): string {
   const s = statSync(path);
@@ -95,6 +111,7 @@ export async function resolveImageAllocator(pid: number): Promise<ResolvedAlloca
     const cxx = firstDefining([exe, ...[...libs.values()].filter((p) => !LOADER_NAME.test(basename(p)))], '_Znwm');
     const cxxRuntime = cxx !== undefined ? { cxxRuntime: realpathSync(cxx) } : {};
     if (interposer) {
+      refuseOperatorStandIns(exe, interposer, [exe, ...libs.values()]);
       const name = allocatorName(interposer) ?? 'custom';
       found = { path: realpathSync(interposer), glibc: name === 'glibc', name, ...cxxRuntime };
     } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc', ...cxxRuntime };

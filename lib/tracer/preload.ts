@@ -1,33 +1,20 @@
 // Which library of allocator entry points a `preload` command gets (native/preload/preload.c), or
 // why it can get none.
-import { realpathSync, statSync } from 'node:fs';
-import { basename } from 'node:path';
+import { statSync } from 'node:fs';
 import { InvalidOptionError } from '../errors.js';
-import { loadNative, preloadLibraryPath } from '../native/addon.js';
-import { cxxOperatorSymbols } from '../probes/plan.js';
+import { preloadLibraryPath } from '../native/addon.js';
+import { operatorsAllLibstdcxx } from '../target/cxx-operators.js';
 import type { ResolvedCommand } from '../target/resolve.js';
 import { readableBy } from '../util/readable-by.js';
 import type { ResolvedOptions } from './options.js';
 
-const LIBSTDCXX = /^libstdc\+\+\.so\.6(\.|$)/;
-
-/** Whether the program's C++ operators are all libstdc++'s: no other file it loads at start
- *  defines one. Then its operator delete overloads all end in free(), as the C++ variant's do; a
+/** Whether the program's C++ runtime is libstdc++ and no other file it loads at start defines an
+ *  operator. Then its operator delete overloads all end in free(), as the C++ variant's do; a
  *  program replacing operator delete(void*) alone would lose the sized deletes libstdc++ forwards
  *  to it. */
 function allCxxOperatorsInRuntime(target: ResolvedCommand): boolean {
   const runtime = target.allocator.cxxRuntime;
-  if (runtime === undefined || !LIBSTDCXX.test(basename(runtime))) return false;
-  const symbols = cxxOperatorSymbols.map(([symbol]) => symbol);
-  return target.files.every((file) => {
-    try {
-      if (realpathSync(file) === runtime) return true;
-      const info = loadNative().readElf(file, symbols);
-      return symbols.every((symbol) => info.symbols[symbol] === undefined);
-    } catch {
-      return true; // not an ELF file we read, so not one the loader binds operators in
-    }
-  });
+  return runtime !== undefined && operatorsAllLibstdcxx([runtime, ...target.files]);
 }
 
 /** The library of entry points for a `preload` command, when its program allocates through
