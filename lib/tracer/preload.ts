@@ -21,8 +21,8 @@ function allCxxOperatorsInRuntime(target: ResolvedCommand): boolean {
  *  glibc's shared libc: the entry points forward to glibc's functions, and the loader ignores
  *  LD_PRELOAD paths for a set-user-ID or set-group-ID program run by another user. */
 export function preloadLibrary(o: Extract<ResolvedOptions, { kind: 'command' }>, target: ResolvedCommand): string {
-  const library = preloadLibraryPath(allCxxOperatorsInRuntime(target) ? 'cxx' : 'c');
-  if (library === null) {
+  // Both variants are built together, on x86-64 only.
+  if (preloadLibraryPath() === null) {
     throw new InvalidOptionError(
       `options.preload needs x86-64, where the kernel optimizes uprobes on 5-byte nops; this is ${process.arch}. Leave preload off.`,
     );
@@ -40,6 +40,8 @@ export function preloadLibrary(o: Extract<ResolvedOptions, { kind: 'command' }>,
         `paths for such a program run by another user. Leave preload off for this program.`,
     );
   }
+  // Read last: it reads the symbols of every file the program loads.
+  const library = preloadLibraryPath(allCxxOperatorsInRuntime(target) ? 'cxx' : 'c')!;
   if (o.user !== undefined && !readableBy(library, o.user.uid, o.user.gid)) {
     throw new InvalidOptionError(
       `options.preload: ${library} cannot be read by uid ${o.user.uid} (gid ${o.user.gid}), which runs the program, ` +
