@@ -91,32 +91,40 @@ function entriesPerCall() {
   ];
   log('');
   log('Kernel entries and BPF time under ebpf-leak, per malloc+free pair (a pair: one malloc entry and one free entry; bench/entries.c)');
-  log('| workload | stacks | syscalls / pair | of them uretprobe | entry program ns/run | return program ns/run | BPF ns / pair |');
-  log('|---|---|---|---|---|---|---|');
+  log('With `--preload`, malloc has neither: its one probe after its call into glibc runs the "after call" program.');
+  log('| workload | stacks | preload | syscalls / pair | of them uretprobe | entry program ns/run | return program ns/run | after-call program ns/run | BPF ns / pair |');
+  log('|---|---|---|---|---|---|---|---|---|');
   const result = [];
   for (const w of workloads) {
-    for (const stacks of [false, true]) {
-      const out = run(entries, [w.comm, '--', process.execPath, cli, 'run', ...(stacks ? [] : ['--no-stacks']), '--', ...w.cmd], {
+    for (const [stacks, preload] of [[false, false], [true, false], [true, true]]) {
+      const flags = [...(stacks ? [] : ['--no-stacks']), ...(preload ? ['--preload'] : [])];
+      const out = run(entries, [w.comm, '--', process.execPath, cli, 'run', ...flags, '--', ...w.cmd], {
         ...process.env,
         ...w.env,
       });
       const count = (k) => Number(new RegExp(`^${k} (\\d+)$`, 'm').exec(out)[1]);
       const entry = programRuns(out, 'alloc_entry');
       const exit = programRuns(out, 'alloc_exit');
-      // Each malloc and each free is one entry run; a pair is one of each.
-      const n = entry.runs / 2;
+      const after = programRuns(out, 'alloc_preloaded');
+      // A pair is a malloc and a free: two entry runs, or one entry run (the free) and one run
+      // after the call.
+      const n = (entry.runs + after.runs) / 2;
+      const ran = (p) => (p.runs ? p.runs * p.ns : 0);
       const row = {
         workload: w.name,
         stacks,
+        preload,
         syscallsPerPair: count('syscalls') / n,
         uretprobePerPair: count('uretprobe_syscalls') / n,
         entryNs: entry.ns,
         exitNs: exit.ns,
-        bpfNsPerPair: (entry.runs * entry.ns + exit.runs * exit.ns) / n,
+        afterCallNs: after.ns,
+        bpfNsPerPair: (ran(entry) + ran(exit) + ran(after)) / n,
       };
       result.push(row);
+      const ns = (x) => (Number.isNaN(x) ? '-' : x.toFixed(0));
       log(
-        `| ${w.name} | ${stacks ? 'on' : 'off'} | ${row.syscallsPerPair.toFixed(2)} | ${row.uretprobePerPair.toFixed(2)} | ${row.entryNs.toFixed(0)} | ${row.exitNs.toFixed(0)} | ${row.bpfNsPerPair.toFixed(0)} |`,
+        `| ${w.name} | ${stacks ? 'on' : 'off'} | ${preload ? 'on' : 'off'} | ${row.syscallsPerPair.toFixed(2)} | ${row.uretprobePerPair.toFixed(2)} | ${ns(row.entryNs)} | ${ns(row.exitNs)} | ${ns(row.afterCallNs)} | ${row.bpfNsPerPair.toFixed(0)} |`,
       );
     }
   }

@@ -52,7 +52,7 @@ const maxRounds = Number(option('--max-rounds') ?? wantedRounds * 3);
 const maxOtherCpu = Number(option('--max-other-cpu') ?? 0.15);
 const jsonFile = option('--json');
 const allWorkloads = ['map', 'git', 'python', 'sort', 'gzip', 'python-pymalloc'];
-const allConfigs = ['untraced', 'leak-no-stacks', 'leak-stacks', 'leak-alloc-stacks', 'leak-preload-stacks', 'leak-preload-alloc-stacks', 'leak-sampling', 'heaptrack', 'valgrind', 'memleak', 'bpftrace-seed'];
+const allConfigs = ['untraced', 'leak-no-stacks', 'leak-stacks', 'leak-alloc-stacks', 'leak-preload-stacks', 'leak-preload-entry-stacks', 'leak-preload-alloc-stacks', 'leak-sampling', 'heaptrack', 'valgrind', 'memleak', 'bpftrace-seed'];
 const workloads = option('--workloads')?.split(',') ?? allWorkloads;
 const configs = option('--configs')?.split(',') ?? allConfigs;
 for (const w of workloads) if (!allWorkloads.includes(w)) throw new Error(`unknown workload '${w}' (${allWorkloads.join(', ')})`);
@@ -418,6 +418,9 @@ async function runOnce(config, w) {
       break;
     case 'leak-preload-stacks':
       r = await leak(['--preload']);
+      break;
+    case 'leak-preload-entry-stacks':
+      r = await leak(['--preload', '--probe-placement', 'entry']);
       break;
     case 'leak-preload-alloc-stacks':
       r = await leak(['--preload', '--keep-stacktraces', 'alloc']);

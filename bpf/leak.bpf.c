@@ -458,11 +458,10 @@ static __always_inline int returns_into_site(__u64 ip, __u32 i)
  * when the code there is the operator's, the block is the operator's, or the new[]'s that
  * tail-called it (its entry-only probe left its kind and size at this stack pointer). Sets *fn,
  * *size and *operator_sp (the operator's entry stack pointer) and says so when it is. */
-static __always_inline bool site_returned(struct pt_regs *ctx, __u32 i, __u64 address, bool zero_if_new,
+static __always_inline bool site_returned(__u64 ip, __u64 sp, __u32 i, __u64 address, bool zero_if_new,
 					  __u64 *fn, __u64 *size, __u64 *operator_sp,
 					  struct inflight_call *thread)
 {
-	__u64 ip = PT_REGS_IP(ctx), sp;
 	struct inflight_call *t;
 	int is_site;
 
@@ -476,7 +475,7 @@ static __always_inline bool site_returned(struct pt_regs *ctx, __u32 i, __u64 ad
 	}
 	if (!is_site)
 		return false;
-	sp = PT_REGS_SP(ctx) + operator_sites[i].sp_delta;
+	sp += operator_sites[i].sp_delta;
 	t = thread ? thread : thread_call(address || *size != 1 ? 0 : BPF_LOCAL_STORAGE_GET_F_CREATE);
 	/* Only a 1-byte request can be new(0); a retry's flags are the handler's. (A new that threw
 	 * instead, then another of 1 byte from the same frame, takes the failed call's flag too.) */
@@ -505,19 +504,23 @@ static __always_inline bool site_returned(struct pt_regs *ctx, __u32 i, __u64 ad
 	return true;
 }
 
-/* An allocation returned `address` (0: it failed): records it, unless its thread is ignored or
- * sampling skips it. `thread`: the thread's `inflight` state when the caller has it, else NULL. */
-static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 address, __u64 size,
-					   __u32 tid, struct inflight_call *thread)
+/* An allocation returned `address` (0: it failed) to `ip`, its stack pointer then `sp`: records
+ * it, unless its thread is ignored or sampling skips it. `thread`: the thread's `inflight` state
+ * when the caller has it, else NULL. `entry_sp`: 0 in a return probe, whose registers are the
+ * caller's; else where the return address is, the stack then walked from there. */
+static __always_inline void alloc_returned_to(struct pt_regs *ctx, __u64 ip, __u64 sp, __u64 entry_sp,
+					      __u64 fn, __u64 address, __u64 size, __u32 tid,
+					      struct inflight_call *thread)
 {
-	__u8 into = returns_into_operator[PT_REGS_IP(ctx) & (LEAK_PAGE_OFFSETS - 1)];
+	__u8 into = returns_into_operator[ip & (LEAK_PAGE_OFFSETS - 1)];
+	__s64 stack_id;
 	bool zero_if_new = size == SIZE_ONE_OR_NEW_ZERO;
 	__u64 operator_sp = 0;
 
 	if (zero_if_new)
 		size = 1;
 	if (into >= LEAK_RETURN_INTO_SITE && fn == LEAK_FN_MALLOC &&
-	    site_returned(ctx, into - LEAK_RETURN_INTO_SITE, address, zero_if_new, &fn, &size,
+	    site_returned(ip, sp, into - LEAK_RETURN_INTO_SITE, address, zero_if_new, &fn, &size,
 			  &operator_sp, thread))
 		into = 0;
 	if (!address)
@@ -526,7 +529,7 @@ static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 
 		struct inflight_call *op = thread ? thread : thread_call(0);
 
 		/* The call an entry-only operator new makes: the block is the operator's. */
-		if (op && op->op_return == PT_REGS_IP(ctx)) {
+		if (op && op->op_return == ip) {
 			fn = op->op_fn;
 			size = op->op_size;
 			operator_sp = op->op_sp;
@@ -549,7 +552,20 @@ static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 
 			return;
 		}
 	}
-	record_alloc(fn, address, size, operator_sp ? caller_stack(ctx, operator_sp, tid) : alloc_stack(ctx, tid), tid);
+	if (operator_sp)
+		stack_id = caller_stack(ctx, operator_sp, tid);
+	else if (entry_sp)
+		stack_id = caller_stack(ctx, entry_sp, tid);
+	else
+		stack_id = alloc_stack(ctx, tid);
+	record_alloc(fn, address, size, stack_id, tid);
+}
+
+/* The same, in a return probe. */
+static __always_inline void alloc_returned(struct pt_regs *ctx, __u64 fn, __u64 address, __u64 size,
+					   __u32 tid, struct inflight_call *thread)
+{
+	alloc_returned_to(ctx, PT_REGS_IP(ctx), PT_REGS_SP(ctx), 0, fn, address, size, tid, thread);
 }
 
 /* The return of a call that call_begin() saved. */
@@ -820,6 +836,48 @@ int BPF_KRETPROBE(alloc_exit)
 		return call_return(ctx);
 	alloc_returned(ctx, size_fn >> LEAK_SIZE_BITS, PT_REGS_RC(ctx), size_fn & LEAK_SIZE_MASK,
 		       (__u32)bpf_get_current_pid_tgid(), NULL);
+	return 0;
+}
+
+/* A preloaded malloc or calloc (native/preload/preload.c), at the nop after its call into glibc:
+ * the request and the block at once, so the call needs no entry probe and no return probe. Its
+ * frame holds the caller's return address 24 bytes up, %rbx and %r12 the request. Used only
+ * without follow_forks (lib/tracer/options.ts): a fork's child runs no optimized probe. */
+#define PRELOADED_FRAME 24
+
+SEC("uprobe")
+int BPF_KPROBE(alloc_preloaded)
+{
+#if defined(__TARGET_ARCH_x86)
+	__u64 fn = bpf_get_attach_cookie(ctx) & LEAK_COOKIE_FN_MASK;
+	__u64 entry_sp = PT_REGS_SP(ctx) + PRELOADED_FRAME, ra, size;
+	struct inflight_call *call;
+
+	if (!is_target())
+		return 0;
+	if (fn == LEAK_FN_CALLOC) {
+		size = array_bytes(ctx->bx, ctx->r12);
+	} else {
+		size = ctx->bx;
+		if (size == 1 && (ctx->r12 & 0xff))
+			size = SIZE_ONE_OR_NEW_ZERO;
+	}
+	if (size != SIZE_ONE_OR_NEW_ZERO && size > LEAK_SIZE_MASK) /* failed */
+		return 0;
+	/* Inside another probed call (operator new(nothrow) calling new): that call's return
+	 * records the block. */
+	if (slow_calls) {
+		call = thread_call(0);
+		if (nested_in(call, entry_sp))
+			return 0;
+	}
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)entry_sp)) {
+		COUNT(inflight_failures, 1);
+		return 0;
+	}
+	alloc_returned_to(ctx, ra, entry_sp + 8, entry_sp, fn, PT_REGS_RC(ctx), size,
+			  (__u32)bpf_get_current_pid_tgid(), NULL);
+#endif
 	return 0;
 }
 

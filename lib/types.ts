@@ -119,7 +119,9 @@ export interface CommonTraceOptions {
   sampleEveryBytes?: number;
   /** Where entry probes go: 'optimized' (default) moves a probe past the function's first
    *  instruction to one the kernel emulates, when that provably sees every call (glibc's free:
-   *  ~10 µs less per call); 'entry' puts every probe on the function's first instruction. */
+   *  ~10 µs less per call), and probes `preload`'s malloc and calloc once, after their call into
+   *  glibc; 'entry' puts every probe on the function's first instruction, with a return probe
+   *  where the function needs one. */
   probePlacement?: 'optimized' | 'entry';
   /** How stacks are walked: 'auto' (default; x86-64: with the modules' DWARF CFI, so code
    *  without frame pointers, like libstdc++'s operator new, keeps its callers), 'dwarf' (CFI
@@ -170,7 +172,8 @@ export interface CommandTraceOptions extends CommonTraceOptions {
   user?: { uid: number; gid: number };
   /** Start the program with ebpf-leak's allocator entry points in LD_PRELOAD (x86-64, a program
    *  allocating through glibc's shared libc): each is a 5-byte nop and a jump to glibc's own
-   *  function. A kernel that optimizes uprobes on such nops (6.18 and later) then enters through a
+   *  function; malloc and calloc call it, with a nop after the call where one probe sees the whole
+   *  call. A kernel that optimizes uprobes on such nops (6.18 and later) then enters through a
    *  system call instead of a breakpoint trap, which takes a third to a half off what tracing a
    *  malloc-heavy program costs (docs/performance.md). The program sees one more LD_PRELOAD entry;
    *  its children inherit it. Default false. */

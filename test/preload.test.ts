@@ -50,16 +50,31 @@ describe('preload: the entry points in LD_PRELOAD', () => {
   it('probes the nops, which the kernel turns into calls into its trampoline', async () => {
     const tracer = await trace({ command: fixturePath('gate'), env: preloadEnv, stdio: 'pipe', preload: true });
     try {
-      // Every probe is on its function's first byte, the nop: none is moved.
-      for (const p of tracer.info.placements) expect(p.entryOffset).toBe(p.functionOffset);
+      // Every probe is on a nop the library has for it: the function's first byte, or for malloc
+      // and calloc the one after their call into glibc. None is moved.
+      const afterCall = new Map<string, number>();
+      for (const p of tracer.info.placements) {
+        if (p.function === 'malloc' || p.function === 'calloc') {
+          afterCall.set(p.function, p.entryOffset);
+          expect(p.entryOffset - p.functionOffset, p.function).toBeGreaterThan(5);
+          expect(p.entryOffset - p.functionOffset, p.function).toBeLessThan(32);
+        } else {
+          expect(p.entryOffset, p.function).toBe(p.functionOffset);
+        }
+      }
+      expect([...afterCall.keys()].sort()).toEqual(['calloc', 'malloc']);
+      // Their program is attached as the others are: one multi-uprobe link per kind of probe.
+      expect(tracer.info.attachMode).toBe('uprobe_multi');
       expect(Object.keys(tracer.info.probes).sort()).toEqual(
         ['aligned_alloc', 'calloc', 'free', 'malloc', 'memalign', 'posix_memalign', 'pvalloc', 'realloc', 'reallocarray', 'valloc'],
       );
       await once(tracer.process!.stdout!, 'data'); // "ready": malloc was called once
       const malloc = tracer.info.functionOffsets.malloc!;
+      const returned = afterCall.get('malloc')!;
       // 0xe8: a call into the trampoline where the nop was. A breakpoint would be 0xcc.
-      expect(codeByte(tracer.pid, library, malloc)).toBe(0xe8);
-      expect(codeByte(tracer.pid, library, malloc + 5)).toBe(0xff); // the jump is untouched
+      expect(codeByte(tracer.pid, library, returned)).toBe(0xe8);
+      expect(codeByte(tracer.pid, library, returned + 5)).toBe(0x48); // the lea after it is untouched
+      expect(codeByte(tracer.pid, library, malloc)).toBe(0x0f); // the entry's nop has no probe
       tracer.process!.stdout!.resume();
       tracer.process!.stdin!.end('go\n');
       const report = await tracer.done;
@@ -101,6 +116,59 @@ describe('preload: the entry points in LD_PRELOAD', () => {
       expect(format(plain).length).toBeGreaterThan(0);
       expect(format(preloaded)).toEqual(format(plain));
       expect(heap(preloaded)).toEqual(heap(plain));
+    }
+  });
+
+  // malloc and calloc are probed after their call into glibc, where the stack is walked from the
+  // return address above their frame: every leak's stack must be the plain run's, frame for frame
+  // below the allocating function (whose file is the library).
+  it('the stacks of the leaks are those of the run without it', async () => {
+    const stacks = (r: LeakReport) =>
+      r.leaks
+        .map((g) => [g.bytes, g.blocks, g.kind, ...g.stack.slice(1).map((f) => `${f.symbol} ${f.file}:${f.line} ${f.module}`)].join('\n'))
+        .sort();
+    for (const name of ['entry_points', 'cpp_containers', 'leak_kinds'] as const) {
+      const plain = await (await trace({ command: fixturePath(name), env, stdio: 'ignore' })).done;
+      const preloaded = await traced(fixturePath(name), [], name === 'cpp_containers' ? cxxLibrary : library);
+      expect(plain.leaks.length, name).toBeGreaterThan(0);
+      expect(stacks(preloaded), name).toEqual(stacks(plain));
+      // glibc's memalign and aligned_alloc are one function, named by one of its symbols; the
+      // library's are two.
+      const tops = (r: LeakReport) => r.leaks.map((g) => (g.stack[0]?.symbol === 'memalign' ? 'aligned_alloc' : g.stack[0]?.symbol)).sort();
+      expect(tops(preloaded), name).toEqual(tops(plain));
+      expect(preloaded.counters.stackFailures, name).toBe(0);
+    }
+  });
+
+  // Kernels before 6.6 run the programs from classic uprobes, one per function and kind of probe.
+  it('with classic uprobes, malloc and calloc are probed after their call too', async () => {
+    const vg = await runValgrind(fixturePath('entry_points'), [], { env });
+    const before = process.env.EBPF_LEAK_ATTACH;
+    process.env.EBPF_LEAK_ATTACH = 'uprobe';
+    try {
+      const tracer = await trace({ command: fixturePath('entry_points'), env: preloadEnv, stdio: 'ignore', preload: true });
+      expect(tracer.info.attachMode).toBe('uprobe');
+      const malloc = tracer.info.placements.find((p) => p.function === 'malloc')!;
+      expect(malloc.entryOffset).toBeGreaterThan(malloc.functionOffset);
+      const report = await tracer.done;
+      expect(heap(report)).toEqual(vg.summary);
+      expect(kinds(report)).toEqual(valgrindKinds(vg));
+    } finally {
+      if (before === undefined) delete process.env.EBPF_LEAK_ATTACH;
+      else process.env.EBPF_LEAK_ATTACH = before;
+    }
+  });
+
+  // The frame-pointer walk cannot start from a return address up the stack, and 'entry' keeps
+  // every probe on a first instruction: there malloc and calloc keep an entry and a return probe,
+  // on the entry's nop.
+  it('with the frame-pointer walk or probePlacement \'entry\', malloc and calloc keep their entry and return probes', async () => {
+    const vg = await runValgrind(fixturePath('entry_points'), [], { env });
+    for (const options of [{ unwind: 'fp' }, { probePlacement: 'entry' }] as const) {
+      const tracer = await trace({ command: fixturePath('entry_points'), env: preloadEnv, stdio: 'ignore', preload: true, ...options });
+      for (const p of tracer.info.placements) expect(p.entryOffset, `${p.function} ${JSON.stringify(options)}`).toBe(p.functionOffset);
+      const report = await tracer.done;
+      expect(heap(report), JSON.stringify(options)).toEqual(vg.summary);
     }
   });
 

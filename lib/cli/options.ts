@@ -228,10 +228,11 @@ export const cliOptions: readonly CliOption[] = [
     name: 'preload',
     commands: ['run'],
     help:
-      "Start COMMAND with ebpf-leak's allocator entry points in LD_PRELOAD: each a 5-byte nop before a jump " +
-      "to glibc's function, so that a kernel that optimizes uprobes on such nops (6.18+, x86-64) enters " +
-      'through a system call rather than a breakpoint trap. A third to a half less overhead on malloc-heavy ' +
-      'programs; the program sees one more LD_PRELOAD entry. For programs that allocate through glibc.',
+      "Start COMMAND with ebpf-leak's allocator entry points in LD_PRELOAD: 5-byte nops before a jump " +
+      "to glibc's function (malloc and calloc: around a call to it), so that a kernel that optimizes uprobes " +
+      'on such nops (6.18+, x86-64) enters through a system call rather than a breakpoint trap, once per ' +
+      'call. A third to a half less overhead on malloc-heavy programs; the program sees one more ' +
+      'LD_PRELOAD entry. For programs that allocate through glibc.',
     default: 'off',
     apply: (f) => (f.preload = true),
     traceOption: 'preload',
@@ -378,7 +379,8 @@ export const cliOptions: readonly CliOption[] = [
     commands: both,
     help:
       "'optimized' moves an entry probe past a function's first instruction to one the kernel emulates " +
-      "when that sees every call (much cheaper); 'entry' keeps every probe on the first instruction.",
+      "when that sees every call (much cheaper), and probes --preload's malloc after its call; 'entry' keeps " +
+      'every probe on the first instruction, with a return probe where the function needs one.',
     default: defaults.probePlacement,
     apply: (f, v) => (f.probePlacement = oneOf('probe-placement', text(v), ['optimized', 'entry'] as const)),
     traceOption: 'probePlacement',

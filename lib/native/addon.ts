@@ -17,6 +17,9 @@ export interface NativeProbe {
   returnOffset: number;
   /** No return probe: the function's work is done at its entry (lib/probes/operators.ts). */
   entryOnly?: boolean;
+  /** A preloaded malloc or calloc: `entryOffset` is the nop after its call into glibc, where one
+   *  probe sees the whole call; no entry or return probe (lib/probes/plan.ts). */
+  afterCall?: boolean;
   /** An entry-only operator new: where the allocation call it makes returns, less entryOffset
    *  (0: it tail-calls another operator new, whose probe says). */
   callReturnDelta?: number;

@@ -1,4 +1,5 @@
 // Where each allocator function is in the allocator file, and so where the uprobes go.
+import { closeSync, readSync } from 'node:fs';
 import { pauseIfDue } from '../util/cooperative.js';
 import { preloadMarker } from '../target/resolve.js';
 import { fromNativeError, SymbolNotFoundError } from '../errors.js';
@@ -149,6 +150,7 @@ function* planSteps(
   unwind: UnwindMode,
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
+  const afterCalls = unwind === 'fp' || probePlacement === 'entry' ? new Map<AllocatorFunction, number>() : preloadedCalls(path);
   const ambiguous = new Set<string>();
   const preloaded = preloadedDeletes(path, cxxRuntime);
   found.functions.push(...preloaded);
@@ -168,6 +170,22 @@ function* planSteps(
   };
   for (const f of found.functions) {
     yield;
+    const afterCall = f.path === path ? afterCalls.get(f.fn) : undefined;
+    if (afterCall !== undefined) {
+      plan.placements.push({
+        function: f.fn,
+        functionOffset: f.offset,
+        entryOffset: afterCall,
+        instruction: 'nopl 0x0(%rax,%rax,1)',
+        emulated: false,
+        reason: 'a preloaded entry point: one probe on the 5-byte nop after its call into glibc, which sees the request and the block',
+      });
+      plan.attached[f.fn] ??= f.symbol;
+      plan.sites[f.fn] ??= { path: f.path, offset: f.offset, symbol: f.symbol };
+      (plan.overloads[f.fn] ??= []).push({ path: f.path, offset: f.offset, symbol: f.symbol, entryOffset: afterCall });
+      plan.probes.push({ fn: f.index, path: f.path, entryOffset: afterCall, returnOffset: f.offset, afterCall: true });
+      continue;
+    }
     let placement = f.wrapper?.placement ?? placeEntryProbe(f.path, f.fn, f.offset, f.size, probePlacement);
     if (f.wrapper && !f.wrapper.entryOnly) placement = { ...placement, reason: `${placement.reason} (keeps its return probe: ${f.wrapper.reason})` };
     plan.placements.push(placement);
@@ -260,6 +278,51 @@ function preloadedDeletes(path: string, cxxRuntime: string | undefined): ProbedF
     const wrapper: WrapperProof = { entryOnly: true, callReturnDelta: 0, reason: 'a preloaded entry point: a 5-byte nop, then a jump to free' };
     return [{ fn, index: leakFunctions.indexOf(fn), path, symbol, offset: s.offset, size: s.size, wrapper }];
   });
+}
+
+/** The preloaded malloc and calloc of ebpf-leak's own library (native/preload/preload.c): where
+ *  the 5-byte nop after each one's call into glibc is, proved by its bytes: `call *rel(%rip)`, then
+ *  the nop, inside the function. A probe there sees the request in callee-saved registers and the
+ *  block in %rax, and the stack is walked from the caller's return address above the function's
+ *  frame: the CFI walker's work, so not with the frame-pointer walk. Empty for any other file. */
+function preloadedCalls(path: string): Map<AllocatorFunction, number> {
+  const out = new Map<AllocatorFunction, number>();
+  const functions: ReadonlyArray<readonly [AllocatorFunction, string]> = [
+    ['malloc', 'ebpf_leak_malloc_returned'],
+    ['calloc', 'ebpf_leak_calloc_returned'],
+  ];
+  let info: NativeElfInfo;
+  try {
+    info = loadNative().readElf(path, [preloadMarker, ...functions.flatMap(([fn, mark]) => [fn, mark])]);
+  } catch {
+    return out;
+  }
+  if (info.symbols[preloadMarker] === undefined) return out;
+  for (const [fn, mark] of functions) {
+    const f = info.symbols[fn];
+    const at = info.symbols[mark];
+    if (!f || !at || at.offset < f.offset + callLength || at.offset + nop5.length > f.offset + f.size) continue;
+    const code = readFileBytes(path, at.offset - callLength, callLength + nop5.length);
+    if (code && code[0] === 0xff && code[1] === 0x15 && nop5.every((b, i) => code[callLength + i] === b)) out.set(fn, at.offset);
+  }
+  return out;
+}
+
+/** `call *rel32(%rip)` */
+const callLength = 6;
+const nop5 = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+function readFileBytes(path: string, offset: number, length: number): Uint8Array | undefined {
+  let fd: number | undefined;
+  try {
+    fd = loadNative().openTargetFile(path);
+    const out = new Uint8Array(length);
+    return readSync(fd, out, 0, length, offset) === length ? out : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
 }
 
 /** The functions to probe, in leak_fn order, and those absent or sharing another's address. */

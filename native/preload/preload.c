@@ -6,8 +6,9 @@
  * a system call, which costs a quarter of the trap on some virtual machines (docs/performance.md).
  * glibc's functions begin with no such nop, so the tracer probes these instead: their registers at
  * the nop are the caller's arguments, and the jump leaves the caller's return address on top of
- * the stack for the return probe. Nothing here allocates, and the stack of a call has no frame of
- * this library, so reports and counts are those of the program without it.
+ * the stack for the return probe. malloc and calloc call instead of jumping (CALL_ENTRY below).
+ * Nothing here allocates, and every stack is walked from the caller of the entry point, so
+ * reports and counts are those of the program without it.
  *
  * The jump targets: glibc exports __libc_malloc and six more of its functions under those names.
  * posix_memalign, aligned_alloc and reallocarray it exports only under their own names, which this
@@ -58,20 +59,67 @@ static void *first_reallocarray(void *block, size_t count, size_t size) {
 /* One entry point: the nop the probe goes on, then an indirect jump through `target`, a GOT slot
  * or one of the pointers above. Its unwind entry is the initial one (return address on top of the
  * stack) throughout, which is true of both instructions. */
+#define FUNCTION_START(name)                                        \
+	".text\n"                                                       \
+	".globl " #name "\n"                                            \
+	".type " #name ",@function\n"                                   \
+	".p2align 4\n" #name ":\n"                                      \
+	".cfi_startproc\n"
+#define NOP5 ".byte 0x0f,0x1f,0x44,0x00,0x00\n"
 #define ENTRY(name, target)                                         \
-	__asm__(".text\n"                                               \
-		".globl " #name "\n"                                    \
-		".type " #name ",@function\n"                           \
-		".p2align 4\n" #name ":\n"                              \
-		".cfi_startproc\n"                                      \
-		".byte 0x0f,0x1f,0x44,0x00,0x00\n"                      \
+	__asm__(FUNCTION_START(name)                                    \
+		NOP5                                                    \
 		"jmp *" target "(%rip)\n"                               \
 		".cfi_endproc\n"                                        \
 		".size " #name ",.-" #name "\n")
 
-ENTRY(malloc, "__libc_malloc@GOTPCREL");
+/* malloc and calloc, which programs call most: the entry's nop, then a call to glibc's function
+ * and a second nop after it. A probe on that one sees the request and the block at once, in place
+ * of an entry probe and a return probe: one system call per allocation instead of two
+ * (docs/performance.md). The entry's nop is for the frame-pointer walker, which cannot start from
+ * up the stack and keeps the two probes (lib/probes/plan.ts). At the second nop:
+ *   %rax            the block;
+ *   %rbx            malloc's size, calloc's count (callee-saved, so glibc's call keeps it);
+ *   %r12            calloc's size; malloc: its low byte is the zero flag at the entry, which
+ *                   tells new(0) from malloc(1) in libstdc++'s operator new (bpf/leak.bpf.c);
+ *   24(%rsp)        the caller's return address: the stack is walked from the caller, as from a
+ *                   return probe.
+ * The frame is 24 bytes, keeping the stack aligned for the call. Neither lea nor push nor mov
+ * touches the flags, which setz reads as the caller left them. The exported symbols
+ * ebpf_leak_malloc_returned and ebpf_leak_calloc_returned mark the second nops. */
+#define CALL_ENTRY(name, target, save_request)                      \
+	__asm__(FUNCTION_START(name)                                    \
+		NOP5                                                    \
+		"push %rbx\n"                                           \
+		".cfi_adjust_cfa_offset 8\n"                            \
+		".cfi_rel_offset %rbx, 0\n"                             \
+		"push %r12\n"                                           \
+		".cfi_adjust_cfa_offset 8\n"                            \
+		".cfi_rel_offset %r12, 0\n"                             \
+		save_request                                             \
+		"lea -8(%rsp), %rsp\n"                                  \
+		".cfi_adjust_cfa_offset 8\n"                            \
+		"call *" target "(%rip)\n"                              \
+		".globl ebpf_leak_" #name "_returned\n"                 \
+		".type ebpf_leak_" #name "_returned,@function\n"        \
+		"ebpf_leak_" #name "_returned:\n"                       \
+		NOP5                                                    \
+		".size ebpf_leak_" #name "_returned,5\n"                \
+		"lea 8(%rsp), %rsp\n"                                   \
+		".cfi_adjust_cfa_offset -8\n"                           \
+		"pop %r12\n"                                            \
+		".cfi_adjust_cfa_offset -8\n"                           \
+		".cfi_restore %r12\n"                                   \
+		"pop %rbx\n"                                            \
+		".cfi_adjust_cfa_offset -8\n"                           \
+		".cfi_restore %rbx\n"                                   \
+		"ret\n"                                                 \
+		".cfi_endproc\n"                                        \
+		".size " #name ",.-" #name "\n")
+
+CALL_ENTRY(malloc, "__libc_malloc@GOTPCREL", "setz %r12b\nmov %rdi, %rbx\n");
 ENTRY(free, "__libc_free@GOTPCREL");
-ENTRY(calloc, "__libc_calloc@GOTPCREL");
+CALL_ENTRY(calloc, "__libc_calloc@GOTPCREL", "mov %rdi, %rbx\nmov %rsi, %r12\n");
 ENTRY(realloc, "__libc_realloc@GOTPCREL");
 ENTRY(memalign, "__libc_memalign@GOTPCREL");
 ENTRY(valloc, "__libc_valloc@GOTPCREL");

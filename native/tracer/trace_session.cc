@@ -80,6 +80,7 @@ void TraceSession::SetProbeFunctions(volatile uint8_t* by_offset, const std::vec
   constexpr uint8_t kShared = 0xff;
   uint8_t table[LEAK_PAGE_OFFSETS] = {};
   for (const auto& p : probes) {
+    if (p.after_call) continue;  // its own program, which reads the cookie
     uint8_t& slot = table[p.entry_offset & (LEAK_PAGE_OFFSETS - 1)];
     slot = slot == 0 || slot == p.fn + 1 ? static_cast<uint8_t>(p.fn + 1) : kShared;
   }
@@ -287,6 +288,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
     auto type = static_cast<bpf_attach_type>(LEAK_BPF_TRACE_UPROBE_MULTI);
     bpf_program__set_expected_attach_type(skel_->progs.alloc_entry, type);
     bpf_program__set_expected_attach_type(skel_->progs.alloc_exit, type);
+    bpf_program__set_expected_attach_type(skel_->progs.alloc_preloaded, type);
   }
 
   unwind_ = Unwinder::Create(skel_, config_, this);  // tables and map sizes (native/unwind/unwinder.cc)

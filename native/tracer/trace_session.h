@@ -46,6 +46,9 @@ struct ProbeSpec {
   uint64_t entry_offset = 0;   // where the entry uprobe goes
   uint64_t return_offset = 0;  // function entry, for the uretprobe (not used for free)
   bool entry_only = false;     // no uretprobe (lib/probes/operators.ts proved it needs none)
+  // A preloaded malloc or calloc: entry_offset is the nop after its call into glibc, probed by
+  // alloc_preloaded (bpf/leak.bpf.c) alone, with no entry or return probe.
+  bool after_call = false;
   int64_t call_return_delta = 0;  // entry-only operator new: its allocation call's return site - entry_offset
   // An entry-only operator new that needs no probe (struct leak_operator_site): empty otherwise.
   std::vector<uint8_t> site_code;

@@ -21,9 +21,23 @@ namespace {
 // The kernel's ENOTSUPP (not in user-space errno.h), returned for unsupported link types.
 constexpr int ENOTSUPP_ERRNO = 524;
 
+enum class Kind { kNone, kReturn, kEntry, kAfterCall };
+
+// The probe `p` gets at its return (`ret`) or at its entry offset, if any.
+Kind KindOf(const ProbeSpec& p, bool ret) {
+  if (p.after_call) return ret ? Kind::kNone : Kind::kAfterCall;
+  if (!ret) return Kind::kEntry;
+  return p.entry_only || !HasReturnProbe(p.fn) ? Kind::kNone : Kind::kReturn;
+}
+
 }  // namespace
 
 bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi, NativeError* error) {
+  auto program_for = [&](Kind kind) {
+    return kind == Kind::kReturn ? skel_->progs.alloc_exit
+           : kind == Kind::kEntry ? skel_->progs.alloc_entry
+                                  : skel_->progs.alloc_preloaded;
+  };
   // Following forks, the links are for every process and the program keeps to the traced ones
   // (`traced_procs`): a link's pid filter does not follow a fork.
   int32_t pid = config_.follow_forks ? (multi ? 0 : -1) : config_.pid;
@@ -41,23 +55,24 @@ bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi,
     return false;
   };
   if (multi) {
-    // One entry link and one return link per file (in practice: one file, the allocator).
+    // One link per file and kind of probe (in practice: one file, the allocator).
     std::map<std::string, std::vector<const ProbeSpec*>> by_path;
     for (const auto& p : probes) by_path[p.path].push_back(&p);
     for (const auto& [path, list] : by_path) {
       // Return probes first: a call already inside an allocator function when its entry probe
       // appears would otherwise leave its thread's `inflight` entry behind forever (no return
       // probe to take it), and that thread's allocations would all count as nested calls. A
-      // return without an entry is skipped by the program.
-      for (bool ret : {true, false}) {
+      // return without an entry is skipped by the program. A probe after a call sees it whole.
+      for (Kind kind : {Kind::kReturn, Kind::kEntry, Kind::kAfterCall}) {
+        bool ret = kind == Kind::kReturn;
         std::vector<uint64_t> offsets, cookies;
         for (const ProbeSpec* p : list) {
-          if (ret && (p->entry_only || !HasReturnProbe(p->fn))) continue;
+          if (KindOf(*p, ret) != kind) continue;
           offsets.push_back(ret ? p->return_offset : p->entry_offset);
           cookies.push_back(ProbeCookie(*p));
         }
         if (offsets.empty()) continue;
-        bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
+        bpf_program* prog = program_for(kind);
         int fd = create_uprobe_multi_link(bpf_program__fd(prog), path.c_str(), offsets.data(),
                                           cookies.data(), static_cast<uint32_t>(offsets.size()),
                                           ret, pid);
@@ -76,9 +91,10 @@ bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi,
   }
   for (const auto& probe : probes) {
     for (bool ret : {true, false}) {  // return probe first: see above
-      if (ret && (probe.entry_only || !HasReturnProbe(probe.fn))) continue;
+      Kind kind = KindOf(probe, ret);
+      if (kind == Kind::kNone) continue;
       LIBBPF_OPTS(bpf_uprobe_opts, opts, .bpf_cookie = ProbeCookie(probe), .retprobe = ret);
-      bpf_program* prog = ret ? skel_->progs.alloc_exit : skel_->progs.alloc_entry;
+      bpf_program* prog = program_for(kind);
       bpf_link* link = bpf_program__attach_uprobe_opts(
           prog, pid, probe.path.c_str(), ret ? probe.return_offset : probe.entry_offset, &opts);
       if (link == nullptr) return attach_error(errno, probe, ret);

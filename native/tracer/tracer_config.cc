@@ -69,6 +69,7 @@ std::vector<ProbeSpec> ProbesFromJs(const Napi::Value& value) {
     spec.entry_offset = GetU64(p, "entryOffset");
     spec.return_offset = GetU64(p, "returnOffset");
     spec.entry_only = p.Has("entryOnly") && p.Get("entryOnly").ToBoolean();
+    spec.after_call = p.Has("afterCall") && p.Get("afterCall").ToBoolean();
     spec.call_return_delta =
         p.Has("callReturnDelta") && p.Get("callReturnDelta").IsNumber() ? p.Get("callReturnDelta").As<Napi::Number>().Int64Value() : 0;
     if (p.Has("site") && p.Get("site").IsObject()) {
