@@ -150,7 +150,7 @@ function* planSteps(
   unwind: UnwindMode,
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
-  const afterCalls = unwind === 'fp' || probePlacement === 'entry' ? new Map<AllocatorFunction, number>() : preloadedCalls(path);
+  const afterCalls = unwind === 'fp' || probePlacement === 'entry' ? new Map<AllocatorFunction, number>() : preloadedCalls(path, found.info);
   const ambiguous = new Set<string>();
   const preloaded = preloadedDeletes(path, cxxRuntime);
   found.functions.push(...preloaded);
@@ -285,20 +285,10 @@ function preloadedDeletes(path: string, cxxRuntime: string | undefined): ProbedF
  *  the nop, inside the function. A probe there sees the request in callee-saved registers and the
  *  block in %rax, and the stack is walked from the caller's return address above the function's
  *  frame: the CFI walker's work, so not with the frame-pointer walk. Empty for any other file. */
-function preloadedCalls(path: string): Map<AllocatorFunction, number> {
+function preloadedCalls(path: string, info: NativeElfInfo): Map<AllocatorFunction, number> {
   const out = new Map<AllocatorFunction, number>();
-  const functions: ReadonlyArray<readonly [AllocatorFunction, string]> = [
-    ['malloc', 'ebpf_leak_malloc_returned'],
-    ['calloc', 'ebpf_leak_calloc_returned'],
-  ];
-  let info: NativeElfInfo;
-  try {
-    info = loadNative().readElf(path, [preloadMarker, ...functions.flatMap(([fn, mark]) => [fn, mark])]);
-  } catch {
-    return out;
-  }
   if (info.symbols[preloadMarker] === undefined) return out;
-  for (const [fn, mark] of functions) {
+  for (const [fn, mark] of afterCallMarks) {
     const f = info.symbols[fn];
     const at = info.symbols[mark];
     if (!f || !at || at.offset < f.offset + callLength || at.offset + nop5.length > f.offset + f.size) continue;
@@ -307,6 +297,12 @@ function preloadedCalls(path: string): Map<AllocatorFunction, number> {
   }
   return out;
 }
+
+/** The preloaded functions probed after their call, and the symbol on the nop there. */
+const afterCallMarks: ReadonlyArray<readonly [AllocatorFunction, string]> = [
+  ['malloc', 'ebpf_leak_malloc_returned'],
+  ['calloc', 'ebpf_leak_calloc_returned'],
+];
 
 /** `call *rel32(%rip)` */
 const callLength = 6;
@@ -330,17 +326,18 @@ function findProbedFunctions(
   path: string,
   glibc: boolean,
   allocator: AllocatorOptions | undefined,
-): { functions: ProbedFunction[]; missing: AllocatorFunction[]; aliases: ProbePlan['aliases'] } {
+): { functions: ProbedFunction[]; missing: AllocatorFunction[]; aliases: ProbePlan['aliases']; info: NativeElfInfo } {
   const symbolOf = (fn: AllocatorFunction) => allocator?.symbols?.[fn] ?? fn;
   const wanted = glibc ? cFunctions : [...cFunctions, ...jemallocFunctions];
   let info: NativeElfInfo;
   try {
-    info = loadNative().readElf(path, wanted.map(symbolOf));
+    // With what tells ebpf-leak's preloaded library (preloadedCalls()), in the same read.
+    info = loadNative().readElf(path, [...wanted.map(symbolOf), preloadMarker, ...afterCallMarks.map(([, mark]) => mark)]);
   } catch (error) {
     throw fromNativeError(error, `cannot read the allocator library ${path}`);
   }
   const required = glibc ? requiredInGlibc : requiredFunctions;
-  const found = { functions: [] as ProbedFunction[], missing: [] as AllocatorFunction[], aliases: {} as ProbePlan['aliases'] };
+  const found = { functions: [] as ProbedFunction[], missing: [] as AllocatorFunction[], aliases: {} as ProbePlan['aliases'], info };
   const byOffset = new Map<number, AllocatorFunction>();
   wanted.forEach((fn) => {
     const index = leakFunctions.indexOf(fn);
