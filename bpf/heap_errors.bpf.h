@@ -176,7 +176,7 @@ static __always_inline __s64 release_stack(struct pt_regs *ctx, __u32 tid, bool 
 		return alloc_stack(ctx, tid);
 	if (entry_return_address(ctx, &ra))
 		return -1;
-	if (unwind_stack_from(ra, sp + 8, PT_REGS_FP(ctx), tid, &id))
+	if (unwind_stack_from(ra, sp + 8, PT_REGS_FP(ctx), tid, PT_REGS_IP(ctx), &id))
 		return id;
 	id = bpf_get_stackid(ctx, &stack_traces, BPF_F_USER_STACK | 1 /* the function itself */);
 	if (id >= 0)

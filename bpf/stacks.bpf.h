@@ -172,7 +172,7 @@ static __always_inline __s64 caller_stack(struct pt_regs *ctx, __u64 sp, __u32 t
 		COUNT(stack_failures, 1);
 		return -1;
 	}
-	if (unwind_stack_from(ra, sp + 8, PT_REGS_FP(ctx), tid, &id)) {
+	if (unwind_stack_from(ra, sp + 8, PT_REGS_FP(ctx), tid, PT_REGS_IP(ctx), &id)) {
 		if (id < 0)
 			COUNT(stack_failures, 1);
 		return id;

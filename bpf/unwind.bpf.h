@@ -641,8 +641,9 @@ static long unwind_step(__u32 i, void *data)
 	return unwind_frame(w, s);
 }
 
-/* Stores the walked stack; its id, or -1. */
-static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwind_walk *w)
+/* Stores the walked stack; its id, or -1. A stack stored for the first time also records the
+ * mapping of `top` (when not 0) for the symbolizer. */
+static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwind_walk *w, __u64 top)
 {
 	struct leak_unwind_stack *old;
 	__u64 h1 = unwind_mix(w->h1 ^ w->n), h2 = unwind_mix(w->h2 + w->n + 1);
@@ -657,6 +658,8 @@ static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwin
 		err = bpf_map_update_elem(&unwind_stacks, &id, &s->stack, BPF_NOEXIST);
 		if (!err) {
 			UNWIND_COUNT(new_stacks, 1);
+			if (top)
+				bpf_find_vma(bpf_get_current_task_btf(), top, record_mapping, NULL, 0);
 			return id;
 		}
 		if (err != -EEXIST) {
@@ -680,6 +683,11 @@ static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwin
  * return probe has them in its registers). False: not handled here (mode fp), the caller takes
  * bpf_get_stackid(). Otherwise *id is the stack id, or -1 (counted).
  *
+ * `top` is the probed address when the walk starts below it (from a return address read off the
+ * stack): a report shows the probed function on top of the stack, and no frame of the walk need
+ * be in its mapping (a preloaded malloc, an operator new), so its mapping is recorded with each
+ * new stack. 0 when the walk starts at the probe itself.
+ *
  * Every stack is walked, those through code with frame pointers too: with the page copy and the
  * per-CPU rule slots the walk costs less than bpf_get_stackid() (bench/unwind.mjs), and it is
  * right where a frame-pointer walk silently skips or misreads frames.
@@ -687,7 +695,7 @@ static __always_inline __s64 unwind_store(struct unwind_scratch *s, struct unwin
  * A global function: the verifier checks it once per program, on its own, where an inlined walk
  * was checked again at every call site and on every path leading there (most of the time it took
  * to load the programs). */
-__noinline __s64 unwind_walk(__u64 ip, __u64 sp, __u64 bp, __u32 tid)
+__noinline __s64 unwind_walk(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __u64 top)
 {
 	struct leak_unwind_counters *cnt;
 	struct unwind_walk *w;
@@ -745,29 +753,29 @@ __noinline __s64 unwind_walk(__u64 ip, __u64 sp, __u64 bp, __u32 tid)
 			__sync_fetch_and_add(&cnt->busy, 1);
 	}
 	if (w->n)
-		id = unwind_store(s, w);
+		id = unwind_store(s, w, top);
 	else
 		UNWIND_COUNT(failures, 1);
 	s->busy = 0;
 	return id;
 }
 
-static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __s64 *id)
+static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __u64 top, __s64 *id)
 {
 	if (unwind_mode == LEAK_UNWIND_FP)
 		return false;
-	*id = unwind_walk(ip, sp, bp, tid);
+	*id = unwind_walk(ip, sp, bp, tid, top);
 	return true;
 }
 
 static __always_inline bool unwind_stack(struct pt_regs *ctx, __u32 tid, __s64 *id)
 {
-	return unwind_stack_from(PT_REGS_IP(ctx), PT_REGS_SP(ctx), PT_REGS_FP(ctx), tid, id);
+	return unwind_stack_from(PT_REGS_IP(ctx), PT_REGS_SP(ctx), PT_REGS_FP(ctx), tid, 0, id);
 }
 
 #else /* not x86-64: no CFI walker; user space keeps unwind_mode at LEAK_UNWIND_FP */
 
-static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __s64 *id)
+static __always_inline bool unwind_stack_from(__u64 ip, __u64 sp, __u64 bp, __u32 tid, __u64 top, __s64 *id)
 {
 	return false;
 }

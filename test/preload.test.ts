@@ -11,7 +11,7 @@ import { trace } from '../lib/index.js';
 import { preloadLibraryPath } from '../lib/native/addon.js';
 import { formatHeapError } from '../lib/report/text-format.js';
 import type { ScopedLeakReport } from '../lib/index.js';
-import type { LeakReport, TraceOptions } from '../lib/types.js';
+import type { LeakReport, StackFrame, TraceOptions } from '../lib/types.js';
 import { fixturePath } from './helpers/fixtures.js';
 import { codeByte } from './helpers/process-memory.js';
 import { kinds } from './helpers/attached-target.js';
@@ -26,6 +26,16 @@ const valgrindPreloadLength = '/usr/libexec/valgrind/vgpreload_core-amd64-linux.
  *  valgrind gives it, for programs that copy their environment. */
 const preloadEnv = { ...env, LD_PRELOAD: ':'.repeat(valgrindPreloadLength - library.length - 1) };
 const cxxPreloadEnv = { ...env, LD_PRELOAD: ':'.repeat(valgrindPreloadLength - cxxLibrary.length - 1) };
+
+/** A top frame at its address in the process (the mapping's start plus its file offset), in the
+ *  file named: not a bare file offset, which is what a frame gets whose mapping is unknown. */
+function expectMappedTop(frame: StackFrame | undefined, file: string, what: string): void {
+  expect(frame?.module, what).toBe(realpathSync(file));
+  const address = BigInt(frame!.address);
+  const offset = BigInt(frame!.offset!);
+  expect(address - offset, what).toBeGreaterThan(0x10000n);
+  expect((address - offset) % 4096n, what).toBe(0n);
+}
 
 function heap(r: LeakReport) {
   const s = r.summary;
@@ -115,6 +125,9 @@ describe('preload: the entry points in LD_PRELOAD', () => {
       const preloaded = await traced(fixturePath('heap_errors'), [scenario], cxxLibrary);
       expect(format(plain).length).toBeGreaterThan(0);
       expect(format(preloaded)).toEqual(format(plain));
+      for (const e of preloaded.errors ?? []) {
+        if (e.releasedBy === 'free' || e.releasedBy === 'operator delete') expectMappedTop(e.stack[0], cxxLibrary, `${scenario} ${e.kind}`);
+      }
       expect(heap(preloaded)).toEqual(heap(plain));
     }
   });
@@ -137,6 +150,12 @@ describe('preload: the entry points in LD_PRELOAD', () => {
       const tops = (r: LeakReport) => r.leaks.map((g) => (g.stack[0]?.symbol === 'memalign' ? 'aligned_alloc' : g.stack[0]?.symbol)).sort();
       expect(tops(preloaded), name).toEqual(tops(plain));
       expect(preloaded.counters.stackFailures, name).toBe(0);
+      // The library is in none of the walked frames: its mapping is recorded for the top frame.
+      const expected = name === 'cpp_containers' ? cxxLibrary : library;
+      for (const g of preloaded.leaks) {
+        if (g.stack[0]?.module === realpathSync(expected) || g.stack[0]?.symbol === 'malloc') expectMappedTop(g.stack[0], expected, `${name} ${g.stack[0]?.symbol}`);
+      }
+      expect(preloaded.leaks.filter((g) => g.stack[0]?.module === realpathSync(expected)).length, name).toBeGreaterThan(0);
     }
   });
 
