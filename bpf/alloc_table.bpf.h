@@ -29,6 +29,18 @@ struct {
 /* = allocs' max_entries, for the range reduction below. */
 const volatile __u32 table_buckets = 1;
 
+/* Which groups of LEAK_TABLE_GROUP_BUCKETS buckets a block was ever put in: user space reads only
+ * those. Reading the whole table touches every page of it (~50 MB for a million blocks), which
+ * costs 25-30 ms on a VM whose first touch of a page is a fault in the hypervisor, at every read,
+ * however few blocks there are. Set before the block's key is published, never cleared. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 1); /* ceil(buckets / LEAK_TABLE_GROUP_BUCKETS), set before load */
+} touched_groups SEC(".maps");
+
 /* Blocks whose two buckets were both full. Greedy two choices fill buckets of 8 only so far: under
  * churn (blocks freed and allocated at random while the count stays level) the first block found
  * both its buckets full at 55-60% of the slots, where a run of inserts alone gets to 90%. These
@@ -58,6 +70,16 @@ static __always_inline void address_buckets(__u64 address, __u32 *first, __u32 *
 static __always_inline struct leak_bucket *table_bucket(__u32 index)
 {
 	return bpf_map_lookup_elem(&allocs, &index);
+}
+
+/* Read first: a store only the first time, so the flags' cache lines stay shared between CPUs. */
+static __always_inline void group_touched(__u32 bucket)
+{
+	__u32 group = bucket / LEAK_TABLE_GROUP_BUCKETS;
+	__u64 *touched = bpf_map_lookup_elem(&touched_groups, &group);
+
+	if (touched && !*touched)
+		*touched = 1;
 }
 
 /* The slot of `address` in `b`, or -1. */
@@ -208,17 +230,22 @@ static __always_inline int table_insert(__u64 address, __u64 size_fn, __u64 time
 		return spill_insert(address, &value);
 	if (bucket_used_slots(b) < bucket_used_slots(a)) {
 		struct leak_bucket *t = a;
+		__u32 u = first;
 
 		a = b;
 		b = t;
+		first = second;
+		second = u;
 	}
 	i = bucket_claim(a);
 	if (i < 0) {
 		a = b;
+		first = second;
 		i = bucket_claim(a);
 	}
 	if (i < 0)
 		return spill_insert(address, &value);
+	group_touched(first);
 	slot_publish(a, i, address, &value);
 	stack_totals_add(stack_id, (__s64)size, 1);
 	return 0;

@@ -140,6 +140,9 @@ struct leak_slot {
 #define LEAK_SIZE_BITS 56
 #define LEAK_SIZE_MASK ((1ULL << LEAK_SIZE_BITS) - 1)
 
+/* Buckets of the table per flag of `touched_groups`: 20 KiB of buckets, five pages. */
+#define LEAK_TABLE_GROUP_BUCKETS 64
+
 /* A bucket of the table: its keys (block addresses) fill one cache line. A key is 0 when the slot
  * is empty, LEAK_SLOT_BUSY while an allocation is writing its value. */
 #define LEAK_BUCKET_SLOTS 8

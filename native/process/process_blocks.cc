@@ -72,11 +72,16 @@ int64_t ProcessBlocks::Copy(uint64_t from_bits, uint64_t to_bits) const {
   if (table == nullptr) return -1;
   // The blocks to copy first: inserting while scanning could meet a copy again.
   std::vector<std::pair<uint64_t, leak_slot>> found;
-  for (uint32_t b = 0; b < buckets_; b++)
+  for (uint32_t b = 0; b < buckets_; b++) {
+    if (!groups_->Touched(b)) {
+      b = TableGroups::NextGroup(b) - 1;  // no block was ever in this group
+      continue;
+    }
     for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
       uint64_t key = __atomic_load_n(&table[b].keys[i], __ATOMIC_ACQUIRE);
       if (OfProcess(key, from_bits)) found.emplace_back(key & LEAK_ADDRESS_MASK, table[b].values[i]);
     }
+  }
   std::vector<std::pair<uint64_t, leak_slot>> spilled;
   Spilled(from_bits, false, &spilled);
   for (const auto& [key, value] : spilled) found.emplace_back(key & LEAK_ADDRESS_MASK, value);
@@ -85,10 +90,12 @@ int64_t ProcessBlocks::Copy(uint64_t from_bits, uint64_t to_bits) const {
     uint64_t key = address | to_bits;
     uint32_t first, second;
     KeyBuckets(key, buckets_, &first, &second);
-    leak_bucket* a = &table[first];
-    leak_bucket* b = &table[second];
-    if (UsedSlots(*b) < UsedSlots(*a)) std::swap(a, b);
-    if (Claim(a, key, value) || Claim(b, key, value)) continue;
+    if (UsedSlots(table[second]) < UsedSlots(table[first])) std::swap(first, second);
+    // The group flagged first, as the BPF side does: a reader that skips it sees no key there.
+    groups_->Touch(first);
+    if (Claim(&table[first], key, value)) continue;
+    groups_->Touch(second);
+    if (Claim(&table[second], key, value)) continue;
     // Both buckets full: into the spill, counted first so that the program looks there.
     if (spill_fd_ >= 0 && spilled_ != nullptr) {
       __atomic_fetch_add(spilled_, 1, __ATOMIC_ACQ_REL);
@@ -106,7 +113,11 @@ int64_t ProcessBlocks::Take(uint64_t bits, std::vector<leak_block>* out) const {
   leak_bucket* table = Map(&bytes);
   if (table == nullptr) return -1;
   int64_t n = 0;
-  for (uint32_t b = 0; b < buckets_; b++)
+  for (uint32_t b = 0; b < buckets_; b++) {
+    if (!groups_->Touched(b)) {
+      b = TableGroups::NextGroup(b) - 1;  // no block was ever in this group
+      continue;
+    }
     for (int i = 0; i < LEAK_BUCKET_SLOTS; i++) {
       uint64_t key = __atomic_load_n(&table[b].keys[i], __ATOMIC_ACQUIRE);
       if (!OfProcess(key, bits)) continue;
@@ -116,6 +127,7 @@ int64_t ProcessBlocks::Take(uint64_t bits, std::vector<leak_block>* out) const {
       n++;
       if (out) out->push_back({key & LEAK_ADDRESS_MASK, slot.size_fn, slot.stack_id, slot.tid, slot.mark});
     }
+  }
   munmap(table, bytes);
   std::vector<std::pair<uint64_t, leak_slot>> spilled;
   Spilled(bits, true, &spilled);

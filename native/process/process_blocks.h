@@ -17,16 +17,17 @@
 #include <vector>
 
 #include "abi/leak.h"
+#include "process/table_groups.h"
 
 namespace ebpf_leak::process {
 
 class ProcessBlocks {
  public:
-  // `map_fd`: the table map (the caller keeps it open); `buckets`: its max_entries; `spill_fd`
-  // and `spilled`: the spill map and its count of blocks (the BPF program's, mapped), or -1 and
-  // nullptr.
-  ProcessBlocks(int map_fd, uint32_t buckets, int spill_fd = -1, int64_t* spilled = nullptr)
-      : map_fd_(map_fd), buckets_(buckets), spill_fd_(spill_fd), spilled_(spilled) {}
+  // `map_fd`: the table map (the caller keeps it open); `buckets`: its max_entries; `groups`: the
+  // flags of its groups, which outlive this; `spill_fd` and `spilled`: the spill map and its
+  // count of blocks (the BPF program's, mapped), or -1 and nullptr.
+  ProcessBlocks(int map_fd, uint32_t buckets, const TableGroups* groups, int spill_fd = -1, int64_t* spilled = nullptr)
+      : map_fd_(map_fd), buckets_(buckets), groups_(groups), spill_fd_(spill_fd), spilled_(spilled) {}
 
   // Copies every block of `from_bits` to `to_bits`. Returns the blocks that found no room.
   int64_t Copy(uint64_t from_bits, uint64_t to_bits) const;
@@ -41,6 +42,7 @@ class ProcessBlocks {
 
   int map_fd_;
   uint32_t buckets_;
+  const TableGroups* groups_;
   int spill_fd_;
   int64_t* spilled_;
 };

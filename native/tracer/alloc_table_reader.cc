@@ -66,7 +66,7 @@ uint32_t AllocTableReader::SpillEntriesFor(uint64_t max_allocations) {
   return static_cast<uint32_t>(std::max<uint64_t>(16, max_allocations / 2));
 }
 
-int AllocTableReader::Open(int map_fd, uint32_t buckets, int spill_fd, uint32_t spill_entries) {
+int AllocTableReader::Open(int map_fd, uint32_t buckets, int groups_fd, int spill_fd, uint32_t spill_entries) {
   Close();
   // An array map's values start at offset 0 of its mapping, each rounded up to 8 bytes.
   static_assert(sizeof(leak_bucket) % 8 == 0, "bucket stride");
@@ -74,6 +74,7 @@ int AllocTableReader::Open(int map_fd, uint32_t buckets, int spill_fd, uint32_t 
   void* p = mmap(nullptr, PageSize(), PROT_READ, MAP_SHARED, map_fd, 0);
   if (p == MAP_FAILED) return errno;
   munmap(p, PageSize());
+  if (int e = groups_.Map(groups_fd, buckets)) return e;
   map_fd_ = map_fd;
   buckets_ = buckets;
   spill_fd_ = spill_fd;
@@ -82,6 +83,7 @@ int AllocTableReader::Open(int map_fd, uint32_t buckets, int spill_fd, uint32_t 
 }
 
 void AllocTableReader::Close() {
+  groups_.Unmap();
   map_fd_ = -1;
   buckets_ = 0;
   spill_fd_ = -1;
@@ -98,11 +100,17 @@ int AllocTableReader::Read(bool timestamps, PageBuffer* out) const {
   const size_t table_bytes = static_cast<size_t>(buckets_) * sizeof(leak_bucket);
   const size_t mappable = (table_bytes + page - 1) / page * page;
   // Windows start on a page boundary, so a bucket may straddle two: each window reads the
-  // buckets that end inside it, and the next one starts at the page of the first it left.
+  // buckets that end inside it, and the next one starts at the page of the first it left. A
+  // window covers touched groups only, and ends at the page its last bucket ends in.
   for (size_t first = 0; first < buckets_;) {
+    if (!groups_.Touched(first)) {
+      first = process::TableGroups::NextGroup(first);
+      continue;
+    }
     size_t begin = first * sizeof(leak_bucket) / page * page;
-    size_t end = std::min(mappable, begin + kWindowBytes);
-    size_t last = std::min<size_t>(buckets_, end / sizeof(leak_bucket));
+    size_t limit = std::min(mappable, begin + kWindowBytes);
+    size_t last = std::min<size_t>(groups_.RunEnd(first, buckets_), limit / sizeof(leak_bucket));
+    size_t end = std::min(mappable, (last * sizeof(leak_bucket) + page - 1) / page * page);
     void* p = mmap(nullptr, end - begin, PROT_READ, MAP_SHARED, map_fd_, static_cast<off_t>(begin));
     if (p == MAP_FAILED) return errno;
     const auto* at = static_cast<const uint8_t*>(p) + (first * sizeof(leak_bucket) - begin);

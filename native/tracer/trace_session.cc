@@ -267,6 +267,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
   skel_->rodata->freed_sets = freed_sets;
   uint32_t buckets = AllocTableReader::BucketsFor(config_.max_allocations);
   bpf_map__set_max_entries(skel_->maps.allocs, buckets);
+  bpf_map__set_max_entries(skel_->maps.touched_groups, process::TableGroups::For(buckets));
   skel_->rodata->table_buckets = buckets;
   uint32_t spill_entries = AllocTableReader::SpillEntriesFor(config_.max_allocations);
   bpf_map__set_max_entries(skel_->maps.spilled_allocs, spill_entries);
@@ -307,7 +308,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
   }
   skel_->bss->now_ns = MonotonicNs();
   std::vector<ProbeSpec> linked = MarkOperatorReturns(config_.probes);
-  if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets,
+  if (int e = allocs_table_.Open(bpf_map__fd(skel_->maps.allocs), buckets, bpf_map__fd(skel_->maps.touched_groups),
                                    bpf_map__fd(skel_->maps.spilled_allocs), spill_entries))
     return fail("ELEAK_BPF", "cannot map the table of outstanding blocks", e);
   allocs_table_.StripProcessBits(config_.image_keys);

@@ -298,7 +298,7 @@ bool TraceSession::OnFork(const process::Event& event) {
 // The kernel's table of outstanding blocks, with its spill. Under mu_ (or the images lock).
 process::ProcessBlocks TraceSession::Blocks() {
   return process::ProcessBlocks(bpf_map__fd(skel_->maps.allocs), skel_->rodata->table_buckets,
-                                bpf_map__fd(skel_->maps.spilled_allocs),
+                                &allocs_table_.Groups(), bpf_map__fd(skel_->maps.spilled_allocs),
                                 reinterpret_cast<int64_t*>(&skel_->bss->spilled_blocks));
 }
 
