@@ -181,8 +181,10 @@ __u64 unwind_cur_trampoline = 0;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u64); /* stack id */
-	__type(value, struct leak_unwind_stack);
+	/* Sizes, not types: cut to the depth before load, the value no longer matches its type's BTF,
+	 * and the kernel would refuse the map once before libbpf made it without. */
+	__uint(key_size, sizeof(__u64)); /* stack id */
+	__uint(value_size, sizeof(struct leak_unwind_stack));
 	__uint(max_entries, 65536); /* and the value cut to the depth, before load */
 } unwind_stacks SEC(".maps");
 

@@ -125,13 +125,21 @@ std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& c
   bpf_map__set_max_entries(skel->maps.unwind_l1, slots);
   skel->rodata->unwind_slot_mask = slots - 1;
   bpf_map__set_max_entries(skel->maps.unwind_stacks, on ? stacks : 1);
+  if (on) {
+    // The kernel's frame-pointer stacks are the 'fp' mode's: with the walk here they stay empty,
+    // and the stack map alone, preallocated, took ~25 ms to create.
+    bpf_map__set_max_entries(skel->maps.stack_traces, 1);
+    bpf_map__set_max_entries(skel->maps.overflow_stacks, 1);
+    bpf_map__set_max_entries(skel->maps.stacks_seen, 1);
+  }
   bpf_map__set_value_size(skel->maps.unwind_stacks,
                           offsetof(leak_unwind_stack, frames) + config.stack_depth * sizeof(uint64_t));
-  // Every kind of stack id (stack map, overflow, CFI walk), and -1. Without stacks every block
-  // has id -1 and its totals would only repeat the global counters, at a map update per call.
+  // Every kind of stack id (stack map, overflow, CFI walk; the walk's only when it is on), and -1.
+  // Without stacks every block has id -1 and its totals would only repeat the global counters, at
+  // a map update per call.
   bool totals = config.unwind.stack_totals && config.stacks;
   skel->rodata->keep_stack_totals = totals;
-  bpf_map__set_max_entries(skel->maps.stack_totals, totals ? 3 * stacks + 1 : 1);
+  bpf_map__set_max_entries(skel->maps.stack_totals, totals ? (on ? 1 : 3) * stacks + 1 : 1);
   return u;
 }
 
