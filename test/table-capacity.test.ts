@@ -8,7 +8,8 @@ import { trace } from '../lib/index.js';
 import type { HeapSummary, LeakReport } from '../lib/types.js';
 import { checkReport } from '../lib/report/checked.js';
 import { fixturePath } from './helpers/fixtures.js';
-import { formatHeapSummary, runValgrind } from './helpers/valgrind.js';
+import { kinds } from './helpers/attached-target.js';
+import { formatHeapSummary, runValgrind, valgrindKinds } from './helpers/valgrind.js';
 
 const env: NodeJS.ProcessEnv = { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', HOME: '/nonexistent' };
 const N = 100_000;
@@ -72,5 +73,32 @@ describe('the table holds what maxAllocations promises', () => {
     expect(s.errors).toEqual({ 'invalid-free': 0, 'double-free': 0, 'mismatched-free': 0, notRecorded: 0 });
     expect(report.errors).toEqual([]);
     expect(checkReport(report, []).inconclusive.some((r) => r.includes('not tracked because the address map was full'))).toBe(true);
+  });
+});
+
+// Readers map and read only the groups of 64 buckets a block was ever put in. With the default
+// room (a million blocks: 2,442 groups in 25 windows of 2 MiB), 1,500 blocks and 3,000 rounds of
+// churn put blocks in most groups but not all: runs of groups that start and end inside windows
+// and cross their edges, and gaps between them.
+describe('the table is read only where blocks went', () => {
+  // Both reads at the end: the scan at the exit stop (leak kinds) and the report (heap summary).
+  it('a sparse table: every block reported, its heap and leak summaries equal to valgrind', async () => {
+    const args = ['1500', '3000'];
+    const log = await runValgrind(fixturePath('many_outstanding'), args, { env });
+    const vg = log.summary;
+    const tracer = await trace({ command: fixturePath('many_outstanding'), args, env, stdio: 'ignore', stacks: false });
+    const report = await tracer.done;
+    const s = report.summary;
+    expect(kinds(report)).toEqual(valgrindKinds(log));
+    const text = `valgrind: ${formatHeapSummary(vg)}\nebpf-leak: ${formatHeapSummary(s)}`;
+    expect(vg.inUseBlocks).toBe(1500);
+    expect([s.inUseBlocks, s.inUseBytes, s.allocs, s.frees, s.bytesAllocated], text).toEqual([
+      vg.inUseBlocks,
+      vg.inUseBytes,
+      vg.allocs,
+      vg.frees,
+      vg.bytesAllocated,
+    ]);
+    expect(s.droppedAllocations).toBe(0);
   });
 });
