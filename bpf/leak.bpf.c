@@ -552,12 +552,10 @@ static __always_inline void alloc_returned_to(struct pt_regs *ctx, __u64 ip, __u
 			return;
 		}
 	}
-	if (operator_sp)
-		stack_id = caller_stack(ctx, operator_sp, tid);
-	else if (entry_sp)
-		stack_id = caller_stack(ctx, entry_sp, tid);
-	else
-		stack_id = alloc_stack(ctx, tid);
+	/* From above the operator's frame, or the preloaded function's: one walk inlined here. */
+	if (!operator_sp)
+		operator_sp = entry_sp;
+	stack_id = operator_sp ? caller_stack(ctx, operator_sp, tid) : alloc_stack(ctx, tid);
 	record_alloc(fn, address, size, stack_id, tid);
 }
 
