@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { trace } from '../lib/index.js';
 import { preloadLibraryPath } from '../lib/native/addon.js';
+import { leakFunctions } from '../lib/native/layout.js';
+import { planProbes } from '../lib/probes/plan.js';
 import { formatHeapError } from '../lib/report/text-format.js';
 import type { ScopedLeakReport } from '../lib/index.js';
 import type { LeakReport, StackFrame, TraceOptions } from '../lib/types.js';
@@ -274,6 +276,68 @@ describe('preload: the entry points in LD_PRELOAD', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+// Without `preload`, an image may still get the library from its own LD_PRELOAD. The tracer then
+// loaded no program for probes after a call, and libc, the first image's allocator, is probed: the
+// library's calls, each handed on to libc, are counted there once, or the image is reported.
+describe('preload: the library in an exec\'d image\'s LD_PRELOAD', () => {
+  it('the plan without probes after a call gives malloc and calloc an entry and a return probe', () => {
+    const withProgram = planProbes(library, true, undefined);
+    expect(withProgram.probes.filter((p) => p.afterCall).map((p) => leakFunctions[p.fn]).sort()).toEqual(['calloc', 'malloc']);
+    const without = planProbes(library, true, undefined, 'optimized', undefined, 'auto', false);
+    expect(without.probes.filter((p) => p.afterCall)).toEqual([]);
+    expect(without.probes).toHaveLength(withProgram.probes.length);
+  });
+
+  it('a C program is counted once, at libc\'s probes: valgrind\'s heap and leak summaries', async () => {
+    const vg = await runValgrind(fixturePath('leak_kinds'), [], { env });
+    const tracer = await trace({ command: '/usr/bin/env', args: [`LD_PRELOAD=${library}`, fixturePath('leak_kinds')], env, stdio: 'ignore' });
+    expect(tracer.info.preload).toBeUndefined();
+    const report = await tracer.done;
+    expect(report.untraced).toBeUndefined();
+    expect(report.errors ?? []).toEqual([]);
+    expect(heap(report)).toEqual(vg.summary);
+    expect(kinds(report)).toEqual(valgrindKinds(vg));
+  });
+
+  // The first image allocates through jemalloc: libc has no probe, and the library gets its own,
+  // with an entry and a return probe on malloc and calloc (no program after a call was loaded).
+  it('after an image traced at another allocator, every one of the ten functions: valgrind\'s heap summary', async () => {
+    const vg = await runValgrind(fixturePath('entry_points'), [], { env });
+    const tracer = await trace({
+      command: '/usr/bin/env',
+      args: [`LD_PRELOAD=${library}`, fixturePath('entry_points')],
+      env: { ...env, LD_PRELOAD: '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2' },
+      stdio: 'ignore',
+    });
+    expect(tracer.info.allocator).toBe('/usr/lib/x86_64-linux-gnu/libjemalloc.so.2');
+    const report = await tracer.done;
+    expect(report.previousImages?.length).toBe(1);
+    expect(report.untraced).toBeUndefined();
+    expect(report.errors ?? []).toEqual([]);
+    expect(heap(report)).toEqual(vg.summary);
+  });
+
+  it('a C++ program, whose operators libc\'s probes would tell apart from free() no more, is reported untraced', async () => {
+    const tracer = await trace({ command: '/usr/bin/env', args: [`LD_PRELOAD=${library}`, fixturePath('cpp_containers')], env, stdio: 'ignore' });
+    const report = await tracer.done;
+    expect(report.untraced).toMatch(/preloaded entry points .* counted twice or as the wrong function/);
+  });
+
+  it('with preload, back in LD_PRELOAD after an image without it: reported untraced', async () => {
+    const tracer = await trace({
+      command: '/usr/bin/env',
+      args: ['-u', 'LD_PRELOAD', '/usr/bin/env', `LD_PRELOAD=${library}`, fixturePath('leak_kinds')],
+      env: preloadEnv,
+      stdio: 'ignore',
+      preload: true,
+    });
+    expect(tracer.info.preload).toBe(library);
+    const report = await tracer.done;
+    expect(report.previousImages?.length).toBe(2);
+    expect(report.untraced).toMatch(/preloaded entry points .* counted twice or as the wrong function/);
   });
 });
 

@@ -106,6 +106,9 @@ export function familyPair(allocatedBy: AllocatorFunction, releasedBy: Allocator
  * `probePlacement`: 'optimized' (default) moves an entry probe off a single-stepped first
  * instruction when lib/probes/placement.ts proves it safe; 'entry' keeps every probe at its function's
  * first instruction (for comparison, or should a placement ever be suspected).
+ * `afterCalls`: false when the tracer runs no program after a preloaded call (it loaded none: no
+ * image had the preloaded library when it started); the library's malloc and calloc then get an
+ * entry and a return probe, as with 'entry'.
  */
 export function planProbes(
   path: string,
@@ -114,8 +117,9 @@ export function planProbes(
   probePlacement: ProbePlacement = 'optimized',
   cxxRuntime?: string,
   unwind: UnwindMode = 'auto',
+  afterCalls = true,
 ): ProbePlan {
-  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime, unwind);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime, unwind, afterCalls);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -131,8 +135,9 @@ export async function planProbesSliced(
   probePlacement: ProbePlacement = 'optimized',
   cxxRuntime?: string,
   unwind: UnwindMode = 'auto',
+  afterCalls = true,
 ): Promise<ProbePlan> {
-  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime, unwind);
+  const steps = planSteps(path, glibc, allocator, probePlacement, cxxRuntime, unwind, afterCalls);
   for (;;) {
     const step = steps.next();
     if (step.done) return step.value;
@@ -148,9 +153,11 @@ function* planSteps(
   probePlacement: ProbePlacement,
   cxxRuntime: string | undefined,
   unwind: UnwindMode,
+  withAfterCalls: boolean,
 ): Generator<void, ProbePlan> {
   const found = findProbedFunctions(path, glibc, allocator);
-  const afterCalls = unwind === 'fp' || probePlacement === 'entry' ? new Map<AllocatorFunction, number>() : preloadedCalls(path, found.info);
+  const afterCalls =
+    !withAfterCalls || unwind === 'fp' || probePlacement === 'entry' ? new Map<AllocatorFunction, number>() : preloadedCalls(path, found.info);
   const ambiguous = new Set<string>();
   const preloaded = preloadedDeletes(path, cxxRuntime);
   found.functions.push(...preloaded);

@@ -175,7 +175,7 @@ function warnings(report: LeakReport): string[] {
   const s = report.summary;
   const out: string[] = [];
   if (report.untraced !== undefined) {
-    out.push(`warning: not traced: ${report.untraced}. The summary above shows none of its allocations.`);
+    out.push(`warning: not traced: ${report.untraced}. The summary above is not a count of its allocations.`);
   }
   for (const image of report.previousImages ?? []) {
     out.push(

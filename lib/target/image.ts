@@ -113,7 +113,12 @@ export async function resolveImageAllocator(pid: number): Promise<ResolvedAlloca
     if (interposer) {
       refuseOperatorStandIns(exe, interposer, [exe, ...libs.values()]);
       const name = allocatorName(interposer) ?? 'custom';
-      found = { path: realpathSync(interposer), glibc: name === 'glibc', name, ...cxxRuntime };
+      const entryPoints = readElf(interposer, [preloadMarker, '_ZdlPv']);
+      const handsOnTo =
+        libc !== undefined && entryPoints?.symbols[preloadMarker] !== undefined
+          ? { handsOnTo: { libc: realpathSync(libc), operators: entryPoints.symbols._ZdlPv !== undefined } }
+          : {};
+      found = { path: realpathSync(interposer), glibc: name === 'glibc', name, ...cxxRuntime, ...handsOnTo };
     } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc', ...cxxRuntime };
     else {
       throw new UnsupportedAllocatorError(

@@ -31,6 +31,9 @@ export interface ResolvedAllocator {
   name: string;
   /** The file whose C++ operator new the program calls, when it has one. */
   cxxRuntime?: string;
+  /** `path` is ebpf-leak's preloaded entry points (native/preload/), which hand every call on to
+   *  `libc`; `operators`: its C++ variant, whose operator delete overloads call free(). */
+  handsOnTo?: { libc: string; operators: boolean };
 }
 
 /** Allocators traced without being named, told apart by their own entry points. */

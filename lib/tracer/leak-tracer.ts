@@ -117,7 +117,7 @@ export interface TracerParts {
   /** sizeof(struct leak_counters), from the addon's layout. */
   countersBytes?: number;
   /** The process is followed with ptrace: its execs, and its children with followForks. */
-  supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; unwind: UnwindMode; commandLine: string[] };
+  supervision?: { followForks: boolean; supervised: boolean; probePlacement: ProbePlacement; unwind: UnwindMode; afterCalls: boolean; commandLine: string[] };
 }
 
 /** The buffer under each snapshot() result, for releaseSnapshot(). */
@@ -196,6 +196,7 @@ export class LeakTracer extends EventEmitter<LeakTracerEvents> {
         supervised: parts.supervision.supervised,
         probePlacement: parts.supervision.probePlacement,
         unwind: parts.supervision.unwind,
+        afterCalls: parts.supervision.afterCalls,
         allocators: [parts.info.allocator, ...Object.values(parts.info.sites ?? {}).map((site) => site.path)],
         // A later image's C++ operators: their blocks' stacks start at the operator, as the first's.
         onProbes: (plan) => {

@@ -6,6 +6,7 @@ import { constants } from 'node:os';
 import type { NativeTracer } from '../native/addon.js';
 import type { ProbePlacement } from '../probes/placement.js';
 import type { UnwindMode } from '../native/unwind.js';
+import { UnsupportedAllocatorError } from '../errors.js';
 import { fileIdentity, resolveImageAllocator } from '../target/image.js';
 import { processAlive } from '../target/resolve.js';
 import {
@@ -53,6 +54,8 @@ export interface ProcessTrackerOptions {
   supervised: boolean;
   probePlacement: ProbePlacement;
   unwind: UnwindMode;
+  /** The tracer loaded the program of probes after a preloaded call (lib/probes/plan.ts). */
+  afterCalls: boolean;
   /** The allocator files already probed. */
   allocators: readonly string[];
   countersBytes: number;
@@ -163,12 +166,27 @@ export class ProcessTracker {
     delete info.untraced;
     delete info.unchecked;
     try {
-      const allocator = await resolveImageAllocator(m.pid);
+      let allocator = await resolveImageAllocator(m.pid);
       const fresh = (path: string) => !this.#allocators.has(fileIdentity(path));
+      // ebpf-leak's preloaded entry points, where an earlier image had libc probed: libc's probes
+      // see every call the entry points hand on, and theirs would count each a second time.
+      const over = allocator.handsOnTo;
+      if (over !== undefined && !fresh(over.libc)) {
+        // Probed too, or its operator delete overloads, whose free() libc's probes would take for
+        // a mismatched release of operator new's block.
+        if (!fresh(allocator.path) || allocator.cxxRuntime !== undefined) {
+          throw new UnsupportedAllocatorError(
+            `it runs with ebpf-leak's preloaded entry points (${allocator.path}) in LD_PRELOAD, which hand every ` +
+              `call on to ${over.libc}, whose probes an earlier image got: its calls are counted twice or as ` +
+              `the wrong function. Trace it with preload from the start, or with the library out of LD_PRELOAD`,
+          );
+        }
+        allocator = { path: over.libc, glibc: true, name: 'glibc', ...(allocator.cxxRuntime !== undefined ? { cxxRuntime: allocator.cxxRuntime } : {}) };
+      }
       const newAllocator = fresh(allocator.path);
       // The files not probed yet: its allocator, and its C++ runtime (the operators new and delete).
       if (newAllocator || (allocator.cxxRuntime !== undefined && fresh(allocator.cxxRuntime))) {
-        const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement, allocator.cxxRuntime, this.#o.unwind);
+        const plan = await planProbesSliced(allocator.path, allocator.glibc, undefined, this.#o.probePlacement, allocator.cxxRuntime, this.#o.unwind, this.#o.afterCalls);
         const probes = plan.probes.filter((p) => fresh(p.path));
         await this.#o.native.addProbes(probes);
         for (const p of probes) this.#allocators.add(fileIdentity(p.path));

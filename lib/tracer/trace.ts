@@ -256,6 +256,8 @@ function run(native: NativeAddon, o: ResolvedOptions, target: TraceTarget, plann
             supervised,
             probePlacement: o.probePlacement,
             unwind: o.unwind,
+            // The addon loads that program only for a first plan that has such probes.
+            afterCalls: plan.probes.some((p) => p.afterCall === true),
             commandLine: o.kind === 'command' ? [o.command, ...o.args] : commandLineOf(pid),
           },
         }

@@ -283,6 +283,9 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
   bpf_map__set_max_entries(skel_->maps.stacks_seen, stack_entries);
   bpf_program__set_autoload(skel_->progs.target_exec, config_.wait_for_exec || config_.image_keys);
   bpf_program__set_autoload(skel_->progs.target_exit, !config_.wait_for_exec);
+  // Only a preloaded malloc or calloc runs it, and verifying it takes a tenth of the start-up.
+  after_calls_ = std::any_of(config_.probes.begin(), config_.probes.end(), [](const ProbeSpec& p) { return p.after_call; });
+  bpf_program__set_autoload(skel_->progs.alloc_preloaded, after_calls_);
   skel_->rodata->attach_mode = multi ? LEAK_ATTACH_MULTI : LEAK_ATTACH_UPROBE;
   SetProbeFunctions(skel_->rodata->fn_at_page_offset, config_.probes);
   if (multi) {

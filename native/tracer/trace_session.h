@@ -234,6 +234,7 @@ class TraceSession : public process::Handler {
   std::vector<bpf_link*> links_;
   std::vector<int> multi_links_;  // fds of multi-uprobe links
   const char* attach_mode_ = "";
+  bool after_calls_ = false;  // alloc_preloaded loaded: the first plan had probes after a call
   ring_buffer* ring_ = nullptr;
   std::unique_ptr<Unwinder> unwind_;  // from load to DetachAll()
   AllocTableReader allocs_table_;     // reads `allocs`, from load to DetachAll()

@@ -4,6 +4,7 @@
 
 #include <bpf/libbpf.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <map>
@@ -109,6 +110,11 @@ bool TraceSession::AttachLinks(const std::vector<ProbeSpec>& probes, bool multi,
 bool TraceSession::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!Attached(error)) return false;
+  bool after_calls = std::any_of(probes.begin(), probes.end(), [](const ProbeSpec& p) { return p.after_call; });
+  if (after_calls && !after_calls_) {
+    *error = {"ELEAK_BPF", "probes after a preloaded call, but their program was not loaded: plan them with afterCalls false", EINVAL};
+    return false;
+  }
   skel_->bss->cookies_only = true;
   return AttachLinks(MarkOperatorReturns(probes), std::string(attach_mode_) == "uprobe_multi", error);
 }
