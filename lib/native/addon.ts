@@ -129,6 +129,8 @@ export interface NativeTracer {
   resumeProcess(pid: number): void;
   /** Attaches probes on another allocator file (an exec'd image's). */
   addProbes(probes: NativeProbe[]): Promise<void>;
+  /** The unwind tables of files a new image will map, loaded before it runs on (a worker thread). */
+  loadUnwindFiles(paths: string[]): Promise<void>;
   processStats(): { untracedChildren: number; lostChildren: number; supervised: boolean };
   /** struct leak_counters of the traced process with this index (followForks); null if none. */
   processCounters(index: number): ArrayBuffer | null;

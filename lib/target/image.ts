@@ -99,10 +99,11 @@ export async function resolveImageAllocator(pid: number): Promise<ResolvedAlloca
           `so its allocations cannot be traced. Build it with symbols, or link it dynamically.`,
       );
     }
-    found = { path: exe, glibc: true, name: 'glibc (static)' };
+    found = { path: exe, glibc: true, name: 'glibc (static)', files: [exe] };
   } else if (root === '/') {
     const libs = await loaderLibraries(info.interpreter, exe, env);
     const libc = [...libs.entries()].find(([name, path]) => GLIBC_NAME.test(name) || GLIBC_NAME.test(basename(path)))?.[1];
+    const files = [exe, info.interpreter, ...libs.values()];
     // An allocator preloaded or linked ahead of libc takes every call: it is the one to probe.
     const interposer = [exe, ...libs.values()].find(
       (p) => p !== libc && !LOADER_NAME.test(basename(p)) && definesMalloc(p),
@@ -118,8 +119,8 @@ export async function resolveImageAllocator(pid: number): Promise<ResolvedAlloca
         libc !== undefined && entryPoints?.symbols[preloadMarker] !== undefined
           ? { handsOnTo: { libc: realpathSync(libc), operators: entryPoints.symbols._ZdlPv !== undefined } }
           : {};
-      found = { path: realpathSync(interposer), glibc: name === 'glibc', name, ...cxxRuntime, ...handsOnTo };
-    } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc', ...cxxRuntime };
+      found = { path: realpathSync(interposer), glibc: name === 'glibc', name, ...cxxRuntime, ...handsOnTo, files };
+    } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc', ...cxxRuntime, files };
     else {
       throw new UnsupportedAllocatorError(
         `${exe} does not link glibc's libc.so.6 and no library of it defines malloc: nothing to trace.`,

@@ -34,6 +34,9 @@ export interface ResolvedAllocator {
   /** `path` is ebpf-leak's preloaded entry points (native/preload/), which hand every call on to
    *  `libc`; `operators`: its C++ variant, whose operator delete overloads call free(). */
   handsOnTo?: { libc: string; operators: boolean };
+  /** An exec'd image's files the loader maps before it runs (the program, the loader, the
+   *  libraries), for their unwind tables; empty where they are not known. */
+  files?: readonly string[];
 }
 
 /** Allocators traced without being named, told apart by their own entry points. */

@@ -167,6 +167,8 @@ export class ProcessTracker {
     delete info.unchecked;
     try {
       let allocator = await resolveImageAllocator(m.pid);
+      // Before it runs on: its first allocations' stacks go through them.
+      if (allocator.files !== undefined) await this.#o.native.loadUnwindFiles([...allocator.files]);
       const fresh = (path: string) => !this.#allocators.has(fileIdentity(path));
       // ebpf-leak's preloaded entry points, where an earlier image had libc probed: libc's probes
       // see every call the entry points hand on, and theirs would count each a second time.

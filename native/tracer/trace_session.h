@@ -149,6 +149,8 @@ class TraceSession : public process::Handler {
   bool DoReadStacks(const std::vector<int64_t>& ids, std::vector<std::vector<uint64_t>>* stacks,
                     NativeError* error);
   bool DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error);
+  // The unwind tables of files a new image will map (native/unwind/unwinder.h's LoadFiles).
+  bool DoLoadUnwindFiles(const std::vector<std::string>& paths, NativeError* error);
   // Stops every thread of the target, scans its memory for the leak kinds, resumes it.
   bool DoScan(pid_t pid, ScanOutcome* out, NativeError* error);
 

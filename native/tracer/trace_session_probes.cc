@@ -14,6 +14,7 @@
 #include "abi/leak.h"
 #include "leak.skel.h"
 #include "tracer/uprobe_multi.h"
+#include "unwind/unwinder.h"
 
 namespace ebpf_leak {
 
@@ -117,6 +118,13 @@ bool TraceSession::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError
   }
   skel_->bss->cookies_only = true;
   return AttachLinks(MarkOperatorReturns(probes), std::string(attach_mode_) == "uprobe_multi", error);
+}
+
+bool TraceSession::DoLoadUnwindFiles(const std::vector<std::string>& paths, NativeError* error) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!Attached(error)) return false;
+  if (unwind_) unwind_->LoadFiles(paths);
+  return true;
 }
 
 }  // namespace ebpf_leak

@@ -201,6 +201,20 @@ class AddProbesWorker : public TracerWorker {
   std::vector<ProbeSpec> probes_;
 };
 
+class LoadUnwindFilesWorker : public TracerWorker {
+ public:
+  LoadUnwindFilesWorker(Napi::Env env, Tracer* tracer, Napi::Object self, std::vector<std::string> paths)
+      : TracerWorker(env, tracer, self), paths_(std::move(paths)) {}
+  void Execute() override {
+    NativeError e;
+    if (!session_->DoLoadUnwindFiles(paths_, &e)) Fail(e);
+  }
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+
+ private:
+  std::vector<std::string> paths_;
+};
+
 }  // namespace
 
 Napi::Function Tracer::Define(Napi::Env env) {
@@ -225,6 +239,7 @@ Napi::Function Tracer::Define(Napi::Env env) {
                          InstanceMethod<&Tracer::UnwindStats>("unwindStats"),
                          InstanceMethod<&Tracer::ResumeProcess>("resumeProcess"),
                          InstanceMethod<&Tracer::AddProbes>("addProbes"),
+                         InstanceMethod<&Tracer::LoadUnwindFiles>("loadUnwindFiles"),
                          InstanceMethod<&Tracer::ProcessStats>("processStats"),
                          InstanceMethod<&Tracer::ProcessCounters>("processCounters"),
                      });
@@ -430,6 +445,19 @@ Napi::Value Tracer::ResumeProcess(const Napi::CallbackInfo& info) {
 Napi::Value Tracer::AddProbes(const Napi::CallbackInfo& info) {
   std::vector<ProbeSpec> probes = ProbesFromJs(info.Length() > 0 ? info[0] : info.Env().Undefined());
   return QueueForPromise(new AddProbesWorker(info.Env(), this, info.This().As<Napi::Object>(), std::move(probes)));
+}
+
+// loadUnwindFiles(paths): the unwind tables of the files a new image will map, on a worker thread.
+Napi::Value Tracer::LoadUnwindFiles(const Napi::CallbackInfo& info) {
+  std::vector<std::string> paths;
+  if (info.Length() > 0 && info[0].IsArray()) {
+    Napi::Array list = info[0].As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      Napi::Value v = list.Get(i);
+      if (v.IsString()) paths.push_back(v.As<Napi::String>().Utf8Value());
+    }
+  }
+  return QueueForPromise(new LoadUnwindFilesWorker(info.Env(), this, info.This().As<Napi::Object>(), std::move(paths)));
 }
 
 // processCounters(index): struct leak_counters of a traced process now, or null.

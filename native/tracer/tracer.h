@@ -49,6 +49,7 @@ class Tracer : public Napi::ObjectWrap<Tracer>, private SessionOutput {
   static Napi::Value Demangle(const Napi::CallbackInfo& info);
   Napi::Value ResumeProcess(const Napi::CallbackInfo& info);
   Napi::Value AddProbes(const Napi::CallbackInfo& info);
+  Napi::Value LoadUnwindFiles(const Napi::CallbackInfo& info);
   Napi::Value ProcessStats(const Napi::CallbackInfo& info);
   Napi::Value ProcessCounters(const Napi::CallbackInfo& info);
 

@@ -311,6 +311,18 @@ bool Unwinder::Insert(const leak_unwind_file_key& key, const std::string& name,
   return file.kind == LEAK_UNWIND_FILE_TABLE;
 }
 
+void Unwinder::LoadFiles(const std::vector<std::string>& paths) {
+  if (mode_ == LEAK_UNWIND_FP || rows_ == nullptr) return;
+  for (const std::string& path : paths) {
+    struct stat st;
+    std::string error;
+    int fd = OpenTargetFile(path, &st, &error);
+    if (fd < 0) continue;  // loaded when mapped, if it is
+    LoadFile({KernelDev(st.st_dev), st.st_ino}, fd, path);
+    close(fd);
+  }
+}
+
 bool Unwinder::Scan() {
   // Cleared first: a pc the walker fails to find from now on asks again. And the address space
   // the walker last saw, read before the maps: if the target exec()s after this, the table is

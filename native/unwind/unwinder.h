@@ -57,6 +57,9 @@ class Unwinder {
   bool ReadStack(int64_t id, std::vector<uint64_t>* frames, uint32_t* flags = nullptr);
   // Counters and table sizes, for Tracer.unwindStats().
   UnwindStats Stats();
+  // Loads the tables of files an image is about to map (one held at its exec): its first walks
+  // find them, where a table loaded once the walker asked for it comes after those walks.
+  void LoadFiles(const std::vector<std::string>& paths);
 
  private:
   Unwinder(leak_bpf* skel, const TracerConfig& config, TraceSession* session);
