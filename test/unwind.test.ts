@@ -164,6 +164,20 @@ describe('a target that exec()s again (sh -c "exec ...")', () => {
   });
 });
 
+describe('a child a followed process forks and exec()s (followForks)', () => {
+  it('walks the child\'s program with the tables loaded at its exec: every walk whole', async () => {
+    const widget = lineOf('cpp_containers.cc', 'leaked_widget = new Widget(42);');
+    const tracer = await trace({ command: '/bin/sh', args: ['-c', `${fixturePath('cpp_containers_nofp')}; true`], env, stdio: 'ignore', followForks: true });
+    const report = await tracer.done;
+    expectComplete(tracer.unwindStats());
+    const child = report.processes?.find((p) => p.target.pid !== report.target.pid);
+    expect(child, 'the child\'s report').toBeDefined();
+    const g = group(child!, 56);
+    expect(g.stack.find((f) => f.symbol === 'leak_some()')?.line, describeStack(g)).toBe(widget);
+    expect(g.stack.some((f) => f.symbol === 'main'), describeStack(g)).toBe(true);
+  });
+});
+
 describe('exit_immediately', () => {
   it('is fully walked and symbolized though the program is gone before the report', async () => {
     const { report, stats } = await traceCommand(fixturePath('exit_immediately'));
