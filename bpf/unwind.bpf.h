@@ -357,8 +357,13 @@ static long unwind_vma_rule(struct task_struct *task, struct vm_area_struct *vma
 	f = bpf_map_lookup_elem(&unwind_files, &key);
 	if (!f) {
 		if (bpf_map_update_elem(&unwind_missing, &key, &start, BPF_NOEXIST) == 0) {
+			struct leak_unwind_missing_note note = {
+				.key = key,
+				.tgid = bpf_get_current_pid_tgid() >> 32,
+			};
+
 			UNWIND_COUNT(missing_files, 1);
-			bpf_ringbuf_output(&unwind_notify, &key, sizeof(key), 0);
+			bpf_ringbuf_output(&unwind_notify, &note, sizeof(note), 0);
 		}
 		lk->found.rule = unwind_fp_rule;
 		lk->found.kind = 0;

@@ -178,6 +178,18 @@ describe('a child a followed process forks and exec()s (followForks)', () => {
   });
 });
 
+describe('a library a followed child dlopen()s', () => {
+  it('gets its table from the child\'s own mappings, which the first process never had', async () => {
+    // python3 imports _decimal (a dlopen()ed extension module) and keeps it mapped while it sleeps.
+    const script = 'import _decimal, time; time.sleep(0.5)';
+    const tracer = await trace({ command: '/bin/sh', args: ['-c', `python3 -c '${script}'; true`], env, stdio: 'ignore', followForks: true });
+    await tracer.done;
+    const stats = tracer.unwindStats()!;
+    const module = stats.modules.find((m) => /\/_decimal\.cpython-[^/]*\.so$/.test(m.path));
+    expect(module?.kind, JSON.stringify(stats.modules)).toBe('table');
+  });
+});
+
 describe('exit_immediately', () => {
   it('is fully walked and symbolized though the program is gone before the report', async () => {
     const { report, stats } = await traceCommand(fixturePath('exit_immediately'));

@@ -66,6 +66,15 @@ struct leak_unwind_file_key {
 	__u64 ino;
 };
 
+/* A record of `unwind_notify` for a file the walker met without a table: which process mapped it,
+ * for user space to open it there (a followed child maps files the first process never did). A
+ * request to read the mappings again is a record of 8 bytes. */
+struct leak_unwind_missing_note {
+	struct leak_unwind_file_key key;
+	__u32 tgid;
+	__u32 pad;
+};
+
 enum leak_unwind_file_kind {
 	LEAK_UNWIND_FILE_TABLE = 1, /* rows [first, first + count) of `unwind_rows` */
 	LEAK_UNWIND_FILE_FP = 2,    /* the frame-pointer rule everywhere (anonymous code: a JIT's) */

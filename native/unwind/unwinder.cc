@@ -33,6 +33,12 @@ extern char** environ;
 
 namespace ebpf_leak {
 
+// An executable file mapping of /proc/PID/maps.
+struct MapsLine {
+  uint64_t start, end, offset, dev, ino;
+  std::string path;
+};
+
 namespace {
 
 constexpr uint32_t kRuleCapacity = 65536;  // = unwind_rules' max_entries in bpf/unwind.bpf.h
@@ -44,11 +50,6 @@ uint64_t PackRule(const leak_unwind_rule& r) {
   memcpy(&v, &r, sizeof r);
   return v;
 }
-
-struct MapsLine {
-  uint64_t start, end, offset, dev, ino;
-  std::string path;
-};
 
 // Executable file mappings of /proc/PID/maps.
 bool ReadExecMappings(int pid, std::vector<MapsLine>* out) {
@@ -172,8 +173,14 @@ void Unwinder::Start() {
   Scan();  // what was mapped since
   ring_ = ring_buffer__new(
       bpf_map__fd(skel_->maps.unwind_notify),
-      [](void* ctx, void*, size_t) {
-        static_cast<Unwinder*>(ctx)->notified_ = true;
+      [](void* ctx, void* data, size_t size) {
+        auto* self = static_cast<Unwinder*>(ctx);
+        if (size >= sizeof(leak_unwind_missing_note)) {
+          leak_unwind_missing_note note;
+          memcpy(&note, data, sizeof note);
+          self->missing_.push_back(note);
+        }
+        self->notified_ = true;
         return 0;
       },
       this, nullptr);
@@ -323,6 +330,41 @@ void Unwinder::LoadFiles(const std::vector<std::string>& paths) {
   }
 }
 
+void Unwinder::LoadMapped(int pid, const std::vector<MapsLine>& lines) {
+  for (const MapsLine& m : lines) {
+    bool known;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      known = loaded_.count({m.dev, m.ino}) > 0;
+    }
+    if (known) continue;
+    int fd = OpenMapping(pid, m);
+    if (fd < 0) continue;
+    LoadFile({m.dev, m.ino}, fd, m.path);
+    close(fd);
+  }
+}
+
+void Unwinder::LoadMissing() {
+  std::vector<leak_unwind_missing_note> notes;
+  notes.swap(missing_);
+  std::set<uint32_t> scanned;
+  for (const leak_unwind_missing_note& n : notes) {
+    // The first process's files come with Scan(); another (a followed child) is read here.
+    if (static_cast<int>(n.tgid) != pid_ && scanned.insert(n.tgid).second) {
+      std::vector<MapsLine> lines;
+      if (ReadExecMappings(static_cast<int>(n.tgid), &lines)) LoadMapped(static_cast<int>(n.tgid), lines);
+    }
+    bool loaded;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      loaded = loaded_.count({n.key.dev, n.key.ino}) > 0;
+    }
+    // Not found where it was met (that process is gone): the next process to meet it asks again.
+    if (!loaded) bpf_map_delete_elem(bpf_map__fd(skel_->maps.unwind_missing), &n.key);
+  }
+}
+
 bool Unwinder::Scan() {
   // Cleared first: a pc the walker fails to find from now on asks again. And the address space
   // the walker last saw, read before the maps: if the target exec()s after this, the table is
@@ -332,19 +374,8 @@ bool Unwinder::Scan() {
   std::vector<MapsLine> lines;
   if (!ReadExecMappings(pid_, &lines)) return false;
   std::map<uint64_t, Mapping> now;
-  for (const MapsLine& m : lines) {
-    now[m.start] = {m.end, m.dev, m.ino};
-    bool known;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      known = loaded_.count({m.dev, m.ino}) > 0;
-    }
-    if (known) continue;
-    int fd = OpenMapping(pid_, m);
-    if (fd < 0) continue;
-    LoadFile({m.dev, m.ino}, fd, m.path);
-    close(fd);
-  }
+  for (const MapsLine& m : lines) now[m.start] = {m.end, m.dev, m.ino};
+  LoadMapped(pid_, lines);
   // Code unmapped, or replaced by other code at the same place (dlclose, then dlopen): the rules
   // cached for its addresses are no longer its.
   for (const auto& [start, old] : mappings_) {
@@ -434,6 +465,7 @@ void Unwinder::Run() {
       alive = Scan();
       last_scan = now;
     }
+    if (!missing_.empty()) LoadMissing();
   }
   close(ep);
 }

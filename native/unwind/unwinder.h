@@ -24,6 +24,7 @@ namespace ebpf_leak {
 class TraceSession;
 struct TracerConfig;
 struct UnwindTable;  // native/unwind/unwind_table.h
+struct MapsLine;     // native/unwind/unwinder.cc
 
 // The walker's counters and tables, for Tracer.unwindStats() (native/unwind/unwind_js.h).
 struct UnwindStats {
@@ -73,6 +74,11 @@ class Unwinder {
   // Reads /proc/PID/maps: loads the table of every executable file mapping not loaded yet, and
   // forgets the cached rules of code that was unmapped. False when the process is gone.
   bool Scan();
+  // Loads the tables of the files in `lines` (process `pid`'s mappings) not loaded yet.
+  void LoadMapped(int pid, const std::vector<MapsLine>& lines);
+  // The files the walker met without a table, from `missing_`: each loaded from the process that
+  // mapped it, or forgotten so that the next walk through it asks again.
+  void LoadMissing();
   bool LoadFile(const leak_unwind_file_key& key, int fd, const std::string& name);
   bool Insert(const leak_unwind_file_key& key, const std::string& name,
               const std::shared_ptr<const UnwindTable>& table);
@@ -115,6 +121,7 @@ class Unwinder {
   void Publish(std::vector<leak_unwind_mapping> table, uint64_t mm);
 
   ring_buffer* ring_ = nullptr;
+  std::vector<leak_unwind_missing_note> missing_;  // from unwind_notify; the watching thread's only
   int stop_fd_ = -1;
   std::atomic<bool> notified_{false};
   std::thread thread_;
