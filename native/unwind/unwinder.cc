@@ -102,10 +102,12 @@ std::unique_ptr<Unwinder> Unwinder::Create(leak_bpf* skel, const TracerConfig& c
   std::unique_ptr<Unwinder> u(new Unwinder(skel, config, session));
   bool on = u->mode_ != LEAK_UNWIND_FP;
   if (on) u->CollectPreload();
-  // Rows: the preloaded tables, half as much again and 64Ki more for modules mapped later.
+  // Rows: the preloaded tables, half as much again and 1Mi more (8 MiB) for modules mapped later:
+  // a program the command exec()s, a followed child's, a dlopen()ed library (libcrypto alone has
+  // 86,000 rows, python 64,000).
   uint64_t rows = 0;
   for (const Pending& p : u->preload_) rows += p.table ? p.table->rows.size() : 0;
-  uint64_t capacity = rows + rows / 2 + 65536;
+  uint64_t capacity = rows + rows / 2 + (1u << 20);
   if (capacity > config.unwind.table_rows) capacity = config.unwind.table_rows;
   skel->rodata->unwind_mode = u->mode_;
   skel->rodata->unwind_depth = config.stack_depth;
