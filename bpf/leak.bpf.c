@@ -886,6 +886,33 @@ bool exit_status_seen = false;
 
 #define LEAK_SIGNAL_GROUP_EXIT 0x00000004 /* include/linux/sched/signal.h */
 
+/* Supervised processes: a thread in the dynamic loader's `_dl_debug_state()`, which it calls
+ * once it mapped the objects of a dlopen() and before it runs their code, is stopped by a signal
+ * its ptrace supervisor takes (native/process/supervisor.cc) to load their unwind tables first:
+ * the first stacks through a new library are then whole. */
+const volatile bool stop_at_loads = false;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);  /* thread id */
+	__type(value, __u8);
+} load_stops SEC(".maps");
+
+SEC("uprobe")
+int BPF_KPROBE(loader_changed)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u8 one = 1;
+
+	if (!stop_at_loads || (follow_forks && !process_traced()))
+		return 0;
+	/* One signal at a time a thread: the entry says the next one is ours. */
+	if (bpf_map_update_elem(&load_stops, &tid, &one, BPF_NOEXIST) == 0)
+		bpf_send_signal_thread(LEAK_LOAD_SIGNAL);
+	return 0;
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(target_exit, struct task_struct *p)
 {

@@ -100,6 +100,11 @@ enum leak_attach_mode {
 };
 
 /* Entry probes are told apart by their offset within a page (the `fn_at_page_offset` knob). */
+/* The signal a supervised thread gets where the dynamic loader changed its list of objects
+ * (`_dl_debug_state()`): its ptrace supervisor loads the new objects' unwind tables, then lets it
+ * go on without the signal. SIGURG: ignored by default, should one ever reach a program. */
+#define LEAK_LOAD_SIGNAL 23
+
 #define LEAK_PAGE_OFFSETS 4096
 
 /* A probe's attach cookie: its enum leak_fn in the low byte; LEAK_COOKIE_ENTRY_ONLY for an operator

@@ -54,6 +54,9 @@ export interface NativeTracerConfig {
   unwindFiles: string[];
   /** Most unwind table rows (8 bytes each). */
   unwindTableRows: number;
+  /** The dynamic loader's `_dl_debug_state()` (lib/probes/loader.ts), probed when supervised. */
+  loaderPath?: string;
+  loaderOffset?: number;
   /** Keep outstanding bytes and blocks per stack in the kernel (readStackTotals). */
   stackTotals: boolean;
   /** Run mode: releases of addresses that are not outstanding blocks are heap errors. */

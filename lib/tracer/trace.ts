@@ -8,6 +8,7 @@ import { fromNativeError, TargetExitedError } from '../errors.js';
 import { checkLayout, leakFunctions } from '../native/layout.js';
 import { loadNative, type NativeAddon, type NativeMessageHandler, type NativeTracer } from '../native/addon.js';
 import { defaults, resolveOptions, type ResolvedOptions } from './options.js';
+import { loaderProbe } from '../probes/loader.js';
 import { planProbesSliced, type ProbePlan } from '../probes/plan.js';
 import { checkSupport } from '../target/support.js';
 import { warmSymbols } from '../report/symbolize.js';
@@ -118,6 +119,12 @@ interface Attached {
   deliverTo(tracer: LeakTracer): void;
 }
 
+/** The loader's probe of a supervised trace (lib/probes/loader.ts), as the addon's config. */
+function loaderConfig(supervised: boolean, files: readonly string[], pid: number): { loaderPath?: string; loaderOffset?: number } {
+  const probe = supervised ? loaderProbe(files, pid) : undefined;
+  return probe ? { loaderPath: probe.path, loaderOffset: probe.offset } : {};
+}
+
 async function attachProbes(
   native: NativeAddon,
   support: ReturnType<typeof checkSupport>,
@@ -158,6 +165,7 @@ async function attachProbes(
       freedBlocks: defaults.freedBlocks,
       allocatorInode: fileInode(allocatorPath),
       supervise: supervised,
+      ...loaderConfig(supervised, unwindFiles ?? [], pid),
       followForks: o.followForks === true,
       // The scan runs in a ptrace stop at a process's exit: a command's, each traced process's
       // following forks, and an attached one's (held by ptrace for that alone, when it can be).

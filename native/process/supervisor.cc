@@ -262,7 +262,7 @@ bool Supervisor::PauseOnce(pid_t pid, const PauseWork& work, std::string* error,
     if (WIFSTOPPED(status) && (event == 0 || event == PTRACE_EVENT_STOP)) {
       int sig = WSTOPSIG(status);
       Held h{t, PTRACE_CONT, 0};
-      if (event == 0) h.signal = sig;                            // delivered when it goes on
+      if (event == 0 && !handler_->OnSignal(pid, t, sig)) h.signal = sig;  // delivered when it goes on
       else if (IsGroupStop(sig)) h.request = PTRACE_LISTEN;      // stays in its group-stop
       held.push_back(h);
       threads.push_back(StoppedAt(t));
@@ -407,8 +407,8 @@ void Supervisor::Handle(pid_t tid, int status) {
       }
       return;
     default:
-      // A signal on its way: delivered as it would be untraced.
-      Trace(PTRACE_CONT, tid, 0, static_cast<uintptr_t>(sig));
+      // A signal on its way: delivered as it would be untraced, but the handler's own.
+      Trace(PTRACE_CONT, tid, 0, handler_->OnSignal(pid, tid, sig) ? 0 : static_cast<uintptr_t>(sig));
       return;
   }
 }
@@ -510,11 +510,13 @@ void Supervisor::DetachAll() {
   std::vector<pid_t> tids;
   for (const auto& [tid, pid] : tasks_) tids.push_back(tid);
   WaitEach(&tids, deadline, std::chrono::microseconds(200), [&](pid_t tid, pid_t r, int status) {
+    auto owner = tasks_.find(tid);
+    pid_t pid = owner != tasks_.end() ? owner->second : tid;
     tasks_.erase(tid);
     if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) return true;
     int sig = WSTOPSIG(status);
     int event = status >> 16;
-    uintptr_t deliver = (event == 0 && sig != SIGTRAP) ? static_cast<uintptr_t>(sig) : 0;
+    uintptr_t deliver = (event == 0 && sig != SIGTRAP && !handler_->OnSignal(pid, tid, sig)) ? static_cast<uintptr_t>(sig) : 0;
     if (event == PTRACE_EVENT_STOP && IsGroupStop(sig)) deliver = 0;
     Trace(PTRACE_DETACH, tid, 0, deliver);
     return true;

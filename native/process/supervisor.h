@@ -72,6 +72,9 @@ class Handler {
   // On the supervisor thread; the process stays stopped until this returns. kFork: true to trace
   // the child, false to let it run untraced.
   virtual bool OnEvent(const Event& event) = 0;
+  // A signal on its way to thread `tid` of process `pid`, which is stopped: true when it was the
+  // handler's own (then not delivered).
+  virtual bool OnSignal(pid_t pid, pid_t tid, int signal) { return false; }
 };
 
 struct Options {

@@ -293,9 +293,13 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
     bpf_program__set_expected_attach_type(skel_->progs.alloc_entry, type);
     bpf_program__set_expected_attach_type(skel_->progs.alloc_exit, type);
     bpf_program__set_expected_attach_type(skel_->progs.alloc_preloaded, type);
+    bpf_program__set_expected_attach_type(skel_->progs.loader_changed, type);
   }
 
   unwind_ = Unwinder::Create(skel_, config_, this);  // tables and map sizes (native/unwind/unwinder.cc)
+  stop_at_loads_ = config_.supervise && !config_.loader_path.empty() && skel_->rodata->unwind_mode != LEAK_UNWIND_FP;
+  skel_->rodata->stop_at_loads = stop_at_loads_;
+  bpf_program__set_autoload(skel_->progs.loader_changed, stop_at_loads_);
   skel_->rodata->follow_forks = config_.follow_forks;
   skel_->rodata->image_keys = config_.image_keys;
   // Stack totals are one sum over every process; with several, blocks taken out at an exit or an
@@ -327,6 +331,20 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
     if (!kept.empty()) error->message += "\nlibbpf log:\n" + kept;
     DetachAll();
     return false;
+  }
+  // Without it a library's first stacks come before its table, as in a process not supervised.
+  // A multi-uprobe link where there are, closed with the others at once (each close waits for the
+  // kernel's RCU grace periods).
+  if (stop_at_loads_ && multi) {
+    uint64_t offset = config_.loader_offset, cookie = 0;
+    int fd = create_uprobe_multi_link(bpf_program__fd(skel_->progs.loader_changed), config_.loader_path.c_str(), &offset,
+                                      &cookie, 1, false, config_.follow_forks ? 0 : config_.pid);
+    if (fd >= 0) multi_links_.push_back(fd);
+  } else if (stop_at_loads_) {
+    LIBBPF_OPTS(bpf_uprobe_opts, loader_opts);
+    bpf_link* link = bpf_program__attach_uprobe_opts(skel_->progs.loader_changed, config_.follow_forks ? -1 : config_.pid,
+                                                     config_.loader_path.c_str(), config_.loader_offset, &loader_opts);
+    if (link != nullptr) links_.push_back(link);
   }
   if (config_.wait_for_exec || config_.image_keys) {
     bpf_link* link = bpf_program__attach(skel_->progs.target_exec);

@@ -105,6 +105,10 @@ struct TracerConfig {
   bool hold_exit = false;
   std::string hold_refused;
   bool glibc = false;  // the probed allocator is glibc's (native/scan/heap_scan.h)
+  // The dynamic loader's `_dl_debug_state()` (file, offset), probed in supervised processes so
+  // that a dlopen()ed library's unwind table is loaded before its code runs; empty: not probed.
+  std::string loader_path;
+  uint64_t loader_offset = 0;
 };
 
 // Where a session's messages go: the glue hands them to JS. Called from the session's poll and
@@ -178,6 +182,7 @@ class TraceSession : public process::Handler {
 
   // process::Handler (trace_session_processes.cc), on the supervisor's thread.
   bool OnEvent(const process::Event& event) override;
+  bool OnSignal(pid_t pid, pid_t tid, int signal) override;
 
  private:
   // Whether the BPF object is loaded (ELEAK_CLOSED in `error` when not). Callers hold mu_.
@@ -237,6 +242,7 @@ class TraceSession : public process::Handler {
   std::vector<int> multi_links_;  // fds of multi-uprobe links
   const char* attach_mode_ = "";
   bool after_calls_ = false;  // alloc_preloaded loaded: the first plan had probes after a call
+  bool stop_at_loads_ = false;  // loader_changed loaded: supervised, with the loader probed
   ring_buffer* ring_ = nullptr;
   std::unique_ptr<Unwinder> unwind_;  // from load to DetachAll()
   AllocTableReader allocs_table_;     // reads `allocs`, from load to DetachAll()

@@ -17,6 +17,7 @@
 //              lost pairs and u32 (from, to) each: a traced process exited (follow_forks).
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -32,6 +33,7 @@
 #include "process/process_blocks.h"
 #include "scan/scan_session.h"
 #include "tracer/trace_session.h"
+#include "unwind/unwinder.h"
 
 namespace ebpf_leak {
 namespace {
@@ -115,6 +117,19 @@ void TraceSession::WriteProcessCounters(uint32_t index, const leak_counters& val
   memset(per_cpu.data(), 0, per_cpu.size() * sizeof(leak_counters));
   per_cpu[0] = value;
   bpf_map_update_elem(bpf_map__fd(skel_->maps.process_counters), &index, per_cpu.data(), BPF_ANY);
+}
+
+// The signal loader_changed (bpf/leak.bpf.c) sent, as its entry for the thread says: the objects
+// the loader just mapped get their unwind tables before the thread runs their code.
+static_assert(LEAK_LOAD_SIGNAL == SIGURG, "bpf/abi/leak.h names the signal by its number");
+
+bool TraceSession::OnSignal(pid_t pid, pid_t tid, int signal) {
+  if (signal != LEAK_LOAD_SIGNAL || skel_ == nullptr || !stop_at_loads_) return false;
+  uint32_t key = static_cast<uint32_t>(tid);
+  uint8_t value = 0;
+  if (bpf_map_lookup_and_delete_elem(bpf_map__fd(skel_->maps.load_stops), &key, &value) != 0) return false;
+  if (unwind_) unwind_->LoadProcess(pid);
+  return true;
 }
 
 bool TraceSession::OnEvent(const process::Event& event) {

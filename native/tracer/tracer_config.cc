@@ -111,6 +111,11 @@ TracerConfig TracerConfigFromJs(const Napi::Object& o) {
   config.ignore_own_threads = GetBool(o, "ignoreOwnThreads");
   config.unwind.mode = UnwindModeOf(o);
   config.unwind.files = GetStrings(o, "unwindFiles");
+  Napi::Value loader = o.Get("loaderPath");
+  if (loader.IsString()) {
+    config.loader_path = loader.As<Napi::String>();
+    config.loader_offset = GetU64(o, "loaderOffset");
+  }
   config.unwind.table_rows = GetUint(o, "unwindTableRows");
   config.unwind.stack_totals = GetBool(o, "stackTotals");
   config.heap_errors = GetBool(o, "heapErrors");

@@ -347,6 +347,12 @@ void Unwinder::LoadMapped(int pid, const std::vector<MapsLine>& lines) {
   }
 }
 
+void Unwinder::LoadProcess(int pid) {
+  if (mode_ == LEAK_UNWIND_FP || rows_ == nullptr) return;
+  std::vector<MapsLine> lines;
+  if (ReadExecMappings(pid, &lines)) LoadMapped(pid, lines);
+}
+
 void Unwinder::LoadMissing() {
   std::vector<leak_unwind_missing_note> notes;
   notes.swap(missing_);

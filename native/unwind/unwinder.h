@@ -61,6 +61,8 @@ class Unwinder {
   // Loads the tables of files an image is about to map (one held at its exec): its first walks
   // find them, where a table loaded once the walker asked for it comes after those walks.
   void LoadFiles(const std::vector<std::string>& paths);
+  // Loads the tables of what process `pid` maps now (one held where its loader mapped a library).
+  void LoadProcess(int pid);
 
  private:
   Unwinder(leak_bpf* skel, const TracerConfig& config, TraceSession* session);
