@@ -332,20 +332,7 @@ bool TraceSession::LoadAndAttach(bool multi, NativeError* error) {
     DetachAll();
     return false;
   }
-  // Without it a library's first stacks come before its table, as in a process not supervised.
-  // A multi-uprobe link where there are, closed with the others at once (each close waits for the
-  // kernel's RCU grace periods).
-  if (stop_at_loads_ && multi) {
-    uint64_t offset = config_.loader_offset, cookie = 0;
-    int fd = create_uprobe_multi_link(bpf_program__fd(skel_->progs.loader_changed), config_.loader_path.c_str(), &offset,
-                                      &cookie, 1, false, config_.follow_forks ? 0 : config_.pid);
-    if (fd >= 0) multi_links_.push_back(fd);
-  } else if (stop_at_loads_) {
-    LIBBPF_OPTS(bpf_uprobe_opts, loader_opts);
-    bpf_link* link = bpf_program__attach_uprobe_opts(skel_->progs.loader_changed, config_.follow_forks ? -1 : config_.pid,
-                                                     config_.loader_path.c_str(), config_.loader_offset, &loader_opts);
-    if (link != nullptr) links_.push_back(link);
-  }
+  if (stop_at_loads_) AttachLoaderProbe(multi);
   if (config_.wait_for_exec || config_.image_keys) {
     bpf_link* link = bpf_program__attach(skel_->progs.target_exec);
     if (link == nullptr)

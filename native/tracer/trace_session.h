@@ -155,6 +155,8 @@ class TraceSession : public process::Handler {
   bool DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError* error);
   // The unwind tables of files a new image will map (native/unwind/unwinder.h's LoadFiles).
   bool DoLoadUnwindFiles(const std::vector<std::string>& paths, NativeError* error);
+  // loader_changed on the dynamic loader (config_.loader_path); left out when it cannot attach.
+  void AttachLoaderProbe(bool multi);
   // Stops every thread of the target, scans its memory for the leak kinds, resumes it.
   bool DoScan(pid_t pid, ScanOutcome* out, NativeError* error);
 

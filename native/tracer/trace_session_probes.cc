@@ -120,6 +120,24 @@ bool TraceSession::DoAddProbes(const std::vector<ProbeSpec>& probes, NativeError
   return AttachLinks(MarkOperatorReturns(probes), std::string(attach_mode_) == "uprobe_multi", error);
 }
 
+// The loader's _dl_debug_state() (bpf/leak.bpf.c's loader_changed). Without it a library's first
+// stacks come before its table, as in a process not supervised. A multi-uprobe link where there
+// are, closed with the others at once (each close waits for the kernel's RCU grace periods).
+void TraceSession::AttachLoaderProbe(bool multi) {
+  pid_t pid = config_.follow_forks ? (multi ? 0 : -1) : config_.pid;
+  if (multi) {
+    uint64_t offset = config_.loader_offset, cookie = 0;
+    int fd = create_uprobe_multi_link(bpf_program__fd(skel_->progs.loader_changed), config_.loader_path.c_str(),
+                                      &offset, &cookie, 1, false, pid);
+    if (fd >= 0) multi_links_.push_back(fd);
+    return;
+  }
+  LIBBPF_OPTS(bpf_uprobe_opts, opts);
+  bpf_link* link = bpf_program__attach_uprobe_opts(skel_->progs.loader_changed, pid, config_.loader_path.c_str(),
+                                                   config_.loader_offset, &opts);
+  if (link != nullptr) links_.push_back(link);
+}
+
 bool TraceSession::DoLoadUnwindFiles(const std::vector<std::string>& paths, NativeError* error) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!Attached(error)) return false;
