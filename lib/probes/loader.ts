@@ -5,8 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { loadNative } from '../native/addon.js';
-
-const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
+import { LOADER_NAME } from '../target/resolve.js';
 
 export interface LoaderProbe {
   path: string;

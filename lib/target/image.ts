@@ -7,10 +7,9 @@ import { basename, join } from 'node:path';
 import { UnsupportedAllocatorError } from '../errors.js';
 import { loadNative, type NativeElfInfo } from '../native/addon.js';
 import { operatorsAllLibstdcxx } from './cxx-operators.js';
-import { allocatorName, firstDefining, loaderLibraries, preloadMarker, sameRootAsOurs, type ResolvedAllocator } from './resolve.js';
+import { allocatorName, firstDefining, loaderLibraries, LOADER_NAME, preloadMarker, sameRootAsOurs, type ResolvedAllocator } from './resolve.js';
 
 const GLIBC_NAME = /^libc(\.so\.6|-2\.\d+\.so)$/;
-const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
 /** Where a root's glibc is looked for when the loader cannot be asked (another root). */
 const LIBRARY_DIRS = ['/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu', '/lib/aarch64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/lib64', '/usr/lib64', '/lib', '/usr/lib'];
 
@@ -114,10 +113,9 @@ export async function resolveImageAllocator(pid: number): Promise<ResolvedAlloca
     if (interposer) {
       refuseOperatorStandIns(exe, interposer, [exe, ...libs.values()]);
       const name = allocatorName(interposer) ?? 'custom';
-      const entryPoints = readElf(interposer, [preloadMarker, '_ZdlPv']);
       const handsOnTo =
-        libc !== undefined && entryPoints?.symbols[preloadMarker] !== undefined
-          ? { handsOnTo: { libc: realpathSync(libc), operators: entryPoints.symbols._ZdlPv !== undefined } }
+        libc !== undefined && readElf(interposer, [preloadMarker])?.symbols[preloadMarker] !== undefined
+          ? { handsOnTo: { libc: realpathSync(libc) } }
           : {};
       found = { path: realpathSync(interposer), glibc: name === 'glibc', name, ...cxxRuntime, ...handsOnTo, files };
     } else if (libc) found = { path: realpathSync(libc), glibc: true, name: 'glibc', ...cxxRuntime, files };

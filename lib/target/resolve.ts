@@ -20,7 +20,8 @@ import { loadNative, type NativeElfInfo } from '../native/addon.js';
 import type { AllocatorOptions } from '../types.js';
 
 const GLIBC_NAME = /^libc(\.so\.6|-2\.\d+\.so)$/;
-const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
+/** The dynamic loader's file name. */
+export const LOADER_NAME = /^ld-linux.*\.so(\.\d+)*$|^ld64\.so/;
 
 export interface ResolvedAllocator {
   /** Path as the tracer (in our mount namespace) opens it. */
@@ -32,8 +33,8 @@ export interface ResolvedAllocator {
   /** The file whose C++ operator new the program calls, when it has one. */
   cxxRuntime?: string;
   /** `path` is ebpf-leak's preloaded entry points (native/preload/), which hand every call on to
-   *  `libc`; `operators`: its C++ variant, whose operator delete overloads call free(). */
-  handsOnTo?: { libc: string; operators: boolean };
+   *  `libc`. */
+  handsOnTo?: { libc: string };
   /** An exec'd image's files the loader maps before it runs (the program, the loader, the
    *  libraries), for their unwind tables; empty where they are not known. */
   files?: readonly string[];

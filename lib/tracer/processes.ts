@@ -174,8 +174,8 @@ export class ProcessTracker {
       // see every call the entry points hand on, and theirs would count each a second time.
       const over = allocator.handsOnTo;
       if (over !== undefined && !fresh(over.libc)) {
-        // Probed too, or its operator delete overloads, whose free() libc's probes would take for
-        // a mismatched release of operator new's block.
+        // Unless the entry points are probed too, or the program is C++: its deletes reach libc's
+        // free(), which libc's probes would take for a mismatched release of operator new's block.
         if (!fresh(allocator.path) || allocator.cxxRuntime !== undefined) {
           throw new UnsupportedAllocatorError(
             `it runs with ebpf-leak's preloaded entry points (${allocator.path}) in LD_PRELOAD, which hand every ` +
